@@ -1,0 +1,32 @@
+"""remat: peak-memory-capped rematerialization for torch.compile.
+
+    torch.compile(model, backend="remat", options={"memory_budget": "6GiB"})
+    report = remat.analyze(model, example_inputs, memory_budget="50%")
+"""
+
+__version__ = "0.1.0"
+
+from .config import RematConfig  # noqa: E402
+from .errors import ConfigError, InfeasibleBudgetError, PlanError, RematError  # noqa: E402
+from .plan import Decision, Plan  # noqa: E402
+from .problem import Activation, Problem, Slot  # noqa: E402
+
+
+def remat_backend(gm, example_inputs, options=None, **kw):
+    """The torch.compile backend, registered as "remat" through an entry point."""
+    from .backend import remat_backend as _backend
+
+    return _backend(gm, example_inputs, options=options, **kw)
+
+
+def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options):
+    """Plan a model's training step offline (fake tensors, no step runs); returns a Report."""
+    from .analyze import analyze as _analyze
+
+    return _analyze(model, example_inputs, memory_budget=memory_budget, loss_fn=loss_fn, **options)
+
+
+__all__ = [
+    "Activation", "ConfigError", "Decision", "InfeasibleBudgetError", "Plan", "PlanError",
+    "Problem", "RematConfig", "RematError", "Slot", "analyze", "remat_backend",
+]

@@ -1,0 +1,167 @@
+"""The torch.compile backend: options -> Inductor with remat's partitioner.
+
+``torch.compile(model, backend="remat", options={"memory_budget": "300MiB"})`` reaches
+``remat_backend`` through the ``torch_dynamo_backends`` entry point. Without a budget it is plain
+Inductor. With one, Inductor runs as usual but partitions the joint graph with
+``RematPartitioner``: capture -> solve -> simulate (check) -> rewrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+from . import __version__
+from .capture import Captured, capture
+from .config import RematConfig
+from .cost import device_spec
+from .errors import InfeasibleBudgetError
+from .passes.apply_plan import apply_plan
+from .plan import Decision, Plan
+from .simulate import MemoryTimeline, check, simulate, store_all_peak
+from .solvers import get_solver
+
+log = logging.getLogger("remat")
+_SOURCE_HASH = hashlib.sha256(
+    b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.rglob("*.py")))
+).hexdigest()[:16]
+
+
+@dataclass
+class GraphReport:
+    """What remat decided for one joint graph, and what it predicts."""
+
+    captured: Captured
+    plan: Plan
+    timeline: MemoryTimeline
+    baseline_peak_bytes: int
+    budget_bytes: int | None
+    partition_time_s: float = 0.0
+
+    @property
+    def problem(self):
+        return self.captured.problem
+
+
+@dataclass
+class CompileLog:
+    """Reports of every graph that a compiled model partitioned, newest last."""
+
+    reports: list[GraphReport] = field(default_factory=list)
+
+
+LAST_COMPILE = CompileLog()  # the reports of the most recent remat compilation in this process
+
+
+class _Stop(Exception):
+    """Raised by an analysis-only partitioner to stop compilation after planning."""
+
+    def __init__(self, report: GraphReport) -> None:
+        super().__init__("remat analysis done")
+        self.report = report
+
+
+def plan_joint_graph(
+    joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig
+) -> tuple[GraphReport, Any]:
+    """Capture the Problem of a joint graph, solve it and check the plan with the simulator."""
+    from torch._functorch import partitioners as P
+
+    t0 = time.perf_counter()
+    joint.graph.eliminate_dead_code()
+    joint.recompile()
+    if P.has_recomputable_ops(joint):
+        joint = P.cleanup_recompute_tags(joint, is_default_partition=False)
+    P.force_save_collectives(joint)
+    P.force_save_effectful_ops(joint)
+    P.force_save_bw_mutation_src(joint)
+    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+    spec = device_spec(cfg.device)
+    captured = capture(
+        joint,
+        forward_nodes=forward_nodes(joint, info),
+        num_fwd_outputs=num_fwd_outputs,
+        spec=spec,
+        name=f"graph{len(LAST_COMPILE.reports)}",
+    )
+    problem = captured.problem
+    baseline = store_all_peak(problem)
+    budget = cfg.memory_budget.resolve(baseline) if cfg.memory_budget is not None else None
+    plan = get_solver(cfg.solver)(problem, budget, time_limit=cfg.time_limit, gap=cfg.gap)
+    timeline = check(problem, plan, budget)
+    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
+    return report, (joint, info)
+
+
+def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
+    """Ops that run in the forward graph: those the forward outputs need, and every output of a
+    forward tuple op (a dropout mask that only backward reads is still made in forward)."""
+    import operator
+
+    fwd = set(info.required_fw_nodes)
+    return fwd | {n for n in joint.graph.nodes if n.target is operator.getitem and n.args[0] in fwd}
+
+
+class RematPartitioner(CustomPartitionerFn):
+    """Inductor's partitioner hook: plan with remat, then build forward and backward graphs."""
+
+    def __init__(self, cfg: RematConfig, analyze_only: bool = False) -> None:
+        self.cfg = cfg
+        self.analyze_only = analyze_only
+
+    def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
+        num_fwd_outputs = kwargs["num_fwd_outputs"]
+        static = kwargs.get("static_lifetime_input_indices")
+        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg)
+        if self.analyze_only:
+            raise _Stop(report)
+        LAST_COMPILE.reports.append(report)
+        if self.cfg.verbose:
+            print(summary_line(report))
+        log.info("%s", summary_line(report))
+        return apply_plan(
+            joint,
+            forward_nodes=forward_nodes(joint, info),
+            problem=report.problem,
+            plan=report.plan,
+            backward_order=report.captured.backward_order,
+            num_fwd_outputs=num_fwd_outputs,
+            static_lifetime_input_nodes=info.static_lifetime_input_nodes,
+        )
+
+    def uuid(self) -> str:
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+def summary_line(r: GraphReport) -> str:
+    from .errors import fmt_bytes
+
+    p = r.plan
+    counts = ", ".join(f"{len(p.names(d))} {d.value}" for d in Decision)
+    cap = fmt_bytes(r.budget_bytes) if r.budget_bytes is not None else "none"
+    return (
+        f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
+        f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
+        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s"
+    )
+
+
+def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | None = None, **kw: Any):
+    """torch.compile backend "remat": Inductor with a peak-memory-capped partitioner."""
+    from torch._inductor.compile_fx import compile_fx
+
+    if kw:
+        raise TypeError(f"remat backend: unexpected keyword(s) {sorted(kw)}; pass settings as options={{...}}")
+    cfg = RematConfig.from_options(options)
+    if cfg.memory_budget is None:
+        return compile_fx(gm, example_inputs)
+    return compile_fx(gm, example_inputs, config_patches={"custom_partitioner_fn": RematPartitioner(cfg)})

@@ -1,0 +1,133 @@
+"""Device specs and roofline estimates of an op's time and a tensor's bytes.
+
+time(op) = max(flops / peak_flops, bytes_moved / bandwidth) + launch overhead. FLOPs come from
+torch's flop-counter formulas evaluated on the node's fake-tensor metadata; the CPU attention op,
+which has no formula in torch, gets the standard attention count so attention never looks free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    peak_flops: float  # FLOP/s of dense matmul at the working dtype
+    bandwidth: float  # device memory bytes/s
+    host_bandwidth: float  # device<->host bytes/s per direction (0: no offload target)
+    launch_overhead: float = 5e-6  # seconds per kernel
+
+
+DEVICES = {
+    # 2 cores, AVX2-class: measured order of magnitude for fp32 matmul and streaming copies.
+    "cpu": DeviceSpec("cpu", peak_flops=1.0e11, bandwidth=1.0e10, host_bandwidth=1.0e10, launch_overhead=2e-6),
+    "a100": DeviceSpec("a100", peak_flops=156e12, bandwidth=1.555e12, host_bandwidth=25e9),
+    "h100": DeviceSpec("h100", peak_flops=495e12, bandwidth=3.35e12, host_bandwidth=50e9),
+    "h200": DeviceSpec("h200", peak_flops=495e12, bandwidth=4.8e12, host_bandwidth=50e9),
+}
+DEVICE_HELP = (
+    "device must be 'auto', one of " + ", ".join(repr(k) for k in DEVICES)
+    + ", or a dict with numeric 'peak_flops' and 'bandwidth' (and optional 'host_bandwidth')"
+)
+
+
+def device_spec(device: Any = "auto") -> DeviceSpec:
+    """Resolve the ``device`` option to a DeviceSpec (ConfigError lists what is valid)."""
+    if isinstance(device, DeviceSpec):
+        return device
+    if isinstance(device, tuple):  # RematConfig stores dicts as sorted item tuples
+        device = dict(device)
+    if isinstance(device, dict):
+        extra = set(device) - {"peak_flops", "bandwidth", "host_bandwidth", "name"}
+        try:
+            spec = DeviceSpec(
+                name=str(device.get("name", "custom")),
+                peak_flops=float(device["peak_flops"]),
+                bandwidth=float(device["bandwidth"]),
+                host_bandwidth=float(device.get("host_bandwidth", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{DEVICE_HELP}; got {device!r}") from None
+        if extra or spec.peak_flops <= 0 or spec.bandwidth <= 0 or spec.host_bandwidth < 0:
+            raise ConfigError(f"{DEVICE_HELP}; got {device!r}")
+        return spec
+    if not isinstance(device, str):
+        raise ConfigError(f"{DEVICE_HELP}; got {device!r}")
+    key = device.lower()
+    if key == "auto":
+        return _detect()
+    if key not in DEVICES:
+        raise ConfigError(f"{DEVICE_HELP}; got {device!r}")
+    return DEVICES[key]
+
+
+def _detect() -> DeviceSpec:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name().lower()
+        for key in ("h200", "h100", "a100"):
+            if key in name:
+                return DEVICES[key]
+        return DEVICES["a100"]
+    return DEVICES["cpu"]
+
+
+def hint(x: Any) -> int:
+    """A concrete int for an int or SymInt (its hint under dynamic shapes)."""
+    try:
+        return int(x)
+    except Exception:
+        node = x.node
+        if getattr(node, "hint", None) is not None:
+            return int(node.hint)
+        return int(node.shape_env.size_hint(node.expr))
+
+
+def tensor_bytes(t: Any) -> int:
+    """Bytes of a (fake) tensor's own elements; 0 for non-tensors."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        return 0
+    numel = 1
+    for s in t.shape:
+        numel *= hint(s)
+    return numel * t.element_size()
+
+
+def _attention_flops(q: Any, k: Any, v: Any) -> int:
+    """2*B*H*Sq*Sk*D for QK^T plus the same for PV."""
+    b, h, sq, d = (hint(s) for s in q.shape)
+    sk, dv = hint(k.shape[-2]), hint(v.shape[-1])
+    return 2 * b * h * sq * sk * d + 2 * b * h * sq * sk * dv
+
+
+def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
+    """FLOPs of one ATen op from torch's flop formulas (0 for ops without one)."""
+    import torch
+    from torch.utils.flop_counter import flop_registry
+
+    packet = getattr(target, "overloadpacket", None)
+    name = str(packet) if packet is not None else ""
+    if "scaled_dot_product" in name and "attention" in name and "for_cpu" in name:
+        q, k, v = args[:3]
+        fwd = _attention_flops(q, k, v)
+        return int(fwd * 2.5) if "backward" in name else fwd
+    if packet in flop_registry:
+        try:
+            return int(flop_registry[packet](*args, **kwargs, out_val=out))
+        except Exception:
+            return 0
+    if isinstance(out, torch.Tensor):  # pointwise and reductions: about one FLOP an element
+        return tensor_bytes(out) // max(out.element_size(), 1)
+    return 0
+
+
+def op_time(flops: float, bytes_moved: float, spec: DeviceSpec) -> float:
+    """Roofline time in seconds of a kernel."""
+    return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth) + spec.launch_overhead

@@ -1,0 +1,228 @@
+"""The optimisation problem as plain data: a fixed schedule of slots and the activations to decide.
+
+A training step is a fixed sequence of *slots*: the forward ops in order, then the backward ops in
+the order that the backward graph runs them. Slot ``t`` has a compute time and ``fixed_bytes``: the
+device bytes live while slot ``t`` runs that no decision changes (temporaries, gradients, tangents,
+forward outputs, and every activation during its own forward lifetime ``[created, last_forward_use]``).
+
+An :class:`Activation` is a forward-computed storage that the backward pass may read. Its decision
+(``remat.plan.Decision``) only changes where it lives *after* its last forward use:
+
+STORE
+    live from ``created`` through the end of the forward and into the backward until its last need.
+RECOMPUTE
+    freed after its last forward use; recomputed in backward slot ``recompute_slot(a)`` (just before
+    that slot's op runs) and live from there until its last need. Costs ``compute_time`` once.
+OFFLOAD
+    copied to host after its last forward use: live on the device until the copy ends
+    (``offload_window``), then again from the prefetch start until its last need.
+
+An activation is *needed* when a backward slot reads it (``backward_uses``) or when a RECOMPUTE
+activation lists it in ``inputs``. Unneeded activations take no decision, no memory and no time.
+Its *last need* is the latest of its ``backward_uses`` and the ``recompute_slot`` of every consumer
+that is recomputed. ``recompute_slot(a)`` is the earliest backward slot at which ``a`` could be
+needed: the minimum of its ``backward_uses`` and of its consumers' recompute slots. Placing the
+recomputation there (not lazily) makes every lifetime a function of the decisions alone, which is
+what lets the ILP model the peak exactly. Everything not listed in ``inputs`` (parameters, inputs,
+forward outputs) is resident and always available.
+
+Bytes are per storage: views are folded into the storage they alias and never appear here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+FORWARD = "forward"
+BACKWARD = "backward"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One position of the schedule: an op of the forward or backward graph."""
+
+    name: str
+    phase: str  # FORWARD or BACKWARD
+    compute_time: float  # seconds that the op at this slot takes
+    fixed_bytes: int  # device bytes live here whatever the plan
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A forward storage that backward may read; the unit that a plan decides."""
+
+    name: str
+    op: str
+    bytes: int
+    compute_time: float  # seconds to recompute it from ``inputs`` (and resident values)
+    created: int  # forward slot that computes it
+    last_forward_use: int  # last forward slot that reads it (``created`` if none)
+    backward_uses: tuple[int, ...] = ()  # backward slots that read it directly, ascending
+    inputs: tuple[str, ...] = ()  # activations that recomputing it reads
+    recomputable: bool = True  # False for random and impure ops
+    offloadable: bool = True
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A schedule of slots and the activations to decide; what every solver takes."""
+
+    slots: tuple[Slot, ...]
+    activations: tuple[Activation, ...]
+    host_bandwidth: float = 0.0  # bytes/s of the device<->host link; 0 disables offload
+    name: str = "problem"
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slots", tuple(self.slots))
+        object.__setattr__(self, "activations", tuple(self.activations))
+        n = len(self.slots)
+        phases = [s.phase for s in self.slots]
+        if any(p not in (FORWARD, BACKWARD) for p in phases) or phases != sorted(phases, key=(FORWARD, BACKWARD).index):
+            raise ValueError("slots must be forward slots followed by backward slots")
+        names = set()
+        for a in self.activations:
+            if a.name in names:
+                raise ValueError(f"duplicate activation name {a.name!r}")
+            names.add(a.name)
+            if not (0 <= a.created <= a.last_forward_use < self.num_forward):
+                raise ValueError(f"activation {a.name!r}: forward lifetime outside the forward slots")
+            if any(not (self.num_forward <= u < n) for u in a.backward_uses):
+                raise ValueError(f"activation {a.name!r}: a backward use is not a backward slot")
+            if list(a.backward_uses) != sorted(set(a.backward_uses)):
+                raise ValueError(f"activation {a.name!r}: backward_uses must be ascending and unique")
+            if a.bytes < 0 or a.compute_time < 0:
+                raise ValueError(f"activation {a.name!r}: negative bytes or time")
+        for a in self.activations:
+            for i in a.inputs:
+                if i not in names:
+                    raise ValueError(f"activation {a.name!r} reads unknown activation {i!r}")
+                if self.activation(i).created >= a.created:
+                    raise ValueError(f"activation {a.name!r} reads {i!r}, which is created later")
+        if self.host_bandwidth < 0:
+            raise ValueError("host_bandwidth must be >= 0")
+
+    # ---- derived structure -------------------------------------------------------------
+    @cached_property
+    def num_forward(self) -> int:
+        return sum(1 for s in self.slots if s.phase == FORWARD)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Activation]:
+        return {a.name: a for a in self.activations}
+
+    def activation(self, name: str) -> Activation:
+        return self._by_name[name]
+
+    @cached_property
+    def consumers(self) -> dict[str, tuple[str, ...]]:
+        """Activations whose recomputation reads each activation."""
+        out: dict[str, list[str]] = {a.name: [] for a in self.activations}
+        for a in self.activations:
+            for i in a.inputs:
+                out[i].append(a.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @cached_property
+    def recompute_slots(self) -> dict[str, int | None]:
+        """Earliest backward slot where each activation could be needed (None: never)."""
+        slot: dict[str, int | None] = {}
+        for a in sorted(self.activations, key=lambda a: a.created, reverse=True):
+            cands = list(a.backward_uses[:1])
+            cands += [slot[c] for c in self.consumers[a.name] if slot[c] is not None]
+            slot[a.name] = min(cands) if cands else None
+        return slot
+
+    def recompute_slot(self, name: str) -> int | None:
+        return self.recompute_slots[name]
+
+    @cached_property
+    def relevant(self) -> tuple[str, ...]:
+        """Activations that some plan could need (those with a recompute slot)."""
+        return tuple(a.name for a in self.activations if self.recompute_slots[a.name] is not None)
+
+    @cached_property
+    def cumulative_time(self) -> tuple[float, ...]:
+        """``cumulative_time[t]``: compute time of slots ``0..t-1``."""
+        acc, out = 0.0, [0.0]
+        for s in self.slots:
+            acc += s.compute_time
+            out.append(acc)
+        return tuple(out)
+
+    @cached_property
+    def _windows(self) -> dict[str, tuple[int, int, float]]:
+        return {}
+
+    def offload_window(self, name: str) -> tuple[int, int, float]:
+        """(last slot the device copy lives in forward, first backward slot it lives again, exposed s).
+
+        The copy to host starts after ``last_forward_use`` and overlaps the compute of the slots
+        that follow; the device copy is freed after the first slot by whose end the copy is done
+        (or at the end of the forward). The prefetch ends before ``recompute_slot`` runs and starts
+        at the latest slot that leaves it enough compute to hide behind (or the backward's first
+        slot). Transfer time that no compute hides is ``exposed`` and adds to the step time.
+        """
+        a = self.activation(name)
+        first_need = self.recompute_slots[name]
+        if first_need is None or self.host_bandwidth <= 0:
+            raise ValueError(f"activation {name!r} cannot be offloaded in this problem")
+        if name in self._windows:
+            return self._windows[name]
+        transfer = a.bytes / self.host_bandwidth
+        cum = self.cumulative_time
+        nf = self.num_forward
+        out_end, exposed = nf - 1, 0.0
+        for t in range(a.last_forward_use + 1, nf):
+            if cum[t + 1] - cum[a.last_forward_use + 1] >= transfer:
+                out_end = t
+                break
+        else:
+            exposed += max(0.0, transfer - (cum[nf] - cum[a.last_forward_use + 1]))
+        back_start = nf
+        for t in range(first_need - 1, nf - 1, -1):
+            if cum[first_need] - cum[t] >= transfer:
+                back_start = t
+                break
+        else:
+            exposed += max(0.0, transfer - (cum[first_need] - cum[nf]))
+        self._windows[name] = (out_end, back_start, exposed)
+        return out_end, back_start, exposed
+
+    # ---- JSON ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "host_bandwidth": self.host_bandwidth,
+            "metadata": self.metadata,
+            "slots": [asdict(s) for s in self.slots],
+            "activations": [asdict(a) for a in self.activations],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Problem":
+        acts = []
+        for a in d["activations"]:
+            a = dict(a)
+            for k in ("backward_uses", "inputs", "shape"):
+                a[k] = tuple(a.get(k, ()))
+            acts.append(Activation(**a))
+        return cls(
+            slots=tuple(Slot(**s) for s in d["slots"]),
+            activations=tuple(acts),
+            host_bandwidth=float(d.get("host_bandwidth", 0.0)),
+            name=d.get("name", "problem"),
+            metadata=dict(d.get("metadata", {})),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Problem":
+        return cls.from_dict(json.loads(Path(path).read_text()))
