@@ -20,11 +20,16 @@ OFFLOAD
 An activation is *needed* when a backward slot reads it (``backward_uses``) or when a RECOMPUTE
 activation lists it in ``inputs``. Unneeded activations take no decision, no memory and no time.
 Its *last need* is the latest of its ``backward_uses`` and the ``recompute_slot`` of every consumer
-that is recomputed. ``recompute_slot(a)`` is the earliest backward slot at which ``a`` could be
-needed: the minimum of its ``backward_uses`` and of its consumers' recompute slots. Placing the
-recomputation there (not lazily) makes every lifetime a function of the decisions alone, which is
-what lets the ILP model the peak exactly. Everything not listed in ``inputs`` (parameters, inputs,
-forward outputs) is resident and always available.
+that is recomputed.
+
+``recompute_slot(a)`` is where a RECOMPUTE ``a`` is recomputed and where an OFFLOAD ``a`` must be
+back: its first backward use, or, for an activation that backward never reads directly (a GELU's
+inner terms), the earliest recompute slot of its recomputable consumers. It does not depend on the
+plan, which is what lets the ILP model the peak exactly. The price is one rule (``conflicts``):
+when a recomputed consumer ``c`` needs ``a`` before ``recompute_slot(a)``, ``a`` must be STORE.
+This is the usual checkpoint pattern: a layer's inner values are recomputed from a stored
+boundary, never from a boundary that is itself recomputed later. Everything not listed in
+``inputs`` (parameters, inputs, forward outputs) is resident and always available.
 
 Bytes are per storage: views are folded into the storage they alias and never appear here.
 """
@@ -130,13 +135,30 @@ class Problem:
 
     @cached_property
     def recompute_slots(self) -> dict[str, int | None]:
-        """Earliest backward slot where each activation could be needed (None: never)."""
+        """Backward slot where each activation is recomputed or prefetched by (None: never needed)."""
         slot: dict[str, int | None] = {}
         for a in sorted(self.activations, key=lambda a: a.created, reverse=True):
-            cands = list(a.backward_uses[:1])
-            cands += [slot[c] for c in self.consumers[a.name] if slot[c] is not None]
+            if a.backward_uses:
+                slot[a.name] = a.backward_uses[0]
+                continue
+            cands = [slot[c] for c in self.consumers[a.name] if slot[c] is not None and self._by_name[c].recomputable]
             slot[a.name] = min(cands) if cands else None
         return slot
+
+    @cached_property
+    def conflicts(self) -> tuple[tuple[str, str], ...]:
+        """(input, consumer) pairs where recomputing the consumer forces the input to be STORE:
+        the consumer is recomputed before the input's own recompute slot."""
+        out = []
+        for c in self.activations:
+            rc = self.recompute_slots[c.name]
+            if rc is None or not c.recomputable:
+                continue
+            for i in c.inputs:
+                ri = self.recompute_slots[i]
+                if ri is not None and ri > rc:
+                    out.append((i, c.name))
+        return tuple(out)
 
     def recompute_slot(self, name: str) -> int | None:
         return self.recompute_slots[name]
