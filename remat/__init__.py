@@ -23,10 +23,19 @@ def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options):
     """Plan a model's training step offline (fake tensors, no step runs); returns a Report."""
     from .analyze import analyze as _analyze
 
+    # (importing the submodule rebinds ``remat.analyze`` to it; the module is callable as this function)
     return _analyze(model, example_inputs, memory_budget=memory_budget, loss_fn=loss_fn, **options)
+
+
+def pareto(model, example_inputs, budgets=("90%", "80%", "70%", "60%", "50%", "40%", "30%"), loss_fn=None,
+           progress=True, plot=None, **options):
+    """Sweep caps (trace once, solve per cap): predicted peak vs predicted step-time overhead."""
+    from .analyze import pareto as _pareto
+
+    return _pareto(model, example_inputs, budgets=budgets, loss_fn=loss_fn, progress=progress, plot=plot, **options)
 
 
 __all__ = [
     "Activation", "ConfigError", "Decision", "InfeasibleBudgetError", "Plan", "PlanError",
-    "Problem", "RematConfig", "RematError", "Slot", "analyze", "remat_backend",
+    "Problem", "RematConfig", "RematError", "Slot", "analyze", "pareto", "remat_backend",
 ]

@@ -164,4 +164,7 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     cfg = RematConfig.from_options(options)
     if cfg.memory_budget is None:
         return compile_fx(gm, example_inputs)
-    return compile_fx(gm, example_inputs, config_patches={"custom_partitioner_fn": RematPartitioner(cfg)})
+    # Inductor's buffer reuse keeps a freed buffer allocated until a later same-sized allocation
+    # takes it, which can hold memory across the step's peak; the plan frees at last use.
+    patches = {"custom_partitioner_fn": RematPartitioner(cfg), "allow_buffer_reuse": False}
+    return compile_fx(gm, example_inputs, config_patches=patches)

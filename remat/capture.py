@@ -8,7 +8,7 @@ size ops take no slot; their uses count as uses of the storage they alias.
 Memory follows Inductor, not eager: a pointwise result that only feeds fusible consumers
 (pointwise ops, reductions, views) of its own phase is fused into them and never allocated. Every
 other result is a buffer, live from its op's slot to its last use; graph outputs (forward outputs,
-gradients) stay live to the end of the step. Parameters and inputs are resident and cost nothing.
+gradients) and the incoming output gradients (tangents) stay live to the end of the step. Parameters and inputs are resident and cost nothing.
 """
 
 from __future__ import annotations
@@ -146,15 +146,17 @@ def capture(
             o = owner.get(i)
             if o is not None:
                 uses.setdefault(o, []).append(n)
-    # Fusion: a pointwise result read only by fusible ops of its own phase is never allocated.
+    # Fusion: a pointwise result read only by fusible ops of its own phase is never allocated;
+    # Inductor inlines it into its readers, so what it reads stays live until they run.
     readers: dict[fx.Node, list[fx.Node]] = {}
     for n in nodes:
         for i in n.all_input_nodes:
             readers.setdefault(i, []).append(n)
 
-    def materialized(s: fx.Node, phase_nodes: set) -> bool:
+    def materialized(s: fx.Node) -> bool:
         if s.op != "call_function" or torch.Tag.pointwise not in _tags(s) or s in pinned:
             return True
+        phase_nodes = fwd if s in fwd else bwd
         stack = [s]
         while stack:
             v = stack.pop()
@@ -169,6 +171,16 @@ def capture(
                     return True
         return False
 
+    fused = {n: not materialized(n) for n in nodes if owner.get(n) is n and n.op == "call_function"}
+    effective: dict[fx.Node, list[fx.Node]] = {}  # slots' nodes that read a storage, through fused readers
+    for o in reversed(nodes):
+        out = []
+        for u in uses.get(o, ()):
+            out.append(u)
+            if fused.get(u):
+                out.extend(w for w in effective.get(u, ()) if (w in fwd) == (u in fwd))
+        effective[o] = out
+
     # ---- fixed bytes and activations ------------------------------------------------------
     delta = [0] * (ns + 1)
 
@@ -182,11 +194,9 @@ def capture(
     acts: dict[fx.Node, dict] = {}
     for s in storages:
         nbytes = tensor_bytes(s.meta["val"])
-        s_uses = uses.get(s, [])
-        if s in tangents:
-            slots = [slot_of[u] for u in s_uses if u in slot_of]
-            if slots:
-                live(nf, max(slots), nbytes)
+        s_uses = effective.get(s, [])
+        if s in tangents:  # the autograd engine holds grad outputs until the backward returns
+            live(nf, last, nbytes)
             continue
         created = slot_of.get(s)
         if created is None:
@@ -198,12 +208,12 @@ def capture(
             if s in pinned:
                 live(created, last, nbytes)
                 continue
-            if materialized(s, fwd):
+            if not fused[s]:
                 live(created, lfu, nbytes)
             acts[s] = dict(bytes=nbytes, created=created, lfu=lfu, b_uses=b_uses)
         else:
             end = last if s in pinned else max([slot_of[u] for u in s_uses if u in slot_of] + [created])
-            if materialized(s, bwd):
+            if not fused[s]:
                 live(created, end, nbytes)
 
     # inputs of each activation's op (through views), and relevance for the backward

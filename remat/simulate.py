@@ -4,8 +4,10 @@
 docstring) with nothing taken from any solver: it works out the needed set, builds explicit live
 intervals for every needed activation, sums them over the slots with a difference array and checks
 that every backward read (a backward use, or the recomputation of a consumer) finds its value live
-on the device. Only the problem's own definitions of the semantics are used
-(``Problem.recompute_slots``, ``consumers``, ``offload_window``, ``num_forward``).
+on the device. An OFFLOAD value counts as back only from its recompute slot, where its prefetch
+has completed; with that, the plans that ``Problem.conflicts`` rules out fail this read check. Only
+the problem's own definitions of the semantics are used (``Problem.recompute_slots``,
+``consumers``, ``offload_window``, ``num_forward``).
 
 Intervals are inclusive slot ranges ``(lo, hi)``, counted on top of ``slot.fixed_bytes`` (which
 already holds every activation during its forward lifetime ``[created, last_forward_use]``):
@@ -137,6 +139,7 @@ class _Analysis:
         # device[name]: list of inclusive intervals; host[name]: likewise; effective decision
         device: dict[str, list[tuple[int, int]]] = {}
         host: dict[str, list[tuple[int, int]]] = {}
+        readable: dict[str, list[tuple[int, int]]] = {}  # where a read finds the value (default: device)
         recompute_time = 0.0
         transfer_time = 0.0
         rs = p.recompute_slots
@@ -172,6 +175,8 @@ class _Analysis:
                     if not (nf <= back_start):
                         errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
                     device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
+                    # the prefetch into (back_start, ...) completes only by the recompute slot
+                    readable[name] = [(a.last_forward_use + 1, out_end), (rs[name], last)]
                     host[name] = [(out_end + 1, last)]
                     transfer_time += exposed
                     continue
@@ -182,7 +187,8 @@ class _Analysis:
         read_errors: list[str] = []
 
         def live(name: str, t: int) -> bool:
-            return any(lo <= t <= hi for lo, hi in device.get(name, ()))
+            ivs = readable[name] if name in readable else device.get(name, ())
+            return any(lo <= t <= hi for lo, hi in ivs)
 
         for name in order:
             if name not in device:

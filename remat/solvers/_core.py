@@ -6,7 +6,11 @@ Nothing here imports torch. Everything follows the memory semantics of ``remat.p
   recomputable and possibly needed; only those ever take a decision;
 * ``last_need(a) = max(backward_uses(a), recompute_slot(c) for needed RECOMPUTE consumers c)``;
 * extra device bytes: STORE ``lfu+1..last_need``; RECOMPUTE ``rs..last_need``; OFFLOAD
-  ``lfu+1..out_end`` and ``back_start..last_need``.
+  ``lfu+1..out_end`` and ``back_start..last_need``;
+* ``Problem.conflicts``: when a consumer ``c`` is RECOMPUTE and ``recompute_slot(c)`` comes before
+  ``recompute_slot(a)`` of its input ``a``, then ``a`` must be STORE (a RECOMPUTE or OFFLOAD input
+  is back on the device only at its own, later, recompute slot). ``Structure.conflicts`` keeps the
+  pairs in which both decisions are options for a solver; every solver must respect them.
 
 ``Structure`` precomputes, per candidate, the slot pieces on which its contribution to the memory
 at a slot is a fixed linear form of its own decision variables (the ILP rows are sums of these
@@ -35,13 +39,15 @@ class Cand:
     __slots__ = (
         "idx", "name", "bytes", "time", "lfu", "rs", "D", "rec_ok", "off_ok", "out_end",
         "back_start", "exposed", "inputs", "rcons", "rcons_all", "ext", "pieces", "bps", "masks",
-        "full", "nstates",
+        "full", "nstates", "cf_inputs", "cf_cons",
     )
 
     def __init__(self) -> None:
         self.inputs: list[int] = []  # candidate indices of inputs (filled when recomputable)
         self.rcons: list[int] = []  # consumers whose RECOMPUTE the ILP considers (rec_ok)
         self.rcons_all: list[int] = []  # every recomputable candidate consumer
+        self.cf_inputs: list[int] = []  # inputs that must be STORE when this one is RECOMPUTE
+        self.cf_cons: list[int] = []  # consumers whose RECOMPUTE forces this one to be STORE
 
 
 class Structure:
@@ -102,6 +108,16 @@ class Structure:
             pts = sorted({self.cands[k].rs for k in c.rcons})
             c.ext = [b for b in pts if b > c.D] if c.D >= 0 else pts
         self.reach = reach
+        # conflicts between options the solvers consider: (input, consumer) candidate indices
+        self.conflicts: list[tuple[int, int]] = []
+        for i_name, c_name in dict.fromkeys(p.conflicts):  # an input may be listed twice
+            i, c = self.index.get(i_name), self.index.get(c_name)
+            if i is None or c is None:
+                continue
+            self.cands[i].cf_cons.append(c)
+            self.cands[c].cf_inputs.append(i)
+            if self.cands[c].rec_ok and (self.cands[i].rec_ok or self.cands[i].off_ok):
+                self.conflicts.append((i, c))
         for c in self.cands:
             self._pieces(c)
         self.by_name = {c.name: c for c in self.cands}
@@ -274,6 +290,14 @@ class Structure:
             if lo <= ln:
                 yield lo, ln, c.bytes
 
+    def violations(self, dec: Mapping[str, Decision]) -> list[tuple[str, str]]:
+        """Conflict pairs (input, consumer) that normalized decisions break."""
+        out = []
+        for i_name, c_name in dict.fromkeys(self.problem.conflicts):
+            if dec.get(c_name) is Decision.RECOMPUTE and dec.get(i_name) in (Decision.RECOMPUTE, Decision.OFFLOAD):
+                out.append((i_name, c_name))
+        return out
+
     def cost(self, dec: Mapping[str, Decision]) -> float:
         t = 0.0
         for name, d in dec.items():
@@ -318,6 +342,9 @@ def make_plan(
 ) -> Plan:
     """A Plan over exactly the needed set with its exactly recomputed objective."""
     dec = struct.normalize(dec)
+    bad = struct.violations(dec)
+    if bad:  # every solver respects Problem.conflicts; a plan that does not is a solver bug
+        raise RuntimeError(f"{solver}: plan recomputes {bad[0][1]!r} but does not store its input {bad[0][0]!r} (bug)")
     info = dict(info or {})
     info.setdefault("peak_bytes", struct.peak(dec))
     return Plan(

@@ -5,10 +5,15 @@ the one whose switch to RECOMPUTE (bytes freed at that slot minus the bytes its 
 extended inputs add there, per second of recompute) or to OFFLOAD (bytes per exposed second) is
 best. A last pass puts back to STORE, most expensive first, every switch the cap no longer needs.
 Memory is kept as a numpy profile and updated by slices, so a step costs O(slots + inputs).
+
+Conflicts (``Problem.conflicts``): no move recomputes a consumer whose conflicting input is not
+STORE, or moves an input off STORE while such a consumer is recomputed. When only a blocked move
+would lower the peak, a swap move puts the blockers back to STORE and takes it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -49,6 +54,10 @@ class _State:
                     dst.append(k)
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
+        # conflict pairs (input, consumer): a RECOMPUTE consumer pins its input to STORE
+        cf = [(i, c.idx) for c in cs for i in dict.fromkeys(c.cf_inputs)]
+        self.cf_in = np.array([i for i, _ in cf], dtype=np.int64)
+        self.cf_con = np.array([x for _, x in cf], dtype=np.int64)
         for c in cs:
             if c.D >= 0:
                 self.dec[c.idx] = STORE
@@ -117,20 +126,36 @@ class _State:
     def decisions(self) -> dict[str, Decision]:
         return {c.name: _DEC[int(self.dec[c.idx])] for c in self.st.cands if self.dec[c.idx] != NONE}
 
+    # ---- conflicts ------------------------------------------------------------------------
+    def blocked(self):
+        """(pinned, no_rec): candidates that must stay STORE (a conflicting consumer is
+        RECOMPUTE) and candidates that cannot become RECOMPUTE (a conflicting input is not STORE)."""
+        n = len(self.dec)
+        if not len(self.cf_in):
+            z = np.zeros(n, dtype=bool)
+            return z, z
+        dec = self.dec
+        pinned = np.bincount(self.cf_in, weights=dec[self.cf_con] == REC, minlength=n) > 0
+        din = dec[self.cf_in]
+        no_rec = np.bincount(self.cf_con, weights=(din == REC) | (din == OFF), minlength=n) > 0
+        return pinned, no_rec
+
     # ---- the greedy step -----------------------------------------------------------------
     def best_move(self, t: int):
         """(candidate, decision) with the best freed-bytes-at-t per added second, or None.
 
-        Moves: STORE -> RECOMPUTE, OFFLOAD -> RECOMPUTE, STORE -> OFFLOAD.
+        Moves: STORE -> RECOMPUTE, OFFLOAD -> RECOMPUTE, STORE -> OFFLOAD; none that breaks a
+        conflict (see ``blocked``).
         """
         dec = self.dec
         best, best_key = None, None
         storing = dec == STORE
         offl = dec == OFF
+        pinned, no_rec = self.blocked()
         live_rec = (storing & (self.lfu < t) & (t < self.rs)) | (
             offl & (((self.lfu < t) & (t <= self.out_end)) | ((self.back_start <= t) & (t < self.rs)))
         )
-        m_rec = self.rec_ok & live_rec
+        m_rec = self.rec_ok & live_rec & ~pinned & ~no_rec
         if m_rec.any():
             ben = self.bytes.astype(np.float64)
             if len(self.src):
@@ -149,7 +174,7 @@ class _State:
                 ratio = ben[ids] / np.maximum(cost, 1e-30)
                 j = int(np.lexsort((ben[ids], ratio))[-1])
                 best, best_key = (int(ids[j]), REC), (ratio[j], ben[ids][j])
-        m_off = storing & self.off_ok & (self.out_end < t) & (t < self.back_start)
+        m_off = storing & self.off_ok & ~pinned & (self.out_end < t) & (t < self.back_start)
         if m_off.any():
             ids = np.flatnonzero(m_off)
             ben = self.bytes[ids].astype(np.float64)
@@ -171,7 +196,8 @@ class _State:
         cs = self.st.cands
         dec, ln = self.dec, self.ln
         best = None
-        live_rec = self.rec_ok & (
+        pinned, no_rec = self.blocked()
+        live_rec = self.rec_ok & ~pinned & ~no_rec & (
             ((dec == STORE) & (self.lfu < t) & (t < self.rs))
             | ((dec == OFF) & (((self.lfu < t) & (t <= self.out_end)) | ((self.back_start <= t) & (t < self.rs))))
         )
@@ -194,7 +220,9 @@ class _State:
                     adds = (dec[i] == NONE and self.lfu[i] < t <= r) or (dec[i] != NONE and ln[i] < t <= r)
                     if not adds:
                         continue
-                    if cs[i].rec_ok and cs[i].rs > t and dec[i] in (NONE, STORE) and len(members) < limit:
+                    if (cs[i].rec_ok and cs[i].rs > t and dec[i] in (NONE, STORE) and len(members) < limit
+                            and cs[i].rs <= r and not pinned[i] and not no_rec[i]):
+                        # (rs(i) <= rs(m): recomputing i is allowed alongside m, no conflict)
                         members.append(i)
                         inset.add(i)
                         cost += self.time[i]
@@ -204,6 +232,9 @@ class _State:
                         inset.add(i)
             if len(members) < 2:
                 continue
+            mset = set(members)
+            if any(x in mset for m in members for x in cs[m].cf_inputs):
+                continue  # a member would need another member stored: not a valid group
             net = ben - pen
             if net <= 0:
                 continue
@@ -211,6 +242,52 @@ class _State:
             if best is None or (ratio, net) > best[1]:
                 best = (members, (ratio, net))
         return best
+
+    def swap_move(self, t: int, limit: int = 64):
+        """Best RECOMPUTE of an activation live at ``t`` that a conflict blocks, with its blockers
+        (RECOMPUTE consumers that pin it, RECOMPUTE/OFFLOAD inputs it pins) put back to STORE.
+
+        The heuristic's order can recompute the wrong member of a conflict pair first (the
+        consumer, when only the input frees the peak slot); this undoes that. Each trial is applied
+        and rolled back, so it runs only when no other move helps. Returns the members to set
+        (blockers to STORE, then the activation to RECOMPUTE) or None.
+        """
+        cs = self.st.cands
+        dec = self.dec
+        pinned, no_rec = self.blocked()
+        live_rec = self.rec_ok & (pinned | no_rec) & (
+            ((dec == STORE) & (self.lfu < t) & (t < self.rs))
+            | ((dec == OFF) & (((self.lfu < t) & (t <= self.out_end)) | ((self.back_start <= t) & (t < self.rs))))
+        )
+        ids = np.flatnonzero(live_rec)
+        if not len(ids):
+            return None
+        ids = ids[np.argsort(-self.bytes[ids], kind="stable")][:limit]
+        peak, base = int(self.mem.max()), int(self.mem[t])
+        t0 = float(self.cost())
+        best = None
+        for k in ids:
+            k = int(k)
+            blockers = [c for c in dict.fromkeys(cs[k].cf_cons) if dec[c] == REC]
+            blockers += [i for i in dict.fromkeys(cs[k].cf_inputs) if dec[i] in (REC, OFF)]
+            snap = (self.dec.copy(), self.ln.copy(), self.mem.copy())
+            for b in blockers:
+                if self.dec[b] in (REC, OFF):
+                    self.switch(b, STORE)
+            pin_k, norec_k = self.blocked()
+            if self.dec[k] != NONE and not pin_k[k] and not norec_k[k]:
+                self.switch(k, REC)
+                freed = base - int(self.mem[t])
+                if freed > 0 and int(self.mem.max()) <= peak:
+                    dt = float(self.cost()) - t0
+                    key = (freed / dt if dt > 0 else math.inf, freed)
+                    if best is None or key > best[1]:
+                        best = (blockers, k), key
+            self.dec, self.ln, self.mem = snap
+        return None if best is None else best[0]
+
+    def cost(self) -> float:
+        return float(self.time[self.dec == REC].sum() + self.exposed[self.dec == OFF].sum())
 
     def _live_at(self, k: int, t: int) -> bool:
         c = self.st.cands[k]
@@ -246,8 +323,9 @@ def run_greedy(st: Structure, cap: int):
     """(decisions, peak, best peak seen); decisions meet ``cap`` iff peak <= cap."""
     s = _State(st)
     best_peak = int(s.mem.max()) if st.n else 0
-    guard = 3 * len(st.cands) + 8  # each candidate moves at most twice (STORE->OFF->REC)
-    # (a closure move switches several at once, so the guard only bounds pathological cases)
+    guard = 3 * len(st.cands) + 8  # a plain move is STORE->OFF->REC at most; closure and swap
+    # moves switch several at once (a swap puts its blockers back to STORE): the guard only bounds
+    # pathological cases
     while st.n and guard > 0:
         guard -= 1
         t = int(np.argmax(s.mem))
@@ -260,10 +338,18 @@ def run_greedy(st: Structure, cap: int):
             s.switch(*mv)
             continue
         cm = s.closure_move(t)
-        if cm is None:
+        if cm is not None:
+            for k in cm[0]:
+                s.switch(k, REC)
+            continue
+        sm = s.swap_move(t)
+        if sm is None:
             break
-        for k in cm[0]:
-            s.switch(k, REC)
+        blockers, k = sm
+        for b in blockers:
+            if s.dec[b] in (REC, OFF):
+                s.switch(b, STORE)
+        s.switch(k, REC)
     peak = int(s.mem.max()) if st.n else 0
     best_peak = min(best_peak, peak)
     if peak <= cap:

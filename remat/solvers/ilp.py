@@ -12,6 +12,11 @@ Variables (per candidate ``a``, see ``_core.Structure``):
   exactly when ``z_aj`` is 1 (minimising never sets it higher than needed, and a plan's real
   memory is never above what the rows count).
 
+Conflicts (``Problem.conflicts``): for an input ``i`` that a RECOMPUTE consumer ``c`` reads before
+``recompute_slot(i)``, ``rec_c <= keep_i`` (case A: ``rec_c + rec_i + off_i <= 1``). The memory
+forms need nothing else: a STORE input covers ``lfu+1..D >= recompute_slot(c)`` already, so such
+a consumer never extends its last need.
+
 Memory rows: on each slot range where every candidate's contribution is one fixed linear form,
 only the slot with the largest ``fixed_bytes`` can peak; then rows that another row dominates
 for every plan (``row_i(plan) <= row_j(plan)`` via a per-activation bound over its possible
@@ -238,6 +243,16 @@ class Model:
                     if cs[x].rs == c.ext[j]:
                         prob += z - V[("rec", x)] >= 0, f"zr{k}_{x}"
                         ncons += 1
+        # conflicts: a RECOMPUTE consumer recomputed before its input's recompute slot needs the
+        # input STORE (rec_c <= keep_i; in case A keep_i = 1 - rec_i - off_i)
+        for i, x in st.conflicts:
+            rc = V[("rec", x)]
+            if ("keep", i) in V:
+                prob += rc - V[("keep", i)] <= 0, f"cf{i}_{x}"
+            else:
+                others = [v for v in (V.get(("rec", i)), V.get(("off", i))) if v is not None]
+                prob += pulp.lpSum([rc] + others) <= 1, f"cf{i}_{x}"
+            ncons += 1
         # objective
         obj = []
         for c in cs:
@@ -408,7 +423,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         d2 = model.decisions()
         p2 = st.peak(d2)
-        if p2 < peak:
+        if p2 < peak and not st.violations(d2):
             dec, peak = d2, p2
     return peak, dec, proven
 
@@ -486,7 +501,10 @@ def ilp(
     if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         dec = model.decisions()
         peak = st.peak(dec)
-        if peak <= budget:
+        bad = st.violations(dec)
+        if bad:  # cannot happen: the conflict rows forbid it
+            info["ilp_fallback"] = f"ILP solution breaks the conflict rule at {bad[0]} (bug); greedy used"
+        elif peak <= budget:
             best, best_cost, source = dec, st.cost(dec), "ilp"
         else:
             info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes over the cap (numerics); greedy used"

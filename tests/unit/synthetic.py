@@ -97,9 +97,7 @@ class Graph:
             acts.append(Activation(
                 name=an, op=self.ops[d["op"]].name, bytes=d["bytes"], compute_time=d["time"],
                 created=created, last_forward_use=lfu, backward_uses=tuple(sorted(set(uses[an]))),
-                # a non-recomputable op is never recomputed: listing no inputs is equivalent, and
-                # keeps Problem.recompute_slots (which also counts non-recomputable consumers) local
-                inputs=d["inputs"] if d["recomputable"] else (),
+                inputs=d["inputs"],
                 recomputable=d["recomputable"], offloadable=d["offloadable"],
             ))
         slots = [Slot(n, FORWARD, t, self.base + tmp + life[i]) for i, (n, t, tmp) in enumerate(fwd)]
@@ -110,18 +108,17 @@ class Graph:
 # ---- small named graphs ----------------------------------------------------------------------
 
 
-# Note on recompute slots: ``Problem.recompute_slots`` takes the minimum over *every* recomputable
-# consumer, recomputed or not, so in a graph where a chain of recomputable ops reaches the loss,
-# every activation upstream gets the first backward slot as its recompute slot and RECOMPUTE frees
-# nothing in the backward. The generators therefore default to "pinning" some ops (matmuls in the
-# MLP, residual adds in the transformer) as non-recomputable, which keeps recompute slots local;
-# pass ``save_matmul=False`` / ``save_residual=False`` for the fully recomputable graphs. (The
-# builder lists no inputs for non-recomputable activations, as recompute_slots would otherwise
-# propagate through them too.)
+# Recompute slots are local: an activation that backward reads is recomputed at its first backward
+# use, one that backward never reads at the earliest recompute slot of its recomputable consumers.
+# A consumer recomputed before its input's own recompute slot needs that input stored
+# (``Problem.conflicts``): in the residual and transformer generators the block boundaries. The
+# generators are fully recomputable by default (only random ops such as dropout masks are not);
+# ``save_matmul=True`` / ``save_residual=True`` pin matmuls / residual adds as non-recomputable,
+# as a framework that never recomputes them would.
 
 
 def chain_problem(layers: int = 4, width: int = 100, host_bandwidth: float = 0.0,
-                  save_matmul: bool = True) -> Problem:
+                  save_matmul: bool = False) -> Problem:
     """MLP: x -> (linear -> relu -> square) * layers -> loss.
 
     linear saves its input, relu its output, square its input: storing only the linear's output
@@ -151,7 +148,7 @@ def diamond_problem(host_bandwidth: float = 0.0) -> Problem:
     return g.problem("diamond", host_bandwidth=host_bandwidth)
 
 
-def residual_problem(blocks: int = 3, host_bandwidth: float = 0.0, save_residual: bool = True) -> Problem:
+def residual_problem(blocks: int = 3, host_bandwidth: float = 0.0, save_residual: bool = False) -> Problem:
     """Residual stack: x_{i+1} = x_i + f(norm(x_i)); the skip keeps x_i alive across the block."""
     g = Graph(base=40)
     x = g.op("x0", 64, 1.0, save_out=True)
@@ -244,7 +241,7 @@ def transformer_problem(
     host_bandwidth: float = 0.0,
     flops: float = 100e12,
     bandwidth: float = 2e12,
-    save_residual: bool = True,
+    save_residual: bool = False,
 ) -> Problem:
     """A stack of GPT-2 blocks; ``decompose=True`` gives ~250 slots and ~55 activations per layer."""
     g = Graph(base=12 * hidden * hidden * layers * 4 * 3)  # params + grads + optimizer state
@@ -303,7 +300,9 @@ def random_problem(rng: random.Random, n_acts: int | None = None, host_bandwidth
 def all_small_problems() -> list[Problem]:
     """Every named small generator, with and without offload."""
     out = [chain_problem(), chain_problem(layers=6), diamond_problem(), residual_problem(),
-           transformer_problem(layers=1, seq=16, hidden=16, heads=2)]
+           transformer_problem(layers=1, seq=16, hidden=16, heads=2),
+           chain_problem(save_matmul=True), residual_problem(save_residual=True),
+           transformer_problem(layers=2, seq=16, hidden=16, heads=2, decompose=True)]
     out += [chain_problem(host_bandwidth=200.0), diamond_problem(host_bandwidth=100.0),
             residual_problem(blocks=2, host_bandwidth=150.0)]
     return out

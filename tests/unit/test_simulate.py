@@ -42,7 +42,9 @@ def act(name, created, lfu, nbytes, uses=(), inputs=(), t=1.0, **kw):
 # a = layer0(x)  read by f1 and by b0 (slot 5)
 # b = layer1(a)  read by f2 and by b1 (slot 4); recomputing it reads a
 # c = layer2(b)  read by b2 (slot 3); its recomputation reads only resident values
-# recompute slots: c 3, b 4, a min(5, rs(b)=4) = 4
+# recompute slots (first backward use when there is one): c 3, b 4, a 5.
+# Recomputing b at slot 4 reads a, whose own recompute slot is 5: the conflict (a, b), so a
+# RECOMPUTE b needs a STORE a.
 def chain(**kw) -> Problem:
     return Problem(
         slots=slots([100] * 3, [100] * 3),
@@ -59,7 +61,8 @@ def chain(**kw) -> Problem:
 def test_chain_recompute_slots():
     p = chain()
     assert p.num_forward == 3
-    assert p.recompute_slots == {"a": 4, "b": 4, "c": 3}
+    assert p.recompute_slots == {"a": 5, "b": 4, "c": 3}
+    assert p.conflicts == (("a", "b"),)
 
 
 def test_store_all_chain():
@@ -248,6 +251,33 @@ def test_unsorted_backward_uses_are_rejected():
         Problem(slots=slots([0] * 3, [0] * 3), activations=(act("x", 0, 0, 4, uses=(5, 3)),))
 
 
+def test_conflict_pair_is_flagged():
+    # (a, b) is a conflict: b is recomputed at slot 4, a comes back only at its slot 5.
+    p = chain()
+    tl = simulate(p, {"a": R, "b": R, "c": S})
+    assert not tl.ok
+    assert tl.errors == ("act 'a' read at slot 4 to recompute 'b' but not live",)
+    assert live_intervals(p, {"a": R, "b": R, "c": S}) == {"a": [(5, 5)], "b": [(4, 4)], "c": [(3, 3)]}
+    assert simulate(p, {"a": S, "b": R, "c": S}).ok  # the checkpoint pattern: a stays stored
+    assert simulate(p, {"a": R, "b": S, "c": S}).ok  # nothing reads a before slot 5
+
+    # OFFLOAD a: 4 B at 2 B/s (2 s) starts its prefetch at slot 3, but the copy is complete only
+    # by slot 5; a read at slot 4 is a read of a half-copied buffer.
+    q = chain(host_bandwidth=2.0)
+    assert q.conflicts == (("a", "b"),)
+    assert q.offload_window("a") == (2, 3, 1.0)
+    plan = {"a": O, "b": R, "c": S}
+    assert live_intervals(q, plan)["a"] == [(2, 2), (3, 5)]
+    tl = simulate(q, plan)
+    assert tl.errors == ("act 'a' read at slot 4 to recompute 'b' but not live",)
+    with pytest.raises(PlanError, match="'a' read at slot 4 to recompute 'b'"):
+        check(q, plan)
+    tl = simulate(q, {"a": O, "b": S, "c": S})  # its own use at slot 5 is fine
+    # (no slot freed: the copy out ends at 2, the prefetch starts at 3; 1 s exposed)
+    assert tl.ok and tl.device_bytes == (100, 100, 104, 128, 112, 104)
+    assert tl.host_bytes == (0, 0, 0, 4, 4, 4) and tl.transfer_time == 1.0
+
+
 def test_consumer_recomputed_before_its_input_is_caught():
     # A (deliberately) broken recompute-slot table: b recomputed at 3 though a exists only from 4.
     p = rchain()
@@ -332,6 +362,13 @@ def test_large_problem_is_fast():
     p = Problem(slots=sl, activations=tuple(acts), host_bandwidth=1e6)
     plan = {a.name: (S, R, O)[i % 3] for i, a in enumerate(acts)}
     p.recompute_slots  # derived structure is the problem's, not the simulator's, cost
+    pins: dict[str, list[str]] = {}
+    for i, c in p.conflicts:
+        pins.setdefault(c, []).append(i)
+    for a in sorted(acts, key=lambda a: a.created, reverse=True):  # consumers first
+        if plan[a.name] is R:
+            for i in pins.get(a.name, ()):
+                plan[i] = S  # the conflict rule
     needed = needed_activations(p, plan)
     plan = {n: plan[n] for n in needed}
     t0 = time.perf_counter()
@@ -369,18 +406,25 @@ def problems(draw):
     return Problem(slots=sl, activations=tuple(acts), host_bandwidth=draw(st.sampled_from([0.0, 5.0, 100.0])))
 
 
-def random_plan(draw, p: Problem) -> dict[str, Decision]:
-    """Random valid decisions over exactly the needed closure (consumers decided first)."""
+def random_plan(draw, p: Problem, respect_conflicts: bool = True) -> dict[str, Decision]:
+    """Random decisions over exactly the needed closure (consumers decided first); valid ones
+    (STORE for an input of a conflict pair whose consumer is RECOMPUTE) unless told otherwise."""
     needed = {a.name for a in p.activations if a.backward_uses}
     plan: dict[str, Decision] = {}
+    pinned = {}
+    for i, c in p.conflicts:
+        pinned.setdefault(i, set()).add(c)
     for a in sorted(p.activations, key=lambda a: a.created, reverse=True):
         if a.name not in needed:
             continue
         options = [S]
-        if a.recomputable:
-            options.append(R)
-        if a.offloadable and p.host_bandwidth > 0:
-            options.append(O)
+        if respect_conflicts and any(plan.get(c) is R for c in pinned.get(a.name, ())):
+            pass
+        else:
+            if a.recomputable:
+                options.append(R)
+            if a.offloadable and p.host_bandwidth > 0:
+                options.append(O)
         plan[a.name] = draw(st.sampled_from(options))
         if plan[a.name] is R:
             needed.update(a.inputs)
@@ -453,3 +497,18 @@ def test_random_valid_plans(p, data):
     if plan:
         name = data.draw(st.sampled_from(sorted(plan)))
         assert not simulate(p, {k: v for k, v in plan.items() if k != name}).ok
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.data())
+def test_reads_fail_exactly_on_conflicts(p, data):
+    """A plan of allowed decisions over its needed closure is valid iff it breaks no conflict."""
+    rs = p.recompute_slots
+    for i, c in p.conflicts:
+        assert rs[i] > rs[c] and p.activation(c).recomputable and i in p.activation(c).inputs
+    plan = random_plan(data.draw, p, respect_conflicts=False)
+    broken = sorted({(i, c) for i, c in p.conflicts if plan.get(c) is R and plan.get(i) in (R, O)})
+    tl = simulate(p, plan)
+    assert tl.ok == (not broken), (broken, tl.errors)
+    for i, c in broken:
+        assert f"act {i!r} read at slot {rs[c]} to recompute {c!r} but not live" in tl.errors

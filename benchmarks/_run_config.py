@@ -1,0 +1,254 @@
+"""Run one benchmark configuration of one example model and print one JSON line (the last line).
+
+    python benchmarks/_run_config.py --model gpt --config remat_50 [--quick] [--steps 5]
+
+Used by ``benchmarks/compare.py``, which starts a fresh process per configuration so that no
+configuration inherits another's caches, compiled code or allocator state. Configurations:
+
+eager          the model as written
+checkpoint     eager with ``torch.utils.checkpoint`` (non-reentrant) around every block
+compile        plain ``torch.compile`` (Inductor's default partitioner)
+amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 / 0
+remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of the no-remat peak
+remat_min      remat at the smallest cap any plan reaches (``remat.solvers.min_peak``)
+
+The step is model + loss compiled as one function, then ``.backward()``. One warm-up step
+(compilation) comes first; grads are set to None before every step; the measured peak is one
+profiled step (``remat.measure.measure_step``); the step time is the median of several unprofiled
+steps. The gradient error is the largest absolute difference from an eager step over all
+parameters, with the same seed (dropout included) and ``torch._inductor.config.fallback_random``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MODELS = ("gpt", "evoformer", "cnn")
+CONFIGS = (
+    "eager", "checkpoint", "compile", "amb_0.5", "amb_0.2", "amb_0",
+    "remat_75", "remat_50", "remat_35", "remat_min",
+)
+# factory keyword arguments: default sizes (a CPU step takes well under a second to a few
+# seconds) and --quick sizes (compilation dominates; everything is smaller)
+SIZES = {
+    "gpt": ({}, {"batch": 4, "layers": 2, "seq": 64}),
+    "evoformer": ({"residues": 48, "sequences": 16}, {"blocks": 1, "residues": 32, "sequences": 8}),
+    "cnn": ({}, {"batch": 16, "stages": 2}),
+}
+SEED = 1234
+
+
+def load_example(name: str, quick: bool):
+    from remat.cli import load_module
+
+    if name not in MODELS:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    module = load_module(str(ROOT / "examples" / f"{name}.py"))
+    kwargs = SIZES[name][1 if quick else 0]
+    model, inputs, loss_fn = module.factory(**kwargs)
+    return model, tuple(inputs), loss_fn, kwargs
+
+
+def _remat_error(e: BaseException):
+    """The remat error (InfeasibleBudgetError...) inside Dynamo's wrapping, or None."""
+    from remat.errors import RematError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RematError):
+            return e
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return None
+
+
+def _grads(model):
+    return {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+
+
+def _zero(model):
+    for p in model.parameters():
+        p.grad = None
+
+
+def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float) -> dict:
+    import torch
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+
+    from remat.backend import LAST_COMPILE
+    from remat.measure import measure_step
+
+    torch.set_num_threads(2)
+    # every configuration compiles from scratch (the Inductor kernel cache on disk is shared):
+    # no FX-graph or AOTAutograd cache, so remat's partitioner always runs and reports
+    fconfig.enable_autograd_cache = False
+    iconfig.fx_graph_cache = False
+    iconfig.fallback_random = True
+
+    out: dict = {"model": model_name, "config": config, "quick": quick}
+    model, inputs, loss_fn, sizes = load_example(model_name, quick)
+    out["sizes"] = sizes
+    out["parameters"] = sum(p.numel() for p in model.parameters())
+
+    # eager reference gradients, same seed
+    ref_model = copy.deepcopy(model)
+    torch.manual_seed(SEED)
+    loss_fn(ref_model(*inputs)).backward()
+    ref = _grads(ref_model)
+    del ref_model
+
+    def step_of(fn):
+        return lambda: fn(*inputs).backward()
+
+    plain = lambda *xs: loss_fn(model(*xs))  # noqa: E731
+    options = None
+    if config == "eager":
+        fn = plain
+    elif config == "checkpoint":
+        from torch.utils.checkpoint import checkpoint
+
+        for block in model.blocks:
+            fwd = block.forward
+            block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(fwd)
+        fn = plain
+    elif config == "compile":
+        fn = torch.compile(plain)
+    elif config.startswith("amb_"):
+        fconfig.activation_memory_budget = float(config[4:])
+        fn = torch.compile(plain)
+    elif config.startswith("remat_"):
+        level = config[6:]
+        options = {"time_limit": time_limit}
+        if level == "min":
+            import remat
+            from remat.solvers import min_peak
+
+            t0 = time.perf_counter()
+            rep = remat.analyze(model, inputs, loss_fn=loss_fn)
+            out["baseline_peak_bytes"] = rep.baseline_peak_bytes
+            options["memory_budget"] = int(min_peak(rep.problem, time_limit=time_limit))
+            out["min_peak_search_s"] = time.perf_counter() - t0
+            torch._dynamo.reset()
+        else:
+            options["memory_budget"] = f"{int(level)}%"
+        fn = torch.compile(plain, backend="remat", options=options)
+    else:
+        raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
+
+    # warm-up (compiles); an infeasible remat cap at the min level is retried at the reported min
+    LAST_COMPILE.reports.clear()
+    _zero(model)
+    t0 = time.perf_counter()
+    try:
+        step_of(fn)()
+    except Exception as e:
+        err = _remat_error(e)
+        from remat.errors import InfeasibleBudgetError
+
+        if config == "remat_min" and isinstance(err, InfeasibleBudgetError):
+            torch._dynamo.reset()
+            options["memory_budget"] = int(err.min_peak_bytes)
+            fn = torch.compile(plain, backend="remat", options=options)
+            LAST_COMPILE.reports.clear()
+            t0 = time.perf_counter()
+            step_of(fn)()
+        elif err is not None:
+            out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            if isinstance(err, InfeasibleBudgetError):
+                out["budget_bytes"] = err.budget_bytes
+                out["min_peak_bytes"] = err.min_peak_bytes
+            return out
+        else:
+            raise
+    first = time.perf_counter() - t0
+    reports = list(LAST_COMPILE.reports)
+    if reports:
+        out["predicted_peak_bytes"] = sum(r.timeline.peak_bytes for r in reports)
+        out["baseline_peak_bytes"] = sum(r.baseline_peak_bytes for r in reports)
+        out["budget_bytes"] = sum(r.budget_bytes for r in reports if r.budget_bytes is not None)
+        out["solve_time_s"] = sum(r.plan.solve_time_s for r in reports)
+        out["partition_time_s"] = sum(r.partition_time_s for r in reports)
+        out["solver_status"] = ",".join(r.plan.status for r in reports)
+        out["predicted_added_s"] = sum(r.timeline.added_time for r in reports)
+        from remat.plan import Decision
+
+        out["decisions"] = {d.value: sum(len(r.plan.names(d)) for r in reports) for d in Decision}
+        out["graphs"] = len(reports)
+    if options and "memory_budget" in options and isinstance(options["memory_budget"], int):
+        out["budget_bytes"] = options["memory_budget"]
+
+    # measured peak of one profiled step
+    _zero(model)
+    m = measure_step(step_of(fn))
+    out["measured_peak_bytes"] = int(m.peak_bytes)
+    out["profiled_step_s"] = m.seconds
+
+    # median of unprofiled steps
+    times = []
+    for _ in range(steps):
+        _zero(model)
+        t0 = time.perf_counter()
+        step_of(fn)()
+        times.append(time.perf_counter() - t0)
+    out["step_times_s"] = times
+    out["step_time_s"] = statistics.median(times)
+    out["compile_time_s"] = max(0.0, first - out["step_time_s"]) if config not in ("eager", "checkpoint") else 0.0
+
+    # gradient error vs eager with the same seed
+    _zero(model)
+    torch.manual_seed(SEED)
+    step_of(fn)()
+    got = _grads(model)
+    err = 0.0
+    for n, g in ref.items():
+        h = got.get(n)
+        if g is None and h is None:
+            continue
+        if g is None or h is None:
+            err = float("inf")
+            continue
+        err = max(err, (h - g).abs().max().item())
+    out["grad_max_abs_err"] = err
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, choices=MODELS)
+    ap.add_argument("--config", required=True, choices=CONFIGS)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time (median)")
+    ap.add_argument("--time-limit", type=float, default=60.0, help="remat solver time limit (s)")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    try:
+        out = run(args.model, args.config, args.quick, args.steps, args.time_limit)
+    except Exception as e:  # one JSON line whatever happens; the traceback goes to stderr
+        traceback.print_exc()
+        msg = str(e).strip().splitlines()
+        out = {"model": args.model, "config": args.config, "quick": args.quick,
+               "error": f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]}
+    out["wall_s"] = time.perf_counter() - t0
+    out["pid"] = os.getpid()
+    sys.stdout.flush()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Side-by-side: each example model under eager, checkpointing, Inductor, Inductor's
+activation_memory_budget and remat at several caps, in one run, one fresh process per configuration.
+
+    python benchmarks/compare.py                  # gpt, evoformer, cnn at default sizes
+    python benchmarks/compare.py --quick          # smaller sizes, 3 timed steps
+    python benchmarks/compare.py --models cnn --configs compile,remat_50
+
+Columns: measured step peak (profiler allocation events on CPU, above the memory allocated before
+the step), remat's predicted peak, step time (median of unprofiled steps) as a ratio to plain
+torch.compile, compile time (first step minus a normal step), remat's solve time, and the largest
+absolute gradient difference from eager with the same seed. Prints markdown tables, writes
+``benchmarks/results/compare.json`` and one PNG per model (measured peak vs step time).
+
+Every configuration compiles from scratch (no FX-graph or AOTAutograd cache); the Inductor kernel
+cache on disk (``TORCHINDUCTOR_CACHE_DIR``, by default a directory under the system temp dir) is
+shared by the configurations of a run, so identical kernels are built once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from _run_config import CONFIGS, MODELS  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def fmt_mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def run_one(model: str, config: str, quick: bool, steps: int, time_limit: float, timeout: float, env: dict) -> dict:
+    cmd = [sys.executable, str(HERE / "_run_config.py"), "--model", model, "--config", config,
+           "--steps", str(steps), "--time-limit", str(time_limit)] + (["--quick"] if quick else [])
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "config": config, "quick": quick, "error": f"timed out after {timeout:.0f} s",
+                "wall_s": time.perf_counter() - t0}
+    for line in reversed(p.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"model": model, "config": config, "quick": quick, "error": f"runner exited {p.returncode}: {tail}"[:300],
+            "wall_s": time.perf_counter() - t0}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    ref = next((r for r in rows if r["config"] == "compile" and r.get("step_time_s")), None)
+    for r in rows:
+        if ref and r.get("step_time_s"):
+            r["step_time_ratio"] = r["step_time_s"] / ref["step_time_s"]
+        if ref and r.get("measured_peak_bytes") is not None and ref.get("measured_peak_bytes"):
+            r["peak_ratio"] = r["measured_peak_bytes"] / ref["measured_peak_bytes"]
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| config | measured peak MiB | vs compile | predicted peak MiB | cap MiB | step ms | step / compile "
+            "| compile s | solve s | grad err | note |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        err = r.get("grad_max_abs_err")
+        note = r.get("error", "")
+        if not note and r.get("decisions"):
+            d = r["decisions"]
+            note = f"{d.get('recompute', 0)} recompute, {d.get('store', 0)} store"
+            if d.get("offload"):
+                note += f", {d['offload']} offload"
+        lines.append(
+            "| {config} | {mp} | {pr} | {pp} | {cap} | {st} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
+                config=r["config"],
+                mp=fmt_mib(r.get("measured_peak_bytes")),
+                pr=f"{r['peak_ratio']:.2f}" if r.get("peak_ratio") is not None else "-",
+                pp=fmt_mib(r.get("predicted_peak_bytes")),
+                cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") else "-",
+                st=f"{1e3 * r['step_time_s']:.1f}" if r.get("step_time_s") else "-",
+                ratio=f"{r['step_time_ratio']:.2f}" if r.get("step_time_ratio") else "-",
+                ct=f"{r['compile_time_s']:.1f}" if r.get("compile_time_s") else "-",
+                sv=f"{r['solve_time_s']:.2f}" if r.get("solve_time_s") is not None else "-",
+                ge="-" if err is None else f"{err:.1e}",
+                note=note.replace("|", "/"),
+            )
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the configurations")
+    ap.add_argument("--quick", action="store_true", help="smaller models and 3 timed steps")
+    ap.add_argument("--steps", type=int, default=None, help="unprofiled steps to time (default 5, --quick 3)")
+    ap.add_argument("--time-limit", type=float, default=None, help="remat solver time limit (default 60 s, --quick 30 s)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds one configuration may take")
+    ap.add_argument("--out", default=str(RESULTS / "compare.json"), help="JSON output path")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [m for m in models if m not in MODELS] + [c for c in configs if c not in CONFIGS]
+    if bad:
+        print(f"compare: unknown model or config {', '.join(bad)}; models: {', '.join(MODELS)}; "
+              f"configs: {', '.join(CONFIGS)}", file=sys.stderr)
+        return 2
+    steps = args.steps or (3 if args.quick else 5)
+    time_limit = args.time_limit or (30.0 if args.quick else 60.0)
+    env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "remat-bench-inductor"))
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONWARNINGS"] = "ignore"
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    results: dict = {"quick": args.quick, "steps": steps, "time_limit": time_limit, "python": sys.version.split()[0],
+                     "models": {}}
+    try:
+        import torch
+
+        results["torch"] = torch.__version__
+    except Exception:  # pragma: no cover
+        pass
+    tables = []
+    for model in models:
+        rows = []
+        for config in configs:
+            t0 = time.perf_counter()
+            print(f"[{time.perf_counter() - started:6.0f} s] {model} / {config} ...", file=sys.stderr, flush=True)
+            row = run_one(model, config, args.quick, steps, time_limit, args.timeout, env)
+            msg = row.get("error") or (f"peak {fmt_mib(row.get('measured_peak_bytes'))} MiB, "
+                                       f"step {1e3 * row.get('step_time_s', 0):.1f} ms")
+            print(f"           {model} / {config}: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            rows.append(row)
+            add_ratios(rows)
+            results["models"][model] = rows
+            out_path.write_text(json.dumps(results, indent=1))  # partial results survive an interruption
+        add_ratios(rows)
+        sizes = next((r.get("sizes") for r in rows if r.get("sizes") is not None), {})
+        params = next((r.get("parameters") for r in rows if r.get("parameters")), None)
+        title = f"## {model}" + (f" ({params / 1e6:.2f} M parameters" if params else " (") + \
+                (f", {', '.join(f'{k}={v}' for k, v in sizes.items())})" if sizes else ", default sizes)")
+        text = f"{title}\n\n{table(rows)}\n"
+        print(text, flush=True)
+        tables.append(text)
+        if not args.no_plot:
+            from remat.plots import plot_benchmark
+
+            png = plot_benchmark(rows, out_path.parent / f"compare_{model}.png",
+                                 title=f"{model}: measured step peak vs step time" + (" (quick)" if args.quick else ""))
+            print(f"wrote {png}\n", flush=True)
+    results["wall_s"] = time.perf_counter() - started
+    out_path.write_text(json.dumps(results, indent=1))
+    (out_path.with_suffix(".md")).write_text("\n".join(tables))
+    print(f"wrote {out_path} and {out_path.with_suffix('.md')} in {results['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

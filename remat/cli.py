@@ -1,0 +1,400 @@
+"""The ``remat`` command: plan a model's training step offline, sweep caps, show saved plans.
+
+    remat analyze examples/gpt.py:factory --budget 60% [--device h100] [--json plan.json]
+                  [--plot timeline.png] [--measure] [-a batch=16 -a layers=8]
+    remat pareto  examples/gpt.py:factory --budgets 90%,70%,50%,30%,min --plot pareto.png
+    remat show    plan.json [--plot timeline.png]
+
+TARGET is ``FILE.py:FACTORY`` or ``package.module:FACTORY`` (FACTORY defaults to ``factory``). The
+factory returns ``(model, example_inputs)`` or ``(model, example_inputs, loss_fn)``; ``-a KEY=VALUE``
+passes keyword arguments to it (values are Python literals, else strings). By default the factory
+runs under a FakeTensorMode: parameters and inputs are fake tensors, so a model too large for this
+machine can still be analysed; ``--real`` builds real tensors (``--measure`` always does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+EXIT_USAGE = 2  # bad command line, file, factory or budget
+EXIT_FAILED = 1  # the analysis itself failed (infeasible cap, error in the model...)
+
+
+class CLIError(Exception):
+    """An error the command reports as one line (exit status ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- loading a factory ---------------------------------------------------------------------------
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """'examples/gpt.py:factory' -> ('examples/gpt.py', 'factory'); the factory defaults to 'factory'."""
+    source, sep, name = target.rpartition(":")
+    if not sep:
+        source, name = target, "factory"
+    if not source or not name:
+        raise CLIError(f"target {target!r} must be FILE.py:FACTORY or module:FACTORY")
+    if not name.isidentifier():
+        raise CLIError(f"factory name {name!r} in {target!r} is not a Python identifier")
+    return source, name
+
+
+def _is_file_source(source: str) -> bool:
+    return source.endswith(".py") or os.sep in source or "/" in source or Path(source).is_file()
+
+
+def load_module(source: str):
+    """Import a module from a file path or a dotted module name (the current directory first)."""
+    if _is_file_source(source):
+        path = Path(source)
+        if not path.is_file():
+            raise CLIError(f"no such file: {source}")
+        name = f"_remat_factory_{abs(hash(str(path.resolve())))}_{path.stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise CLIError(f"cannot load {source} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look the module up by name
+        parent = str(path.resolve().parent)
+        added = parent not in sys.path
+        if added:
+            sys.path.insert(0, parent)  # like `python FILE.py`: its siblings are importable
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise CLIError(f"importing {source} failed: {type(e).__name__}: {_first_line(e)}", EXIT_FAILED) from e
+        return module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as e:
+        if e.name and source.startswith(e.name):
+            raise CLIError(f"no such file or module: {source}") from e
+        raise CLIError(f"importing {source} failed: {type(e).__name__}: {_first_line(e)}", EXIT_FAILED) from e
+    except Exception as e:
+        raise CLIError(f"importing {source} failed: {type(e).__name__}: {_first_line(e)}", EXIT_FAILED) from e
+
+
+def load_factory(target: str) -> Callable[..., Any]:
+    """The callable named by ``FILE.py:FACTORY`` or ``module:FACTORY``."""
+    source, name = split_target(target)
+    module = load_module(source)
+    fn = getattr(module, name, None)
+    if fn is None:
+        avail = sorted(k for k, v in vars(module).items()
+                       if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__
+                       and not isinstance(v, type))
+        hint = f" (functions there: {', '.join(avail)})" if avail else ""
+        raise CLIError(f"{source} has no factory {name!r}{hint}")
+    if not callable(fn):
+        raise CLIError(f"{source}:{name} is a {type(fn).__name__}, not a callable factory")
+    return fn
+
+
+def parse_factory_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """['batch=4', 'name=tiny'] -> {'batch': 4, 'name': 'tiny'} (Python literals, else strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CLIError(f"factory argument {pair!r} must be KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def check_built(result: Any, target: str) -> tuple[Any, tuple, Callable | None]:
+    """Validate what a factory returned: (model, example_inputs[, loss_fn])."""
+    import torch
+
+    expected = "(model, example_inputs) or (model, example_inputs, loss_fn)"
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        got = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
+        raise CLIError(f"factory {target} must return {expected}; got {got}")
+    model, inputs = result[0], result[1]
+    loss_fn = result[2] if len(result) == 3 else None
+    if not callable(model):
+        raise CLIError(f"factory {target} returned a model that is not callable ({type(model).__name__})")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        raise CLIError(f"factory {target} returned example_inputs of type {type(inputs).__name__}; "
+                       "expected a tensor or a tuple of inputs")
+    if loss_fn is not None and not callable(loss_fn):
+        raise CLIError(f"factory {target} returned a loss_fn that is not callable ({type(loss_fn).__name__})")
+    return model, tuple(inputs), loss_fn
+
+
+def build(target: str, factory_args: dict[str, Any], fake: bool) -> tuple[Any, tuple, Callable | None]:
+    """Run the factory (under a FakeTensorMode when ``fake``) and validate its result."""
+    fn = load_factory(target)
+    try:
+        if fake:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                result = fn(**factory_args)
+        else:
+            result = fn(**factory_args)
+    except TypeError as e:
+        if "argument" in str(e) and factory_args:
+            raise CLIError(f"factory {target} does not take {sorted(factory_args)}: {_first_line(e)}") from e
+        raise CLIError(f"factory {target} raised TypeError: {_first_line(e)}", EXIT_FAILED) from e
+    except CLIError:
+        raise
+    except Exception as e:
+        hint = " (it ran on fake tensors; try --real)" if fake else ""
+        raise CLIError(f"factory {target} raised {type(e).__name__}: {_first_line(e)}{hint}", EXIT_FAILED) from e
+    return check_built(result, target)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_budget(value: str | None):
+    from .config import parse_budget
+    from .errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        parse_budget(value)
+    except ConfigError as e:
+        raise CLIError(f"bad --budget {value!r}: {e}") from None
+    return value
+
+
+def _check_budgets(value: str) -> list[str]:
+    from .config import parse_budget
+    from .errors import ConfigError
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise CLIError(f"bad --budgets {value!r}: give a comma-separated list such as 90%,70%,50%,min")
+    for v in items:
+        if v.lower() == "min":
+            continue
+        try:
+            parse_budget(v)
+        except ConfigError as e:
+            raise CLIError(f"bad budget {v!r} in --budgets: {e}") from None
+    return items
+
+
+def _options(args) -> dict[str, Any]:
+    from .config import RematConfig
+    from .errors import ConfigError
+
+    opts: dict[str, Any] = {"solver": args.solver, "device": args.device}
+    if args.time_limit is not None:
+        opts["time_limit"] = args.time_limit
+    try:
+        RematConfig.from_options(opts)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    return opts
+
+
+def _param_count(model: Any) -> str:
+    try:
+        n = sum(p.numel() for p in model.parameters())
+    except Exception:
+        return ""
+    return f", {n / 1e6:.2f} M parameters" if n >= 1e4 else f", {n} parameters"
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+def cmd_analyze(args) -> int:
+    budget = _check_budget(args.budget)
+    opts = _options(args)
+    fargs = parse_factory_args(args.factory_arg)
+    from .analyze import analyze, measure_compiled
+    from .errors import fmt_bytes
+
+    fake = not (args.real or args.measure)
+    model, inputs, loss_fn = build(args.target, fargs, fake=fake)
+    print(f"model: {args.target} ({'fake' if fake else 'real'} tensors{_param_count(model)})")
+    t0 = time.perf_counter()
+    report = analyze(model, inputs, memory_budget=budget, loss_fn=loss_fn, **opts)
+    elapsed = time.perf_counter() - t0
+    print(report.summary())
+    print(f"predicted step {_fmt_time(report.step_time_s)} without remat, +{_fmt_time(report.added_time_s)} "
+          f"({report.overhead:.1%}) with the plan; analysis took {elapsed:.1f} s")
+    if not args.no_table:
+        print()
+        print(report.explain().table(max_rows=args.rows))
+    if args.json:
+        print(f"wrote {report.to_json(args.json)}")
+    if args.plot:
+        print(f"wrote {report.timeline(args.plot)}")
+    if args.measure:
+        cap = report.budget_bytes
+        m, graphs = measure_compiled(model, inputs, loss_fn, memory_budget=cap, **opts)
+        predicted = graphs[0].timeline.peak_bytes if graphs else report.predicted_peak_bytes
+        diff = (m.peak_bytes - predicted) / predicted if predicted else 0.0
+        line = (f"measured step peak {fmt_bytes(m.peak_bytes)} vs predicted {fmt_bytes(predicted)} "
+                f"({diff:+.1%}); profiled step {m.seconds:.2f} s")
+        if cap is not None:
+            line += f"; cap {fmt_bytes(cap)}: {'OK' if m.peak_bytes <= cap else 'OVER'}"
+        print(line)
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    budgets = _check_budgets(args.budgets)
+    opts = _options(args)
+    fargs = parse_factory_args(args.factory_arg)
+    from .analyze import pareto
+
+    fake = not args.real
+    model, inputs, loss_fn = build(args.target, fargs, fake=fake)
+    print(f"model: {args.target} ({'fake' if fake else 'real'} tensors{_param_count(model)})")
+    result = pareto(model, inputs, budgets=budgets, loss_fn=loss_fn, progress=not args.no_progress, **opts)
+    print(result.table())
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {result.plot(args.plot)}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .analyze import load
+
+    path = Path(args.report)
+    if not path.is_file():
+        raise CLIError(f"no such file: {args.report}")
+    try:
+        report = load(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"{args.report} is not a remat report: {_first_line(e)}") from None
+    print(report.summary())
+    if not args.no_table:
+        print()
+        print(report.explain().table(max_rows=args.rows))
+    if args.plot:
+        print(f"wrote {report.timeline(args.plot)}")
+    return 0
+
+
+def _fmt_time(s: float) -> str:
+    from .analyze import fmt_time
+
+    return fmt_time(s)
+
+
+# ---- argument parsing ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="remat", description="Plan store / recompute / offload of a model's activations under a peak-memory cap.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("target", metavar="FILE_OR_MODULE:FACTORY",
+                       help="factory returning (model, example_inputs[, loss_fn]), e.g. examples/gpt.py:factory")
+        p.add_argument("-a", "--factory-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="keyword argument for the factory (repeatable), e.g. -a batch=16")
+        p.add_argument("--device", default="auto", help="cost-model device: auto, cpu, a100, h100, h200 (default auto)")
+        p.add_argument("--solver", default="ilp", help="ilp (default), greedy, store_all, recompute_all")
+        p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
+        p.add_argument("--real", action="store_true", help="build real tensors instead of fake ones")
+        p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+
+    p = sub.add_parser("analyze", help="plan one cap: summary, decision table, JSON, timeline plot")
+    common(p)
+    p.add_argument("--budget", default=None, help="cap on the step's peak: '300MiB', '6GB', bytes, or '60%%' of the no-remat peak")
+    p.add_argument("--json", metavar="PATH", help="write problem + plan + config as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
+    p.add_argument("--measure", action="store_true",
+                   help="also run one real step compiled with backend remat and print its measured peak")
+    p.add_argument("--rows", type=int, default=None, help="show at most this many rows of the decision table")
+    p.add_argument("--no-table", action="store_true", help="do not print the decision table")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("pareto", help="sweep caps: predicted peak vs predicted step-time overhead")
+    common(p)
+    p.add_argument("--budgets", default="90%,80%,70%,60%,50%,40%,30%",
+                   help="comma-separated caps (as --budget, or 'min' for the smallest reachable peak)")
+    p.add_argument("--plot", metavar="PATH", help="write predicted peak vs overhead (PNG)")
+    p.add_argument("--json", metavar="PATH", help="write the points as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("show", help="print (and plot) a report saved with --json")
+    p.add_argument("report", metavar="PLAN.json")
+    p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
+    p.add_argument("--rows", type=int, default=None, help="show at most this many rows of the decision table")
+    p.add_argument("--no-table", action="store_true")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    p.set_defaults(func=cmd_show)
+    return ap
+
+
+def _quiet() -> None:
+    """Keep stderr for our own messages: torch's one-off notices are not errors of the user's."""
+    warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``remat`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _quiet()
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        if args.traceback:
+            raise
+        print(f"remat: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("remat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, no traceback (--traceback shows it)
+        if args.traceback:
+            raise
+        from .errors import ConfigError, RematError
+
+        if isinstance(e, ConfigError):
+            print(f"remat: error: {_first_line(e)}", file=sys.stderr)
+            return EXIT_USAGE
+        kind = "" if isinstance(e, RematError) else f"{type(e).__name__}: "
+        more = " (run with --traceback for details)" if not isinstance(e, RematError) else ""
+        print(f"remat: error: {kind}{_first_line(e)}{more}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

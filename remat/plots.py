@@ -1,0 +1,130 @@
+"""PNG plots of reports, sweeps and benchmarks (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analyze import ParetoResult, Report
+
+_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "pgf"):
+        try:
+            matplotlib.use("Agg", force=True)
+        except Exception:  # pragma: no cover - a backend already in use elsewhere
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def byte_unit(max_bytes: float) -> tuple[str, float]:
+    """The largest binary unit in which ``max_bytes`` is at least 1 (MiB for 5e6)."""
+    for name, scale in _UNITS:
+        if max_bytes >= scale:
+            return name, scale
+    return "B", 1
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(report: "Report", path: str | Path, title: str | None = None) -> Path:
+    """Live device bytes over the forward and backward slots: baseline, plan, fixed part, cap."""
+    plt = _pyplot()
+    problem = report.problem
+    base = report.baseline.device_bytes
+    plan = report.memory.device_bytes
+    fixed = [s.fixed_bytes for s in problem.slots]
+    cap = report.budget_bytes
+    top = max([*base, *plan, cap or 0, 1])
+    unit, scale = byte_unit(top)
+    xs = range(len(base))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(xs, [b / scale for b in base], color="tab:gray", lw=1.2, label=f"no remat (peak {report.baseline_peak_bytes / scale:.1f} {unit})")
+    ax.plot(xs, [b / scale for b in plan], color="tab:blue", lw=1.5, label=f"plan (peak {report.predicted_peak_bytes / scale:.1f} {unit})")
+    ax.fill_between(xs, [f / scale for f in fixed], color="tab:blue", alpha=0.12, lw=0, label="fixed (not decided)")
+    if cap is not None:
+        ax.axhline(cap / scale, color="tab:red", ls="--", lw=1.2, label=f"cap {cap / scale:.1f} {unit}")
+    nf = problem.num_forward
+    if 0 < nf < len(base):
+        ax.axvline(nf - 0.5, color="black", lw=0.8, alpha=0.5)
+        ymax = top / scale * 1.08
+        ax.text(nf / 2, ymax, "forward", ha="center", va="top", fontsize=9)
+        ax.text(nf + (len(base) - nf) / 2, ymax, "backward", ha="center", va="top", fontsize=9)
+        ax.set_ylim(0, ymax * 1.04)
+    if report.memory.peak_slot >= 0:
+        ax.plot([report.memory.peak_slot], [report.predicted_peak_bytes / scale], "o", color="tab:blue", ms=4)
+    ax.set_xlabel("slot (ops in schedule order: forward, then backward)")
+    ax.set_ylabel(f"live device memory ({unit})")
+    from .plan import Decision
+
+    counts = ", ".join(f"{len(report.plan.names(d))} {d.value}" for d in Decision)
+    ax.set_title(title or f"remat {problem.name}: {counts}; +{report.added_time_s * 1e3:.2f} ms predicted")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_pareto(result: "ParetoResult", path: str | Path, title: str | None = None) -> Path:
+    """Predicted peak vs predicted step-time overhead of each feasible cap of a sweep."""
+    plt = _pyplot()
+    pts = result.feasible
+    top = max([result.baseline_peak_bytes, *(p.predicted_peak_bytes for p in pts), 1])
+    unit, scale = byte_unit(top)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([0.0], [result.baseline_peak_bytes / scale], "s", color="tab:gray", label="no remat")
+    if pts:
+        order = sorted(pts, key=lambda p: p.overhead)
+        ax.plot([100 * p.overhead for p in order], [p.predicted_peak_bytes / scale for p in order],
+                "o-", color="tab:blue", label="remat plan at cap")
+        labels: dict[tuple, list[str]] = {}  # caps that reach the same plan share one label
+        for p in pts:
+            labels.setdefault((p.overhead, p.predicted_peak_bytes), []).append(p.label)
+            ax.plot([100 * p.overhead], [p.budget_bytes / scale], "_", color="tab:red", ms=10)
+        for (ov, peak), names in labels.items():
+            ax.annotate(", ".join(names), (100 * ov, peak / scale), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.plot([], [], "_", color="tab:red", label="cap")
+    ax.set_xlabel("predicted step-time overhead (% of the no-remat step)")
+    ax.set_ylabel(f"predicted peak ({unit})")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=-1)
+    ax.set_title(title or f"remat pareto {result.name}".strip())
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_benchmark(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Measured step peak vs measured step time, one labelled point per configuration."""
+    plt = _pyplot()
+    good = [r for r in rows if r.get("measured_peak_bytes") is not None and r.get("step_time_s") is not None]
+    top = max([r["measured_peak_bytes"] for r in good] + [1])
+    unit, scale = byte_unit(top)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for r in good:
+        name = r["config"]
+        color = "tab:blue" if name.startswith("remat") else "tab:orange" if name.startswith("amb") else "tab:gray"
+        x, y = 1e3 * r["step_time_s"], r["measured_peak_bytes"] / scale
+        ax.plot([x], [y], "o", color=color)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xlabel("step time (ms, median of unprofiled steps)")
+    ax.set_ylabel(f"measured step peak ({unit})")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,132 @@
+"""The ``remat`` command: analyze / pareto / show on a tiny factory, and one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from remat.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTORIES = Path(__file__).resolve().parent / "factories.py"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One `remat analyze` run (in-process) whose outputs several tests read."""
+    d = tmp_path_factory.mktemp("cli")
+    js, png = d / "plan.json", d / "timeline.png"
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["analyze", f"{FACTORIES}:mlp", "--budget", "80%", "--json", str(js), "--plot", str(png),
+                     "-a", "batch=128", "--time-limit", "30"])
+    return code, out.getvalue(), err.getvalue(), js, png
+
+
+def test_analyze_prints_summary_and_table(saved):
+    code, out, err, js, png = saved
+    assert code == 0, err
+    assert "fake tensors" in out
+    assert "remat[" in out and "baseline" in out and "cap" in out
+    assert "decision" in out and "recompute:" in out and "store:" in out
+    assert png.read_bytes()[:8] == PNG
+    data = json.loads(js.read_text())
+    assert data["format"] == "remat.report/1" and data["plan"]["decisions"]
+    assert "Traceback" not in err
+
+
+def test_show_reads_saved_report(saved, capsys, tmp_path):
+    js = saved[3]
+    code, out, err = run(capsys, "show", js, "--plot", tmp_path / "t.png", "--rows", "2")
+    assert code == 0, err
+    assert "remat[" in out and "more rows" in out
+    assert (tmp_path / "t.png").read_bytes()[:8] == PNG
+
+
+def test_analyze_module_target_two_tuple(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run(capsys, "analyze", "tests.unit.factories:mlp_pair", "--no-table", "--solver", "greedy")
+    assert code == 0, err
+    assert "remat[" in out and "name " not in out
+
+
+def test_pareto(capsys, tmp_path):
+    png, js = tmp_path / "pareto.png", tmp_path / "pareto.json"
+    code, out, err = run(capsys, "pareto", f"{FACTORIES}:mlp", "--budgets", "90%,70%,5%", "--plot", png,
+                         "--json", js, "--no-progress", "--time-limit", "30")
+    assert code == 0, err
+    assert "90%" in out and "70%" in out and "infeasible" in out
+    assert png.read_bytes()[:8] == PNG
+    points = json.loads(js.read_text())["points"]
+    assert [p["label"] for p in points] == ["90%", "70%", "5%"]
+
+
+def test_measure(capsys):
+    code, out, err = run(capsys, "analyze", f"{FACTORIES}:mlp", "--budget", "80%", "--no-table", "--measure",
+                         "--time-limit", "30")
+    assert code == 0, err
+    assert "real tensors" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("measured step peak"))
+    assert "predicted" in line and "cap" in line
+
+
+ERRORS = [
+    (["analyze", "no/such/file.py:factory", "--budget", "50%"], "no such file"),
+    (["analyze", "nosuchmodule_xyz:factory"], "no such file or module"),
+    (["analyze", f"{FACTORIES}:nope"], "has no factory 'nope'"),
+    (["analyze", f"{FACTORIES}:not_callable"], "not a callable factory"),
+    (["analyze", f"{FACTORIES}:wrong_type"], "must return (model, example_inputs)"),
+    (["analyze", f"{FACTORIES}:wrong_length"], "got a tuple of length 4"),
+    (["analyze", f"{FACTORIES}:raises"], "raised RuntimeError: this factory is broken"),
+    (["analyze", f"{FACTORIES}:mlp", "--budget", "lots"], "bad --budget 'lots'"),
+    (["analyze", f"{FACTORIES}:mlp", "--budget", "150%"], "bad --budget '150%'"),
+    (["analyze", f"{FACTORIES}:mlp", "-a", "nope=1"], "does not take ['nope']"),
+    (["analyze", f"{FACTORIES}:mlp", "-a", "batch"], "must be KEY=VALUE"),
+    (["analyze", f"{FACTORIES}:mlp", "--device", "tpu"], "device must be"),
+    (["pareto", f"{FACTORIES}:mlp", "--budgets", "90%,x"], "bad budget 'x' in --budgets"),
+    (["show", "no_such_plan.json"], "no such file"),
+]
+
+
+@pytest.mark.parametrize("argv,message", ERRORS, ids=[e[1] for e in ERRORS])
+def test_errors_are_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("remat: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_infeasible_cap_is_one_line(capsys):
+    code, out, err = run(capsys, "analyze", f"{FACTORIES}:mlp", "--budget", "1KiB", "--time-limit", "30")
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot be met" in lines[0], err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["analyze", "no/such/file.py:factory"], "no such file"),
+    (["analyze", "examples/gpt.py:factory", "--budget", "12 parsecs"], "bad --budget"),
+])
+def test_subprocess_exit_status(argv, message):
+    p = subprocess.run([sys.executable, "-m", "remat.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
