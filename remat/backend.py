@@ -45,6 +45,8 @@ class GraphReport:
     baseline_peak_bytes: int
     budget_bytes: int | None
     partition_time_s: float = 0.0
+    forward_code: str = ""  # the rewritten forward and backward graphs (filled by the backend)
+    backward_code: str = ""
 
     @property
     def problem(self):
@@ -90,6 +92,7 @@ def plan_joint_graph(
         forward_nodes=forward_nodes(joint, info),
         num_fwd_outputs=num_fwd_outputs,
         spec=spec,
+        host_bandwidth=cfg.offload_bandwidth(on_cuda=_on_cuda(joint)),
         name=f"graph{len(LAST_COMPILE.reports)}",
     )
     problem = captured.problem
@@ -99,6 +102,13 @@ def plan_joint_graph(
     timeline = check(problem, plan, budget)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
     return report, (joint, info)
+
+
+def _on_cuda(joint: fx.GraphModule) -> bool:
+    return any(
+        isinstance(v := n.meta.get("val"), torch.Tensor) and v.device.type == "cuda"
+        for n in joint.graph.find_nodes(op="placeholder")
+    )
 
 
 def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
@@ -127,15 +137,15 @@ class RematPartitioner(CustomPartitionerFn):
         if self.cfg.verbose:
             print(summary_line(report))
         log.info("%s", summary_line(report))
-        return apply_plan(
+        fw, bw = apply_plan(
             joint,
             forward_nodes=forward_nodes(joint, info),
-            problem=report.problem,
             plan=report.plan,
-            backward_order=report.captured.backward_order,
             num_fwd_outputs=num_fwd_outputs,
             static_lifetime_input_nodes=info.static_lifetime_input_nodes,
         )
+        report.forward_code, report.backward_code = fw.code, bw.code
+        return fw, bw
 
     def uuid(self) -> str:
         key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only}"

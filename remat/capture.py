@@ -275,7 +275,8 @@ def capture(
                 backward_uses=tuple(d["b_uses"]),
                 inputs=tuple(i.name for i in inputs[s]),
                 recomputable=recomputable,
-                offloadable=d["bytes"] > 0,
+                # torch's offloading pass copies only plain contiguous results
+                offloadable=d["bytes"] > 0 and s.target is not operator.getitem and val_.is_contiguous(),
                 shape=tuple(int(x) if isinstance(x, int) else -1 for x in val_.shape),
                 dtype=str(val_.dtype).replace("torch.", ""),
             )

@@ -87,6 +87,10 @@ class RematConfig:
     device: cost-model device: "auto", "cpu", "a100", "h100", "h200", or a dict
         {"peak_flops": float, "bandwidth": float[, "host_bandwidth": float]}.
     gap: relative MIP gap at which the ILP stops (0.01 = within 1 % of optimal).
+    offload: allow OFFLOAD decisions (copy to host memory and prefetch back); None = on for CUDA
+        graphs, off elsewhere (on the CPU, host memory is the device memory: nothing is saved).
+    host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
+        the device spec's (e.g. 50e9 for h100/h200).
     verbose: print a one-line summary of every plan.
     """
 
@@ -95,6 +99,8 @@ class RematConfig:
     time_limit: float = 60.0
     device: Any = "auto"
     gap: float = 0.01
+    offload: bool | None = None
+    host_bandwidth: float | None = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -106,6 +112,13 @@ class RematConfig:
             raise ConfigError(f"time_limit must be a positive number of seconds; got {self.time_limit!r}")
         if isinstance(self.gap, bool) or not isinstance(self.gap, (int, float)) or not 0 <= self.gap < 1:
             raise ConfigError(f"gap must be a number in [0, 1); got {self.gap!r}")
+        if self.offload is not None and not isinstance(self.offload, bool):
+            raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")
+        hb = self.host_bandwidth
+        if hb is not None and (isinstance(hb, bool) or not isinstance(hb, (int, float)) or not hb >= 0):
+            raise ConfigError(f"host_bandwidth must be a number of bytes/s >= 0 (e.g. 50e9); got {hb!r}")
+        if self.offload is True and hb == 0:
+            raise ConfigError("offload=True needs host_bandwidth > 0 (or None for the device's link)")
         from .cost import device_spec  # validates the device option
 
         device_spec(self.device)
@@ -120,6 +133,15 @@ class RematConfig:
         if unknown:
             raise ConfigError(f"unknown remat option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
         return cls(**options)
+
+    def offload_bandwidth(self, on_cuda: bool) -> float:
+        """Host-link bytes/s that the Problem gets: 0 when offload is off for this graph."""
+        from .cost import device_spec
+
+        enabled = on_cuda if self.offload is None else self.offload
+        if not enabled:
+            return 0.0
+        return float(self.host_bandwidth if self.host_bandwidth is not None else device_spec(self.device).host_bandwidth)
 
     def key(self) -> str:
         """Everything that drives a decision, as a stable string (for cache keys)."""

@@ -2,8 +2,9 @@
 
 The forward graph saves exactly the STORE (and OFFLOAD) activations, plus the resident inputs and
 sizes that backward reads. The backward graph recomputes every RECOMPUTE activation once, just
-before the backward slot where the plan's semantics place it (``Problem.recompute_slot``), in
-dependency order; views of saved values are re-derived where they are read.
+before the first backward op that needs it, directly or through another recomputation (the
+just-in-time placement that ``remat.problem`` models), in dependency order; views of saved values
+are re-derived where they are read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch.fx as fx
 from ..capture import is_view
 from ..errors import PlanError
 from ..plan import Decision, Plan
-from ..problem import Problem
 
 
 def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan) -> tuple[list, list]:
@@ -64,49 +64,38 @@ def _is_forward_output(joint: fx.GraphModule, n: fx.Node) -> bool:
     return any(u.op == "output" for u in n.users)
 
 
-def place_recomputation(bw: fx.GraphModule, problem: Problem, plan: Plan, backward_order: list[str]) -> fx.GraphModule:
-    """Order the backward graph: each backward slot's op after the recomputations placed there."""
-    at: dict[str, list[str]] = {}
-    slots = problem.slots
-    for name in plan.names(Decision.RECOMPUTE):
-        at.setdefault(slots[problem.recompute_slot(name)].name, []).append(name)
-    by_name = {n.name: n for n in bw.graph.nodes}
-    order = {n: k for k, n in enumerate(bw.graph.nodes)}
-    new = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for n in bw.graph.find_nodes(op="placeholder"):
-        env[n] = new.node_copy(n, lambda x: env[x])
+def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, num_fwd_outputs: int, static_inputs) -> None:
+    """Copy each OFFLOAD activation to host after its last forward use and back before its first
+    backward use, with torch's activation-offloading pass. On CUDA the copies run on a side stream
+    into pinned host memory, the forward waits for them at its end and the backward prefetches each
+    value early to overlap compute; elsewhere they are plain synchronous ``device_put`` copies."""
+    from torch._functorch import config as functorch_config
+    from torch._functorch._activation_offloading.activation_offloading import enable_activation_offloading
 
-    def insert(node: fx.Node) -> None:
-        todo, found = [node], []
-        while todo:
-            v = todo.pop()
-            if v in env or v in found:
-                continue
-            found.append(v)
-            todo.extend(v.all_input_nodes)
-        for v in sorted(found, key=order.__getitem__):
-            env[v] = new.node_copy(v, lambda x: env[x])
-
-    for slot_name in backward_order:
-        for r in at.get(slot_name, ()):
-            if r in by_name:
-                insert(by_name[r])
-        if slot_name in by_name:
-            insert(by_name[slot_name])
-    for n in bw.graph.nodes:
-        insert(n)
-    new.lint()
-    return fx.GraphModule(bw, new)
+    wanted = set(plan.names(Decision.OFFLOAD))
+    if not wanted:
+        return
+    on_cuda = False
+    for n in fw.graph.nodes:
+        if n.name in wanted:
+            n.meta["should_offload"] = True
+            on_cuda |= n.meta["val"].device.type == "cuda"
+    with functorch_config.patch(
+        activation_offload_separate_stream=on_cuda,
+        activation_offload_sink_wait=on_cuda,
+        activation_reload_prefetch=on_cuda,
+    ):
+        enable_activation_offloading(fw, bw, num_fwd_outputs, static_inputs)
+    done = {n.name for n in fw.graph.nodes if n.meta.get("saved_for_offloading")}
+    if wanted - done:
+        raise PlanError(f"torch's offloading pass refused {sorted(wanted - done)} (views, getitems, non-contiguous)")
 
 
 def apply_plan(
     joint: fx.GraphModule,
     *,
     forward_nodes: set,
-    problem: Problem,
     plan: Plan,
-    backward_order: list[str],
     num_fwd_outputs: int,
     static_lifetime_input_nodes,
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
@@ -127,7 +116,8 @@ def apply_plan(
     bw.recompile()
     if P.has_recomputable_ops(joint) and P.has_recomputable_rng_ops(joint):
         fw, bw = P.functionalize_rng_ops(joint, fw, bw, len(saved_sym))
-    bw = place_recomputation(bw, problem, plan, backward_order)
+    bw = P.reordering_to_mimic_autograd_engine(bw)  # each recomputation just before its first need
+    add_offload(fw, bw, plan, num_fwd_outputs, static_lifetime_input_nodes)
     fw = P.raise_getitems(fw)
     bw = P.raise_getitems(bw)
     fw = P.thread_graphsafe_rng_from_hops(fw, is_backward=False)

@@ -62,3 +62,48 @@ def test_remat_matches_eager_under_caps(name):
         assert measured.peak_bytes <= cap, (name, ratio, measured.peak_bytes, cap)
         assert abs(measured.peak_bytes - predicted) <= 0.05 * predicted, (name, ratio, measured.peak_bytes, predicted)
         assert report.plan.names(remat.Decision.RECOMPUTE), "a cap under the baseline must recompute something"
+
+
+@pytest.mark.parametrize("name", ["mlp", "block"])
+def test_offload_rewrite_runs_on_cpu_and_matches_eager(name):
+    """Offload forced on with a fast link: the plan offloads, the graphs carry the copy-out and
+    reload nodes, and the step equals eager. (On the CPU, host memory is device memory, so the
+    measured peak is not compared here: that needs a GPU, see benchmarks/gpu_check.py.)"""
+    model, inputs, loss_fn = make(name)
+    options = {"offload": True, "host_bandwidth": 1e13}
+    problem = remat.analyze(model, inputs, loss_fn=loss_fn, **options).problem
+    cap = (store_all_peak(problem) + min_peak(problem)) // 2
+    ref_loss, ref_grads = eager_step(copy.deepcopy(model), inputs, loss_fn)
+    m = copy.deepcopy(model)
+    loss, grads, _ = compiled_step(m, inputs, loss_fn, {"memory_budget": cap, **options})
+    (report,) = LAST_COMPILE.reports
+    offloaded = report.plan.names(remat.Decision.OFFLOAD)
+    assert offloaded, "a fast link and a cap under the baseline must offload something"
+    assert report.timeline.host_peak_bytes > 0
+    assert "device_put" in report.forward_code and "device_put" in report.backward_code
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_options_reach_the_user():
+    model, inputs, loss_fn = make("mlp")
+    step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat", options={"memory_budget": "lots"})
+    with pytest.raises(Exception, match="memory_budget must be"):
+        step(*inputs)
+
+
+def test_unreachable_cap_names_the_smallest_peak():
+    model, inputs, loss_fn = make("mlp")
+    step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat", options={"memory_budget": 1024})
+    with pytest.raises(Exception, match="smallest peak any plan reaches is"):
+        step(*inputs)
+
+
+def test_no_budget_is_plain_inductor():
+    model, inputs, loss_fn = make("mlp")
+    LAST_COMPILE.reports.clear()
+    step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat")
+    ref = loss_fn(model(*inputs))
+    torch.testing.assert_close(step(*inputs), ref, rtol=1e-5, atol=1e-6)
+    assert LAST_COMPILE.reports == []  # the partitioner never ran: Inductor's own did

@@ -80,3 +80,26 @@ def test_devices():
 def test_infeasible_message_names_min_peak():
     e = InfeasibleBudgetError(100 * 2**20, 150 * 2**20)
     assert "150.00 MiB" in str(e) and "100.00 MiB" in str(e) and e.min_peak_bytes == 150 * 2**20
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"host_bandwidth": -1.0}, "host_bandwidth must be"),
+        ({"host_bandwidth": "fast"}, "host_bandwidth must be"),
+        ({"offload": "yes"}, "offload must be"),
+        ({"offload": True, "host_bandwidth": 0}, "offload=True needs host_bandwidth"),
+    ],
+)
+def test_bad_offload_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        RematConfig.from_options(options)
+
+
+def test_offload_bandwidth_defaults():
+    auto = RematConfig.from_options({"device": "h100"})
+    assert auto.offload_bandwidth(on_cuda=False) == 0.0  # auto: off on CPU graphs
+    assert auto.offload_bandwidth(on_cuda=True) == device_spec("h100").host_bandwidth
+    forced = RematConfig.from_options({"offload": True, "host_bandwidth": 1e12})
+    assert forced.offload_bandwidth(on_cuda=False) == 1e12
+    assert RematConfig.from_options({"offload": False}).offload_bandwidth(on_cuda=True) == 0.0
