@@ -15,7 +15,7 @@ remat_min      remat at the smallest cap any plan reaches (``remat.solvers.min_p
 The step is model + loss compiled as one function, then ``.backward()``. One warm-up step
 (compilation) comes first; grads are set to None before every step; the measured peak is one
 profiled step (``remat.measure.measure_step``); the step time is the median of several unprofiled
-steps. The gradient error is the largest absolute difference from an eager step over all
+steps (at least ``--steps``, more while they fit in ``--min-time`` seconds). The gradient error is the largest absolute difference from an eager step over all
 parameters, with the same seed (dropout included) and ``torch._inductor.config.fallback_random``.
 """
 
@@ -84,7 +84,7 @@ def _zero(model):
         p.grad = None
 
 
-def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float) -> dict:
+def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float, min_time: float = 2.0) -> dict:
     import torch
     import torch._functorch.config as fconfig
     import torch._inductor.config as iconfig
@@ -197,15 +197,18 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     out["measured_peak_bytes"] = int(m.peak_bytes)
     out["profiled_step_s"] = m.seconds
 
-    # median of unprofiled steps
+    # median of unprofiled steps: at least `steps`, more while they fit in ~min_time seconds
+    # (the machine may be shared: many samples keep the median away from bursts of contention)
     times = []
-    for _ in range(steps):
+    t_start = time.perf_counter()
+    while len(times) < steps or (time.perf_counter() - t_start < min_time and len(times) < 50):
         _zero(model)
         t0 = time.perf_counter()
         step_of(fn)()
         times.append(time.perf_counter() - t0)
     out["step_times_s"] = times
     out["step_time_s"] = statistics.median(times)
+    out["step_time_min_s"] = min(times)
     out["compile_time_s"] = max(0.0, first - out["step_time_s"]) if config not in ("eager", "checkpoint") else 0.0
 
     # gradient error vs eager with the same seed
@@ -231,13 +234,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, choices=MODELS)
     ap.add_argument("--config", required=True, choices=CONFIGS)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time (median)")
+    ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time at least (median)")
+    ap.add_argument("--min-time", type=float, default=2.0, help="keep timing steps for this long (at most 50)")
     ap.add_argument("--time-limit", type=float, default=60.0, help="remat solver time limit (s)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
     try:
-        out = run(args.model, args.config, args.quick, args.steps, args.time_limit)
+        out = run(args.model, args.config, args.quick, args.steps, args.time_limit, args.min_time)
     except Exception as e:  # one JSON line whatever happens; the traceback goes to stderr
         traceback.print_exc()
         msg = str(e).strip().splitlines()

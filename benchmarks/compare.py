@@ -2,7 +2,7 @@
 activation_memory_budget and remat at several caps, in one run, one fresh process per configuration.
 
     python benchmarks/compare.py                  # gpt, evoformer, cnn at default sizes
-    python benchmarks/compare.py --quick          # smaller sizes, 3 timed steps
+    python benchmarks/compare.py --quick          # smaller sizes, shorter timing
     python benchmarks/compare.py --models cnn --configs compile,remat_50
 
 Columns: measured step peak (profiler allocation events on CPU, above the memory allocated before
@@ -41,9 +41,10 @@ def fmt_mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
 
-def run_one(model: str, config: str, quick: bool, steps: int, time_limit: float, timeout: float, env: dict) -> dict:
-    cmd = [sys.executable, str(HERE / "_run_config.py"), "--model", model, "--config", config,
-           "--steps", str(steps), "--time-limit", str(time_limit)] + (["--quick"] if quick else [])
+def run_one(model: str, config: str, quick: bool, steps: int, min_time: float, time_limit: float, timeout: float,
+            env: dict) -> dict:
+    cmd = [sys.executable, str(HERE / "_run_config.py"), "--model", model, "--config", config, "--steps", str(steps),
+           "--min-time", str(min_time), "--time-limit", str(time_limit)] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
@@ -71,25 +72,28 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| config | measured peak MiB | vs compile | predicted peak MiB | cap MiB | step ms | step / compile "
-            "| compile s | solve s | grad err | note |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = ("| config | measured peak MiB | vs compile | predicted peak MiB | cap MiB | step ms (median) | best ms "
+            "| step / compile | compile s | solve s | grad err vs eager | note |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = r.get("grad_max_abs_err")
         note = r.get("error", "")
+        if note.startswith("InfeasibleBudgetError") and r.get("min_peak_bytes"):
+            note = f"infeasible: smallest reachable peak {fmt_mib(r['min_peak_bytes'])} MiB"
         if not note and r.get("decisions"):
             d = r["decisions"]
             note = f"{d.get('recompute', 0)} recompute, {d.get('store', 0)} store"
             if d.get("offload"):
                 note += f", {d['offload']} offload"
         lines.append(
-            "| {config} | {mp} | {pr} | {pp} | {cap} | {st} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
+            "| {config} | {mp} | {pr} | {pp} | {cap} | {st} | {best} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
                 config=r["config"],
                 mp=fmt_mib(r.get("measured_peak_bytes")),
                 pr=f"{r['peak_ratio']:.2f}" if r.get("peak_ratio") is not None else "-",
                 pp=fmt_mib(r.get("predicted_peak_bytes")),
                 cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") else "-",
                 st=f"{1e3 * r['step_time_s']:.1f}" if r.get("step_time_s") else "-",
+                best=f"{1e3 * r['step_time_min_s']:.1f}" if r.get("step_time_min_s") else "-",
                 ratio=f"{r['step_time_ratio']:.2f}" if r.get("step_time_ratio") else "-",
                 ct=f"{r['compile_time_s']:.1f}" if r.get("compile_time_s") else "-",
                 sv=f"{r['solve_time_s']:.2f}" if r.get("solve_time_s") is not None else "-",
@@ -104,8 +108,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the configurations")
-    ap.add_argument("--quick", action="store_true", help="smaller models and 3 timed steps")
-    ap.add_argument("--steps", type=int, default=None, help="unprofiled steps to time (default 5, --quick 3)")
+    ap.add_argument("--quick", action="store_true", help="smaller models and shorter timing")
+    ap.add_argument("--steps", type=int, default=None, help="unprofiled steps to time at least (default 10, --quick 5)")
+    ap.add_argument("--min-time", type=float, default=None, help="time steps for at least this long (default 3 s, --quick 1.5 s)")
     ap.add_argument("--time-limit", type=float, default=None, help="remat solver time limit (default 60 s, --quick 30 s)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one configuration may take")
     ap.add_argument("--out", default=str(RESULTS / "compare.json"), help="JSON output path")
@@ -119,7 +124,8 @@ def main(argv=None) -> int:
         print(f"compare: unknown model or config {', '.join(bad)}; models: {', '.join(MODELS)}; "
               f"configs: {', '.join(CONFIGS)}", file=sys.stderr)
         return 2
-    steps = args.steps or (3 if args.quick else 5)
+    steps = args.steps or (5 if args.quick else 10)
+    min_time = args.min_time if args.min_time is not None else (1.5 if args.quick else 3.0)
     time_limit = args.time_limit or (30.0 if args.quick else 60.0)
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "remat-bench-inductor"))
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    results: dict = {"quick": args.quick, "steps": steps, "time_limit": time_limit, "python": sys.version.split()[0],
+    results: dict = {"quick": args.quick, "steps": steps, "min_time": min_time, "time_limit": time_limit, "python": sys.version.split()[0],
                      "models": {}}
     try:
         import torch
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
         for config in configs:
             t0 = time.perf_counter()
             print(f"[{time.perf_counter() - started:6.0f} s] {model} / {config} ...", file=sys.stderr, flush=True)
-            row = run_one(model, config, args.quick, steps, time_limit, args.timeout, env)
+            row = run_one(model, config, args.quick, steps, min_time, time_limit, args.timeout, env)
             msg = row.get("error") or (f"peak {fmt_mib(row.get('measured_peak_bytes'))} MiB, "
                                        f"step {1e3 * row.get('step_time_s', 0):.1f} ms")
             print(f"           {model} / {config}: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)

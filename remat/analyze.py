@@ -164,24 +164,26 @@ def _span(problem: Problem, lo: int, hi: int) -> str:
 
 
 def _explain(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | None) -> Explanation:
-    rs = problem.recompute_slots
-    device = tl.device_bytes
+    """Rows of the decision table; every number comes from the problem and the simulator.
+
+    The peak saving of a RECOMPUTE or OFFLOAD activation is exact: the plan is simulated again
+    with that one activation stored (everything else unchanged) and the peaks are compared.
+    """
+    from .simulate import live_intervals, recompute_starts
+
     peak = tl.peak_bytes
-    # consumers recomputed by this plan, per input: who needs the input at which slot
+    starts = recompute_starts(problem, plan)
+    intervals = live_intervals(problem, plan)
     recomputed = {n for n, d in plan.decisions.items() if d is Decision.RECOMPUTE}
-    readers: dict[str, list[str]] = {}
-    for c in recomputed:
+    readers: dict[str, list[str]] = {}  # input -> its recomputed consumers, earliest start first
+    for c in sorted(recomputed, key=lambda c: starts.get(c, 0)):
         for i in problem.activation(c).inputs:
             readers.setdefault(i, []).append(c)
-    conflicts: dict[str, list[str]] = {}
-    for i, c in problem.conflicts:
-        if c in recomputed:
-            conflicts.setdefault(i, []).append(c)
 
-    def peak_if_live(lo: int, hi: int, nbytes: int) -> int:
-        if lo > hi or nbytes <= 0:
-            return peak
-        return max(peak, max(device[lo:hi + 1]) + nbytes)
+    def peak_if_stored(name: str) -> int:
+        dec = dict(plan.decisions)
+        dec[name] = Decision.STORE
+        return simulate(problem, dec).peak_bytes  # inputs no longer needed simply drop out
 
     rows = Explanation()
     order = sorted(plan.decisions, key=lambda n: (problem.activation(n).created, n))
@@ -189,35 +191,42 @@ def _explain(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | Non
         a = problem.activation(name)
         d = plan.decisions[name]
         kind = _op_kind(a.op)
-        what = f"{a.op.split('.')[0]} ({kind})"
+        base = a.op.split(".")[0]
+        what = base if kind in (base, "op") else f"{base} ({kind})"
         saving = 0
+        if d in (Decision.RECOMPUTE, Decision.OFFLOAD):
+            stored_peak = peak_if_stored(name)
+            saving = max(0, stored_peak - peak)
+            back = [iv for iv in intervals.get(name, ()) if iv[0] >= problem.num_forward]
+            back_lo = back[0][0] if back else starts.get(name, problem.num_forward)
+            lo, hi = a.last_forward_use + 1, back_lo - 1  # off the device (where STORE would keep it)
+            if d is Decision.OFFLOAD:
+                fwd = [iv for iv in intervals.get(name, ()) if iv[0] < problem.num_forward]
+                if fwd:
+                    lo = fwd[0][1] + 1
+            if saving > 0:
+                effect = f"saves {fmt_bytes(saving)} at the peak"
+                if budget is not None and stored_peak > budget >= peak:
+                    effect += " (storing it would break the cap)"
+            elif lo <= hi:
+                effect = f"frees {fmt_bytes(a.bytes)} over {_span(problem, lo, hi)}, not at the peak"
+            else:
+                effect = "frees nothing"
         if d is Decision.RECOMPUTE:
-            r = rs[name]
-            lo, hi = a.last_forward_use + 1, r - 1  # slots where STORE would hold it and RECOMPUTE does not
-            saving = peak_if_live(lo, hi, a.bytes) - peak
+            r = starts.get(name, back_lo)
             cost_s = a.compute_time
             cost = f"{fmt_time(cost_s)} recompute"
-            why = f"recompute: {fmt_time(cost_s)} to redo {what} at {_slot_ref(problem, r)}"
-            if saving > 0:
-                why += f"; saves {fmt_bytes(saving)} at the peak"
-            elif lo <= hi:
-                why += f"; frees {fmt_bytes(a.bytes)} over {_span(problem, lo, hi)}"
-            if budget is not None and peak + saving > budget >= peak:
-                why += " (storing it would break the cap)"
+            why = f"recompute: {fmt_time(cost_s)} to redo {what} at {_slot_ref(problem, r)}; {effect}"
             if a.inputs:
                 shown = ", ".join(a.inputs[:3]) + (", ..." if len(a.inputs) > 3 else "")
                 why += f"; from {shown}"
         elif d is Decision.OFFLOAD:
-            out_end, back_start, exposed = problem.offload_window(name)
+            _, _, exposed = problem.offload_window(name)
             transfer = a.bytes / problem.host_bandwidth
-            lo, hi = out_end + 1, back_start - 1
-            saving = peak_if_live(lo, hi, a.bytes) - peak
             cost_s = transfer
             cost = f"{fmt_time(transfer)} copy, {fmt_time(exposed)} exposed"
             why = (f"offload: {fmt_time(transfer)} each way to host, {fmt_time(exposed)} not hidden by compute; "
-                   f"off the device over {_span(problem, lo, hi)}")
-            if saving > 0:
-                why += f"; saves {fmt_bytes(saving)} at the peak"
+                   f"{effect}")
             if a.recomputable:
                 why += f"; recompute would cost {fmt_time(a.compute_time)}"
         else:
@@ -226,22 +235,16 @@ def _explain(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | Non
             reasons = []
             if a.backward_uses:
                 reasons.append(f"read by backward at {_slot_ref(problem, a.backward_uses[0])}")
-            if name in conflicts:
-                c = conflicts[name][0]
-                reasons.append(f"must be stored: recomputing {c} at slot {rs[c]} reads it before its own slot {rs[name]}")
-            elif name in readers:
+            if name in readers:
                 c = readers[name][0]
-                reasons.append(f"input to recompute {c} at slot {rs[c]}")
+                reasons.append(f"input to recompute {c} at slot {starts.get(c)}")
             if not a.recomputable:
                 reasons.append(f"{what} cannot be recomputed (random or impure)")
             elif budget is None:
                 reasons.append(f"no cap; recompute would cost {fmt_time(a.compute_time)}")
-            elif name not in conflicts:
+            else:
                 reasons.append(f"recompute would cost {fmt_time(a.compute_time)}")
-                lo, hi = a.last_forward_use + 1, (rs[name] or 0) - 1
-                if lo > hi:
-                    reasons.append("and would free nothing (used right up to its backward read)")
-                elif peak <= budget:
+                if peak <= budget:
                     reasons.append("the cap is met without it")
             why = "store: " + "; ".join(reasons)
         rows.append(ExplainRow(
@@ -255,11 +258,15 @@ def _explain(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | Non
 
 
 def _config_to_dict(cfg: RematConfig) -> dict:
+    """Every RematConfig field as JSON (the budget as bytes or a ratio, a custom device as a dict)."""
+    from dataclasses import fields
+
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     b = cfg.memory_budget
-    budget = None if b is None else (b.bytes if b.bytes is not None else b.ratio)
-    device = dict(cfg.device) if isinstance(cfg.device, tuple) else cfg.device
-    return {"memory_budget": budget, "solver": cfg.solver, "time_limit": cfg.time_limit,
-            "device": device, "gap": cfg.gap, "verbose": cfg.verbose}
+    out["memory_budget"] = None if b is None else (b.bytes if b.bytes is not None else b.ratio)
+    if isinstance(cfg.device, tuple):
+        out["device"] = dict(cfg.device)
+    return out
 
 
 @dataclass
@@ -644,7 +651,10 @@ def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, **
     torch._dynamo.reset()
     LAST_COMPILE.reports.clear()
     step = torch.compile(lambda *xs: loss_of(model(*xs)), backend="remat", options=opts)
-    with torch._inductor.config.patch(force_disable_caches=True):
+    import torch._functorch.config as fconfig
+
+    # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
+    with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
         step(*example_inputs).backward()  # compiles; the partitioner reports into LAST_COMPILE
         reports = list(LAST_COMPILE.reports)
         for p in params:

@@ -192,6 +192,8 @@ def capture(
     storages = [n for n in nodes if owner.get(n) is n and n not in resident]
     fwd_storages = [s for s in storages if s in fwd]
     acts: dict[fx.Node, dict] = {}
+    by_slot = fwd_order + bwd_order
+    inplaced: set[fx.Node] = set()
     for s in storages:
         nbytes = tensor_bytes(s.meta["val"])
         s_uses = effective.get(s, [])
@@ -214,6 +216,8 @@ def capture(
         else:
             end = last if s in pinned else max([slot_of[u] for u in s_uses if u in slot_of] + [created])
             if not fused[s]:
+                if end > created and _writes_in_place(by_slot[end], s, inplaced):
+                    end -= 1  # Inductor writes the pointwise result into this dying buffer
                 live(created, end, nbytes)
 
     # inputs of each activation's op (through views), and relevance for the backward
@@ -289,6 +293,18 @@ def capture(
         metadata={"device": spec.name, "num_nodes": len(nodes)},
     )
     return Captured(problem, [n.name for n in nodes if n in fwd], [n.name for n in bwd_order])
+
+
+def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
+    """Whether Inductor can put pointwise op ``u``'s result in ``s``'s buffer, read last by ``u``
+    (same size and dtype; one input a kernel). Records the reuse."""
+    if u in inplaced or torch.Tag.pointwise not in _tags(u) or not _is_tensor(u):
+        return False
+    a, b = u.meta["val"], s.meta["val"]
+    if a.dtype != b.dtype or tensor_bytes(a) != tensor_bytes(b):
+        return False
+    inplaced.add(u)
+    return True
 
 
 def _autograd_order(nodes: list, index: dict, bwd: set, tangents: list) -> list:

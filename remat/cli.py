@@ -210,6 +210,10 @@ def _options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {"solver": args.solver, "device": args.device}
     if args.time_limit is not None:
         opts["time_limit"] = args.time_limit
+    if args.offload != "auto":
+        opts["offload"] = args.offload == "on"
+    if args.host_bandwidth is not None:
+        opts["host_bandwidth"] = args.host_bandwidth
     try:
         RematConfig.from_options(opts)
     except ConfigError as e:
@@ -329,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="cost-model device: auto, cpu, a100, h100, h200 (default auto)")
         p.add_argument("--solver", default="ilp", help="ilp (default), greedy, store_all, recompute_all")
         p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
+        p.add_argument("--offload", choices=("auto", "on", "off"), default="auto",
+                       help="allow OFFLOAD decisions (auto: on for CUDA graphs, off on the CPU)")
+        p.add_argument("--host-bandwidth", type=float, default=None, metavar="BYTES_PER_S",
+                       help="device<->host link for the cost model (default: the device's, e.g. 50e9 for h100)")
         p.add_argument("--real", action="store_true", help="build real tensors instead of fake ones")
         p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
 
@@ -390,10 +398,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, ConfigError):
             print(f"remat: error: {_first_line(e)}", file=sys.stderr)
             return EXIT_USAGE
-        kind = "" if isinstance(e, RematError) else f"{type(e).__name__}: "
-        more = " (run with --traceback for details)" if not isinstance(e, RematError) else ""
-        print(f"remat: error: {kind}{_first_line(e)}{more}", file=sys.stderr)
+        root = _root_cause(e)
+        if isinstance(root, ConfigError):
+            print(f"remat: error: {_first_line(root)}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(root, RematError):
+            print(f"remat: error: {_first_line(root)}", file=sys.stderr)
+        else:
+            where = f" (in {type(e).__name__})" if root is not e else ""
+            print(f"remat: error: {type(root).__name__}: {_first_line(root)}{where}; run with --traceback for details",
+                  file=sys.stderr)
         return EXIT_FAILED
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The remat error inside Dynamo's wrapping if there is one, else the innermost cause."""
+    from .errors import RematError
+
+    seen, cur, last = set(), e, e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, RematError):
+            return cur
+        last = cur
+        cur = getattr(cur, "inner_exception", None) or cur.__cause__
+    return last
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ def plot_timeline(report: "Report", path: str | Path, title: str | None = None) 
     ax.plot(xs, [b / scale for b in base], color="tab:gray", lw=1.2, label=f"no remat (peak {report.baseline_peak_bytes / scale:.1f} {unit})")
     ax.plot(xs, [b / scale for b in plan], color="tab:blue", lw=1.5, label=f"plan (peak {report.predicted_peak_bytes / scale:.1f} {unit})")
     ax.fill_between(xs, [f / scale for f in fixed], color="tab:blue", alpha=0.12, lw=0, label="fixed (not decided)")
+    if report.memory.host_peak_bytes > 0:
+        ax.plot(xs, [h / scale for h in report.memory.host_bytes], color="tab:green", lw=1.0, ls=":",
+                label=f"offloaded, on host (peak {report.memory.host_peak_bytes / scale:.1f} {unit})")
     if cap is not None:
         ax.axhline(cap / scale, color="tab:red", ls="--", lw=1.2, label=f"cap {cap / scale:.1f} {unit}")
     nf = problem.num_forward
@@ -75,7 +78,7 @@ def plot_timeline(report: "Report", path: str | Path, title: str | None = None) 
 
     counts = ", ".join(f"{len(report.plan.names(d))} {d.value}" for d in Decision)
     ax.set_title(title or f"remat {problem.name}: {counts}; +{report.added_time_s * 1e3:.2f} ms predicted")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -122,6 +125,9 @@ def plot_benchmark(rows: Sequence[dict], path: str | Path, title: str = "") -> P
         x, y = 1e3 * r["step_time_s"], r["measured_peak_bytes"] / scale
         ax.plot([x], [y], "o", color=color)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    xs = [r["step_time_s"] for r in good if r["step_time_s"] > 0]
+    if xs and max(xs) / min(xs) > 20:  # one slow outlier would squash the others
+        ax.set_xscale("log")
     ax.set_xlabel("step time (ms, median of unprofiled steps)")
     ax.set_ylabel(f"measured step peak ({unit})")
     ax.set_ylim(bottom=0)

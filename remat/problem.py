@@ -6,30 +6,35 @@ device bytes live while slot ``t`` runs that no decision changes (temporaries, g
 forward outputs, and every activation during its own forward lifetime ``[created, last_forward_use]``).
 
 An :class:`Activation` is a forward-computed storage that the backward pass may read. Its decision
-(``remat.plan.Decision``) only changes where it lives *after* its last forward use:
+(``remat.plan.Decision``) only changes where it lives *after* its last forward use. Recomputation
+is *just in time*, as AOTAutograd's lazy reordering places it: each recomputed op runs just before
+the first backward op that needs it, directly or through other recomputed ops.
+
+An activation is *needed* when a backward slot reads it (``backward_uses``) or when a needed
+RECOMPUTE activation lists it in ``inputs``. Unneeded activations take no decision, no memory and
+no time. For a needed ``v`` of a plan:
+
+* ``d(v)`` (``first_uses``): its first direct backward use (None if backward never reads it);
+* ``S(v)``, its *start*: ``min(d(v), S(c) for every needed RECOMPUTE consumer c)``. It depends on
+  the plan (computed in reverse creation order); ``remat.simulate.recompute_starts`` gives it;
+* ``last_need(v) = max(backward_uses(v), S(c) for every needed RECOMPUTE consumer c)``.
 
 STORE
     live from ``created`` through the end of the forward and into the backward until its last need.
 RECOMPUTE
-    freed after its last forward use; recomputed in backward slot ``recompute_slot(a)`` (just before
-    that slot's op runs) and live from there until its last need. Costs ``compute_time`` once.
+    freed after its last forward use; recomputed in backward slot ``S(v)`` (just before that
+    slot's op runs) and live from there until its last need. Costs ``compute_time`` once.
 OFFLOAD
     copied to host after its last forward use: live on the device until the copy ends
-    (``offload_window``), then again from the prefetch start until its last need.
+    (``offload_window``), then again from the prefetch start until its last need. The prefetch
+    completes by ``d(v)``; so OFFLOAD is only valid when ``S(v) == d(v)`` (no recomputed consumer
+    needs it earlier, and backward reads it directly).
 
-An activation is *needed* when a backward slot reads it (``backward_uses``) or when a RECOMPUTE
-activation lists it in ``inputs``. Unneeded activations take no decision, no memory and no time.
-Its *last need* is the latest of its ``backward_uses`` and the ``recompute_slot`` of every consumer
-that is recomputed.
-
-``recompute_slot(a)`` is where a RECOMPUTE ``a`` is recomputed and where an OFFLOAD ``a`` must be
-back: its first backward use, or, for an activation that backward never reads directly (a GELU's
-inner terms), the earliest recompute slot of its recomputable consumers. It does not depend on the
-plan, which is what lets the ILP model the peak exactly. The price is one rule (``conflicts``):
-when a recomputed consumer ``c`` needs ``a`` before ``recompute_slot(a)``, ``a`` must be STORE.
-This is the usual checkpoint pattern: a layer's inner values are recomputed from a stored
-boundary, never from a boundary that is itself recomputed later. Everything not listed in
-``inputs`` (parameters, inputs, forward outputs) is resident and always available.
+Every plan of allowed decisions over its needed set is valid except for that OFFLOAD rule.
+``earliest_slots`` (``L(v)``: the minimum of ``d`` over ``v`` and its recomputable descendants) is
+the earliest start any plan can give ``v``; it does not depend on the plan and bounds ``S(v)``.
+Everything not listed in ``inputs`` (parameters, inputs, forward outputs) is resident and always
+available.
 
 Bytes are per storage: views are folded into the storage they alias and never appear here.
 """
@@ -134,39 +139,41 @@ class Problem:
         return {k: tuple(v) for k, v in out.items()}
 
     @cached_property
-    def recompute_slots(self) -> dict[str, int | None]:
-        """Backward slot where each activation is recomputed or prefetched by (None: never needed)."""
+    def first_uses(self) -> dict[str, int | None]:
+        """``d(v)``: first backward slot that reads each activation directly (None: none does)."""
+        return {a.name: (a.backward_uses[0] if a.backward_uses else None) for a in self.activations}
+
+    @cached_property
+    def earliest_slots(self) -> dict[str, int | None]:
+        """``L(v)``: the earliest backward slot where any plan can need each activation (None:
+        no plan needs it): the minimum of ``d`` over ``v`` and its recomputable descendants."""
         slot: dict[str, int | None] = {}
         for a in sorted(self.activations, key=lambda a: a.created, reverse=True):
-            if a.backward_uses:
-                slot[a.name] = a.backward_uses[0]
-                continue
-            cands = [slot[c] for c in self.consumers[a.name] if slot[c] is not None and self._by_name[c].recomputable]
+            cands = [a.backward_uses[0]] if a.backward_uses else []
+            cands += [slot[c] for c in self.consumers[a.name]
+                      if slot[c] is not None and self._by_name[c].recomputable]
             slot[a.name] = min(cands) if cands else None
         return slot
 
-    @cached_property
-    def conflicts(self) -> tuple[tuple[str, str], ...]:
-        """(input, consumer) pairs where recomputing the consumer forces the input to be STORE:
-        the consumer is recomputed before the input's own recompute slot."""
-        out = []
-        for c in self.activations:
-            rc = self.recompute_slots[c.name]
-            if rc is None or not c.recomputable:
-                continue
-            for i in c.inputs:
-                ri = self.recompute_slots[i]
-                if ri is not None and ri > rc:
-                    out.append((i, c.name))
-        return tuple(out)
+    @property
+    def recompute_slots(self) -> dict[str, int | None]:
+        """Deprecated alias of ``earliest_slots`` (the start now depends on the plan: see
+        ``remat.simulate.recompute_starts``)."""
+        return self.earliest_slots
 
     def recompute_slot(self, name: str) -> int | None:
-        return self.recompute_slots[name]
+        """Deprecated: ``earliest_slots[name]``."""
+        return self.earliest_slots[name]
+
+    @property
+    def conflicts(self) -> tuple[tuple[str, str], ...]:
+        """Deprecated and always empty: just-in-time recomputation has no conflict rule."""
+        return ()
 
     @cached_property
     def relevant(self) -> tuple[str, ...]:
-        """Activations that some plan could need (those with a recompute slot)."""
-        return tuple(a.name for a in self.activations if self.recompute_slots[a.name] is not None)
+        """Activations that some plan could need (those with an earliest slot)."""
+        return tuple(a.name for a in self.activations if self.earliest_slots[a.name] is not None)
 
     @cached_property
     def cumulative_time(self) -> tuple[float, ...]:
@@ -186,12 +193,13 @@ class Problem:
 
         The copy to host starts after ``last_forward_use`` and overlaps the compute of the slots
         that follow; the device copy is freed after the first slot by whose end the copy is done
-        (or at the end of the forward). The prefetch ends before ``recompute_slot`` runs and starts
+        (or at the end of the forward). The prefetch ends before ``d(v)`` (the first direct backward
+        use, ``first_uses``) runs and starts
         at the latest slot that leaves it enough compute to hide behind (or the backward's first
         slot). Transfer time that no compute hides is ``exposed`` and adds to the step time.
         """
         a = self.activation(name)
-        first_need = self.recompute_slots[name]
+        first_need = self.first_uses[name]
         if first_need is None or self.host_bandwidth <= 0:
             raise ValueError(f"activation {name!r} cannot be offloaded in this problem")
         if name in self._windows:

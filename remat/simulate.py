@@ -1,19 +1,20 @@
 """The independent checker of every plan: the single source of truth for peak memory.
 
 ``simulate`` replays a plan against the memory semantics of ``remat.problem`` (see its module
-docstring) with nothing taken from any solver: it works out the needed set, builds explicit live
-intervals for every needed activation, sums them over the slots with a difference array and checks
-that every backward read (a backward use, or the recomputation of a consumer) finds its value live
-on the device. An OFFLOAD value counts as back only from its recompute slot, where its prefetch
-has completed; with that, the plans that ``Problem.conflicts`` rules out fail this read check. Only
-the problem's own definitions of the semantics are used (``Problem.recompute_slots``,
-``consumers``, ``offload_window``, ``num_forward``).
+docstring: just-in-time recomputation) with nothing taken from any solver: it works out the needed
+set, each needed activation's start ``S(v)`` and last need (both in one sweep in reverse creation
+order), builds explicit live intervals, sums them over the slots with a difference array and checks
+that every backward read (a backward use, or the recomputation of a consumer at its start) finds
+its value live on the device. An OFFLOAD value counts as back only from ``d(v)``, where its
+prefetch has completed; an OFFLOAD whose start ``S(v)`` comes before ``d(v)`` (a recomputed
+consumer needs it earlier), or that backward never reads directly, is an error. Only the problem's
+own definitions are used (``first_uses``, ``consumers``, ``offload_window``, ``num_forward``).
 
 Intervals are inclusive slot ranges ``(lo, hi)``, counted on top of ``slot.fixed_bytes`` (which
 already holds every activation during its forward lifetime ``[created, last_forward_use]``):
 
 STORE      ``last_forward_use+1 .. last_need``
-RECOMPUTE  ``recompute_slot .. last_need``
+RECOMPUTE  ``S(v) .. last_need``
 OFFLOAD    ``last_forward_use+1 .. out_end`` and ``back_start .. last_need`` on the device, and
            ``out_end+1 .. last_need`` on the host, where ``(out_end, back_start, exposed) =
            problem.offload_window(name)``.
@@ -24,7 +25,7 @@ Cost is O(#slots + #activations + #backward uses + #inputs): intervals go into a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
 from remat.plan import Decision, Plan
@@ -35,6 +36,7 @@ __all__ = [
     "check",
     "live_intervals",
     "needed_activations",
+    "recompute_starts",
     "simulate",
     "store_all_peak",
     "store_all_plan",
@@ -57,6 +59,8 @@ class MemoryTimeline:
     added_time: float  # recompute_time + transfer_time
     needed: tuple[str, ...]  # activations the plan needs, in creation order
     errors: tuple[str, ...]  # human-readable problems; empty iff the plan is valid
+    starts: Mapping[str, int] = field(default_factory=dict)  # S(v) of every needed activation
+    last_needs: Mapping[str, int] = field(default_factory=dict)  # last need of every needed one
 
     @property
     def ok(self) -> bool:
@@ -107,14 +111,42 @@ def needed_activations(problem: Problem, decisions: Mapping[str, Decision]) -> l
     return [n for n in _creation_order(problem) if n in needed]
 
 
-def _last_need(problem: Problem, name: str, needed: set[str], dec: Mapping[str, Decision]) -> int:
-    a = problem.activation(name)
-    rs = problem.recompute_slots
-    cands = list(a.backward_uses)
-    for c in problem.consumers[name]:
-        if c in needed and dec.get(c) is Decision.RECOMPUTE and rs[c] is not None:
-            cands.append(rs[c])
-    return max(cands)
+def _starts_and_last_needs(
+    problem: Problem, needed: set[str], dec: Mapping[str, Decision]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """``S(v)`` and ``last_need(v)`` of every needed activation (one reverse-creation sweep).
+
+    A consumer is created strictly later than its inputs, so when ``v`` is reached every needed
+    RECOMPUTE consumer already has its start.
+    """
+    start: dict[str, int] = {}
+    last: dict[str, int] = {}
+    cons = problem.consumers
+    R = Decision.RECOMPUTE
+    for a in sorted(problem.activations, key=lambda a: a.created, reverse=True):
+        name = a.name
+        if name not in needed:
+            continue
+        s = a.backward_uses[0] if a.backward_uses else None
+        ln = a.backward_uses[-1] if a.backward_uses else None
+        for c in cons[name]:
+            if c in needed and dec.get(c) is R and c in start:
+                sc = start[c]
+                if s is None or sc < s:
+                    s = sc
+                if ln is None or sc > ln:
+                    ln = sc
+        if s is not None:  # always, for a needed activation
+            start[name] = s
+            last[name] = ln
+    return start, last
+
+
+def recompute_starts(problem: Problem, plan: Plan | Mapping[str, Decision]) -> dict[str, int]:
+    """``S(v)`` of every needed activation of ``plan``: where a RECOMPUTE one is recomputed (and
+    by when an OFFLOAD one must be back)."""
+    dec, _ = _coerce(_decisions_of(plan))
+    return _starts_and_last_needs(problem, _needed_set(problem, dec), dec)[0]
 
 
 class _Analysis:
@@ -125,36 +157,36 @@ class _Analysis:
         nf = p.num_forward
         raw = _decisions_of(plan)
         dec, errors = _coerce(raw)
-        known = {a.name for a in p.activations}
+        by_name = p._by_name
         for name in dec:
-            if name not in known:
+            if name not in by_name:
                 errors.append(f"decision for unknown activation {name!r}")
         needed = _needed_set(p, dec)
-        order = [n for n in _creation_order(p) if n in needed]
+        creation = _creation_order(p)
+        order = [n for n in creation if n in needed]
 
-        for name in _creation_order(p):
+        for name in creation:
             if name in dec and name not in needed:
                 errors.append(f"act {name!r} is not needed but has a decision ({dec[name]})")
 
-        # device[name]: list of inclusive intervals; host[name]: likewise; effective decision
+        start, last_need = _starts_and_last_needs(p, needed, dec)
+        first = p.first_uses
         device: dict[str, list[tuple[int, int]]] = {}
         host: dict[str, list[tuple[int, int]]] = {}
         readable: dict[str, list[tuple[int, int]]] = {}  # where a read finds the value (default: device)
         recompute_time = 0.0
         transfer_time = 0.0
-        rs = p.recompute_slots
         for name in order:
-            a = p.activation(name)
+            a = by_name[name]
             d = dec.get(name)
             if d is None:
                 errors.append(f"act {name!r} is needed but has no decision")
                 continue
-            last = _last_need(p, name, needed, dec)
+            last = last_need[name]
             if d is Decision.RECOMPUTE:
                 if not a.recomputable:
                     errors.append(f"act {name!r} is RECOMPUTE but not recomputable")
-                r = rs[name]
-                device[name] = [(r, last)]
+                device[name] = [(start[name], last)]
                 recompute_time += a.compute_time
                 continue
             if d is Decision.OFFLOAD:
@@ -165,18 +197,27 @@ class _Analysis:
                 if p.host_bandwidth <= 0:
                     errors.append(f"act {name!r} is OFFLOAD but host_bandwidth is {p.host_bandwidth}")
                     ok = False
+                if ok and first[name] is None:
+                    errors.append(f"act {name!r} is OFFLOAD but backward never reads it directly")
+                    ok = False
                 if ok:
                     out_end, back_start, exposed = p.offload_window(name)
-                    if back_start > rs[name]:
+                    dn = first[name]
+                    if start[name] < dn:
+                        errors.append(
+                            f"act {name!r} is OFFLOAD but a recomputed consumer needs it at slot "
+                            f"{start[name]}, before its first backward use {dn} (prefetch deadline)"
+                        )
+                    if back_start > dn:
                         errors.append(
                             f"act {name!r}: prefetch starts at slot {back_start}, after its "
-                            f"recompute slot {rs[name]}"
+                            f"first backward use {dn}"
                         )
                     if not (nf <= back_start):
                         errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
                     device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
-                    # the prefetch into (back_start, ...) completes only by the recompute slot
-                    readable[name] = [(a.last_forward_use + 1, out_end), (rs[name], last)]
+                    # the prefetch into (back_start, ...) completes only by the first backward use
+                    readable[name] = [(a.last_forward_use + 1, out_end), (dn, last)]
                     host[name] = [(out_end + 1, last)]
                     transfer_time += exposed
                     continue
@@ -193,12 +234,12 @@ class _Analysis:
         for name in order:
             if name not in device:
                 continue  # already reported: no decision
-            a = p.activation(name)
+            a = by_name[name]
             for u in a.backward_uses:
                 if not live(name, u):
                     read_errors.append(f"act {name!r} read at slot {u} but not live")
             if dec.get(name) is Decision.RECOMPUTE:
-                r = rs[name]
+                r = start[name]
                 for i in a.inputs:
                     if i in dec and not live(i, r):
                         # (an input without a decision is reported above as needed-but-undecided)
@@ -214,6 +255,8 @@ class _Analysis:
         self.needed = tuple(order)
         self.device = device
         self.host = host
+        self.starts = start
+        self.last_needs = last_need
         self.recompute_time = recompute_time
         self.transfer_time = transfer_time
         self.errors = tuple(errors)
@@ -268,6 +311,8 @@ def simulate(problem: Problem, plan: Plan | Mapping[str, Decision]) -> MemoryTim
         added_time=an.recompute_time + an.transfer_time,
         needed=an.needed,
         errors=an.errors,
+        starts=an.starts,
+        last_needs=an.last_needs,
     )
 
 

@@ -4,7 +4,8 @@ Every solver has the signature ``fn(problem, budget_bytes, *, time_limit=60.0, *
 and returns decisions for exactly the needed activations. ``budget_bytes=None`` means no cap: the
 cheapest plan (store-all, objective 0). None of them imports torch.
 
-* ``ilp``: exact MIP (PuLP; HiGHS, or CBC without highspy); options ``gap``, ``backend``.
+* ``ilp``: exact MIP (PuLP; HiGHS, or CBC without highspy); options ``gap``, ``backend``,
+  ``starts`` (kept recompute start slots per activation).
 * ``greedy``: fast heuristic; raises ``InfeasibleBudgetError`` when it cannot meet the cap.
 * ``store_all`` / ``recompute_all``: baselines that ignore the cap (``info["over_budget"]``).
 """

@@ -1,26 +1,31 @@
 """Shared structure of the solvers: candidate activations, their live pieces, exact evaluation.
 
-Nothing here imports torch. Everything follows the memory semantics of ``remat.problem``:
+Nothing here imports torch. Everything follows the just-in-time semantics of ``remat.problem``:
 
 * an activation is *possibly needed* when it has backward uses, or when one of its consumers is
   recomputable and possibly needed; only those ever take a decision;
-* ``last_need(a) = max(backward_uses(a), recompute_slot(c) for needed RECOMPUTE consumers c)``;
-* extra device bytes: STORE ``lfu+1..last_need``; RECOMPUTE ``rs..last_need``; OFFLOAD
-  ``lfu+1..out_end`` and ``back_start..last_need``;
-* ``Problem.conflicts``: when a consumer ``c`` is RECOMPUTE and ``recompute_slot(c)`` comes before
-  ``recompute_slot(a)`` of its input ``a``, then ``a`` must be STORE (a RECOMPUTE or OFFLOAD input
-  is back on the device only at its own, later, recompute slot). ``Structure.conflicts`` keeps the
-  pairs in which both decisions are options for a solver; every solver must respect them.
+* ``S(v) = min(d(v), S(c) for needed RECOMPUTE consumers c)`` (``d``: first direct backward use);
+  ``last_need(v) = max(backward_uses(v), S(c) for needed RECOMPUTE consumers c)``;
+* extra device bytes: STORE ``lfu+1..last_need``; RECOMPUTE ``S..last_need``; OFFLOAD
+  ``lfu+1..out_end`` and ``back_start..last_need``, valid only when ``S(v) == d(v)``.
+
+Breakpoints. A RECOMPUTE ``v`` starts at some ``d(w)`` of ``v`` or a descendant ``w`` reached
+through recomputed consumers. The optimising solvers only consider the ``K`` latest such slots
+(``Cand.kept``, ``K = Structure.k``; every slot up to ``d(v)``): the starts that come from the
+nearest descendants. A plan in which a recomputed consumer would need ``v`` earlier than its
+earliest kept slot must STORE ``v`` (the ILP forbids the rest), so the ILP is exact for every plan
+it can return. ``kept(v)`` is computed from the consumers' kept sets (``{d(v)} | kept(c)``), so a
+start outside it never arises from starts inside the consumers' sets.
 
 ``Structure`` precomputes, per candidate, the slot pieces on which its contribution to the memory
-at a slot is a fixed linear form of its own decision variables (the ILP rows are sums of these
-forms) and the same contribution for every concrete *state* (decision x last need) that a plan can
-put it in (the row-dominance test of the ILP uses those).
+at a slot is a fixed linear form of the ILP variables (the ILP rows are sums of these forms), the
+ILP's auxiliary "live" segments, and the contribution for every concrete *state* (decision x start
+x last need) that a plan can put it in (the row-dominance test of the ILP uses those).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,41 +37,42 @@ STORE, REC, OFF, NONE = 0, 1, 2, -1
 _DEC = {STORE: Decision.STORE, REC: Decision.RECOMPUTE, OFF: Decision.OFFLOAD}
 _CODE = {Decision.STORE: STORE, Decision.RECOMPUTE: REC, Decision.OFFLOAD: OFF}
 
+DEFAULT_K = 3  # kept start slots per activation (see the module docstring; chosen by measurement)
+
 
 class Cand:
     """One possibly-needed activation, with everything the solvers read about it."""
 
     __slots__ = (
-        "idx", "name", "bytes", "time", "lfu", "rs", "D", "rec_ok", "off_ok", "out_end",
-        "back_start", "exposed", "inputs", "rcons", "rcons_all", "ext", "pieces", "bps", "masks",
-        "full", "nstates", "cf_inputs", "cf_cons",
+        "idx", "name", "bytes", "time", "lfu", "d", "D", "L", "rec_ok", "off_ok", "out_end",
+        "back_start", "exposed", "inputs", "all_inputs", "rcons", "rcons_all", "kept", "sv",
+        "top", "lns", "E", "segs", "pieces", "bps", "masks", "full", "nstates",
     )
 
     def __init__(self) -> None:
         self.inputs: list[int] = []  # candidate indices of inputs (filled when recomputable)
-        self.rcons: list[int] = []  # consumers whose RECOMPUTE the ILP considers (rec_ok)
+        self.rcons: list[int] = []  # consumers whose RECOMPUTE the optimising solvers consider
         self.rcons_all: list[int] = []  # every recomputable candidate consumer
-        self.cf_inputs: list[int] = []  # inputs that must be STORE when this one is RECOMPUTE
-        self.cf_cons: list[int] = []  # consumers whose RECOMPUTE forces this one to be STORE
+        self.kept: list[int] = []  # kept start slots (ascending), when rec_ok
+        self.sv: list[int] = []  # kept slots below ``top``: the ILP's start variables
+        self.top = -1  # a RECOMPUTE v has started by top (d(v), or its latest kept slot)
+        self.lns: list[int] = []  # possible last needs (ascending)
+        self.E = -1  # latest possible last need
+        self.segs: list[tuple[int, int]] = []  # the ILP's "live" segments past the certain part
 
 
 class Structure:
-    """Per-problem precomputation shared by every solver (cheap: O(slots + activations))."""
+    """Per-problem precomputation shared by every solver."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, k: int | None = None) -> None:
         self.problem = p = problem
+        self.k = k = DEFAULT_K if k is None else max(1, int(k))
         self.n = n = len(p.slots)
         self.nf = nf = p.num_forward
         self.fixed = np.array([s.fixed_bytes for s in p.slots], dtype=np.int64)
-        rs = p.recompute_slots
+        L = p.earliest_slots
         cons = p.consumers
-        order = sorted(p.activations, key=lambda a: a.created, reverse=True)
-        possible: dict[str, bool] = {}
-        for a in order:  # consumers are created strictly later: they are already decided
-            possible[a.name] = bool(a.backward_uses) or any(
-                possible[c] and p.activation(c).recomputable for c in cons[a.name]
-            )
-        acts = [a for a in p.activations if possible[a.name]]
+        acts = [a for a in p.activations if L[a.name] is not None]
         acts.sort(key=lambda a: a.created)
         self.cands: list[Cand] = []
         self.index: dict[str, int] = {}
@@ -74,67 +80,109 @@ class Structure:
         for i, a in enumerate(acts):
             c = Cand()
             c.idx, c.name, c.bytes, c.time = i, a.name, int(a.bytes), float(a.compute_time)
-            c.lfu, c.rs = a.last_forward_use, rs[a.name]
-            c.D = max(a.backward_uses) if a.backward_uses else -1
-            # RECOMPUTE only helps when it frees slots (lfu+1..rs-1 non-empty)
-            c.rec_ok = bool(a.recomputable) and c.rs > c.lfu + 1
+            c.lfu, c.L = a.last_forward_use, L[a.name]
+            c.d = a.backward_uses[0] if a.backward_uses else -1
+            c.D = a.backward_uses[-1] if a.backward_uses else -1
+            # RECOMPUTE only helps when it can free a slot (lfu+1..S-1 non-empty for some start)
+            c.rec_ok = bool(a.recomputable)
             c.off_ok = False
             c.out_end, c.back_start, c.exposed = nf - 1, nf, 0.0
-            if a.offloadable and bw > 0:
+            if a.offloadable and bw > 0 and c.d >= 0:
                 oe, bs, ex = p.offload_window(a.name)
                 c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
                 c.off_ok = bs - 1 >= oe + 1  # frees at least one slot
             self.cands.append(c)
             self.index[a.name] = i
-        for c in self.cands:
+        cs = self.cands
+        for c in cs:
             a = p.activation(c.name)
+            c.all_inputs = [self.index[x] for x in dict.fromkeys(a.inputs) if x in self.index]
             if a.recomputable:
-                c.inputs = [self.index[x] for x in a.inputs]
-            for x in cons[c.name]:
+                c.inputs = list(c.all_inputs)
+            for x in dict.fromkeys(cons[c.name]):
                 if x in self.index and p.activation(x).recomputable:
                     c.rcons_all.append(self.index[x])
-        # rec_ok (RECOMPUTE frees a slot) is what the optimising solvers consider; a useless
-        # RECOMPUTE has the STORE lifetime, costs time and needs its inputs: never better.
-        # Only candidates reachable through rec_ok consumers can then be needed.
-        reach = [c.D >= 0 for c in self.cands]
-        for c in reversed(self.cands):
+        # kept start slots, consumers first; a useless RECOMPUTE (no kept start after lfu+1) is off
+        for c in reversed(cs):
+            if c.rec_ok:
+                pts = {c.d} if c.d >= 0 else set()
+                for x in c.rcons_all:
+                    if cs[x].rec_ok:
+                        pts.update(cs[x].kept)
+                if c.d >= 0:
+                    pts = {b for b in pts if b <= c.d}
+                kept = sorted(pts)[-k:]
+                if not kept or kept[-1] <= c.lfu + 1:
+                    c.rec_ok = False
+                else:
+                    c.kept = kept
+                    c.top = c.d if c.d >= 0 else kept[-1]
+                    c.sv = [b for b in kept if b < c.top]
+        # only candidates reachable through rec_ok consumers can be needed
+        reach = [c.d >= 0 for c in cs]
+        for c in reversed(cs):
             if reach[c.idx] and c.rec_ok:
-                for k in c.inputs:
-                    reach[k] = True
-        for c in self.cands:
+                for x in c.inputs:
+                    reach[x] = True
+        self.reach = reach
+        for c in cs:
             if not reach[c.idx]:
                 c.rec_ok = c.off_ok = False
-            c.rcons = [k for k in c.rcons_all if self.cands[k].rec_ok and reach[k]]
-            pts = sorted({self.cands[k].rs for k in c.rcons})
-            c.ext = [b for b in pts if b > c.D] if c.D >= 0 else pts
-        self.reach = reach
-        # conflicts between options the solvers consider: (input, consumer) candidate indices
-        self.conflicts: list[tuple[int, int]] = []
-        for i_name, c_name in dict.fromkeys(p.conflicts):  # an input may be listed twice
-            i, c = self.index.get(i_name), self.index.get(c_name)
-            if i is None or c is None:
-                continue
-            self.cands[i].cf_cons.append(c)
-            self.cands[c].cf_inputs.append(i)
-            if self.cands[c].rec_ok and (self.cands[i].rec_ok or self.cands[i].off_ok):
-                self.conflicts.append((i, c))
-        for c in self.cands:
-            self._pieces(c)
-        self.by_name = {c.name: c for c in self.cands}
+                c.kept, c.sv, c.top = [], [], -1
+        for c in cs:
+            c.rcons = [x for x in c.rcons_all if cs[x].rec_ok and reach[x]]
+            lns = {c.D} if c.D >= 0 else set()
+            for x in c.rcons:
+                lns.update(b for b in cs[x].kept if b > c.D)
+            c.lns = sorted(lns)
+            c.E = c.lns[-1] if c.lns else -1
+            if reach[c.idx]:
+                self._segments(c)
+        for c in cs:
+            if reach[c.idx]:
+                self._pieces(c)
+                self._masks(c)
+            else:
+                c.pieces, c.bps, c.masks, c.full, c.nstates = [], [], [], 0, 0
+        self.by_name = {c.name: c for c in cs}
 
-    # ---- pieces: the ILP's linear form of each candidate's contribution, by slot range ------
+    # ---- the ILP's linear forms ----------------------------------------------------------------
+    def st(self, c: Cand, b: int) -> list:
+        """Variables (coef 1) of "c is RECOMPUTE and S(c) <= b": [] (never), [rec], or [st var]."""
+        if not c.rec_ok or b < c.kept[0]:
+            return []
+        if b >= c.top:
+            return [("rec", c.idx)]
+        return [("st", c.idx, c.sv[bisect_right(c.sv, b) - 1])]
+
+    def _segments(self, c: Cand) -> None:
+        """Slot ranges past the part where ``c`` is certainly needed, on which its live indicator
+        (started and still needed) is one ILP variable ``("y", idx, j)``."""
+        if not c.rcons or c.E <= max(c.D, self.nf - 1):
+            c.segs = []
+            return
+        lo = c.D + 1 if c.D >= 0 else self.nf
+        starts = {lo}
+        for x in c.rcons:
+            for b in self.cands[x].kept:
+                if lo < b + 1 <= c.E:
+                    starts.add(b + 1)
+        if c.D < 0 and c.rec_ok:
+            for b in c.kept:
+                if lo < b <= c.E:
+                    starts.add(b)
+        st = sorted(starts)
+        c.segs = [(s, (st[i + 1] - 1) if i + 1 < len(st) else c.E) for i, s in enumerate(st)]
+
     def _pieces(self, c: Cand) -> None:
-        """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes (coef +-1).
+        """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes.
 
-        Variables are named ("rec", k), ("off", k), ("keep", k), ("z", k, j) with k = c.idx.
-        Case A (backward uses, need = 1, keep = 1 - rec - off): on lfu+1..D the form is
-        1 - rec*[t < rs] - off*[out_end < t < back_start]; on (b_{j-1}, b_j] it is z_j.
-        Case B (needed only through recomputed consumers; need = keep + rec + off):
-        on lfu+1..b_1 it is keep + rec*[t >= rs] + off*[t <= out_end or t >= back_start];
-        on (b_{j-1}, b_j], j >= 2, it is z_j.
+        Case A (backward reads it: always needed, keep = 1 - rec - off): on lfu+1..D the form is
+        1 - rec*[t < d] + st(t) - off*[out_end < t < back_start]; past D it is y_j per segment.
+        Case B (needed only through recomputed consumers): keep on lfu+1..nf-1, y_j per segment.
         """
         k = c.idx
-        ev: dict[int, dict] = {}  # slot -> {var: delta}, const under key None
+        ev: dict[int, dict] = {}
 
         def add(lo: int, hi: int, var, coef: int) -> None:
             if lo > hi:
@@ -145,34 +193,25 @@ class Structure:
             ev[hi + 1][var] = ev[hi + 1].get(var, 0) - coef
 
         lo0 = c.lfu + 1
-        if c.D >= 0:
+        if c.d >= 0:
             add(lo0, c.D, None, 1)
             if c.rec_ok:
-                add(lo0, c.rs - 1, ("rec", k), -1)
+                add(lo0, c.d - 1, ("rec", k), -1)
+                for i, b in enumerate(c.sv):
+                    nxt = c.sv[i + 1] if i + 1 < len(c.sv) else c.top
+                    add(b, nxt - 1, ("st", k, b), 1)
             if c.off_ok:
                 add(c.out_end + 1, c.back_start - 1, ("off", k), -1)
-            prev = c.D
-            for j, b in enumerate(c.ext):
-                add(prev + 1, b, ("z", k, j), 1)
-                prev = b
-        elif c.ext:
-            b1 = c.ext[0]
-            add(lo0, b1, ("keep", k), 1)
-            if c.rec_ok:
-                add(c.rs, b1, ("rec", k), 1)
-            if c.off_ok:
-                add(lo0, c.out_end, ("off", k), 1)
-                add(c.back_start, b1, ("off", k), 1)
-            prev = b1
-            for j, b in enumerate(c.ext[1:], start=1):
-                add(prev + 1, b, ("z", k, j), 1)
-                prev = b
+        elif c.rcons:
+            add(lo0, self.nf - 1, ("keep", k), 1)
+        for j, (s, e) in enumerate(c.segs):
+            add(s, e, ("y", k, j), 1)
         pieces = []
         cur: dict = {}
         pts = sorted(ev)
         for s, e in zip(pts, pts[1:] + [None]):
-            for var, d in ev[s].items():
-                v = cur.get(var, 0) + d
+            for var, dv in ev[s].items():
+                v = cur.get(var, 0) + dv
                 if v:
                     cur[var] = v
                 else:
@@ -180,122 +219,136 @@ class Structure:
             if e is not None and cur:
                 pieces.append((s, e - 1, cur.get(None, 0), {v: cf for v, cf in cur.items() if v is not None}))
         c.pieces = pieces
-        # concrete states: (decision, number of extension points reached) -> live bitmask per piece
-        states = []
-        decs = [STORE] + ([REC] if c.rec_ok else []) + ([OFF] if c.off_ok else [])
-        if c.D >= 0:
-            for d in decs:
-                for j in range(len(c.ext) + 1):
-                    states.append((d, j))
-        else:
-            states.append((NONE, 0))
-            for d in decs:
-                for j in range(1, len(c.ext) + 1):
-                    states.append((d, j))
-        c.nstates = len(states)
-        c.full = (1 << len(states)) - 1
-        bps, masks = [], []
-        for lo, hi, const, terms in pieces:
-            m = 0
-            for si, (d, j) in enumerate(states):
-                val = const
-                if d != NONE:
-                    val += self._state_value(c, terms, d, j)
-                if val:
-                    m |= 1 << si
-            bps.append(lo)
-            masks.append(m)
-            bps.append(hi + 1)
-            masks.append(0)
-        # compress consecutive duplicates; masks[i] holds on [bps[i], bps[i+1])
-        cb, cm = [], []
-        for b, m in zip(bps, masks):
-            if cb and cb[-1] == b:
-                cm[-1] = m
-            elif cm and cm[-1] == m:
-                continue
-            else:
-                cb.append(b)
-                cm.append(m)
-        c.bps, c.masks = cb, cm
 
-    @staticmethod
-    def _state_value(c: Cand, terms: dict, d: int, j: int) -> int:
-        k = c.idx
-        val = 0
-        for var, coef in terms.items():
-            kind = var[0]
-            if kind == "rec":
-                x = d == REC
-            elif kind == "off":
-                x = d == OFF
-            elif kind == "keep":
-                x = d == STORE
-            else:  # ("z", k, jj): reached when the last need extends past point jj
-                x = var[2] < j
-            if x:
-                val += coef
-        return val
+    def _masks(self, c: Cand) -> None:
+        """Live bitmask over the concrete states (decision, start, last need), by slot range."""
+        ivs: list[list[tuple[int, int]]] = []  # per state: device intervals
+        lo0 = c.lfu + 1
+        if c.d < 0:
+            ivs.append([])  # not needed
+        for ln in c.lns:
+            ivs.append([(lo0, ln)])
+            if c.rec_ok:
+                for s in c.kept:
+                    if s <= ln:
+                        ivs.append([(s, ln)])
+            if c.off_ok:
+                ivs.append([(lo0, c.out_end), (c.back_start, ln)])
+        c.nstates = len(ivs)
+        c.full = (1 << len(ivs)) - 1
+        pts = sorted({lo for iv in ivs for lo, hi in iv if lo <= hi} | {hi + 1 for iv in ivs for lo, hi in iv if lo <= hi})
+        masks = [0] * len(pts)
+        for si, iv in enumerate(ivs):
+            bit = 1 << si
+            for lo, hi in iv:
+                if lo > hi:
+                    continue
+                a = bisect_left(pts, lo)
+                b = bisect_left(pts, hi + 1)
+                for q in range(a, b):
+                    masks[q] |= bit
+        cb, cm = [], []
+        for b, m in zip(pts, masks):
+            if cm and cm[-1] == m:
+                continue
+            cb.append(b)
+            cm.append(m)
+        c.bps, c.masks = cb, cm
 
     def mask_at(self, c: Cand, t: int) -> int:
         i = bisect_right(c.bps, t) - 1
         return c.masks[i] if i >= 0 else 0
 
     # ---- plans -------------------------------------------------------------------------------
-    def normalize(self, dec: Mapping[str, object]) -> dict[str, Decision]:
-        """Decisions restricted to exactly the needed set (missing needed ones become STORE)."""
-        p = self.problem
-        codes = {}
+    def codes(self, dec: Mapping[str, object]) -> np.ndarray:
+        out = np.full(len(self.cands), NONE, dtype=np.int64)
         for name, d in dec.items():
-            if isinstance(d, int) and not isinstance(d, Decision):
-                codes[name] = d
+            if isinstance(d, (int, np.integer)) and not isinstance(d, Decision):
+                out[self.index[name]] = int(d)
             else:
-                codes[name] = _CODE[Decision(d)]
-        needed = {c.name for c in self.cands if c.D >= 0}
-        for c in reversed(self.cands):
-            if c.name in needed and codes.get(c.name, STORE) == REC:
-                needed.update(p.activation(c.name).inputs)
-        out = {}
-        for c in self.cands:
-            if c.name in needed:
-                out[c.name] = _DEC[codes.get(c.name, STORE)]
+                out[self.index[name]] = _CODE[Decision(d)]
         return out
 
-    def profile(self, dec: Mapping[str, Decision]) -> np.ndarray:
-        """Device bytes at every slot for normalized decisions (exact, int64)."""
-        diff = np.zeros(self.n + 1, dtype=np.int64)
-        for lo, hi, b in self.intervals(dec):
-            diff[lo] += b
-            diff[hi + 1] -= b
-        return self.fixed + np.cumsum(diff[:-1])
+    def normalize(self, dec: Mapping[str, object]) -> dict[str, Decision]:
+        """Decisions restricted to exactly the needed set (missing needed ones become STORE)."""
+        codes = self.codes({k: v for k, v in dec.items() if k in self.index})
+        need = self.needed(codes)
+        return {c.name: _DEC[int(codes[c.idx]) if codes[c.idx] != NONE else STORE]
+                for c in self.cands if need[c.idx]}
 
-    def intervals(self, dec: Mapping[str, Decision]):
-        cands = self.cands
-        idx = self.index
-        for name, d in dec.items():
-            c = cands[idx[name]]
-            ln = c.D
-            for k in c.rcons_all:
-                x = cands[k]
-                if dec.get(x.name) is Decision.RECOMPUTE and x.rs > ln:
-                    ln = x.rs
-            if d is Decision.RECOMPUTE:
-                lo = c.rs
-            elif d is Decision.OFFLOAD:
+    def needed(self, codes) -> list[bool]:
+        cs = self.cands
+        need = [c.d >= 0 for c in cs]
+        for c in reversed(cs):
+            if need[c.idx] and codes[c.idx] == REC:
+                for x in c.all_inputs:
+                    need[x] = True
+        return need
+
+    def jit(self, codes) -> tuple[list[bool], list[int], list[int]]:
+        """(needed, S, last_need) per candidate index for decision codes (NONE where unneeded)."""
+        cs = self.cands
+        m = len(cs)
+        need = [c.d >= 0 for c in cs]
+        S = [c.d for c in cs]
+        ln = [c.D for c in cs]
+        for j in range(m - 1, -1, -1):
+            if need[j] and codes[j] == REC:
+                s = S[j]
+                for x in cs[j].all_inputs:
+                    need[x] = True
+                    if S[x] < 0 or s < S[x]:
+                        S[x] = s
+                    if s > ln[x]:
+                        ln[x] = s
+        return need, S, ln
+
+    def evaluate(self, codes) -> tuple[np.ndarray, list[bool], list[int], list[int]]:
+        """(profile, needed, S, last_need) for decision codes; codes of unneeded ones are ignored
+        and needed ones without a code count as STORE."""
+        need, S, ln = self.jit(codes)
+        cs = self.cands
+        diff = np.zeros(self.n + 1, dtype=np.int64)
+        los, his, bs = [], [], []
+        for c in cs:
+            j = c.idx
+            if not need[j] or not c.bytes:
+                continue
+            d = codes[j]
+            if d == REC:
+                lo = S[j]
+            elif d == OFF:
                 if c.lfu + 1 <= c.out_end:
-                    yield c.lfu + 1, c.out_end, c.bytes
+                    los.append(c.lfu + 1)
+                    his.append(c.out_end)
+                    bs.append(c.bytes)
                 lo = c.back_start
             else:
                 lo = c.lfu + 1
-            if lo <= ln:
-                yield lo, ln, c.bytes
+            if lo <= ln[j]:
+                los.append(lo)
+                his.append(ln[j])
+                bs.append(c.bytes)
+        if los:
+            b = np.array(bs, dtype=np.int64)
+            np.add.at(diff, np.array(los, dtype=np.int64), b)
+            np.add.at(diff, np.array(his, dtype=np.int64) + 1, -b)
+        return self.fixed + np.cumsum(diff[:-1]), need, S, ln
 
-    def violations(self, dec: Mapping[str, Decision]) -> list[tuple[str, str]]:
-        """Conflict pairs (input, consumer) that normalized decisions break."""
+    def profile(self, dec: Mapping[str, Decision]) -> np.ndarray:
+        """Device bytes at every slot for normalized decisions (exact, int64)."""
+        return self.evaluate(self.codes(dec))[0]
+
+    def violations(self, dec: Mapping[str, Decision]) -> list[str]:
+        """Why normalized decisions are not a valid plan (OFFLOAD needed before d(v))."""
+        codes = self.codes(dec)
+        need, S, _ = self.jit(codes)
         out = []
-        for i_name, c_name in dict.fromkeys(self.problem.conflicts):
-            if dec.get(c_name) is Decision.RECOMPUTE and dec.get(i_name) in (Decision.RECOMPUTE, Decision.OFFLOAD):
-                out.append((i_name, c_name))
+        for c in self.cands:
+            if need[c.idx] and codes[c.idx] == OFF and (c.d < 0 or S[c.idx] < c.d or not c.off_ok):
+                out.append(f"{c.name!r} is OFFLOAD but needed at slot {S[c.idx]}, before its prefetch")
+            if need[c.idx] and codes[c.idx] == REC and not self.problem.activation(c.name).recomputable:
+                out.append(f"{c.name!r} is RECOMPUTE but not recomputable")
         return out
 
     def cost(self, dec: Mapping[str, Decision]) -> float:
@@ -312,13 +365,15 @@ class Structure:
         return int(self.profile(dec).max()) if self.n else 0
 
     def store_all(self) -> dict[str, Decision]:
-        return {c.name: Decision.STORE for c in self.cands if c.D >= 0}
+        return {c.name: Decision.STORE for c in self.cands if c.d >= 0}
 
     def lower_bound_peak(self) -> int:
         """max over slots of fixed bytes plus the bytes that every plan keeps live there."""
+        if not self.n:
+            return 0
         diff = np.zeros(self.n + 1, dtype=np.int64)
         for c in self.cands:
-            if c.D < 0:
+            if c.d < 0 or not c.bytes:
                 continue
             for i, m in enumerate(c.masks):
                 if m == c.full and m:
@@ -326,7 +381,7 @@ class Structure:
                     hi = c.bps[i + 1] - 1 if i + 1 < len(c.bps) else self.n - 1
                     diff[lo] += c.bytes
                     diff[hi + 1] -= c.bytes
-        return int((self.fixed + np.cumsum(diff[:-1])).max()) if self.n else 0
+        return int((self.fixed + np.cumsum(diff[:-1])).max())
 
 
 def make_plan(
@@ -343,8 +398,8 @@ def make_plan(
     """A Plan over exactly the needed set with its exactly recomputed objective."""
     dec = struct.normalize(dec)
     bad = struct.violations(dec)
-    if bad:  # every solver respects Problem.conflicts; a plan that does not is a solver bug
-        raise RuntimeError(f"{solver}: plan recomputes {bad[0][1]!r} but does not store its input {bad[0][0]!r} (bug)")
+    if bad:  # every solver returns valid plans; one that does not is a solver bug
+        raise RuntimeError(f"{solver}: invalid plan: {bad[0]} (bug)")
     info = dict(info or {})
     info.setdefault("peak_bytes", struct.peak(dec))
     return Plan(

@@ -33,22 +33,17 @@ def store_all(problem: Problem, budget_bytes: int | None, *, time_limit: float =
 def recompute_all(problem: Problem, budget_bytes: int | None, *, time_limit: float = 60.0, **kw) -> Plan:
     """Every recomputable needed activation RECOMPUTE; the rest (and the inputs they pull in) STORE.
 
-    An input that a recomputed consumer reads before the input's own recompute slot (a pair of
-    ``Problem.conflicts``) is STORE: consumers are decided first, so the checkpoint boundary is
-    what stays stored.
+    With just-in-time recomputation every such plan is valid (a recomputed input is recomputed
+    just before its first recomputed consumer).
     """
     t0 = time.perf_counter()
     st = kw.get("_structure") or Structure(problem)
-    pinned: dict[str, list[str]] = {}
-    for i, c in problem.conflicts:
-        pinned.setdefault(i, []).append(c)
     needed = {a.name for a in problem.activations if a.backward_uses}
     dec: dict[str, Decision] = {}
     for a in sorted(problem.activations, key=lambda a: a.created, reverse=True):
         if a.name not in needed:
             continue
-        rec = a.recomputable and not any(dec.get(c) is Decision.RECOMPUTE for c in pinned.get(a.name, ()))
-        dec[a.name] = Decision.RECOMPUTE if rec else Decision.STORE
-        if rec:
+        dec[a.name] = Decision.RECOMPUTE if a.recomputable else Decision.STORE
+        if a.recomputable:
             needed.update(a.inputs)
     return _finish(st, dec, "recompute_all", budget_bytes, t0)

@@ -1,21 +1,25 @@
 """The exact planner: a PuLP MIP that minimises added step time under a cap on the *peak*.
 
-Variables (per candidate ``a``, see ``_core.Structure``):
+Just-in-time semantics (``remat.problem``); per candidate ``v`` (see ``_core.Structure``):
 
-* case A (``a`` has backward uses, so it is always needed): binaries ``rec_a`` (recomputable and
-  useful) and ``off_a`` (offloadable, host_bandwidth > 0); STORE is ``1 - rec_a - off_a``;
-* case B (needed only when a consumer is recomputed): binaries ``keep_a``, ``rec_a``, ``off_a``
-  with ``keep + rec + off = need_a <= 1`` and ``need_a >= rec_c`` for each consumer ``c``;
-* last-need extensions: for each distinct recompute slot ``b_j`` of ``a``'s recomputable consumers
-  beyond its last direct use, a continuous ``z_aj >= rec_c`` for the consumers with
-  ``recompute_slot(c) == b_j``, chained ``z_aj >= z_a(j+1)``: ``a`` is live on ``(b_{j-1}, b_j]``
-  exactly when ``z_aj`` is 1 (minimising never sets it higher than needed, and a plan's real
-  memory is never above what the rows count).
-
-Conflicts (``Problem.conflicts``): for an input ``i`` that a RECOMPUTE consumer ``c`` reads before
-``recompute_slot(i)``, ``rec_c <= keep_i`` (case A: ``rec_c + rec_i + off_i <= 1``). The memory
-forms need nothing else: a STORE input covers ``lfu+1..D >= recompute_slot(c)`` already, so such
-a consumer never extends its last need.
+* case A (``v`` has backward uses, so it is always needed): binaries ``rec_v`` (recomputable)
+  and ``off_v`` (offloadable, host_bandwidth > 0); STORE is ``keep_v = 1 - rec_v - off_v``;
+* case B (needed only when a consumer is recomputed): binaries ``keep_v``, ``rec_v`` with
+  ``need_v = keep_v + rec_v <= 1``, ``need_v >= rec_c`` for each recomputable consumer ``c`` and
+  ``need_v <= sum_c rec_c`` (so a recomputed ``v`` is really needed);
+* starts: for each kept start slot ``b < top(v)`` (``Cand.sv``) a continuous ``st[v,b]`` = "v is
+  RECOMPUTE and S(v) <= b"; ``st[v, top] = rec_v``. Rows: monotone in ``b``; ``st[v,b] <= sum_c
+  st[c,b]`` (started early only through a consumer); ``st[c,b] <= keep_v + st[v,b]`` for every
+  recomputable consumer ``c`` and each slot ``b < top(v)`` where ``st[c, .]`` steps up (a
+  consumer started by ``b`` needs ``v`` kept or started by ``b``; with no kept start of ``v`` at
+  ``b`` that forces STORE, and it forbids OFFLOAD needed before ``d(v)``). Given integral
+  decisions these rows force every ``st`` to 0/1 (by induction in reverse creation order), so the
+  model is exact for every plan whose starts are kept slots, and only such plans come out;
+* live indicators: on ``lfu+1..D`` (case A) the device bytes of ``v`` are a linear form
+  (``1 - rec*[t < d] + st(t) - off*[out_end < t < back_start]``); past ``D`` (and for case B in
+  backward) a continuous ``y[v,j]`` per segment on which the form is constant, with
+  ``y >= started(t) + rec_c - st[c, t-1] - 1`` for each consumer ``c`` (``v`` is live while
+  started and some recomputed consumer still has to start).
 
 Memory rows: on each slot range where every candidate's contribution is one fixed linear form,
 only the slot with the largest ``fixed_bytes`` can peak; then rows that another row dominates
@@ -41,7 +45,7 @@ from remat.errors import ConfigError, InfeasibleBudgetError
 from remat.plan import Decision, Plan
 from remat.problem import Problem
 
-from ._core import Structure, make_plan
+from ._core import OFF, REC, STORE, Structure, make_plan
 from .greedy import run_greedy
 
 try:  # pragma: no cover - import guard
@@ -202,57 +206,92 @@ class Model:
         self.prob = prob = pulp.LpProblem("remat", pulp.LpMinimize)
         V: dict = {}
         var = _var_factory(prob)
+        B, C = pulp.LpBinary, pulp.LpContinuous
         for c in cs:
+            if not st.reach[c.idx]:
+                continue
             k = c.idx
             if c.rec_ok:
-                V[("rec", k)] = var(f"r{k}", 0, 1, pulp.LpBinary)
+                V[("rec", k)] = var(f"r{k}", 0, 1, B)
+                for b in c.sv:
+                    V[("st", k, b)] = var(f"s{k}_{b}", 0, 1, C)
             if c.off_ok:
-                V[("off", k)] = var(f"o{k}", 0, 1, pulp.LpBinary)
-            if c.D < 0 and c.ext:
-                V[("keep", k)] = var(f"k{k}", 0, 1, pulp.LpBinary)
-            first = 0 if c.D >= 0 else 1
-            for j in range(first, len(c.ext)):
-                V[("z", k, j)] = var(f"z{k}_{j}", 0, 1, pulp.LpContinuous)
+                V[("off", k)] = var(f"o{k}", 0, 1, B)
+            if c.d < 0 and c.rcons:
+                V[("keep", k)] = var(f"k{k}", 0, 1, B)
+            for j in range(len(c.segs)):
+                V[("y", k, j)] = var(f"y{k}_{j}", 0, 1, C)
         self.V = V
-        ncons = 0
-        # decision structure
+        rows_: list = []
+
+        def row(terms, sense, rhs, name):
+            """terms: list of (key, coef); keys missing from V are dropped (they are 0)."""
+            e = pulp.LpAffineExpression([(V[key], cf) for key, cf in terms if key in V])
+            prob.addConstraint(pulp.LpConstraint(e, sense, name, rhs))
+            rows_.append(name)
+
+        LE, GE = pulp.LpConstraintLE, pulp.LpConstraintGE
+
+        def sv(c, b):
+            return [(key, 1) for key in st.st(c, b)]
+
+        def keep_terms(c):
+            """keep_c as (terms, const)."""
+            if c.d >= 0:
+                return [(("rec", c.idx), -1), (("off", c.idx), -1)], 1
+            return [(("keep", c.idx), 1)], 0
+
         for c in cs:
+            if not st.reach[c.idx]:
+                continue
             k = c.idx
-            r, o = V.get(("rec", k)), V.get(("off", k))
-            if c.D >= 0:
-                if r is not None and o is not None:
-                    prob += r + o <= 1, f"one{k}"
-                    ncons += 1
-                first = 0
-            else:
-                if not c.ext:
-                    continue
-                need = pulp.LpAffineExpression([(x, 1) for x in (V[("keep", k)], r, o) if x is not None])
-                prob += need <= 1, f"one{k}"
-                ncons += 1
+            if c.d >= 0:
+                if c.rec_ok and c.off_ok:
+                    row([(("rec", k), 1), (("off", k), 1)], LE, 1, f"one{k}")
+            elif c.rcons:
+                need = [(("keep", k), 1), (("rec", k), 1)]
+                row(need, LE, 1, f"one{k}")
                 for x in c.rcons:
-                    prob += need - V[("rec", x)] >= 0, f"need{k}_{x}"
-                    ncons += 1
-                first = 1
-            for j in range(first, len(c.ext)):
-                z = V[("z", k, j)]
-                if j + 1 < len(c.ext):
-                    prob += z - V[("z", k, j + 1)] >= 0, f"zz{k}_{j}"
-                    ncons += 1
+                    row(need + [(("rec", x), -1)], GE, 0, f"need{k}_{x}")
+                row(need + [(("rec", x), -1) for x in c.rcons], LE, 0, f"needub{k}")
+            if c.rec_ok:
+                # st monotone in b, below rec
+                chain = [("st", k, b) for b in c.sv] + [("rec", k)]
+                for i in range(len(chain) - 1):
+                    row([(chain[i], 1), (chain[i + 1], -1)], LE, 0, f"mono{k}_{i}")
+                # st(v, b) <= sum over consumers of st(c, b): started only through a consumer
+                for b in c.sv:
+                    terms = [(("st", k, b), 1)]
+                    for x in c.rcons:
+                        terms += [(key, -cf) for key, cf in sv(cs[x], b)]
+                    row(terms, LE, 0, f"sub{k}_{b}")
+            # a consumer started by b < top(v) needs v kept or started by b (S(v) <= S(c));
+            # with no kept start at b, v must be STORE. An OFFLOAD v is never needed before d(v).
+            top = c.top if c.rec_ok else (c.d if c.d >= 0 else None)
+            kt, kc = keep_terms(c)
+            for x in c.rcons:
+                xc = cs[x]
+                for b in xc.sv + [xc.top]:
+                    if top is not None and b >= top:
+                        continue
+                    if top is None and c.d < 0:
+                        continue  # (case B without recompute: need >= rec_x covers it)
+                    terms = sv(xc, b) + [(key, -cf) for key, cf in kt]
+                    terms += [(key, -cf) for key, cf in sv(c, b)] if c.rec_ok else []
+                    row(terms, LE, kc, f"lb{k}_{x}_{b}")
+            # live segments past the certain part: y >= started + needed_by_x - 1
+            for j, (s, e) in enumerate(c.segs):
+                if c.d >= 0:
+                    started, sc = [], 1
+                else:
+                    started, sc = [(("keep", k), 1)] + (sv(c, s) if c.rec_ok else []), 0
                 for x in c.rcons:
-                    if cs[x].rs == c.ext[j]:
-                        prob += z - V[("rec", x)] >= 0, f"zr{k}_{x}"
-                        ncons += 1
-        # conflicts: a RECOMPUTE consumer recomputed before its input's recompute slot needs the
-        # input STORE (rec_c <= keep_i; in case A keep_i = 1 - rec_i - off_i)
-        for i, x in st.conflicts:
-            rc = V[("rec", x)]
-            if ("keep", i) in V:
-                prob += rc - V[("keep", i)] <= 0, f"cf{i}_{x}"
-            else:
-                others = [v for v in (V.get(("rec", i)), V.get(("off", i))) if v is not None]
-                prob += pulp.lpSum([rc] + others) <= 1, f"cf{i}_{x}"
-            ncons += 1
+                    xc = cs[x]
+                    if s - 1 >= xc.top:
+                        continue
+                    terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
+                    terms += [(("rec", x), -1)] + sv(xc, s - 1)
+                    row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
         # objective
         obj = []
         for c in cs:
@@ -273,44 +312,49 @@ class Model:
         self.num_rows = 0
         self.nnz = 0
         for t, const, terms in forms:
-            expr = [(V[v], cf / u) for v, cf in terms.items()]
+            expr = [(V[v], cf / u) for v, cf in terms.items() if v in V]
             if budget is None:
                 expr.append((self.M, -1.0))
                 rhs = -const / u
             else:
                 rhs = (budget - const) / u
-                if not terms:
+                if not expr:
                     if const > budget:
                         self.infeasible_row = t
                     continue
             prob += pulp.LpConstraint(pulp.LpAffineExpression(expr), pulp.LpConstraintLE, f"m{t}", rhs)
             self.num_rows += 1
             self.nnz += len(expr)
-        self.num_cons = ncons + self.num_rows
+        self.num_cons = len(rows_) + self.num_rows
+        self.num_binaries = sum(1 for key in V if key[0] in ("rec", "off", "keep"))
         self.build_s = time.perf_counter() - t0
 
     def warm(self, dec: dict[str, Decision]) -> None:
         """Initial values from normalized decisions."""
-        cs = self.st.cands
+        st = self.st
+        cs = st.cands
         V = self.V
+        codes = st.codes(dec)
+        need, S, ln = st.jit(codes)
         for v in V.values():
             v.setInitialValue(0)
-        for name, d in dec.items():
-            c = cs[self.st.index[name]]
-            k = c.idx
-            if d is Decision.RECOMPUTE and ("rec", k) in V:
-                V[("rec", k)].setInitialValue(1)
-            elif d is Decision.OFFLOAD and ("off", k) in V:
-                V[("off", k)].setInitialValue(1)
-            elif d is Decision.STORE and ("keep", k) in V:
-                V[("keep", k)].setInitialValue(1)
-        for c in cs:
-            first = 0 if c.D >= 0 else 1
-            for j in range(first, len(c.ext)):
-                on = any(
-                    dec.get(cs[x].name) is Decision.RECOMPUTE and cs[x].rs >= c.ext[j] for x in c.rcons
-                )
-                V[("z", c.idx, j)].setInitialValue(1 if on else 0)
+        for key, v in V.items():
+            kind, k = key[0], key[1]
+            c = cs[k]
+            on = need[k]
+            if kind == "rec":
+                val = on and codes[k] == REC
+            elif kind == "off":
+                val = on and codes[k] == OFF
+            elif kind == "keep":
+                val = on and codes[k] == STORE
+            elif kind == "st":
+                val = on and codes[k] == REC and S[k] <= key[2]
+            else:  # y: live on segment j
+                s = c.segs[key[2]][0]
+                started = codes[k] != REC or S[k] <= s
+                val = on and started and ln[k] >= s
+            v.setInitialValue(1 if val else 0)
         if self.M is not None:
             self.M.setInitialValue(self.st.peak(dec) / self.unit)
 
@@ -324,7 +368,7 @@ class Model:
                 out[c.name] = Decision.RECOMPUTE
             elif o is not None and (o.varValue or 0) > 0.5:
                 out[c.name] = Decision.OFFLOAD
-            elif c.D >= 0 or (kp is not None and (kp.varValue or 0) > 0.5):
+            elif c.d >= 0 or (kp is not None and (kp.varValue or 0) > 0.5):
                 out[c.name] = Decision.STORE
         return self.st.normalize(out)
 
@@ -396,9 +440,15 @@ def _backend(name: str | None) -> str:
 
 
 def min_peak(problem: Problem, *, time_limit: float = 60.0, backend: str | None = None,
-             _structure: Structure | None = None) -> int:
-    """The smallest peak that any plan reaches (exact when the MIP is proven optimal in time)."""
-    return _min_peak(_structure or Structure(problem), time_limit, _backend(backend))[0]
+             starts: int | None = None, _structure: Structure | None = None) -> int:
+    """The smallest peak that any plan reaches (exact when the MIP is proven optimal in time).
+
+    Exact over the plans whose recompute starts are among each activation's ``starts`` latest
+    possible start slots (``_core.DEFAULT_K`` when None; see ``_core``): a larger value can only
+    lower it, and the plans it leaves out start a recomputation chain far from its use.
+    """
+    st = _structure or Structure(problem, k=starts)
+    return _min_peak(st, time_limit, _backend(backend))[0]
 
 
 def _min_peak(st: Structure, time_limit: float, backend: str):
@@ -438,12 +488,14 @@ def ilp(
     warm_start: bool | str = True,
     prune: bool = True,
     threads: int | None = None,
+    starts: int | None = None,
     **kw,
 ) -> Plan:
-    """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at)."""
+    """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
+    ``starts``: kept recompute start slots per activation, see ``min_peak``)."""
     t0 = time.perf_counter()
     backend = _backend(backend)
-    st = kw.get("_structure") or Structure(problem)
+    st = kw.get("_structure") or Structure(problem, k=starts)
     if budget_bytes is None:
         return make_plan(st, st.store_all(), "ilp", None, status="optimal", bound=0.0, gap=0.0,
                          solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"})
@@ -474,6 +526,8 @@ def ilp(
         "segments": rows.segments,
         "slots_total": rows.total_slots,
         "nonzeros_memory_rows": model.nnz,
+        "num_binaries": model.num_binaries,
+        "kept_starts": st.k,
         "greedy_objective": None if greedy_plan is None else greedy_cost,
         "build_s": round(time.perf_counter() - tg, 4),
     }
@@ -502,8 +556,8 @@ def ilp(
         dec = model.decisions()
         peak = st.peak(dec)
         bad = st.violations(dec)
-        if bad:  # cannot happen: the conflict rows forbid it
-            info["ilp_fallback"] = f"ILP solution breaks the conflict rule at {bad[0]} (bug); greedy used"
+        if bad:  # cannot happen: the start rows forbid it
+            info["ilp_fallback"] = f"ILP solution is not a valid plan: {bad[0]} (bug); greedy used"
         elif peak <= budget:
             best, best_cost, source = dec, st.cost(dec), "ilp"
         else:

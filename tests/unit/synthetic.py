@@ -108,10 +108,8 @@ class Graph:
 # ---- small named graphs ----------------------------------------------------------------------
 
 
-# Recompute slots are local: an activation that backward reads is recomputed at its first backward
-# use, one that backward never reads at the earliest recompute slot of its recomputable consumers.
-# A consumer recomputed before its input's own recompute slot needs that input stored
-# (``Problem.conflicts``): in the residual and transformer generators the block boundaries. The
+# Recomputation is just in time: an activation is recomputed just before the first backward op
+# that needs it, directly or through other recomputed activations (``remat.problem``). The
 # generators are fully recomputable by default (only random ops such as dropout masks are not);
 # ``save_matmul=True`` / ``save_residual=True`` pin matmuls / residual adds as non-recomputable,
 # as a framework that never recomputes them would.

@@ -144,3 +144,21 @@ def test_analyze_module_is_callable(built):
     import remat.analyze as A
 
     assert callable(remat.analyze) and A.Report is Report
+
+
+def test_offload_rows_and_round_trip(tmp_path):
+    """With offload on (an H100 cost model), caps are met by copying to host: rows say so."""
+    model, inputs, loss_fn = mlp(batch=4096, blocks=4)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        rep = remat.analyze(model, inputs, memory_budget="80%", loss_fn=loss_fn, offload=True, device="h100",
+                            time_limit=30)
+    rows = [r for r in rep.explain() if r.decision is Decision.OFFLOAD]
+    assert rows, "expected OFFLOAD decisions"
+    for r in rows:
+        assert r.why.startswith("offload: ") and "each way to host" in r.why and "exposed" in r.cost
+        assert r.cost_s == pytest.approx(r.bytes / rep.problem.host_bandwidth)
+    assert rep.memory.host_peak_bytes > 0
+    assert rep.timeline(tmp_path / "t.png").read_bytes()[:8] == PNG
+    back = load(rep.to_json(tmp_path / "o.json"))
+    assert back.plan == rep.plan and back.config == rep.config and back.config.offload is True
+    check(back.problem, back.plan, back.budget_bytes)

@@ -18,6 +18,7 @@ from remat.simulate import (
     check,
     live_intervals,
     needed_activations,
+    recompute_starts,
     simulate,
     store_all_peak,
 )
@@ -42,9 +43,8 @@ def act(name, created, lfu, nbytes, uses=(), inputs=(), t=1.0, **kw):
 # a = layer0(x)  read by f1 and by b0 (slot 5)
 # b = layer1(a)  read by f2 and by b1 (slot 4); recomputing it reads a
 # c = layer2(b)  read by b2 (slot 3); its recomputation reads only resident values
-# recompute slots (first backward use when there is one): c 3, b 4, a 5.
-# Recomputing b at slot 4 reads a, whose own recompute slot is 5: the conflict (a, b), so a
-# RECOMPUTE b needs a STORE a.
+# first backward uses d: c 3, b 4, a 5; earliest starts L: c 3, b 4, a min(5, L(b)) = 4.
+# Recomputing b (at 4) and a: a is recomputed just in time for b, at slot 4.
 def chain(**kw) -> Problem:
     return Problem(
         slots=slots([100] * 3, [100] * 3),
@@ -58,11 +58,13 @@ def chain(**kw) -> Problem:
     )
 
 
-def test_chain_recompute_slots():
+def test_chain_first_and_earliest_slots():
     p = chain()
     assert p.num_forward == 3
-    assert p.recompute_slots == {"a": 5, "b": 4, "c": 3}
-    assert p.conflicts == (("a", "b"),)
+    assert p.first_uses == {"a": 5, "b": 4, "c": 3}
+    assert p.earliest_slots == {"a": 4, "b": 4, "c": 3}
+    assert p.relevant == ("a", "b", "c")
+    assert p.conflicts == ()  # deprecated: no conflict rule under just-in-time recomputation
 
 
 def test_store_all_chain():
@@ -92,7 +94,8 @@ def test_recompute_middle_activation():
 
 # ---- a recompute chain: a -> b, both recomputed ------------------------------------------
 # slots f0 f1 f2 | b0 b1 b2 (0..5), fixed 0; a read by backward slot 3, b by slot 5.
-# rs(b) = 5, rs(a) = min(3, 5) = 3; recomputing b reads a, so a's last need extends to 5.
+# S(b) = 5, S(a) = min(d(a) = 3, S(b) = 5) = 3; recomputing b reads a, so a's last need
+# extends to 5.
 def rchain(a_uses=(3,)) -> Problem:
     return Problem(
         slots=slots([0] * 3, [0] * 3),
@@ -105,8 +108,9 @@ def rchain(a_uses=(3,)) -> Problem:
 
 def test_recompute_chain_extends_input():
     p = rchain()
-    assert p.recompute_slots == {"a": 3, "b": 5}
+    assert p.earliest_slots == {"a": 3, "b": 5}
     tl = simulate(p, {"a": R, "b": R})
+    assert tl.starts == {"a": 3, "b": 5} and tl.last_needs == {"a": 5, "b": 5}
     assert live_intervals(p, {"a": R, "b": R}) == {"a": [(3, 5)], "b": [(5, 5)]}
     assert tl.device_bytes == (0, 0, 0, 1, 1, 11)
     assert (tl.peak_bytes, tl.peak_slot) == (11, 5)
@@ -123,7 +127,7 @@ def test_recompute_chain_extends_input():
 
 def test_input_needed_only_by_recompute():
     p = rchain(a_uses=())
-    assert p.recompute_slots == {"a": 5, "b": 5}
+    assert p.earliest_slots == {"a": 5, "b": 5}
     # storing b does not need a at all
     assert needed_activations(p, {"b": S}) == ["b"]
     assert simulate(p, {"b": S}).ok
@@ -251,26 +255,76 @@ def test_unsorted_backward_uses_are_rejected():
         Problem(slots=slots([0] * 3, [0] * 3), activations=(act("x", 0, 0, 4, uses=(5, 3)),))
 
 
-def test_conflict_pair_is_flagged():
-    # (a, b) is a conflict: b is recomputed at slot 4, a comes back only at its slot 5.
+def test_recomputed_input_starts_just_in_time_for_its_consumer():
+    # b is recomputed at its use (4) and reads a: a is recomputed just before, at slot 4, and
+    # stays until its own use at 5 (the old static rule forbade this pair).
     p = chain()
-    tl = simulate(p, {"a": R, "b": R, "c": S})
-    assert not tl.ok
-    assert tl.errors == ("act 'a' read at slot 4 to recompute 'b' but not live",)
-    assert live_intervals(p, {"a": R, "b": R, "c": S}) == {"a": [(5, 5)], "b": [(4, 4)], "c": [(3, 3)]}
-    assert simulate(p, {"a": S, "b": R, "c": S}).ok  # the checkpoint pattern: a stays stored
-    assert simulate(p, {"a": R, "b": S, "c": S}).ok  # nothing reads a before slot 5
+    plan = {"a": R, "b": R, "c": S}
+    tl = simulate(p, plan)
+    assert tl.ok, tl.errors
+    assert tl.starts == {"a": 4, "b": 4, "c": 3} == recompute_starts(p, plan)
+    assert live_intervals(p, plan) == {"a": [(4, 5)], "b": [(4, 4)], "c": [(3, 3)]}
+    assert tl.device_bytes == (100, 100, 100, 116, 112, 104)
+    assert tl.recompute_time == 3.0
+    assert simulate(p, {"a": S, "b": R, "c": S}).ok  # the checkpoint pattern still works
+    assert simulate(p, {"a": R, "b": S, "c": S}).starts["a"] == 5  # no consumer: its own use
 
-    # OFFLOAD a: 4 B at 2 B/s (2 s) starts its prefetch at slot 3, but the copy is complete only
-    # by slot 5; a read at slot 4 is a read of a half-copied buffer.
+
+# ---- a -> b -> c, with b never read by backward -----------------------------------------------
+# slots f0 f1 f2 | b0 b1 b2 b3 (3..6), fixed 0. a: 2 B, read at 6; b = f(a): 4 B, read by nothing
+# in backward; c = g(b): 8 B, read at 3. Recomputing c and b and a: all start at d(c) = 3.
+def jchain() -> Problem:
+    return Problem(
+        slots=slots([0] * 3, [0] * 4),
+        activations=(
+            act("a", 0, 1, 2, uses=(6,), t=1.0),
+            act("b", 1, 2, 4, inputs=("a",), t=2.0),
+            act("c", 2, 2, 8, uses=(3,), inputs=("b",), t=4.0),
+        ),
+    )
+
+
+def test_jit_chain_starts_at_the_first_consumer_need():
+    p = jchain()
+    assert p.first_uses == {"a": 6, "b": None, "c": 3}
+    assert p.earliest_slots == {"a": 3, "b": 3, "c": 3}
+    plan = {"a": R, "b": R, "c": R}
+    tl = simulate(p, plan)
+    assert tl.ok, tl.errors
+    assert tl.starts == {"a": 3, "b": 3, "c": 3}
+    assert tl.last_needs == {"a": 6, "b": 3, "c": 3}
+    assert live_intervals(p, plan) == {"a": [(3, 6)], "b": [(3, 3)], "c": [(3, 3)]}
+    assert tl.device_bytes == (0, 0, 0, 14, 2, 2, 2)
+    # a stored: its last need stays its own use; b recomputed from it at 3
+    tl = simulate(p, {"a": S, "b": R, "c": R})
+    assert tl.ok and tl.device_bytes == (0, 0, 2, 14, 2, 2, 2)
+    # b stored, c recomputed: a is not needed beyond its own use; b lives until 3
+    tl = simulate(p, {"a": R, "b": S, "c": R})
+    assert tl.ok and tl.starts == {"a": 6, "b": 3, "c": 3}
+    assert tl.device_bytes == (0, 0, 0, 12, 0, 0, 2)
+
+
+def test_stored_input_last_need_extends_to_recomputed_consumer_start():
+    # a read at 3 only; b = f(a) read at 5 and recomputed there: a (stored) lives until 5.
+    p = Problem(
+        slots=slots([0] * 3, [0] * 3),
+        activations=(act("a", 0, 1, 3, uses=(3,)), act("b", 1, 2, 5, uses=(5,), inputs=("a",))),
+    )
+    tl = simulate(p, {"a": S, "b": R})
+    assert tl.ok and tl.last_needs == {"a": 5, "b": 5} and tl.starts == {"a": 3, "b": 5}
+    assert tl.device_bytes == (0, 0, 3, 3, 3, 8)
+
+
+def test_offload_needed_before_its_prefetch_is_an_error():
+    # OFFLOAD a (4 B at 2 B/s): prefetched by d(a) = 5, but recomputing b at 4 needs it earlier.
     q = chain(host_bandwidth=2.0)
-    assert q.conflicts == (("a", "b"),)
     assert q.offload_window("a") == (2, 3, 1.0)
     plan = {"a": O, "b": R, "c": S}
     assert live_intervals(q, plan)["a"] == [(2, 2), (3, 5)]
     tl = simulate(q, plan)
-    assert tl.errors == ("act 'a' read at slot 4 to recompute 'b' but not live",)
-    with pytest.raises(PlanError, match="'a' read at slot 4 to recompute 'b'"):
+    assert any("'a' is OFFLOAD but a recomputed consumer needs it at slot 4" in e for e in tl.errors)
+    assert any("'a' read at slot 4 to recompute 'b' but not live" in e for e in tl.errors)
+    with pytest.raises(PlanError, match="'a' is OFFLOAD"):
         check(q, plan)
     tl = simulate(q, {"a": O, "b": S, "c": S})  # its own use at slot 5 is fine
     # (no slot freed: the copy out ends at 2, the prefetch starts at 3; 1 s exposed)
@@ -278,12 +332,12 @@ def test_conflict_pair_is_flagged():
     assert tl.host_bytes == (0, 0, 0, 4, 4, 4) and tl.transfer_time == 1.0
 
 
-def test_consumer_recomputed_before_its_input_is_caught():
-    # A (deliberately) broken recompute-slot table: b recomputed at 3 though a exists only from 4.
-    p = rchain()
-    p.__dict__["recompute_slots"] = {"a": 4, "b": 3}
-    tl = simulate(p, {"a": R, "b": R})
-    assert any("'a' read at slot 3 to recompute 'b'" in e for e in tl.errors)
+def test_offload_without_direct_backward_use_is_an_error():
+    p = Problem(slots=jchain().slots, activations=jchain().activations, host_bandwidth=100.0)
+    with pytest.raises(ValueError):
+        p.offload_window("b")
+    tl = simulate(p, {"a": S, "b": O, "c": R})
+    assert any("'b' is OFFLOAD but backward never reads it directly" in e for e in tl.errors)
 
 
 # ---- check ------------------------------------------------------------------------------------
@@ -361,14 +415,12 @@ def test_large_problem_is_fast():
         acts.append(act(f"x{i}", c, c + rng.randrange(nf - c), 1 + rng.randrange(1 << 20), uses, inputs))
     p = Problem(slots=sl, activations=tuple(acts), host_bandwidth=1e6)
     plan = {a.name: (S, R, O)[i % 3] for i, a in enumerate(acts)}
-    p.recompute_slots  # derived structure is the problem's, not the simulator's, cost
-    pins: dict[str, list[str]] = {}
-    for i, c in p.conflicts:
-        pins.setdefault(c, []).append(i)
-    for a in sorted(acts, key=lambda a: a.created, reverse=True):  # consumers first
-        if plan[a.name] is R:
-            for i in pins.get(a.name, ()):
-                plan[i] = S  # the conflict rule
+    p.earliest_slots  # derived structure is the problem's, not the simulator's, cost
+    p.consumers
+    starts = recompute_starts(p, plan)
+    for a in acts:  # an OFFLOAD that a recomputed consumer needs before its prefetch: STORE
+        if plan[a.name] is O and starts.get(a.name, a.backward_uses[0]) < a.backward_uses[0]:
+            plan[a.name] = S
     needed = needed_activations(p, plan)
     plan = {n: plan[n] for n in needed}
     t0 = time.perf_counter()
@@ -406,25 +458,25 @@ def problems(draw):
     return Problem(slots=sl, activations=tuple(acts), host_bandwidth=draw(st.sampled_from([0.0, 5.0, 100.0])))
 
 
-def random_plan(draw, p: Problem, respect_conflicts: bool = True) -> dict[str, Decision]:
-    """Random decisions over exactly the needed closure (consumers decided first); valid ones
-    (STORE for an input of a conflict pair whose consumer is RECOMPUTE) unless told otherwise."""
+def random_plan(draw, p: Problem, valid: bool = True) -> dict[str, Decision]:
+    """Random decisions over exactly the needed closure (consumers decided first); with ``valid``
+    only OFFLOAD where the activation is not needed before its first backward use."""
     needed = {a.name for a in p.activations if a.backward_uses}
     plan: dict[str, Decision] = {}
-    pinned = {}
-    for i, c in p.conflicts:
-        pinned.setdefault(i, set()).add(c)
+    start: dict[str, int] = {}
     for a in sorted(p.activations, key=lambda a: a.created, reverse=True):
         if a.name not in needed:
             continue
+        s = [a.backward_uses[0]] if a.backward_uses else []
+        s += [start[c.name] for c in p.activations if a.name in c.inputs and plan.get(c.name) is R]
+        start[a.name] = min(s)
         options = [S]
-        if respect_conflicts and any(plan.get(c) is R for c in pinned.get(a.name, ())):
-            pass
-        else:
-            if a.recomputable:
-                options.append(R)
-            if a.offloadable and p.host_bandwidth > 0:
-                options.append(O)
+        if a.recomputable:
+            options.append(R)
+        if a.offloadable and p.host_bandwidth > 0 and (
+            not valid or (a.backward_uses and start[a.name] == a.backward_uses[0])
+        ):
+            options.append(O)
         plan[a.name] = draw(st.sampled_from(options))
         if plan[a.name] is R:
             needed.update(a.inputs)
@@ -432,21 +484,35 @@ def random_plan(draw, p: Problem, respect_conflicts: bool = True) -> dict[str, D
 
 
 def brute_force(p: Problem, plan: dict[str, Decision]) -> tuple[list[int], list[int]]:
-    """Per-slot, per-activation reading of the semantics, without intervals or difference arrays."""
-    rs = p.recompute_slots
+    """Per-slot, per-activation reading of the semantics, without intervals or difference arrays.
+
+    Starts by fixed-point iteration (not the simulator's one reverse sweep): S(v) is the least
+    of d(v) and the starts of v's RECOMPUTE consumers in the plan.
+    """
+    start = {n: (p.activation(n).backward_uses or (None,))[0] for n in plan}
+    changed = True
+    while changed:
+        changed = False
+        for c, dc in plan.items():
+            if dc is not R or start[c] is None:
+                continue
+            for i in p.activation(c).inputs:
+                if start[i] is None or start[c] < start[i]:
+                    start[i] = start[c]
+                    changed = True
     device = [s.fixed_bytes for s in p.slots]
     host = [0] * len(p.slots)
     for name, d in plan.items():
         a = p.activation(name)
         last = max(
             list(a.backward_uses)
-            + [rs[c.name] for c in p.activations if name in c.inputs and plan.get(c.name) is R]
+            + [start[c.name] for c in p.activations if name in c.inputs and plan.get(c.name) is R]
         )
         for t in range(len(p.slots)):
             if d is S:
                 on = a.last_forward_use < t <= last
             elif d is R:
-                on = rs[name] <= t <= last
+                on = start[name] <= t <= last
             else:
                 out_end, back_start, _ = p.offload_window(name)
                 on = a.last_forward_use < t <= out_end or back_start <= t <= last
@@ -501,14 +567,23 @@ def test_random_valid_plans(p, data):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(), st.data())
-def test_reads_fail_exactly_on_conflicts(p, data):
-    """A plan of allowed decisions over its needed closure is valid iff it breaks no conflict."""
-    rs = p.recompute_slots
-    for i, c in p.conflicts:
-        assert rs[i] > rs[c] and p.activation(c).recomputable and i in p.activation(c).inputs
-    plan = random_plan(data.draw, p, respect_conflicts=False)
-    broken = sorted({(i, c) for i, c in p.conflicts if plan.get(c) is R and plan.get(i) in (R, O)})
+def test_invalid_exactly_when_an_offload_is_needed_early(p, data):
+    """A plan of allowed decisions over its needed closure is valid iff every OFFLOAD activation
+    is read by backward directly and no recomputed consumer needs it before that first use."""
+    plan = random_plan(data.draw, p, valid=False)
     tl = simulate(p, plan)
-    assert tl.ok == (not broken), (broken, tl.errors)
-    for i, c in broken:
-        assert f"act {i!r} read at slot {rs[c]} to recompute {c!r} but not live" in tl.errors
+    starts = recompute_starts(p, plan)
+    assert set(starts) == set(plan)
+    bad = sorted(
+        n for n, d in plan.items()
+        if d is O and (not p.activation(n).backward_uses or starts[n] < p.activation(n).backward_uses[0])
+    )
+    assert tl.ok == (not bad), (bad, tl.errors)
+    for n in bad:
+        assert any(f"act {n!r} is OFFLOAD" in e for e in tl.errors)
+    if tl.ok:  # the starts are the fixed point's
+        for n, d in plan.items():
+            if d is R:
+                a = p.activation(n)
+                for i in a.inputs:
+                    assert starts[i] <= starts[n]
