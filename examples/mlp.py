@@ -1,0 +1,56 @@
+"""The core issue's MLP: 3 blocks of Linear(1024, 4096) - GELU - Linear(4096, 1024), batch 4096.
+
+    python examples/mlp.py --budget 300MiB
+
+``factory()`` is also a factory for the ``remat`` command and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int = 1024, hidden: int = 4096, blocks: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)) for _ in range(blocks)
+        )
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def factory(batch: int = 4096, d: int = 1024, hidden: int = 4096, blocks: int = 3):
+    """(model, example_inputs, loss_fn): the loss is the sum of the outputs."""
+    torch.manual_seed(0)
+    return MLP(d, hidden, blocks), (torch.randn(batch, d),), lambda out: out.sum()
+
+
+def main(argv=None) -> None:
+    from remat.backend import LAST_COMPILE, summary_line
+    from remat.errors import fmt_bytes
+    from remat.measure import measure_step
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", default="300MiB")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    model, (x,), loss_fn = factory()
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": args.budget})
+    step(x).backward()
+    for p in model.parameters():
+        p.grad = None
+    measured = measure_step(lambda: step(x).backward())
+    for r in LAST_COMPILE.reports:
+        print(summary_line(r))
+    print(f"measured peak {fmt_bytes(measured.peak_bytes)} ({measured.seconds:.2f} s, profiled)")
+
+
+if __name__ == "__main__":
+    main()
