@@ -9,7 +9,8 @@ Columns: measured step peak (profiler allocation events on CPU, above the memory
 the step), remat's predicted peak, step time (median of unprofiled steps) as a ratio to plain
 torch.compile, compile time (first step minus a normal step), remat's solve time, and the largest
 absolute gradient difference from eager with the same seed. Prints markdown tables, writes
-``benchmarks/results/compare.json`` and one PNG per model (measured peak vs step time).
+``benchmarks/results/compare.json`` (``compare_quick.json`` with --quick), the tables as ``.md``
+and one PNG per model (``compare_<model>.png``: measured peak vs step time).
 
 Every configuration compiles from scratch (no FX-graph or AOTAutograd cache); the Inductor kernel
 cache on disk (``TORCHINDUCTOR_CACHE_DIR``, by default a directory under the system temp dir) is
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-time", type=float, default=None, help="time steps for at least this long (default 3 s, --quick 1.5 s)")
     ap.add_argument("--time-limit", type=float, default=None, help="remat solver time limit (default 60 s, --quick 30 s)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one configuration may take")
-    ap.add_argument("--out", default=str(RESULTS / "compare.json"), help="JSON output path")
+    ap.add_argument("--out", default=None,
+                    help="JSON output path (default benchmarks/results/compare.json, --quick: compare_quick.json)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "remat-bench-inductor"))
     env.setdefault("OMP_NUM_THREADS", "2")
     env["PYTHONWARNINGS"] = "ignore"
-    out_path = Path(args.out)
+    out_path = Path(args.out or RESULTS / ("compare_quick.json" if args.quick else "compare.json"))
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         if not args.no_plot:
             from remat.plots import plot_benchmark
 
-            png = plot_benchmark(rows, out_path.parent / f"compare_{model}.png",
+            png = plot_benchmark(rows, out_path.parent / f"{out_path.stem}_{model}.png",
                                  title=f"{model}: measured step peak vs step time" + (" (quick)" if args.quick else ""))
             print(f"wrote {png}\n", flush=True)
     results["wall_s"] = time.perf_counter() - started

@@ -146,8 +146,8 @@ def capture(
             o = owner.get(i)
             if o is not None:
                 uses.setdefault(o, []).append(n)
-    # Fusion: a pointwise result read only by fusible ops of its own phase is never allocated;
-    # Inductor inlines it into its readers, so what it reads stays live until they run.
+    # Fusion: a pointwise result read by a single fusible op of its own phase is never allocated;
+    # Inductor inlines it into its reader, so what it reads stays live until the reader runs.
     readers: dict[fx.Node, list[fx.Node]] = {}
     for n in nodes:
         for i in n.all_input_nodes:
@@ -157,7 +157,7 @@ def capture(
         if s.op != "call_function" or torch.Tag.pointwise not in _tags(s) or s in pinned:
             return True
         phase_nodes = fwd if s in fwd else bwd
-        stack = [s]
+        stack, kernels = [s], set()
         while stack:
             v = stack.pop()
             for u in readers.get(v, ()):
@@ -169,7 +169,9 @@ def capture(
                     stack.append(u)
                 elif not _fusible_consumer(u):
                     return True
-        return False
+                else:
+                    kernels.add(u)
+        return len(kernels) > 1  # read by several kernels: counted as a buffer
 
     fused = {n: not materialized(n) for n in nodes if owner.get(n) is n and n.op == "call_function"}
     effective: dict[fx.Node, list[fx.Node]] = {}  # slots' nodes that read a storage, through fused readers
