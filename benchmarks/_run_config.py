@@ -10,7 +10,9 @@ checkpoint     eager with ``torch.utils.checkpoint`` (non-reentrant) around ever
 compile        plain ``torch.compile`` (Inductor's default partitioner)
 amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 / 0
 remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of the no-remat peak
-remat_min      remat at the smallest cap any plan reaches (``remat.solvers.min_peak``)
+remat_300MiB   remat at an absolute cap (any size with a unit)
+remat_min      remat at the smallest cap that works: the smallest peak any plan reaches
+               (``remat.solvers.min_peak``) plus the default reserve
 
 The step is model + loss compiled as one function, then ``.backward()``. One warm-up step
 (compilation) comes first; grads are set to None before every step; the measured peak is one
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODELS = ("gpt", "evoformer", "cnn")
+MODELS = ("gpt", "evoformer", "cnn", "mlp")
 CONFIGS = (
     "eager", "checkpoint", "compile", "amb_0.5", "amb_0.2", "amb_0",
     "remat_75", "remat_50", "remat_35", "remat_min",
@@ -47,8 +49,24 @@ SIZES = {
     "gpt": ({}, {"batch": 4, "layers": 2, "seq": 64}),
     "evoformer": ({"residues": 48, "sequences": 16}, {"blocks": 1, "residues": 32, "sequences": 8}),
     "cnn": ({}, {"batch": 16, "stages": 2}),
+    "mlp": ({}, {"batch": 512}),  # the core issue's MLP (batch 4096 by default)
 }
 SEED = 1234
+
+
+def valid_config(name: str) -> bool:
+    """A listed configuration, or remat_ with an absolute cap such as remat_300MiB."""
+    if name in CONFIGS:
+        return True
+    if not name.startswith("remat_"):
+        return False
+    from remat.config import parse_budget
+    from remat.errors import ConfigError
+
+    try:
+        return parse_budget(name[6:]).bytes is not None
+    except ConfigError:
+        return False
 
 
 def load_example(name: str, quick: bool):
@@ -140,11 +158,14 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
             t0 = time.perf_counter()
             rep = remat.analyze(model, inputs, loss_fn=loss_fn)
             out["baseline_peak_bytes"] = rep.baseline_peak_bytes
-            options["memory_budget"] = int(min_peak(rep.problem, time_limit=time_limit))
+            # the smallest cap whose planning target (cap less the reserve) the floor meets
+            options["memory_budget"] = rep.config.smallest_cap(int(min_peak(rep.problem, time_limit=time_limit)))
             out["min_peak_search_s"] = time.perf_counter() - t0
             torch._dynamo.reset()
-        else:
+        elif level.isdigit():
             options["memory_budget"] = f"{int(level)}%"
+        else:  # an absolute cap such as remat_300MiB
+            options["memory_budget"] = level
         fn = torch.compile(plain, backend="remat", options=options)
     else:
         raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
@@ -161,7 +182,9 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
 
         if config == "remat_min" and isinstance(err, InfeasibleBudgetError):
             torch._dynamo.reset()
-            options["memory_budget"] = int(err.min_peak_bytes)
+            from remat import RematConfig
+
+            options["memory_budget"] = RematConfig().smallest_cap(int(err.min_peak_bytes))
             fn = torch.compile(plain, backend="remat", options=options)
             LAST_COMPILE.reports.clear()
             t0 = time.perf_counter()
@@ -232,7 +255,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, choices=MODELS)
-    ap.add_argument("--config", required=True, choices=CONFIGS)
+    ap.add_argument("--config", required=True, help=f"{', '.join(CONFIGS)} or remat_<cap with a unit>")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time at least (median)")
     ap.add_argument("--min-time", type=float, default=2.0, help="keep timing steps for this long (at most 50)")

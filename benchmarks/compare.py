@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from _run_config import CONFIGS, MODELS  # noqa: E402
+from _run_config import CONFIGS, MODELS, valid_config  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    bad = [m for m in models if m not in MODELS] + [c for c in configs if c not in CONFIGS]
+    bad = [m for m in models if m not in MODELS] + [c for c in configs if not valid_config(c)]
     if bad:
         print(f"compare: unknown model or config {', '.join(bad)}; models: {', '.join(MODELS)}; "
               f"configs: {', '.join(CONFIGS)}", file=sys.stderr)

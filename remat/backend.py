@@ -23,7 +23,7 @@ from . import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .errors import InfeasibleBudgetError
+from .errors import InfeasibleBudgetError, fmt_bytes
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, simulate, store_all_peak
@@ -98,8 +98,17 @@ def plan_joint_graph(
     problem = captured.problem
     baseline = store_all_peak(problem)
     budget = cfg.memory_budget.resolve(baseline) if cfg.memory_budget is not None else None
-    plan = get_solver(cfg.solver)(problem, budget, time_limit=cfg.time_limit, gap=cfg.gap)
-    timeline = check(problem, plan, budget)
+    target = cfg.planning_target(budget)
+    try:
+        plan = get_solver(cfg.solver)(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
+    except InfeasibleBudgetError as e:
+        smallest = cfg.smallest_cap(e.min_peak_bytes)
+        raise InfeasibleBudgetError(
+            budget, e.min_peak_bytes,
+            f"with reserve={cfg.reserve:g} of the cap kept for memory the model does not see, the "
+            f"smallest cap that works is {fmt_bytes(smallest)} ({smallest} bytes)",
+        ) from None
+    timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
     return report, (joint, info)
 

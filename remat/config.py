@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
@@ -91,6 +92,9 @@ class RematConfig:
         graphs, off elsewhere (on the CPU, host memory is the device memory: nothing is saved).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 50e9 for h100/h200).
+    reserve: fraction of the cap kept free for memory the model does not see (workspaces that
+        ops allocate inside, such as convolution and attention scratch); plans target
+        cap * (1 - reserve). 0 plans right up to the cap.
     verbose: print a one-line summary of every plan.
     """
 
@@ -101,6 +105,7 @@ class RematConfig:
     gap: float = 0.01
     offload: bool | None = None
     host_bandwidth: float | None = None
+    reserve: float = 0.05
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -112,6 +117,9 @@ class RematConfig:
             raise ConfigError(f"time_limit must be a positive number of seconds; got {self.time_limit!r}")
         if isinstance(self.gap, bool) or not isinstance(self.gap, (int, float)) or not 0 <= self.gap < 1:
             raise ConfigError(f"gap must be a number in [0, 1); got {self.gap!r}")
+        r = self.reserve
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+            raise ConfigError(f"reserve must be a fraction of the cap in [0, 1); got {r!r}")
         if self.offload is not None and not isinstance(self.offload, bool):
             raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")
         hb = self.host_bandwidth
@@ -133,6 +141,17 @@ class RematConfig:
         if unknown:
             raise ConfigError(f"unknown remat option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
         return cls(**options)
+
+    def planning_target(self, cap: int | None) -> int | None:
+        """The peak that plans aim for: the cap less the reserve."""
+        return None if cap is None else int(cap * (1 - self.reserve))
+
+    def smallest_cap(self, min_peak_bytes: int) -> int:
+        """The smallest cap whose planning target a peak of ``min_peak_bytes`` meets."""
+        cap = int(math.ceil(min_peak_bytes / (1 - self.reserve)))
+        while self.planning_target(cap) < min_peak_bytes:
+            cap += 1
+        return cap
 
     def offload_bandwidth(self, on_cuda: bool) -> float:
         """Host-link bytes/s that the Problem gets: 0 when offload is off for this graph."""

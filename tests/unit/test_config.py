@@ -103,3 +103,13 @@ def test_offload_bandwidth_defaults():
     forced = RematConfig.from_options({"offload": True, "host_bandwidth": 1e12})
     assert forced.offload_bandwidth(on_cuda=False) == 1e12
     assert RematConfig.from_options({"offload": False}).offload_bandwidth(on_cuda=True) == 0.0
+
+
+def test_reserve():
+    cfg = RematConfig.from_options({"reserve": 0.1})
+    assert cfg.planning_target(1000) == 900 and cfg.planning_target(None) is None
+    cap = cfg.smallest_cap(901)
+    assert cfg.planning_target(cap) >= 901 > cfg.planning_target(cap - 1)
+    for bad in (-0.1, 1.0, "5%", True):
+        with pytest.raises(ConfigError, match="reserve must be"):
+            RematConfig.from_options({"reserve": bad})
