@@ -11,8 +11,7 @@ compile        plain ``torch.compile`` (Inductor's default partitioner)
 amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 / 0
 remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of the no-remat peak
 remat_300MiB   remat at an absolute cap (any size with a unit)
-remat_min      remat at the smallest cap that works: the smallest peak any plan reaches
-               (``remat.solvers.min_peak``) plus the default reserve
+remat_min      remat at the smallest cap any plan reaches (``remat.solvers.min_peak``)
 
 The step is model + loss compiled as one function, then ``.backward()``. One warm-up step
 (compilation) comes first; grads are set to None before every step; the measured peak is one
@@ -158,8 +157,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
             t0 = time.perf_counter()
             rep = remat.analyze(model, inputs, loss_fn=loss_fn)
             out["baseline_peak_bytes"] = rep.baseline_peak_bytes
-            # the smallest cap whose planning target (cap less the reserve) the floor meets
-            options["memory_budget"] = rep.config.smallest_cap(int(min_peak(rep.problem, time_limit=time_limit)))
+            options["memory_budget"] = int(min_peak(rep.problem, time_limit=time_limit))
             out["min_peak_search_s"] = time.perf_counter() - t0
             torch._dynamo.reset()
         elif level.isdigit():
@@ -182,9 +180,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
 
         if config == "remat_min" and isinstance(err, InfeasibleBudgetError):
             torch._dynamo.reset()
-            from remat import RematConfig
-
-            options["memory_budget"] = RematConfig().smallest_cap(int(err.min_peak_bytes))
+            options["memory_budget"] = int(err.min_peak_bytes)
             fn = torch.compile(plain, backend="remat", options=options)
             LAST_COMPILE.reports.clear()
             t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from . import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .errors import InfeasibleBudgetError, fmt_bytes
+from .errors import InfeasibleBudgetError
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, simulate, store_all_peak
@@ -99,15 +99,14 @@ def plan_joint_graph(
     baseline = store_all_peak(problem)
     budget = cfg.memory_budget.resolve(baseline) if cfg.memory_budget is not None else None
     target = cfg.planning_target(budget)
+    solve = get_solver(cfg.solver)
     try:
-        plan = get_solver(cfg.solver)(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
+        plan = solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
     except InfeasibleBudgetError as e:
-        smallest = cfg.smallest_cap(e.min_peak_bytes)
-        raise InfeasibleBudgetError(
-            budget, e.min_peak_bytes,
-            f"with reserve={cfg.reserve:g} of the cap kept for memory the model does not see, the "
-            f"smallest cap that works is {fmt_bytes(smallest)} ({smallest} bytes)",
-        ) from None
+        if budget is None or e.min_peak_bytes > budget:
+            raise InfeasibleBudgetError(budget, e.min_peak_bytes) from None
+        target = e.min_peak_bytes  # the reserve shrinks to what the cap can afford
+        plan = solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
     return report, (joint, info)

@@ -222,6 +222,15 @@ def capture(
                     end -= 1  # Inductor writes the pointwise result into this dying buffer
                 live(created, end, nbytes)
 
+    # An extern kernel cannot read a broadcast (stride-0) view: Inductor materialises it first.
+    for t, n in enumerate(by_slot):
+        if _fusible_consumer(n):
+            continue
+        for i in n.all_input_nodes:
+            v = i.meta.get("val")
+            if is_view(i) and isinstance(v, torch.Tensor) and 0 in v.stride() and v.numel() > 1:
+                live(t, t, tensor_bytes(v))
+
     # inputs of each activation's op (through views), and relevance for the backward
     def act_inputs(s: fx.Node) -> list[fx.Node]:
         out = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
@@ -93,8 +92,9 @@ class RematConfig:
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 50e9 for h100/h200).
     reserve: fraction of the cap kept free for memory the model does not see (workspaces that
-        ops allocate inside, such as convolution and attention scratch); plans target
-        cap * (1 - reserve). 0 plans right up to the cap.
+        ops allocate inside, such as convolution and attention scratch): plans target
+        cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
+        the cap. 0 plans right up to the cap.
     verbose: print a one-line summary of every plan.
     """
 
@@ -145,13 +145,6 @@ class RematConfig:
     def planning_target(self, cap: int | None) -> int | None:
         """The peak that plans aim for: the cap less the reserve."""
         return None if cap is None else int(cap * (1 - self.reserve))
-
-    def smallest_cap(self, min_peak_bytes: int) -> int:
-        """The smallest cap whose planning target a peak of ``min_peak_bytes`` meets."""
-        cap = int(math.ceil(min_peak_bytes / (1 - self.reserve)))
-        while self.planning_target(cap) < min_peak_bytes:
-            cap += 1
-        return cap
 
     def offload_bandwidth(self, on_cuda: bool) -> float:
         """Host-link bytes/s that the Problem gets: 0 when offload is off for this graph."""

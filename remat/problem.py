@@ -155,21 +155,6 @@ class Problem:
             slot[a.name] = min(cands) if cands else None
         return slot
 
-    @property
-    def recompute_slots(self) -> dict[str, int | None]:
-        """Deprecated alias of ``earliest_slots`` (the start now depends on the plan: see
-        ``remat.simulate.recompute_starts``)."""
-        return self.earliest_slots
-
-    def recompute_slot(self, name: str) -> int | None:
-        """Deprecated: ``earliest_slots[name]``."""
-        return self.earliest_slots[name]
-
-    @property
-    def conflicts(self) -> tuple[tuple[str, str], ...]:
-        """Deprecated and always empty: just-in-time recomputation has no conflict rule."""
-        return ()
-
     @cached_property
     def relevant(self) -> tuple[str, ...]:
         """Activations that some plan could need (those with an earliest slot)."""

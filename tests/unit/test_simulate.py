@@ -64,7 +64,6 @@ def test_chain_first_and_earliest_slots():
     assert p.first_uses == {"a": 5, "b": 4, "c": 3}
     assert p.earliest_slots == {"a": 4, "b": 4, "c": 3}
     assert p.relevant == ("a", "b", "c")
-    assert p.conflicts == ()  # deprecated: no conflict rule under just-in-time recomputation
 
 
 def test_store_all_chain():
