@@ -67,8 +67,6 @@ def run(name, make, options, steps, device):
     peak = measure_step(lambda: step(*inputs).backward(), device="cuda").peak_bytes
     predicted = sum(r.timeline.peak_bytes for r in LAST_COMPILE.reports) if LAST_COMPILE.reports else None
     offloaded = sum(len(r.plan.names(Decision.OFFLOAD)) for r in LAST_COMPILE.reports)
-    del model, inputs, step
-    torch.cuda.empty_cache()
     return dict(name=name, options=options, peak=peak, predicted=predicted, step_s=statistics.median(times),
                 offloaded=offloaded)
 
@@ -92,6 +90,7 @@ def main(argv=None) -> int:
             ("remat offload", {"memory_budget": args.cap, "offload": True}),
         ):
             r = run(f"{model_name} / {label}", make, options, args.steps, "cuda")
+            torch.cuda.empty_cache()
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, cap {args.cap} of each model's no-remat peak\n")

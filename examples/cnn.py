@@ -13,7 +13,6 @@ resolution dominate the peak.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
 import torch
@@ -84,10 +83,7 @@ def factory(batch: int = 32, **overrides):
 
 
 def main(argv=None) -> None:
-    from remat import Decision
-    from remat.backend import LAST_COMPILE
-    from remat.errors import fmt_bytes
-    from remat.measure import measure_step
+    from _train import train_and_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="50%", help="memory_budget: bytes, '300MiB' or a ratio like '50%%'")
@@ -100,44 +96,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     model, (x,), loss_fn = factory(batch=args.batch, image=args.image)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    step_fn = torch.compile(lambda x: loss_fn(model(x)), backend="remat",
-                            options={"memory_budget": args.budget, "solver": args.solver})
     print(f"ResNet-style CNN: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(model.blocks)} blocks, batch {args.batch} x 3 x {args.image} x {args.image}; memory_budget={args.budget!r}")
-    measured = None
-    for step in range(args.steps):
-        opt.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        if step == args.steps - 1 and step > 0:
-            measured = measure_step(lambda: step_fn(x).backward()).peak_bytes
-            loss = None
-        else:
-            loss = step_fn(x)
-            loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        if loss is not None:
-            print(f"step {step}: loss {loss.item():.4f} ({dt:.2f} s{', includes compilation' if step == 0 else ''})")
-        else:
-            print(f"step {step}: measured step ({dt:.2f} s, profiled)")
-    print()
-    for r in LAST_COMPILE.reports:
-        counts = {d.value: len(r.plan.names(d)) for d in Decision}
-        print(f"graph {r.problem.name}: {len(r.problem.slots)} slots, {len(r.problem.activations)} activations")
-        print(f"  baseline peak (no remat) : {fmt_bytes(r.baseline_peak_bytes)}")
-        print(f"  cap                      : {fmt_bytes(r.budget_bytes)}")
-        print(f"  predicted peak           : {fmt_bytes(r.timeline.peak_bytes)}")
-        if measured is not None:
-            print(f"  measured peak            : {fmt_bytes(measured)}  (one real step, above resident memory)")
-        print(f"  decisions                : {counts}")
-        print(f"  added time (predicted)   : {r.plan.objective * 1e3:.2f} ms")
-        print(f"  solver                   : {r.plan.solver}, {r.plan.status}, {r.plan.solve_time_s:.2f} s")
-    if measured is not None and LAST_COMPILE.reports:
-        ok = all(measured <= r.budget_bytes for r in LAST_COMPILE.reports)
-        print(f"\nmeasured peak {'<=' if ok else '>'} cap: {'OK' if ok else 'OVER'}")
-        if not ok:
-            raise SystemExit(1)
-
+    train_and_report(model, (x,), loss_fn, opt, {"memory_budget": args.budget, "solver": args.solver}, args.steps)
 
 if __name__ == "__main__":
     main()

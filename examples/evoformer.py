@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -227,10 +226,7 @@ def factory(batch: int = 1, **overrides):
 
 
 def main(argv=None) -> None:
-    from remat import Decision
-    from remat.backend import LAST_COMPILE
-    from remat.errors import fmt_bytes
-    from remat.measure import measure_step
+    from _train import train_and_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="50%", help="memory_budget: bytes, '300MiB' or a ratio like '50%%'")
@@ -244,44 +240,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     model, (m, z), loss_fn = factory(blocks=args.blocks, residues=args.residues, sequences=args.sequences)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step_fn = torch.compile(lambda m, z: loss_fn(model(m, z)), backend="remat",
-                            options={"memory_budget": args.budget, "solver": args.solver})
     print(f"Evoformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {args.blocks} blocks, "
           f"{args.sequences} sequences x {args.residues} residues; memory_budget={args.budget!r}")
-    measured = None
-    for step in range(args.steps):
-        opt.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        if step == args.steps - 1 and step > 0:
-            measured = measure_step(lambda: step_fn(m, z).backward()).peak_bytes
-            loss = None
-        else:
-            loss = step_fn(m, z)
-            loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        if loss is not None:
-            print(f"step {step}: loss {loss.item():.4f} ({dt:.2f} s{', includes compilation' if step == 0 else ''})")
-        else:
-            print(f"step {step}: measured step ({dt:.2f} s, profiled)")
-    print()
-    for r in LAST_COMPILE.reports:
-        counts = {d.value: len(r.plan.names(d)) for d in Decision}
-        print(f"graph {r.problem.name}: {len(r.problem.slots)} slots, {len(r.problem.activations)} activations")
-        print(f"  baseline peak (no remat) : {fmt_bytes(r.baseline_peak_bytes)}")
-        print(f"  cap                      : {fmt_bytes(r.budget_bytes)}")
-        print(f"  predicted peak           : {fmt_bytes(r.timeline.peak_bytes)}")
-        if measured is not None:
-            print(f"  measured peak            : {fmt_bytes(measured)}  (one real step, above resident memory)")
-        print(f"  decisions                : {counts}")
-        print(f"  added time (predicted)   : {r.plan.objective * 1e3:.2f} ms")
-        print(f"  solver                   : {r.plan.solver}, {r.plan.status}, {r.plan.solve_time_s:.2f} s")
-    if measured is not None and LAST_COMPILE.reports:
-        ok = all(measured <= r.budget_bytes for r in LAST_COMPILE.reports)
-        print(f"\nmeasured peak {'<=' if ok else '>'} cap: {'OK' if ok else 'OVER'}")
-        if not ok:
-            raise SystemExit(1)
-
+    train_and_report(model, (m, z), loss_fn, opt, {"memory_budget": args.budget, "solver": args.solver}, args.steps)
 
 if __name__ == "__main__":
     main()

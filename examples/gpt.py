@@ -10,7 +10,6 @@ time. ``factory()`` is also a factory for the ``remat`` command: ``examples/gpt.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
 import torch
@@ -84,10 +83,7 @@ def factory(batch: int = 8, **overrides):
 
 
 def main(argv=None) -> None:
-    from remat import Decision
-    from remat.backend import LAST_COMPILE
-    from remat.errors import fmt_bytes
-    from remat.measure import measure_step
+    from _train import train_and_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="60%", help="memory_budget: bytes, '300MiB' or a ratio like '60%%'")
@@ -100,46 +96,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     model, (idx,), loss_fn = factory(batch=args.batch, layers=args.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    step_fn = torch.compile(lambda x: loss_fn(model(x)), backend="remat",
-                            options={"memory_budget": args.budget, "solver": args.solver})
     print(f"GPT-style model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"{args.layers} layers, batch {args.batch}, seq {model.c.seq}; memory_budget={args.budget!r}")
-    for step in range(args.steps):
-        opt.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        if step == args.steps - 1:
-            m = measure_step(lambda: step_fn(idx).backward())
-            measured = m.peak_bytes
-            loss = None
-        else:
-            loss = step_fn(idx)
-            loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        if loss is not None:
-            print(f"step {step}: loss {loss.item():.4f} ({dt:.2f} s{', includes compilation' if step == 0 else ''})")
-        else:
-            print(f"step {step}: measured step ({dt:.2f} s, profiled)")
-    print()
-    for r in LAST_COMPILE.reports:
-        counts = {d.value: len(r.plan.names(d)) for d in Decision}
-        print(f"graph {r.problem.name}: {len(r.problem.slots)} slots, {len(r.problem.activations)} activations")
-        print(f"  baseline peak (no remat) : {fmt_bytes(r.baseline_peak_bytes)}")
-        print(f"  cap                      : {fmt_bytes(r.budget_bytes)}")
-        print(f"  predicted peak           : {fmt_bytes(r.timeline.peak_bytes)}")
-        print(f"  measured peak            : {fmt_bytes(measured)}  (one real step, above resident memory)")
-        print(f"  decisions                : {counts}")
-        print(f"  added time (predicted)   : {r.plan.objective * 1e3:.2f} ms")
-        print(f"  solver                   : {r.plan.solver}, {r.plan.status}, {r.plan.solve_time_s:.2f} s")
-        recomputed = r.plan.names(Decision.RECOMPUTE)
-        if recomputed:
-            shown = ", ".join(recomputed[:8]) + (" ..." if len(recomputed) > 8 else "")
-            print(f"  recomputed               : {shown}")
-    ok = all(measured <= r.budget_bytes for r in LAST_COMPILE.reports)
-    print(f"\nmeasured peak {'<=' if ok else '>'} cap: {'OK' if ok else 'OVER'}")
-    if not ok:
-        raise SystemExit(1)
-
+    train_and_report(model, (idx,), loss_fn, opt, {"memory_budget": args.budget, "solver": args.solver}, args.steps)
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ from .cost import device_spec
 from .errors import InfeasibleBudgetError
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
-from .simulate import MemoryTimeline, check, simulate, store_all_peak
+from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
 
 log = logging.getLogger("remat")

@@ -80,7 +80,6 @@ def capture(
     """Build the Problem of a joint graph whose forward ops are ``forward_nodes``."""
     from torch._functorch.partitioners import (
         _extract_fwd_bwd_outputs,
-        _is_primal,
         _is_tangent,
         _must_be_in_forward,
     )
@@ -192,7 +191,6 @@ def capture(
             delta[b + 1] -= nbytes
 
     storages = [n for n in nodes if owner.get(n) is n and n not in resident]
-    fwd_storages = [s for s in storages if s in fwd]
     acts: dict[fx.Node, dict] = {}
     by_slot = fwd_order + bwd_order
     inplaced: set[fx.Node] = set()

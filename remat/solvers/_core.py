@@ -67,7 +67,7 @@ class Structure:
     def __init__(self, problem: Problem, k: int | None = None) -> None:
         self.problem = p = problem
         self.k = k = DEFAULT_K if k is None else max(1, int(k))
-        self.n = n = len(p.slots)
+        self.n = len(p.slots)
         self.nf = nf = p.num_forward
         self.fixed = np.array([s.fixed_bytes for s in p.slots], dtype=np.int64)
         L = p.earliest_slots

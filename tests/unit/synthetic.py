@@ -175,7 +175,7 @@ def _block(g: Graph, x: str, i: int, B: int, S: int, H: int, heads: int, esz: in
 
     def layernorm(x, tag):
         if decompose:
-            vm = g.op(f"{tag}_var_mean", [small, small], pw(act), inputs=(x,), outs=[f"{tag}_var", f"{tag}_mean"], views=1)
+            g.op(f"{tag}_var_mean", [small, small], pw(act), inputs=(x,), outs=[f"{tag}_var", f"{tag}_mean"], views=1)
             r = g.op(f"{tag}_rstd", small, pw(small), inputs=(f"{tag}_var",), bwd_slots=1)
             s = g.op(f"{tag}_sub", act, pw(act), inputs=(x, f"{tag}_mean"))
             nrm = g.op(f"{tag}_norm", act, pw(act), inputs=(s, r), saved=(s, r), bwd_slots=2)

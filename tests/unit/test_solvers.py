@@ -20,7 +20,7 @@ from hypothesis import strategies as hst
 from remat.errors import ConfigError, InfeasibleBudgetError
 from remat.plan import Decision, Plan
 from remat.problem import BACKWARD, FORWARD, Activation, Problem, Slot
-from remat.simulate import check, needed_activations, simulate, store_all_peak
+from remat.simulate import check, simulate, store_all_peak
 from remat.solvers import SOLVERS, get_solver, min_peak, solve
 from remat.solvers.ilp import Rows
 from remat.solvers._core import Structure
