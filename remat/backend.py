@@ -149,6 +149,7 @@ class RematPartitioner(CustomPartitionerFn):
             joint,
             forward_nodes=forward_nodes(joint, info),
             plan=report.plan,
+            folded=set(report.captured.folded),
             num_fwd_outputs=num_fwd_outputs,
             static_lifetime_input_nodes=info.static_lifetime_input_nodes,
         )

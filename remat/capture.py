@@ -14,7 +14,7 @@ gradients) and the incoming output gradients (tangents) stay live to the end of 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ class Captured:
     problem: Problem
     forward_nodes: list[str]  # forward ops in order (including views)
     backward_order: list[str]  # backward slot names in order
+    folded: list[str] = field(default_factory=list)  # fused forward values recomputed inside their readers
 
 
 def capture(
@@ -239,6 +240,19 @@ def capture(
         return out
 
     inputs = {s: act_inputs(s) for s in acts}
+    # A fused pointwise result that backward never reads is no decision of its own: Inductor
+    # recomputes it inside its reader's kernel, from the reader's inputs. Fold it into its readers.
+    folded = {s for s in acts if fused[s] and not acts[s]["b_uses"] and not is_random(s)}
+    through: dict[fx.Node, list[fx.Node]] = {}  # each activation's folded ancestors
+    for s in sorted(acts, key=lambda s: index[s]):
+        resolved, anc = [], []
+        for i in inputs[s]:
+            if i in folded:
+                anc += [i] + through[i]
+                resolved += [j for j in inputs[i] if j not in resolved]
+            elif i not in resolved:
+                resolved.append(i)
+        inputs[s], through[s] = resolved, list(dict.fromkeys(anc))
     relevant: set[fx.Node] = set()
     for s in sorted(acts, key=lambda s: index[s], reverse=True):
         if acts[s]["b_uses"]:
@@ -246,6 +260,7 @@ def capture(
     for s in sorted(acts, key=lambda s: index[s], reverse=True):
         if s in relevant:
             relevant.update(inputs[s])
+    relevant -= folded
 
     # ---- slot times -------------------------------------------------------------------
     def val(x: Any) -> Any:
@@ -282,7 +297,7 @@ def capture(
                 name=s.name,
                 op=str(getattr(c.target, "__name__", c.target)),
                 bytes=d["bytes"],
-                compute_time=times[c],
+                compute_time=times[c] + sum(times[compute_node(f)] for f in through[s]),
                 created=d["created"],
                 last_forward_use=d["lfu"],
                 backward_uses=tuple(d["b_uses"]),
@@ -301,7 +316,8 @@ def capture(
         name=name,
         metadata={"device": spec.name, "num_nodes": len(nodes)},
     )
-    return Captured(problem, [n.name for n in nodes if n in fwd], [n.name for n in bwd_order])
+    return Captured(problem, [n.name for n in nodes if n in fwd], [n.name for n in bwd_order],
+                    sorted(f.name for f in folded))
 
 
 def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:

@@ -19,11 +19,12 @@ from ..errors import PlanError
 from ..plan import Decision, Plan
 
 
-def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan) -> tuple[list, list]:
+def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan, folded: set[str]) -> tuple[list, list]:
     """(saved tensors, saved sizes) that the backward graph needs under ``plan``.
 
     Walks back from every backward op: a forward value that is not saved must be recomputed,
-    which is allowed only for views, getitems, tuple ops and RECOMPUTE activations.
+    which is allowed only for views, getitems, tuple ops, RECOMPUTE activations and the fused
+    values that capture folded into their readers.
     """
     from torch._functorch.partitioners import _is_primal, is_sym_node
 
@@ -48,7 +49,7 @@ def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan) -> tuple[
                 saved.append(i)
             elif is_sym_node(i):
                 saved_sym.append(i)
-            elif d is Decision.RECOMPUTE or is_view(i) or i.target is operator.getitem or not isinstance(
+            elif d is Decision.RECOMPUTE or i.name in folded or is_view(i) or i.target is operator.getitem or not isinstance(
                 i.meta.get("val"), torch.Tensor
             ):
                 todo.append(i)
@@ -96,13 +97,14 @@ def apply_plan(
     *,
     forward_nodes: set,
     plan: Plan,
+    folded: set[str],
     num_fwd_outputs: int,
     static_lifetime_input_nodes,
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
 
-    saved, saved_sym = saved_nodes(joint, forward_nodes, plan)
+    saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded)
     fw, bw = P._extract_fwd_bwd_modules(
         joint,
         saved,
