@@ -4,18 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class MLP(nn.Module):
-    def __init__(self, d=256, hidden=1024, blocks=3):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d)) for _ in range(blocks)
-        )
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return x
+from examples.mlp import MLP
 
 
 class Block(nn.Module):
@@ -56,7 +45,7 @@ def make(name):
     """(model, example inputs, loss_fn) for a test model."""
     torch.manual_seed(0)
     if name == "mlp":
-        return MLP(), (torch.randn(512, 256),), lambda out: out.pow(2).mean()
+        return MLP(d=256, hidden=1024, blocks=3), (torch.randn(512, 256),), lambda out: out.pow(2).mean()
     if name == "block":
         return Block(), (torch.randn(8, 64, 128),), lambda out: out.pow(2).mean()
     if name == "cnn":
