@@ -25,10 +25,11 @@ RECOMPUTE
     freed after its last forward use; recomputed in backward slot ``S(v)`` (just before that
     slot's op runs) and live from there until its last need. Costs ``compute_time`` once.
 OFFLOAD
-    copied to host after its last forward use: live on the device until the copy ends
-    (``offload_window``), then again from the prefetch start until its last need. The prefetch
-    completes by ``d(v)``; so OFFLOAD is only valid when ``S(v) == d(v)`` (no recomputed consumer
-    needs it earlier, and backward reads it directly).
+    copied to host after its last forward use: live on the device until the copy ends, then
+    again from the prefetch start until its last need. Copies share one link per direction
+    (``remat.transfers`` schedules them; ``offload_window`` is the window of a lone copy). The
+    prefetch completes by ``d(v)``; so OFFLOAD is only valid when ``S(v) == d(v)`` (no recomputed
+    consumer needs it earlier, and backward reads it directly).
 
 Every plan of allowed decisions over its needed set is valid except for that OFFLOAD rule.
 ``earliest_slots`` (``L(v)``: the minimum of ``d`` over ``v`` and its recomputable descendants) is
@@ -169,45 +170,17 @@ class Problem:
             out.append(acc)
         return tuple(out)
 
-    @cached_property
-    def _windows(self) -> dict[str, tuple[int, int, float]]:
-        return {}
-
     def offload_window(self, name: str) -> tuple[int, int, float]:
-        """(last slot the device copy lives in forward, first backward slot it lives again, exposed s).
+        """(last forward slot the device copy lives in, first backward slot it lives again, exposed
+        seconds) of ``name`` when it is the only OFFLOAD: ``remat.transfers`` with one transfer.
+        With several, the copies queue on the link and the windows widen
+        (``remat.transfers.schedule_transfers``)."""
+        from .transfers import schedule_transfers
 
-        The copy to host starts after ``last_forward_use`` and overlaps the compute of the slots
-        that follow; the device copy is freed after the first slot by whose end the copy is done
-        (or at the end of the forward). The prefetch ends before ``d(v)`` (the first direct backward
-        use, ``first_uses``) runs and starts
-        at the latest slot that leaves it enough compute to hide behind (or the backward's first
-        slot). Transfer time that no compute hides is ``exposed`` and adds to the step time.
-        """
-        a = self.activation(name)
-        first_need = self.first_uses[name]
-        if first_need is None or self.host_bandwidth <= 0:
+        if self.first_uses[name] is None or self.host_bandwidth <= 0:
             raise ValueError(f"activation {name!r} cannot be offloaded in this problem")
-        if name in self._windows:
-            return self._windows[name]
-        transfer = a.bytes / self.host_bandwidth
-        cum = self.cumulative_time
-        nf = self.num_forward
-        out_end, exposed = nf - 1, 0.0
-        for t in range(a.last_forward_use + 1, nf):
-            if cum[t + 1] - cum[a.last_forward_use + 1] >= transfer:
-                out_end = t
-                break
-        else:
-            exposed += max(0.0, transfer - (cum[nf] - cum[a.last_forward_use + 1]))
-        back_start = nf
-        for t in range(first_need - 1, nf - 1, -1):
-            if cum[first_need] - cum[t] >= transfer:
-                back_start = t
-                break
-        else:
-            exposed += max(0.0, transfer - (cum[first_need] - cum[nf]))
-        self._windows[name] = (out_end, back_start, exposed)
-        return out_end, back_start, exposed
+        s = schedule_transfers(self, [name])
+        return s.free_after[name], s.prefetch_at[name], s.exposed
 
     # ---- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -8,16 +8,17 @@ that every backward read (a backward use, or the recomputation of a consumer at 
 its value live on the device. An OFFLOAD value counts as back only from ``d(v)``, where its
 prefetch has completed; an OFFLOAD whose start ``S(v)`` comes before ``d(v)`` (a recomputed
 consumer needs it earlier), or that backward never reads directly, is an error. Only the problem's
-own definitions are used (``first_uses``, ``consumers``, ``offload_window``, ``num_forward``).
+own definitions are used (``first_uses``, ``consumers``, ``num_forward``) and the copy schedule of
+``remat.transfers`` (copies share the link, in order).
 
 Intervals are inclusive slot ranges ``(lo, hi)``, counted on top of ``slot.fixed_bytes`` (which
 already holds every activation during its forward lifetime ``[created, last_forward_use]``):
 
 STORE      ``last_forward_use+1 .. last_need``
 RECOMPUTE  ``S(v) .. last_need``
-OFFLOAD    ``last_forward_use+1 .. out_end`` and ``back_start .. last_need`` on the device, and
-           ``out_end+1 .. last_need`` on the host, where ``(out_end, back_start, exposed) =
-           problem.offload_window(name)``.
+OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
+           ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
+           OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
 
 Cost is O(#slots + #activations + #backward uses + #inputs): intervals go into a difference array.
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from remat.errors import PlanError, fmt_bytes
 from remat.plan import Decision, Plan
 from remat.problem import Problem
+from remat.transfers import Transfers, schedule_transfers
 
 __all__ = [
     "MemoryTimeline",
@@ -55,12 +57,14 @@ class MemoryTimeline:
     peak_slot: int  # first slot reaching the peak (-1 for an empty schedule)
     host_peak_bytes: int
     recompute_time: float  # sum of compute_time of needed RECOMPUTE activations
-    transfer_time: float  # sum of exposed offload time of OFFLOAD activations
+    transfer_time: float  # seconds of copies to and from host that compute does not hide
     added_time: float  # recompute_time + transfer_time
     needed: tuple[str, ...]  # activations the plan needs, in creation order
     errors: tuple[str, ...]  # human-readable problems; empty iff the plan is valid
     starts: Mapping[str, int] = field(default_factory=dict)  # S(v) of every needed activation
     last_needs: Mapping[str, int] = field(default_factory=dict)  # last need of every needed one
+
+    transfers: Transfers | None = None  # the copy schedule of the plan's OFFLOAD activations
 
     @property
     def ok(self) -> bool:
@@ -175,7 +179,20 @@ class _Analysis:
         host: dict[str, list[tuple[int, int]]] = {}
         readable: dict[str, list[tuple[int, int]]] = {}  # where a read finds the value (default: device)
         recompute_time = 0.0
-        transfer_time = 0.0
+        offloads: list[str] = []
+        for name in order:
+            a = by_name[name]
+            if dec.get(name) is not Decision.OFFLOAD:
+                continue
+            if not a.offloadable:
+                errors.append(f"act {name!r} is OFFLOAD but not offloadable")
+            elif p.host_bandwidth <= 0:
+                errors.append(f"act {name!r} is OFFLOAD but host_bandwidth is {p.host_bandwidth}")
+            elif first[name] is None:
+                errors.append(f"act {name!r} is OFFLOAD but backward never reads it directly")
+            else:
+                offloads.append(name)
+        self.transfers = sched = schedule_transfers(p, offloads)
         for name in order:
             a = by_name[name]
             d = dec.get(name)
@@ -189,39 +206,27 @@ class _Analysis:
                 device[name] = [(start[name], last)]
                 recompute_time += a.compute_time
                 continue
-            if d is Decision.OFFLOAD:
-                ok = True
-                if not a.offloadable:
-                    errors.append(f"act {name!r} is OFFLOAD but not offloadable")
-                    ok = False
-                if p.host_bandwidth <= 0:
-                    errors.append(f"act {name!r} is OFFLOAD but host_bandwidth is {p.host_bandwidth}")
-                    ok = False
-                if ok and first[name] is None:
-                    errors.append(f"act {name!r} is OFFLOAD but backward never reads it directly")
-                    ok = False
-                if ok:
-                    out_end, back_start, exposed = p.offload_window(name)
-                    dn = first[name]
-                    if start[name] < dn:
-                        errors.append(
-                            f"act {name!r} is OFFLOAD but a recomputed consumer needs it at slot "
-                            f"{start[name]}, before its first backward use {dn} (prefetch deadline)"
-                        )
-                    if back_start > dn:
-                        errors.append(
-                            f"act {name!r}: prefetch starts at slot {back_start}, after its "
-                            f"first backward use {dn}"
-                        )
-                    if not (nf <= back_start):
-                        errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
-                    device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
-                    # the prefetch into (back_start, ...) completes only by the first backward use
-                    readable[name] = [(a.last_forward_use + 1, out_end), (dn, last)]
-                    host[name] = [(out_end + 1, last)]
-                    transfer_time += exposed
-                    continue
-                # an OFFLOAD that cannot happen: account it as STORE so the peak stays meaningful
+            if d is Decision.OFFLOAD and name in sched.free_after:
+                out_end, back_start = sched.free_after[name], sched.prefetch_at[name]
+                dn = first[name]
+                if start[name] < dn:
+                    errors.append(
+                        f"act {name!r} is OFFLOAD but a recomputed consumer needs it at slot "
+                        f"{start[name]}, before its first backward use {dn} (prefetch deadline)"
+                    )
+                if back_start > dn:
+                    errors.append(
+                        f"act {name!r}: prefetch starts at slot {back_start}, after its "
+                        f"first backward use {dn}"
+                    )
+                if not (nf <= back_start):
+                    errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
+                device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
+                # the prefetch into (back_start, ...) completes only by the first backward use
+                readable[name] = [(a.last_forward_use + 1, out_end), (dn, last)]
+                host[name] = [(out_end + 1, last)]
+                continue
+            # STORE, or an OFFLOAD that cannot happen (accounted as STORE so the peak stays meaningful)
             device[name] = [(a.last_forward_use + 1, last)]
 
         # availability: every backward read must find the value live on the device
@@ -258,7 +263,7 @@ class _Analysis:
         self.starts = start
         self.last_needs = last_need
         self.recompute_time = recompute_time
-        self.transfer_time = transfer_time
+        self.transfer_time = sched.exposed
         self.errors = tuple(errors)
 
 
@@ -313,6 +318,7 @@ def simulate(problem: Problem, plan: Plan | Mapping[str, Decision]) -> MemoryTim
         errors=an.errors,
         starts=an.starts,
         last_needs=an.last_needs,
+        transfers=an.transfers,
     )
 
 

@@ -9,6 +9,11 @@ Nothing here imports torch. Everything follows the just-in-time semantics of ``r
 * extra device bytes: STORE ``lfu+1..last_need``; RECOMPUTE ``S..last_need``; OFFLOAD
   ``lfu+1..out_end`` and ``back_start..last_need``, valid only when ``S(v) == d(v)``.
 
+Offload windows. The optimising solvers give each candidate one fixed window ``(out_end,
+back_start)``: that of a lone copy, or a wider one passed in ``windows`` (the ILP widens the
+windows of the copies that contended on the link in an earlier round). ``evaluate`` and ``cost``
+are exact: they schedule the plan's copies together (``remat.transfers``), as the simulator does.
+
 Breakpoints. A RECOMPUTE ``v`` starts at some ``d(w)`` of ``v`` or a descendant ``w`` reached
 through recomputed consumers. The optimising solvers only consider the ``K`` latest such slots
 (``Cand.kept``, ``K = Structure.k``; every slot up to ``d(v)``): the starts that come from the
@@ -32,6 +37,7 @@ import numpy as np
 
 from remat.plan import Decision, Plan
 from remat.problem import Problem
+from remat.transfers import schedule_transfers
 
 STORE, REC, OFF, NONE = 0, 1, 2, -1
 _DEC = {STORE: Decision.STORE, REC: Decision.RECOMPUTE, OFF: Decision.OFFLOAD}
@@ -64,8 +70,10 @@ class Cand:
 class Structure:
     """Per-problem precomputation shared by every solver."""
 
-    def __init__(self, problem: Problem, k: int | None = None) -> None:
+    def __init__(self, problem: Problem, k: int | None = None,
+                 windows: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.problem = p = problem
+        self.windows = dict(windows or {})
         self.k = k = DEFAULT_K if k is None else max(1, int(k))
         self.n = len(p.slots)
         self.nf = nf = p.num_forward
@@ -89,8 +97,9 @@ class Structure:
             c.out_end, c.back_start, c.exposed = nf - 1, nf, 0.0
             if a.offloadable and bw > 0 and c.d >= 0:
                 oe, bs, ex = p.offload_window(a.name)
-                c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
-                c.off_ok = bs - 1 >= oe + 1  # frees at least one slot
+                woe, wbs = self.windows.get(a.name, (oe, bs))
+                c.out_end, c.back_start, c.exposed = max(oe, woe), min(bs, wbs), float(ex)
+                c.off_ok = c.back_start - 1 >= c.out_end + 1  # frees at least one slot
             self.cands.append(c)
             self.index[a.name] = i
         cs = self.cands
@@ -308,6 +317,7 @@ class Structure:
         and needed ones without a code count as STORE."""
         need, S, ln = self.jit(codes)
         cs = self.cands
+        sched = self.transfers(codes, need)
         diff = np.zeros(self.n + 1, dtype=np.int64)
         los, his, bs = [], [], []
         for c in cs:
@@ -317,12 +327,13 @@ class Structure:
             d = codes[j]
             if d == REC:
                 lo = S[j]
-            elif d == OFF:
-                if c.lfu + 1 <= c.out_end:
+            elif d == OFF and c.name in sched.free_after:
+                out_end = sched.free_after[c.name]
+                if c.lfu + 1 <= out_end:
                     los.append(c.lfu + 1)
-                    his.append(c.out_end)
+                    his.append(out_end)
                     bs.append(c.bytes)
-                lo = c.back_start
+                lo = sched.prefetch_at[c.name]
             else:
                 lo = c.lfu + 1
             if lo <= ln[j]:
@@ -334,6 +345,13 @@ class Structure:
             np.add.at(diff, np.array(los, dtype=np.int64), b)
             np.add.at(diff, np.array(his, dtype=np.int64) + 1, -b)
         return self.fixed + np.cumsum(diff[:-1]), need, S, ln
+
+    def transfers(self, codes, need=None):
+        """The joint copy schedule of the needed OFFLOAD candidates that can be offloaded."""
+        if need is None:
+            need = self.needed(codes)
+        names = [c.name for c in self.cands if need[c.idx] and codes[c.idx] == OFF and c.off_ok]
+        return schedule_transfers(self.problem, names)
 
     def profile(self, dec: Mapping[str, Decision]) -> np.ndarray:
         """Device bytes at every slot for normalized decisions (exact, int64)."""
@@ -352,13 +370,10 @@ class Structure:
         return out
 
     def cost(self, dec: Mapping[str, Decision]) -> float:
-        t = 0.0
-        for name, d in dec.items():
-            c = self.cands[self.index[name]]
-            if d is Decision.RECOMPUTE:
-                t += c.time
-            elif d is Decision.OFFLOAD:
-                t += c.exposed
+        """Added seconds of normalized decisions: recompute time plus unhidden transfer time."""
+        t = sum(self.cands[self.index[n]].time for n, d in dec.items() if d is Decision.RECOMPUTE)
+        if any(d is Decision.OFFLOAD for d in dec.values()):
+            t += self.transfers(self.codes(dec)).exposed
         return t
 
     def peak(self, dec: Mapping[str, Decision]) -> int:

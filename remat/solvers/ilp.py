@@ -32,6 +32,7 @@ with the greedy plan (used as warm start and fallback): the better plan under th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -44,6 +45,7 @@ import pulp
 from remat.errors import ConfigError, InfeasibleBudgetError
 from remat.plan import Decision, Plan
 from remat.problem import Problem
+from remat.transfers import schedule_transfers
 
 from ._core import OFF, REC, STORE, Structure, make_plan
 from .greedy import run_greedy
@@ -200,7 +202,8 @@ class Model:
         cs = st.cands
         maxb = max([c.bytes for c in cs] + [1])
         self.unit = float(2 ** max(0, math.floor(math.log2(max(1.0, maxb / 1e4)))))
-        times = [c.time for c in cs if c.rec_ok] + [c.exposed for c in cs if c.off_ok]
+        bw = st.problem.host_bandwidth
+        times = [c.time for c in cs if c.rec_ok] + [c.bytes / bw for c in cs if c.off_ok]
         tmax = max([t for t in times if t > 0] + [0.0])
         self.tscale = 1.0 / tmax if tmax > 0 else 1.0
         self.prob = prob = pulp.LpProblem("remat", pulp.LpMinimize)
@@ -292,13 +295,12 @@ class Model:
                     terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
                     terms += [(("rec", x), -1)] + sv(xc, s - 1)
                     row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
-        # objective
+        # objective: recompute time plus the transfer time that compute cannot hide
         obj = []
         for c in cs:
             if c.rec_ok and c.time:
                 obj.append((V[("rec", c.idx)], c.time * self.tscale))
-            if c.off_ok and c.exposed:
-                obj.append((V[("off", c.idx)], c.exposed * self.tscale))
+        obj += self._transfer_rows(st, V, var, row)
         self.M = None
         u = self.unit
         if budget is None:
@@ -329,6 +331,44 @@ class Model:
         self.num_binaries = sum(1 for key in V if key[0] in ("rec", "off", "keep"))
         self.build_s = time.perf_counter() - t0
 
+    def _transfer_rows(self, st: Structure, V: dict, var, row) -> list:
+        """Objective terms of the unhidden transfer time (``remat.transfers``, exact for the
+        chosen set): copies to host queue in order of last forward use, so the forward waits
+        ``max over a of (copy time released at or after slot a) - (compute after slot a)``;
+        prefetches mirror it from the backward's start. ``U[a]`` / ``W[t]`` are those sums."""
+        offs = [c for c in st.cands if c.off_ok and st.reach[c.idx] and c.bytes]
+        if not offs:
+            return []
+        p = st.problem
+        cum, nf, bw, ts = p.cumulative_time, st.nf, p.host_bandwidth, self.tscale
+        LE = pulp.LpConstraintLE
+        for key in ("eout", "ein"):
+            V[(key,)] = var(key, 0, None, pulp.LpContinuous)
+        by_rel: dict[int, list] = defaultdict(list)
+        by_use: dict[int, list] = defaultdict(list)
+        for c in offs:
+            by_rel[c.lfu].append(c)
+            by_use[c.d].append(c)
+        prev = None
+        for a in sorted(by_rel, reverse=True):  # U[a] = U[next] + copies released at a
+            V[("U", a)] = var(f"U{a}", 0, None, pulp.LpContinuous)
+            terms = [(("U", a), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in by_rel[a]]
+            if prev is not None:
+                terms.append((("U", prev), -1))
+            row(terms, pulp.LpConstraintEQ, 0, f"U{a}")
+            row([(("U", a), 1), (("eout",), -1)], LE, (cum[nf] - cum[a + 1]) * ts, f"eout{a}")
+            prev = a
+        prev = None
+        for t in sorted(by_use):  # W[t] = W[prev] + prefetches due at t
+            V[("W", t)] = var(f"W{t}", 0, None, pulp.LpContinuous)
+            terms = [(("W", t), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in by_use[t]]
+            if prev is not None:
+                terms.append((("W", prev), -1))
+            row(terms, pulp.LpConstraintEQ, 0, f"W{t}")
+            row([(("W", t), 1), (("ein",), -1)], LE, (cum[t] - cum[nf]) * ts, f"ein{t}")
+            prev = t
+        return [(V[("eout",)], 1.0), (V[("ein",)], 1.0)]
+
     def warm(self, dec: dict[str, Decision]) -> None:
         """Initial values from normalized decisions."""
         st = self.st
@@ -339,6 +379,8 @@ class Model:
         for v in V.values():
             v.setInitialValue(0)
         for key, v in V.items():
+            if key[0] in ("U", "W", "eout", "ein"):
+                continue  # continuous transfer sums: implied by the decisions
             kind, k = key[0], key[1]
             c = cs[k]
             on = need[k]
@@ -478,6 +520,9 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     return peak, dec, proven
 
 
+_OFFLOAD_ROUNDS = 4  # ILP solves at most, widening the windows of copies that contend on the link
+
+
 def ilp(
     problem: Problem,
     budget_bytes: int | None,
@@ -492,18 +537,46 @@ def ilp(
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
-    ``starts``: kept recompute start slots per activation, see ``min_peak``)."""
+    ``starts``: kept recompute start slots per activation, see ``min_peak``).
+
+    The model gives each OFFLOAD a fixed window (``_core``). When the copies it picks contend on
+    the link, their real windows are wider and the plan may peak over the cap: it is then solved
+    again with those copies' windows widened to what ``remat.transfers`` gives them together
+    (at most ``_OFFLOAD_ROUNDS`` solves; the windows only grow, and every returned plan is checked
+    with the joint schedule).
+    """
+    t0 = time.perf_counter()
+    windows: dict[str, tuple[int, int]] = {}
+    st = kw.get("_structure") or Structure(problem, k=starts)
+    for rnd in range(1, _OFFLOAD_ROUNDS + 1):
+        left = max(1.0, time_limit - (time.perf_counter() - t0))
+        plan, rejected = _ilp_once(problem, budget_bytes, st, time_limit=left, gap=gap, backend=backend,
+                                   warm_start=warm_start, prune=prune, threads=threads)
+        offs = [n for n, d in (rejected or {}).items() if d is Decision.OFFLOAD]
+        if not offs or rnd == _OFFLOAD_ROUNDS or time.perf_counter() - t0 > time_limit:
+            break
+        sched = schedule_transfers(problem, offs)
+        for n in offs:
+            oe, bs = windows.get(n, (-1, len(problem.slots)))
+            windows[n] = (max(oe, sched.free_after[n]), min(bs, sched.prefetch_at[n]))
+        st = Structure(problem, k=st.k, windows=windows)
+    plan.info["solves"] = rnd
+    return dataclasses.replace(plan, solve_time_s=time.perf_counter() - t0)
+
+
+def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time_limit: float, gap: float,
+              backend: str | None, warm_start: bool | str, prune: bool, threads: int | None):
+    """(plan, the ILP's own decisions when they peaked over the cap under the joint schedule)."""
     t0 = time.perf_counter()
     backend = _backend(backend)
-    st = kw.get("_structure") or Structure(problem, k=starts)
     if budget_bytes is None:
         return make_plan(st, st.store_all(), "ilp", None, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"})
+                         solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"}), None
     budget = int(budget_bytes)
     store = st.store_all()
     if st.n == 0 or st.peak(store) <= budget:
         return make_plan(st, store, "ilp", budget, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "store-all fits"})
+                         solve_time_s=time.perf_counter() - t0, info={"trivial": "store-all fits"}), None
     max_fixed = int(st.fixed.max())
     lb = st.lower_bound_peak()
     if budget < lb:  # cheap: fixed bytes plus what every plan keeps live already exceed the cap
@@ -513,6 +586,8 @@ def ilp(
     # greedy: warm start and fallback
     gdec, gpeak, _ = run_greedy(st, budget)
     greedy_plan = st.normalize(gdec) if gpeak <= budget else None
+    if greedy_plan is not None and (st.peak(greedy_plan) > budget or st.violations(greedy_plan)):
+        greedy_plan = None  # its copies contend on the link (greedy prices each copy alone)
     greedy_cost = st.cost(greedy_plan) if greedy_plan is not None else math.inf
     tg = time.perf_counter()
     rows = Rows(st, prune=prune)
@@ -537,7 +612,7 @@ def ilp(
             raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
         info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap; greedy used"
         return make_plan(st, greedy_plan, "ilp", budget, status="heuristic",
-                         solve_time_s=time.perf_counter() - t0, info=info)
+                         solve_time_s=time.perf_counter() - t0, info=info), None
     # HiGHS 1.16 can mis-cost a MIP start after presolve ("feasible in the reduced space" with a
     # lower objective) and then stop at it as "optimal": the start is only given to CBC unless
     # warm_start="force". The greedy plan stays the fallback either way.
@@ -551,7 +626,7 @@ def ilp(
     info["ilp_s"] = round(secs, 4)
     info["sol_status"] = int(status)
     tscale = model.tscale
-    best, best_cost, source = None, math.inf, None
+    best, best_cost, source, rejected = None, math.inf, None, None
     if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         dec = model.decisions()
         peak = st.peak(dec)
@@ -561,7 +636,9 @@ def ilp(
         elif peak <= budget:
             best, best_cost, source = dec, st.cost(dec), "ilp"
         else:
-            info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes over the cap (numerics); greedy used"
+            rejected = dec
+            why = "its copies contend on the link" if any(d is Decision.OFFLOAD for d in dec.values()) else "numerics"
+            info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes, over the cap ({why}); greedy used"
     if greedy_plan is not None and greedy_cost < best_cost - 1e-15 * max(1.0, abs(greedy_cost)):
         best, best_cost, source = greedy_plan, greedy_cost, "greedy"
         if status == pulp.LpSolutionInfeasible:  # the model contradicts a verified plan
@@ -597,7 +674,7 @@ def ilp(
         rgap = 0.0
     status_s = "optimal" if proven_opt or (rgap is not None and rgap <= 1e-9) else "feasible"
     return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
-                     solve_time_s=time.perf_counter() - t0, info=info)
+                     solve_time_s=time.perf_counter() - t0, info=info), rejected
 
 
 def _min_detail(proven: bool, extra: str) -> str:
