@@ -152,6 +152,8 @@ class RematPartitioner(CustomPartitionerFn):
             folded=set(report.captured.folded),
             num_fwd_outputs=num_fwd_outputs,
             static_lifetime_input_nodes=info.static_lifetime_input_nodes,
+            problem=report.captured.problem,
+            transfers=report.timeline.transfers,
         )
         report.forward_code, report.backward_code = fw.code, bw.code
         return fw, bw
@@ -184,6 +186,12 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     if cfg.memory_budget is None:
         return compile_fx(gm, example_inputs)
     # Inductor's buffer reuse keeps a freed buffer allocated until a later same-sized allocation
-    # takes it, which can hold memory across the step's peak; the plan frees at last use.
-    patches = {"custom_partitioner_fn": RematPartitioner(cfg), "allow_buffer_reuse": False}
+    # takes it, which can hold memory across the step's peak; the plan frees at last use. Its
+    # peak-memory reordering counts host and device bytes alike (it pulls every prefetch to the
+    # start of the backward to free host inputs early); the plan already fixes the order.
+    patches = {
+        "custom_partitioner_fn": RematPartitioner(cfg),
+        "allow_buffer_reuse": False,
+        "reorder_for_peak_memory": False,
+    }
     return compile_fx(gm, example_inputs, config_patches=patches)

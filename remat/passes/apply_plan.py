@@ -15,8 +15,11 @@ import torch
 import torch.fx as fx
 
 from ..capture import is_view
+from . import offload_ops  # noqa: F401  (registers torch.ops.remat.*, which the graphs call)
 from ..errors import PlanError
 from ..plan import Decision, Plan
+from ..problem import Problem
+from ..transfers import Transfers
 
 
 def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan, folded: set[str]) -> tuple[list, list]:
@@ -65,31 +68,78 @@ def _is_forward_output(joint: fx.GraphModule, n: fx.Node) -> bool:
     return any(u.op == "output" for u in n.users)
 
 
-def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, num_fwd_outputs: int, static_inputs) -> None:
-    """Copy each OFFLOAD activation to host after its last forward use and back before its first
-    backward use, with torch's activation-offloading pass. On CUDA the copies run on a side stream
-    into pinned host memory, the forward waits for them at its end and the backward prefetches each
-    value early to overlap compute; elsewhere they are plain synchronous ``device_put`` copies."""
-    from torch._functorch import config as functorch_config
-    from torch._functorch._activation_offloading.activation_offloading import enable_activation_offloading
+def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, problem: Problem, transfers: Transfers) -> None:
+    """Move each OFFLOAD activation to host and back where ``transfers`` schedules it.
 
-    wanted = set(plan.names(Decision.OFFLOAD))
+    Forward: ``to_host`` right after the value's last forward use (slot ``last_forward_use``),
+    ``wait_copy`` and ``free_`` (of the device copy) after slot ``free_after``; the host copy is
+    what the forward saves. Backward: ``to_device`` before slot ``prefetch_at``, ``wait_copy`` just
+    before the first op that reads the value. Slots are found by name; where a slot's op is not in
+    a graph, the next slot that is stands in for it.
+    """
+    from .offload_ops import FREE, TO_DEVICE, TO_HOST, WAIT_COPY
+
+    wanted = plan.names(Decision.OFFLOAD)
     if not wanted:
         return
-    on_cuda = False
-    for n in fw.graph.nodes:
-        if n.name in wanted:
-            n.meta["should_offload"] = True
-            on_cuda |= n.meta["val"].device.type == "cuda"
-    with functorch_config.patch(
-        activation_offload_separate_stream=on_cuda,
-        activation_offload_sink_wait=on_cuda,
-        activation_reload_prefetch=on_cuda,
-    ):
-        enable_activation_offloading(fw, bw, num_fwd_outputs, static_inputs)
-    done = {n.name for n in fw.graph.nodes if n.meta.get("saved_for_offloading")}
-    if wanted - done:
-        raise PlanError(f"torch's offloading pass refused {sorted(wanted - done)} (views, getitems, non-contiguous)")
+    names = [s.name for s in problem.slots]
+    f_nodes = {n.name: n for n in fw.graph.nodes}
+    b_nodes = {n.name: n for n in bw.graph.nodes}
+    f_order = {n: i for i, n in enumerate(fw.graph.nodes)}
+    output = fw.graph.output_node()
+
+    def slot_node(nodes: dict, t: int, stop: int):
+        for k in range(t, stop):
+            if names[k] in nodes:
+                return nodes[names[k]]
+        return None
+
+    nf = problem.num_forward
+    host_of: dict[str, fx.Node] = {}
+    for name in wanted:
+        x = f_nodes.get(name)
+        if x is None or x not in output.args[0]:
+            raise PlanError(f"OFFLOAD {name!r} is not a saved output of the forward graph")
+        a = problem.activation(name)
+        after = [x] + [u for u in x.users if u is not output]
+        lfu = slot_node(f_nodes, a.last_forward_use, a.last_forward_use + 1)
+        issue = max(after + ([lfu] if lfu is not None else []), key=f_order.__getitem__)
+        free = slot_node(f_nodes, transfers.free_after[name], nf)
+        free = issue if free is None or f_order[free] < f_order[issue] else free
+        with fw.graph.inserting_after(issue):
+            copy = fw.graph.call_function(TO_HOST, (x,), name=f"{name}_to_host")
+        copy.meta["val"] = x.meta["val"].to("cpu")
+        with fw.graph.inserting_after(copy if free is issue else free):
+            done = fw.graph.call_function(WAIT_COPY, (copy,), name=f"{name}_on_host")
+        done.meta["val"] = copy.meta["val"]
+        with fw.graph.inserting_after(done):
+            fw.graph.call_function(FREE, (x, done), name=f"{name}_free")
+        host_of[name] = done
+    output.update_arg(0, tuple(host_of.get(n.name, n) if isinstance(n, fx.Node) else n for n in output.args[0]))
+    fw.recompile()
+
+    b_order = {n: i for i, n in enumerate(bw.graph.nodes)}
+    for name in wanted:
+        ph = b_nodes.get(name)
+        if ph is None or ph.op != "placeholder" or not ph.users:
+            raise PlanError(f"OFFLOAD {name!r} is not read by the backward graph")
+        val = ph.meta["val"]
+        ph.meta["val"] = host_of[name].meta["val"]
+        first = min(ph.users, key=b_order.__getitem__)
+        start = slot_node(b_nodes, transfers.prefetch_at[name], len(names))
+        start = first if start is None or b_order[start] > b_order[first] else start
+        with bw.graph.inserting_before(start):
+            load = bw.graph.call_function(
+                TO_DEVICE, (ph, val.device, list(val.shape), list(val.stride())), name=f"{name}_to_device"
+            )
+        load.meta["val"] = val
+        with bw.graph.inserting_before(first):
+            back = bw.graph.call_function(WAIT_COPY, (load,), name=f"{name}_on_device")
+        back.meta["val"] = val
+        for u in list(ph.users):
+            if u is not load and u is not back:
+                u.replace_input_with(ph, back)
+    bw.recompile()
 
 
 def apply_plan(
@@ -100,6 +150,8 @@ def apply_plan(
     folded: set[str],
     num_fwd_outputs: int,
     static_lifetime_input_nodes,
+    problem: Problem,
+    transfers: Transfers | None,
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
@@ -119,7 +171,8 @@ def apply_plan(
     if P.has_recomputable_ops(joint) and P.has_recomputable_rng_ops(joint):
         fw, bw = P.functionalize_rng_ops(joint, fw, bw, len(saved_sym))
     bw = P.reordering_to_mimic_autograd_engine(bw)  # each recomputation just before its first need
-    add_offload(fw, bw, plan, num_fwd_outputs, static_lifetime_input_nodes)
+    if transfers is not None:
+        add_offload(fw, bw, plan, problem, transfers)
     fw = P.raise_getitems(fw)
     bw = P.raise_getitems(bw)
     fw = P.thread_graphsafe_rng_from_hops(fw, is_backward=False)

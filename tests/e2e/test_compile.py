@@ -82,7 +82,11 @@ def test_offload_rewrite_runs_on_cpu_and_matches_eager(name):
     offloaded = report.plan.names(remat.Decision.OFFLOAD)
     assert offloaded, "a fast link and a cap under the baseline must offload something"
     assert report.timeline.host_peak_bytes > 0
-    assert "device_put" in report.forward_code and "device_put" in report.backward_code
+    fwd, bwd = report.forward_code, report.backward_code
+    for n in offloaded:  # copy issued, then waited on (which frees the device copy) ...
+        assert 0 <= fwd.index(f"{n}_to_host = ") < fwd.index(f"{n}_on_host = "), fwd
+        assert 0 <= bwd.index(f"{n}_to_device = ") < bwd.index(f"{n}_on_device = "), bwd
+    assert "torch.ops.remat.wait_copy" in fwd and "torch.ops.remat.to_device" in bwd
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for n, g in ref_grads.items():
         torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5)

@@ -482,12 +482,38 @@ def random_plan(draw, p: Problem, valid: bool = True) -> dict[str, Decision]:
     return plan
 
 
+def copy_windows(p: Problem, names: list[str]) -> tuple[dict, float]:
+    """Copies one after another on each link, by linear scans over the slots' time: per name
+    (last forward slot on the device, first backward slot on it again), and the unhidden seconds."""
+    nf, n = p.num_forward, len(p.slots)
+    end = [sum(s.compute_time for s in p.slots[: t + 1]) for t in range(n)]  # end time of slot t
+    begin = [e - s.compute_time for e, s in zip(end, p.slots)]
+    win, link, out_wait = {}, 0.0, 0.0
+    for a in sorted((p.activation(x) for x in names), key=lambda a: (a.last_forward_use, a.created, a.name)):
+        link = max(link, end[a.last_forward_use]) + a.bytes / p.host_bandwidth
+        t = next((t for t in range(a.last_forward_use + 1, nf) if end[t] >= link), None)
+        if t is None:
+            t, out_wait = nf - 1, max(out_wait, link - end[nf - 1])
+        win[a.name] = [t, None]
+    link, in_wait = float("inf"), 0.0
+    for a in sorted((p.activation(x) for x in names), key=lambda a: (a.backward_uses[0], a.created, a.name),
+                    reverse=True):
+        d = a.backward_uses[0]
+        link = min(link, begin[d]) - a.bytes / p.host_bandwidth
+        t = max((t for t in range(nf, d) if begin[t] <= link), default=None)
+        if link < begin[nf] or t is None:
+            t, in_wait = nf, max(in_wait, begin[nf] - link)
+        win[a.name][1] = t
+    return win, out_wait + in_wait
+
+
 def brute_force(p: Problem, plan: dict[str, Decision]) -> tuple[list[int], list[int]]:
     """Per-slot, per-activation reading of the semantics, without intervals or difference arrays.
 
     Starts by fixed-point iteration (not the simulator's one reverse sweep): S(v) is the least
     of d(v) and the starts of v's RECOMPUTE consumers in the plan.
     """
+    win, _ = copy_windows(p, [n for n, d in plan.items() if d is O])
     start = {n: (p.activation(n).backward_uses or (None,))[0] for n in plan}
     changed = True
     while changed:
@@ -513,7 +539,7 @@ def brute_force(p: Problem, plan: dict[str, Decision]) -> tuple[list[int], list[
             elif d is R:
                 on = start[name] <= t <= last
             else:
-                out_end, back_start, _ = p.offload_window(name)
+                out_end, back_start = win[name]
                 on = a.last_forward_use < t <= out_end or back_start <= t <= last
                 host[t] += a.bytes * (out_end < t <= last)
             device[t] += a.bytes * on
@@ -541,7 +567,7 @@ def test_random_valid_plans(p, data):
 
     # time accounting
     assert tl.recompute_time == pytest.approx(sum(p.activation(n).compute_time for n in plan if plan[n] is R))
-    assert tl.transfer_time == pytest.approx(sum(p.offload_window(n)[2] for n in plan if plan[n] is O))
+    assert tl.transfer_time == pytest.approx(copy_windows(p, [n for n in plan if plan[n] is O])[1])
     assert tl.added_time == pytest.approx(tl.recompute_time + tl.transfer_time)
 
     # Storing the plan's whole needed set dominates the plan on the forward slots (nothing but
