@@ -1,9 +1,10 @@
 """GPU check: measured vs predicted peak and step time, recompute-only vs offload, on one GPU.
 
-    python benchmarks/gpu_check.py [--cap 70%] [--steps 10] [--models mlp,gpt]
+    python benchmarks/gpu_check.py [--caps 70%,50%] [--steps 10] [--models mlp,gpt] [--host-bandwidth measure]
 
-For a GPT-style model and the MLP of the core issue: plain torch.compile, remat recompute-only at
-a cap, and remat with offload at the same cap. Prints torch.cuda.max_memory_allocated of one step
+For a GPT-style model and the MLP of the core issue: plain torch.compile, then at each cap remat
+recompute-only and remat with offload (host_bandwidth: the pinned copy rate measured first, the
+slower direction, unless given). Prints torch.cuda.max_memory_allocated of one step
 above what was allocated before it, the simulator's prediction (and its store-all baseline next
 to plain torch.compile), the median step time and ratios to torch.compile; writes JSON
 (benchmarks/results/gpu_check.json). Needs CUDA; a few minutes on an H100/H200. Targets on an
@@ -85,15 +86,33 @@ def run(name, make, options, steps, device):
             predicted_added_s=r.timeline.added_time, predicted_transfer_s=r.timeline.transfer_time,
             host_bandwidth=r.captured.problem.host_bandwidth, solve_s=r.plan.solve_time_s,
             plan_status=r.plan.status, step_compute_s=r.captured.problem.cumulative_time[-1],
+            offload_candidates=r.plan.info.get("offload_candidates"),
         )
     return row
+
+
+def link_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> tuple[float, float]:
+    """(device->host, host->device) bytes/s of pinned copies of ``nbytes``."""
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    out = []
+    for dst, src in ((host, dev), (dev, host)):
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        out.append(nbytes * reps / (time.perf_counter() - t0))
+    return out[0], out[1]
 
 
 def main(argv=None) -> int:
     from remat.errors import fmt_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cap", default="70%")
+    ap.add_argument("--caps", default="70%,50%")
+    ap.add_argument("--host-bandwidth", default="measure", help="bytes/s, or 'measure'")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--models", default="mlp,gpt")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_check.json"))
@@ -105,14 +124,21 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    if args.host_bandwidth == "measure":
+        d2h, h2d = link_bandwidth()
+        bw = min(d2h, h2d)
+        print(f"pinned copies: device->host {d2h / 1e9:.1f} GB/s, host->device {h2d / 1e9:.1f} GB/s", flush=True)
+    else:
+        bw = float(args.host_bandwidth)
+    caps = args.caps.split(",")
+    configs = [("torch.compile", None)]
+    for cap in caps:
+        configs += [(f"remat recompute {cap}", {"memory_budget": cap, "offload": False}),
+                    (f"remat offload {cap}", {"memory_budget": cap, "offload": True, "host_bandwidth": bw})]
     rows = []
     for model_name in args.models.split(","):
         make = MODELS[model_name]
-        for label, options in (
-            ("torch.compile", None),
-            ("remat recompute", {"memory_budget": args.cap, "offload": False}),
-            ("remat offload", {"memory_budget": args.cap, "offload": True}),
-        ):
+        for label, options in configs:
             try:
                 r = run(f"{model_name} / {label}", make, options, args.steps, "cuda")
             except Exception as e:  # one failing row must not hide the others
@@ -121,8 +147,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             rows.append(r)
             print(json.dumps(r), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, cap {args.cap} of each graph's "
-          f"predicted no-remat peak\n")
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, caps {args.caps} of each graph's "
+          f"predicted no-remat peak, host link {bw / 1e9:.1f} GB/s\n")
     print("| model / config | measured peak | predicted | pred/meas | peak vs compile | step ms | step vs compile "
           "| offloaded | recomputed |")
     print("|---|---|---|---|---|---|---|---|---|")

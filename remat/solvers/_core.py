@@ -9,23 +9,13 @@ Nothing here imports torch. Everything follows the just-in-time semantics of ``r
 * extra device bytes: STORE ``lfu+1..last_need``; RECOMPUTE ``S..last_need``; OFFLOAD
   ``lfu+1..out_end`` and ``back_start..last_need``, valid only when ``S(v) == d(v)``.
 
-Offload windows. The optimising solvers give each candidate one fixed window ``(out_end,
-back_start)``: that of a lone copy, or a wider one passed in ``windows`` (the ILP widens the
-windows of the copies that contended on the link in an earlier round). ``evaluate`` and ``cost``
-are exact: they schedule the plan's copies together (``remat.transfers``), as the simulator does.
-
-Breakpoints. A RECOMPUTE ``v`` starts at some ``d(w)`` of ``v`` or a descendant ``w`` reached
-through recomputed consumers. The optimising solvers only consider the ``K`` latest such slots
-(``Cand.kept``, ``K = Structure.k``; every slot up to ``d(v)``): the starts that come from the
-nearest descendants. A plan in which a recomputed consumer would need ``v`` earlier than its
-earliest kept slot must STORE ``v`` (the ILP forbids the rest), so the ILP is exact for every plan
-it can return. ``kept(v)`` is computed from the consumers' kept sets (``{d(v)} | kept(c)``), so a
-start outside it never arises from starts inside the consumers' sets.
-
-``Structure`` precomputes, per candidate, the slot pieces on which its contribution to the memory
-at a slot is a fixed linear form of the ILP variables (the ILP rows are sums of these forms), the
-ILP's auxiliary "live" segments, and the contribution for every concrete *state* (decision x start
-x last need) that a plan can put it in (the row-dominance test of the ILP uses those).
+Offload windows. Copies share the link (``remat.transfers``), so a copy's window depends on the
+other copies. The solvers take as offload candidates the activations that cost the most to
+recompute per byte, as many as the link can move within the forward (and within the backward),
+and give each the window it has when *all* candidates are copied. A copy only ends earlier, and
+a prefetch only starts later, when fewer copies share the link, so every plan over these
+windows holds under its own joint schedule, which ``evaluate`` and ``cost`` use (as the simulator
+does).
 """
 
 from __future__ import annotations
@@ -70,10 +60,8 @@ class Cand:
 class Structure:
     """Per-problem precomputation shared by every solver."""
 
-    def __init__(self, problem: Problem, k: int | None = None,
-                 windows: Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, problem: Problem, k: int | None = None) -> None:
         self.problem = p = problem
-        self.windows = dict(windows or {})
         self.k = k = DEFAULT_K if k is None else max(1, int(k))
         self.n = len(p.slots)
         self.nf = nf = p.num_forward
@@ -97,12 +85,13 @@ class Structure:
             c.out_end, c.back_start, c.exposed = nf - 1, nf, 0.0
             if a.offloadable and bw > 0 and c.d >= 0:
                 oe, bs, ex = p.offload_window(a.name)
-                woe, wbs = self.windows.get(a.name, (oe, bs))
-                c.out_end, c.back_start, c.exposed = max(oe, woe), min(bs, wbs), float(ex)
-                c.off_ok = c.back_start - 1 >= c.out_end + 1  # frees at least one slot
+                c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
+                c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
             self.cands.append(c)
             self.index[a.name] = i
         cs = self.cands
+        self.offload_candidates = 0
+        self._offload_candidates()
         for c in cs:
             a = p.activation(c.name)
             c.all_inputs = [self.index[x] for x in dict.fromkeys(a.inputs) if x in self.index]
@@ -156,6 +145,31 @@ class Structure:
         self.by_name = {c.name: c for c in cs}
 
     # ---- the ILP's linear forms ----------------------------------------------------------------
+    def _offload_candidates(self) -> None:
+        """Keep OFFLOAD for the candidates most costly to recompute per byte that the link can move
+        within the forward and within the backward; give them their windows when all are copied."""
+        p = self.problem
+        offs = [c for c in self.cands if c.off_ok]
+        if not offs:
+            return
+        cum, nf = p.cumulative_time, self.nf
+        room = min(cum[nf], cum[-1] - cum[nf]) * p.host_bandwidth  # bytes each link moves meanwhile
+        offs.sort(key=lambda c: (-(c.time / max(c.bytes, 1)), -c.bytes, c.idx))
+        keep, moved = [], 0
+        for c in offs:
+            if moved + c.bytes <= room:
+                keep.append(c)
+                moved += c.bytes
+        sched = schedule_transfers(p, [c.name for c in keep])
+        chosen = {c.idx for c in keep}
+        for c in offs:
+            if c.idx in chosen:
+                c.out_end, c.back_start = sched.free_after[c.name], sched.prefetch_at[c.name]
+                c.off_ok = c.back_start - 1 >= c.out_end + 1
+            else:
+                c.off_ok = False
+        self.offload_candidates = len(chosen)
+
     def st(self, c: Cand, b: int) -> list:
         """Variables (coef 1) of "c is RECOMPUTE and S(c) <= b": [] (never), [rec], or [st var]."""
         if not c.rec_ok or b < c.kept[0]:

@@ -32,7 +32,6 @@ with the greedy plan (used as warm start and fallback): the better plan under th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -45,7 +44,6 @@ import pulp
 from remat.errors import ConfigError, InfeasibleBudgetError
 from remat.plan import Decision, Plan
 from remat.problem import Problem
-from remat.transfers import schedule_transfers
 
 from ._core import OFF, REC, STORE, Structure, make_plan
 from .greedy import run_greedy
@@ -520,9 +518,6 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     return peak, dec, proven
 
 
-_OFFLOAD_ROUNDS = 4  # ILP solves at most, widening the windows of copies that contend on the link
-
-
 def ilp(
     problem: Problem,
     budget_bytes: int | None,
@@ -537,46 +532,24 @@ def ilp(
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
-    ``starts``: kept recompute start slots per activation, see ``min_peak``).
-
-    The model gives each OFFLOAD a fixed window (``_core``). When the copies it picks contend on
-    the link, their real windows are wider and the plan may peak over the cap: it is then solved
-    again with those copies' windows widened to what ``remat.transfers`` gives them together
-    (at most ``_OFFLOAD_ROUNDS`` solves; the windows only grow, and every returned plan is checked
-    with the joint schedule).
-    """
-    t0 = time.perf_counter()
-    windows: dict[str, tuple[int, int]] = {}
+    ``starts``: kept recompute start slots per activation, see ``min_peak``)."""
     st = kw.get("_structure") or Structure(problem, k=starts)
-    for rnd in range(1, _OFFLOAD_ROUNDS + 1):
-        left = max(1.0, time_limit - (time.perf_counter() - t0))
-        plan, rejected = _ilp_once(problem, budget_bytes, st, time_limit=left, gap=gap, backend=backend,
-                                   warm_start=warm_start, prune=prune, threads=threads)
-        offs = [n for n, d in (rejected or {}).items() if d is Decision.OFFLOAD]
-        if not offs or rnd == _OFFLOAD_ROUNDS or time.perf_counter() - t0 > time_limit:
-            break
-        sched = schedule_transfers(problem, offs)
-        for n in offs:
-            oe, bs = windows.get(n, (-1, len(problem.slots)))
-            windows[n] = (max(oe, sched.free_after[n]), min(bs, sched.prefetch_at[n]))
-        st = Structure(problem, k=st.k, windows=windows)
-    plan.info["solves"] = rnd
-    return dataclasses.replace(plan, solve_time_s=time.perf_counter() - t0)
+    return _ilp_once(problem, budget_bytes, st, time_limit=time_limit, gap=gap, backend=backend,
+                     warm_start=warm_start, prune=prune, threads=threads)
 
 
 def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time_limit: float, gap: float,
               backend: str | None, warm_start: bool | str, prune: bool, threads: int | None):
-    """(plan, the ILP's own decisions when they peaked over the cap under the joint schedule)."""
     t0 = time.perf_counter()
     backend = _backend(backend)
     if budget_bytes is None:
         return make_plan(st, st.store_all(), "ilp", None, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"}), None
+                         solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"})
     budget = int(budget_bytes)
     store = st.store_all()
     if st.n == 0 or st.peak(store) <= budget:
         return make_plan(st, store, "ilp", budget, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "store-all fits"}), None
+                         solve_time_s=time.perf_counter() - t0, info={"trivial": "store-all fits"})
     max_fixed = int(st.fixed.max())
     lb = st.lower_bound_peak()
     if budget < lb:  # cheap: fixed bytes plus what every plan keeps live already exceed the cap
@@ -587,7 +560,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
     gdec, gpeak, _ = run_greedy(st, budget)
     greedy_plan = st.normalize(gdec) if gpeak <= budget else None
     if greedy_plan is not None and (st.peak(greedy_plan) > budget or st.violations(greedy_plan)):
-        greedy_plan = None  # its copies contend on the link (greedy prices each copy alone)
+        greedy_plan = None  # (cannot happen: greedy's windows hold for every subset of copies)
     greedy_cost = st.cost(greedy_plan) if greedy_plan is not None else math.inf
     tg = time.perf_counter()
     rows = Rows(st, prune=prune)
@@ -603,6 +576,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
         "nonzeros_memory_rows": model.nnz,
         "num_binaries": model.num_binaries,
         "kept_starts": st.k,
+        "offload_candidates": st.offload_candidates,
         "greedy_objective": None if greedy_plan is None else greedy_cost,
         "build_s": round(time.perf_counter() - tg, 4),
     }
@@ -612,7 +586,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
             raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
         info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap; greedy used"
         return make_plan(st, greedy_plan, "ilp", budget, status="heuristic",
-                         solve_time_s=time.perf_counter() - t0, info=info), None
+                         solve_time_s=time.perf_counter() - t0, info=info)
     # HiGHS 1.16 can mis-cost a MIP start after presolve ("feasible in the reduced space" with a
     # lower objective) and then stop at it as "optimal": the start is only given to CBC unless
     # warm_start="force". The greedy plan stays the fallback either way.
@@ -626,7 +600,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
     info["ilp_s"] = round(secs, 4)
     info["sol_status"] = int(status)
     tscale = model.tscale
-    best, best_cost, source, rejected = None, math.inf, None, None
+    best, best_cost, source = None, math.inf, None
     if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         dec = model.decisions()
         peak = st.peak(dec)
@@ -636,9 +610,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
         elif peak <= budget:
             best, best_cost, source = dec, st.cost(dec), "ilp"
         else:
-            rejected = dec
-            why = "its copies contend on the link" if any(d is Decision.OFFLOAD for d in dec.values()) else "numerics"
-            info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes, over the cap ({why}); greedy used"
+            info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes over the cap (numerics); greedy used"
     if greedy_plan is not None and greedy_cost < best_cost - 1e-15 * max(1.0, abs(greedy_cost)):
         best, best_cost, source = greedy_plan, greedy_cost, "greedy"
         if status == pulp.LpSolutionInfeasible:  # the model contradicts a verified plan
@@ -674,7 +646,7 @@ def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time
         rgap = 0.0
     status_s = "optimal" if proven_opt or (rgap is not None and rgap <= 1e-9) else "feasible"
     return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
-                     solve_time_s=time.perf_counter() - t0, info=info), rejected
+                     solve_time_s=time.perf_counter() - t0, info=info)
 
 
 def _min_detail(proven: bool, extra: str) -> str:
