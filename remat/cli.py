@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--offload", choices=("auto", "on", "off"), default="auto",
                        help="allow OFFLOAD decisions (auto: on for CUDA graphs, off on the CPU)")
         p.add_argument("--host-bandwidth", type=float, default=None, metavar="BYTES_PER_S",
-                       help="device<->host link for the cost model (default: the device's, e.g. 50e9 for h100)")
+                       help="device<->host link for the cost model (default: the device's, e.g. 25e9 for h100: half the PCIe rate, as slack)")
         p.add_argument("--real", action="store_true", help="build real tensors instead of fake ones")
         p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
 

@@ -90,7 +90,7 @@ class RematConfig:
     offload: allow OFFLOAD decisions (copy to host memory and prefetch back); None = on for CUDA
         graphs, off elsewhere (on the CPU, host memory is the device memory: nothing is saved).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
-        the device spec's (e.g. 50e9 for h100/h200).
+        the device spec's (e.g. 25e9 for h100/h200: half the measured PCIe rate).
     reserve: fraction of the cap kept free for memory the model does not see (workspaces that
         ops allocate inside, such as convolution and attention scratch): plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
