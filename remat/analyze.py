@@ -221,12 +221,16 @@ def _explain(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | Non
                 shown = ", ".join(a.inputs[:3]) + (", ..." if len(a.inputs) > 3 else "")
                 why += f"; from {shown}"
         elif d is Decision.OFFLOAD:
-            _, _, exposed = problem.offload_window(name)
             transfer = a.bytes / problem.host_bandwidth
             cost_s = transfer
-            cost = f"{fmt_time(transfer)} copy, {fmt_time(exposed)} exposed"
-            why = (f"offload: {fmt_time(transfer)} each way to host, {fmt_time(exposed)} not hidden by compute; "
-                   f"{effect}")
+            cost = f"{fmt_time(transfer)} copy each way"
+            sched = tl.transfers
+            where = ""
+            if sched is not None and name in sched.free_after:
+                where = (f", on host from {_slot_ref(problem, sched.free_after[name] + 1)}, prefetched from "
+                         f"{_slot_ref(problem, sched.prefetch_at[name])}")
+            why = (f"offload: {fmt_time(transfer)} each way over the link{where}; the plan's copies leave "
+                   f"{fmt_time(tl.transfer_time)} unhidden in all; {effect}")
             if a.recomputable:
                 why += f"; recompute would cost {fmt_time(a.compute_time)}"
         else:

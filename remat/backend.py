@@ -172,8 +172,19 @@ def summary_line(r: GraphReport) -> str:
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
-        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s"
+        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s{_offload_note(r)}"
     )
+
+
+def _offload_note(r: GraphReport) -> str:
+    """Why a plan with offload on moves nothing to host (empty when it does, or offload is off)."""
+    prob = r.problem
+    if prob.host_bandwidth <= 0 or r.plan.names(Decision.OFFLOAD):
+        return ""
+    able = sum(1 for a in prob.activations if a.offloadable and a.backward_uses)
+    if not able:
+        return "; offload on, but nothing can be offloaded (no contiguous activation that backward reads)"
+    return f"; offload on, none of {able} offloadable activations chosen (storing or recomputing costs less)"
 
 
 def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | None = None, **kw: Any):

@@ -155,9 +155,14 @@ def test_offload_rows_and_round_trip(tmp_path):
     rows = [r for r in rep.explain() if r.decision is Decision.OFFLOAD]
     assert rows, "expected OFFLOAD decisions"
     for r in rows:
-        assert r.why.startswith("offload: ") and "each way to host" in r.why and "exposed" in r.cost
+        assert r.why.startswith("offload: ") and "on host from slot" in r.why and "prefetched from slot" in r.why
+        assert "unhidden" in r.why and "each way" in r.cost
         assert r.cost_s == pytest.approx(r.bytes / rep.problem.host_bandwidth)
-    assert rep.memory.host_peak_bytes > 0
+    assert rep.memory.host_peak_bytes > 0 and "offload on" not in rep.summary()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        roomy = remat.analyze(model, inputs, memory_budget=2 * rep.baseline_peak_bytes, loss_fn=loss_fn,
+                              offload=True, device="h100")
+    assert not roomy.plan.names(Decision.OFFLOAD) and "offloadable activations chosen" in roomy.summary()
     assert rep.timeline(tmp_path / "t.png").read_bytes()[:8] == PNG
     back = load(rep.to_json(tmp_path / "o.json"))
     assert back.plan == rep.plan and back.config == rep.config and back.config.offload is True
