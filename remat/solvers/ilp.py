@@ -33,6 +33,8 @@ with the greedy plan (used as warm start and fallback): the better plan under th
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 import warnings
 from bisect import bisect_right
@@ -436,11 +438,36 @@ class _HiGHS(pulp.HiGHS if HAVE_HIGHS else object):  # type: ignore[misc]
         lp.solverModel.run()
 
 
+_banner_done = False
+
+
+def _skip_highs_banner() -> None:
+    """HiGHS prints a copyright banner on stdout when the first solver of a process is made,
+    whatever its options: make that first one with stdout (the file descriptor) sent nowhere."""
+    global _banner_done
+    if _banner_done:
+        return
+    _banner_done = True
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout: nothing to protect
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool, threads: int | None):
     """Run the solver; returns (sol_status, bound, gap, seconds)."""
     t0 = time.perf_counter()
     limit = max(0.1, float(time_limit))
     if backend == "highs":
+        _skip_highs_banner()
         kw = {}
         if gap <= 0:
             kw["mip_abs_gap"] = 1e-9
