@@ -33,6 +33,11 @@ def _is_tensor(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), torch.Tensor)
 
 
+# Smallest activation worth a copy to host: each copy costs two custom ops, a stream hop and an
+# event (about 0.2 ms of host time per copy on an H200, benchmarks/gpu_diag.py), and frees little.
+MIN_OFFLOAD_BYTES = 1 << 20
+
+
 def is_view(n: fx.Node) -> bool:
     t = n.target
     if n.op != "call_function":
@@ -303,8 +308,9 @@ def capture(
                 backward_uses=tuple(d["b_uses"]),
                 inputs=tuple(i.name for i in inputs[s]),
                 recomputable=recomputable,
-                # torch's offloading pass copies only plain contiguous results
-                offloadable=d["bytes"] > 0 and s.target is not operator.getitem and val_.is_contiguous(),
+                # plain contiguous results, big enough to be worth two copies (see MIN_OFFLOAD_BYTES)
+                offloadable=d["bytes"] >= MIN_OFFLOAD_BYTES and s.target is not operator.getitem
+                and val_.is_contiguous(),
                 shape=tuple(int(x) if isinstance(x, int) else -1 for x in val_.shape),
                 dtype=str(val_.dtype).replace("torch.", ""),
             )
