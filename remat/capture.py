@@ -271,15 +271,37 @@ def capture(
     def val(x: Any) -> Any:
         return x.meta.get("val") if isinstance(x, fx.Node) else x
 
-    times: dict[fx.Node, float] = {}
+    def kernel_reads(n: fx.Node) -> set[fx.Node]:
+        """Storages that the kernel computing ``n`` reads from memory: fused producers are
+        computed inside it, so it reads their inputs instead."""
+        out, todo, seen = set(), list(n.all_input_nodes), set()
+        while todo:
+            o = owner.get(todo.pop())
+            if o is None or o in seen:
+                continue
+            seen.add(o)
+            if fused.get(o):
+                todo.extend(o.all_input_nodes)
+            else:
+                out.add(o)
+        return out
+
+    # Slot times follow Inductor's kernels: a fused pointwise op moves nothing of its own and the
+    # op that materialises the kernel's result reads what the whole kernel reads. A recomputation
+    # is priced as its own kernel (its inputs read, its result written): a conservative price.
+    times: dict[fx.Node, float] = {}  # per slot, as the step runs
+    alone: dict[fx.Node, float] = {}  # per op, run as a kernel of its own
     for n in fwd_order + bwd_order:
         args = torch.utils._pytree.tree_map(val, n.args)
         kwargs = torch.utils._pytree.tree_map(val, n.kwargs)
         out = n.meta.get("val")
         flops = op_flops(n.target, args, kwargs, out)
-        moved = sum(tensor_bytes(val(i)) for i in n.all_input_nodes)
-        moved += sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
-        times[n] = op_time(flops, moved, spec)
+        written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
+        alone[n] = op_time(flops, sum(tensor_bytes(val(i)) for i in n.all_input_nodes) + written, spec)
+        if fused.get(n):  # runs inside its reader's kernel: no launch, no traffic of its own
+            times[n] = flops / spec.peak_flops
+        else:
+            times[n] = op_time(flops, sum(tensor_bytes(val(i)) for i in kernel_reads(n)) + written, spec)
 
     fixed, acc = [], 0
     for t in range(ns):
@@ -302,7 +324,7 @@ def capture(
                 name=s.name,
                 op=str(getattr(c.target, "__name__", c.target)),
                 bytes=d["bytes"],
-                compute_time=times[c] + sum(times[compute_node(f)] for f in through[s]),
+                compute_time=alone[c] + sum(alone[compute_node(f)] for f in through[s]),
                 created=d["created"],
                 last_forward_use=d["lfu"],
                 backward_uses=tuple(d["b_uses"]),
