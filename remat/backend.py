@@ -3,11 +3,14 @@
 ``torch.compile(model, backend="remat", options={"memory_budget": "300MiB"})`` reaches
 ``remat_backend`` through the ``torch_dynamo_backends`` entry point. Without a budget it is plain
 Inductor. With one, Inductor runs as usual but partitions the joint graph with
-``RematPartitioner``: capture -> solve -> simulate (check) -> rewrite.
+``RematPartitioner``: capture -> solve -> simulate (check) -> rewrite. After fusion, Inductor's
+own estimate of each graph's peak (``remat.inductor_check``) is compared with the cap; when it is
+over, the graph is planned again, lower by the excess.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -23,7 +26,8 @@ from . import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .errors import InfeasibleBudgetError
+from .errors import InfeasibleBudgetError, fmt_bytes
+from .inductor_check import InductorPeaks
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, store_all_peak
@@ -47,6 +51,8 @@ class GraphReport:
     partition_time_s: float = 0.0
     forward_code: str = ""  # the rewritten forward and backward graphs (filled by the backend)
     backward_code: str = ""
+    inductor_peak_bytes: int | None = None  # Inductor's estimate after fusion (remat.inductor_check)
+    plans_made: int = 1  # 2 or 3 when Inductor's estimate was over the cap and the graph was planned lower
 
     @property
     def problem(self):
@@ -72,9 +78,11 @@ class _Stop(Exception):
 
 
 def plan_joint_graph(
-    joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig
+    joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
+    lower_by: int = 0,
 ) -> tuple[GraphReport, Any]:
-    """Capture the Problem of a joint graph, solve it and check the plan with the simulator."""
+    """Capture the Problem of a joint graph, solve it and check the plan with the simulator
+    (``lower_by``: bytes to plan below the usual target, after Inductor found the last plan over)."""
     from torch._functorch import partitioners as P
 
     t0 = time.perf_counter()
@@ -99,6 +107,8 @@ def plan_joint_graph(
     baseline = store_all_peak(problem)
     budget = cfg.memory_budget.resolve(baseline) if cfg.memory_budget is not None else None
     target = cfg.planning_target(budget)
+    if target is not None:
+        target -= lower_by
     solve = get_solver(cfg.solver)
     try:
         plan = solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
@@ -131,14 +141,15 @@ def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
 class RematPartitioner(CustomPartitionerFn):
     """Inductor's partitioner hook: plan with remat, then build forward and backward graphs."""
 
-    def __init__(self, cfg: RematConfig, analyze_only: bool = False) -> None:
+    def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0) -> None:
         self.cfg = cfg
         self.analyze_only = analyze_only
+        self.lower_by = lower_by
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = kwargs.get("static_lifetime_input_indices")
-        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg)
+        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg, self.lower_by)
         if self.analyze_only:
             raise _Stop(report)
         LAST_COMPILE.reports.append(report)
@@ -159,7 +170,7 @@ class RematPartitioner(CustomPartitionerFn):
         return fw, bw
 
     def uuid(self) -> str:
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -172,8 +183,15 @@ def summary_line(r: GraphReport) -> str:
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
-        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s{_offload_note(r)}"
+        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s{_offload_note(r)}{_inductor_note(r)}"
     )
+
+
+def _inductor_note(r: GraphReport) -> str:
+    if r.inductor_peak_bytes is None:
+        return ""
+    again = f", after {r.plans_made} plans" if r.plans_made > 1 else ""
+    return f"; Inductor estimates {fmt_bytes(r.inductor_peak_bytes)}{again}"
 
 
 def _offload_note(r: GraphReport) -> str:
@@ -199,10 +217,66 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     # Inductor's buffer reuse keeps a freed buffer allocated until a later same-sized allocation
     # takes it, which can hold memory across the step's peak; the plan frees at last use. Its
     # peak-memory reordering counts host and device bytes alike (it pulls every prefetch to the
-    # start of the backward to free host inputs early); the plan already fixes the order.
-    patches = {
-        "custom_partitioner_fn": RematPartitioner(cfg),
-        "allow_buffer_reuse": False,
-        "reorder_for_peak_memory": False,
-    }
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    # start of the backward to free host inputs early); the plan already fixes the order. The
+    # backward is compiled now rather than at the first backward call, so that Inductor's own
+    # estimate of both graphs is known here: when it is over the cap, the graph is planned again,
+    # lower by the excess (at most MAX_PLANS times).
+    lower_by, best = 0, None  # best: (estimate, compiled, report)
+    for attempt in range(1, MAX_PLANS + 1):
+        peaks = InductorPeaks()
+        patches = {
+            "custom_partitioner_fn": RematPartitioner(cfg, lower_by=lower_by),
+            "allow_buffer_reuse": False,
+            "reorder_for_peak_memory": False,
+            "_post_fusion_custom_pass": peaks,
+        }
+        first = len(LAST_COMPILE.reports)
+        try:
+            with _backward_compiled_now():
+                compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        except Exception as e:
+            if best is not None and _caused_by(e, InfeasibleBudgetError):
+                break  # cannot plan lower: keep the best plan so far
+            raise
+        new = LAST_COMPILE.reports[first:]
+        del LAST_COMPILE.reports[first:]
+        if not new or peaks.peak_bytes is None or new[-1].budget_bytes is None:
+            LAST_COMPILE.reports.extend(new)
+            return compiled
+        report = new[-1]
+        report.inductor_peak_bytes, report.plans_made = peaks.peak_bytes, attempt
+        improved = best is None or peaks.peak_bytes < best[0]
+        if improved:
+            best = (peaks.peak_bytes, compiled, report)
+        over = peaks.peak_bytes - report.budget_bytes
+        if over <= 0 or not improved:
+            break
+        lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
+    est, compiled, report = best
+    LAST_COMPILE.reports.append(report)
+    if est > report.budget_bytes:
+        log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
+                    report.problem.name, fmt_bytes(est), fmt_bytes(report.budget_bytes), report.plans_made)
+    return compiled
+
+
+MAX_PLANS = 3  # plans per graph: the first, and two more when Inductor's estimate is over the cap
+
+
+def _backward_compiled_now():
+    from torch._functorch import config as functorch_config
+
+    if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+        return functorch_config.patch(force_non_lazy_backward_lowering=True)
+    return contextlib.nullcontext()
+
+
+def _caused_by(e: BaseException | None, kind: type) -> BaseException | None:
+    """``e`` or the exception in its cause/context chain that is a ``kind``."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

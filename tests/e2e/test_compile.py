@@ -62,7 +62,12 @@ def test_remat_matches_eager_under_caps(name):
         predicted = report.timeline.peak_bytes
         assert predicted <= cap
         assert measured.peak_bytes <= cap, (name, ratio, measured.peak_bytes, cap)
-        assert abs(measured.peak_bytes - predicted) <= 0.05 * predicted, (name, ratio, measured.peak_bytes, predicted)
+        info = (name, ratio, measured.peak_bytes, predicted, report.inductor_peak_bytes, report.plans_made)
+        assert report.inductor_peak_bytes and report.inductor_peak_bytes > 0, info  # Inductor's own estimate
+        if report.plans_made == 1:
+            assert abs(measured.peak_bytes - predicted) <= 0.05 * predicted, info
+        else:  # planned lower after Inductor's estimate was over the cap: the model may now over-predict
+            assert measured.peak_bytes <= 1.05 * predicted, info
         assert report.plan.names(remat.Decision.RECOMPUTE), "a cap under the baseline must recompute something"
 
 
