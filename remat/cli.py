@@ -262,6 +262,10 @@ def cmd_analyze(args) -> int:
         diff = (m.peak_bytes - predicted) / predicted if predicted else 0.0
         line = (f"measured step peak {fmt_bytes(m.peak_bytes)} vs predicted {fmt_bytes(predicted)} "
                 f"({diff:+.1%}); profiled step {m.seconds:.2f} s")
+        if graphs and graphs[0].inductor_peak_bytes is not None:
+            g = graphs[0]
+            again = f", planned {g.plans_made} times" if g.plans_made > 1 else ""
+            line += f"; Inductor estimated {fmt_bytes(g.inductor_peak_bytes)}{again}"
         if cap is not None:
             line += f"; cap {fmt_bytes(cap)}: {'OK' if m.peak_bytes <= cap else 'OVER'}"
         print(line)
