@@ -87,6 +87,7 @@ def run(name, make, options, steps, device):
             host_bandwidth=r.captured.problem.host_bandwidth, solve_s=r.plan.solve_time_s,
             plan_status=r.plan.status, step_compute_s=r.captured.problem.cumulative_time[-1],
             offload_candidates=r.plan.info.get("offload_candidates"),
+            inductor_estimate=r.inductor_peak_bytes, plans_made=r.plans_made,
         )
     return row
 
@@ -154,9 +155,9 @@ def main(argv=None) -> int:
             print(json.dumps(r), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, caps {args.caps} of each graph's "
           f"predicted no-remat peak, host link {bw / 1e9:.1f} GB/s\n")
-    print("| model / config | measured peak | predicted | pred/meas | peak vs compile | step ms | step vs compile "
-          "| offloaded | recomputed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model / config | measured peak | predicted | pred/meas | Inductor est. | peak vs compile | step ms "
+          "| step vs compile | offloaded | recomputed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base: dict[str, dict] = {}
     for r in rows:  # plain torch.compile is predicted by the store-all plan of the model's graph
         if "predicted" not in r and "error" not in r:
@@ -165,13 +166,14 @@ def main(argv=None) -> int:
     for r in rows:
         model = r["name"].split(" / ")[0]
         if "error" in r:
-            print(f"| {r['name']} | failed: {r['error'][:100]} | | | | | | | |")
+            print(f"| {r['name']} | failed: {r['error'][:100]} | | | | | | | | |")
             continue
         b = base.setdefault(model, r)
         pred = r.get("predicted")
         ratio = f"{pred / r['peak']:.3f}" if pred else ""
         off = f"{r.get('offloaded', '')} ({fmt_bytes(r['offloaded_bytes'])})" if r.get("offloaded") else r.get("offloaded", "")
-        print(f"| {r['name']} | {fmt_bytes(r['peak'])} | {fmt_bytes(pred) if pred else ''} | {ratio} "
+        est = fmt_bytes(r["inductor_estimate"]) if r.get("inductor_estimate") else ""
+        print(f"| {r['name']} | {fmt_bytes(r['peak'])} | {fmt_bytes(pred) if pred else ''} | {ratio} | {est} "
               f"| {r['peak'] / b['peak']:.3f} | {r['step_s'] * 1e3:.1f} | {r['step_s'] / b['step_s']:.3f} "
               f"| {off} | {r.get('recomputed', '')} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
