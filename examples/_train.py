@@ -42,6 +42,11 @@ def train_and_report(model, inputs, loss_fn, opt, options: dict, steps: int) -> 
         print(f"  baseline peak (no remat) : {fmt_bytes(r.baseline_peak_bytes)}")
         print(f"  cap                      : {fmt_bytes(r.budget_bytes)}")
         print(f"  predicted peak           : {fmt_bytes(r.timeline.peak_bytes)}")
+        if r.inductor_peak_bytes is not None:
+            again = ""
+            if r.plans_made > 1:
+                again = f"  (graph planned {r.plans_made} times: the first estimate was over the cap)"
+            print(f"  Inductor's estimate      : {fmt_bytes(r.inductor_peak_bytes)}{again}")
         if measured is not None:
             print(f"  measured peak            : {fmt_bytes(measured)}  (one real step, above resident memory)")
         print(f"  decisions                : {counts}")
