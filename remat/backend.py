@@ -219,8 +219,8 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     # peak-memory reordering counts host and device bytes alike (it pulls every prefetch to the
     # start of the backward to free host inputs early); the plan already fixes the order. The
     # backward is compiled now rather than at the first backward call, so that Inductor's own
-    # estimate of both graphs is known here: when it is over the cap, the graph is planned again,
-    # lower by the excess (at most MAX_PLANS times).
+    # estimate of both graphs is known here: when it leaves less than the reserve under the cap,
+    # the graph is planned again, lower by the excess (at most MAX_PLANS times).
     lower_by, best = 0, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         peaks = InductorPeaks()
@@ -248,7 +248,8 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
         improved = best is None or peaks.peak_bytes < best[0]
         if improved:
             best = (peaks.peak_bytes, compiled, report)
-        over = peaks.peak_bytes - report.budget_bytes
+        # Inductor does not see op workspaces either: its estimate must leave the reserve free too
+        over = peaks.peak_bytes - cfg.planning_target(report.budget_bytes)
         if over <= 0 or not improved:
             break
         lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan

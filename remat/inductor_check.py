@@ -37,17 +37,43 @@ class InductorPeaks:
 
 
 def _estimate(nodes: list) -> int:
+    """Peak of live bytes over Inductor's kernel order (``torch._inductor.memory``), except that a
+    kernel's result is taken to reuse, in place, a buffer of the same size that the kernel reads
+    for the last time: Inductor decides that at code generation, after this pass, and its planner
+    counts both."""
     from torch._inductor import memory
+    from torch._inductor.scheduler import ExternKernelSchedulerNode
     from torch._inductor.virtualized import V
     from torch.utils._ordered_set import OrderedSet
 
     graph = V.graph
     sched = graph.scheduler
-    peak, _ = memory.prepare_planning_info(
-        nodes,
-        sched.name_to_buf,
-        sched.name_to_fused_node,
-        OrderedSet(graph.graph_inputs.keys()),
-        OrderedSet(graph.get_output_names()),
-    )
+    inputs = OrderedSet(graph.graph_inputs.keys())
+    outputs = OrderedSet(graph.get_output_names())
+    _, freeable = memory.prepare_planning_info(nodes, sched.name_to_buf, sched.name_to_fused_node, inputs, outputs)
+    infos, _, _ = memory.compute_memory_timeline(nodes, freeable, outputs)
+    dying: dict[tuple[int, int], int] = {}  # (step, bytes) -> buffers of that size read last there
+    for b in infos:
+        if b.end_step != -1 and b.end_step > b.start_step:
+            key = (b.end_step, b.size_free)
+            dying[key] = dying.get(key, 0) + 1
+    delta = [0] * (len(nodes) + 1)
+    for b in infos:
+        key = (b.start_step, b.size_alloc)
+        inplace = (
+            not isinstance(b.buffer, memory.FreeableInputBuffer)
+            and not isinstance(nodes[b.start_step], ExternKernelSchedulerNode)
+            and dying.get(key, 0) > 0
+        )
+        if inplace:
+            dying[key] -= 1
+        start = b.start_step + 1 if inplace else b.start_step
+        if b.end_step == -1 or b.end_step >= start:
+            delta[start] += b.size_alloc
+            if b.end_step != -1:
+                delta[b.end_step + 1] -= b.size_free
+    peak = cur = 0
+    for d in delta:
+        cur += d
+        peak = max(peak, cur)
     return int(peak)
