@@ -94,7 +94,8 @@ class RematConfig:
     reserve: fraction of the cap kept free for memory the model does not see (workspaces that
         ops allocate inside, such as convolution and attention scratch): plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
-        the cap. 0 plans right up to the cap.
+        the cap; Inductor's estimate after fusion must leave it free too (else the graph is
+        planned again, lower). 0 plans right up to the cap.
     verbose: print a one-line summary of every plan.
     """
 
