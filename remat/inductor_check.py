@@ -39,8 +39,9 @@ class InductorPeaks:
 def _estimate(nodes: list) -> int:
     """Peak of live bytes over Inductor's kernel order (``torch._inductor.memory``), except that a
     kernel's result is taken to reuse, in place, a buffer of the same size that the kernel reads
-    for the last time: Inductor decides that at code generation, after this pass, and its planner
-    counts both."""
+    for the last time (Inductor decides that at code generation, after this pass, and its planner
+    counts both), and that on a GPU only device buffers count (not the host copies of offloaded
+    values)."""
     from torch._inductor import memory
     from torch._inductor.scheduler import ExternKernelSchedulerNode
     from torch._inductor.virtualized import V
@@ -52,6 +53,9 @@ def _estimate(nodes: list) -> int:
     outputs = OrderedSet(graph.get_output_names())
     _, freeable = memory.prepare_planning_info(nodes, sched.name_to_buf, sched.name_to_fused_node, inputs, outputs)
     infos, _, _ = memory.compute_memory_timeline(nodes, freeable, outputs)
+    devices = [_device_type(b.buffer, graph) for b in infos]
+    if "cuda" in devices:  # host copies of offloaded values are not device memory
+        infos = [b for b, d in zip(infos, devices) if d == "cuda"]
     dying: dict[tuple[int, int], int] = {}  # (step, bytes) -> buffers of that size read last there
     for b in infos:
         if b.end_step != -1 and b.end_step > b.start_step:
@@ -77,3 +81,13 @@ def _estimate(nodes: list) -> int:
         cur += d
         peak = max(peak, cur)
     return int(peak)
+
+
+def _device_type(buf, graph) -> str | None:
+    """Device type of a scheduler buffer or of a freeable graph input (None if unknown)."""
+    try:
+        node = buf.node if hasattr(buf, "node") and buf.node is not None else graph.graph_inputs[buf.name]
+        dev = node.get_device()
+        return dev.type if dev is not None else None
+    except Exception:
+        return None
