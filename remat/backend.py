@@ -221,6 +221,10 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     # backward is compiled now rather than at the first backward call, so that Inductor's own
     # estimate of both graphs is known here: when it leaves less than the reserve under the cap,
     # the graph is planned again, lower by the excess (at most MAX_PLANS times).
+    if not cfg.inductor_check:
+        patches = {"custom_partitioner_fn": RematPartitioner(cfg), "allow_buffer_reuse": False,
+                   "reorder_for_peak_memory": False}
+        return compile_fx(gm, example_inputs, config_patches=patches)
     lower_by, best = 0, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         peaks = InductorPeaks()

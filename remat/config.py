@@ -96,6 +96,9 @@ class RematConfig:
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
         the cap; Inductor's estimate after fusion must leave it free too (else the graph is
         planned again, lower). 0 plans right up to the cap.
+    inductor_check: after fusion, compare Inductor's own peak estimate with the cap and plan a
+        graph again, lower, when it is over (``remat.inductor_check``); False skips the estimate
+        and the re-plans (the backward then compiles lazily, at the first backward call).
     verbose: print a one-line summary of every plan.
     """
 
@@ -107,6 +110,7 @@ class RematConfig:
     offload: bool | None = None
     host_bandwidth: float | None = None
     reserve: float = 0.05
+    inductor_check: bool = True
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -121,6 +125,8 @@ class RematConfig:
         r = self.reserve
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
             raise ConfigError(f"reserve must be a fraction of the cap in [0, 1); got {r!r}")
+        if not isinstance(self.inductor_check, bool):
+            raise ConfigError(f"inductor_check must be True or False; got {self.inductor_check!r}")
         if self.offload is not None and not isinstance(self.offload, bool):
             raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")
         hb = self.host_bandwidth

@@ -111,6 +111,18 @@ def test_unreachable_cap_names_the_smallest_peak():
         step(*inputs)
 
 
+def test_inductor_check_off_compiles_once_without_an_estimate():
+    model, inputs, loss_fn = make("mlp")
+    ref_loss, ref_grads = eager_step(copy.deepcopy(model), inputs, loss_fn)
+    loss, grads, measured = compiled_step(model, inputs, loss_fn, {"memory_budget": "70%", "inductor_check": False})
+    (report,) = LAST_COMPILE.reports
+    assert report.inductor_peak_bytes is None and report.plans_made == 1
+    assert measured.peak_bytes <= report.budget_bytes
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5)
+
+
 def test_no_budget_is_plain_inductor():
     model, inputs, loss_fn = make("mlp")
     LAST_COMPILE.reports.clear()

@@ -89,6 +89,7 @@ def test_infeasible_message_names_min_peak():
         ({"host_bandwidth": "fast"}, "host_bandwidth must be"),
         ({"offload": "yes"}, "offload must be"),
         ({"offload": True, "host_bandwidth": 0}, "offload=True needs host_bandwidth"),
+        ({"inductor_check": "no"}, "inductor_check must be True or False"),
     ],
 )
 def test_bad_offload_options(options, match):
