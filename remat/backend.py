@@ -221,23 +221,20 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
     # backward is compiled now rather than at the first backward call, so that Inductor's own
     # estimate of both graphs is known here: when it leaves less than the reserve under the cap,
     # the graph is planned again, lower by the excess (at most MAX_PLANS times).
+    def patches(lower_by: int = 0, **extra: Any) -> dict:
+        return {"custom_partitioner_fn": RematPartitioner(cfg, lower_by=lower_by),
+                "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
+
     if not cfg.inductor_check:
-        patches = {"custom_partitioner_fn": RematPartitioner(cfg), "allow_buffer_reuse": False,
-                   "reorder_for_peak_memory": False}
-        return compile_fx(gm, example_inputs, config_patches=patches)
+        return compile_fx(gm, example_inputs, config_patches=patches())
     lower_by, best = 0, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         peaks = InductorPeaks()
-        patches = {
-            "custom_partitioner_fn": RematPartitioner(cfg, lower_by=lower_by),
-            "allow_buffer_reuse": False,
-            "reorder_for_peak_memory": False,
-            "_post_fusion_custom_pass": peaks,
-        }
         first = len(LAST_COMPILE.reports)
         try:
             with _backward_compiled_now():
-                compiled = compile_fx(gm, example_inputs, config_patches=patches)
+                compiled = compile_fx(gm, example_inputs,
+                                      config_patches=patches(lower_by, _post_fusion_custom_pass=peaks))
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from ..capture import is_view
-from . import offload_ops  # noqa: F401  (registers torch.ops.remat.*, which the graphs call)
+from . import offload_ops  # registers torch.ops.remat.*, which the rewritten graphs call
 from ..errors import PlanError
 from ..plan import Decision, Plan
 from ..problem import Problem
@@ -77,8 +77,6 @@ def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, problem: Pro
     before the first op that reads the value. Slots are found by name; where a slot's op is not in
     a graph, the next slot that is stands in for it.
     """
-    from .offload_ops import FREE, TO_DEVICE, TO_HOST, WAIT_COPY
-
     wanted = plan.names(Decision.OFFLOAD)
     if not wanted:
         return
@@ -107,13 +105,13 @@ def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, problem: Pro
         free = slot_node(f_nodes, transfers.free_after[name], nf)
         free = issue if free is None or f_order[free] < f_order[issue] else free
         with fw.graph.inserting_after(issue):
-            copy = fw.graph.call_function(TO_HOST, (x,), name=f"{name}_to_host")
+            copy = fw.graph.call_function(offload_ops.TO_HOST, (x,), name=f"{name}_to_host")
         copy.meta["val"] = x.meta["val"].to("cpu")
         with fw.graph.inserting_after(copy if free is issue else free):
-            done = fw.graph.call_function(WAIT_COPY, (copy,), name=f"{name}_on_host")
+            done = fw.graph.call_function(offload_ops.WAIT_COPY, (copy,), name=f"{name}_on_host")
         done.meta["val"] = copy.meta["val"]
         with fw.graph.inserting_after(done):
-            fw.graph.call_function(FREE, (x, done), name=f"{name}_free")
+            fw.graph.call_function(offload_ops.FREE, (x, done), name=f"{name}_free")
         host_of[name] = done
     output.update_arg(0, tuple(host_of.get(n.name, n) if isinstance(n, fx.Node) else n for n in output.args[0]))
     fw.recompile()
@@ -130,11 +128,11 @@ def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, problem: Pro
         start = first if start is None or b_order[start] > b_order[first] else start
         with bw.graph.inserting_before(start):
             load = bw.graph.call_function(
-                TO_DEVICE, (ph, val.device, list(val.shape), list(val.stride())), name=f"{name}_to_device"
+                offload_ops.TO_DEVICE, (ph, val.device, list(val.shape), list(val.stride())), name=f"{name}_to_device"
             )
         load.meta["val"] = val
         with bw.graph.inserting_before(first):
-            back = bw.graph.call_function(WAIT_COPY, (load,), name=f"{name}_on_device")
+            back = bw.graph.call_function(offload_ops.WAIT_COPY, (load,), name=f"{name}_on_device")
         back.meta["val"] = val
         for u in list(ph.users):
             if u is not load and u is not back:

@@ -30,19 +30,25 @@ def _copy_stream(device: torch.device) -> "torch.cuda.Stream":
     return _streams[device]
 
 
+def _copy_on_stream(dst: torch.Tensor, src: torch.Tensor, device: torch.device) -> None:
+    """Copy ``src`` into ``dst`` on ``device``'s copy stream, after the compute queued so far
+    (which wrote ``src``, or last used ``dst``'s memory); ``wait_copy(dst)`` waits for it."""
+    stream = _copy_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        dst.copy_(src, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+    _events[dst.data_ptr()] = (event, device)
+
+
 @torch.library.custom_op("remat::to_host", mutates_args=())
 def to_host(x: torch.Tensor) -> torch.Tensor:
     """Issue the copy of ``x`` to host memory; ``wait_copy`` completes it."""
     if x.device.type != "cuda":
         return x.detach().to("cpu", copy=True).contiguous()
-    stream, compute = _copy_stream(x.device), torch.cuda.current_stream(x.device)
-    stream.wait_stream(compute)  # x is written by compute kernels queued before this point
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-    with torch.cuda.stream(stream):
-        host.copy_(x, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(stream)
-    _events[host.data_ptr()] = (event, x.device)
+    _copy_on_stream(host, x, x.device)
     return host
 
 
@@ -58,14 +64,8 @@ def to_device(host: torch.Tensor, device: torch.device, size: list[int], stride:
     out = torch.empty_strided(size, stride, dtype=host.dtype, device=device)
     if device.type != "cuda":
         out.copy_(host)
-        return out
-    stream, compute = _copy_stream(device), torch.cuda.current_stream(device)
-    stream.wait_stream(compute)  # ``out``'s memory may have been used by earlier compute kernels
-    with torch.cuda.stream(stream):
-        out.copy_(host, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(stream)
-    _events[out.data_ptr()] = (event, device)
+    else:
+        _copy_on_stream(out, host, device)
     return out
 
 

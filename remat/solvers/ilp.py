@@ -341,32 +341,32 @@ class Model:
             return []
         p = st.problem
         cum, nf, bw, ts = p.cumulative_time, st.nf, p.host_bandwidth, self.tscale
-        LE = pulp.LpConstraintLE
+        C = pulp.LpContinuous
         for key in ("eout", "ein"):
-            V[(key,)] = var(key, 0, None, pulp.LpContinuous)
+            V[(key,)] = var(key, 0, None, C)
         by_rel: dict[int, list] = defaultdict(list)
         by_use: dict[int, list] = defaultdict(list)
         for c in offs:
             by_rel[c.lfu].append(c)
             by_use[c.d].append(c)
-        prev = None
-        for a in sorted(by_rel, reverse=True):  # U[a] = U[next] + copies released at a
-            V[("U", a)] = var(f"U{a}", 0, None, pulp.LpContinuous)
-            terms = [(("U", a), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in by_rel[a]]
-            if prev is not None:
-                terms.append((("U", prev), -1))
-            row(terms, pulp.LpConstraintEQ, 0, f"U{a}")
-            row([(("U", a), 1), (("eout",), -1)], LE, (cum[nf] - cum[a + 1]) * ts, f"eout{a}")
-            prev = a
-        prev = None
-        for t in sorted(by_use):  # W[t] = W[prev] + prefetches due at t
-            V[("W", t)] = var(f"W{t}", 0, None, pulp.LpContinuous)
-            terms = [(("W", t), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in by_use[t]]
-            if prev is not None:
-                terms.append((("W", prev), -1))
-            row(terms, pulp.LpConstraintEQ, 0, f"W{t}")
-            row([(("W", t), 1), (("ein",), -1)], LE, (cum[t] - cum[nf]) * ts, f"ein{t}")
-            prev = t
+
+        def chain(kind: str, wait: str, groups: dict, order: list, slack) -> None:
+            """kind[s] = copy time queued from the first slot of ``order`` through s;
+            wait >= kind[s] - slack(s) (compute that can hide it)."""
+            prev = None
+            for s in order:
+                V[(kind, s)] = var(f"{kind}{s}", 0, None, C)
+                terms = [((kind, s), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in groups[s]]
+                if prev is not None:
+                    terms.append(((kind, prev), -1))
+                row(terms, pulp.LpConstraintEQ, 0, f"{kind}{s}")
+                row([((kind, s), 1), ((wait,), -1)], pulp.LpConstraintLE, slack(s) * ts, f"{wait}{s}")
+                prev = s
+
+        # copies released at or after a must fit in the compute after a; prefetches due by t in
+        # the backward's compute before t
+        chain("U", "eout", by_rel, sorted(by_rel, reverse=True), lambda a: cum[nf] - cum[a + 1])
+        chain("W", "ein", by_use, sorted(by_use), lambda t: cum[t] - cum[nf])
         return [(V[("eout",)], 1.0), (V[("ein",)], 1.0)]
 
     def warm(self, dec: dict[str, Decision]) -> None:
@@ -560,15 +560,9 @@ def ilp(
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
     ``starts``: kept recompute start slots per activation, see ``min_peak``)."""
-    st = kw.get("_structure") or Structure(problem, k=starts)
-    return _ilp_once(problem, budget_bytes, st, time_limit=time_limit, gap=gap, backend=backend,
-                     warm_start=warm_start, prune=prune, threads=threads)
-
-
-def _ilp_once(problem: Problem, budget_bytes: int | None, st: Structure, *, time_limit: float, gap: float,
-              backend: str | None, warm_start: bool | str, prune: bool, threads: int | None):
     t0 = time.perf_counter()
     backend = _backend(backend)
+    st = kw.get("_structure") or Structure(problem, k=starts)
     if budget_bytes is None:
         return make_plan(st, st.store_all(), "ilp", None, status="optimal", bound=0.0, gap=0.0,
                          solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"})
