@@ -27,9 +27,9 @@ RECOMPUTE
 OFFLOAD
     copied to host after its last forward use: live on the device until the copy ends, then
     again from the prefetch start until its last need. Copies share one link per direction
-    (``remat.transfers`` schedules them; ``offload_window`` is the window of a lone copy). The
-    prefetch completes by ``d(v)``; so OFFLOAD is only valid when ``S(v) == d(v)`` (no recomputed
-    consumer needs it earlier, and backward reads it directly).
+    (``remat.transfers`` schedules them; ``transfers.offload_window`` is the window of a lone
+    copy). The prefetch completes by ``d(v)``; so OFFLOAD is only valid when ``S(v) == d(v)`` (no
+    recomputed consumer needs it earlier, and backward reads it directly).
 
 Every plan of allowed decisions over its needed set is valid except for that OFFLOAD rule.
 ``earliest_slots`` (``L(v)``: the minimum of ``d`` over ``v`` and its recomputable descendants) is
@@ -169,18 +169,6 @@ class Problem:
             acc += s.compute_time
             out.append(acc)
         return tuple(out)
-
-    def offload_window(self, name: str) -> tuple[int, int, float]:
-        """(last forward slot the device copy lives in, first backward slot it lives again, exposed
-        seconds) of ``name`` when it is the only OFFLOAD: ``remat.transfers`` with one transfer.
-        With several, the copies queue on the link and the windows widen
-        (``remat.transfers.schedule_transfers``)."""
-        from .transfers import schedule_transfers
-
-        if self.first_uses[name] is None or self.host_bandwidth <= 0:
-            raise ValueError(f"activation {name!r} cannot be offloaded in this problem")
-        s = schedule_transfers(self, [name])
-        return s.free_after[name], s.prefetch_at[name], s.exposed
 
     # ---- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-if TYPE_CHECKING:
-    from .problem import Problem
+from .problem import Activation, Problem
 
 
 @dataclass(frozen=True)
@@ -45,22 +44,24 @@ class Transfers:
         return self.exposed_out + self.exposed_in
 
 
-def schedule_transfers(problem: "Problem", names: Iterable[str]) -> Transfers:
+def schedule_transfers(problem: Problem, names: Iterable[str]) -> Transfers:
     """The copy schedule of ``names`` (each offloadable, with a direct backward use)."""
-    p = problem
-    bw = p.host_bandwidth
-    acts = [p.activation(n) for n in dict.fromkeys(names)]
-    if acts and bw <= 0:
+    acts = [problem.activation(n) for n in dict.fromkeys(names)]
+    if acts and problem.host_bandwidth <= 0:
         raise ValueError("offload needs host_bandwidth > 0")
-    first = p.first_uses
     for a in acts:
-        if first[a.name] is None:
+        if problem.first_uses[a.name] is None:
             raise ValueError(f"activation {a.name!r} is never read by backward: nothing to prefetch")
-    cum = p.cumulative_time
-    nf = p.num_forward
-    n = len(p.slots)
-    fwd_end = cum[nf]
+    free_after, out_done, exposed_out = _copies_to_host(problem, acts)
+    prefetch_at, in_start, exposed_in = _prefetches(problem, acts)
+    return Transfers(free_after, prefetch_at, out_done, in_start, exposed_out, exposed_in)
 
+
+def _copies_to_host(p: Problem, acts: list[Activation]) -> tuple[dict[str, int], dict[str, float], float]:
+    """(free_after, out_done, exposed_out): copies queue in order of last forward use, each
+    starting when its value is last read and the engine is free."""
+    cum, nf, bw = p.cumulative_time, p.num_forward, p.host_bandwidth
+    fwd_end = cum[nf]
     free_after: dict[str, int] = {}
     out_done: dict[str, float] = {}
     engine, exposed_out = 0.0, 0.0
@@ -73,7 +74,14 @@ def schedule_transfers(problem: "Problem", names: Iterable[str]) -> Transfers:
             t = nf - 1
             exposed_out = max(exposed_out, done - fwd_end)
         free_after[a.name] = t
+    return free_after, out_done, exposed_out
 
+
+def _prefetches(p: Problem, acts: list[Activation]) -> tuple[dict[str, int], dict[str, float], float]:
+    """(prefetch_at, in_start, exposed_in): going back from the end, each prefetch ends by its
+    first backward use and before the next prefetch starts."""
+    cum, nf, bw, first = p.cumulative_time, p.num_forward, p.host_bandwidth, p.first_uses
+    fwd_end, n = cum[nf], len(p.slots)
     prefetch_at: dict[str, int] = {}
     in_start: dict[str, float] = {}
     engine, exposed_in = float("inf"), 0.0
@@ -87,4 +95,14 @@ def schedule_transfers(problem: "Problem", names: Iterable[str]) -> Transfers:
             t = nf
             exposed_in = max(exposed_in, fwd_end - start)
         prefetch_at[a.name] = min(t, max(d - 1, nf))
-    return Transfers(free_after, prefetch_at, out_done, in_start, exposed_out, exposed_in)
+    return prefetch_at, in_start, exposed_in
+
+
+def offload_window(problem: Problem, name: str) -> tuple[int, int, float]:
+    """(last forward slot the device copy lives in, first backward slot it lives again, exposed
+    seconds) of ``name`` when it is the only OFFLOAD: ``schedule_transfers`` with one transfer.
+    With several, the copies queue on the link and the windows widen."""
+    if problem.first_uses[name] is None or problem.host_bandwidth <= 0:
+        raise ValueError(f"activation {name!r} cannot be offloaded in this problem")
+    s = schedule_transfers(problem, [name])
+    return s.free_after[name], s.prefetch_at[name], s.exposed

@@ -27,7 +27,7 @@ import numpy as np
 
 from remat.plan import Decision, Plan
 from remat.problem import Problem
-from remat.transfers import schedule_transfers
+from remat.transfers import offload_window, schedule_transfers
 
 STORE, REC, OFF, NONE = 0, 1, 2, -1
 _DEC = {STORE: Decision.STORE, REC: Decision.RECOMPUTE, OFF: Decision.OFFLOAD}
@@ -84,7 +84,7 @@ class Structure:
             c.off_ok = False
             c.out_end, c.back_start, c.exposed = nf - 1, nf, 0.0
             if a.offloadable and bw > 0 and c.d >= 0:
-                oe, bs, ex = p.offload_window(a.name)
+                oe, bs, ex = offload_window(p, a.name)
                 c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
                 c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
             self.cands.append(c)

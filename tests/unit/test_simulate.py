@@ -22,6 +22,7 @@ from remat.simulate import (
     simulate,
     store_all_peak,
 )
+from remat.transfers import offload_window
 
 S, R, O = Decision.STORE, Decision.RECOMPUTE, Decision.OFFLOAD
 
@@ -164,8 +165,8 @@ def offload_problem(bw=10.0) -> Problem:
 
 def test_offload_window_and_host_bytes():
     p = offload_problem()
-    assert p.offload_window("o") == (2, 5, 0.0)
-    assert p.offload_window("e") == (3, 4, 6.0)
+    assert offload_window(p, "o") == (2, 5, 0.0)
+    assert offload_window(p, "e") == (3, 4, 6.0)
 
     tl = simulate(p, {"o": O, "e": S})
     assert tl.device_bytes == (0, 20, 20, 0, 30, 20, 20, 20)
@@ -193,7 +194,7 @@ def test_offload_uneven_slot_times():
     )
     # out: f1+f2 = 1.5 < 4, f1+f2+f3 = 5.5 >= 4 -> out_end 3 (end of forward, nothing saved there)
     # back: b1 = 3 < 4, b0+b1 = 4 >= 4 -> back_start 4
-    assert p.offload_window("x") == (3, 4, 0.0)
+    assert offload_window(p, "x") == (3, 4, 0.0)
     tl = simulate(p, {"x": O})
     assert tl.device_bytes == (5, 13, 13, 13, 13, 13, 13)
     assert tl.host_bytes == (0, 0, 0, 0, 8, 8, 8)
@@ -317,7 +318,7 @@ def test_stored_input_last_need_extends_to_recomputed_consumer_start():
 def test_offload_needed_before_its_prefetch_is_an_error():
     # OFFLOAD a (4 B at 2 B/s): prefetched by d(a) = 5, but recomputing b at 4 needs it earlier.
     q = chain(host_bandwidth=2.0)
-    assert q.offload_window("a") == (2, 3, 1.0)
+    assert offload_window(q, "a") == (2, 3, 1.0)
     plan = {"a": O, "b": R, "c": S}
     assert live_intervals(q, plan)["a"] == [(2, 2), (3, 5)]
     tl = simulate(q, plan)
@@ -334,7 +335,7 @@ def test_offload_needed_before_its_prefetch_is_an_error():
 def test_offload_without_direct_backward_use_is_an_error():
     p = Problem(slots=jchain().slots, activations=jchain().activations, host_bandwidth=100.0)
     with pytest.raises(ValueError):
-        p.offload_window("b")
+        offload_window(p, "b")
     tl = simulate(p, {"a": S, "b": O, "c": R})
     assert any("'b' is OFFLOAD but backward never reads it directly" in e for e in tl.errors)
 

@@ -8,7 +8,7 @@ from remat.plan import Decision
 from remat.problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from remat.simulate import check, simulate
 from remat.solvers import solve
-from remat.transfers import schedule_transfers
+from remat.transfers import offload_window, schedule_transfers
 
 O, S = Decision.OFFLOAD, Decision.STORE
 
@@ -28,7 +28,7 @@ def _two_copies(bandwidth: float, nf: int = 6, nb: int = 6) -> Problem:
 def test_lone_copy_matches_offload_window():
     p = _two_copies(100.0)  # 1 s per copy: one slot each way
     s = schedule_transfers(p, ["a"])
-    assert (s.free_after["a"], s.prefetch_at["a"], s.exposed) == p.offload_window("a") == (1, 10, 0.0)
+    assert (s.free_after["a"], s.prefetch_at["a"], s.exposed) == offload_window(p, "a") == (1, 10, 0.0)
 
 
 def test_copies_queue_on_the_link():
