@@ -3,11 +3,15 @@
 time(op) = max(flops / peak_flops, bytes_moved / bandwidth) + launch overhead. FLOPs come from
 torch's flop-counter formulas evaluated on the node's fake-tensor metadata; the CPU attention op,
 which has no formula in torch, gets the standard attention count so attention never looks free.
+``parse_cost_model`` validates the option that chooses between this roofline and the measured
+costs of ``remat.profile``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -66,6 +70,29 @@ def device_spec(device: Any = "auto") -> DeviceSpec:
     if key not in DEVICES:
         raise ConfigError(f"{DEVICE_HELP}; got {device!r}")
     return DEVICES[key]
+
+
+COST_MODELS = ("auto", "measured", "roofline")
+COST_MODEL_HELP = (
+    "cost_model must be 'auto' (measured where the graph's tensors can be made on its device, "
+    "else roofline), 'measured', 'roofline', or the path of a saved profile (a remat.profile JSON file)"
+)
+
+
+def parse_cost_model(value: Any = "auto") -> str:
+    """Validate the ``cost_model`` option: one of COST_MODELS, or the path of a saved profile,
+    returned absolute (ConfigError lists what is valid, or says why the file is not a profile)."""
+    if isinstance(value, str) and value.lower() in COST_MODELS:
+        return value.lower()
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}")
+    from .profile import ProfileCache
+
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}, which is not a file")
+    ProfileCache.load(path)
+    return str(path)
 
 
 def _detect() -> DeviceSpec:

@@ -1,0 +1,569 @@
+"""Measured costs: op times, memory bandwidth and the host link, timed on this machine and cached.
+
+An op call is described by an ``OpSignature`` (the OpOverload, its tensor inputs' shapes, strides,
+dtypes and devices, its other arguments); ``signature_of`` builds one from a graph node whose
+``meta["val"]`` are (fake) tensors, or gives None for what cannot or should not be timed alone.
+``measure_op`` times a signature on real random inputs with ``torch.utils.benchmark.Timer``: one
+warm-up call, then the median of ``blocked_autorange``'s blocks. ``Profiler`` adds a per-op and a
+total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
+measured time, the measured copy bandwidth and host link, and ``fused_time``, the price of a
+pointwise recomputation that Inductor fuses into its reader: its memory traffic at the measured
+bandwidth (it runs inside another kernel, so it has no launch and no time of its own).
+Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
+
+Cache: one JSON file per device and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/remat``, else ``~/.cache/remat``; ``REMAT_CACHE=0`` turns it off. A write takes
+a lock, merges with what is on disk and replaces the file atomically, so compiles that run at
+once all keep what they measured. Such a file is also a saved profile (``MeasuredCosts.load``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import fx
+
+from .errors import ConfigError
+
+log = logging.getLogger("remat")
+
+FORMAT = "remat.profile/1"
+BANDWIDTH_KEY, LINK_KEY = "bandwidth", "link"
+_CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+_COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
+_RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
+_REJECTED_TAGS = {torch.Tag.nondeterministic_seeded, torch.Tag.data_dependent_output}
+
+
+# ---- signatures ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What a real input must match of a graph's (fake) tensor."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: str
+
+    def storage_numel(self) -> int:
+        """Elements of the smallest storage that holds the tensor at offset 0."""
+        if 0 in self.shape:
+            return 0
+        return 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """One op call, plain and hashable: equal signatures cost the same time. Tensors in ``args``
+    and ``kwargs`` are TensorMeta; lists are tuples; ``kwargs`` is sorted (name, value) pairs."""
+
+    op: str  # the OpOverload as str(): 'aten.mm.default'
+    args: tuple
+    kwargs: tuple = ()
+
+    @property
+    def inputs(self) -> tuple[TensorMeta, ...]:
+        leaves = torch.utils._pytree.tree_leaves((self.args, self.kwargs))
+        return tuple(x for x in leaves if isinstance(x, TensorMeta))
+
+    def key(self) -> str:
+        """A stable string of the whole signature (the disk cache's key)."""
+        return repr((self.op, self.args, self.kwargs))
+
+
+class _Unsupported(Exception):
+    """An argument that a signature cannot describe or a measurement cannot rebuild."""
+
+
+def signature_of(node: fx.Node) -> OpSignature | None:
+    """The signature of a graph node's op call; None for what is not timed alone: placeholders,
+    getitem and other non-ATen calls, views, in-place and mutating ops, random ops, collectives,
+    data-dependent ops, symbolic sizes, and arguments that are not tensors or plain constants."""
+    op = node.target
+    if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or not _timed_alone(op):
+        return None
+    try:
+        _check_static(node.meta.get("val"))
+        args = _freeze(node.args)
+        kwargs = tuple(sorted((k, _freeze(v)) for k, v in node.kwargs.items()))
+    except _Unsupported:
+        return None
+    return OpSignature(str(op), args, kwargs)
+
+
+def _timed_alone(op: torch._ops.OpOverload) -> bool:
+    schema = op._schema
+    if op.namespace in _COLLECTIVE_NAMESPACES or schema.is_mutable or _REJECTED_TAGS & set(op.tags):
+        return False
+    if any(r.alias_info is not None for r in schema.returns):  # a view of an input
+        return False
+    return op.overloadpacket.__name__ not in _RANDOM_PRIMS
+
+
+def _check_static(val: Any) -> None:
+    """Raise _Unsupported when an output has symbolic sizes (dynamic shapes, data-dependent ops)."""
+    for leaf in torch.utils._pytree.tree_leaves(val):
+        if isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            raise _Unsupported(leaf)
+        if isinstance(leaf, torch.Tensor):
+            _tensor_meta(leaf)
+
+
+def _freeze(x: Any) -> Any:
+    """An argument as plain hashable data: tensors (and nodes holding one) as TensorMeta."""
+    if isinstance(x, fx.Node):
+        val = x.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise _Unsupported(x)
+        return _tensor_meta(val)
+    if isinstance(x, torch.Tensor):
+        return _tensor_meta(x)
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(e) for e in x)
+    if isinstance(x, _CONSTANTS):
+        return x
+    raise _Unsupported(x)  # SymInt, slices, opaque objects
+
+
+def _tensor_meta(t: torch.Tensor) -> TensorMeta:
+    if t.device.type == "meta" or t.layout != torch.strided:
+        raise _Unsupported(t)
+    shape, stride = tuple(t.shape), tuple(t.stride())
+    if not all(type(s) is int for s in shape + stride):
+        raise _Unsupported(t)
+    return TensorMeta(shape, stride, t.dtype, str(t.device))
+
+
+# ---- measuring one op ----------------------------------------------------------------------------
+
+
+def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_time: float = 0.05) -> float | None:
+    """Median seconds of one call of ``sig`` on real random inputs on ``device``; None when its
+    inputs cannot be made there or the op fails on them. ``min_run_time`` bounds the timing of
+    a fast op; a slow one runs three times (warm-up, block-size estimate, one block)."""
+    target = torch.device(device)
+    try:
+        with _real_tensors():
+            op = _resolve(sig.op)
+            ranges = _int_ranges(sig)
+            args = [_build(a, (i,), target, ranges) for i, a in enumerate(sig.args)]
+            kwargs = {k: _build(v, (k,), target, ranges) for k, v in sig.kwargs}
+            op(*args, **kwargs)  # warm-up: lazy initialisation, library caches
+            return _median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
+    except Exception:  # any failure (no such device, bad random input, op error): price by roofline
+        return None
+
+
+@contextlib.contextmanager
+def _real_tensors() -> Iterator[None]:
+    """Real tensors and no autograd, even when called under a tracing (fake) dispatch mode."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch.no_grad():
+        yield
+
+
+def _median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt, globals=env, num_threads=torch.get_num_threads())
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def _resolve(name: str) -> torch._ops.OpOverload:
+    namespace, packet, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), packet), overload)
+
+
+def _build(x: Any, path: tuple, target: torch.device, ranges: dict) -> Any:
+    """A signature argument as a real one: random tensors, lists, devices moved to ``target``."""
+    if isinstance(x, TensorMeta):
+        return _random_tensor(x, target, ranges.get(path))
+    if isinstance(x, tuple):
+        return [_build(e, path + (j,), target, ranges) for j, e in enumerate(x)]
+    if isinstance(x, torch.device):
+        return _place(x, target)
+    return x
+
+
+def _place(device: torch.device | str, target: torch.device) -> torch.device:
+    """``target`` for a device of its type (the graph's cuda:0 measured on cuda:1), else unchanged."""
+    device = torch.device(device)
+    return target if device.type == target.type else device
+
+
+def _random_tensor(meta: TensorMeta, target: torch.device, int_range: tuple[int, int] | None) -> torch.Tensor:
+    """Random values in a storage laid out as ``meta`` (stride-0 and transposed inputs included)."""
+    n, device = meta.storage_numel(), _place(meta.device, target)
+    if meta.dtype == torch.bool:
+        base = torch.rand(n, device=device) < 0.5
+    elif meta.dtype.is_floating_point or meta.dtype.is_complex:
+        base = torch.randn(n, device=device).to(meta.dtype)
+    elif int_range is None:
+        raise _Unsupported(meta)
+    else:
+        base = torch.randint(*int_range, (n,), device=device).to(meta.dtype)
+    return base.as_strided(meta.shape, meta.stride)
+
+
+# ---- integer inputs: indices must stay in range (on CUDA a bad one is a device-side assert) -----
+
+
+def _list_dims(a: tuple) -> dict[tuple, int]:  # index.Tensor & co: index j ranges over dim j
+    if any(isinstance(e, TensorMeta) and e.dtype == torch.bool for e in a[1]):
+        raise _Unsupported("boolean mask index")
+    return {(1, j): a[0].shape[j] for j in range(len(a[1]))}
+
+
+_INDEX_ARGS: dict[str, Callable[[tuple], dict[tuple, int]]] = {
+    "embedding": lambda a: {(1,): a[0].shape[0]},
+    "embedding_dense_backward": lambda a: {(1,): a[2]},
+    **{name: lambda a: {(2,): a[0].shape[a[1]]} for name in (
+        "gather", "scatter", "scatter_add", "scatter_reduce", "index_select", "index_add", "index_copy", "index_fill")},
+    "nll_loss_forward": lambda a: {(1,): a[0].shape[-1]},
+    "nll_loss_backward": lambda a: {(2,): a[1].shape[-1]},
+    "nll_loss2d_forward": lambda a: {(1,): a[0].shape[1]},
+    "nll_loss2d_backward": lambda a: {(2,): a[1].shape[1]},
+    **{name: _list_dims for name in ("index", "_unsafe_index", "index_put", "_unsafe_index_put")},
+}
+_INDEX_LIKE = re.compile(r"index|gather|scatter|embedding|take|put|nll|bincount|one_hot|histc|segment|search|bucket|unique")
+_SAFE_INT_RANGE = (1, 3)  # values of integer inputs that index nothing: no zero to divide by
+
+
+def _int_ranges(sig: OpSignature) -> dict[tuple, tuple[int, int]]:
+    """[low, high) of every integer tensor argument, by its path in the arguments: the size of
+    the indexed dim for known index ops; raises _Unsupported for other index-like ops."""
+    packet = sig.op.split(".")[1]
+    paths = [p for p, meta in _tensor_paths(sig) if not _random_anywhere(meta.dtype)]
+    if not paths:
+        return {}
+    if packet in _INDEX_ARGS:
+        try:
+            highs = _INDEX_ARGS[packet](sig.args)
+        except (IndexError, TypeError) as e:
+            raise _Unsupported(sig) from e
+        if all(p in highs and highs[p] > 0 for p in paths):
+            return {p: (0, highs[p]) for p in paths}
+        raise _Unsupported(sig)
+    if _INDEX_LIKE.search(packet):
+        raise _Unsupported(sig)
+    return {p: _SAFE_INT_RANGE for p in paths}
+
+
+def _random_anywhere(dtype: torch.dtype) -> bool:
+    """Floats and booleans: any value is a valid input."""
+    return dtype.is_floating_point or dtype.is_complex or dtype == torch.bool
+
+
+def _tensor_paths(sig: OpSignature) -> list[tuple[tuple, TensorMeta]]:
+    """Each tensor argument with its path: (position,), (position, list index) or (kwarg name,)."""
+    out = []
+    for key, arg in [(i, a) for i, a in enumerate(sig.args)] + list(sig.kwargs):
+        items = [((key,), arg)] if not isinstance(arg, tuple) else [((key, j), e) for j, e in enumerate(arg)]
+        out.extend((p, e) for p, e in items if isinstance(e, TensorMeta))
+    return out
+
+
+# ---- the disk cache ------------------------------------------------------------------------------
+
+
+def cache_enabled(enabled: bool | None = None) -> bool:
+    """The argument when given, else False only when the environment sets REMAT_CACHE=0."""
+    return enabled if enabled is not None else os.environ.get("REMAT_CACHE", "1") != "0"
+
+
+def cache_dir() -> Path:
+    """$REMAT_CACHE_DIR, else $XDG_CACHE_HOME/remat, else ~/.cache/remat."""
+    if os.environ.get("REMAT_CACHE_DIR"):
+        return Path(os.environ["REMAT_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "remat"
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """What makes timings comparable: the CUDA device's name, or the CPU model and thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    return f"{_cpu_model()} x{torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+class ProfileCache:
+    """Measured values of one device and torch version, by key: in memory, and in a JSON file
+    when ``path`` is set. ``put`` merges with the file under a lock and replaces it atomically."""
+
+    def __init__(self, path: Path | None, device: str, writable: bool = True) -> None:
+        self.path, self.device, self.writable = path, device, writable
+        self.entries: dict[str, Any] = _read_entries(path) if path is not None else {}
+
+    @classmethod
+    def for_device(cls, device: torch.device | str = "cpu", enabled: bool | None = None) -> ProfileCache:
+        """The cache file of ``device`` and this torch version (memory only when disabled)."""
+        name = device_name(device)
+        if not cache_enabled(enabled):
+            return cls(None, name)
+        slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{name}-torch{torch.__version__}")
+        return cls(cache_dir() / f"{slug}.json", name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ProfileCache:
+        """A saved profile, read only (ConfigError when it is missing or not a profile)."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read the profile {str(path)!r}: {e}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):
+            raise ConfigError(f"{str(path)!r} is not a remat profile (format {FORMAT!r})")
+        cache = cls(None, str(doc.get("device", "?")), writable=False)
+        cache.entries = doc["entries"]
+        return cache
+
+    def get(self, key: str) -> Any:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Keep ``value``; with a file, merge it with the file's entries and write it back."""
+        self.entries[key] = value
+        if self.path is None or not self.writable:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(self.path.with_name(self.path.name + ".lock")):
+                self.entries = {**_read_entries(self.path), **self.entries}
+                doc = {"format": FORMAT, "device": self.device, "torch": torch.__version__, "entries": self.entries}
+                _write_atomically(self.path, json.dumps(doc, indent=1, sort_keys=True))
+        except OSError as e:  # a read-only or full disk: keep measuring, in memory only
+            log.warning("remat: profile cache %s not written (%s); caching in memory only", self.path, e)
+            self.path = None
+
+
+def _read_entries(path: Path) -> dict[str, Any]:
+    """The entries of a cache file; {} when it is missing, unreadable or of another format."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(doc, dict) and doc.get("format") == FORMAT and isinstance(doc.get("entries"), dict)
+    return doc["entries"] if ok else {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file next to ``path`` and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (fcntl; where there is none, writes stay atomic but
+    two processes writing at once may each keep only their own new entries)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---- bandwidth and link --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkRates:
+    """Host<->device copy rates with pinned host memory, bytes/s per direction."""
+
+    to_host: float
+    to_device: float
+
+
+_COPY_BYTES = {"cuda": 1 << 28, "cpu": 1 << 26}  # larger than the device's caches
+
+
+def measure_bandwidth(device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int | None = None) -> float:
+    """Device memory bytes/s of a large copy (bytes read plus bytes written), measured once per
+    device and kept in ``cache`` (default: the device's disk cache)."""
+    cache = cache if cache is not None else ProfileCache.for_device(device)
+    known = cache.get(BANDWIDTH_KEY)
+    if known is not None:
+        return float(known)
+    device = torch.device(device)
+    n = nbytes or _COPY_BYTES.get(device.type, _COPY_BYTES["cuda"])
+    with _real_tensors():
+        src = torch.ones(n, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        seconds = _median_seconds("dst.copy_(src)", {"dst": dst, "src": src}, min_run_time=0.2)
+    rate = 2 * n / seconds
+    cache.put(BANDWIDTH_KEY, rate)
+    return rate
+
+
+def measure_link(device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int = 1 << 28) -> LinkRates | None:
+    """Pinned host<->device copy rates of a CUDA device, measured once and cached; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    cache = cache if cache is not None else ProfileCache.for_device(device)
+    known = cache.get(LINK_KEY)
+    if known is not None:
+        return LinkRates(*known)
+    with _real_tensors():
+        host = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
+        dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        env = {"host": host, "dev": dev}  # the Timer synchronises CUDA around each block
+        to_host = nbytes / _median_seconds("host.copy_(dev, non_blocking=True)", env, min_run_time=0.2)
+        to_device = nbytes / _median_seconds("dev.copy_(host, non_blocking=True)", env, min_run_time=0.2)
+    rates = LinkRates(to_host, to_device)
+    cache.put(LINK_KEY, [rates.to_host, rates.to_device])
+    return rates
+
+
+# ---- budgets and the capture stage's view --------------------------------------------------------
+
+
+@dataclass
+class ProfileStats:
+    """What the op-time lookups gave: each lookup is measured, cached or a fallback (roofline)."""
+
+    measured: int = 0
+    cache_hits: int = 0
+    fallbacks: int = 0
+    seconds: float = 0.0  # spent measuring (ops, bandwidth, link)
+
+    def summary(self) -> str:
+        return (f"{self.measured} measured, {self.cache_hits} cached, {self.fallbacks} roofline; "
+                f"{self.seconds:.1f} s measuring")
+
+
+class Profiler:
+    """Op times of one device by signature: the cache first, then a measurement while the total
+    budget lasts (``measure=False``: the cache only, as with a saved profile)."""
+
+    def __init__(
+        self, device: torch.device | str = "cpu", total_budget_s: float = 30.0, per_op_budget_s: float = 0.05,
+        cache: ProfileCache | bool | None = None, measure: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.total_budget_s, self.per_op_budget_s, self.measure = total_budget_s, per_op_budget_s, measure
+        self.cache = cache if isinstance(cache, ProfileCache) else ProfileCache.for_device(self.device, cache)
+        self.stats = ProfileStats()
+        self._failed: set[OpSignature] = set()
+
+    def op_time(self, sig: OpSignature | None) -> float | None:
+        """Seconds of one call of ``sig``; None (a fallback) when unknown and not measurable."""
+        known = self.cache.get("op " + sig.key()) if sig is not None else None
+        if known is not None:
+            self.stats.cache_hits += 1
+            return float(known)
+        if sig is None or sig in self._failed or not self.measure or self.stats.seconds >= self.total_budget_s:
+            self.stats.fallbacks += 1
+            return None
+        with self._timed():
+            seconds = measure_op(sig, self.device, self.per_op_budget_s)
+        if seconds is None:
+            self._failed.add(sig)
+            self.stats.fallbacks += 1
+            return None
+        self.cache.put("op " + sig.key(), seconds)
+        self.stats.measured += 1
+        return seconds
+
+    def bandwidth(self) -> float | None:
+        """Measured device memory bytes/s (from the cache alone when not measuring)."""
+        if not self.measure:
+            known = self.cache.get(BANDWIDTH_KEY)
+            return None if known is None else float(known)
+        with self._timed():
+            return measure_bandwidth(self.device, self.cache)
+
+    def link(self) -> LinkRates | None:
+        """Measured host<->device rates; None off CUDA (or not in a saved profile)."""
+        if not self.measure:
+            known = self.cache.get(LINK_KEY)
+            return None if known is None else LinkRates(*known)
+        with self._timed():
+            return measure_link(self.device, self.cache)
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
+
+
+class MeasuredCosts:
+    """Measured costs of a graph's nodes, for the capture stage; every None means: roofline.
+
+    ``source`` is "measured" or the path of the saved profile, for the report."""
+
+    def __init__(self, profiler: Profiler, source: str = "measured") -> None:
+        self.profiler, self.source = profiler, source
+
+    @classmethod
+    def measure(cls, device: torch.device | str = "cpu", **profiler_options: Any) -> MeasuredCosts:
+        """Measure on ``device`` (options of ``Profiler``: budgets, cache)."""
+        return cls(Profiler(device, **profiler_options))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MeasuredCosts:
+        """Costs from a saved profile (a cache file, possibly of another machine); measures nothing."""
+        return cls(Profiler(cache=ProfileCache.load(path), measure=False), source=str(path))
+
+    def op_time(self, node: fx.Node) -> float | None:
+        """Measured seconds of the node's op run as a kernel of its own; None: use the roofline."""
+        return self.profiler.op_time(signature_of(node))
+
+    @functools.cached_property
+    def bandwidth(self) -> float | None:
+        return self.profiler.bandwidth()
+
+    @functools.cached_property
+    def link(self) -> LinkRates | None:
+        return self.profiler.link()
+
+    def fused_time(self, bytes_moved: float) -> float | None:
+        """Seconds of a pointwise chain fused into its reader's kernel: its memory traffic at the
+        measured bandwidth (no launch of its own); None without a measured bandwidth."""
+        bandwidth = self.bandwidth
+        return None if bandwidth is None else bytes_moved / bandwidth
+
+    @property
+    def stats(self) -> ProfileStats:
+        return self.profiler.stats
