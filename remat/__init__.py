@@ -30,8 +30,9 @@ def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options):
 def pareto(model, example_inputs, budgets=("90%", "80%", "70%", "60%", "50%", "40%", "30%"), loss_fn=None,
            progress=True, plot=None, **options):
     """Sweep caps (trace once, solve per cap): predicted peak vs predicted step-time overhead."""
-    from .analyze import pareto as _pareto
+    from .pareto import pareto as _pareto
 
+    # (importing the submodule rebinds ``remat.pareto`` to it; the module is callable as this function)
     return _pareto(model, example_inputs, budgets=budgets, loss_fn=loss_fn, progress=progress, plot=plot, **options)
 
 

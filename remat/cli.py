@@ -236,8 +236,7 @@ def cmd_analyze(args) -> int:
     budget = _check_budget(args.budget)
     opts = _options(args)
     fargs = parse_factory_args(args.factory_arg)
-    from .analyze import analyze, measure_compiled
-    from .errors import fmt_bytes
+    from .analyze import analyze
 
     fake = not (args.real or args.measure)
     model, inputs, loss_fn = build(args.target, fargs, fake=fake)
@@ -256,27 +255,35 @@ def cmd_analyze(args) -> int:
     if args.plot:
         print(f"wrote {report.timeline(args.plot)}")
     if args.measure:
-        cap = report.budget_bytes
-        m, graphs = measure_compiled(model, inputs, loss_fn, memory_budget=cap, **opts)
-        predicted = graphs[0].timeline.peak_bytes if graphs else report.predicted_peak_bytes
-        diff = (m.peak_bytes - predicted) / predicted if predicted else 0.0
-        line = (f"measured step peak {fmt_bytes(m.peak_bytes)} vs predicted {fmt_bytes(predicted)} "
-                f"({diff:+.1%}); profiled step {m.seconds:.2f} s")
-        if graphs and graphs[0].inductor_peak_bytes is not None:
-            g = graphs[0]
-            again = f", planned {g.plans_made} times" if g.plans_made > 1 else ""
-            line += f"; Inductor estimated {fmt_bytes(g.inductor_peak_bytes)}{again}"
-        if cap is not None:
-            line += f"; cap {fmt_bytes(cap)}: {'OK' if m.peak_bytes <= cap else 'OVER'}"
-        print(line)
+        print(_measured_line(model, inputs, loss_fn, report, opts))
     return 0
+
+
+def _measured_line(model: Any, inputs: tuple, loss_fn: Callable | None, report: Any, opts: dict[str, Any]) -> str:
+    """Compile and run one real step at the report's cap; its measured peak beside the predictions."""
+    from .errors import fmt_bytes
+    from .measure import measure_compiled
+
+    cap = report.budget_bytes
+    m, graphs = measure_compiled(model, inputs, loss_fn, memory_budget=cap, **opts)
+    predicted = graphs[0].timeline.peak_bytes if graphs else report.predicted_peak_bytes
+    diff = (m.peak_bytes - predicted) / predicted if predicted else 0.0
+    line = (f"measured step peak {fmt_bytes(m.peak_bytes)} vs predicted {fmt_bytes(predicted)} "
+            f"({diff:+.1%}); profiled step {m.seconds:.2f} s")
+    if graphs and graphs[0].inductor_peak_bytes is not None:
+        g = graphs[0]
+        again = f", planned {g.plans_made} times" if g.plans_made > 1 else ""
+        line += f"; Inductor estimated {fmt_bytes(g.inductor_peak_bytes)}{again}"
+    if cap is not None:
+        line += f"; cap {fmt_bytes(cap)}: {'OK' if m.peak_bytes <= cap else 'OVER'}"
+    return line
 
 
 def cmd_pareto(args) -> int:
     budgets = _check_budgets(args.budgets)
     opts = _options(args)
     fargs = parse_factory_args(args.factory_arg)
-    from .analyze import pareto
+    from .pareto import pareto
 
     fake = not args.real
     model, inputs, loss_fn = build(args.target, fargs, fake=fake)
@@ -294,7 +301,7 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .analyze import load
+    from .report import load
 
     path = Path(args.report)
     if not path.is_file():
@@ -313,7 +320,7 @@ def cmd_show(args) -> int:
 
 
 def _fmt_time(s: float) -> str:
-    from .analyze import fmt_time
+    from .report import fmt_time
 
     return fmt_time(s)
 

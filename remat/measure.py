@@ -3,6 +3,7 @@
 CPU: torch.profiler's allocation events, summed in order; the peak of the running sum is the
 step's peak of tensor memory above what was allocated before it (frees of older tensors count
 as negative). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+``measure_compiled`` compiles model+loss with backend "remat" and measures one of its steps.
 """
 
 from __future__ import annotations
@@ -57,3 +58,37 @@ def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasure
         running += size
         peak = max(peak, running)
     return StepMeasurement(peak, seconds)
+
+
+def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, **options):
+    """Compile model+loss with backend "remat", run one warm-up step, then measure one step.
+
+    Returns ``(StepMeasurement, [GraphReport, ...])``: the measured peak above the memory
+    allocated before the step, and what the backend planned for each graph.
+    """
+    from .analyze import default_loss
+    from .backend import LAST_COMPILE
+
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    loss_of = loss_fn or default_loss
+    opts = dict(options)
+    if memory_budget is not None:
+        opts["memory_budget"] = memory_budget
+    params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else [])]
+    torch._dynamo.reset()
+    LAST_COMPILE.reports.clear()
+    step = torch.compile(lambda *xs: loss_of(model(*xs)), backend="remat", options=opts)
+    import torch._functorch.config as fconfig
+
+    # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
+    with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
+        step(*example_inputs).backward()  # compiles; the partitioner reports into LAST_COMPILE
+        reports = list(LAST_COMPILE.reports)
+        for p in params:
+            p.grad = None
+        m = measure_step(lambda: step(*example_inputs).backward())
+    for p in params:
+        p.grad = None
+    torch._dynamo.reset()
+    return m, reports

@@ -1,12 +1,13 @@
-"""PNG plots of reports, sweeps and benchmarks (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of reports, sweeps and benchmarks (matplotlib, Agg backend: no display needed).
+
+The plots take plain data (numbers, lists, names) and import no other remat module: ``Report``,
+``ParetoResult`` and the benchmarks pass them what to draw.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .analyze import ParetoResult, Report
+from typing import Sequence
 
 _UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 
@@ -43,62 +44,72 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_timeline(report: "Report", path: str | Path, title: str | None = None) -> Path:
-    """Live device bytes over the forward and backward slots: baseline, plan, fixed part, cap."""
+def plot_timeline(
+    path: str | Path,
+    baseline: Sequence[int],
+    plan: Sequence[int],
+    fixed: Sequence[int],
+    num_forward: int,
+    *,
+    baseline_peak: int,
+    plan_peak: int,
+    peak_slot: int = -1,
+    cap: int | None = None,
+    host: Sequence[int] | None = None,
+    host_peak: int = 0,
+    title: str = "",
+) -> Path:
+    """Live device bytes per slot (forward, then backward): the no-remat baseline, the plan, its
+    fixed part (not decided) and the cap; ``host``: bytes held on the host per slot, if any."""
     plt = _pyplot()
-    problem = report.problem
-    base = report.baseline.device_bytes
-    plan = report.memory.device_bytes
-    fixed = [s.fixed_bytes for s in problem.slots]
-    cap = report.budget_bytes
-    top = max([*base, *plan, cap or 0, 1])
+    top = max([*baseline, *plan, cap or 0, 1])
     unit, scale = byte_unit(top)
-    xs = range(len(base))
+    xs = range(len(baseline))
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.plot(xs, [b / scale for b in base], color="tab:gray", lw=1.2, label=f"no remat (peak {report.baseline_peak_bytes / scale:.1f} {unit})")
-    ax.plot(xs, [b / scale for b in plan], color="tab:blue", lw=1.5, label=f"plan (peak {report.predicted_peak_bytes / scale:.1f} {unit})")
+    ax.plot(xs, [b / scale for b in baseline], color="tab:gray", lw=1.2, label=f"no remat (peak {baseline_peak / scale:.1f} {unit})")
+    ax.plot(xs, [b / scale for b in plan], color="tab:blue", lw=1.5, label=f"plan (peak {plan_peak / scale:.1f} {unit})")
     ax.fill_between(xs, [f / scale for f in fixed], color="tab:blue", alpha=0.12, lw=0, label="fixed (not decided)")
-    if report.memory.host_peak_bytes > 0:
-        ax.plot(xs, [h / scale for h in report.memory.host_bytes], color="tab:green", lw=1.0, ls=":",
-                label=f"offloaded, on host (peak {report.memory.host_peak_bytes / scale:.1f} {unit})")
+    if host is not None:
+        ax.plot(xs, [h / scale for h in host], color="tab:green", lw=1.0, ls=":",
+                label=f"offloaded, on host (peak {host_peak / scale:.1f} {unit})")
     if cap is not None:
         ax.axhline(cap / scale, color="tab:red", ls="--", lw=1.2, label=f"cap {cap / scale:.1f} {unit}")
-    nf = problem.num_forward
-    if 0 < nf < len(base):
+    nf = num_forward
+    if 0 < nf < len(baseline):
         ax.axvline(nf - 0.5, color="black", lw=0.8, alpha=0.5)
         ymax = top / scale * 1.08
         ax.text(nf / 2, ymax, "forward", ha="center", va="top", fontsize=9)
-        ax.text(nf + (len(base) - nf) / 2, ymax, "backward", ha="center", va="top", fontsize=9)
+        ax.text(nf + (len(baseline) - nf) / 2, ymax, "backward", ha="center", va="top", fontsize=9)
         ax.set_ylim(0, ymax * 1.04)
-    if report.memory.peak_slot >= 0:
-        ax.plot([report.memory.peak_slot], [report.predicted_peak_bytes / scale], "o", color="tab:blue", ms=4)
+    if peak_slot >= 0:
+        ax.plot([peak_slot], [plan_peak / scale], "o", color="tab:blue", ms=4)
     ax.set_xlabel("slot (ops in schedule order: forward, then backward)")
     ax.set_ylabel(f"live device memory ({unit})")
-    from .plan import Decision
-
-    counts = ", ".join(f"{len(report.plan.names(d))} {d.value}" for d in Decision)
-    ax.set_title(title or f"remat {problem.name}: {counts}; +{report.added_time_s * 1e3:.2f} ms predicted")
+    ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_pareto(result: "ParetoResult", path: str | Path, title: str | None = None) -> Path:
-    """Predicted peak vs predicted step-time overhead of each feasible cap of a sweep."""
+def plot_pareto(points: Sequence[dict], baseline_peak_bytes: int, path: str | Path, title: str = "") -> Path:
+    """Predicted peak vs predicted step-time overhead, one point per feasible cap of a sweep.
+
+    ``points``: one dict per feasible cap, with ``label``, ``budget_bytes``,
+    ``predicted_peak_bytes`` and ``overhead`` (a fraction of the no-remat step).
+    """
     plt = _pyplot()
-    pts = result.feasible
-    top = max([result.baseline_peak_bytes, *(p.predicted_peak_bytes for p in pts), 1])
+    top = max([baseline_peak_bytes, *(p["predicted_peak_bytes"] for p in points), 1])
     unit, scale = byte_unit(top)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([0.0], [result.baseline_peak_bytes / scale], "s", color="tab:gray", label="no remat")
-    if pts:
-        order = sorted(pts, key=lambda p: p.overhead)
-        ax.plot([100 * p.overhead for p in order], [p.predicted_peak_bytes / scale for p in order],
+    ax.plot([0.0], [baseline_peak_bytes / scale], "s", color="tab:gray", label="no remat")
+    if points:
+        order = sorted(points, key=lambda p: p["overhead"])
+        ax.plot([100 * p["overhead"] for p in order], [p["predicted_peak_bytes"] / scale for p in order],
                 "o-", color="tab:blue", label="remat plan at cap")
         labels: dict[tuple, list[str]] = {}  # caps that reach the same plan share one label
-        for p in pts:
-            labels.setdefault((p.overhead, p.predicted_peak_bytes), []).append(p.label)
-            ax.plot([100 * p.overhead], [p.budget_bytes / scale], "_", color="tab:red", ms=10)
+        for p in points:
+            labels.setdefault((p["overhead"], p["predicted_peak_bytes"]), []).append(p["label"])
+            ax.plot([100 * p["overhead"]], [p["budget_bytes"] / scale], "_", color="tab:red", ms=10)
         for (ov, peak), names in labels.items():
             ax.annotate(", ".join(names), (100 * ov, peak / scale), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.plot([], [], "_", color="tab:red", label="cap")
@@ -106,7 +117,7 @@ def plot_pareto(result: "ParetoResult", path: str | Path, title: str | None = No
     ax.set_ylabel(f"predicted peak ({unit})")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=-1)
-    ax.set_title(title or f"remat pareto {result.name}".strip())
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""Report.explain / timeline / to_json, remat.analyze.load, and remat.pareto on a tiny MLP."""
+"""Report.explain / timeline / to_json, remat.report.load, and remat.pareto on a tiny MLP."""
 
 import json
 
@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import remat  # noqa: E402
-from remat.analyze import ExplainRow, Report, load, load_plan  # noqa: E402
+from remat.report import ExplainRow, Report, load, load_plan  # noqa: E402
 from remat.plan import Decision  # noqa: E402
 from remat.simulate import check  # noqa: E402
 

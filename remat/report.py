@@ -1,0 +1,432 @@
+"""remat.report: what remat decided for one graph, why, and its JSON form.
+
+    report.summary()                 # one line: baseline, cap, predicted peak, decisions, time
+    print(report.explain())          # one row per decided activation, with the reason
+    report.timeline("timeline.png")  # live bytes per slot: baseline vs plan, and the cap
+    report.to_json("plan.json")      # problem + plan + config; remat.report.load("plan.json")
+
+Every number of the explanation comes from the problem, the plan and the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .backend import GraphReport, summary_line
+from .capture import Captured
+from .config import RematConfig
+from .errors import fmt_bytes
+from .plan import Decision, Plan
+from .plots import plot_timeline
+from .problem import Activation, Problem
+from .simulate import MemoryTimeline, live_intervals, recompute_starts, simulate, store_all_plan
+
+__all__ = [
+    "ExplainRow", "Explanation", "JSON_FORMAT", "Report", "explain_plan", "fmt_time", "load", "load_plan",
+]
+
+JSON_FORMAT = "remat.report/1"
+
+
+def fmt_time(seconds: float) -> str:
+    """Human-readable duration: 3e-7 -> '0.30 us'."""
+    s = float(seconds)
+    if s == 0:
+        return "0 s"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.2f} {unit}"
+    return f"{s / 1e-9:.2f} ns"
+
+
+# ---- the decision table --------------------------------------------------------------------------
+
+_MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_int_mm", "addbmm"}
+_REDUCTIONS = {"var_mean", "native_layer_norm", "native_batch_norm", "_native_batch_norm_legit_functional",
+               "_softmax", "_log_softmax", "amax", "sum", "mean"}
+
+
+def _op_tags(base: str, overload: str) -> set | None:
+    """The torch.Tag set of aten/prims op ``base.overload``, or None when neither has it."""
+    for ns in (torch.ops.aten, torch.ops.prims):
+        try:
+            packet = getattr(ns, base)
+            return set(getattr(packet, overload or "default").tags)
+        except (AttributeError, RuntimeError):
+            continue
+    return None
+
+
+def _op_kind(op: str) -> str:
+    """A short class of an ATen op named like 'mul.Tensor': pointwise, reduction, matmul..."""
+    base, _, overload = op.partition(".")
+    if base in _MATMUL:
+        return "matmul"
+    if "convolution" in base or base.startswith("conv"):
+        return "convolution"
+    if "attention" in base:
+        return "attention"
+    if base.startswith("inductor_") or "rand" in base or "dropout" in base:
+        return "random"
+    tags = _op_tags(base, overload) or set()
+    if torch.Tag.nondeterministic_seeded in tags:
+        return "random"
+    if torch.Tag.pointwise in tags:
+        return "pointwise"
+    if torch.Tag.reduction in tags:
+        return "reduction"
+    return "reduction" if base in _REDUCTIONS else "op"
+
+
+@dataclass(frozen=True)
+class ExplainRow:
+    """One decided activation: what it is, what the plan does with it, and why."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+    decision: Decision
+    cost_s: float  # recompute time (RECOMPUTE, or what recomputing would cost for STORE) or transfer time (OFFLOAD)
+    cost: str  # cost_s with its meaning, readable
+    peak_saving_bytes: int  # how much lower the plan's peak is than it would be with this one stored
+    why: str
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "op": self.op, "shape": list(self.shape), "dtype": self.dtype,
+            "bytes": self.bytes, "decision": self.decision.value, "cost_s": self.cost_s,
+            "cost": self.cost, "peak_saving_bytes": self.peak_saving_bytes, "why": self.why,
+        }
+
+
+class Explanation(list):
+    """The rows of ``Report.explain()``: a list of ExplainRow that prints as a table."""
+
+    COLUMNS = ("name", "op", "shape", "dtype", "bytes", "decision", "cost", "why")
+
+    def _cells(self, r: ExplainRow) -> list[str]:
+        shape = "x".join(str(s) for s in r.shape) if r.shape else "-"
+        return [r.name, r.op, shape, r.dtype or "-", fmt_bytes(r.bytes), r.decision.value, r.cost, r.why]
+
+    def table(self, markdown: bool = False, max_rows: int | None = None) -> str:
+        rows = list(self) if max_rows is None else list(self)[:max_rows]
+        cells = [self._cells(r) for r in rows]
+        header = list(self.COLUMNS)
+        if markdown:
+            out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        else:
+            widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
+            widths[-1] = 0  # the last column is free text: no padding
+            fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+            out = [fmt(header), fmt(["-" * max(w, len(h)) for w, h in zip(widths, header)])]
+            out += [fmt(row) for row in cells]
+        if max_rows is not None and len(self) > max_rows:
+            out.append(f"... {len(self) - max_rows} more rows")
+        return "\n".join(out)
+
+    def to_markdown(self) -> str:
+        return self.table(markdown=True)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def counts(self) -> dict[str, int]:
+        return {d.value: sum(1 for r in self if r.decision is d) for d in Decision}
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What every row of the table reads: the plan, its simulation and its recompute schedule."""
+
+    problem: Problem
+    plan: Plan
+    timeline: MemoryTimeline
+    budget: int | None
+    starts: dict[str, int]  # slot where each recomputed activation is recomputed
+    intervals: dict[str, list[tuple[int, int]]]  # live intervals of each activation on the device
+    readers: dict[str, list[str]]  # input -> its recomputed consumers, earliest start first
+
+    def slot(self, t: int) -> str:
+        return f"slot {t} ({self.problem.slots[t].name})"
+
+    def span(self, lo: int, hi: int) -> str:
+        side = lambda t: "fwd" if t < self.problem.num_forward else "bwd"  # noqa: E731
+        return f"slots {lo}-{hi} ({side(lo)}..{side(hi)})"
+
+
+def _facts(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | None) -> _Facts:
+    starts = recompute_starts(problem, plan)
+    recomputed = [n for n, d in plan.decisions.items() if d is Decision.RECOMPUTE]
+    readers: dict[str, list[str]] = {}
+    for c in sorted(recomputed, key=lambda c: starts.get(c, 0)):
+        for i in problem.activation(c).inputs:
+            readers.setdefault(i, []).append(c)
+    return _Facts(problem, plan, tl, budget, starts, live_intervals(problem, plan), readers)
+
+
+def _what(a: Activation) -> str:
+    """'mul (pointwise)': the op's name and, when it says more, its kind."""
+    kind = _op_kind(a.op)
+    base = a.op.split(".")[0]
+    return base if kind in (base, "op") else f"{base} ({kind})"
+
+
+def _off_device(f: _Facts, a: Activation) -> tuple[int, str, int]:
+    """For an activation not stored: (peak saving, its effect in words, its first backward slot).
+
+    The saving is exact: the plan is simulated again with this one activation stored (the
+    inputs no longer needed simply drop out) and the peaks are compared.
+    """
+    dec = dict(f.plan.decisions)
+    dec[a.name] = Decision.STORE
+    stored_peak = simulate(f.problem, dec).peak_bytes
+    peak, nf = f.timeline.peak_bytes, f.problem.num_forward
+    saving = max(0, stored_peak - peak)
+    back = [iv for iv in f.intervals.get(a.name, ()) if iv[0] >= nf]
+    back_lo = back[0][0] if back else f.starts.get(a.name, nf)
+    lo, hi = a.last_forward_use + 1, back_lo - 1  # off the device (where STORE would keep it)
+    if f.plan.decisions[a.name] is Decision.OFFLOAD:
+        fwd = [iv for iv in f.intervals.get(a.name, ()) if iv[0] < nf]
+        if fwd:
+            lo = fwd[0][1] + 1
+    if saving > 0:
+        effect = f"saves {fmt_bytes(saving)} at the peak"
+        if f.budget is not None and stored_peak > f.budget >= peak:
+            effect += " (storing it would break the cap)"
+    elif lo <= hi:
+        effect = f"frees {fmt_bytes(a.bytes)} over {f.span(lo, hi)}, not at the peak"
+    else:
+        effect = "frees nothing"
+    return saving, effect, back_lo
+
+
+def _row(a: Activation, d: Decision, cost_s: float, cost: str, saving: int, why: str) -> ExplainRow:
+    return ExplainRow(name=a.name, op=a.op, shape=tuple(a.shape), dtype=a.dtype, bytes=a.bytes, decision=d,
+                      cost_s=float(cost_s), cost=cost, peak_saving_bytes=int(saving), why=why)
+
+
+def _recompute_row(f: _Facts, a: Activation) -> ExplainRow:
+    saving, effect, back_lo = _off_device(f, a)
+    at = f.starts.get(a.name, back_lo)
+    cost_s = a.compute_time
+    why = f"recompute: {fmt_time(cost_s)} to redo {_what(a)} at {f.slot(at)}; {effect}"
+    if a.inputs:
+        shown = ", ".join(a.inputs[:3]) + (", ..." if len(a.inputs) > 3 else "")
+        why += f"; from {shown}"
+    return _row(a, Decision.RECOMPUTE, cost_s, f"{fmt_time(cost_s)} recompute", saving, why)
+
+
+def _offload_row(f: _Facts, a: Activation) -> ExplainRow:
+    saving, effect, _ = _off_device(f, a)
+    transfer = a.bytes / f.problem.host_bandwidth
+    sched = f.timeline.transfers
+    where = ""
+    if sched is not None and a.name in sched.free_after:
+        where = (f", on host from {f.slot(sched.free_after[a.name] + 1)}, prefetched from "
+                 f"{f.slot(sched.prefetch_at[a.name])}")
+    why = (f"offload: {fmt_time(transfer)} each way over the link{where}; the plan's copies leave "
+           f"{fmt_time(f.timeline.transfer_time)} unhidden in all; {effect}")
+    if a.recomputable:
+        why += f"; recompute would cost {fmt_time(a.compute_time)}"
+    return _row(a, Decision.OFFLOAD, transfer, f"{fmt_time(transfer)} copy each way", saving, why)
+
+
+def _store_row(f: _Facts, a: Activation) -> ExplainRow:
+    reasons = []
+    if a.backward_uses:
+        reasons.append(f"read by backward at {f.slot(a.backward_uses[0])}")
+    if a.name in f.readers:
+        c = f.readers[a.name][0]
+        reasons.append(f"input to recompute {c} at slot {f.starts.get(c)}")
+    if not a.recomputable:
+        reasons.append(f"{_what(a)} cannot be recomputed (random or impure)")
+    elif f.budget is None:
+        reasons.append(f"no cap; recompute would cost {fmt_time(a.compute_time)}")
+    else:
+        reasons.append(f"recompute would cost {fmt_time(a.compute_time)}")
+        if f.timeline.peak_bytes <= f.budget:
+            reasons.append("the cap is met without it")
+    cost = f"({fmt_time(a.compute_time)} to recompute)" if a.recomputable else "-"
+    return _row(a, Decision.STORE, a.compute_time, cost, 0, "store: " + "; ".join(reasons))
+
+
+_ROW_OF = {Decision.STORE: _store_row, Decision.RECOMPUTE: _recompute_row, Decision.OFFLOAD: _offload_row}
+
+
+def explain_plan(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | None) -> Explanation:
+    """Rows of the decision table, in creation order: one per activation that the plan decides."""
+    f = _facts(problem, plan, tl, budget)
+    order = sorted(plan.decisions, key=lambda n: (problem.activation(n).created, n))
+    return Explanation(_ROW_OF[plan.decisions[n]](f, problem.activation(n)) for n in order)
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def _config_to_dict(cfg: RematConfig) -> dict:
+    """Every RematConfig field as JSON (the budget as bytes or a ratio, a custom device as a dict)."""
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    b = cfg.memory_budget
+    out["memory_budget"] = None if b is None else (b.bytes if b.bytes is not None else b.ratio)
+    if isinstance(cfg.device, tuple):
+        out["device"] = dict(cfg.device)
+    return out
+
+
+@dataclass
+class Report:
+    """What remat decides for a model's training step under a budget, and what it predicts."""
+
+    graph: GraphReport
+    config: RematConfig
+    _baseline: MemoryTimeline | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def problem(self) -> Problem:
+        return self.graph.problem
+
+    @property
+    def plan(self) -> Plan:
+        return self.graph.plan
+
+    @property
+    def memory(self) -> MemoryTimeline:
+        """The simulator's MemoryTimeline of the plan."""
+        return self.graph.timeline
+
+    @property
+    def baseline(self) -> MemoryTimeline:
+        """The simulator's MemoryTimeline of the no-remat plan (store everything backward reads)."""
+        if self._baseline is None:
+            self._baseline = simulate(self.problem, store_all_plan(self.problem))
+        return self._baseline
+
+    @property
+    def baseline_peak_bytes(self) -> int:
+        return self.graph.baseline_peak_bytes
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return self.graph.budget_bytes
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        return self.graph.timeline.peak_bytes
+
+    @property
+    def solve_time_s(self) -> float:
+        return self.graph.plan.solve_time_s
+
+    @property
+    def solver_status(self) -> str:
+        return self.graph.plan.status
+
+    @property
+    def added_time_s(self) -> float:
+        return self.graph.timeline.added_time
+
+    @property
+    def step_time_s(self) -> float:
+        """Predicted time of the step without remat (sum of the slots' compute times)."""
+        return float(sum(s.compute_time for s in self.problem.slots))
+
+    @property
+    def overhead(self) -> float:
+        """Predicted added time as a fraction of the no-remat step time."""
+        base = self.step_time_s
+        return self.added_time_s / base if base > 0 else 0.0
+
+    @property
+    def decisions(self) -> dict[str, Decision]:
+        return dict(self.graph.plan.decisions)
+
+    def summary(self) -> str:
+        return summary_line(self.graph)
+
+    # ---- explain / plot / JSON ----------------------------------------------------------------
+    def explain(self) -> Explanation:
+        """One row per decided activation: name, op, shape, dtype, bytes, decision, cost and why.
+
+        ``print(report.explain())`` prints the table; the rows are ``ExplainRow`` objects. The
+        reasons come from the problem, the plan and the simulated timeline: the slot where a
+        value is recomputed or read, its recompute cost, and how much higher the peak would be
+        if it were stored instead.
+        """
+        return explain_plan(self.problem, self.plan, self.memory, self.budget_bytes)
+
+    def timeline(self, path: str | Path, title: str | None = None) -> Path:
+        """Write a PNG of live device bytes per slot (forward then backward) for the baseline and
+        the plan, with the cap as a line. Returns the path."""
+        counts = ", ".join(f"{len(self.plan.names(d))} {d.value}" for d in Decision)
+        mem = self.memory
+        return plot_timeline(
+            path, baseline=self.baseline.device_bytes, plan=mem.device_bytes,
+            fixed=[s.fixed_bytes for s in self.problem.slots], num_forward=self.problem.num_forward,
+            baseline_peak=self.baseline_peak_bytes, plan_peak=self.predicted_peak_bytes,
+            peak_slot=mem.peak_slot, cap=self.budget_bytes,
+            host=mem.host_bytes if mem.host_peak_bytes > 0 else None, host_peak=mem.host_peak_bytes,
+            title=title or f"remat {self.problem.name}: {counts}; +{self.added_time_s * 1e3:.2f} ms predicted",
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "format": JSON_FORMAT,
+            "summary": self.summary(),
+            "config": _config_to_dict(self.config),
+            "baseline_peak_bytes": self.baseline_peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "added_time_s": self.added_time_s,
+            "step_time_s": self.step_time_s,
+            "partition_time_s": self.graph.partition_time_s,
+            "plan": self.plan.to_dict(),
+            "problem": self.problem.to_dict(),
+            "forward_nodes": list(self.graph.captured.forward_nodes),
+            "backward_order": list(self.graph.captured.backward_order),
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Save the problem, the plan and the config as JSON; ``load`` reads it back."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        if d.get("format") != JSON_FORMAT:
+            raise ValueError(f"not a remat report (format {d.get('format')!r}, expected {JSON_FORMAT!r})")
+        problem = Problem.from_dict(d["problem"])
+        plan = Plan.from_dict(d["plan"])
+        budget = d.get("budget_bytes")
+        tl = simulate(problem, plan)
+        captured = Captured(problem, list(d.get("forward_nodes", [])), list(d.get("backward_order", [])))
+        graph = GraphReport(captured, plan, tl, int(d["baseline_peak_bytes"]), budget,
+                            float(d.get("partition_time_s", 0.0)))
+        cfg = dict(d.get("config", {}))
+        if isinstance(cfg.get("device"), list):
+            cfg["device"] = dict(cfg["device"])
+        return cls(graph, RematConfig.from_options(cfg))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Report":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def load(path: str | Path) -> Report:
+    """Read a report saved with ``Report.to_json``."""
+    return Report.from_json(path)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """The Plan of a report saved with ``Report.to_json`` (or of a bare ``Plan.save`` file)."""
+    d = json.loads(Path(path).read_text())
+    if d.get("format") == JSON_FORMAT:
+        return Plan.from_dict(d["plan"])
+    return Plan.from_dict(d)
