@@ -152,9 +152,10 @@ def _tensor_meta(t: torch.Tensor) -> TensorMeta:
 
 
 def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_time: float = 0.05) -> float | None:
-    """Median seconds of one call of ``sig`` on real random inputs on ``device``; None when its
-    inputs cannot be made there or the op fails on them. ``min_run_time`` bounds the timing of
-    a fast op; a slow one runs three times (warm-up, block-size estimate, one block)."""
+    """Median seconds of one call of ``sig`` on real random inputs on ``device`` (inputs that the
+    graph keeps on another kind of device, such as CPU scalars of a CUDA graph, stay there); None
+    when the inputs cannot be made or the op fails on them. ``min_run_time`` bounds the timing
+    of a fast op; a slow one runs three times (warm-up, block-size estimate, one block)."""
     target = torch.device(device)
     try:
         with _real_tensors():
