@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
 from remat.plan import Decision, Plan
-from remat.problem import Problem
+from remat.problem import Activation, Problem
 from remat.transfers import Transfers, schedule_transfers
 
 __all__ = [
@@ -154,117 +154,129 @@ def recompute_starts(problem: Problem, plan: Plan | Mapping[str, Decision]) -> d
 
 
 class _Analysis:
-    """Everything ``simulate`` derives from a plan before summing bytes."""
+    """Everything ``simulate`` derives from a plan before summing bytes.
+
+    Steps: the decisions and the needed set (``_decide``), the copy schedule of the valid
+    OFFLOAD activations (``_schedule``), each needed activation's intervals (``_intervals``),
+    then the reads that find no value (``_read_errors``). ``errors`` collects every problem.
+    """
 
     def __init__(self, problem: Problem, plan: Plan | Mapping[str, Decision]) -> None:
-        p = problem
-        nf = p.num_forward
-        raw = _decisions_of(plan)
+        self.problem = problem
+        self._errors: list[str] = []
+        self._decide(_decisions_of(plan))
+        self.starts, self.last_needs = _starts_and_last_needs(problem, set(self.needed), self.decisions)
+        self.transfers = self._schedule()
+        self.device: dict[str, list[tuple[int, int]]] = {}
+        self.host: dict[str, list[tuple[int, int]]] = {}
+        self.readable: dict[str, list[tuple[int, int]]] = {}  # where a read finds it (default: device)
+        self.recompute_time = 0.0
+        for name in self.needed:
+            self._intervals(name)
+        self._errors += self._read_errors()
+        self.transfer_time = self.transfers.exposed
+        self.errors = tuple(self._errors)
+
+    def _decide(self, raw: Mapping[str, object]) -> None:
+        """``decisions``, the ``needed`` names in creation order, and the errors of decisions
+        that cannot be read, name no activation, or decide an activation that is not needed."""
+        p = self.problem
         dec, errors = _coerce(raw)
-        by_name = p._by_name
         for name in dec:
-            if name not in by_name:
+            if name not in p._by_name:
                 errors.append(f"decision for unknown activation {name!r}")
         needed = _needed_set(p, dec)
         creation = _creation_order(p)
-        order = [n for n in creation if n in needed]
-
         for name in creation:
             if name in dec and name not in needed:
                 errors.append(f"act {name!r} is not needed but has a decision ({dec[name]})")
+        self._errors += errors
+        self.decisions = dec
+        self.needed = tuple(n for n in creation if n in needed)
 
-        start, last_need = _starts_and_last_needs(p, needed, dec)
-        first = p.first_uses
-        device: dict[str, list[tuple[int, int]]] = {}
-        host: dict[str, list[tuple[int, int]]] = {}
-        readable: dict[str, list[tuple[int, int]]] = {}  # where a read finds the value (default: device)
-        recompute_time = 0.0
+    def _schedule(self) -> Transfers:
+        """The joint copy schedule of the needed OFFLOAD activations that can be offloaded; an
+        error for each that cannot."""
+        p, dec = self.problem, self.decisions
         offloads: list[str] = []
-        for name in order:
-            a = by_name[name]
+        for name in self.needed:
             if dec.get(name) is not Decision.OFFLOAD:
                 continue
-            if not a.offloadable:
-                errors.append(f"act {name!r} is OFFLOAD but not offloadable")
+            if not p.activation(name).offloadable:
+                self._errors.append(f"act {name!r} is OFFLOAD but not offloadable")
             elif p.host_bandwidth <= 0:
-                errors.append(f"act {name!r} is OFFLOAD but host_bandwidth is {p.host_bandwidth}")
-            elif first[name] is None:
-                errors.append(f"act {name!r} is OFFLOAD but backward never reads it directly")
+                self._errors.append(f"act {name!r} is OFFLOAD but host_bandwidth is {p.host_bandwidth}")
+            elif p.first_uses[name] is None:
+                self._errors.append(f"act {name!r} is OFFLOAD but backward never reads it directly")
             else:
                 offloads.append(name)
-        self.transfers = sched = schedule_transfers(p, offloads)
-        for name in order:
-            a = by_name[name]
-            d = dec.get(name)
-            if d is None:
-                errors.append(f"act {name!r} is needed but has no decision")
-                continue
-            last = last_need[name]
-            if d is Decision.RECOMPUTE:
-                if not a.recomputable:
-                    errors.append(f"act {name!r} is RECOMPUTE but not recomputable")
-                device[name] = [(start[name], last)]
-                recompute_time += a.compute_time
-                continue
-            if d is Decision.OFFLOAD and name in sched.free_after:
-                out_end, back_start = sched.free_after[name], sched.prefetch_at[name]
-                dn = first[name]
-                if start[name] < dn:
-                    errors.append(
-                        f"act {name!r} is OFFLOAD but a recomputed consumer needs it at slot "
-                        f"{start[name]}, before its first backward use {dn} (prefetch deadline)"
-                    )
-                if back_start > dn:
-                    errors.append(
-                        f"act {name!r}: prefetch starts at slot {back_start}, after its "
-                        f"first backward use {dn}"
-                    )
-                if not (nf <= back_start):
-                    errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
-                device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
-                # the prefetch into (back_start, ...) completes only by the first backward use
-                readable[name] = [(a.last_forward_use + 1, out_end), (dn, last)]
-                host[name] = [(out_end + 1, last)]
-                continue
-            # STORE, or an OFFLOAD that cannot happen (accounted as STORE so the peak stays meaningful)
-            device[name] = [(a.last_forward_use + 1, last)]
+        return schedule_transfers(p, offloads)
 
-        # availability: every backward read must find the value live on the device
-        read_errors: list[str] = []
+    def _intervals(self, name: str) -> None:
+        """The device (and host) intervals of needed ``name`` under its decision; an OFFLOAD that
+        cannot happen counts as STORE so that the peak stays meaningful."""
+        a = self.problem.activation(name)
+        d = self.decisions.get(name)
+        if d is None:
+            self._errors.append(f"act {name!r} is needed but has no decision")
+            return
+        last = self.last_needs[name]
+        if d is Decision.RECOMPUTE:
+            if not a.recomputable:
+                self._errors.append(f"act {name!r} is RECOMPUTE but not recomputable")
+            self.device[name] = [(self.starts[name], last)]
+            self.recompute_time += a.compute_time
+        elif d is Decision.OFFLOAD and name in self.transfers.free_after:
+            self._offload_intervals(a, last)
+        else:
+            self.device[name] = [(a.last_forward_use + 1, last)]
 
-        def live(name: str, t: int) -> bool:
-            ivs = readable[name] if name in readable else device.get(name, ())
-            return any(lo <= t <= hi for lo, hi in ivs)
+    def _offload_intervals(self, a: Activation, last: int) -> None:
+        """Device copy until ``free_after`` and again from ``prefetch_at``; readable again only
+        from ``d(v)``, when the prefetch has completed; on the host in between."""
+        name, sched = a.name, self.transfers
+        out_end, back_start = sched.free_after[name], sched.prefetch_at[name]
+        dn, start = self.problem.first_uses[name], self.starts[name]
+        if start < dn:
+            self._errors.append(
+                f"act {name!r} is OFFLOAD but a recomputed consumer needs it at slot "
+                f"{start}, before its first backward use {dn} (prefetch deadline)"
+            )
+        if back_start > dn:
+            self._errors.append(
+                f"act {name!r}: prefetch starts at slot {back_start}, after its first backward use {dn}"
+            )
+        if not (self.problem.num_forward <= back_start):
+            self._errors.append(f"act {name!r}: prefetch starts at forward slot {back_start}")
+        self.device[name] = [(a.last_forward_use + 1, out_end), (back_start, last)]
+        self.readable[name] = [(a.last_forward_use + 1, out_end), (dn, last)]
+        self.host[name] = [(out_end + 1, last)]
 
-        for name in order:
-            if name not in device:
+    def _live(self, name: str, t: int) -> bool:
+        ivs = self.readable[name] if name in self.readable else self.device.get(name, ())
+        return any(lo <= t <= hi for lo, hi in ivs)
+
+    def _read_errors(self) -> list[str]:
+        """Every backward read (a backward use, or an input read where a consumer is recomputed)
+        that finds its value not live on the device; at most ``_MAX_READ_ERRORS`` of them."""
+        out: list[str] = []
+        dec = self.decisions
+        for name in self.needed:
+            if name not in self.device:
                 continue  # already reported: no decision
-            a = by_name[name]
+            a = self.problem.activation(name)
             for u in a.backward_uses:
-                if not live(name, u):
-                    read_errors.append(f"act {name!r} read at slot {u} but not live")
+                if not self._live(name, u):
+                    out.append(f"act {name!r} read at slot {u} but not live")
             if dec.get(name) is Decision.RECOMPUTE:
-                r = start[name]
-                for i in a.inputs:
-                    if i in dec and not live(i, r):
-                        # (an input without a decision is reported above as needed-but-undecided)
-                        read_errors.append(
-                            f"act {i!r} read at slot {r} to recompute {name!r} but not live"
-                        )
-        if len(read_errors) > _MAX_READ_ERRORS:
-            extra = len(read_errors) - _MAX_READ_ERRORS
-            read_errors = read_errors[:_MAX_READ_ERRORS] + [f"... and {extra} more unavailable reads"]
-        errors += read_errors
-
-        self.decisions = dec
-        self.needed = tuple(order)
-        self.device = device
-        self.host = host
-        self.starts = start
-        self.last_needs = last_need
-        self.recompute_time = recompute_time
-        self.transfer_time = sched.exposed
-        self.errors = tuple(errors)
+                r = self.starts[name]
+                for i in a.inputs:  # (an input without a decision is reported as needed-but-undecided)
+                    if i in dec and not self._live(i, r):
+                        out.append(f"act {i!r} read at slot {r} to recompute {name!r} but not live")
+        if len(out) > _MAX_READ_ERRORS:
+            extra = len(out) - _MAX_READ_ERRORS
+            out = out[:_MAX_READ_ERRORS] + [f"... and {extra} more unavailable reads"]
+        return out
 
 
 def _sum_intervals(n: int, intervals: Mapping[str, list[tuple[int, int]]], problem: Problem) -> list[int]:

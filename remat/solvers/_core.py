@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from remat.plan import Decision, Plan
-from remat.problem import Problem
+from remat.problem import Activation, Problem
 from remat.transfers import offload_window, schedule_transfers
 
 STORE, REC, OFF, NONE = 0, 1, 2, -1
@@ -62,87 +62,110 @@ class Structure:
 
     def __init__(self, problem: Problem, k: int | None = None) -> None:
         self.problem = p = problem
-        self.k = k = DEFAULT_K if k is None else max(1, int(k))
+        self.k = DEFAULT_K if k is None else max(1, int(k))
         self.n = len(p.slots)
-        self.nf = nf = p.num_forward
+        self.nf = p.num_forward
         self.fixed = np.array([s.fixed_bytes for s in p.slots], dtype=np.int64)
-        L = p.earliest_slots
-        cons = p.consumers
-        acts = [a for a in p.activations if L[a.name] is not None]
-        acts.sort(key=lambda a: a.created)
         self.cands: list[Cand] = []
         self.index: dict[str, int] = {}
-        bw = p.host_bandwidth
-        for i, a in enumerate(acts):
-            c = Cand()
-            c.idx, c.name, c.bytes, c.time = i, a.name, int(a.bytes), float(a.compute_time)
-            c.lfu, c.L = a.last_forward_use, L[a.name]
-            c.d = a.backward_uses[0] if a.backward_uses else -1
-            c.D = a.backward_uses[-1] if a.backward_uses else -1
-            # RECOMPUTE only helps when it can free a slot (lfu+1..S-1 non-empty for some start)
-            c.rec_ok = bool(a.recomputable)
-            c.off_ok = False
-            c.out_end, c.back_start, c.exposed = nf - 1, nf, 0.0
-            if a.offloadable and bw > 0 and c.d >= 0:
-                oe, bs, ex = offload_window(p, a.name)
-                c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
-                c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
-            self.cands.append(c)
-            self.index[a.name] = i
-        cs = self.cands
+        for a in sorted((a for a in p.activations if p.earliest_slots[a.name] is not None),
+                        key=lambda a: a.created):
+            self._add_candidate(a)
         self.offload_candidates = 0
         self._offload_candidates()
-        for c in cs:
+        self._link_candidates()
+        self._kept_starts()
+        self.reach = self._reachable()
+        for c in self.cands:
+            self._last_needs(c)
+            if self.reach[c.idx]:
+                self._segments(c)
+        for c in self.cands:
+            if self.reach[c.idx]:
+                self._pieces(c)
+                self._masks(c)
+            else:
+                c.pieces, c.bps, c.masks, c.full, c.nstates = [], [], [], 0, 0
+        self.by_name = {c.name: c for c in self.cands}
+
+    # ---- candidates ----------------------------------------------------------------------------
+    def _add_candidate(self, a: Activation) -> None:
+        """A ``Cand`` for ``a`` (created after every earlier one) with its lone-copy window."""
+        p = self.problem
+        c = Cand()
+        c.idx, c.name, c.bytes, c.time = len(self.cands), a.name, int(a.bytes), float(a.compute_time)
+        c.lfu, c.L = a.last_forward_use, p.earliest_slots[a.name]
+        c.d = a.backward_uses[0] if a.backward_uses else -1
+        c.D = a.backward_uses[-1] if a.backward_uses else -1
+        # RECOMPUTE only helps when it can free a slot (lfu+1..S-1 non-empty for some start)
+        c.rec_ok = bool(a.recomputable)
+        c.off_ok = False
+        c.out_end, c.back_start, c.exposed = self.nf - 1, self.nf, 0.0
+        if a.offloadable and p.host_bandwidth > 0 and c.d >= 0:
+            oe, bs, ex = offload_window(p, a.name)
+            c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
+            c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
+        self.cands.append(c)
+        self.index[a.name] = c.idx
+
+    def _link_candidates(self) -> None:
+        """Each candidate's candidate inputs (``inputs`` only when recomputable) and its
+        recomputable candidate consumers (``rcons_all``)."""
+        p = self.problem
+        for c in self.cands:
             a = p.activation(c.name)
             c.all_inputs = [self.index[x] for x in dict.fromkeys(a.inputs) if x in self.index]
             if a.recomputable:
                 c.inputs = list(c.all_inputs)
-            for x in dict.fromkeys(cons[c.name]):
+            for x in dict.fromkeys(p.consumers[c.name]):
                 if x in self.index and p.activation(x).recomputable:
                     c.rcons_all.append(self.index[x])
-        # kept start slots, consumers first; a useless RECOMPUTE (no kept start after lfu+1) is off
+
+    def _kept_starts(self) -> None:
+        """Kept start slots, consumers first: ``d`` and the consumers' kept slots up to ``d``, the
+        latest ``k``; a useless RECOMPUTE (no kept start after lfu+1) is turned off."""
+        cs = self.cands
         for c in reversed(cs):
-            if c.rec_ok:
-                pts = {c.d} if c.d >= 0 else set()
-                for x in c.rcons_all:
-                    if cs[x].rec_ok:
-                        pts.update(cs[x].kept)
-                if c.d >= 0:
-                    pts = {b for b in pts if b <= c.d}
-                kept = sorted(pts)[-k:]
-                if not kept or kept[-1] <= c.lfu + 1:
-                    c.rec_ok = False
-                else:
-                    c.kept = kept
-                    c.top = c.d if c.d >= 0 else kept[-1]
-                    c.sv = [b for b in kept if b < c.top]
-        # only candidates reachable through rec_ok consumers can be needed
+            if not c.rec_ok:
+                continue
+            pts = {c.d} if c.d >= 0 else set()
+            for x in c.rcons_all:
+                if cs[x].rec_ok:
+                    pts.update(cs[x].kept)
+            if c.d >= 0:
+                pts = {b for b in pts if b <= c.d}
+            kept = sorted(pts)[-self.k:]
+            if not kept or kept[-1] <= c.lfu + 1:
+                c.rec_ok = False
+            else:
+                c.kept = kept
+                c.top = c.d if c.d >= 0 else kept[-1]
+                c.sv = [b for b in kept if b < c.top]
+
+    def _reachable(self) -> list[bool]:
+        """Per candidate: can some plan need it (read by backward, or an input of a reachable
+        RECOMPUTE one)? Decisions of the others are turned off."""
+        cs = self.cands
         reach = [c.d >= 0 for c in cs]
         for c in reversed(cs):
             if reach[c.idx] and c.rec_ok:
                 for x in c.inputs:
                     reach[x] = True
-        self.reach = reach
         for c in cs:
             if not reach[c.idx]:
                 c.rec_ok = c.off_ok = False
                 c.kept, c.sv, c.top = [], [], -1
-        for c in cs:
-            c.rcons = [x for x in c.rcons_all if cs[x].rec_ok and reach[x]]
-            lns = {c.D} if c.D >= 0 else set()
-            for x in c.rcons:
-                lns.update(b for b in cs[x].kept if b > c.D)
-            c.lns = sorted(lns)
-            c.E = c.lns[-1] if c.lns else -1
-            if reach[c.idx]:
-                self._segments(c)
-        for c in cs:
-            if reach[c.idx]:
-                self._pieces(c)
-                self._masks(c)
-            else:
-                c.pieces, c.bps, c.masks, c.full, c.nstates = [], [], [], 0, 0
-        self.by_name = {c.name: c for c in cs}
+        return reach
+
+    def _last_needs(self, c: Cand) -> None:
+        """``rcons`` (the consumers the solvers may recompute), ``lns`` (possible last needs:
+        ``D`` and the consumers' kept starts after it) and ``E``, the latest of them."""
+        c.rcons = [x for x in c.rcons_all if self.cands[x].rec_ok and self.reach[x]]
+        lns = {c.D} if c.D >= 0 else set()
+        for x in c.rcons:
+            lns.update(b for b in self.cands[x].kept if b > c.D)
+        c.lns = sorted(lns)
+        c.E = c.lns[-1] if c.lns else -1
 
     # ---- the ILP's linear forms ----------------------------------------------------------------
     def _offload_candidates(self) -> None:
@@ -229,19 +252,7 @@ class Structure:
             add(lo0, self.nf - 1, ("keep", k), 1)
         for j, (s, e) in enumerate(c.segs):
             add(s, e, ("y", k, j), 1)
-        pieces = []
-        cur: dict = {}
-        pts = sorted(ev)
-        for s, e in zip(pts, pts[1:] + [None]):
-            for var, dv in ev[s].items():
-                v = cur.get(var, 0) + dv
-                if v:
-                    cur[var] = v
-                else:
-                    cur.pop(var, None)
-            if e is not None and cur:
-                pieces.append((s, e - 1, cur.get(None, 0), {v: cf for v, cf in cur.items() if v is not None}))
-        c.pieces = pieces
+        c.pieces = _pieces_of(ev)
 
     def _masks(self, c: Cand) -> None:
         """Live bitmask over the concrete states (decision, start, last need), by slot range."""
@@ -411,6 +422,24 @@ class Structure:
                     diff[lo] += c.bytes
                     diff[hi + 1] -= c.bytes
         return int((self.fixed + np.cumsum(diff[:-1])).max())
+
+
+def _pieces_of(ev: dict[int, dict]) -> list[tuple[int, int, int, dict]]:
+    """Slot ranges on which the summed form is constant, from its change events
+    ``{slot: {var: delta}}`` (``None`` is the constant): (lo, hi, const, {var: coef})."""
+    pieces = []
+    cur: dict = {}
+    pts = sorted(ev)
+    for s, e in zip(pts, pts[1:] + [None]):
+        for var, dv in ev[s].items():
+            v = cur.get(var, 0) + dv
+            if v:
+                cur[var] = v
+            else:
+                cur.pop(var, None)
+        if e is not None and cur:
+            pieces.append((s, e - 1, cur.get(None, 0), {v: cf for v, cf in cur.items() if v is not None}))
+    return pieces
 
 
 def make_plan(

@@ -47,7 +47,7 @@ from remat.errors import ConfigError, InfeasibleBudgetError
 from remat.plan import Decision, Plan
 from remat.problem import Problem
 
-from ._core import OFF, REC, STORE, Structure, make_plan
+from ._core import OFF, REC, STORE, Cand, Structure, make_plan
 from .greedy import run_greedy
 
 try:  # pragma: no cover - import guard
@@ -57,6 +57,7 @@ try:  # pragma: no cover - import guard
 except Exception:  # pragma: no cover
     HAVE_HIGHS = False
 
+LE, GE = pulp.LpConstraintLE, pulp.LpConstraintGE  # row senses
 _DOMINANCE_SPAN = 400  # breakpoints one dominance comparison may cross (keeps pruning near linear)
 
 
@@ -98,64 +99,56 @@ class Rows:
 
     # ---- dominance ----------------------------------------------------------------------
     def _prune(self, reps: list[int]) -> list[int]:
-        st = self.st
-        cs = st.cands
-        pts = []
-        for c in cs:
-            for b in c.bps:
-                pts.append((b, c.idx))
-        pts.sort()
-        bp_slot = [p for p, _ in pts]
-        bp_act = [k for _, k in pts]
-        fixed = st.fixed
-
-        def g(i: int, j: int):
-            """(bound of row_i - row_j over plans, bound of row_j - row_i); None if too far."""
-            lo, hi = (i, j) if i < j else (j, i)
-            a = bisect_right(bp_slot, lo)
-            b = bisect_right(bp_slot, hi)
-            if b - a > _DOMINANCE_SPAN:
-                return None
-            gij = int(fixed[i]) - int(fixed[j])
-            gji = -gij
-            seen = set()
-            for k in bp_act[a:b]:
-                if k in seen:
-                    continue
-                seen.add(k)
-                c = cs[k]
-                mi = st.mask_at(c, i)
-                mj = st.mask_at(c, j)
-                gij += c.bytes * _gmax(mi, mj, c.full)
-                gji += c.bytes * _gmax(mj, mi, c.full)
-            return gij, gji
-
-        def sweep(rows: list[int]) -> list[int]:
-            kept: list[int] = []
-            for r in rows:
-                dominated = False
-                while kept:
-                    d = g(kept[-1], r)
-                    if d is None:
-                        break
-                    if d[0] <= 0:  # kept[-1] never exceeds r
-                        kept.pop()
-                        continue
-                    if d[1] <= 0:
-                        dominated = True
-                    break
-                if not dominated:
-                    kept.append(r)
-            return kept
-
+        """Drop the rows that a neighbouring kept row dominates for every plan, sweeping forward
+        and backward until nothing changes (at most four rounds)."""
+        pts = sorted((b, c.idx) for c in self.st.cands for b in c.bps)
+        self._bp_slot = [p for p, _ in pts]
+        self._bp_act = [k for _, k in pts]
         rows = reps
         for _ in range(4):
             before = len(rows)
-            rows = sweep(rows)
-            rows = sweep(rows[::-1])[::-1]
+            rows = self._sweep(rows)
+            rows = self._sweep(rows[::-1])[::-1]
             if len(rows) == before:
                 break
         return rows
+
+    def _differences(self, i: int, j: int) -> tuple[int, int] | None:
+        """(bound of row_i - row_j over plans, bound of row_j - row_i); None if too far apart."""
+        st = self.st
+        lo, hi = (i, j) if i < j else (j, i)
+        a = bisect_right(self._bp_slot, lo)
+        b = bisect_right(self._bp_slot, hi)
+        if b - a > _DOMINANCE_SPAN:
+            return None
+        gij = int(st.fixed[i]) - int(st.fixed[j])
+        gji = -gij
+        for k in dict.fromkeys(self._bp_act[a:b]):
+            c = st.cands[k]
+            mi = st.mask_at(c, i)
+            mj = st.mask_at(c, j)
+            gij += c.bytes * _gmax(mi, mj, c.full)
+            gji += c.bytes * _gmax(mj, mi, c.full)
+        return gij, gji
+
+    def _sweep(self, rows: list[int]) -> list[int]:
+        """One pass: each row drops the kept rows it dominates and is dropped when dominated."""
+        kept: list[int] = []
+        for r in rows:
+            dominated = False
+            while kept:
+                d = self._differences(kept[-1], r)
+                if d is None:
+                    break
+                if d[0] <= 0:  # kept[-1] never exceeds r
+                    kept.pop()
+                    continue
+                if d[1] <= 0:
+                    dominated = True
+                break
+            if not dominated:
+                kept.append(r)
+        return kept
 
     # ---- linear forms ----------------------------------------------------------------------
     def forms(self):
@@ -193,25 +186,45 @@ def _gmax(mi: int, mj: int, full: int) -> int:
 
 
 class Model:
-    """The PuLP problem for a cap (``budget`` in bytes) or for the smallest peak (``budget=None``)."""
+    """The PuLP problem for a cap (``budget`` in bytes) or for the smallest peak (``budget=None``).
+
+    Built family by family (see the module docstring): decision variables, choice rows, start
+    rows, consumer-start rows and live-segment rows per candidate, the transfer-time chains, the
+    objective, then the memory rows. ``V`` maps keys such as ``("rec", idx)`` to variables.
+    """
 
     def __init__(self, st: Structure, rows: Rows, budget: int | None) -> None:
         t0 = time.perf_counter()
         self.st = st
         self.rows = rows
-        cs = st.cands
-        maxb = max([c.bytes for c in cs] + [1])
-        self.unit = float(2 ** max(0, math.floor(math.log2(max(1.0, maxb / 1e4)))))
-        bw = st.problem.host_bandwidth
-        times = [c.time for c in cs if c.rec_ok] + [c.bytes / bw for c in cs if c.off_ok]
-        tmax = max([t for t in times if t > 0] + [0.0])
-        self.tscale = 1.0 / tmax if tmax > 0 else 1.0
-        self.prob = prob = pulp.LpProblem("remat", pulp.LpMinimize)
+        self.unit, self.tscale = _scales(st)
+        self.prob = pulp.LpProblem("remat", pulp.LpMinimize)
+        self._var = _var_factory(self.prob)
+        self.num_other_rows = 0
+        self.V = self._decision_variables()
+        for c in st.cands:
+            if st.reach[c.idx]:
+                self._choice_rows(c)
+                if c.rec_ok:
+                    self._start_rows(c)
+                self._consumer_start_rows(c)
+                self._live_segment_rows(c)
+        obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands if c.rec_ok and c.time]
+        obj += self._transfer_rows()
+        self.M = self._objective(budget, obj)
+        self._memory_rows(budget)
+        self.num_cons = self.num_other_rows + self.num_rows
+        self.num_binaries = sum(1 for key in self.V if key[0] in ("rec", "off", "keep"))
+        self.build_s = time.perf_counter() - t0
+
+    # ---- variables and row helpers -------------------------------------------------------------
+    def _decision_variables(self) -> dict:
+        """Per reachable candidate: ``rec``/``off`` binaries (case A; ``keep`` too in case B),
+        continuous start indicators ``st`` per kept slot below ``top``, and ``y`` per live segment."""
         V: dict = {}
-        var = _var_factory(prob)
-        B, C = pulp.LpBinary, pulp.LpContinuous
-        for c in cs:
-            if not st.reach[c.idx]:
+        var, B, C = self._var, pulp.LpBinary, pulp.LpContinuous
+        for c in self.st.cands:
+            if not self.st.reach[c.idx]:
                 continue
             k = c.idx
             if c.rec_ok:
@@ -224,96 +237,137 @@ class Model:
                 V[("keep", k)] = var(f"k{k}", 0, 1, B)
             for j in range(len(c.segs)):
                 V[("y", k, j)] = var(f"y{k}_{j}", 0, 1, C)
-        self.V = V
-        rows_: list = []
+        return V
 
-        def row(terms, sense, rhs, name):
-            """terms: list of (key, coef); keys missing from V are dropped (they are 0)."""
-            e = pulp.LpAffineExpression([(V[key], cf) for key, cf in terms if key in V])
-            prob.addConstraint(pulp.LpConstraint(e, sense, name, rhs))
-            rows_.append(name)
+    def _row(self, terms, sense, rhs, name: str) -> None:
+        """Add ``sum(coef * V[key]) sense rhs``; keys missing from V are dropped (they are 0)."""
+        V = self.V
+        e = pulp.LpAffineExpression([(V[key], cf) for key, cf in terms if key in V])
+        self.prob.addConstraint(pulp.LpConstraint(e, sense, name, rhs))
+        self.num_other_rows += 1
 
-        LE, GE = pulp.LpConstraintLE, pulp.LpConstraintGE
+    def _started(self, c: Cand, b: int) -> list:
+        """Terms of "c is RECOMPUTE and S(c) <= b" (``Structure.st``), coefficient 1."""
+        return [(key, 1) for key in self.st.st(c, b)]
 
-        def sv(c, b):
-            return [(key, 1) for key in st.st(c, b)]
-
-        def keep_terms(c):
-            """keep_c as (terms, const)."""
-            if c.d >= 0:
-                return [(("rec", c.idx), -1), (("off", c.idx), -1)], 1
-            return [(("keep", c.idx), 1)], 0
-
-        for c in cs:
-            if not st.reach[c.idx]:
-                continue
-            k = c.idx
-            if c.d >= 0:
-                if c.rec_ok and c.off_ok:
-                    row([(("rec", k), 1), (("off", k), 1)], LE, 1, f"one{k}")
-            elif c.rcons:
-                need = [(("keep", k), 1), (("rec", k), 1)]
-                row(need, LE, 1, f"one{k}")
-                for x in c.rcons:
-                    row(need + [(("rec", x), -1)], GE, 0, f"need{k}_{x}")
-                row(need + [(("rec", x), -1) for x in c.rcons], LE, 0, f"needub{k}")
-            if c.rec_ok:
-                # st monotone in b, below rec
-                chain = [("st", k, b) for b in c.sv] + [("rec", k)]
-                for i in range(len(chain) - 1):
-                    row([(chain[i], 1), (chain[i + 1], -1)], LE, 0, f"mono{k}_{i}")
-                # st(v, b) <= sum over consumers of st(c, b): started only through a consumer
-                for b in c.sv:
-                    terms = [(("st", k, b), 1)]
-                    for x in c.rcons:
-                        terms += [(key, -cf) for key, cf in sv(cs[x], b)]
-                    row(terms, LE, 0, f"sub{k}_{b}")
-            # a consumer started by b < top(v) needs v kept or started by b (S(v) <= S(c));
-            # with no kept start at b, v must be STORE. An OFFLOAD v is never needed before d(v).
-            top = c.top if c.rec_ok else (c.d if c.d >= 0 else None)
-            kt, kc = keep_terms(c)
+    # ---- per-candidate rows --------------------------------------------------------------------
+    def _choice_rows(self, c: Cand) -> None:
+        """One decision at most; in case B, ``need = keep + rec`` is at least each recomputed
+        consumer's ``rec`` and at most their sum (a recomputed ``v`` is really needed)."""
+        k = c.idx
+        if c.d >= 0:
+            if c.rec_ok and c.off_ok:
+                self._row([(("rec", k), 1), (("off", k), 1)], LE, 1, f"one{k}")
+        elif c.rcons:
+            need = [(("keep", k), 1), (("rec", k), 1)]
+            self._row(need, LE, 1, f"one{k}")
             for x in c.rcons:
-                xc = cs[x]
-                for b in xc.sv + [xc.top]:
-                    if top is not None and b >= top:
-                        continue
-                    if top is None and c.d < 0:
-                        continue  # (case B without recompute: need >= rec_x covers it)
-                    terms = sv(xc, b) + [(key, -cf) for key, cf in kt]
-                    terms += [(key, -cf) for key, cf in sv(c, b)] if c.rec_ok else []
-                    row(terms, LE, kc, f"lb{k}_{x}_{b}")
-            # live segments past the certain part: y >= started + needed_by_x - 1
-            for j, (s, e) in enumerate(c.segs):
-                if c.d >= 0:
-                    started, sc = [], 1
-                else:
-                    started, sc = [(("keep", k), 1)] + (sv(c, s) if c.rec_ok else []), 0
-                for x in c.rcons:
-                    xc = cs[x]
-                    if s - 1 >= xc.top:
-                        continue
-                    terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
-                    terms += [(("rec", x), -1)] + sv(xc, s - 1)
-                    row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
-        # objective: recompute time plus the transfer time that compute cannot hide
-        obj = []
-        for c in cs:
-            if c.rec_ok and c.time:
-                obj.append((V[("rec", c.idx)], c.time * self.tscale))
-        obj += self._transfer_rows(st, V, var, row)
-        self.M = None
-        u = self.unit
-        if budget is None:
-            self.M = var("peak", 0, None, pulp.LpContinuous)
-            prob += pulp.LpAffineExpression([(self.M, 1.0)])
-        else:
-            prob += pulp.LpAffineExpression(obj)
-        # memory rows
+                self._row(need + [(("rec", x), -1)], GE, 0, f"need{k}_{x}")
+            self._row(need + [(("rec", x), -1) for x in c.rcons], LE, 0, f"needub{k}")
+
+    def _start_rows(self, c: Cand) -> None:
+        """``st`` is monotone in the slot and below ``rec``; ``v`` starts before ``top`` only
+        through a consumer started by then: ``st[v,b] <= sum_c st[c,b]``."""
+        k = c.idx
+        chain = [("st", k, b) for b in c.sv] + [("rec", k)]
+        for i in range(len(chain) - 1):
+            self._row([(chain[i], 1), (chain[i + 1], -1)], LE, 0, f"mono{k}_{i}")
+        for b in c.sv:
+            terms = [(("st", k, b), 1)]
+            for x in c.rcons:
+                terms += [(key, -cf) for key, cf in self._started(self.st.cands[x], b)]
+            self._row(terms, LE, 0, f"sub{k}_{b}")
+
+    def _consumer_start_rows(self, c: Cand) -> None:
+        """A consumer started by ``b < top(v)`` needs ``v`` kept or started by ``b`` (S(v) <=
+        S(c)); with no kept start at ``b``, ``v`` must be STORE. An OFFLOAD ``v`` is never needed
+        before ``d(v)``."""
+        top = c.top if c.rec_ok else (c.d if c.d >= 0 else None)
+        if top is None and c.d < 0:
+            return  # case B without recompute: need >= rec_x covers it
+        kt, kc = _keep_terms(c)
+        for x in c.rcons:
+            xc = self.st.cands[x]
+            for b in xc.sv + [xc.top]:
+                if top is not None and b >= top:
+                    continue
+                terms = self._started(xc, b) + [(key, -cf) for key, cf in kt]
+                terms += [(key, -cf) for key, cf in self._started(c, b)] if c.rec_ok else []
+                self._row(terms, LE, kc, f"lb{c.idx}_{x}_{b}")
+
+    def _live_segment_rows(self, c: Cand) -> None:
+        """Past the certain part, ``y[v,j] >= started(s) + rec_x - st[x, s-1] - 1`` per consumer
+        ``x``: ``v`` is live on segment ``j`` while started and some recomputed consumer has yet
+        to start."""
+        k = c.idx
+        for j, (s, e) in enumerate(c.segs):
+            if c.d >= 0:
+                started, sc = [], 1
+            else:
+                started, sc = [(("keep", k), 1)] + (self._started(c, s) if c.rec_ok else []), 0
+            for x in c.rcons:
+                xc = self.st.cands[x]
+                if s - 1 >= xc.top:
+                    continue
+                terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
+                terms += [(("rec", x), -1)] + self._started(xc, s - 1)
+                self._row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
+
+    # ---- transfer time, objective, memory ------------------------------------------------------
+    def _transfer_rows(self) -> list:
+        """Objective terms of the unhidden transfer time (``remat.transfers``, exact for the
+        chosen set): copies to host queue in order of last forward use, so the forward waits
+        ``max over a of (copy time released at or after slot a) - (compute after slot a)``;
+        prefetches mirror it from the backward's start. ``U[a]`` / ``W[t]`` are those sums."""
+        st = self.st
+        offs = [c for c in st.cands if c.off_ok and st.reach[c.idx] and c.bytes]
+        if not offs:
+            return []
+        cum, nf = st.problem.cumulative_time, st.nf
+        for key in ("eout", "ein"):
+            self.V[(key,)] = self._var(key, 0, None, pulp.LpContinuous)
+        by_rel: dict[int, list] = defaultdict(list)
+        by_use: dict[int, list] = defaultdict(list)
+        for c in offs:
+            by_rel[c.lfu].append(c)
+            by_use[c.d].append(c)
+        # copies released at or after a must fit in the compute after a; prefetches due by t in
+        # the backward's compute before t
+        self._transfer_chain("U", "eout", by_rel, sorted(by_rel, reverse=True), lambda a: cum[nf] - cum[a + 1])
+        self._transfer_chain("W", "ein", by_use, sorted(by_use), lambda t: cum[t] - cum[nf])
+        return [(self.V[("eout",)], 1.0), (self.V[("ein",)], 1.0)]
+
+    def _transfer_chain(self, kind: str, wait: str, groups: dict, order: list, slack) -> None:
+        """kind[s] = copy time queued from the first slot of ``order`` through s;
+        wait >= kind[s] - slack(s) (compute that can hide it)."""
+        V, ts, bw = self.V, self.tscale, self.st.problem.host_bandwidth
+        prev = None
+        for s in order:
+            V[(kind, s)] = self._var(f"{kind}{s}", 0, None, pulp.LpContinuous)
+            terms = [((kind, s), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in groups[s]]
+            if prev is not None:
+                terms.append(((kind, prev), -1))
+            self._row(terms, pulp.LpConstraintEQ, 0, f"{kind}{s}")
+            self._row([((kind, s), 1), ((wait,), -1)], LE, slack(s) * ts, f"{wait}{s}")
+            prev = s
+
+    def _objective(self, budget: int | None, obj: list):
+        """Minimise the added time under a cap; without one, a variable ``peak`` (returned)."""
+        if budget is not None:
+            self.prob += pulp.LpAffineExpression(obj)
+            return None
+        peak = self._var("peak", 0, None, pulp.LpContinuous)
+        self.prob += pulp.LpAffineExpression([(peak, 1.0)])
+        return peak
+
+    def _memory_rows(self, budget: int | None) -> None:
+        """One row per kept slot of ``rows``: fixed bytes plus the live form stay under the cap
+        (or under ``peak``), in units of ``unit`` bytes. A row with no variable over the cap sets
+        ``infeasible_row``."""
+        V, u = self.V, self.unit
         self.infeasible_row = None
-        forms = rows.forms()
-        self.num_rows = 0
-        self.nnz = 0
-        for t, const, terms in forms:
+        self.num_rows = self.nnz = 0
+        for t, const, terms in self.rows.forms():
             expr = [(V[v], cf / u) for v, cf in terms.items() if v in V]
             if budget is None:
                 expr.append((self.M, -1.0))
@@ -324,50 +378,9 @@ class Model:
                     if const > budget:
                         self.infeasible_row = t
                     continue
-            prob += pulp.LpConstraint(pulp.LpAffineExpression(expr), pulp.LpConstraintLE, f"m{t}", rhs)
+            self.prob += pulp.LpConstraint(pulp.LpAffineExpression(expr), LE, f"m{t}", rhs)
             self.num_rows += 1
             self.nnz += len(expr)
-        self.num_cons = len(rows_) + self.num_rows
-        self.num_binaries = sum(1 for key in V if key[0] in ("rec", "off", "keep"))
-        self.build_s = time.perf_counter() - t0
-
-    def _transfer_rows(self, st: Structure, V: dict, var, row) -> list:
-        """Objective terms of the unhidden transfer time (``remat.transfers``, exact for the
-        chosen set): copies to host queue in order of last forward use, so the forward waits
-        ``max over a of (copy time released at or after slot a) - (compute after slot a)``;
-        prefetches mirror it from the backward's start. ``U[a]`` / ``W[t]`` are those sums."""
-        offs = [c for c in st.cands if c.off_ok and st.reach[c.idx] and c.bytes]
-        if not offs:
-            return []
-        p = st.problem
-        cum, nf, bw, ts = p.cumulative_time, st.nf, p.host_bandwidth, self.tscale
-        C = pulp.LpContinuous
-        for key in ("eout", "ein"):
-            V[(key,)] = var(key, 0, None, C)
-        by_rel: dict[int, list] = defaultdict(list)
-        by_use: dict[int, list] = defaultdict(list)
-        for c in offs:
-            by_rel[c.lfu].append(c)
-            by_use[c.d].append(c)
-
-        def chain(kind: str, wait: str, groups: dict, order: list, slack) -> None:
-            """kind[s] = copy time queued from the first slot of ``order`` through s;
-            wait >= kind[s] - slack(s) (compute that can hide it)."""
-            prev = None
-            for s in order:
-                V[(kind, s)] = var(f"{kind}{s}", 0, None, C)
-                terms = [((kind, s), 1)] + [(("off", c.idx), -c.bytes / bw * ts) for c in groups[s]]
-                if prev is not None:
-                    terms.append(((kind, prev), -1))
-                row(terms, pulp.LpConstraintEQ, 0, f"{kind}{s}")
-                row([((kind, s), 1), ((wait,), -1)], pulp.LpConstraintLE, slack(s) * ts, f"{wait}{s}")
-                prev = s
-
-        # copies released at or after a must fit in the compute after a; prefetches due by t in
-        # the backward's compute before t
-        chain("U", "eout", by_rel, sorted(by_rel, reverse=True), lambda a: cum[nf] - cum[a + 1])
-        chain("W", "ein", by_use, sorted(by_use), lambda t: cum[t] - cum[nf])
-        return [(V[("eout",)], 1.0), (V[("ein",)], 1.0)]
 
     def warm(self, dec: dict[str, Decision]) -> None:
         """Initial values from normalized decisions."""
@@ -420,6 +433,25 @@ def _var_factory(prob: pulp.LpProblem):
     if hasattr(prob, "add_variable"):
         return lambda name, lo, hi, cat: prob.add_variable(name, lo, hi, cat=cat)
     return lambda name, lo, hi, cat: pulp.LpVariable(name, lowBound=lo, upBound=hi, cat=cat)
+
+
+def _scales(st: Structure) -> tuple[float, float]:
+    """(unit, tscale): bytes per unit of a memory row (a power of two near the largest
+    activation / 1e4) and 1 / the largest per-decision time, so that coefficients stay near 1."""
+    cs = st.cands
+    maxb = max([c.bytes for c in cs] + [1])
+    unit = float(2 ** max(0, math.floor(math.log2(max(1.0, maxb / 1e4)))))
+    bw = st.problem.host_bandwidth
+    times = [c.time for c in cs if c.rec_ok] + [c.bytes / bw for c in cs if c.off_ok]
+    tmax = max([t for t in times if t > 0] + [0.0])
+    return unit, (1.0 / tmax if tmax > 0 else 1.0)
+
+
+def _keep_terms(c: Cand) -> tuple[list, int]:
+    """keep_c as (terms, const): ``1 - rec - off`` in case A, the ``keep`` binary in case B."""
+    if c.d >= 0:
+        return [(("rec", c.idx), -1), (("off", c.idx), -1)], 1
+    return [(("keep", c.idx), 1)], 0
 
 
 class _HiGHS(pulp.HiGHS if HAVE_HIGHS else object):  # type: ignore[misc]
@@ -559,34 +591,78 @@ def ilp(
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
-    ``starts``: kept recompute start slots per activation, see ``min_peak``)."""
+    ``starts``: kept recompute start slots per activation, see ``min_peak``).
+
+    Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
+    start and fallback); the model; the solve; the better valid plan of the two (or the min-peak
+    plan when neither meets the cap); its optimality status."""
     t0 = time.perf_counter()
+    deadline = t0 + time_limit
     backend = _backend(backend)
     st = kw.get("_structure") or Structure(problem, k=starts)
-    if budget_bytes is None:
-        return make_plan(st, st.store_all(), "ilp", None, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "no cap"})
+    trivial = _trivial_plan(st, budget_bytes, t0)
+    if trivial is not None:
+        return trivial
     budget = int(budget_bytes)
-    store = st.store_all()
-    if st.n == 0 or st.peak(store) <= budget:
-        return make_plan(st, store, "ilp", budget, status="optimal", bound=0.0, gap=0.0,
-                         solve_time_s=time.perf_counter() - t0, info={"trivial": "store-all fits"})
-    max_fixed = int(st.fixed.max())
-    lb = st.lower_bound_peak()
-    if budget < lb:  # cheap: fixed bytes plus what every plan keeps live already exceed the cap
-        mp, _, proven = _min_peak(st, max(1.0, time_limit - (time.perf_counter() - t0)), backend)
+    if budget < st.lower_bound_peak():  # cheap: fixed bytes plus what every plan keeps live exceed it
+        max_fixed = int(st.fixed.max())
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
-        raise InfeasibleBudgetError(budget, mp, _min_detail(proven, why))
-    # greedy: warm start and fallback
-    gdec, gpeak, _ = run_greedy(st, budget)
-    greedy_plan = st.normalize(gdec) if gpeak <= budget else None
-    if greedy_plan is not None and (st.peak(greedy_plan) > budget or st.violations(greedy_plan)):
-        greedy_plan = None  # (cannot happen: greedy's windows hold for every subset of copies)
-    greedy_cost = st.cost(greedy_plan) if greedy_plan is not None else math.inf
+        _raise_infeasible(st, budget, deadline, backend, why)
+    greedy_plan, greedy_cost = _greedy_plan(st, budget)
     tg = time.perf_counter()
     rows = Rows(st, prune=prune)
     model = Model(st, rows, budget)
-    info = {
+    info = _model_info(st, rows, model, backend, greedy_plan, greedy_cost, time.perf_counter() - tg)
+    if model.infeasible_row is not None:  # cannot happen after the lower-bound test above
+        if greedy_plan is None:
+            _raise_infeasible(st, budget, deadline, backend, "")
+        info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap; greedy used"
+        return make_plan(st, greedy_plan, "ilp", budget, status="heuristic",
+                         solve_time_s=time.perf_counter() - t0, info=info)
+    status, bound, mgap = _run_model(model, greedy_plan, warm_start, backend, deadline, gap, threads, info)
+    best, best_cost, source = _best_plan(st, model, status, budget, greedy_plan, greedy_cost, info)
+    if best is None:
+        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info)
+    info["source"] = source
+    status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, model.tscale)
+    return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
+                     solve_time_s=time.perf_counter() - t0, info=info)
+
+
+_FOUND = (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+
+
+def _trivial_plan(st: Structure, budget_bytes: int | None, t0: float) -> Plan | None:
+    """The store-all plan when there is no cap or it meets the cap (optimal: it adds nothing)."""
+    if budget_bytes is None:
+        budget, why = None, "no cap"
+    else:
+        budget, why = int(budget_bytes), "store-all fits"
+        if st.n and st.peak(st.store_all()) > budget:
+            return None
+    return make_plan(st, st.store_all(), "ilp", budget, status="optimal", bound=0.0, gap=0.0,
+                     solve_time_s=time.perf_counter() - t0, info={"trivial": why})
+
+
+def _raise_infeasible(st: Structure, budget: int, deadline: float, backend: str, why: str):
+    """Raise ``InfeasibleBudgetError`` naming the smallest peak (searched until ``deadline``)."""
+    mp, _, proven = _min_peak(st, max(1.0, deadline - time.perf_counter()), backend)
+    raise InfeasibleBudgetError(budget, mp, _min_detail(proven, why))
+
+
+def _greedy_plan(st: Structure, budget: int) -> tuple[dict | None, float]:
+    """The greedy plan (warm start and fallback) and its cost; (None, inf) when it misses the cap."""
+    gdec, gpeak, _ = run_greedy(st, budget)
+    plan = st.normalize(gdec) if gpeak <= budget else None
+    if plan is not None and (st.peak(plan) > budget or st.violations(plan)):
+        plan = None  # (cannot happen: greedy's windows hold for every subset of copies)
+    return plan, (st.cost(plan) if plan is not None else math.inf)
+
+
+def _model_info(st: Structure, rows: Rows, model: Model, backend: str, greedy_plan, greedy_cost: float,
+                build_s: float) -> dict:
+    """The sizes of the model that ``Plan.info`` reports."""
+    return {
         "backend": backend,
         "num_vars": len(model.V),
         "num_constraints": model.num_cons,
@@ -599,15 +675,13 @@ def ilp(
         "kept_starts": st.k,
         "offload_candidates": st.offload_candidates,
         "greedy_objective": None if greedy_plan is None else greedy_cost,
-        "build_s": round(time.perf_counter() - tg, 4),
+        "build_s": round(build_s, 4),
     }
-    if model.infeasible_row is not None:  # cannot happen after the lower-bound test above
-        if greedy_plan is None:
-            mp, _, proven = _min_peak(st, max(1.0, time_limit - (time.perf_counter() - t0)), backend)
-            raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
-        info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap; greedy used"
-        return make_plan(st, greedy_plan, "ilp", budget, status="heuristic",
-                         solve_time_s=time.perf_counter() - t0, info=info)
+
+
+def _run_model(model: Model, greedy_plan, warm_start: bool | str, backend: str, deadline: float,
+               gap: float, threads: int | None, info: dict):
+    """Warm-start and solve the model until ``deadline``; returns (sol_status, bound, mip gap)."""
     # HiGHS 1.16 can mis-cost a MIP start after presolve ("feasible in the reduced space" with a
     # lower objective) and then stop at it as "optimal": the start is only given to CBC unless
     # warm_start="force". The greedy plan stays the fallback either way.
@@ -616,13 +690,19 @@ def ilp(
     )
     if warm:
         model.warm(greedy_plan)
-    remaining = max(0.5, time_limit - (time.perf_counter() - t0))
+    remaining = max(0.5, deadline - time.perf_counter())
     status, bound, mgap, secs = _solve(model, backend, remaining, gap, warm, threads)
     info["ilp_s"] = round(secs, 4)
     info["sol_status"] = int(status)
-    tscale = model.tscale
+    return status, bound, mgap
+
+
+def _best_plan(st: Structure, model: Model, status: int, budget: int, greedy_plan, greedy_cost: float,
+               info: dict):
+    """(decisions, cost, source) of the cheaper of the ILP's answer (when it is a valid plan under
+    the cap) and the greedy plan; (None, inf, None) when neither is."""
     best, best_cost, source = None, math.inf, None
-    if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    if status in _FOUND:
         dec = model.decisions()
         peak = st.peak(dec)
         bad = st.violations(dec)
@@ -636,23 +716,25 @@ def ilp(
         best, best_cost, source = greedy_plan, greedy_cost, "greedy"
         if status == pulp.LpSolutionInfeasible:  # the model contradicts a verified plan
             info["ilp_fallback"] = "ILP reported infeasible but the greedy plan meets the cap; greedy used"
-            bound = None
-    if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    return best, best_cost, source
+
+
+def _min_peak_plan(st: Structure, budget: int, deadline: float, backend: str, status: int, info: dict):
+    """When neither the ILP nor greedy gave a plan: the min-peak plan if it meets the cap (the ILP
+    ran out of time, or erred), else ``InfeasibleBudgetError``."""
+    mp, mdec, proven = _min_peak(st, max(1.0, deadline - time.perf_counter()), backend)
+    if mp > budget:
+        raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
+    info["ilp_fallback"] = f"ILP found no plan (sol_status {status}); the min-peak plan is used"
+    return mdec, st.cost(mdec), "min_peak"
+
+
+def _optimality(status: int, bound, mgap, best_cost: float, source: str, backend: str, gap: float,
+                tscale: float) -> tuple[str, float | None, float | None]:
+    """(status "optimal" or "feasible", bound in seconds, relative gap) of the chosen plan."""
+    if status not in _FOUND or (bound is not None and not math.isfinite(bound)):
         bound = None
-    if bound is not None and not math.isfinite(bound):
-        bound = None
-    if best is None:
-        left = max(1.0, time_limit - (time.perf_counter() - t0))
-        mp, mdec, proven = _min_peak(st, left, backend)
-        if mp > budget:
-            raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
-        # a plan exists (the ILP ran out of time, or erred): the min-peak plan meets the cap
-        info["ilp_fallback"] = f"ILP found no plan (sol_status {status}); the min-peak plan is used"
-        best, best_cost, source = mdec, st.cost(mdec), "min_peak"
-    info["source"] = source
-    bnd = None if bound is None else bound / tscale
-    if bnd is not None:
-        bnd = min(bnd, best_cost)
+    bnd = None if bound is None else min(bound / tscale, best_cost)
     proven_opt = status == pulp.LpSolutionOptimal and mgap is not None and mgap <= 1e-6
     if backend == "cbc" and status == pulp.LpSolutionOptimal and gap <= 0:
         proven_opt = True
@@ -666,8 +748,7 @@ def ilp(
     elif proven_opt:
         rgap = 0.0
     status_s = "optimal" if proven_opt or (rgap is not None and rgap <= 1e-9) else "feasible"
-    return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
-                     solve_time_s=time.perf_counter() - t0, info=info)
+    return status_s, bnd, rgap
 
 
 def _min_detail(proven: bool, extra: str) -> str:
