@@ -8,7 +8,27 @@ size ops take no slot; their uses count as uses of the storage they alias.
 Memory follows Inductor, not eager: a pointwise result that only feeds fusible consumers
 (pointwise ops, reductions, views) of its own phase is fused into them and never allocated. Every
 other result is a buffer, live from its op's slot to its last use; graph outputs (forward outputs,
-gradients) and the incoming output gradients (tangents) stay live to the end of the step. Parameters and inputs are resident and cost nothing.
+gradients) and the incoming output gradients (tangents) stay live to the end of the step.
+Parameters and inputs are resident and cost nothing.
+
+``capture`` is a pipeline of the steps below, each a function over plain data:
+
+1. ``graph_facts``        the joint graph's phases (``split_phases``), the node owning each
+                          tensor's memory (``storage_owners``: views alias their base), the
+                          resident inputs, the tangents and the outputs' storages (``pinned_storages``)
+2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order
+3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
+4. ``effective_readers``  the slot ops that read each storage (``slot_readers``), seen through
+                          fused readers: a storage lives until the kernel that inlines its reader
+5. ``storage_lifetimes``  live intervals of the buffers whose life no decision changes, and the
+                          facts (bytes, created, uses) of each forward value
+6. ``fixed_bytes``        bytes live at each slot whatever the plan: those intervals plus the
+                          copies of broadcast views that extern kernels read (``broadcast_copies``)
+7. ``fold_fused_values``  each value's inputs (``activation_inputs``), with the fused values that
+                          backward never reads folded into their readers
+8. ``backward_relevant``  the forward values to decide about: read by backward, or by a recompute
+9. ``slot_times``         each slot's time as Inductor's kernels run it, and each op's time alone
+10. ``make_activation``   the ``Activation`` of one forward value
 """
 
 from __future__ import annotations
@@ -28,17 +48,17 @@ aten = torch.ops.aten
 _EXTRA_VIEWS = {aten._unsafe_view.default, aten.copy_.default}
 _RANDOM = {"prims.inductor_random.default", "prims.inductor_seeds.default", "prims.inductor_lookup_seed.default"}
 
-
-def _is_tensor(n: fx.Node) -> bool:
-    return isinstance(n.meta.get("val"), torch.Tensor)
-
-
 # Smallest activation worth a copy to host: each copy costs two custom ops, a stream hop and an
 # event (about 0.2 ms of host time per copy on an H200, benchmarks/gpu_diag.py), and frees little.
 MIN_OFFLOAD_BYTES = 1 << 20
 
 
+def _is_tensor(n: fx.Node) -> bool:
+    return isinstance(n.meta.get("val"), torch.Tensor)
+
+
 def is_view(n: fx.Node) -> bool:
+    """Whether ``n`` aliases its input's memory (a view op, or an element of a view's tuple)."""
     t = n.target
     if n.op != "call_function":
         return False
@@ -56,12 +76,25 @@ def _tags(n: fx.Node) -> set:
 
 
 def is_random(n: fx.Node) -> bool:
+    """Whether ``n`` draws random numbers (recomputing it would draw different ones)."""
     return str(n.target) in _RANDOM or torch.Tag.nondeterministic_seeded in _tags(n)
 
 
 def _fusible_consumer(n: fx.Node) -> bool:
     tags = _tags(n)
     return torch.Tag.pointwise in tags or torch.Tag.reduction in tags
+
+
+def takes_slot(n: fx.Node) -> bool:
+    """Whether ``n`` is an op of the schedule: a tensor (or tuple) op that is not a view."""
+    return n.op == "call_function" and not is_view(n) and n.target is not operator.getitem and (
+        _is_tensor(n) or _is_multi_output(n)
+    )
+
+
+def compute_node(s: fx.Node) -> fx.Node:
+    """The op that computes storage ``s`` (the tuple op for an element of its result)."""
+    return s.args[0] if s.target is operator.getitem else s
 
 
 @dataclass
@@ -74,30 +107,81 @@ class Captured:
     folded: list[str] = field(default_factory=list)  # fused forward values recomputed inside their readers
 
 
-def capture(
-    joint: fx.GraphModule,
-    *,
-    forward_nodes: set[fx.Node],
-    num_fwd_outputs: int,
-    spec: DeviceSpec,
-    host_bandwidth: float = 0.0,
-    name: str = "graph",
-) -> Captured:
-    """Build the Problem of a joint graph whose forward ops are ``forward_nodes``."""
-    from torch._functorch.partitioners import (
-        _extract_fwd_bwd_outputs,
-        _is_tangent,
-        _must_be_in_forward,
-    )
+@dataclass
+class GraphFacts:
+    """The joint graph's nodes by phase, and who owns the memory of each tensor."""
 
-    nodes = list(joint.graph.nodes)
-    index = {n: i for i, n in enumerate(nodes)}
+    nodes: list[fx.Node]
+    index: dict[fx.Node, int]  # position in the graph
+    forward: set[fx.Node]
+    backward: set[fx.Node]
+    owner: dict[fx.Node, fx.Node | None]  # the storage a node's tensor lives in (None: no tensor)
+    resident: set[fx.Node]  # parameters and inputs: cost nothing
+    tangents: list[fx.Node]  # incoming output gradients: live through the whole backward
+    pinned: set[fx.Node]  # storages of graph outputs: live to the end of the step
+
+
+@dataclass
+class Schedule:
+    """The slot order of the step, and the slot at which each op runs."""
+
+    forward: list[fx.Node]
+    backward: list[fx.Node]
+    slot_of: dict[fx.Node, int]  # slot ops, and the getitems of tuple ops at their op's slot
+
+    @property
+    def order(self) -> list[fx.Node]:
+        return self.forward + self.backward
+
+    @property
+    def num_forward(self) -> int:
+        return len(self.forward)
+
+    @property
+    def last(self) -> int:
+        return len(self.forward) + len(self.backward) - 1
+
+
+@dataclass
+class ActivationFacts:
+    """A forward value's bytes and slots: created, last read in forward, read in backward."""
+
+    bytes: int
+    created: int
+    last_forward_use: int
+    backward_uses: list[int]
+
+
+@dataclass
+class Lifetimes:
+    """Live intervals (first slot, last slot, bytes) of the buffers whose life the plan does not
+    change, and the facts of each forward value that the plan may decide about."""
+
+    intervals: list[tuple[int, int, int]] = field(default_factory=list)
+    activations: dict[fx.Node, ActivationFacts] = field(default_factory=dict)
+
+
+@dataclass
+class Folding:
+    """Each forward value's inputs once folded values are replaced by their own inputs."""
+
+    inputs: dict[fx.Node, list[fx.Node]]
+    through: dict[fx.Node, list[fx.Node]]  # the folded values that each value recomputes inside it
+    folded: set[fx.Node]
+
+
+def split_phases(nodes: list[fx.Node], forward_nodes: set[fx.Node]) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Forward and backward ops. Elements of forward tuple ops are forward values, also those
+    that only backward reads (a dropout mask); every other op is backward."""
     fwd = {n for n in forward_nodes if n.op == "call_function"}
-    # outputs of forward tuple ops that only backward reads (a dropout mask) are forward values
     fwd |= {n for n in nodes if n.target is operator.getitem and n.args[0] in fwd}
     bwd = {n for n in nodes if n.op == "call_function" and n not in fwd}
+    return fwd, bwd
 
-    # ---- storages: every tensor node maps to the node owning its memory ----------------
+
+def storage_owners(nodes: list[fx.Node]) -> dict[fx.Node, fx.Node | None]:
+    """The node owning each node's memory: itself for a tensor op or input, its base's owner for
+    a view (an element of a split is a view of the split's input), None for non-tensors."""
     owner: dict[fx.Node, fx.Node | None] = {}
     for n in nodes:
         if n.op == "placeholder":
@@ -106,246 +190,182 @@ def capture(
             owner[n] = None
         elif is_view(n):
             base = n.args[0]
-            if n.target is operator.getitem:  # element of split/unbind: a view of its input
+            if n.target is operator.getitem:
                 base = base.args[0]
             owner[n] = owner.get(base) if isinstance(base, fx.Node) else None
         elif _is_tensor(n):
             owner[n] = n
         else:
             owner[n] = None  # tuples (multi-output ops), SymInts, None
-    resident = {n for n in nodes if n.op == "placeholder" and not _is_tangent(n)}
-    tangents = [n for n in nodes if n.op == "placeholder" and _is_tangent(n)]
+    return owner
 
-    def real(n: fx.Node) -> bool:  # nodes that take a slot
-        return n.op == "call_function" and not is_view(n) and n.target is not operator.getitem and (
-            _is_tensor(n) or _is_multi_output(n)
-        )
 
-    def compute_node(s: fx.Node) -> fx.Node:  # the op that computes storage s
-        if s.target is operator.getitem:
-            return s.args[0]
-        return s
+def pinned_storages(joint: fx.GraphModule, num_fwd_outputs: int, owner: dict) -> set[fx.Node]:
+    """Storages of the forward outputs and the gradients: they live to the end of the step."""
+    from torch._functorch.partitioners import _extract_fwd_bwd_outputs
 
-    # ---- schedule ---------------------------------------------------------------------
-    fwd_order = [n for n in nodes if n in fwd and real(n)]
-    bwd_seq = _autograd_order(nodes, index, bwd, tangents)
-    bwd_order = [n for n in bwd_seq if real(n)]
-    slot_of: dict[fx.Node, int] = {}
-    for i, n in enumerate(fwd_order + bwd_order):
-        slot_of[n] = i
-    for n in nodes:  # getitems live at their op's slot
-        if n.target is operator.getitem and n.args[0] in slot_of:
-            slot_of[n] = slot_of[n.args[0]]
-    nf, ns = len(fwd_order), len(fwd_order) + len(bwd_order)
-    last = ns - 1
-
-    # ---- uses: the slots that read each storage ------------------------------------------
     fwd_outs, bwd_outs, _, _ = _extract_fwd_bwd_outputs(joint, num_fwd_outputs=num_fwd_outputs)
     pinned = {owner.get(o) for o in list(fwd_outs) + list(bwd_outs) if isinstance(o, fx.Node)}
     pinned.discard(None)
+    return pinned
+
+
+def graph_facts(joint: fx.GraphModule, forward_nodes: set[fx.Node], num_fwd_outputs: int) -> GraphFacts:
+    """Steps 1-3: phases, storage owners, resident inputs, tangents and pinned outputs."""
+    from torch._functorch.partitioners import _is_tangent
+
+    nodes = list(joint.graph.nodes)
+    fwd, bwd = split_phases(nodes, forward_nodes)
+    owner = storage_owners(nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    return GraphFacts(
+        nodes=nodes, index={n: i for i, n in enumerate(nodes)}, forward=fwd, backward=bwd, owner=owner,
+        resident={n for n in placeholders if not _is_tangent(n)},
+        tangents=[n for n in placeholders if _is_tangent(n)],
+        pinned=pinned_storages(joint, num_fwd_outputs, owner),
+    )
+
+
+def autograd_order(nodes: list[fx.Node], index: dict, bwd: set, tangents: list) -> list[fx.Node]:
+    """Backward ops in the order AOTAutograd emits them when every forward value is saved: from
+    the first reader of a tangent on, each backward op with the not-yet-emitted ops it reads."""
+    first = min((index[u] for t in tangents for u in t.users), default=None)
+    if first is None:
+        first = min((index[n] for n in bwd), default=len(nodes))
+    done: set = set()
+    seq: list = []
+    for n in nodes[first:]:
+        if n in bwd:
+            seq.extend(_unemitted_inputs(n, bwd, done, index))
+    return seq
+
+
+def _unemitted_inputs(n: fx.Node, bwd: set, done: set, index: dict) -> list[fx.Node]:
+    """``n`` and the backward ops it reads, transitively, that are not in ``done`` (which gains
+    them), in graph order."""
+    todo, found = [n], []
+    while todo:
+        v = todo.pop()
+        if v in done or v not in bwd:
+            continue
+        done.add(v)
+        found.append(v)
+        todo.extend(v.all_input_nodes)
+    return sorted(found, key=index.__getitem__)
+
+
+def build_schedule(g: GraphFacts) -> Schedule:
+    """Slots: the forward ops in graph order, then the backward ops in autograd order; the
+    elements of a tuple op share its slot."""
+    fwd_order = [n for n in g.nodes if n in g.forward and takes_slot(n)]
+    bwd_order = [n for n in autograd_order(g.nodes, g.index, g.backward, g.tangents) if takes_slot(n)]
+    slot_of = {n: i for i, n in enumerate(fwd_order + bwd_order)}
+    for n in g.nodes:
+        if n.target is operator.getitem and n.args[0] in slot_of:
+            slot_of[n] = slot_of[n.args[0]]
+    return Schedule(fwd_order, bwd_order, slot_of)
+
+
+def slot_readers(g: GraphFacts) -> dict[fx.Node, list[fx.Node]]:
+    """The slot ops that read each storage (directly or through views), in graph order."""
     uses: dict[fx.Node, list[fx.Node]] = {}
-    for n in nodes:
-        if n.op != "call_function" or not real(n):
+    for n in g.nodes:
+        if not takes_slot(n):
             continue
         for i in n.all_input_nodes:
-            o = owner.get(i)
+            o = g.owner.get(i)
             if o is not None:
                 uses.setdefault(o, []).append(n)
-    # Fusion: a pointwise result read by a single fusible op of its own phase is never allocated;
-    # Inductor inlines it into its reader, so what it reads stays live until the reader runs.
+    return uses
+
+
+def fused_values(g: GraphFacts) -> set[fx.Node]:
+    """Pointwise results that Inductor never allocates: read (through views) by exactly one
+    fusible kernel (pointwise or reduction) of their own phase, and not a graph output."""
     readers: dict[fx.Node, list[fx.Node]] = {}
-    for n in nodes:
+    for n in g.nodes:
         for i in n.all_input_nodes:
             readers.setdefault(i, []).append(n)
+    storages = [n for n in g.nodes if g.owner.get(n) is n and n.op == "call_function"]
+    return {s for s in storages if not _materialized(s, g, readers)}
 
-    def materialized(s: fx.Node) -> bool:
-        if s.op != "call_function" or torch.Tag.pointwise not in _tags(s) or s in pinned:
-            return True
-        phase_nodes = fwd if s in fwd else bwd
-        stack, kernels = [s], set()
-        while stack:
-            v = stack.pop()
-            for u in readers.get(v, ()):
-                if u.op == "output":
-                    return True
-                if u not in phase_nodes:
-                    continue
-                if is_view(u):
-                    stack.append(u)
-                elif not _fusible_consumer(u):
-                    return True
-                else:
-                    kernels.add(u)
-        return len(kernels) > 1  # read by several kernels: counted as a buffer
 
-    fused = {n: not materialized(n) for n in nodes if owner.get(n) is n and n.op == "call_function"}
-    effective: dict[fx.Node, list[fx.Node]] = {}  # slots' nodes that read a storage, through fused readers
-    for o in reversed(nodes):
+def _materialized(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]]) -> bool:
+    """Whether storage ``s`` is a buffer: not pointwise, pinned, read by a graph output, by a
+    non-fusible op of its phase, or by several kernels."""
+    if torch.Tag.pointwise not in _tags(s) or s in g.pinned:
+        return True
+    phase_nodes = g.forward if s in g.forward else g.backward
+    stack, kernels = [s], set()
+    while stack:
+        v = stack.pop()
+        for u in readers.get(v, ()):
+            if u.op == "output":
+                return True
+            if u not in phase_nodes:
+                continue
+            if is_view(u):
+                stack.append(u)
+            elif not _fusible_consumer(u):
+                return True
+            else:
+                kernels.add(u)
+    return len(kernels) > 1
+
+
+def effective_readers(g: GraphFacts, uses: dict, fused: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
+    """The slot ops that read each storage, plus, for each fused reader, the ops of the fused
+    reader's phase that read it: the storage stays live until the kernel that inlines it runs."""
+    effective: dict[fx.Node, list[fx.Node]] = {}
+    for o in reversed(g.nodes):
         out = []
         for u in uses.get(o, ()):
             out.append(u)
-            if fused.get(u):
-                out.extend(w for w in effective.get(u, ()) if (w in fwd) == (u in fwd))
+            if u in fused:
+                out.extend(w for w in effective.get(u, ()) if (w in g.forward) == (u in g.forward))
         effective[o] = out
+    return effective
 
-    # ---- fixed bytes and activations ------------------------------------------------------
-    delta = [0] * (ns + 1)
 
-    def live(a: int, b: int, nbytes: int) -> None:
-        if nbytes and a <= b:
-            delta[a] += nbytes
-            delta[b + 1] -= nbytes
-
-    storages = [n for n in nodes if owner.get(n) is n and n not in resident]
-    acts: dict[fx.Node, dict] = {}
-    by_slot = fwd_order + bwd_order
+def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[fx.Node]) -> Lifetimes:
+    """Live intervals of tangents, pinned outputs and backward buffers, and the facts of every
+    other forward value (its buffer, unless fused, is live from creation to last forward use)."""
+    life = Lifetimes()
     inplaced: set[fx.Node] = set()
-    for s in storages:
-        nbytes = tensor_bytes(s.meta["val"])
-        s_uses = effective.get(s, [])
-        if s in tangents:  # the autograd engine holds grad outputs until the backward returns
-            live(nf, last, nbytes)
+    for s in g.nodes:
+        if g.owner.get(s) is not s or s in g.resident:
             continue
-        created = slot_of.get(s)
+        nbytes = tensor_bytes(s.meta["val"])
+        if s in g.tangents:  # the autograd engine holds grad outputs until the backward returns
+            life.intervals.append((sched.num_forward, sched.last, nbytes))
+            continue
+        created = sched.slot_of.get(s)
         if created is None:
             continue
-        if s in fwd:
-            f_uses = [slot_of[u] for u in s_uses if u in fwd and u in slot_of]
-            b_uses = sorted({slot_of[u] for u in s_uses if u in bwd and u in slot_of})
-            lfu = max(f_uses + [created])
-            if s in pinned:
-                live(created, last, nbytes)
-                continue
-            if not fused[s]:
-                live(created, lfu, nbytes)
-            acts[s] = dict(bytes=nbytes, created=created, lfu=lfu, b_uses=b_uses)
-        else:
-            end = last if s in pinned else max([slot_of[u] for u in s_uses if u in slot_of] + [created])
-            if not fused[s]:
-                if end > created and _writes_in_place(by_slot[end], s, inplaced):
-                    end -= 1  # Inductor writes the pointwise result into this dying buffer
-                live(created, end, nbytes)
+        read_at = [(u, sched.slot_of[u]) for u in readers.get(s, []) if u in sched.slot_of]
+        if s in g.forward:
+            _forward_lifetime(s, g, sched, read_at, fused, life, nbytes)
+        elif s not in fused:
+            end = sched.last if s in g.pinned else max([t for _, t in read_at] + [created])
+            if end > created and _writes_in_place(sched.order[end], s, inplaced):
+                end -= 1  # Inductor writes the pointwise result into this dying buffer
+            life.intervals.append((created, end, nbytes))
+    return life
 
-    # An extern kernel cannot read a broadcast (stride-0) view: Inductor materialises it first.
-    for t, n in enumerate(by_slot):
-        if _fusible_consumer(n):
-            continue
-        for i in n.all_input_nodes:
-            v = i.meta.get("val")
-            if is_view(i) and isinstance(v, torch.Tensor) and 0 in v.stride() and v.numel() > 1:
-                live(t, t, tensor_bytes(v))
 
-    # inputs of each activation's op (through views), and relevance for the backward
-    def act_inputs(s: fx.Node) -> list[fx.Node]:
-        out = []
-        for i in compute_node(s).all_input_nodes:
-            o = owner.get(i)
-            if o in acts and o is not s and o not in out:
-                out.append(o)
-        return out
-
-    inputs = {s: act_inputs(s) for s in acts}
-    # A fused pointwise result that backward never reads is no decision of its own: Inductor
-    # recomputes it inside its reader's kernel, from the reader's inputs. Fold it into its readers.
-    folded = {s for s in acts if fused[s] and not acts[s]["b_uses"] and not is_random(s)}
-    through: dict[fx.Node, list[fx.Node]] = {}  # each activation's folded ancestors
-    for s in sorted(acts, key=lambda s: index[s]):
-        resolved, anc = [], []
-        for i in inputs[s]:
-            if i in folded:
-                anc += [i] + through[i]
-                resolved += [j for j in inputs[i] if j not in resolved]
-            elif i not in resolved:
-                resolved.append(i)
-        inputs[s], through[s] = resolved, list(dict.fromkeys(anc))
-    relevant: set[fx.Node] = set()
-    for s in sorted(acts, key=lambda s: index[s], reverse=True):
-        if acts[s]["b_uses"]:
-            relevant.add(s)
-    for s in sorted(acts, key=lambda s: index[s], reverse=True):
-        if s in relevant:
-            relevant.update(inputs[s])
-    relevant -= folded
-
-    # ---- slot times -------------------------------------------------------------------
-    def val(x: Any) -> Any:
-        return x.meta.get("val") if isinstance(x, fx.Node) else x
-
-    def kernel_reads(n: fx.Node) -> set[fx.Node]:
-        """Storages that the kernel computing ``n`` reads from memory: fused producers are
-        computed inside it, so it reads their inputs instead."""
-        out, todo, seen = set(), list(n.all_input_nodes), set()
-        while todo:
-            o = owner.get(todo.pop())
-            if o is None or o in seen:
-                continue
-            seen.add(o)
-            if fused.get(o):
-                todo.extend(o.all_input_nodes)
-            else:
-                out.add(o)
-        return out
-
-    # Slot times follow Inductor's kernels: a fused pointwise op moves nothing of its own and the
-    # op that materialises the kernel's result reads what the whole kernel reads. A recomputation
-    # is priced as its own kernel (its inputs read, its result written): a conservative price.
-    times: dict[fx.Node, float] = {}  # per slot, as the step runs
-    alone: dict[fx.Node, float] = {}  # per op, run as a kernel of its own
-    for n in fwd_order + bwd_order:
-        args = torch.utils._pytree.tree_map(val, n.args)
-        kwargs = torch.utils._pytree.tree_map(val, n.kwargs)
-        out = n.meta.get("val")
-        flops = op_flops(n.target, args, kwargs, out)
-        written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
-        alone[n] = op_time(flops, sum(tensor_bytes(val(i)) for i in n.all_input_nodes) + written, spec)
-        if fused.get(n):  # runs inside its reader's kernel: no launch, no traffic of its own
-            times[n] = flops / spec.peak_flops
-        else:
-            times[n] = op_time(flops, sum(tensor_bytes(val(i)) for i in kernel_reads(n)) + written, spec)
-
-    fixed, acc = [], 0
-    for t in range(ns):
-        acc += delta[t]
-        fixed.append(acc)
-    slots = [
-        Slot(n.name, FORWARD if i < nf else BACKWARD, times[n], fixed[i])
-        for i, n in enumerate(fwd_order + bwd_order)
-    ]
-    activations = []
-    for s in sorted(relevant, key=lambda s: index[s]):
-        d, c = acts[s], compute_node(s)
-        val_ = s.meta["val"]
-        recomputable = not (
-            is_random(c) or c.is_impure() or _must_be_in_forward(c)
-            or c.meta.get("recompute") is not None and "MUST_SAVE" in str(c.meta.get("recompute"))
-        )
-        activations.append(
-            Activation(
-                name=s.name,
-                op=str(getattr(c.target, "__name__", c.target)),
-                bytes=d["bytes"],
-                compute_time=alone[c] + sum(alone[compute_node(f)] for f in through[s]),
-                created=d["created"],
-                last_forward_use=d["lfu"],
-                backward_uses=tuple(d["b_uses"]),
-                inputs=tuple(i.name for i in inputs[s]),
-                recomputable=recomputable,
-                # plain contiguous results, big enough to be worth two copies (see MIN_OFFLOAD_BYTES)
-                offloadable=d["bytes"] >= MIN_OFFLOAD_BYTES and s.target is not operator.getitem
-                and val_.is_contiguous(),
-                shape=tuple(int(x) if isinstance(x, int) else -1 for x in val_.shape),
-                dtype=str(val_.dtype).replace("torch.", ""),
-            )
-        )
-    problem = Problem(
-        slots=tuple(slots),
-        activations=tuple(activations),
-        host_bandwidth=host_bandwidth,
-        name=name,
-        metadata={"device": spec.name, "num_nodes": len(nodes)},
-    )
-    return Captured(problem, [n.name for n in nodes if n in fwd], [n.name for n in bwd_order],
-                    sorted(f.name for f in folded))
+def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list, fused: set[fx.Node],
+                      life: Lifetimes, nbytes: int) -> None:
+    """Record forward storage ``s``, read at ``read_at`` (op, slot): pinned, live to the end;
+    otherwise a decision (an activation) whose forward part is live unless fused."""
+    created = sched.slot_of[s]
+    lfu = max([t for u, t in read_at if u in g.forward] + [created])
+    if s in g.pinned:
+        life.intervals.append((created, sched.last, nbytes))
+        return
+    if s not in fused:
+        life.intervals.append((created, lfu, nbytes))
+    b_uses = sorted({t for u, t in read_at if u in g.backward})
+    life.activations[s] = ActivationFacts(nbytes, created, lfu, b_uses)
 
 
 def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
@@ -360,26 +380,179 @@ def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
     return True
 
 
-def _autograd_order(nodes: list, index: dict, bwd: set, tangents: list) -> list:
-    """Backward ops in the order AOTAutograd emits them when every forward value is saved."""
-    first = min((index[u] for t in tangents for u in t.users), default=None)
-    if first is None:
-        first = min((index[n] for n in bwd), default=len(nodes))
-    done: set = set()
-    seq: list = []
+def broadcast_copies(sched: Schedule) -> list[tuple[int, int, int]]:
+    """One-slot intervals of the broadcast (stride-0) views that non-fusible ops read: an extern
+    kernel cannot read one, so Inductor materialises it first."""
+    out = []
+    for t, n in enumerate(sched.order):
+        if _fusible_consumer(n):
+            continue
+        for i in n.all_input_nodes:
+            v = i.meta.get("val")
+            if is_view(i) and isinstance(v, torch.Tensor) and 0 in v.stride() and v.numel() > 1:
+                out.append((t, t, tensor_bytes(v)))
+    return out
 
-    def insert(n: fx.Node) -> None:
-        todo, found = [n], []
-        while todo:
-            v = todo.pop()
-            if v in done or v not in bwd:
-                continue
-            done.add(v)
-            found.append(v)
-            todo.extend(v.all_input_nodes)
-        seq.extend(sorted(found, key=index.__getitem__))
 
-    for n in nodes[first:]:
-        if n in bwd:
-            insert(n)
-    return seq
+def fixed_bytes(intervals: list[tuple[int, int, int]], num_slots: int) -> list[int]:
+    """Bytes live at each slot from ``intervals`` (first slot, last slot, bytes), both ends in."""
+    delta = [0] * (num_slots + 1)
+    for a, b, nbytes in intervals:
+        if nbytes and a <= b:
+            delta[a] += nbytes
+            delta[b + 1] -= nbytes
+    fixed, acc = [], 0
+    for t in range(num_slots):
+        acc += delta[t]
+        fixed.append(acc)
+    return fixed
+
+
+def activation_inputs(g: GraphFacts, acts: dict[fx.Node, ActivationFacts]) -> dict[fx.Node, list[fx.Node]]:
+    """For each forward value, the forward values that its op reads (through views), in order."""
+    inputs = {}
+    for s in acts:
+        out = []
+        for i in compute_node(s).all_input_nodes:
+            o = g.owner.get(i)
+            if o in acts and o is not s and o not in out:
+                out.append(o)
+        inputs[s] = out
+    return inputs
+
+
+def fold_fused_values(g: GraphFacts, acts: dict[fx.Node, ActivationFacts], inputs: dict,
+                      fused: set[fx.Node]) -> Folding:
+    """A fused value that backward never reads (and that draws no random numbers) is no decision
+    of its own: Inductor recomputes it inside its reader's kernel, from its own inputs. Replace
+    it, in its readers' inputs, by its inputs, and note it among the readers' folded ancestors."""
+    folded = {s for s in acts if s in fused and not acts[s].backward_uses and not is_random(s)}
+    resolved_inputs, through = {}, {}
+    for s in sorted(acts, key=g.index.__getitem__):
+        resolved, anc = [], []
+        for i in inputs[s]:
+            if i in folded:
+                anc += [i] + through[i]
+                resolved += [j for j in resolved_inputs[i] if j not in resolved]
+            elif i not in resolved:
+                resolved.append(i)
+        resolved_inputs[s], through[s] = resolved, list(dict.fromkeys(anc))
+    return Folding(resolved_inputs, through, folded)
+
+
+def backward_relevant(g: GraphFacts, acts: dict[fx.Node, ActivationFacts], folding: Folding) -> set[fx.Node]:
+    """The forward values to decide about: those backward reads and, transitively, the inputs
+    that recomputing them reads; folded values excepted."""
+    relevant = {s for s in acts if acts[s].backward_uses}
+    for s in sorted(acts, key=g.index.__getitem__, reverse=True):
+        if s in relevant:
+            relevant.update(folding.inputs[s])
+    return relevant - folding.folded
+
+
+def _val(x: Any) -> Any:
+    return x.meta.get("val") if isinstance(x, fx.Node) else x
+
+
+def kernel_reads(n: fx.Node, owner: dict, fused: set[fx.Node]) -> set[fx.Node]:
+    """Storages that the kernel computing ``n`` reads from memory: fused producers are computed
+    inside it, so it reads their inputs instead."""
+    out, todo, seen = set(), list(n.all_input_nodes), set()
+    while todo:
+        o = owner.get(todo.pop())
+        if o is None or o in seen:
+            continue
+        seen.add(o)
+        if o in fused:
+            todo.extend(o.all_input_nodes)
+        else:
+            out.add(o)
+    return out
+
+
+def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSpec
+               ) -> tuple[dict[fx.Node, float], dict[fx.Node, float]]:
+    """Seconds of each slot op as the step runs it, and as a kernel of its own (a recomputation's
+    conservative price: its inputs read, its result written). The step follows Inductor's
+    kernels: a fused op moves nothing of its own, and the op that materialises a kernel's
+    result reads what the whole kernel reads."""
+    times: dict[fx.Node, float] = {}
+    alone: dict[fx.Node, float] = {}
+    for n in sched.order:
+        args = torch.utils._pytree.tree_map(_val, n.args)
+        kwargs = torch.utils._pytree.tree_map(_val, n.kwargs)
+        out = n.meta.get("val")
+        flops = op_flops(n.target, args, kwargs, out)
+        written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
+        alone[n] = op_time(flops, sum(tensor_bytes(_val(i)) for i in n.all_input_nodes) + written, spec)
+        if n in fused:  # runs inside its reader's kernel: no launch, no traffic of its own
+            times[n] = flops / spec.peak_flops
+        else:
+            read = sum(tensor_bytes(_val(i)) for i in kernel_reads(n, owner, fused))
+            times[n] = op_time(flops, read + written, spec)
+    return times, alone
+
+
+def recomputable(c: fx.Node) -> bool:
+    """Whether op ``c`` may run again in the backward: not random, not impure, not forced into
+    the forward or marked must-save by the partitioner's tags."""
+    from torch._functorch.partitioners import _must_be_in_forward
+
+    return not (
+        is_random(c) or c.is_impure() or _must_be_in_forward(c)
+        or c.meta.get("recompute") is not None and "MUST_SAVE" in str(c.meta.get("recompute"))
+    )
+
+
+def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, alone: dict[fx.Node, float]) -> Activation:
+    """The Activation of forward value ``s``: its recompute cost includes the folded values
+    computed inside it; offloadable if contiguous, no tuple element, and worth two copies."""
+    c, val = compute_node(s), s.meta["val"]
+    return Activation(
+        name=s.name,
+        op=str(getattr(c.target, "__name__", c.target)),
+        bytes=facts.bytes,
+        compute_time=alone[c] + sum(alone[compute_node(f)] for f in folding.through[s]),
+        created=facts.created,
+        last_forward_use=facts.last_forward_use,
+        backward_uses=tuple(facts.backward_uses),
+        inputs=tuple(i.name for i in folding.inputs[s]),
+        recomputable=recomputable(c),
+        offloadable=facts.bytes >= MIN_OFFLOAD_BYTES and s.target is not operator.getitem and val.is_contiguous(),
+        shape=tuple(int(x) if isinstance(x, int) else -1 for x in val.shape),
+        dtype=str(val.dtype).replace("torch.", ""),
+    )
+
+
+def capture(
+    joint: fx.GraphModule,
+    *,
+    forward_nodes: set[fx.Node],
+    num_fwd_outputs: int,
+    spec: DeviceSpec,
+    host_bandwidth: float = 0.0,
+    name: str = "graph",
+) -> Captured:
+    """Build the Problem of a joint graph whose forward ops are ``forward_nodes``."""
+    g = graph_facts(joint, forward_nodes, num_fwd_outputs)
+    sched = build_schedule(g)
+    fused = fused_values(g)
+    readers = effective_readers(g, slot_readers(g), fused)
+    life = storage_lifetimes(g, sched, readers, fused)
+    fixed = fixed_bytes(life.intervals + broadcast_copies(sched), sched.last + 1)
+    folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
+    relevant = backward_relevant(g, life.activations, folding)
+    times, alone = slot_times(sched, g.owner, fused, spec)
+    slots = [
+        Slot(n.name, FORWARD if i < sched.num_forward else BACKWARD, times[n], fixed[i])
+        for i, n in enumerate(sched.order)
+    ]
+    activations = [
+        make_activation(s, life.activations[s], folding, alone) for s in sorted(relevant, key=g.index.__getitem__)
+    ]
+    problem = Problem(
+        slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,
+        metadata={"device": spec.name, "num_nodes": len(g.nodes)},
+    )
+    return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
+                    sorted(f.name for f in folding.folded))
