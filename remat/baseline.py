@@ -1,0 +1,127 @@
+"""The "no remat" baseline that a ratio budget refers to: plain ``torch.compile``.
+
+Plain ``torch.compile`` partitions the joint graph with Inductor's default partitioner,
+``min_cut_rematerialization_partition``: it saves a min-cut set of forward values and recomputes
+the rest (cheap pointwise ops) in the backward. ``plain_compile_plan`` runs that partitioner on a
+copy of the joint graph, reads the values its forward graph saves, and turns them into a remat
+``Plan`` over the same ``Problem``: STORE for every activation whose storage is saved (a saved
+view saves its base's storage), RECOMPUTE for every other one the backward needs. Its simulated
+peak (``plain_compile_peak``) is the model's figure for plain ``torch.compile``.
+
+Approximate by construction: plain Inductor also reuses freed buffers and reorders kernels for
+peak memory, both of which remat turns off under a plan. What min-cut saves that the ``Problem``
+has no activation for (a fused pointwise value that remat folds into its readers) is left out of
+the plan: ``plan.info`` lists it and its bytes, which the simulated peak does not count.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from .capture import Captured, is_view
+from .cost import tensor_bytes
+from .plan import Decision, Plan
+from .simulate import simulate
+
+__all__ = ["copy_graph", "min_cut_saved_values", "plain_compile_peak", "plain_compile_plan", "plan_from_saved",
+           "saved_outputs", "storage_name"]
+
+
+def copy_graph(joint: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``joint`` that the partitioner may mutate (node names and meta preserved)."""
+    graph = fx.Graph()
+    out = graph.graph_copy(joint.graph, {})
+    graph.output(out)
+    return fx.GraphModule(joint, graph)
+
+
+def min_cut_saved_values(
+    joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None = None
+) -> list[str]:
+    """Names of the joint-graph nodes that Inductor's default partitioner saves for the backward
+    (tensors only), read from the outputs of the forward graph it builds from a copy of ``joint``."""
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    fw, _ = min_cut_rematerialization_partition(
+        copy_graph(joint), None, compiler="inductor", num_fwd_outputs=num_fwd_outputs,
+        static_lifetime_input_indices=static_lifetime_input_indices,
+    )
+    return saved_outputs(fw, num_fwd_outputs)
+
+
+def saved_outputs(forward: fx.GraphModule, num_fwd_outputs: int) -> list[str]:
+    """Names of the tensor values that a partitioned forward graph returns after its
+    ``num_fwd_outputs`` user outputs: the values it saves for the backward."""
+    (outs,) = [n.args[0] for n in forward.graph.find_nodes(op="output")]
+    return [o.name for o in outs[num_fwd_outputs:]
+            if isinstance(o, fx.Node) and isinstance(o.meta.get("val"), torch.Tensor)]
+
+
+def storage_name(joint: fx.GraphModule, name: str) -> str:
+    """The node owning the memory of node ``name`` (through views), as remat names storages."""
+    n = _node(joint, name)
+    while n is not None and is_view(n):
+        base = n.args[0]
+        n = base.args[0] if n.target is operator.getitem else base
+    return n.name if n is not None else name
+
+
+def _node(joint: fx.GraphModule, name: str) -> fx.Node | None:
+    return next((n for n in joint.graph.nodes if n.name == name), None)
+
+
+def plain_compile_plan(
+    joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
+    static_lifetime_input_indices: list[int] | None = None,
+) -> Plan:
+    """The plan that plain ``torch.compile``'s min-cut partition amounts to on ``captured``'s
+    Problem (see the module docstring). ``joint`` is the graph ``captured`` was made from; it is
+    not changed. ``plan.info`` lists what the plan could not represent."""
+    saved = min_cut_saved_values(joint, num_fwd_outputs, static_lifetime_input_indices)
+    storages = {storage_name(joint, s) for s in saved}
+    resident = {n.name for n in joint.graph.find_nodes(op="placeholder")}
+    plan = plan_from_saved(captured, storages - resident)
+    plan.info["saved_not_activations_bytes"] = sum(
+        tensor_bytes(_node(joint, s).meta["val"]) for s in plan.info["saved_not_activations"])
+    return plan
+
+
+def plan_from_saved(captured: Captured, saved_storages: set[str]) -> Plan:
+    """STORE the needed activations in ``saved_storages`` (and those that cannot be recomputed),
+    RECOMPUTE the other needed ones; the needed set grows through the inputs of recomputed ones."""
+    problem = captured.problem
+    decisions: dict[str, Decision] = {}
+    forced: list[str] = []
+    todo = [a.name for a in problem.activations if a.backward_uses]
+    while todo:
+        name = todo.pop()
+        if name in decisions:
+            continue
+        a = problem.activation(name)
+        if name in saved_storages or not a.recomputable:
+            decisions[name] = Decision.STORE
+            if name not in saved_storages:
+                forced.append(name)
+        else:
+            decisions[name] = Decision.RECOMPUTE
+            todo.extend(a.inputs)
+    known = {a.name for a in problem.activations}
+    info = {
+        "min_cut_saved": sorted(saved_storages),
+        "saved_not_activations": sorted(s for s in saved_storages if s not in known),
+        "saved_not_needed": sorted(s for s in saved_storages if s in known and s not in decisions),
+        "stored_not_saved": sorted(forced),
+    }
+    return Plan(decisions, solver="plain_compile", status="heuristic", info=info)
+
+
+def plain_compile_peak(
+    joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
+    static_lifetime_input_indices: list[int] | None = None,
+) -> int:
+    """Simulated peak bytes of ``plain_compile_plan``: the model's peak of plain torch.compile."""
+    plan = plain_compile_plan(joint, captured, num_fwd_outputs, static_lifetime_input_indices)
+    return simulate(captured.problem, plan).peak_bytes

@@ -1,0 +1,80 @@
+"""The plain-compile baseline (remat.baseline): the plan that Inductor's default min-cut partition
+amounts to, compared with the forward graph that the real partition builds."""
+
+import pytest
+import torch
+from torch._functorch.partitioners import min_cut_rematerialization_partition
+from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+from remat.backend import plan_joint_graph
+from remat.baseline import copy_graph, plain_compile_plan, saved_outputs, storage_name
+from remat.config import RematConfig
+from remat.plan import Decision
+from remat.simulate import simulate, store_all_peak
+from tests.e2e.models import Block
+
+from examples.mlp import MLP
+
+
+class _Recorder(CustomPartitionerFn):
+    """Plans a copy of the joint graph as remat does, builds the plain-compile plan from it, then
+    partitions the original with the real min-cut partitioner and keeps its forward graph."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def __call__(self, gm, joint_inputs, **kwargs):
+        n, static = kwargs["num_fwd_outputs"], kwargs.get("static_lifetime_input_indices")
+        cfg = RematConfig.from_options({"solver": "store_all"})
+        report, (joint, _) = plan_joint_graph(copy_graph(gm), n, static, cfg)
+        plan = plain_compile_plan(joint, report.captured, n, static)
+        fw, bw = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+        self.seen.append(dict(joint=joint, problem=report.captured.problem, plan=plan,
+                              saved=saved_outputs(fw, n)))
+        return fw, bw
+
+    def uuid(self):
+        return None
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "mlp": (MLP(d=64, hidden=256, blocks=2), torch.randn(128, 64)),
+        "block": (Block(d=64, heads=4, p=0.1), torch.randn(4, 32, 64)),
+    }
+
+
+@pytest.fixture(scope="module", params=["mlp", "block"])
+def recorded(request):
+    model, x = _models()[request.param]
+    rec = _Recorder()
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True, custom_partitioner_fn=rec):
+        torch.compile(lambda x: model(x).pow(2).mean())(x).backward()
+    torch._dynamo.reset()
+    assert len(rec.seen) == 1
+    return rec.seen[0]
+
+
+def test_plan_is_valid_and_under_store_all(recorded):
+    problem, plan = recorded["problem"], recorded["plan"]
+    tl = simulate(problem, plan)
+    assert tl.ok, tl.errors
+    assert tl.peak_bytes <= store_all_peak(problem)
+
+
+def test_store_set_is_what_the_real_partition_saves(recorded):
+    joint, problem, plan = recorded["joint"], recorded["problem"], recorded["plan"]
+    activations = {a.name for a in problem.activations}
+    real = {storage_name(joint, s) for s in recorded["saved"]} & activations
+    assert real, "the real partition saves some activation"
+    assert set(plan.names(Decision.STORE)) == real
+    assert not plan.info["stored_not_saved"]
+
+
+def test_values_recomputed_are_those_not_saved(recorded):
+    joint, problem, plan = recorded["joint"], recorded["problem"], recorded["plan"]
+    real = {storage_name(joint, s) for s in recorded["saved"]}
+    read_by_backward = {a.name for a in problem.activations if a.backward_uses}
+    assert set(plan.names(Decision.RECOMPUTE)) >= read_by_backward - real
