@@ -328,31 +328,26 @@ def _fmt_time(s: float) -> str:
 # ---- argument parsing ----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="remat", description="Plan store / recompute / offload of a model's activations under a peak-memory cap.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
-    )
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of every command that builds a model: target, factory arguments, cost model, solver."""
+    p.add_argument("target", metavar="FILE_OR_MODULE:FACTORY",
+                   help="factory returning (model, example_inputs[, loss_fn]), e.g. examples/gpt.py:factory")
+    p.add_argument("-a", "--factory-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the factory (repeatable), e.g. -a batch=16")
+    p.add_argument("--device", default="auto", help="cost-model device: auto, cpu, a100, h100, h200 (default auto)")
+    p.add_argument("--solver", default="ilp", help="ilp (default), greedy, store_all, recompute_all")
+    p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
+    p.add_argument("--offload", choices=("auto", "on", "off"), default="auto",
+                   help="allow OFFLOAD decisions (auto: on for CUDA graphs, off on the CPU)")
+    p.add_argument("--host-bandwidth", type=float, default=None, metavar="BYTES_PER_S",
+                   help="device<->host link for the cost model (default: the device's, e.g. 25e9 for h100: half the PCIe rate, as slack)")
+    p.add_argument("--real", action="store_true", help="build real tensors instead of fake ones")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("target", metavar="FILE_OR_MODULE:FACTORY",
-                       help="factory returning (model, example_inputs[, loss_fn]), e.g. examples/gpt.py:factory")
-        p.add_argument("-a", "--factory-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="keyword argument for the factory (repeatable), e.g. -a batch=16")
-        p.add_argument("--device", default="auto", help="cost-model device: auto, cpu, a100, h100, h200 (default auto)")
-        p.add_argument("--solver", default="ilp", help="ilp (default), greedy, store_all, recompute_all")
-        p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
-        p.add_argument("--offload", choices=("auto", "on", "off"), default="auto",
-                       help="allow OFFLOAD decisions (auto: on for CUDA graphs, off on the CPU)")
-        p.add_argument("--host-bandwidth", type=float, default=None, metavar="BYTES_PER_S",
-                       help="device<->host link for the cost model (default: the device's, e.g. 25e9 for h100: half the PCIe rate, as slack)")
-        p.add_argument("--real", action="store_true", help="build real tensors instead of fake ones")
-        p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
 
+def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="plan one cap: summary, decision table, JSON, timeline plot")
-    common(p)
+    _model_arguments(p)
     p.add_argument("--budget", default=None, help="cap on the step's peak: '300MiB', '6GB', bytes, or '60%%' of the no-remat peak")
     p.add_argument("--json", metavar="PATH", help="write problem + plan + config as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
@@ -362,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-table", action="store_true", help="do not print the decision table")
     p.set_defaults(func=cmd_analyze)
 
+
+def _add_pareto(sub) -> None:
     p = sub.add_parser("pareto", help="sweep caps: predicted peak vs predicted step-time overhead")
-    common(p)
+    _model_arguments(p)
     p.add_argument("--budgets", default="90%,80%,70%,60%,50%,40%,30%",
                    help="comma-separated caps (as --budget, or 'min' for the smallest reachable peak)")
     p.add_argument("--plot", metavar="PATH", help="write predicted peak vs overhead (PNG)")
@@ -371,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pareto)
 
+
+def _add_show(sub) -> None:
     p = sub.add_parser("show", help="print (and plot) a report saved with --json")
     p.add_argument("report", metavar="PLAN.json")
     p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
@@ -378,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-table", action="store_true")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="remat", description="Plan store / recompute / offload of a model's activations under a peak-memory cap.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_analyze, _add_pareto, _add_show):
+        add(sub)
     return ap
 
 

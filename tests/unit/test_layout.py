@@ -17,9 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "remat"
 MAX_FUNCTION_LINES = 80
 
 # "module.qualified.function" -> why it is still allowed (to be emptied, see issue 10)
-LONG_FUNCTIONS_ALLOWED = {
-    "remat.capture.capture": "issue 10: capture becomes a pipeline of named steps",
-}
+LONG_FUNCTIONS_ALLOWED: dict[str, str] = {}
 # import edges (importer, imported) allowed to close a cycle for now (to be emptied, see issue 10)
 CYCLE_EDGES_ALLOWED = {
     ("remat.backend", "remat"): "`from . import __version__`: the package facade imports backend lazily",
