@@ -11,7 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from remat.plan import Decision
 from remat.problem import BACKWARD, FORWARD, Activation, Problem, Slot
+from remat.simulate import needed_activations, recompute_starts
 
 
 @dataclass
@@ -304,3 +306,29 @@ def all_small_problems() -> list[Problem]:
     out += [chain_problem(host_bandwidth=200.0), diamond_problem(host_bandwidth=100.0),
             residual_problem(blocks=2, host_bandwidth=150.0)]
     return out
+
+
+def large_problem(seed: int = 0, forward: int = 10_000, backward: int = 10_000,
+                  activations: int = 5_000) -> tuple[Problem, dict[str, Decision]]:
+    """A large random Problem (1 s slots, two backward uses and up to two inputs per activation,
+    1e6 B/s link) and a valid plan over its needed set that STOREs, RECOMPUTEs and OFFLOADs by
+    turns (an OFFLOAD that a recomputed consumer needs before its prefetch becomes STORE)."""
+    rng = random.Random(seed)
+    nf, nb = forward, backward
+    slots = [Slot(f"f{i}", FORWARD, 1.0, rng.randrange(1000)) for i in range(nf)]
+    slots += [Slot(f"b{i}", BACKWARD, 1.0, rng.randrange(1000)) for i in range(nb)]
+    acts: list[Activation] = []
+    for i in range(activations):
+        c = rng.randrange(nf - 1)
+        inputs = tuple(f"x{j}" for j in rng.sample(range(i), min(i, 2)) if acts[j].created < c)
+        uses = tuple(sorted(rng.sample(range(nf, nf + nb), 2)))
+        lfu = c + rng.randrange(nf - c)
+        acts.append(Activation(f"x{i}", f"op_x{i}", 1 + rng.randrange(1 << 20), 1.0, c, lfu, uses, inputs))
+    p = Problem(slots=tuple(slots), activations=tuple(acts), host_bandwidth=1e6)
+    S, R, O = Decision.STORE, Decision.RECOMPUTE, Decision.OFFLOAD
+    plan = {a.name: (S, R, O)[i % 3] for i, a in enumerate(acts)}
+    starts = recompute_starts(p, plan)
+    for a in acts:
+        if plan[a.name] is O and starts.get(a.name, a.backward_uses[0]) < a.backward_uses[0]:
+            plan[a.name] = S
+    return p, {n: plan[n] for n in needed_activations(p, plan)}
