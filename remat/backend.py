@@ -26,7 +26,8 @@ from . import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .errors import InfeasibleBudgetError, fmt_bytes
+from .compilation import Compilation, compilation_for
+from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
@@ -61,12 +62,12 @@ class GraphReport:
 
 @dataclass
 class CompileLog:
-    """Reports of every graph that a compiled model partitioned, newest last."""
+    """Transitional: reports of the most recent compilation (use ``remat.reports(compiled)``)."""
 
     reports: list[GraphReport] = field(default_factory=list)
 
 
-LAST_COMPILE = CompileLog()  # the reports of the most recent remat compilation in this process
+LAST_COMPILE = CompileLog()
 
 
 class _Stop(Exception):
@@ -79,13 +80,33 @@ class _Stop(Exception):
 
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
-    lower_by: int = 0,
+    lower_by: int = 0, name: str = "graph0",
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, solve it and check the plan with the simulator
     (``lower_by``: bytes to plan below the usual target, after Inductor found the last plan over)."""
+    t0 = time.perf_counter()
+    joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
+    captured = capture(
+        joint,
+        forward_nodes=forward_nodes(joint, info),
+        num_fwd_outputs=num_fwd_outputs,
+        spec=device_spec(cfg.device),
+        host_bandwidth=cfg.offload_bandwidth(on_cuda=_on_cuda(joint)),
+        name=name,
+    )
+    problem = captured.problem
+    baseline = store_all_peak(problem)
+    budget, target = _cap_and_target(cfg, problem, baseline, lower_by)
+    plan, target = _solve_within(cfg, problem, budget, target)
+    timeline = check(problem, plan, target)
+    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
+    return report, (joint, info)
+
+
+def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int] | None) -> tuple[fx.GraphModule, Any]:
+    """torch's own clean-up of a joint graph before partitioning, and its node classification."""
     from torch._functorch import partitioners as P
 
-    t0 = time.perf_counter()
     joint.graph.eliminate_dead_code()
     joint.recompile()
     if P.has_recomputable_ops(joint):
@@ -93,33 +114,45 @@ def plan_joint_graph(
     P.force_save_collectives(joint)
     P.force_save_effectful_ops(joint)
     P.force_save_bw_mutation_src(joint)
-    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
-    spec = device_spec(cfg.device)
-    captured = capture(
-        joint,
-        forward_nodes=forward_nodes(joint, info),
-        num_fwd_outputs=num_fwd_outputs,
-        spec=spec,
-        host_bandwidth=cfg.offload_bandwidth(on_cuda=_on_cuda(joint)),
-        name=f"graph{len(LAST_COMPILE.reports)}",
-    )
-    problem = captured.problem
-    baseline = store_all_peak(problem)
-    budget = cfg.memory_budget.resolve(baseline) if cfg.memory_budget is not None else None
-    target = cfg.planning_target(budget)
-    if target is not None:
-        target -= lower_by
+    return joint, P.classify_nodes(joint, static or [], num_fwd_outputs)
+
+
+def _cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int) -> tuple[int | None, int | None]:
+    """The cap in bytes (None: no cap) and the peak that plans aim for (the cap less the reserve,
+    less ``lower_by``). ``memory_budget="min"`` caps at the smallest peak that any plan reaches."""
+    budget = cfg.memory_budget
+    if budget is None:
+        return None, None
+    if getattr(budget, "minimum", False):
+        from .solvers import min_peak
+
+        floor = min_peak(problem, time_limit=cfg.time_limit)
+        return floor, floor - lower_by
+    cap = budget.resolve(baseline)
+    return cap, cfg.planning_target(cap) - lower_by
+
+
+def _solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None) -> tuple[Plan, int | None]:
+    """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
+    when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor)."""
     solve = get_solver(cfg.solver)
     try:
-        plan = solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
+        return solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap), target
     except InfeasibleBudgetError as e:
-        if budget is None or e.min_peak_bytes > budget:
-            raise InfeasibleBudgetError(budget, e.min_peak_bytes) from None
-        target = e.min_peak_bytes  # the reserve shrinks to what the cap can afford
-        plan = solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap)
-    timeline = check(problem, plan, target)
-    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
-    return report, (joint, info)
+        floor = e.min_peak_bytes
+        if budget is None or floor > budget:
+            if getattr(cfg, "on_infeasible", "error") != "min":
+                raise _infeasible(problem.name, budget if budget is not None else target, floor) from None
+            log.warning("remat[%s]: memory_budget %s cannot be met; planning at the smallest peak, %s "
+                        "(on_infeasible='min')", problem.name, fmt_bytes(budget), fmt_bytes(floor))
+        return solve(problem, floor, time_limit=cfg.time_limit, gap=cfg.gap), floor
+
+
+def _infeasible(graph: str, budget: int, floor: int) -> InfeasibleBudgetError:
+    """The error for a cap below the floor: names the graph, the option and what to do."""
+    return InfeasibleBudgetError(budget, floor, detail=(
+        f"graph {graph}; raise memory_budget to at least {fmt_bytes(floor)}, or pass "
+        f"memory_budget='min' (plan at the smallest peak) or on_infeasible='min'"))
 
 
 def _on_cuda(joint: fx.GraphModule) -> bool:
@@ -139,23 +172,24 @@ def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
 
 
 class RematPartitioner(CustomPartitionerFn):
-    """Inductor's partitioner hook: plan with remat, then build forward and backward graphs."""
+    """Inductor's partitioner hook: plan with remat, then build forward and backward graphs.
 
-    def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0) -> None:
+    Each joint graph it partitions leaves its GraphReport in ``reports``; ``graph_name`` names it."""
+
+    def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0") -> None:
         self.cfg = cfg
         self.analyze_only = analyze_only
         self.lower_by = lower_by
+        self.graph_name = graph_name
+        self.reports: list[GraphReport] = []
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = kwargs.get("static_lifetime_input_indices")
-        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg, self.lower_by)
+        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name)
         if self.analyze_only:
             raise _Stop(report)
-        LAST_COMPILE.reports.append(report)
-        if self.cfg.verbose:
-            print(summary_line(report))
-        log.info("%s", summary_line(report))
+        self.reports.append(report)
         fw, bw = apply_plan(
             joint,
             forward_nodes=forward_nodes(joint, info),
@@ -206,60 +240,101 @@ def _offload_note(r: GraphReport) -> str:
 
 
 def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict | None = None, **kw: Any):
-    """torch.compile backend "remat": Inductor with a peak-memory-capped partitioner."""
+    """torch.compile backend "remat": Inductor with a peak-memory-capped partitioner.
+
+    remat's own errors leave torch.compile as themselves (``except remat.InfeasibleBudgetError``
+    works at the call that compiles), not wrapped in Dynamo's BackendCompilerFailed."""
     from torch._inductor.compile_fx import compile_fx
 
     if kw:
         raise TypeError(f"remat backend: unexpected keyword(s) {sorted(kw)}; pass settings as options={{...}}")
-    cfg = RematConfig.from_options(options)
-    if cfg.memory_budget is None:
-        return compile_fx(gm, example_inputs)
-    # Inductor's buffer reuse keeps a freed buffer allocated until a later same-sized allocation
-    # takes it, which can hold memory across the step's peak; the plan frees at last use. Its
-    # peak-memory reordering counts host and device bytes alike (it pulls every prefetch to the
-    # start of the backward to free host inputs early); the plan already fixes the order. The
-    # backward is compiled now rather than at the first backward call, so that Inductor's own
-    # estimate of both graphs is known here: when it leaves less than the reserve under the cap,
-    # the graph is planned again, lower by the excess (at most MAX_PLANS times).
-    def patches(lower_by: int = 0, **extra: Any) -> dict:
-        return {"custom_partitioner_fn": RematPartitioner(cfg, lower_by=lower_by),
-                "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
+    try:
+        cfg = RematConfig.from_options(options)
+        if cfg.memory_budget is None:
+            return compile_fx(gm, example_inputs)
+        comp = compilation_for(options)
+        if not _needs_backward(example_inputs):
+            log.warning("remat[%s]: this graph runs without autograd (no input or parameter requires grad, "
+                        "or grad mode is off): there is no backward to plan, memory_budget has no effect",
+                        comp.next_graph_name())
+            return compile_fx(gm, example_inputs)
+        return _compile_planned(gm, example_inputs, cfg, comp)
+    except Exception as e:
+        err = _caused_by(e, RematError)
+        if err is None:
+            raise
+        raise surfaced(err) from None
 
+
+def _needs_backward(example_inputs: Sequence[Any]) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
+
+
+def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
+    """Compile one graph under a plan; with ``inductor_check``, plan again lower (at most
+    MAX_PLANS times) while Inductor's estimate after fusion leaves less than the reserve free."""
+    name = comp.next_graph_name()
     if not cfg.inductor_check:
-        return compile_fx(gm, example_inputs, config_patches=patches())
+        partitioner = RematPartitioner(cfg, graph_name=name)
+        compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
+        _record(comp, partitioner.reports, cfg.verbose)
+        return compiled
     lower_by, best = 0, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
-        peaks = InductorPeaks()
-        first = len(LAST_COMPILE.reports)
         try:
-            with _backward_compiled_now():
-                compiled = compile_fx(gm, example_inputs,
-                                      config_patches=patches(lower_by, _post_fusion_custom_pass=peaks))
+            compiled, report, estimate = _compile_checked(gm, example_inputs, cfg, name, lower_by)
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
             raise
-        new = LAST_COMPILE.reports[first:]
-        del LAST_COMPILE.reports[first:]
-        if not new or peaks.peak_bytes is None or new[-1].budget_bytes is None:
-            LAST_COMPILE.reports.extend(new)
+        if report is None or estimate is None or report.budget_bytes is None:
+            _record(comp, [report] if report is not None else [], cfg.verbose)
             return compiled
-        report = new[-1]
-        report.inductor_peak_bytes, report.plans_made = peaks.peak_bytes, attempt
-        improved = best is None or peaks.peak_bytes < best[0]
+        report.inductor_peak_bytes, report.plans_made = estimate, attempt
+        improved = best is None or estimate < best[0]
         if improved:
-            best = (peaks.peak_bytes, compiled, report)
+            best = (estimate, compiled, report)
         # Inductor does not see op workspaces either: its estimate must leave the reserve free too
-        over = peaks.peak_bytes - cfg.planning_target(report.budget_bytes)
+        over = estimate - cfg.planning_target(report.budget_bytes)
         if over <= 0 or not improved:
             break
         lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
-    est, compiled, report = best
-    LAST_COMPILE.reports.append(report)
-    if est > report.budget_bytes:
+    estimate, compiled, report = best
+    _record(comp, [report], cfg.verbose)
+    if estimate > report.budget_bytes:
         log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
-                    report.problem.name, fmt_bytes(est), fmt_bytes(report.budget_bytes), report.plans_made)
+                    report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
     return compiled
+
+
+def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int):
+    """One compile with both graphs compiled now: (compiled, its report or None, Inductor's estimate)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    peaks = InductorPeaks()
+    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name)
+    with _backward_compiled_now():
+        compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
+    report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
+    return compiled, report, peaks.peak_bytes
+
+
+def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
+    """Inductor settings under a plan. Buffer reuse keeps a freed buffer allocated until a later
+    same-sized allocation takes it, which can hold memory across the step's peak; the plan frees
+    at last use. Peak-memory reordering counts host and device bytes alike (it pulls every
+    prefetch to the start of the backward); the plan already fixes the order."""
+    return {"custom_partitioner_fn": partitioner, "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
+
+
+def _record(comp: Compilation, reports: list[GraphReport], verbose: bool) -> None:
+    """Keep a graph's final report in its compilation and log its summary line."""
+    for r in reports:
+        comp.add(r)
+        LAST_COMPILE.reports.append(r)
+        log.info("%s", summary_line(r))
+        if verbose:
+            print(summary_line(r))
 
 
 MAX_PLANS = 3  # plans per graph: the first, and two more when Inductor's estimate is over the cap
@@ -282,3 +357,28 @@ def _caused_by(e: BaseException | None, kind: type) -> BaseException | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def surfaced(err: RematError) -> RematError:
+    """``err`` as an exception that Dynamo passes through to the user's call unchanged.
+
+    Dynamo wraps whatever a backend raises in BackendCompilerFailed, except its own
+    ShortenTraceback family, which it re-raises as is (``torch/_dynamo/output_graph.py``). The
+    returned error is both ``type(err)`` (so ``except remat.InfeasibleBudgetError`` catches it)
+    and a ShortenTraceback, with the same message and attributes."""
+    from torch._dynamo.exc import ShortenTraceback
+
+    if isinstance(err, ShortenTraceback):
+        return err
+    cls = _SURFACED.get(type(err))
+    if cls is None:
+        cls = type(type(err).__name__, (type(err), ShortenTraceback), {"__module__": type(err).__module__})
+        _SURFACED[type(err)] = cls
+    out = cls.__new__(cls)
+    out.__dict__.update(err.__dict__)
+    out.args = err.args
+    out.first_useful_frame = None
+    return out
+
+
+_SURFACED: dict[type, type] = {}

@@ -1,0 +1,86 @@
+"""One Compilation per torch.compile call: its own reports, remat's errors by their own type."""
+
+import logging
+import threading
+
+import pytest
+import torch
+
+import remat
+
+torch.set_num_threads(2)
+
+
+def tanh_stack(depth: int = 6, width: int = 64) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = [torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Tanh()) for _ in range(depth)]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 8))
+
+
+def batch(rows: int = 2048) -> torch.Tensor:
+    return torch.randn(rows, 64, generator=torch.Generator().manual_seed(1))
+
+
+def test_each_compiled_model_keeps_its_own_reports():
+    a, b = tanh_stack(), tanh_stack(depth=4)
+    ca = torch.compile(a, backend="remat", options={"memory_budget": "80%"})
+    cb = torch.compile(lambda x: b(x).sum(), backend="remat", options={"memory_budget": "90%"})
+    assert remat.reports(ca) == [] and remat.reports(cb) == []
+    ca(batch()).sum().backward()
+    cb(batch()).backward()
+    (ra,), (rb,) = remat.reports(ca), remat.reports(cb)
+    assert ra is not rb
+    assert ra.budget_bytes == int(0.8 * ra.baseline_peak_bytes)
+    assert rb.budget_bytes == int(0.9 * rb.baseline_peak_bytes)
+    assert len(ra.problem.activations) > len(rb.problem.activations)  # 6 layers vs 4
+
+
+def test_reports_refuses_what_torch_compile_did_not_make():
+    with pytest.raises(TypeError, match="torch.compile"):
+        remat.reports(tanh_stack())
+
+
+def test_threads_compiling_at_once_do_not_mix_reports():
+    models = [tanh_stack(depth=d) for d in (4, 6)]
+    compiled = [torch.compile(m, backend="remat", options={"memory_budget": "90%"}) for m in models]
+    errors = []
+
+    def run(c):
+        try:
+            c(batch()).sum().backward()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in compiled]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    sizes = [len(r.problem.activations) for c in compiled for r in remat.reports(c)]
+    assert len(sizes) == 2 and sizes[0] < sizes[1]
+
+
+def test_infeasible_cap_is_caught_by_its_own_type_at_the_call():
+    compiled = torch.compile(tanh_stack(), backend="remat", options={"memory_budget": 4096})
+    with pytest.raises(remat.InfeasibleBudgetError) as info:
+        compiled(batch()).sum().backward()
+    err = info.value
+    assert isinstance(err, remat.RematError)
+    assert err.budget_bytes == 4096 and err.min_peak_bytes > 4096
+    message = str(err)
+    assert "graph0" in message and "memory_budget" in message and "'min'" in message
+
+
+def test_malformed_option_is_a_config_error_at_the_call():
+    compiled = torch.compile(tanh_stack(), backend="remat", options={"memory_budget": "fifty"})
+    with pytest.raises(remat.ConfigError, match="fifty"):
+        compiled(batch())
+
+
+def test_a_budget_without_backward_says_it_does_nothing(caplog):
+    compiled = torch.compile(tanh_stack(), backend="remat", options={"memory_budget": "50%"})
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="remat"):
+        compiled(batch())
+    assert "no backward to plan" in caplog.text
+    assert remat.reports(compiled) == []
