@@ -1,0 +1,213 @@
+"""Measured vs roofline op times on the GPT example's joint graph, per op kind.
+
+    python benchmarks/profile_ops.py [--layers 4] [--batch 8] [--total-budget 120]
+
+Traces the training step of examples/gpt.py as remat.analyze does (Dynamo, AOTAutograd and
+Inductor's joint passes, on fake tensors) and prices every op of the joint graph twice: with the
+roofline of remat.cost (the op as a kernel of its own: its inputs read, its outputs written, at
+the CPU spec's constants) and with remat.profile (measured here, in a fresh cache directory, so
+cold; then once more from the warm cache). Pointwise ops also get the price of a fused
+recomputation: their traffic at the measured bandwidth. Views, getitem and placeholders cost
+nothing in either model and are left out. Prints a markdown table; writes
+benchmarks/results/profile_ops.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from torch._inductor.custom_graph_pass import CustomPartitionerFn  # noqa: E402
+
+from remat.cost import DEVICES, op_flops, op_time, tensor_bytes  # noqa: E402
+from remat.profile import MeasuredCosts, signature_of  # noqa: E402
+
+MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_int_mm", "addbmm"}
+REDUCTION_WORDS = ("sum", "mean", "amax", "amin", "max", "min", "norm", "softmax", "var", "std", "nll_loss", "prod")
+
+
+class _Captured(Exception):
+    """Stops compilation once the joint graph is in hand."""
+
+
+class JointGraphGrabber(CustomPartitionerFn):
+    """Inductor's partitioner hook that keeps the joint graph and stops."""
+
+    def __init__(self) -> None:
+        self.joint = None
+
+    def __call__(self, gm, joint_inputs, **kwargs):
+        self.joint = gm
+        raise _Captured()
+
+    def uuid(self) -> str:
+        return "benchmarks.profile_ops.JointGraphGrabber"
+
+
+def joint_graph(model, inputs, loss_fn) -> torch.fx.GraphModule:
+    """The joint forward+backward graph of one training step, on fake tensors."""
+    from torch._inductor.compile_fx import compile_fx
+
+    grab = JointGraphGrabber()
+
+    def backend(gm, example_inputs):
+        return compile_fx(gm, example_inputs, config_patches={"custom_partitioner_fn": grab})
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend=backend, fullgraph=True)
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True):
+            step(*inputs)
+    except Exception:  # Dynamo wraps _Captured; the grabber holds the graph when it was reached
+        if grab.joint is None:
+            raise
+    return grab.joint
+
+
+def op_kind(op) -> str:
+    """matmul, attention, convolution, random, pointwise, reduction or other."""
+    name = op.overloadpacket.__name__
+    if name in MATMUL:
+        return "matmul"
+    if "attention" in name:
+        return "attention"
+    if "convolution" in name:
+        return "convolution"
+    if name.startswith("inductor_") or torch.Tag.nondeterministic_seeded in op.tags:
+        return "random"
+    if torch.Tag.pointwise in op.tags:
+        return "pointwise"
+    if any(w in name for w in REDUCTION_WORDS):
+        return "reduction"
+    return "other"
+
+
+def is_free(node) -> bool:
+    """Placeholders, outputs, getitem and views: no kernel in either model."""
+    op = node.target
+    if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload):
+        return True
+    return any(r.alias_info is not None for r in op._schema.returns) and not op._schema.is_mutable
+
+
+def roofline(node) -> tuple[float, int]:
+    """(seconds, bytes moved) of the node's op as a kernel of its own, at the CPU spec."""
+    def val(x):
+        return x.meta.get("val") if isinstance(x, torch.fx.Node) else x
+
+    args = torch.utils._pytree.tree_map(val, node.args)
+    kwargs = torch.utils._pytree.tree_map(val, node.kwargs)
+    out = node.meta.get("val")
+    moved = sum(tensor_bytes(val(i)) for i in node.all_input_nodes)
+    moved += sum(tensor_bytes(o) for o in torch.utils._pytree.tree_leaves(out))
+    return op_time(op_flops(node.target, args, kwargs, out), moved, DEVICES["cpu"]), moved
+
+
+def price_nodes(nodes, costs: MeasuredCosts) -> list[dict]:
+    """One row per op node: kind, roofline, measured (None: not measured), fused price."""
+    rows = []
+    for n in nodes:
+        seconds, moved = roofline(n)
+        kind = op_kind(n.target)
+        fused = costs.fused_time(moved) if kind == "pointwise" else None
+        rows.append({"op": str(n.target), "kind": kind, "roofline_s": seconds, "measured_s": costs.op_time(n), "fused_s": fused})
+    return rows
+
+
+def by_kind(rows: list[dict]) -> dict[str, dict]:
+    """Per kind: node counts, roofline of all nodes and of the measured ones, measured total."""
+    out: dict[str, dict] = defaultdict(lambda: defaultdict(float))
+    for r in rows:
+        for key in (r["kind"], "total"):
+            k = out[key]
+            k["nodes"] += 1
+            k["roofline_s"] += r["roofline_s"]
+            if r["measured_s"] is not None:
+                k["measured_nodes"] += 1
+                k["measured_s"] += r["measured_s"]
+                k["roofline_of_measured_s"] += r["roofline_s"]
+            if r["fused_s"] is not None:
+                k["fused_s"] += r["fused_s"]
+    return {kind: dict(v) for kind, v in sorted(out.items(), key=lambda kv: kv[0] == "total")}
+
+
+def table(kinds: dict[str, dict]) -> str:
+    head = ("| kind | nodes | measured | roofline ms (measured nodes) | measured ms | measured / roofline "
+            "| pointwise traffic at measured bandwidth ms |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for kind, k in kinds.items():
+        ratio = k.get("measured_s", 0) / k["roofline_of_measured_s"] if k.get("roofline_of_measured_s") else float("nan")
+        fused = f"{k['fused_s'] * 1e3:.2f}" if "fused_s" in k else ""
+        lines.append(f"| {kind} | {int(k['nodes'])} | {int(k.get('measured_nodes', 0))} | "
+                     f"{k.get('roofline_of_measured_s', 0) * 1e3:.2f} | {k.get('measured_s', 0) * 1e3:.2f} | {ratio:.2f} | {fused} |")
+    return "\n".join(lines)
+
+
+def profile(nodes, args) -> tuple[list[dict], MeasuredCosts, float]:
+    """Price the nodes with a fresh profiler (cache: $REMAT_CACHE_DIR); wall seconds taken."""
+    t0 = time.perf_counter()
+    costs = MeasuredCosts.measure("cpu", total_budget_s=args.total_budget, per_op_budget_s=args.per_op_budget)
+    rows = price_nodes(nodes, costs)
+    return rows, costs, time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    from gpt import factory
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--total-budget", type=float, default=120.0, help="seconds of measuring, all ops together")
+    ap.add_argument("--per-op-budget", type=float, default=0.05, help="min_run_time of one op's timing")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, as the example trains with")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/profile_ops"))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model, inputs, loss_fn = factory(batch=args.batch, layers=args.layers)
+    t0 = time.perf_counter()
+    joint = joint_graph(model, inputs, loss_fn)
+    trace_s = time.perf_counter() - t0
+    nodes = [n for n in joint.graph.nodes if not is_free(n)]
+    signatures = {signature_of(n) for n in nodes} - {None}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["REMAT_CACHE_DIR"] = tmp  # a cold cache, then the same one warm
+        rows, cold, cold_s = profile(nodes, args)
+        _, warm, warm_s = profile(nodes, args)
+    kinds = by_kind(rows)
+    result = {
+        "model": {"example": "gpt", "layers": args.layers, "batch": args.batch},
+        "device": cold.profiler.cache.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0], "cores": os.cpu_count(),
+        "nodes": len(nodes), "distinct_signatures": len(signatures), "trace_s": trace_s,
+        "bandwidth_measured": cold.bandwidth, "bandwidth_roofline": DEVICES["cpu"].bandwidth,
+        "profile_cold_s": cold_s, "profile_warm_s": warm_s,
+        "stats_cold": vars(cold.stats), "stats_warm": vars(warm.stats), "kinds": kinds, "ops": rows,
+    }
+    text = "\n".join([
+        f"GPT example ({args.layers} layers, batch {args.batch}) joint graph: {len(nodes)} op nodes, "
+        f"{len(signatures)} distinct signatures; {result['device']}, torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        "", table(kinds), "",
+        f"bandwidth: measured {cold.bandwidth / 1e9:.1f} GB/s, roofline spec {DEVICES['cpu'].bandwidth / 1e9:.1f} GB/s",
+        f"profile, cold cache: {cold_s:.1f} s ({cold.stats.summary()}); warm cache: {warm_s:.2f} s "
+        f"({warm.stats.summary()}); tracing the step took {trace_s:.1f} s",
+    ])
+    print(text)
+    Path(args.out + ".md").write_text(text + "\n")
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
