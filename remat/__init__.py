@@ -4,7 +4,7 @@
     report = remat.analyze(model, example_inputs, memory_budget="50%")
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .config import RematConfig  # noqa: E402
 from .errors import ConfigError, InfeasibleBudgetError, PlanError, RematError  # noqa: E402
@@ -17,6 +17,13 @@ def remat_backend(gm, example_inputs, options=None, **kw):
     from .backend import remat_backend as _backend
 
     return _backend(gm, example_inputs, options=options, **kw)
+
+
+def reports(compiled):
+    """The GraphReports that remat made for what ``torch.compile(..., backend="remat")`` returned."""
+    from .compilation import reports as _reports
+
+    return _reports(compiled)
 
 
 def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options):
@@ -38,5 +45,5 @@ def pareto(model, example_inputs, budgets=("90%", "80%", "70%", "60%", "50%", "4
 
 __all__ = [
     "Activation", "ConfigError", "Decision", "InfeasibleBudgetError", "Plan", "PlanError",
-    "Problem", "RematConfig", "RematError", "Slot", "analyze", "pareto", "remat_backend",
+    "Problem", "RematConfig", "RematError", "Slot", "analyze", "pareto", "remat_backend", "reports",
 ]

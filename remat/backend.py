@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
-from . import __version__
+from ._version import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec

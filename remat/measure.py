@@ -67,7 +67,7 @@ def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, **
     allocated before the step, and what the backend planned for each graph.
     """
     from .analyze import default_loss
-    from .backend import LAST_COMPILE
+    from .compilation import reports as reports_of
 
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
@@ -77,14 +77,13 @@ def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, **
         opts["memory_budget"] = memory_budget
     params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else [])]
     torch._dynamo.reset()
-    LAST_COMPILE.reports.clear()
     step = torch.compile(lambda *xs: loss_of(model(*xs)), backend="remat", options=opts)
     import torch._functorch.config as fconfig
 
     # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
     with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
-        step(*example_inputs).backward()  # compiles; the partitioner reports into LAST_COMPILE
-        reports = list(LAST_COMPILE.reports)
+        step(*example_inputs).backward()  # compiles: the backend plans and reports
+        reports = reports_of(step)
         for p in params:
             p.grad = None
         m = measure_step(lambda: step(*example_inputs).backward())
