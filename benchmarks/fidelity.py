@@ -1,0 +1,229 @@
+"""Memory fidelity: remat's predicted peaks next to Inductor's estimates and the measured peaks.
+
+    python benchmarks/fidelity.py                       # examples (quick sizes) and transformers models
+    python benchmarks/fidelity.py --models gpt,hf_llama --jobs 1
+
+For each model, three configurations, each in a fresh process (``benchmarks/_run_config.py``'s
+``run``, which also loads the transformers models of ``benchmarks/hf_models.py`` here):
+
+compile    plain ``torch.compile``: measured peak; Inductor's own estimate (both graphs); remat's
+           predicted peak of the store-all plan and of plain compile's min-cut partition
+           (``remat.baseline``), both on the same captured Problem
+remat_75   remat at a cap of 75 % / 50 % of the store-all peak: cap, predicted peak, Inductor's
+remat_50   estimate after fusion (``GraphReport.inductor_peak_bytes``), measured peak
+
+Writes ``benchmarks/results/fidelity.json`` after every configuration and ``fidelity.md`` at the
+end. Peaks are above what was resident before the step (profiler allocation events on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import _run_config  # noqa: E402
+import hf_models  # noqa: E402
+from compare import fmt_mib  # noqa: E402
+
+RESULTS = HERE / "results"
+CONFIGS = ("compile", "remat_75", "remat_50")
+MODELS = _run_config.MODELS + hf_models.MODELS
+
+
+# ---- worker: one configuration of one model, in this process ----------------------------------
+
+
+def load_model(name: str, quick: bool, load_example=_run_config.load_example):
+    """(model, inputs, loss_fn, sizes) of an example or of a transformers model."""
+    if name in hf_models.MODELS:
+        model, inputs, loss_fn = hf_models.factory(name)
+        return model, tuple(inputs), loss_fn, {"hidden": hf_models.HIDDEN, "layers": hf_models.LAYERS}
+    return load_example(name, quick)
+
+
+def plain_compile_predictions(name: str, quick: bool) -> dict:
+    """remat's predicted peaks of store-all and of plain compile's min-cut plan (one graph,
+    traced on fake tensors, stopped after planning)."""
+    from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+    from remat.analyze import capture_step
+    from remat.backend import GraphReport, _Stop, plan_joint_graph
+    from remat.baseline import plain_compile_plan
+    from remat.config import RematConfig
+    from remat.simulate import simulate
+
+    class PlainCompilePlanner(CustomPartitionerFn):
+        def __call__(self, gm, joint_inputs, **kw):
+            n, static = kw["num_fwd_outputs"], kw.get("static_lifetime_input_indices")
+            cfg = RematConfig.from_options({"solver": "store_all"})
+            report, (joint, _) = plan_joint_graph(gm, n, static, cfg)
+            plan = plain_compile_plan(joint, report.captured, n, static)
+            timeline = simulate(report.captured.problem, plan)
+            raise _Stop(GraphReport(report.captured, plan, timeline, report.baseline_peak_bytes, None))
+
+        def uuid(self):
+            return None
+
+    model, inputs, loss_fn, _ = load_model(name, quick)
+    t0 = time.perf_counter()
+    rep = capture_step(model, inputs, loss_fn, PlainCompilePlanner())
+    info = rep.plan.info
+    return {"store_all_predicted_bytes": rep.baseline_peak_bytes, "plain_predicted_bytes": rep.timeline.peak_bytes,
+            "plain_plan_errors": list(rep.timeline.errors[:3]), "plain_plan_s": time.perf_counter() - t0,
+            "min_cut_saved_not_activations": info["saved_not_activations"],
+            "min_cut_saved_not_activations_bytes": info["saved_not_activations_bytes"]}
+
+
+def worker(name: str, config: str, quick: bool) -> dict:
+    """Run one configuration (``_run_config.run``) and add the figures this benchmark needs."""
+    import torch._inductor.config as iconfig
+
+    from remat.backend import LAST_COMPILE
+    from remat.inductor_check import InductorPeaks
+
+    original = _run_config.load_example
+    _run_config.load_example = lambda n, q: load_model(n, q, original)
+    peaks = InductorPeaks()
+    iconfig._post_fusion_custom_pass = peaks  # plain compile's estimate; remat patches its own
+    out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
+    iconfig._post_fusion_custom_pass = None
+    if config == "compile":
+        out["inductor_peak_bytes"] = peaks.peak_bytes
+        out.update(plain_compile_predictions(name, quick))
+    elif LAST_COMPILE.reports:
+        est = [r.inductor_peak_bytes for r in LAST_COMPILE.reports]
+        out["inductor_peak_bytes"] = sum(est) if None not in est else None
+        out["plans_made"] = max(r.plans_made for r in LAST_COMPILE.reports)
+    return out
+
+
+# ---- parent: every configuration in a fresh process --------------------------------------------
+
+
+def run_one(name: str, config: str, quick: bool, timeout: float, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models", name, "--configs", config]
+    cmd += ["--quick"] if quick else []
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "config": config, "error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(p.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"model": name, "config": config, "error": f"worker exited {p.returncode}: {tail}"[:300],
+            "wall_s": time.perf_counter() - t0}
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.3f}" if a and b else "-"
+
+
+def summary_row(name: str, rows: dict) -> dict:
+    """One model's figures: the compile row's predictions and measurement, each cap's figures."""
+    c = rows.get("compile", {})
+    out = {"model": name, "plain_measured": c.get("measured_peak_bytes"),
+           "plain_inductor": c.get("inductor_peak_bytes"), "store_all_predicted": c.get("store_all_predicted_bytes"),
+           "plain_predicted": c.get("plain_predicted_bytes"), "errors": {}}
+    for config in CONFIGS[1:]:
+        r = rows.get(config, {})
+        if r.get("error"):
+            out["errors"][config] = r["error"]
+        out[config] = {k: r.get(k) for k in ("budget_bytes", "predicted_peak_bytes", "inductor_peak_bytes",
+                                             "measured_peak_bytes", "plans_made")}
+    if c.get("error"):
+        out["errors"]["compile"] = c["error"]
+    return out
+
+
+def table(summaries: list[dict]) -> str:
+    head = ("| model | plain meas. | plain Ind. est. | store-all pred. | plain pred. | plain pred/meas "
+            + "".join(f"| {c[6:]}%: cap | pred. | Ind. est. | meas. | pred/meas | meas/cap | meas/plain meas " for c in CONFIGS[1:])
+            + "|")
+    lines = ["All peaks in MiB above what was resident before the step; caps are % of remat's store-all peak.",
+             "", head, "|---" * (6 + 7 * len(CONFIGS[1:])) + "|"]
+    for s in summaries:
+        cells = [s["model"], fmt_mib(s["plain_measured"]), fmt_mib(s["plain_inductor"]),
+                 fmt_mib(s["store_all_predicted"]), fmt_mib(s["plain_predicted"]),
+                 _ratio(s["plain_predicted"], s["plain_measured"])]
+        for config in CONFIGS[1:]:
+            r = s[config]
+            cells += [fmt_mib(r["budget_bytes"]), fmt_mib(r["predicted_peak_bytes"]), fmt_mib(r["inductor_peak_bytes"]),
+                      fmt_mib(r["measured_peak_bytes"]), _ratio(r["predicted_peak_bytes"], r["measured_peak_bytes"]),
+                      _ratio(r["measured_peak_bytes"], r["budget_bytes"]), _ratio(r["measured_peak_bytes"], s["plain_measured"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [f"- {s['model']} {c}: {e}" for s in summaries for c, e in s["errors"].items()]
+    return "\n".join(lines + ([""] + errors if errors else []))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--quick", action=argparse.BooleanOptionalAction, default=True,
+                    help="the examples at their quick sizes (default)")
+    ap.add_argument("--jobs", type=int, default=2, help="configurations run at once (peaks are per process)")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", default=str(RESULTS / "fidelity.json"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    configs = [c for c in args.configs.split(",") if c]
+    if args.worker:
+        warnings.filterwarnings("ignore")
+        try:
+            out = worker(models[0], configs[0], args.quick)
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            out = {"model": models[0], "config": configs[0], "error": f"{type(e).__name__}: {e}"[:300]}
+        print(json.dumps(out), flush=True)
+        return 0
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "remat-bench-inductor"))
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict = {"quick": args.quick, "models": {m: {} for m in models}}
+    lock = threading.Lock()
+
+    def one(job):
+        model, config = job
+        row = run_one(model, config, args.quick, args.timeout, env)
+        with lock:
+            results["models"][model][config] = row
+            out_path.write_text(json.dumps(results, indent=1))
+        print(f"[{time.perf_counter() - started:5.0f} s] {model} / {config}: "
+              f"{row.get('error') or fmt_mib(row.get('measured_peak_bytes')) + ' MiB'}", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(one, [(m, c) for m in models for c in configs]))
+    results["summary"] = [summary_row(m, results["models"][m]) for m in models]
+    results["wall_s"] = time.perf_counter() - started
+    out_path.write_text(json.dumps(results, indent=1))
+    text = table(results["summary"])
+    out_path.with_suffix(".md").write_text(f"# Memory fidelity\n\n{text}\n")
+    print(text)
+    print(f"wrote {out_path} and {out_path.with_suffix('.md')} in {results['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
