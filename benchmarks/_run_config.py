@@ -106,7 +106,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     import torch._functorch.config as fconfig
     import torch._inductor.config as iconfig
 
-    from remat.backend import LAST_COMPILE
+    from remat import reports as reports_of
     from remat.measure import measure_step
 
     torch.set_num_threads(2)
@@ -169,7 +169,6 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
         raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
 
     # warm-up (compiles); an infeasible remat cap at the min level is retried at the reported min
-    LAST_COMPILE.reports.clear()
     _zero(model)
     t0 = time.perf_counter()
     try:
@@ -182,7 +181,6 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
             torch._dynamo.reset()
             options["memory_budget"] = int(err.min_peak_bytes)
             fn = torch.compile(plain, backend="remat", options=options)
-            LAST_COMPILE.reports.clear()
             t0 = time.perf_counter()
             step_of(fn)()
         elif err is not None:
@@ -194,7 +192,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
         else:
             raise
     first = time.perf_counter() - t0
-    reports = list(LAST_COMPILE.reports)
+    reports = reports_of(fn) if config.startswith("remat") else []
     if reports:
         out["predicted_peak_bytes"] = sum(r.timeline.peak_bytes for r in reports)
         out["baseline_peak_bytes"] = sum(r.baseline_peak_bytes for r in reports)

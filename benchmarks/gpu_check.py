@@ -50,14 +50,13 @@ MODELS = {"mlp": mlp, "gpt": gpt}
 
 def run(name, make, options, steps, device):
     from remat import Decision
-    from remat.backend import LAST_COMPILE
+    from remat import reports
     from remat.measure import measure_step
 
     torch._dynamo.reset()
     model, inputs, loss_fn = make(device)
     kw = {"backend": "remat", "options": options} if options else {"backend": "inductor"}
     step = torch.compile(lambda *xs: loss_fn(model(*xs)), **kw)
-    LAST_COMPILE.reports.clear()
     t0 = time.perf_counter()
     step(*inputs).backward()
     torch.cuda.synchronize()
@@ -74,7 +73,7 @@ def run(name, make, options, steps, device):
     for p in model.parameters():
         p.grad = None
     peak = measure_step(lambda: step(*inputs).backward(), device="cuda").peak_bytes
-    reps = LAST_COMPILE.reports
+    reps = reports(step) if options else []
     row = dict(name=name, options=options, peak=peak, step_s=statistics.median(times), best_s=min(times),
                compile_s=compile_s, graphs=len(reps))
     if reps:

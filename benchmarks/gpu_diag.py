@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "examples")]
 def main(argv=None) -> int:
     from gpu_check import MODELS, _register_backend
 
-    from remat.backend import LAST_COMPILE
+    from remat import reports
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -44,7 +44,6 @@ def main(argv=None) -> int:
     model, inputs, loss_fn = MODELS[args.model]("cuda")
     opts = {"memory_budget": args.cap, "offload": True, "host_bandwidth": args.host_bandwidth}
     step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat", options=opts)
-    LAST_COMPILE.reports.clear()
 
     def one():
         for p in model.parameters():
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
 
     one()
     one()
-    (rep,) = LAST_COMPILE.reports[-1:]
+    (rep,) = reports(step)[-1:]
     rep.captured.problem.save(out / "problem.json")
     rep.plan.save(out / "plan.json")
     try:

@@ -14,7 +14,7 @@ import torch
 
 def train_and_report(model, inputs, loss_fn, opt, options: dict, steps: int) -> None:
     from remat import Decision
-    from remat.backend import LAST_COMPILE
+    from remat import reports as reports_of
     from remat.errors import fmt_bytes
     from remat.measure import measure_step
 
@@ -36,7 +36,8 @@ def train_and_report(model, inputs, loss_fn, opt, options: dict, steps: int) -> 
         else:
             print(f"step {step}: measured step ({dt:.2f} s, profiled)")
     print()
-    for r in LAST_COMPILE.reports:
+    reports = reports_of(step_fn)
+    for r in reports:
         counts = {d.value: len(r.plan.names(d)) for d in Decision}
         print(f"graph {r.problem.name}: {len(r.problem.slots)} slots, {len(r.problem.activations)} activations")
         print(f"  baseline peak (no remat) : {fmt_bytes(r.baseline_peak_bytes)}")
@@ -55,8 +56,8 @@ def train_and_report(model, inputs, loss_fn, opt, options: dict, steps: int) -> 
         recomputed = r.plan.names(Decision.RECOMPUTE)
         if recomputed:
             print(f"  recomputed               : {', '.join(recomputed[:8])}{' ...' if len(recomputed) > 8 else ''}")
-    if measured is not None and LAST_COMPILE.reports:
-        ok = all(measured <= r.budget_bytes for r in LAST_COMPILE.reports)
+    if measured is not None and reports:
+        ok = all(measured <= r.budget_bytes for r in reports)
         print(f"\nmeasured peak {'<=' if ok else '>'} cap: {'OK' if ok else 'OVER'}")
         if not ok:
             raise SystemExit(1)

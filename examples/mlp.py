@@ -33,7 +33,8 @@ def factory(batch: int = 4096, d: int = 1024, hidden: int = 4096, blocks: int = 
 
 
 def main(argv=None) -> None:
-    from remat.backend import LAST_COMPILE, summary_line
+    from remat import reports
+    from remat.backend import summary_line
     from remat.errors import fmt_bytes
     from remat.measure import measure_step
 
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
     for p in model.parameters():
         p.grad = None
     measured = measure_step(lambda: step(x).backward())
-    for r in LAST_COMPILE.reports:
+    for r in reports(step):
         print(summary_line(r))
     print(f"measured peak {fmt_bytes(measured.peak_bytes)} ({measured.seconds:.2f} s, profiled)")
 

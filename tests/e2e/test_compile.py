@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import remat
-from remat.backend import LAST_COMPILE
 from remat.measure import measure_step
 from remat.simulate import store_all_peak
 from remat.solvers import min_peak
@@ -24,9 +23,9 @@ def eager_step(model, inputs, loss_fn):
 
 
 def compiled_step(model, inputs, loss_fn, options):
-    """Compile model+loss with remat, run one warm-up step, then measure one step."""
+    """Compile model+loss with remat, run one warm-up step, then measure one step.
+    Returns (loss, warm-up gradients, measurement, the compilation's reports)."""
     step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat", options=options)
-    LAST_COMPILE.reports.clear()
     torch.manual_seed(123)
     step(*inputs).backward()  # compiles
     warm_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -38,7 +37,7 @@ def compiled_step(model, inputs, loss_fn, options):
     torch.manual_seed(123)
     loss = step(*inputs)
     loss.backward()
-    return loss.detach(), warm_grads, measured
+    return loss.detach(), warm_grads, measured, remat.reports(step)
 
 
 @pytest.mark.parametrize("name", ["mlp", "block", "cnn"])
@@ -53,8 +52,7 @@ def test_remat_matches_eager_under_caps(name):
     for ratio in (0.5, 0.0):
         cap = int(floor + ratio * (baseline - floor)) if ratio else int(floor / 0.95) + 1
         m = copy.deepcopy(model)
-        loss, grads, measured = compiled_step(m, inputs, loss_fn, {"memory_budget": cap})
-        (report,) = LAST_COMPILE.reports
+        loss, grads, measured, (report,) = compiled_step(m, inputs, loss_fn, {"memory_budget": cap})
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
         for n, g in ref_grads.items():
             torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5, msg=lambda s: f"{name} {ratio} {n}: {s}")
@@ -82,8 +80,7 @@ def test_offload_rewrite_runs_on_cpu_and_matches_eager(name):
     cap = (store_all_peak(problem) + min_peak(problem)) // 2
     ref_loss, ref_grads = eager_step(copy.deepcopy(model), inputs, loss_fn)
     m = copy.deepcopy(model)
-    loss, grads, _ = compiled_step(m, inputs, loss_fn, {"memory_budget": cap, **options})
-    (report,) = LAST_COMPILE.reports
+    loss, grads, _, (report,) = compiled_step(m, inputs, loss_fn, {"memory_budget": cap, **options})
     offloaded = report.plan.names(remat.Decision.OFFLOAD)
     assert offloaded, "a fast link and a cap under the baseline must offload something"
     assert report.timeline.host_peak_bytes > 0
@@ -114,8 +111,8 @@ def test_unreachable_cap_names_the_smallest_peak():
 def test_inductor_check_off_compiles_once_without_an_estimate():
     model, inputs, loss_fn = make("mlp")
     ref_loss, ref_grads = eager_step(copy.deepcopy(model), inputs, loss_fn)
-    loss, grads, measured = compiled_step(model, inputs, loss_fn, {"memory_budget": "70%", "inductor_check": False})
-    (report,) = LAST_COMPILE.reports
+    loss, grads, measured, (report,) = compiled_step(
+        model, inputs, loss_fn, {"memory_budget": "70%", "inductor_check": False})
     assert report.inductor_peak_bytes is None and report.plans_made == 1
     assert measured.peak_bytes <= report.budget_bytes
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
@@ -125,8 +122,7 @@ def test_inductor_check_off_compiles_once_without_an_estimate():
 
 def test_no_budget_is_plain_inductor():
     model, inputs, loss_fn = make("mlp")
-    LAST_COMPILE.reports.clear()
     step = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat")
     ref = loss_fn(model(*inputs))
     torch.testing.assert_close(step(*inputs), ref, rtol=1e-5, atol=1e-6)
-    assert LAST_COMPILE.reports == []  # the partitioner never ran: Inductor's own did
+    assert remat.reports(step) == []  # the partitioner never ran: Inductor's own did
