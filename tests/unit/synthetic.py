@@ -9,7 +9,7 @@ forward lifetime, the op's temporaries and, in backward, the gradients being pro
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from remat.plan import Decision
 from remat.problem import BACKWARD, FORWARD, Activation, Problem, Slot
@@ -332,3 +332,42 @@ def large_problem(seed: int = 0, forward: int = 10_000, backward: int = 10_000,
         if plan[a.name] is O and starts.get(a.name, a.backward_uses[0]) < a.backward_uses[0]:
             plan[a.name] = S
     return p, {n: plan[n] for n in needed_activations(p, plan)}
+
+
+def fuzz_problem(rng: random.Random, max_acts: int = 16) -> Problem:
+    """A random valid Problem for the solver fuzzer, wider than ``random_problem``: up to three
+    inputs and three backward uses per activation, zero-byte and zero-time activations and slots,
+    and a host link that is absent, slow (copies mostly exposed) or fast."""
+    n = rng.randint(1, max_acts)
+    nf = n + rng.randint(0, 3)
+    nb = rng.randint(1, n + 3)
+    created = sorted(rng.randrange(nf) for _ in range(n))
+    acts: list[Activation] = []
+    for i in range(n):
+        earlier = [j for j in range(i) if created[j] < created[i]]
+        inputs = tuple(f"a{j}" for j in rng.sample(earlier, rng.randint(0, min(3, len(earlier)))))
+        k = 0 if rng.random() < 0.25 else rng.randint(1, min(3, nb))
+        uses = tuple(sorted(rng.sample(range(nf, nf + nb), k)))
+        acts.append(Activation(
+            name=f"a{i}", op=f"op{i}", bytes=0 if rng.random() < 0.05 else rng.choice([1, 8, 64, 100, 1000]),
+            compute_time=0.0 if rng.random() < 0.1 else round(rng.uniform(0.01, 5.0), 3),
+            created=created[i], last_forward_use=created[i], backward_uses=uses, inputs=inputs,
+            recomputable=rng.random() < 0.85, offloadable=rng.random() < 0.7,
+        ))
+    lfu = {a.name: a.created for a in acts}
+    for a in acts:  # a value lives in the forward at least until its last reader, maybe longer
+        for x in a.inputs:
+            lfu[x] = max(lfu[x], a.created)
+    acts = [replace(a, last_forward_use=rng.randint(lfu[a.name], nf - 1) if rng.random() < 0.3 else lfu[a.name])
+            for a in acts]
+    life = [0] * nf
+    for a in acts:
+        for t in range(a.created, a.last_forward_use + 1):
+            life[t] += a.bytes
+
+    def slot_time() -> float:
+        return 0.0 if rng.random() < 0.05 else round(rng.uniform(0.1, 2.0), 3)
+    slots = [Slot(f"f{t}", FORWARD, slot_time(), rng.randint(0, 200) + life[t]) for t in range(nf)]
+    slots += [Slot(f"b{t}", BACKWARD, slot_time(), rng.randint(0, 200)) for t in range(nb)]
+    bw = rng.choice([0.0, 0.0, 20.0, 200.0, 1e6])
+    return Problem(slots=tuple(slots), activations=tuple(acts), host_bandwidth=bw, name="fuzz")

@@ -1,0 +1,103 @@
+"""Solver fuzzing: random Problems (``synthetic.fuzz_problem``) through every solver and the simulator.
+
+For each problem and a cap drawn between a little below its smallest peak and its store-all peak,
+``solver_failures`` checks: the ILP meets every cap at or above ``min_peak`` (and the floor
+itself) with a plan that the simulator accepts (no slot over the cap, every backward read and
+recompute input live, decisions for exactly the needed set), with the peak and objective that
+the simulator computes; it raises ``InfeasibleBudgetError`` only below the floor, naming the
+floor; greedy's plans are valid and never cheaper than the ILP's; the baselines' plans are valid.
+
+This file runs a fixed-seed slice; ``benchmarks/fuzz_solvers.py`` runs thousands with the same
+checker.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
+
+from remat.errors import InfeasibleBudgetError
+from remat.problem import Problem
+from remat.simulate import simulate, store_all_peak
+from remat.solvers import min_peak, solve
+
+from .synthetic import fuzz_problem
+
+
+def _plan_failures(p: Problem, plan, cap: int | None, who: str) -> list[str]:
+    """Why ``plan`` is not a valid plan of ``p`` under ``cap`` per the simulator (or is priced
+    differently by the solver)."""
+    tl = simulate(p, plan)
+    out = [f"{who}: {e}" for e in tl.errors[:3]]
+    if cap is not None and tl.peak_bytes > cap:
+        out.append(f"{who}: peak {tl.peak_bytes} over the cap {cap}")
+    if set(plan.decisions) != set(tl.needed):
+        out.append(f"{who}: decides {sorted(plan.decisions)} but needs {sorted(tl.needed)}")
+    if abs(tl.added_time - plan.objective) > 1e-9 * max(1.0, tl.added_time):
+        out.append(f"{who}: objective {plan.objective} but the simulator adds {tl.added_time}")
+    return out
+
+
+def _ilp_at(p: Problem, cap: int, floor: int) -> tuple[object, list[str]]:
+    """(ILP plan or None, failures) at ``cap``: a plan iff ``cap >= floor``."""
+    try:
+        plan = solve(p, cap, solver="ilp")
+    except InfeasibleBudgetError as e:
+        if cap >= floor:
+            return None, [f"ilp: infeasible at cap {cap} >= min_peak {floor}"]
+        if e.min_peak_bytes != floor:
+            return None, [f"ilp: infeasible at {cap} names floor {e.min_peak_bytes}, min_peak says {floor}"]
+        return None, []
+    if cap < floor:
+        return plan, [f"ilp: a plan at cap {cap} below min_peak {floor}"]
+    return plan, _plan_failures(p, plan, cap, f"ilp at {cap}")
+
+
+def solver_failures(p: Problem, frac: float) -> list[str]:
+    """Every broken property of the solvers on ``p`` at the cap ``floor + frac * (store-all -
+    floor)`` (``frac`` < 0: below the floor); empty when all hold."""
+    sp, floor = store_all_peak(p), min_peak(p)
+    if floor > sp:
+        return [f"min_peak {floor} above the store-all peak {sp}"]
+    cap = floor + int(frac * (sp - floor)) if frac >= 0 else floor - 1 - int(-frac * floor)
+    out = _ilp_at(p, floor, floor)[1]
+    plan, failures = _ilp_at(p, cap, floor)
+    out += failures
+    try:
+        g = solve(p, cap, solver="greedy")
+    except InfeasibleBudgetError:
+        g = None
+    if g is not None:
+        out += _plan_failures(p, g, cap, f"greedy at {cap}")
+        if plan is None:
+            out.append(f"greedy meets cap {cap} where the ILP does not")
+        elif plan.objective > g.objective + 1e-12 * max(1.0, g.objective):
+            out.append(f"ilp objective {plan.objective} worse than greedy's {g.objective} at {cap}")
+    for name in ("store_all", "recompute_all"):
+        out += _plan_failures(p, solve(p, cap, solver=name), None, name)
+    return out
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_on_random_problems(rng, frac):
+    p = fuzz_problem(rng)
+    assert solver_failures(p, frac) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_checker_finds_a_broken_plan(seed):
+    # a plan that leaves a needed activation undecided, and one priced wrongly, are both caught
+    p = next(q for q in (fuzz_problem(random.Random(seed * 100 + i)) for i in range(100))
+             if any(a.backward_uses and a.bytes for a in q.activations))
+    plan = solve(p, None, solver="store_all")
+    name = next(iter(plan.decisions))
+    broken = replace(plan, decisions={k: v for k, v in plan.decisions.items() if k != name})
+    assert _plan_failures(p, broken, None, "x")
+    mispriced = replace(plan, objective=plan.objective + 1.0)
+    assert _plan_failures(p, mispriced, None, "x")
