@@ -224,10 +224,14 @@ def _random_tensor(meta: TensorMeta, target: torch.device, int_range: tuple[int,
 # ---- integer inputs: indices must stay in range (on CUDA a bad one is a device-side assert) -----
 
 
-def _list_dims(a: tuple) -> dict[tuple, int]:  # index.Tensor & co: index j ranges over dim j
-    if any(isinstance(e, TensorMeta) and e.dtype == torch.bool for e in a[1]):
-        raise _Unsupported("boolean mask index")
-    return {(1, j): a[0].shape[j] for j in range(len(a[1]))}
+def _index_list(position: int) -> Callable[[tuple], dict[tuple, int]]:
+    """index.Tensor & co: the list of indices at ``position``; its j-th ranges over dim j."""
+    def highs(a: tuple) -> dict[tuple, int]:
+        if any(isinstance(e, TensorMeta) and e.dtype == torch.bool for e in a[position]):
+            raise _Unsupported("boolean mask index")
+        return {(position, j): a[0].shape[j] for j in range(len(a[position]))}
+
+    return highs
 
 
 _INDEX_ARGS: dict[str, Callable[[tuple], dict[tuple, int]]] = {
@@ -239,7 +243,8 @@ _INDEX_ARGS: dict[str, Callable[[tuple], dict[tuple, int]]] = {
     "nll_loss_backward": lambda a: {(2,): a[1].shape[-1]},
     "nll_loss2d_forward": lambda a: {(1,): a[0].shape[1]},
     "nll_loss2d_backward": lambda a: {(2,): a[1].shape[1]},
-    **{name: _list_dims for name in ("index", "_unsafe_index", "index_put", "_unsafe_index_put")},
+    **{name: _index_list(1) for name in ("index", "_unsafe_index", "index_put", "_unsafe_index_put")},
+    **{name: _index_list(2) for name in ("_unsafe_masked_index", "_unsafe_masked_index_put_accumulate")},
 }
 _INDEX_LIKE = re.compile(r"index|gather|scatter|embedding|take|put|nll|bincount|one_hot|histc|segment|search|bucket|unique")
 _SAFE_INT_RANGE = (1, 3)  # values of integer inputs that index nothing: no zero to divide by

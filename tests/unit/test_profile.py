@@ -116,6 +116,7 @@ def test_measured_matmul_times_are_positive():
     (lambda w, i: torch.gather(w, 1, i), "aten.gather.default"),
     (lambda w, i: w[i], "aten.index.Tensor"),
     (lambda w, i: F.cross_entropy(w, i[:, 0]), "aten.nll_loss_forward.default"),
+    (lambda w, i: torch.ops.aten._unsafe_masked_index(w, (i > 0)[..., None], [i], 0.0), "aten._unsafe_masked_index.default"),
 ])
 def test_index_inputs_stay_in_range(fn, op):
     """On the CPU an index out of range raises, so a measured time means valid indices."""
