@@ -1,0 +1,283 @@
+"""One test per step of ``remat.capture`` on tiny traced graphs.
+
+``mlp_joint``: the joint graph of ``tanh(dropout(relu(x @ w1)) @ w2)`` (AOTAutograd, no
+decompositions). Its slots: forward mm, relu, native_dropout, mm_1, tanh (0-4); backward
+tanh_backward, mm_2, mm_3, native_dropout_backward, threshold_backward, mm_4 (5-10). Inductor
+fuses native_dropout_backward into threshold_backward.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._functorch import partitioners as P
+from torch._functorch.aot_autograd import aot_function
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from remat.cost import DeviceSpec
+from remat.capture import (
+    ActivationFacts,
+    activation_inputs,
+    autograd_order,
+    backward_relevant,
+    broadcast_copies,
+    build_schedule,
+    capture,
+    effective_readers,
+    fixed_bytes,
+    fold_fused_values,
+    fused_values,
+    graph_facts,
+    is_random,
+    kernel_reads,
+    pinned_storages,
+    slot_readers,
+    slot_times,
+    split_phases,
+    storage_lifetimes,
+    storage_owners,
+)
+
+# bytes move at 1 B/s and flops are free: a kernel's time is the bytes it moves
+BYTES_SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
+
+
+def trace_joint(fn, *inputs):
+    """(joint graph, the forward ops AOTAutograd's partitioner requires, number of forward outputs)."""
+    seen = {}
+
+    def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
+        seen["joint"], seen["num_fwd_outputs"] = joint, num_fwd_outputs
+        return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
+
+    aot_function(fn, fw_compiler=lambda gm, _: gm, partition_fn=partition)(*inputs)
+    joint, n = seen["joint"], seen["num_fwd_outputs"]
+    return joint, set(P.classify_nodes(joint, [], n).required_fw_nodes), n
+
+
+def mlp(x, w1, w2):
+    return (F.dropout(torch.relu(x @ w1), 0.5, True) @ w2).tanh()
+
+
+def scaled_exp(x, w1, w2):
+    return ((x @ w1) * 2.0).exp() @ w2  # the product is fused into exp; backward reads only exp's result
+
+
+def _weights():
+    torch.manual_seed(0)
+    return torch.randn(8, 4), torch.randn(4, 16, requires_grad=True), torch.randn(16, 4, requires_grad=True)
+
+
+@pytest.fixture(scope="module")
+def mlp_joint():
+    return trace_joint(mlp, *_weights())
+
+
+@pytest.fixture(scope="module")
+def mlp_steps(mlp_joint):
+    joint, fwd, n = mlp_joint
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    fused = fused_values(g)
+    readers = effective_readers(g, slot_readers(g), fused)
+    return g, sched, fused, readers
+
+
+def by_name(g):
+    return {n.name: n for n in g.nodes}
+
+
+def names(nodes):
+    return [n.name for n in nodes]
+
+
+def test_split_phases_puts_forward_tuple_elements_in_forward(mlp_joint):
+    joint, fwd, _ = mlp_joint
+    nodes = list(joint.graph.nodes)
+    mask = next(n for n in nodes if n.name == "getitem_1")
+    assert mask not in fwd  # only backward reads the dropout mask ...
+    forward, backward = split_phases(nodes, fwd)
+    assert mask in forward  # ... yet the dropout op makes it in forward
+    assert {n.name for n in backward} >= {"tanh_backward", "mm_4", "detach_3"}
+    assert not forward & backward
+    assert not any(n.op == "placeholder" for n in forward | backward)
+
+
+def test_storage_owners_follow_views_to_their_base():
+    def f(x):
+        y = x.sin()
+        a, _ = y.split(2)
+        return a.cos(), y.view(-1), x.t().sum(), x.size(0)
+
+    gm = make_fx(f, tracing_mode="fake")(torch.randn(4, 3))
+    owner = storage_owners(list(gm.graph.nodes))
+    n = {v.name: v for v in gm.graph.nodes}
+    assert owner[n["x_1"]] is n["x_1"] and owner[n["sin"]] is n["sin"]
+    assert owner[n["split"]] is n["sin"] and owner[n["getitem"]] is n["sin"]  # an element of a split
+    assert owner[n["view"]] is n["sin"] and owner[n["t"]] is n["x_1"]
+    assert owner[n["cos"]] is n["cos"]
+    assert owner[n["output"]] is None
+
+
+def test_graph_facts_resident_inputs_tangents_and_pinned_outputs(mlp_steps, mlp_joint):
+    g = mlp_steps[0]
+    n = by_name(g)
+    assert names(g.tangents) == ["tangents_1"]
+    assert {v.name for v in g.resident} == {"primals_1", "primals_2", "primals_3"}
+    # the forward output and the two gradients (the input x has none)
+    assert {v.name for v in pinned_storages(mlp_joint[0], mlp_joint[2], g.owner)} == {"tanh", "mm_2", "mm_4"}
+    assert g.pinned == {n["tanh"], n["mm_2"], n["mm_4"]}
+
+
+def test_autograd_order_emits_a_backward_op_with_the_ops_it_reads():
+    graph = torch.fx.Graph()
+    p, tangent = graph.placeholder("primals_1"), graph.placeholder("tangents_1")
+    early = graph.call_function(torch.ops.aten.cos.default, (p,))  # backward, read only by `late`
+    first = graph.call_function(torch.ops.aten.mul.Tensor, (tangent, 2.0))
+    late = graph.call_function(torch.ops.aten.add.Tensor, (first, early))
+    graph.output((late,))
+    nodes = list(graph.nodes)
+    index = {v: i for i, v in enumerate(nodes)}
+    assert autograd_order(nodes, index, {early, first, late}, [tangent]) == [first, early, late]
+
+
+def test_build_schedule_slots_forward_then_backward_views_take_none(mlp_steps):
+    g, sched, _, _ = mlp_steps
+    n = by_name(g)
+    assert names(sched.forward) == ["mm", "relu", "native_dropout", "mm_1", "tanh"]
+    assert names(sched.backward) == ["tanh_backward", "mm_2", "mm_3", "native_dropout_backward",
+                                     "threshold_backward", "mm_4"]
+    assert sched.num_forward == 5 and sched.last == 10
+    assert sched.slot_of[n["getitem_1"]] == sched.slot_of[n["native_dropout"]] == 2  # at its op's slot
+    assert n["detach"] not in sched.slot_of and n["t"] not in sched.slot_of
+
+
+def test_slot_readers_count_reads_through_views(mlp_steps):
+    g = mlp_steps[0]
+    n = by_name(g)
+    uses = slot_readers(g)
+    assert names(uses[n["relu"]]) == ["native_dropout", "threshold_backward"]  # via detach, detach_3
+    assert names(uses[n["getitem"]]) == ["mm_1", "mm_2"]  # mm_2 reads it through t
+
+
+def test_fused_values_single_fusible_reader_of_the_same_phase():
+    def f(x):
+        a = x.sin()  # read by two kernels: a buffer
+        b = a.cos()  # read by one pointwise op: fused
+        c = a.exp()  # read by one pointwise op: fused
+        d = (b + c).relu()  # add: fused into relu; relu: read by mm (extern): a buffer
+        return (d @ x.t(),)
+
+    gm = make_fx(f, tracing_mode="fake")(torch.randn(4, 4))
+    g = graph_facts(gm, set(gm.graph.nodes), 1)
+    assert {v.name for v in fused_values(g)} == {"cos", "exp", "add"}
+
+
+def test_fused_values_and_effective_readers_of_the_mlp(mlp_steps):
+    g, _, fused, readers = mlp_steps
+    n = by_name(g)
+    assert names(fused) == ["native_dropout_backward"]
+    # mm_3 and the mask stay live until threshold_backward, the kernel that inlines their reader
+    assert names(readers[n["mm_3"]]) == ["native_dropout_backward", "threshold_backward"]
+    assert names(readers[n["getitem_1"]]) == ["native_dropout_backward", "threshold_backward"]
+
+
+def test_storage_lifetimes_of_the_mlp(mlp_steps):
+    g, sched, fused, readers = mlp_steps
+    n = by_name(g)
+    life = storage_lifetimes(g, sched, readers, fused)
+    mb = 8 * 16 * 4  # one [8, 16] float
+    assert life.activations == {
+        n["mm"]: ActivationFacts(mb, 0, 1, []),
+        n["relu"]: ActivationFacts(mb, 1, 2, [9]),
+        n["getitem"]: ActivationFacts(mb, 2, 3, [6]),
+        n["getitem_1"]: ActivationFacts(8 * 16, 2, 2, [8, 9]),  # the bool mask, read by the fused kernel
+        n["mm_1"]: ActivationFacts(128, 3, 4, []),
+    }
+    assert sorted(life.intervals) == sorted([
+        (5, 10, 128),  # tangent: through the whole backward
+        (0, 1, mb), (1, 2, mb), (2, 3, mb), (2, 2, 128), (3, 4, 128),  # forward values to last forward use
+        (4, 10, 128),  # the output, pinned
+        (5, 7, 128),  # tanh_backward to its last reader, mm_3
+        (6, 10, 256), (10, 10, 256),  # gradients, pinned
+        (7, 8, mb),  # mm_3: threshold_backward writes its result in place of it at slot 9
+        (9, 10, mb),  # threshold_backward to mm_4
+    ])
+
+
+def test_fixed_bytes_sums_intervals_inclusive_and_skips_empty_ones():
+    assert fixed_bytes([(0, 1, 10), (1, 2, 5), (2, 1, 7), (0, 0, 0)], 3) == [10, 15, 5]
+
+
+def test_broadcast_copies_only_for_extern_readers():
+    def f(x):
+        e = x[:1].expand(4, 3)
+        return torch.mm(e, x.t()), e + 1  # mm reads the stride-0 view; add reads it in place
+
+    gm = make_fx(f, tracing_mode="fake")(torch.randn(4, 3))
+    g = graph_facts(gm, set(gm.graph.nodes), 2)
+    sched = build_schedule(g)
+    assert names(sched.order) == ["mm", "add"]
+    assert broadcast_copies(sched) == [(0, 0, 4 * 3 * 4)]
+
+
+def test_fold_fused_values_and_backward_relevant():
+    joint, fwd, n_out = trace_joint(scaled_exp, *_weights())
+    g = graph_facts(joint, fwd, n_out)
+    sched, fused = build_schedule(g), fused_values(g)
+    acts = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused).activations
+    n = by_name(g)
+    mm, mul, exp = n["mm"], n["mul"], n["exp"]
+    assert activation_inputs(g, acts)[exp] == [mul]
+    folding = fold_fused_values(g, acts, activation_inputs(g, acts), fused)
+    assert folding.folded == {mul}
+    assert folding.inputs[exp] == [mm] and folding.through[exp] == [mul]
+    assert backward_relevant(g, acts, folding) == {mm, exp}  # mm: only to recompute exp
+
+
+def test_a_random_fused_value_is_not_folded():
+    def f(x):
+        return ((torch.rand_like(x) * x).exp(),)
+
+    gm = make_fx(f, tracing_mode="fake")(torch.randn(4))
+    g = graph_facts(gm, set(gm.graph.nodes), 1)
+    n = by_name(g)
+    noise, mul, exp = n["rand_like"], n["mul"], n["exp"]
+    assert is_random(noise)
+    # as if both were fused (Inductor's random op is pointwise) and backward read only exp
+    acts = {noise: ActivationFacts(16, 0, 1, []), mul: ActivationFacts(16, 1, 2, []),
+            exp: ActivationFacts(16, 2, 2, [3])}
+    folding = fold_fused_values(g, acts, activation_inputs(g, acts), {noise, mul})
+    assert folding.folded == {mul}  # the noise stays a decision: recomputing it draws new numbers
+    assert folding.inputs[exp] == [noise] and folding.through[exp] == [mul]
+
+
+def test_kernel_reads_and_slot_times_follow_fused_kernels(mlp_steps):
+    g, sched, fused, _ = mlp_steps
+    n = by_name(g)
+    tb = n["threshold_backward"]
+    # native_dropout_backward runs inside threshold_backward's kernel: its inputs are read instead
+    assert kernel_reads(tb, g.owner, fused) == {n["mm_3"], n["getitem_1"], n["relu"]}
+    times, alone = slot_times(sched, g.owner, fused, BYTES_SPEC)
+    mb = 8 * 16 * 4
+    assert times[tb] == mb + 128 + mb + mb  # mm_3, mask, relu read; its result written
+    assert alone[tb] == mb + mb + mb  # on its own: its two inputs read, its result written
+    assert times[n["native_dropout_backward"]] < 1e-20  # no traffic of its own
+    assert alone[n["native_dropout_backward"]] == mb + 128 + mb
+
+
+def test_capture_builds_activations_of_the_mlp(mlp_joint):
+    joint, fwd, n = mlp_joint
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
+    captured = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec, host_bandwidth=5.0, name="mlp")
+    problem = captured.problem
+    assert problem.name == "mlp" and problem.host_bandwidth == 5.0
+    assert [s.name for s in problem.slots] == ["mm", "relu", "native_dropout", "mm_1", "tanh"] + captured.backward_order
+    acts = {a.name: a for a in problem.activations}
+    assert set(acts) == {"mm", "relu", "getitem", "getitem_1"}  # mm: only to recompute relu
+    assert acts["relu"].inputs == ("mm",) and acts["relu"].recomputable
+    assert not acts["getitem"].recomputable and not acts["getitem_1"].recomputable  # random: dropout
+    assert acts["getitem_1"].dtype == "bool" and acts["getitem_1"].shape == (8, 16)
+    assert not any(a.offloadable for a in acts.values())  # far below MIN_OFFLOAD_BYTES
+    assert "getitem_1" in captured.forward_nodes and "detach" not in captured.forward_nodes
+    assert captured.folded == []
+    assert problem.slots[5].fixed_bytes >= 128  # the tangent is live from the first backward slot on
