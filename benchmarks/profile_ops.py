@@ -121,7 +121,8 @@ def price_nodes(nodes, costs: MeasuredCosts) -> list[dict]:
         seconds, moved = roofline(n)
         kind = op_kind(n.target)
         fused = costs.fused_time(moved) if kind == "pointwise" else None
-        rows.append({"op": str(n.target), "kind": kind, "roofline_s": seconds, "measured_s": costs.op_time(n), "fused_s": fused})
+        rows.append({"op": str(n.target), "kind": kind, "roofline_s": seconds, "measured_s": costs.op_time(n),
+                     "fused_s": fused})
     return rows
 
 
@@ -143,14 +144,17 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
 
 
 def table(kinds: dict[str, dict]) -> str:
-    head = ("| kind | nodes | measured | roofline ms (measured nodes) | measured ms | measured / roofline "
-            "| pointwise traffic at measured bandwidth ms |\n|---|---|---|---|---|---|---|")
-    lines = [head]
+    lines = [
+        "| kind | nodes | measured | roofline ms (measured nodes) | measured ms | measured / roofline "
+        "| pointwise traffic at measured bandwidth ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, k in kinds.items():
-        ratio = k.get("measured_s", 0) / k["roofline_of_measured_s"] if k.get("roofline_of_measured_s") else float("nan")
+        roof, measured = k.get("roofline_of_measured_s", 0.0), k.get("measured_s", 0.0)
+        ratio = f"{measured / roof:.2f}" if roof else "-"
         fused = f"{k['fused_s'] * 1e3:.2f}" if "fused_s" in k else ""
-        lines.append(f"| {kind} | {int(k['nodes'])} | {int(k.get('measured_nodes', 0))} | "
-                     f"{k.get('roofline_of_measured_s', 0) * 1e3:.2f} | {k.get('measured_s', 0) * 1e3:.2f} | {ratio:.2f} | {fused} |")
+        lines.append(f"| {kind} | {int(k['nodes'])} | {int(k.get('measured_nodes', 0))} | {roof * 1e3:.2f} | "
+                     f"{measured * 1e3:.2f} | {ratio} | {fused} |")
     return "\n".join(lines)
 
 
@@ -162,9 +166,45 @@ def profile(nodes, args) -> tuple[list[dict], MeasuredCosts, float]:
     return rows, costs, time.perf_counter() - t0
 
 
-def main(argv=None) -> None:
+def measure_gpt(args) -> dict:
+    """Trace the GPT example's step, price its joint graph cold and warm; the result as plain data."""
     from gpt import factory
 
+    model, inputs, loss_fn = factory(batch=args.batch, layers=args.layers)
+    t0 = time.perf_counter()
+    joint = joint_graph(model, inputs, loss_fn)
+    trace_s = time.perf_counter() - t0
+    nodes = [n for n in joint.graph.nodes if not is_free(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["REMAT_CACHE_DIR"] = tmp  # a cold cache, then the same one warm
+        rows, cold, cold_s = profile(nodes, args)
+        _, warm, warm_s = profile(nodes, args)
+    return {
+        "model": {"example": "gpt", "layers": args.layers, "batch": args.batch},
+        "device": cold.profiler.cache.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0], "cores": os.cpu_count(), "trace_s": trace_s,
+        "nodes": len(nodes), "distinct_signatures": len({signature_of(n) for n in nodes} - {None}),
+        "bandwidth_measured": cold.bandwidth, "bandwidth_roofline": DEVICES["cpu"].bandwidth,
+        "profile_cold_s": cold_s, "profile_warm_s": warm_s, "summary_cold": cold.stats.summary(),
+        "summary_warm": warm.stats.summary(), "stats_cold": vars(cold.stats), "stats_warm": vars(warm.stats),
+        "kinds": by_kind(rows), "ops": rows,
+    }
+
+
+def summary(r: dict) -> str:
+    return "\n".join([
+        f"GPT example ({r['model']['layers']} layers, batch {r['model']['batch']}) joint graph: {r['nodes']} op "
+        f"nodes, {r['distinct_signatures']} distinct signatures; {r['device']}, torch {r['torch']}; "
+        f"load average {r['load_average']:.1f} on {r['cores']} cores",
+        "", table(r["kinds"]), "",
+        f"bandwidth: measured {r['bandwidth_measured'] / 1e9:.1f} GB/s, roofline spec "
+        f"{r['bandwidth_roofline'] / 1e9:.1f} GB/s",
+        f"profile, cold cache: {r['profile_cold_s']:.1f} s ({r['summary_cold']}); warm cache: "
+        f"{r['profile_warm_s']:.2f} s ({r['summary_warm']}); tracing the step took {r['trace_s']:.1f} s",
+    ])
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
@@ -175,35 +215,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    model, inputs, loss_fn = factory(batch=args.batch, layers=args.layers)
-    t0 = time.perf_counter()
-    joint = joint_graph(model, inputs, loss_fn)
-    trace_s = time.perf_counter() - t0
-    nodes = [n for n in joint.graph.nodes if not is_free(n)]
-    signatures = {signature_of(n) for n in nodes} - {None}
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["REMAT_CACHE_DIR"] = tmp  # a cold cache, then the same one warm
-        rows, cold, cold_s = profile(nodes, args)
-        _, warm, warm_s = profile(nodes, args)
-    kinds = by_kind(rows)
-    result = {
-        "model": {"example": "gpt", "layers": args.layers, "batch": args.batch},
-        "device": cold.profiler.cache.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0], "cores": os.cpu_count(),
-        "nodes": len(nodes), "distinct_signatures": len(signatures), "trace_s": trace_s,
-        "bandwidth_measured": cold.bandwidth, "bandwidth_roofline": DEVICES["cpu"].bandwidth,
-        "profile_cold_s": cold_s, "profile_warm_s": warm_s,
-        "stats_cold": vars(cold.stats), "stats_warm": vars(warm.stats), "kinds": kinds, "ops": rows,
-    }
-    text = "\n".join([
-        f"GPT example ({args.layers} layers, batch {args.batch}) joint graph: {len(nodes)} op nodes, "
-        f"{len(signatures)} distinct signatures; {result['device']}, torch {torch.__version__}; "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-        "", table(kinds), "",
-        f"bandwidth: measured {cold.bandwidth / 1e9:.1f} GB/s, roofline spec {DEVICES['cpu'].bandwidth / 1e9:.1f} GB/s",
-        f"profile, cold cache: {cold_s:.1f} s ({cold.stats.summary()}); warm cache: {warm_s:.2f} s "
-        f"({warm.stats.summary()}); tracing the step took {trace_s:.1f} s",
-    ])
+    result = measure_gpt(args)
+    text = summary(result)
     print(text)
     Path(args.out + ".md").write_text(text + "\n")
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))

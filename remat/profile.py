@@ -237,8 +237,9 @@ def _index_list(position: int) -> Callable[[tuple], dict[tuple, int]]:
 _INDEX_ARGS: dict[str, Callable[[tuple], dict[tuple, int]]] = {
     "embedding": lambda a: {(1,): a[0].shape[0]},
     "embedding_dense_backward": lambda a: {(1,): a[2]},
-    **{name: lambda a: {(2,): a[0].shape[a[1]]} for name in (
-        "gather", "scatter", "scatter_add", "scatter_reduce", "index_select", "index_add", "index_copy", "index_fill")},
+    **{name: lambda a: {(2,): a[0].shape[a[1]]} for name in (  # (self, dim, index, ...)
+        "gather", "scatter", "scatter_add", "scatter_reduce", "index_select", "index_add", "index_copy",
+        "index_fill")},
     "nll_loss_forward": lambda a: {(1,): a[0].shape[-1]},
     "nll_loss_backward": lambda a: {(2,): a[1].shape[-1]},
     "nll_loss2d_forward": lambda a: {(1,): a[0].shape[1]},
@@ -246,7 +247,8 @@ _INDEX_ARGS: dict[str, Callable[[tuple], dict[tuple, int]]] = {
     **{name: _index_list(1) for name in ("index", "_unsafe_index", "index_put", "_unsafe_index_put")},
     **{name: _index_list(2) for name in ("_unsafe_masked_index", "_unsafe_masked_index_put_accumulate")},
 }
-_INDEX_LIKE = re.compile(r"index|gather|scatter|embedding|take|put|nll|bincount|one_hot|histc|segment|search|bucket|unique")
+_INDEX_LIKE = re.compile(
+    r"index|gather|scatter|embedding|take|put|nll|bincount|one_hot|histc|segment|search|bucket|unique")
 _SAFE_INT_RANGE = (1, 3)  # values of integer inputs that index nothing: no zero to divide by
 
 
@@ -421,7 +423,9 @@ class LinkRates:
 _COPY_BYTES = {"cuda": 1 << 28, "cpu": 1 << 26}  # larger than the device's caches
 
 
-def measure_bandwidth(device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int | None = None) -> float:
+def measure_bandwidth(
+    device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int | None = None,
+) -> float:
     """Device memory bytes/s of a large copy (bytes read plus bytes written), measured once per
     device and kept in ``cache`` (default: the device's disk cache)."""
     cache = cache if cache is not None else ProfileCache.for_device(device)
@@ -439,7 +443,9 @@ def measure_bandwidth(device: torch.device | str = "cpu", cache: ProfileCache | 
     return rate
 
 
-def measure_link(device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int = 1 << 28) -> LinkRates | None:
+def measure_link(
+    device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int = 1 << 28,
+) -> LinkRates | None:
     """Pinned host<->device copy rates of a CUDA device, measured once and cached; None off CUDA."""
     device = torch.device(device)
     if device.type != "cuda":

@@ -53,7 +53,8 @@ def cache_files(tmp_path) -> list:
 def test_signature_equal_for_equal_calls_and_hashable():
     a, b = mm_signature(torch.randn(4, 8), torch.randn(8, 2)), mm_signature(torch.randn(4, 8), torch.randn(8, 2))
     assert a == b and hash(a) == hash(b) and a.key() == b.key()
-    assert a.inputs == (TensorMeta((4, 8), (8, 1), torch.float32, "cpu"), TensorMeta((8, 2), (2, 1), torch.float32, "cpu"))
+    f32 = torch.float32
+    assert a.inputs == (TensorMeta((4, 8), (8, 1), f32, "cpu"), TensorMeta((8, 2), (2, 1), f32, "cpu"))
 
 
 @pytest.mark.parametrize("other", [
@@ -80,8 +81,9 @@ def test_no_signature_for_placeholders_getitem_views_random_inplace():
 
     gm = make_fx(fn, tracing_mode="fake")(torch.randn(4, 4))
     by_target = {n.target: n for n in gm.graph.nodes}
+    aten = torch.ops.aten
     nodes = [n for n in gm.graph.nodes if n.op == "placeholder"] + [by_target[operator.getitem]] + [
-        by_target[t] for t in (torch.ops.aten.t.default, torch.ops.aten.add_.Tensor, torch.ops.aten.rand_like.default)]
+        by_target[t] for t in (aten.t.default, aten.add_.Tensor, aten.rand_like.default)]
     assert [signature_of(n) for n in nodes] == [None] * len(nodes)
     assert signature_of(by_target[torch.ops.aten.relu.default]) is not None
 
@@ -116,7 +118,8 @@ def test_measured_matmul_times_are_positive():
     (lambda w, i: torch.gather(w, 1, i), "aten.gather.default"),
     (lambda w, i: w[i], "aten.index.Tensor"),
     (lambda w, i: F.cross_entropy(w, i[:, 0]), "aten.nll_loss_forward.default"),
-    (lambda w, i: torch.ops.aten._unsafe_masked_index(w, (i > 0)[..., None], [i], 0.0), "aten._unsafe_masked_index.default"),
+    (lambda w, i: torch.ops.aten._unsafe_masked_index(w, (i > 0)[..., None], [i], 0.0),
+     "aten._unsafe_masked_index.default"),
 ])
 def test_index_inputs_stay_in_range(fn, op):
     """On the CPU an index out of range raises, so a measured time means valid indices."""
@@ -126,7 +129,8 @@ def test_index_inputs_stay_in_range(fn, op):
 
 
 def test_unknown_index_like_op_and_missing_device_give_none():
-    take = signature_of(op_nodes(torch.take, torch.randn(3, 3), torch.zeros(2, dtype=torch.long))["aten.take.default"])
+    nodes = op_nodes(torch.take, torch.randn(3, 3), torch.zeros(2, dtype=torch.long))
+    take = signature_of(nodes["aten.take.default"])
     assert measure_op(take, "cpu") is None
     if not torch.cuda.is_available():
         on_cuda = TensorMeta((4, 4), (4, 1), torch.float32, "cuda:0")
