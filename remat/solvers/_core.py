@@ -41,7 +41,7 @@ class Cand:
 
     __slots__ = (
         "idx", "name", "bytes", "time", "lfu", "d", "D", "L", "rec_ok", "off_ok", "out_end",
-        "back_start", "exposed", "inputs", "all_inputs", "rcons", "rcons_all", "kept", "sv",
+        "back_start", "lone_gap", "exposed", "inputs", "all_inputs", "rcons", "rcons_all", "kept", "sv",
         "top", "lns", "E", "segs", "pieces", "bps", "masks", "full", "nstates",
     )
 
@@ -101,9 +101,11 @@ class Structure:
         c.rec_ok = bool(a.recomputable)
         c.off_ok = False
         c.out_end, c.back_start, c.exposed = self.nf - 1, self.nf, 0.0
+        c.lone_gap = (self.nf, self.nf - 1)  # empty
         if a.offloadable and p.host_bandwidth > 0 and c.d >= 0:
             oe, bs, ex = offload_window(p, a.name)
             c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
+            c.lone_gap = (oe + 1, bs - 1)  # off the device when copied alone: the widest gap
             c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
         self.cands.append(c)
         self.index[a.name] = c.idx
@@ -408,21 +410,26 @@ class Structure:
         return {c.name: Decision.STORE for c in self.cands if c.d >= 0}
 
     def lower_bound_peak(self) -> int:
-        """max over slots of fixed bytes plus the bytes that every plan keeps live there."""
+        """max over slots of fixed bytes plus the bytes that every plan keeps live there.
+
+        An OFFLOAD copied with fewer others is off the device longer than its window here (see
+        the module docstring), so its lone-copy gap is taken out of what every plan keeps."""
         if not self.n:
             return 0
         diff = np.zeros(self.n + 1, dtype=np.int64)
         for c in self.cands:
             if c.d < 0 or not c.bytes:
                 continue
+            g0, g1 = c.lone_gap if c.off_ok else (self.n, self.n - 1)
             for i, m in enumerate(c.masks):
                 if m == c.full and m:
                     lo = c.bps[i]
                     hi = c.bps[i + 1] - 1 if i + 1 < len(c.bps) else self.n - 1
-                    diff[lo] += c.bytes
-                    diff[hi + 1] -= c.bytes
+                    for a, b in ((lo, min(hi, g0 - 1)), (max(lo, g1 + 1), hi)):
+                        if a <= b:
+                            diff[a] += c.bytes
+                            diff[b + 1] -= c.bytes
         return int((self.fixed + np.cumsum(diff[:-1])).max())
-
 
 def _pieces_of(ev: dict[int, dict]) -> list[tuple[int, int, int, dict]]:
     """Slot ranges on which the summed form is constant, from its change events

@@ -90,6 +90,16 @@ def test_solvers_on_random_problems(rng, frac):
     assert solver_failures(p, frac) == []
 
 
+# (seed, max_acts) of problems that benchmarks/fuzz_solvers.py found failing, now fixed:
+# 100814: lower_bound_peak counted an OFFLOAD as live through its all-copies window, above the
+# true floor, so ilp raised "cap 4359 cannot be met: the smallest peak is 4359"
+@pytest.mark.parametrize("seed,max_acts", [(100814, 30)])
+def test_problems_found_by_the_long_run(seed, max_acts):
+    rng = random.Random(seed)
+    p = fuzz_problem(rng, max_acts=max_acts)
+    assert solver_failures(p, rng.uniform(-0.2, 1.0)) == []
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_checker_finds_a_broken_plan(seed):
     # a plan that leaves a needed activation undecided, and one priced wrongly, are both caught

@@ -7,9 +7,11 @@ optimum under each cap and its smallest peak, and every plan of every solver mus
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import random
+import re
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from remat.plan import Decision, Plan
 from remat.problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from remat.simulate import check, simulate, store_all_peak
 from remat.solvers import SOLVERS, get_solver, min_peak, solve
-from remat.solvers.ilp import Rows
+from remat.solvers.ilp import Model, Rows
 from remat.solvers._core import Structure
 
 from .synthetic import (
@@ -296,6 +298,27 @@ def test_all_solvers_valid_and_ilp_beats_greedy(p):
             assert set(b.decisions) == set(tl.needed) and close(b.objective, tl.added_time)
             assert b.info["over_budget"] == (tl.peak_bytes > cap)
             assert b.budget_bytes == cap
+
+
+def test_model_row_families():
+    # one method per family of rows; each family only for the candidates it concerns
+    p = chain_problem(layers=2, host_bandwidth=120.0)
+    st = Structure(p)
+    model = Model(st, Rows(st), store_all_peak(p) - 1)
+    names = [c.name for c in model.prob.constraints()]
+    assert model.num_cons == len(names)
+    family = collections.Counter(re.match(r"[a-zA-Z]+", n).group() for n in names)
+    assert set(family) == {"one", "need", "needub", "mono", "sub", "lb", "y", "U", "W", "eout", "ein", "m"}
+    case_b = {c.idx for c in st.cands if c.d < 0 and c.rcons and st.reach[c.idx]}
+    assert case_b and {int(re.match(r"needub(\d+)", n).group(1)) for n in names if n.startswith("needub")} == case_b
+    rec = {c.idx for c in st.cands if c.rec_ok}
+    assert {int(re.match(r"mono(\d+)_", n).group(1)) for n in names if n.startswith("mono")} <= rec
+    segs = sum(len(c.segs) for c in st.cands)
+    assert segs and sum(1 for key in model.V if key[0] == "y") == segs
+    assert family["m"] == model.num_rows == len(Rows(st).reps)
+    peak_model = Model(st, Rows(st), None)  # the smallest-peak model: every memory row holds its peak
+    rows = [c for c in peak_model.prob.constraints() if re.fullmatch(r"m\d+", c.name)]
+    assert rows and all(dict(c.items()).get(peak_model.M) == -1.0 for c in rows)
 
 
 def test_ilp_info_fields():
