@@ -273,6 +273,8 @@ def _needs_backward(example_inputs: Sequence[Any]) -> bool:
 def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
     """Compile one graph under a plan; with ``inductor_check``, plan again lower (at most
     MAX_PLANS times) while Inductor's estimate after fusion leaves less than the reserve free."""
+    from torch._inductor.compile_fx import compile_fx
+
     name = comp.next_graph_name()
     if not cfg.inductor_check:
         partitioner = RematPartitioner(cfg, graph_name=name)
