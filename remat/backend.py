@@ -96,8 +96,8 @@ def plan_joint_graph(
     )
     problem = captured.problem
     baseline = store_all_peak(problem)
-    budget, target = _cap_and_target(cfg, problem, baseline, lower_by)
-    plan, target = _solve_within(cfg, problem, budget, target)
+    budget, target = cap_and_target(cfg, problem, baseline, lower_by)
+    plan, target = solve_within(cfg, problem, budget, target)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
     return report, (joint, info)
@@ -117,7 +117,7 @@ def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int
     return joint, P.classify_nodes(joint, static or [], num_fwd_outputs)
 
 
-def _cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int) -> tuple[int | None, int | None]:
+def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int) -> tuple[int | None, int | None]:
     """The cap in bytes (None: no cap) and the peak that plans aim for (the cap less the reserve,
     less ``lower_by``). ``memory_budget="min"`` caps at the smallest peak that any plan reaches."""
     budget = cfg.memory_budget
@@ -132,7 +132,7 @@ def _cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int
     return cap, cfg.planning_target(cap) - lower_by
 
 
-def _solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None) -> tuple[Plan, int | None]:
+def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None) -> tuple[Plan, int | None]:
     """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
     when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor)."""
     solve = get_solver(cfg.solver)
