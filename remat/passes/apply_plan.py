@@ -22,44 +22,46 @@ from ..problem import Problem
 from ..transfers import Transfers
 
 
-def saved_nodes(joint: fx.GraphModule, forward_nodes: set, plan: Plan, folded: set[str]) -> tuple[list, list]:
+def saved_nodes(
+    joint: fx.GraphModule, forward_nodes: set, plan: Plan, folded: set[str], num_fwd_outputs: int
+) -> tuple[list, list]:
     """(saved tensors, saved sizes) that the backward graph needs under ``plan``.
 
-    Walks back from every backward op: a forward value that is not saved must be recomputed,
-    which is allowed only for views, getitems, tuple ops, RECOMPUTE activations and the fused
-    values that capture folded into their readers.
+    Walks back from every value that backward reads: the inputs of backward ops and the
+    gradients it returns (the joint graph's outputs after the first ``num_fwd_outputs``). A
+    forward value that is not saved must be recomputed, which is allowed only for views,
+    getitems, tuple ops, RECOMPUTE activations and the fused values that capture folded into
+    their readers. A forward output that backward reads is saved unless the plan recomputes it.
     """
     from torch._functorch.partitioners import _is_primal, is_sym_node
 
     decided = plan.decisions
     saved, saved_sym, seen = [], [], set()
-    todo = [n for n in joint.graph.nodes if n.op == "call_function" and n not in forward_nodes]
-    todo += [n for n in joint.graph.nodes if n.op == "output"]
+    backward_ops = [n for n in joint.graph.nodes if n.op == "call_function" and n not in forward_nodes]
+    todo = [i for n in backward_ops for i in n.all_input_nodes]
+    todo += [g for g in joint.graph.output_node().args[0][num_fwd_outputs:] if isinstance(g, fx.Node)]
     while todo:
-        n = todo.pop()
-        for i in n.all_input_nodes:
-            if i in seen or (i.op == "call_function" and i not in forward_nodes):
-                continue
-            seen.add(i)
-            if i.op == "placeholder":
-                if _is_primal(i):
-                    (saved_sym if is_sym_node(i) else saved).append(i)
-                continue
-            if n.op == "output" and i in forward_nodes:
-                continue  # forward outputs: produced by the forward graph, not read by backward
-            d = decided.get(i.name)
-            if d in (Decision.STORE, Decision.OFFLOAD):
-                saved.append(i)
-            elif is_sym_node(i):
-                saved_sym.append(i)
-            elif d is Decision.RECOMPUTE or i.name in folded or is_view(i) or i.target is operator.getitem or not isinstance(
-                i.meta.get("val"), torch.Tensor
-            ):
-                todo.append(i)
-            elif _is_forward_output(joint, i):
-                saved.append(i)  # live anyway: the user holds it
-            else:
-                raise PlanError(f"backward reads {i.name!r}, which the plan neither stores nor recomputes")
+        i = todo.pop()
+        if i in seen or (i.op == "call_function" and i not in forward_nodes):
+            continue
+        seen.add(i)
+        if i.op == "placeholder":
+            if _is_primal(i):
+                (saved_sym if is_sym_node(i) else saved).append(i)
+            continue
+        d = decided.get(i.name)
+        if d in (Decision.STORE, Decision.OFFLOAD):
+            saved.append(i)
+        elif is_sym_node(i):
+            saved_sym.append(i)
+        elif d is Decision.RECOMPUTE or i.name in folded or is_view(i) or i.target is operator.getitem or not isinstance(
+            i.meta.get("val"), torch.Tensor
+        ):
+            todo += i.all_input_nodes
+        elif _is_forward_output(joint, i):
+            saved.append(i)  # live anyway: the user holds it
+        else:
+            raise PlanError(f"backward reads {i.name!r}, which the plan neither stores nor recomputes")
     order = {n: k for k, n in enumerate(joint.graph.nodes)}
     return sorted(saved, key=order.__getitem__), sorted(saved_sym, key=order.__getitem__)
 
@@ -154,7 +156,7 @@ def apply_plan(
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
 
-    saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded)
+    saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded, num_fwd_outputs)
     fw, bw = P._extract_fwd_bwd_modules(
         joint,
         saved,

@@ -1,0 +1,105 @@
+"""A model compiled alone (loss outside the compiled call) whose outputs its own backward reads:
+heads ending in ReLU, Tanh, Sigmoid, Softmax or exp, a layer-norm output returned next to the
+projection that reads it, an extra ``tanh`` output. Gradients equal eager at every budget."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from remat import Decision
+from remat.backend import LAST_COMPILE
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _reuse_compiled_kernels():
+    """Keep the graph caches off (the remat partitioner must run in every test) but let Inductor
+    reuse the C++ kernels it built for an identical source: the tests share most kernels."""
+    with torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
+
+HEADS = {
+    "relu": lambda y: (torch.relu(y),),
+    "tanh": lambda y: (torch.tanh(y),),
+    "sigmoid": lambda y: (torch.sigmoid(y),),
+    "softmax": lambda y: (torch.softmax(y, dim=-1),),
+    "exp": lambda y: (torch.exp(y),),
+    "extra_tanh": lambda y: (y, y.tanh()),
+}
+
+
+class Model(nn.Module):
+    """Linear -> GELU -> Linear, then a head whose backward reads what it returns; the "ln_lin"
+    head is the smallest repro, ``h = ln(y); return lin(h), h`` (lin's weight gradient reads h)."""
+
+    def __init__(self, head: str, d: int = 16):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), head
+        if head == "ln_lin":
+            self.ln, self.lin = nn.LayerNorm(d), nn.Linear(d, d)
+
+    def forward(self, x):
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        if self.head == "ln_lin":
+            h = self.ln(y)
+            return self.lin(h), h
+        return HEADS[self.head](y)
+
+
+def make(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    return Model(kind)
+
+
+def loss_outside(outputs) -> torch.Tensor:
+    """A weighted sum of every output (fixed weights, so that softmax's gradient is not zero)."""
+    g = torch.Generator().manual_seed(1)
+    return sum((o * torch.randn(o.shape, generator=g)).sum() for o in outputs)
+
+
+def grads(model: nn.Module, run, x: torch.Tensor) -> dict:
+    x = x.detach().clone().requires_grad_()
+    loss_outside(run(x)).backward()
+    return {"input": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+@pytest.mark.parametrize("budget", [0.85, 1.0])
+@pytest.mark.parametrize("kind", [*HEADS, "ln_lin"])
+def test_outputs_read_by_backward_match_eager(kind, budget):
+    model = make(kind)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
+    ref = grads(model, model, x)
+    compiled_model = copy.deepcopy(model)
+    LAST_COMPILE.reports.clear()
+    compiled = torch.compile(compiled_model, backend="remat", options={"memory_budget": budget})
+    got = grads(compiled_model, compiled, x)
+    (report,) = LAST_COMPILE.reports
+    if budget < 1.0:  # the cap is under the no-remat peak: the plan must recompute to meet it
+        assert report.plan.names(Decision.RECOMPUTE), (kind, report.baseline_peak_bytes, report.budget_bytes)
+    for name, g in ref.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-5, msg=lambda s: f"{kind} {budget} {name}: {s}")
+
+
+class NormThenLinear(nn.Module):
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.ln, self.lin = nn.LayerNorm(d), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.lin(h), h
+
+
+def test_ten_line_repro():
+    """The issue's repro as filed: nothing but the two outputs, at the no-remat peak."""
+    torch.manual_seed(0)
+    model, x = NormThenLinear(), torch.randn(8, 16)
+    ref = grads(model, model, x)
+    compiled_model = copy.deepcopy(model)
+    got = grads(compiled_model, torch.compile(compiled_model, backend="remat", options={"memory_budget": 1.0}), x)
+    for name, g in ref.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-5)
