@@ -2,78 +2,123 @@
 
 from __future__ import annotations
 
+import numbers
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import ConfigError
 
-_UNITS = {
+_UNITS = {  # decimal units are powers of 10, binary ones (and the bare letters) powers of 2
     "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*|%)\s*$")
+MIN_BUDGET = "min"
 
 SOLVER_NAMES = ("ilp", "greedy", "store_all", "recompute_all")
+ON_INFEASIBLE = ("error", "min")
 BUDGET_HELP = (
-    "memory_budget must be bytes (int, e.g. 314572800), a string with a unit "
-    "('300MiB', '6GB', '1.5GiB'; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), "
-    "or a ratio of the no-remat peak in (0, 1] (0.5 or '50%')"
+    "memory_budget must be bytes (an integer, e.g. 314572800), a string with a unit "
+    "('300MiB', '6GB', '1.5GiB'; decimal KB, MB, GB, TB are powers of 1000, binary KiB, MiB, GiB, "
+    "TiB and the bare K, M, G, T powers of 1024, so '300M' is 300 MiB; B or no unit: bytes), "
+    "a ratio of the no-remat peak in (0, 1] (0.5 or '50%'), or 'min' (the smallest peak remat reaches)"
+)
+OFFLOAD_ON_CPU_HELP = (
+    "offload=True on a CPU graph: host memory is the CPU's own memory there, so a copy to host "
+    "frees nothing and the step's peak stays where it was (over the cap); drop offload (remat "
+    "recomputes instead), or name a GPU cost model (e.g. device='h100') to plan as if the graph "
+    "ran on that GPU (the CPU run will not follow the plan's peak)"
 )
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A cap on the step's peak: absolute bytes, or a ratio of the no-remat peak."""
+    """A cap on the step's peak: absolute bytes, a ratio of the no-remat peak, or the smallest
+    peak remat reaches (``minimum``; the planner finds that figure, ``resolve`` cannot).
+    ``text`` is what the user wrote (its repr), for messages."""
 
     bytes: int | None = None
     ratio: float | None = None
+    minimum: bool = False
+    text: str = field(default="", compare=False)
 
     def resolve(self, baseline_peak_bytes: int) -> int:
+        """The cap in bytes, given the no-remat peak."""
+        if self.minimum:
+            raise ValueError(
+                "memory_budget 'min' has no fixed byte count: it is the smallest peak a plan "
+                "reaches (remat.solvers.min_peak on the graph's Problem); resolve it there"
+            )
         if self.bytes is not None:
             return self.bytes
-        return int(self.ratio * baseline_peak_bytes)
+        nbytes = int(self.ratio * baseline_peak_bytes)
+        if nbytes < 1 <= baseline_peak_bytes:
+            raise ConfigError(
+                f"memory_budget {self.text or repr(self.ratio)} of this graph's no-remat peak "
+                f"({baseline_peak_bytes} bytes) is less than 1 byte; {BUDGET_HELP}"
+            )
+        return nbytes
 
     def __str__(self) -> str:
+        if self.minimum:
+            return "min (the smallest reachable peak)"
         return f"{self.bytes} bytes" if self.bytes is not None else f"{self.ratio:.0%} of baseline"
 
 
 def parse_budget(value: Any) -> Budget | None:
-    """Parse a memory_budget option; None means no budget (plain Inductor)."""
+    """Parse a memory_budget option; None means no budget (plain Inductor).
+
+    Any integer (``numbers.Integral``: Python, numpy, a 0-d integer tensor) is bytes; any other
+    real number (``numbers.Real``, a 0-d float tensor) is a ratio of the no-remat peak in (0, 1];
+    bools are refused; strings are described in ``BUDGET_HELP``. Messages echo ``value``.
+    """
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{BUDGET_HELP}; got {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (must be > 0)")
-        return Budget(bytes=value)
-    if isinstance(value, float):
-        if not (0.0 < value <= 1.0):
-            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (a float is a ratio in (0, 1])")
-        return Budget(ratio=value)
     if isinstance(value, str):
-        m = _BUDGET_RE.match(value)
-        if not m:
-            raise ConfigError(f"{BUDGET_HELP}; got {value!r}")
-        number, unit = float(m.group(1)), m.group(2).lower()
-        if unit == "%":
-            if not (0.0 < number <= 100.0):
-                raise ConfigError(f"{BUDGET_HELP}; got {value!r} (percent must be in (0, 100])")
-            return Budget(ratio=number / 100.0)
-        if unit == "":
-            if number != int(number):
-                raise ConfigError(f"{BUDGET_HELP}; got {value!r} (bytes must be whole)")
-            unit = "b"
-        if unit not in _UNITS:
-            raise ConfigError(f"{BUDGET_HELP}; unknown unit {m.group(2)!r} in {value!r}")
-        nbytes = int(number * _UNITS[unit])
-        if nbytes <= 0:
-            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (must be > 0)")
-        return Budget(bytes=nbytes)
-    raise ConfigError(f"{BUDGET_HELP}; got {type(value).__name__} {value!r}")
+        return _parse_budget_string(value)
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise ConfigError(f"{BUDGET_HELP}; got {type(value).__name__} {value!r}")
+    if isinstance(number, numbers.Integral):
+        if number <= 0:
+            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (bytes must be > 0)")
+        return Budget(bytes=int(number), text=repr(value))
+    if not 0.0 < number <= 1.0:
+        raise ConfigError(f"{BUDGET_HELP}; got {value!r} (a non-integer number is a ratio in (0, 1])")
+    return Budget(ratio=float(number), text=repr(value))
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array (numpy scalars included) as the Python number it holds."""
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return value.item()
+    return value
+
+
+def _parse_budget_string(value: str) -> Budget:
+    if value.strip().lower() == MIN_BUDGET:
+        return Budget(minimum=True, text=repr(value))
+    m = _BUDGET_RE.match(value)
+    if not m:
+        raise ConfigError(f"{BUDGET_HELP}; got {value!r}")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if unit == "%":
+        if not (0.0 < number <= 100.0):
+            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (percent must be in (0, 100])")
+        return Budget(ratio=number / 100.0, text=repr(value))
+    if unit == "":
+        if number != int(number):
+            raise ConfigError(f"{BUDGET_HELP}; got {value!r} (bytes must be whole)")
+        unit = "b"
+    if unit not in _UNITS:
+        raise ConfigError(f"{BUDGET_HELP}; unknown unit {m.group(2)!r} in {value!r}")
+    nbytes = int(number * _UNITS[unit])
+    if nbytes <= 0:
+        raise ConfigError(f"{BUDGET_HELP}; got {value!r} (less than 1 byte)")
+    return Budget(bytes=nbytes, text=repr(value))
 
 
 @dataclass(frozen=True)
@@ -81,14 +126,19 @@ class RematConfig:
     """Options of the remat backend and of ``remat.analyze``.
 
     memory_budget: cap on the step's peak of memory above what was resident before it
-        (activations, temporaries and the gradients the step produces); None = plain Inductor.
+        (activations, temporaries and the gradients the step produces): bytes (an integer, or a
+        string with a unit: decimal KB/MB/GB/TB = 10**3/10**6/10**9/10**12, binary KiB/MiB/GiB/TiB
+        and the bare K/M/G/T = 2**10/2**20/2**30/2**40, so "300M" is 300 MiB), a ratio of the
+        no-remat peak (0.5 or "50%"), or "min": the smallest peak remat reaches; None = plain
+        Inductor.
     solver: "ilp" (default), "greedy", "store_all" or "recompute_all".
     time_limit: seconds the solver may take.
     device: cost-model device: "auto", "cpu", "a100", "h100", "h200", or a dict
         {"peak_flops": float, "bandwidth": float[, "host_bandwidth": float]}.
     gap: relative MIP gap at which the ILP stops (0.01 = within 1 % of optimal).
     offload: allow OFFLOAD decisions (copy to host memory and prefetch back); None = on for CUDA
-        graphs, off elsewhere (on the CPU, host memory is the device memory: nothing is saved).
+        graphs, off elsewhere (on the CPU, host memory is the device memory: nothing is saved,
+        so True on a CPU graph is a ConfigError unless ``device`` names a GPU cost model).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 25e9 for h100/h200: half the measured PCIe rate).
     reserve: fraction of the cap kept free for memory the model does not see (workspaces that
@@ -99,6 +149,9 @@ class RematConfig:
     inductor_check: after fusion, compare Inductor's own peak estimate with the cap and plan a
         graph again, lower, when it is over (``remat.inductor_check``); False skips the estimate
         and the re-plans (the backward then compiles lazily, at the first backward call).
+    on_infeasible: what a cap that no plan meets does: "error" (default) raises
+        InfeasibleBudgetError naming the smallest reachable peak; "min" plans at that peak
+        instead, with a warning naming both figures.
     verbose: print a one-line summary of every plan.
     """
 
@@ -111,6 +164,7 @@ class RematConfig:
     host_bandwidth: float | None = None
     reserve: float = 0.05
     inductor_check: bool = True
+    on_infeasible: str = "error"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -127,6 +181,11 @@ class RematConfig:
             raise ConfigError(f"reserve must be a fraction of the cap in [0, 1); got {r!r}")
         if not isinstance(self.inductor_check, bool):
             raise ConfigError(f"inductor_check must be True or False; got {self.inductor_check!r}")
+        if self.on_infeasible not in ON_INFEASIBLE:
+            raise ConfigError(
+                f"on_infeasible must be one of {', '.join(map(repr, ON_INFEASIBLE))} (raise, or plan at the "
+                f"smallest reachable peak); got {self.on_infeasible!r}"
+            )
         if self.offload is not None and not isinstance(self.offload, bool):
             raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")
         hb = self.host_bandwidth
@@ -154,16 +213,31 @@ class RematConfig:
         return None if cap is None else int(cap * (1 - self.reserve))
 
     def offload_bandwidth(self, on_cuda: bool) -> float:
-        """Host-link bytes/s that the Problem gets: 0 when offload is off for this graph."""
+        """Host-link bytes/s that the Problem gets: 0 when offload is off for this graph.
+
+        offload=True on a CPU graph raises ConfigError unless ``device`` names a GPU cost model
+        (planning as if for that GPU): there, host memory is the memory the cap counts.
+        """
         from .cost import device_spec
 
         enabled = on_cuda if self.offload is None else self.offload
         if not enabled:
             return 0.0
+        if not on_cuda and not self.models_a_gpu():
+            raise ConfigError(OFFLOAD_ON_CPU_HELP)
         return float(self.host_bandwidth if self.host_bandwidth is not None else device_spec(self.device).host_bandwidth)
+
+    def models_a_gpu(self) -> bool:
+        """True when ``device`` names a cost model other than the CPU's ("auto" follows the graph)."""
+        from .cost import device_spec
+
+        auto = isinstance(self.device, str) and self.device.lower() == "auto"
+        return not auto and device_spec(self.device).name != "cpu"
 
     def key(self) -> str:
         """Everything that drives a decision, as a stable string (for cache keys)."""
         d = asdict(self)
         d.pop("verbose")
+        if d["memory_budget"] is not None:
+            d["memory_budget"].pop("text")  # "300MiB" and 314572800 decide alike
         return repr(sorted(d.items()))

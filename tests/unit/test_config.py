@@ -1,6 +1,10 @@
 """Options: every valid form parses; every malformed one raises ConfigError naming what is valid."""
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
+import torch
 
 from remat.config import Budget, RematConfig, parse_budget
 from remat.cost import device_spec
@@ -17,6 +21,24 @@ from remat.errors import ConfigError, InfeasibleBudgetError
         ("1.5GiB", Budget(bytes=int(1.5 * 2**30))),
         ("1024", Budget(bytes=1024)),
         ("2g", Budget(bytes=2 * 2**30)),
+        ("300M", Budget(bytes=300 * 2**20)),  # bare letters are binary
+        ("300MB", Budget(bytes=300 * 10**6)),  # decimal
+        ("4KB", Budget(bytes=4000)),
+        ("4KiB", Budget(bytes=4096)),
+        ("2TB", Budget(bytes=2 * 10**12)),
+        ("1tib", Budget(bytes=2**40)),
+        ("64B", Budget(bytes=64)),
+        (np.int64(6291456), Budget(bytes=6291456)),
+        (np.int32(4096), Budget(bytes=4096)),
+        (np.uint16(512), Budget(bytes=512)),
+        (torch.tensor(1024), Budget(bytes=1024)),
+        (np.array(2048), Budget(bytes=2048)),
+        (np.float32(0.5), Budget(ratio=0.5)),
+        (np.float64(0.25), Budget(ratio=0.25)),
+        (torch.tensor(0.5), Budget(ratio=0.5)),
+        (Fraction(1, 4), Budget(ratio=0.25)),
+        ("min", Budget(minimum=True)),
+        (" MIN ", Budget(minimum=True)),
         (0.5, Budget(ratio=0.5)),
         (1.0, Budget(ratio=1.0)),
         ("50%", Budget(ratio=0.5)),
@@ -28,15 +50,51 @@ def test_budget_forms(value, expected):
     assert parse_budget(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -5, 0.0, 1.5, -0.1, "abc", "300XB", "0MiB", "150%", "0%", "1.5", "", True, [1], "MiB"])
-def test_bad_budgets(value):
-    with pytest.raises(ConfigError, match="memory_budget must be"):
+BAD_BUDGETS = [
+    0, -5, 0.0, 1.5, -0.1, float("nan"), float("inf"), "abc", "300XB", "0MiB", "150%", "0%", "-5%", "1.5", "",
+    "0.1B", "minimum", True, False, [1], "MiB", np.int64(0), np.int32(-1), np.float32(1.5), np.bool_(True),
+    torch.tensor(True), torch.tensor(0), torch.tensor(2.0), torch.tensor([1024]), np.array([0.5]), 1 + 0j,
+]
+
+
+@pytest.mark.parametrize("value", BAD_BUDGETS, ids=repr)
+def test_bad_budgets_echo_the_input(value):
+    with pytest.raises(ConfigError, match="memory_budget must be") as e:
         parse_budget(value)
+    assert repr(value) in str(e.value)
+
+
+def test_budget_help_documents_units():
+    with pytest.raises(ConfigError) as e:
+        parse_budget("lots")
+    msg = str(e.value)
+    for unit in ("KB", "MB", "GB", "KiB", "MiB", "GiB", "'300M' is 300 MiB", "'min'", "50%"):
+        assert unit in msg, unit
+    doc = RematConfig.__doc__
+    assert '"300M" is 300 MiB' in doc and "10**6" in doc and "2**20" in doc and '"min"' in doc
 
 
 def test_ratio_resolves_against_baseline():
     assert parse_budget("50%").resolve(1000) == 500
+    assert parse_budget(np.float32(0.5)).resolve(1000) == 500
     assert parse_budget("300MiB").resolve(1) == 300 * 2**20
+
+
+@pytest.mark.parametrize("value", ["1e-9%", 1e-12, np.float32(1e-12)], ids=repr)
+def test_ratio_under_one_byte_names_what_the_user_wrote(value):
+    budget = parse_budget(value)
+    with pytest.raises(ConfigError, match="less than 1 byte") as e:
+        budget.resolve(1_000_000)
+    assert repr(value) in str(e.value) and "1000000 bytes" in str(e.value)
+
+
+def test_min_budget_is_resolved_by_the_planner_not_by_resolve():
+    budget = parse_budget("min")
+    assert budget.minimum and budget.bytes is None and budget.ratio is None
+    assert "min" in str(budget)
+    with pytest.raises(ValueError, match="smallest peak"):
+        budget.resolve(1000)
+    assert RematConfig.from_options({"memory_budget": "min"}).memory_budget == Budget(minimum=True)
 
 
 def test_unknown_option_lists_valid_ones():
@@ -56,6 +114,8 @@ def test_unknown_option_lists_valid_ones():
         ({"device": "tpu"}, "device must be"),
         ({"device": {"peak_flops": 1e12}}, "device must be"),
         ({"device": {"peak_flops": -1, "bandwidth": 1e9}}, "device must be"),
+        ({"on_infeasible": "warn"}, "on_infeasible must be one of 'error', 'min'"),
+        ({"on_infeasible": None}, "on_infeasible must be"),
     ],
 )
 def test_bad_options(options, match):
@@ -65,9 +125,19 @@ def test_bad_options(options, match):
 
 def test_config_key_covers_every_decision_option():
     a = RematConfig.from_options({"memory_budget": "1GiB"})
-    for change in ({"memory_budget": "2GiB"}, {"solver": "greedy"}, {"time_limit": 5}, {"device": "h100"}, {"gap": 0.0}):
+    changes = (
+        {"memory_budget": "2GiB"}, {"memory_budget": "min"}, {"solver": "greedy"}, {"time_limit": 5},
+        {"device": "h100"}, {"gap": 0.0}, {"on_infeasible": "min"},
+    )
+    for change in changes:
         assert RematConfig.from_options({"memory_budget": "1GiB", **change}).key() != a.key()
     assert RematConfig.from_options({"memory_budget": "1GiB", "verbose": True}).key() == a.key()
+    assert RematConfig.from_options({"memory_budget": 2**30}).key() == a.key()  # same bytes, other spelling
+
+
+def test_on_infeasible_defaults_to_error():
+    assert RematConfig().on_infeasible == "error"
+    assert RematConfig.from_options({"memory_budget": "50%", "on_infeasible": "min"}).on_infeasible == "min"
 
 
 def test_devices():
@@ -102,8 +172,24 @@ def test_offload_bandwidth_defaults():
     assert auto.offload_bandwidth(on_cuda=False) == 0.0  # auto: off on CPU graphs
     assert auto.offload_bandwidth(on_cuda=True) == device_spec("h100").host_bandwidth
     forced = RematConfig.from_options({"offload": True, "host_bandwidth": 1e12})
-    assert forced.offload_bandwidth(on_cuda=False) == 1e12
+    assert forced.offload_bandwidth(on_cuda=True) == 1e12
     assert RematConfig.from_options({"offload": False}).offload_bandwidth(on_cuda=True) == 0.0
+
+
+@pytest.mark.parametrize("device", ["auto", "AUTO", "cpu"])
+def test_offload_on_a_cpu_graph_is_refused(device):
+    """Host copies are the CPU's own memory: offloading there cannot lower the peak."""
+    cfg = RematConfig.from_options({"offload": True, "device": device})
+    with pytest.raises(ConfigError, match="offload=True on a CPU graph") as e:
+        cfg.offload_bandwidth(on_cuda=False)
+    assert "drop offload" in str(e.value) and "device='h100'" in str(e.value)
+    assert cfg.offload_bandwidth(on_cuda=True) > 0
+
+
+@pytest.mark.parametrize("device", ["h100", {"peak_flops": 1e14, "bandwidth": 1e12, "host_bandwidth": 2e10}])
+def test_offload_on_a_cpu_graph_with_a_gpu_cost_model_plans_for_that_gpu(device):
+    cfg = RematConfig.from_options({"offload": True, "device": device})
+    assert cfg.models_a_gpu() and cfg.offload_bandwidth(on_cuda=False) > 0
 
 
 def test_reserve():
