@@ -77,6 +77,7 @@ class Activation:
     offloadable: bool = True
     shape: tuple[int, ...] = ()
     dtype: str = ""
+    module: str = ""  # module path of the op that computes it (``nn_module_stack``), "" if unknown
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class Problem:
     host_bandwidth: float = 0.0  # bytes/s of the device<->host link; 0 disables offload
     name: str = "problem"
     metadata: dict = field(default_factory=dict, compare=False)
+    # repeated layers (``remat.structure.find_layers``): classes of layers, each layer the ordered
+    # names of its activations; activation k of one layer corresponds to activation k of another
+    layers: tuple[tuple[tuple[str, ...], ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "slots", tuple(self.slots))
@@ -117,6 +121,19 @@ class Problem:
                     raise ValueError(f"activation {a.name!r} reads {i!r}, which is created later")
         if self.host_bandwidth < 0:
             raise ValueError("host_bandwidth must be >= 0")
+        object.__setattr__(self, "layers", tuple(tuple(tuple(lay) for lay in cls) for cls in self.layers))
+        self._check_layers(names)
+
+    def _check_layers(self, names: set[str]) -> None:
+        """Each class holds at least two layers of one length; each name is known and in one layer."""
+        seen: set[str] = set()
+        for cls in self.layers:
+            if len(cls) < 2 or len({len(lay) for lay in cls}) != 1 or not cls[0]:
+                raise ValueError("a layer class needs at least two non-empty layers of one length")
+            for name in (n for lay in cls for n in lay):
+                if name not in names or name in seen:
+                    raise ValueError(f"layer activation {name!r} is unknown or in two layers")
+                seen.add(name)
 
     # ---- derived structure -------------------------------------------------------------
     @cached_property
@@ -178,6 +195,7 @@ class Problem:
             "metadata": self.metadata,
             "slots": [asdict(s) for s in self.slots],
             "activations": [asdict(a) for a in self.activations],
+            "layers": [[list(lay) for lay in cls] for cls in self.layers],
         }
 
     @classmethod
@@ -194,6 +212,7 @@ class Problem:
             host_bandwidth=float(d.get("host_bandwidth", 0.0)),
             name=d.get("name", "problem"),
             metadata=dict(d.get("metadata", {})),
+            layers=d.get("layers", ()),
         )
 
     def save(self, path: str | Path) -> None:

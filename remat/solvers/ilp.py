@@ -191,12 +191,18 @@ class Model:
     Built family by family (see the module docstring): decision variables, choice rows, start
     rows, consumer-start rows and live-segment rows per candidate, the transfer-time chains, the
     objective, then the memory rows. ``V`` maps keys such as ``("rec", idx)`` to variables.
+
+    ``ties`` (candidate index -> its representative, see ``tie_map``) makes tied candidates share
+    their ``rec``/``off``/``keep`` binaries: the model then spans exactly the tied plans, and
+    every other row stays per candidate, so the peak is still bounded at every kept slot.
     """
 
-    def __init__(self, st: Structure, rows: Rows, budget: int | None) -> None:
+    def __init__(self, st: Structure, rows: Rows, budget: int | None, ties: dict[int, int] | None = None) -> None:
         t0 = time.perf_counter()
         self.st = st
         self.rows = rows
+        self.ties = ties or {}
+        self._shared: dict = {}
         self.unit, self.tscale = _scales(st)
         self.prob = pulp.LpProblem("remat", pulp.LpMinimize)
         self._var = _var_factory(self.prob)
@@ -214,7 +220,7 @@ class Model:
         self.M = self._objective(budget, obj)
         self._memory_rows(budget)
         self.num_cons = self.num_other_rows + self.num_rows
-        self.num_binaries = sum(1 for key in self.V if key[0] in ("rec", "off", "keep"))
+        self.num_binaries = len({id(v) for key, v in self.V.items() if key[0] in ("rec", "off", "keep")})
         self.build_s = time.perf_counter() - t0
 
     # ---- variables and row helpers -------------------------------------------------------------
@@ -222,27 +228,34 @@ class Model:
         """Per reachable candidate: ``rec``/``off`` binaries (case A; ``keep`` too in case B),
         continuous start indicators ``st`` per kept slot below ``top``, and ``y`` per live segment."""
         V: dict = {}
-        var, B, C = self._var, pulp.LpBinary, pulp.LpContinuous
+        var, binary, C = self._var, self._binary, pulp.LpContinuous
         for c in self.st.cands:
             if not self.st.reach[c.idx]:
                 continue
             k = c.idx
             if c.rec_ok:
-                V[("rec", k)] = var(f"r{k}", 0, 1, B)
+                V[("rec", k)] = binary("r", k)
                 for b in c.sv:
                     V[("st", k, b)] = var(f"s{k}_{b}", 0, 1, C)
             if c.off_ok:
-                V[("off", k)] = var(f"o{k}", 0, 1, B)
+                V[("off", k)] = binary("o", k)
             if c.d < 0 and c.rcons:
-                V[("keep", k)] = var(f"k{k}", 0, 1, B)
+                V[("keep", k)] = binary("k", k)
             for j in range(len(c.segs)):
                 V[("y", k, j)] = var(f"y{k}_{j}", 0, 1, C)
         return V
 
+    def _binary(self, prefix: str, k: int):
+        """The binary ``prefix`` of candidate ``k``: its tie representative's when one was made."""
+        key = (prefix, self.ties.get(k, k))
+        if key not in self._shared:
+            self._shared[key] = self._var(f"{prefix}{k}", 0, 1, pulp.LpBinary)
+        return self._shared[key]
+
     def _row(self, terms, sense, rhs, name: str) -> None:
         """Add ``sum(coef * V[key]) sense rhs``; keys missing from V are dropped (they are 0)."""
         V = self.V
-        e = pulp.LpAffineExpression([(V[key], cf) for key, cf in terms if key in V])
+        e = _affine((V[key], cf) for key, cf in terms if key in V)
         self.prob.addConstraint(pulp.LpConstraint(e, sense, name, rhs))
         self.num_other_rows += 1
 
@@ -354,7 +367,7 @@ class Model:
     def _objective(self, budget: int | None, obj: list):
         """Minimise the added time under a cap; without one, a variable ``peak`` (returned)."""
         if budget is not None:
-            self.prob += pulp.LpAffineExpression(obj)
+            self.prob += _affine(obj)
             return None
         peak = self._var("peak", 0, None, pulp.LpContinuous)
         self.prob += pulp.LpAffineExpression([(peak, 1.0)])
@@ -378,7 +391,7 @@ class Model:
                     if const > budget:
                         self.infeasible_row = t
                     continue
-            self.prob += pulp.LpConstraint(pulp.LpAffineExpression(expr), LE, f"m{t}", rhs)
+            self.prob += pulp.LpConstraint(_affine(expr), LE, f"m{t}", rhs)
             self.num_rows += 1
             self.nnz += len(expr)
 
@@ -426,6 +439,33 @@ class Model:
             elif c.d >= 0 or (kp is not None and (kp.varValue or 0) > 0.5):
                 out[c.name] = Decision.STORE
         return self.st.normalize(out)
+
+
+def _affine(pairs) -> pulp.LpAffineExpression:
+    """A linear form from (variable, coef) pairs, summing the coefs of a variable that repeats
+    (tied variables; ``LpAffineExpression`` would keep only the last)."""
+    acc: dict = {}
+    for v, cf in pairs:
+        if v.name in acc:
+            acc[v.name] = (v, acc[v.name][1] + cf)
+        else:
+            acc[v.name] = (v, cf)
+    return pulp.LpAffineExpression([vc for vc in acc.values() if vc[1]])
+
+
+def tie_map(st: Structure, layers) -> dict[int, int]:
+    """Candidate index -> representative (the first layer's candidate at the same position of
+    the same layer class) for the candidates of ``Problem.layers`` that the model can tie: both
+    reachable and of the same case (read by backward or not)."""
+    ties: dict[int, int] = {}
+    for cls in layers:
+        for names in zip(*cls):
+            idxs = [st.index[n] for n in names if n in st.index and st.reach[st.index[n]]]
+            for case in (True, False):
+                group = [k for k in idxs if (st.cands[k].d >= 0) is case]
+                for k in group[1:]:
+                    ties[k] = group[0]
+    return ties
 
 
 def _var_factory(prob: pulp.LpProblem):
@@ -588,17 +628,24 @@ def ilp(
     prune: bool = True,
     threads: int | None = None,
     starts: int | None = None,
+    layers: str = "tie",
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
-    ``starts``: kept recompute start slots per activation, see ``min_peak``).
+    ``starts``: kept recompute start slots per activation, see ``min_peak``; ``layers``: "tie"
+    gives corresponding activations of ``Problem.layers`` one decision, "free" solves every
+    activation on its own, with the tied plan as one more fallback). ``time_limit`` bounds the
+    whole planning: greedy, model building and every solve share one deadline.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
-    start and fallback); the model; the solve; the better valid plan of the two (or the min-peak
-    plan when neither meets the cap); its optimality status."""
+    start and fallback); the tied model when there are layers; the free model unless tied; the
+    cheapest valid plan under the cap of all (or the min-peak plan when none meets the cap); its
+    optimality status (a tied plan is "feasible": its bound only holds for tied plans)."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit
     backend = _backend(backend)
+    if layers not in ("tie", "free"):
+        raise ConfigError(f"layers must be 'tie' or 'free'; got {layers!r}")
     st = kw.get("_structure") or Structure(problem, k=starts)
     trivial = _trivial_plan(st, budget_bytes, t0)
     if trivial is not None:
@@ -609,24 +656,79 @@ def ilp(
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
         _raise_infeasible(st, budget, deadline, backend, why)
     greedy_plan, greedy_cost = _greedy_plan(st, budget)
-    tg = time.perf_counter()
-    rows = Rows(st, prune=prune)
-    model = Model(st, rows, budget)
-    info = _model_info(st, rows, model, backend, greedy_plan, greedy_cost, time.perf_counter() - tg)
-    if model.infeasible_row is not None:  # cannot happen after the lower-bound test above
-        if greedy_plan is None:
-            _raise_infeasible(st, budget, deadline, backend, "")
-        info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap; greedy used"
-        return make_plan(st, greedy_plan, "ilp", budget, status="heuristic",
-                         solve_time_s=time.perf_counter() - t0, info=info)
-    status, bound, mgap = _run_model(model, greedy_plan, warm_start, backend, deadline, gap, threads, info)
-    best, best_cost, source = _best_plan(st, model, status, budget, greedy_plan, greedy_cost, info)
+    found: list = []  # (decisions, cost, source); on equal cost the first wins
+    ties = tie_map(st, problem.layers) if problem.layers else {}
+    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune)
+    info: dict = {"greedy_objective": None if greedy_plan is None else greedy_cost, "layers": layers,
+                  "tied_activations": len(ties)}
+    status = bound = mgap = model = None
+    if ties:
+        share = 1.0 if layers == "tie" else 0.3
+        tied = _solve_model(st, ties, deadline, share, None, solve, info, "tied")
+        found += _answer(st, tied, budget, "tied", info)
+        if layers == "tie":
+            model, status = tied
+    if not ties or layers == "free":
+        warm = greedy_plan if warm_start == "force" or (warm_start and backend == "cbc") else None
+        model, status, bound, mgap = _solve_model(st, {}, deadline, 1.0, warm, solve, info, "free", full=True)
+        found += _answer(st, (model, status), budget, "ilp", info)
+    found += [(greedy_plan, greedy_cost, "greedy")] if greedy_plan is not None else []
+    best, best_cost, source = min(found, key=lambda f: f[1]) if found else (None, math.inf, None)
     if best is None:
-        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info)
+        exact = layers == "free" or not ties
+        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info, exact)
     info["source"] = source
-    status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, model.tscale)
+    if layers == "tie" and ties:
+        bound = mgap = None  # the tied model's bound holds for tied plans only
+    tscale = model.tscale if model is not None else 1.0
+    status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, tscale)
+    info["planning_s"] = round(time.perf_counter() - t0, 4)
     return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
                      solve_time_s=time.perf_counter() - t0, info=info)
+
+
+def _solve_model(st: Structure, ties: dict, deadline: float, share: float, warm_plan, solve: dict,
+                 info: dict, label: str, full: bool = False):
+    """Build the (tied or free) model and solve it with ``share`` of the time left; records its
+    sizes and times in ``info`` (prefixed ``tied_`` for the tied one). Returns (model, sol_status)
+    or, with ``full``, (model, sol_status, bound, mip gap)."""
+    tb = time.perf_counter()
+    rows = Rows(st, prune=solve["prune"])
+    model = Model(st, rows, solve["budget"], ties)
+    sizes = _model_info(st, rows, model, solve["backend"], time.perf_counter() - tb)
+    pre = "" if label == "free" else "tied_"
+    info.update({pre + k: v for k, v in sizes.items()})
+    status = pulp.LpStatusNotSolved
+    bound = mgap = None
+    if model.infeasible_row is not None:  # cannot happen after the lower-bound test
+        info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap"
+    else:
+        if warm_plan is not None:
+            model.warm(warm_plan)
+        limit = max(0.1, (deadline - time.perf_counter()) * share)
+        status, bound, mgap, secs = _solve(model, solve["backend"], limit, solve["gap"],
+                                           warm_plan is not None, solve["threads"])
+        info[pre + "ilp_s"] = round(secs, 4)
+        info[pre + "sol_status"] = int(status)
+        info[pre + "mip_gap"] = mgap
+    return (model, status, bound, mgap) if full else (model, status)
+
+
+def _answer(st: Structure, solved, budget: int, source: str, info: dict) -> list:
+    """[(decisions, cost, source)] of a solved model when its answer is a valid plan under the
+    cap, else [] (with the reason in ``info["ilp_fallback"]``)."""
+    model, status = solved[0], solved[1]
+    if status not in _FOUND:
+        return []
+    dec = model.decisions()
+    bad = st.violations(dec)
+    if bad:  # cannot happen: the start rows forbid it
+        info["ilp_fallback"] = f"{source} solution is not a valid plan: {bad[0]} (bug)"
+        return []
+    if st.peak(dec) > budget:
+        info["ilp_fallback"] = f"{source} solution peaks at {st.peak(dec)} bytes over the cap (numerics)"
+        return []
+    return [(dec, st.cost(dec), source)]
 
 
 _FOUND = (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
@@ -645,9 +747,17 @@ def _trivial_plan(st: Structure, budget_bytes: int | None, t0: float) -> Plan | 
 
 
 def _raise_infeasible(st: Structure, budget: int, deadline: float, backend: str, why: str):
-    """Raise ``InfeasibleBudgetError`` naming the smallest peak (searched until ``deadline``)."""
-    mp, _, proven = _min_peak(st, max(1.0, deadline - time.perf_counter()), backend)
-    raise InfeasibleBudgetError(budget, mp, _min_detail(proven, why))
+    """Raise ``InfeasibleBudgetError`` for a cap under the lower bound (proven: ``proven`` is
+    True), naming the smallest peak found by ``deadline``."""
+    mp, _, proven = _min_peak(st, _left(deadline), backend)
+    err = InfeasibleBudgetError(budget, mp, _min_detail(proven, why))
+    err.proven = True
+    raise err
+
+
+def _left(deadline: float) -> float:
+    """Seconds left until ``deadline`` (at least 0.1: a solver needs a positive limit)."""
+    return max(0.1, deadline - time.perf_counter())
 
 
 def _greedy_plan(st: Structure, budget: int) -> tuple[dict | None, float]:
@@ -659,8 +769,7 @@ def _greedy_plan(st: Structure, budget: int) -> tuple[dict | None, float]:
     return plan, (st.cost(plan) if plan is not None else math.inf)
 
 
-def _model_info(st: Structure, rows: Rows, model: Model, backend: str, greedy_plan, greedy_cost: float,
-                build_s: float) -> dict:
+def _model_info(st: Structure, rows: Rows, model: Model, backend: str, build_s: float) -> dict:
     """The sizes of the model that ``Plan.info`` reports."""
     return {
         "backend": backend,
@@ -674,57 +783,21 @@ def _model_info(st: Structure, rows: Rows, model: Model, backend: str, greedy_pl
         "num_binaries": model.num_binaries,
         "kept_starts": st.k,
         "offload_candidates": st.offload_candidates,
-        "greedy_objective": None if greedy_plan is None else greedy_cost,
         "build_s": round(build_s, 4),
     }
 
 
-def _run_model(model: Model, greedy_plan, warm_start: bool | str, backend: str, deadline: float,
-               gap: float, threads: int | None, info: dict):
-    """Warm-start and solve the model until ``deadline``; returns (sol_status, bound, mip gap)."""
-    # HiGHS 1.16 can mis-cost a MIP start after presolve ("feasible in the reduced space" with a
-    # lower objective) and then stop at it as "optimal": the start is only given to CBC unless
-    # warm_start="force". The greedy plan stays the fallback either way.
-    warm = greedy_plan is not None and (
-        warm_start == "force" or (warm_start and backend == "cbc")
-    )
-    if warm:
-        model.warm(greedy_plan)
-    remaining = max(0.5, deadline - time.perf_counter())
-    status, bound, mgap, secs = _solve(model, backend, remaining, gap, warm, threads)
-    info["ilp_s"] = round(secs, 4)
-    info["sol_status"] = int(status)
-    return status, bound, mgap
-
-
-def _best_plan(st: Structure, model: Model, status: int, budget: int, greedy_plan, greedy_cost: float,
-               info: dict):
-    """(decisions, cost, source) of the cheaper of the ILP's answer (when it is a valid plan under
-    the cap) and the greedy plan; (None, inf, None) when neither is."""
-    best, best_cost, source = None, math.inf, None
-    if status in _FOUND:
-        dec = model.decisions()
-        peak = st.peak(dec)
-        bad = st.violations(dec)
-        if bad:  # cannot happen: the start rows forbid it
-            info["ilp_fallback"] = f"ILP solution is not a valid plan: {bad[0]} (bug); greedy used"
-        elif peak <= budget:
-            best, best_cost, source = dec, st.cost(dec), "ilp"
-        else:
-            info["ilp_fallback"] = f"ILP solution peaks at {peak} bytes over the cap (numerics); greedy used"
-    if greedy_plan is not None and greedy_cost < best_cost - 1e-15 * max(1.0, abs(greedy_cost)):
-        best, best_cost, source = greedy_plan, greedy_cost, "greedy"
-        if status == pulp.LpSolutionInfeasible:  # the model contradicts a verified plan
-            info["ilp_fallback"] = "ILP reported infeasible but the greedy plan meets the cap; greedy used"
-    return best, best_cost, source
-
-
-def _min_peak_plan(st: Structure, budget: int, deadline: float, backend: str, status: int, info: dict):
-    """When neither the ILP nor greedy gave a plan: the min-peak plan if it meets the cap (the ILP
-    ran out of time, or erred), else ``InfeasibleBudgetError``."""
-    mp, mdec, proven = _min_peak(st, max(1.0, deadline - time.perf_counter()), backend)
+def _min_peak_plan(st: Structure, budget: int, deadline: float, backend: str, status, info: dict,
+                   exact_model: bool):
+    """When no solve and not greedy gave a plan: the min-peak plan if it meets the cap (the ILP
+    ran out of time, or erred), else ``InfeasibleBudgetError``, proven when the exact (untied)
+    model was infeasible or the smallest peak is proven minimal."""
+    mp, mdec, proven = _min_peak(st, _left(deadline), backend)
     if mp > budget:
-        raise InfeasibleBudgetError(budget, mp, _min_detail(proven, ""))
+        proven_over = exact_model and status == pulp.LpSolutionInfeasible
+        err = InfeasibleBudgetError(budget, mp, _min_detail(proven, "", proven_over or proven))
+        err.proven = proven_over or proven
+        raise err
     info["ilp_fallback"] = f"ILP found no plan (sol_status {status}); the min-peak plan is used"
     return mdec, st.cost(mdec), "min_peak"
 
@@ -751,10 +824,11 @@ def _optimality(status: int, bound, mgap, best_cost: float, source: str, backend
     return status_s, bnd, rgap
 
 
-def _min_detail(proven: bool, extra: str) -> str:
-    parts = []
-    if extra:
-        parts.append(extra)
+def _min_detail(proven: bool, extra: str, infeasible_proven: bool = True) -> str:
+    parts = [extra] if extra else []
     if not proven:
         parts.append("not proven minimal within the time limit")
+    if not infeasible_proven:
+        parts.append("infeasibility NOT proven: greedy, the ILP and the min-peak search found no "
+                     "plan under the cap within the time limit; a longer time_limit may find one")
     return "; ".join(parts)

@@ -9,6 +9,7 @@ forward lifetime, the op's temporaries and, in backward, the gradients being pro
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field, replace
 
 from remat.plan import Decision
@@ -97,7 +98,7 @@ class Graph:
             for t in range(created, lfu + 1):
                 life[t] += d["bytes"]
             acts.append(Activation(
-                name=an, op=self.ops[d["op"]].name, bytes=d["bytes"], compute_time=d["time"],
+                name=an, op=_kind(self.ops[d["op"]].name), bytes=d["bytes"], compute_time=d["time"],
                 created=created, last_forward_use=lfu, backward_uses=tuple(sorted(set(uses[an]))),
                 inputs=d["inputs"],
                 recomputable=d["recomputable"], offloadable=d["offloadable"],
@@ -115,6 +116,11 @@ class Graph:
 # generators are fully recomputable by default (only random ops such as dropout masks are not);
 # ``save_matmul=True`` / ``save_residual=True`` pin matmuls / residual adds as non-recomputable,
 # as a framework that never recomputes them would.
+
+
+def _kind(op_name: str) -> str:
+    """The op kind that identical layers share: ``l3_qkv`` -> ``qkv``, ``fc2`` -> ``fc``."""
+    return re.sub(r"^l\d+_|\d+$", "", op_name)
 
 
 def chain_problem(layers: int = 4, width: int = 100, host_bandwidth: float = 0.0,

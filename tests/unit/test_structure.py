@@ -1,0 +1,145 @@
+"""Repeated layers (remat.structure) and the ILP's tied decisions over them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from remat.errors import ConfigError
+from remat.plan import Decision
+from remat.problem import Problem
+from remat.simulate import check, store_all_peak
+from remat.solvers import min_peak, solve
+from remat.structure import activation_graph, find_layers, signature, with_layers
+
+from .synthetic import chain_problem, residual_problem, transformer_problem
+from .test_solvers import bf_best, brute_force
+
+DATA = Path(__file__).parent / "data"
+
+
+def _assert_corresponding(p: Problem) -> None:
+    """Each class: layers of one length whose k-th activations share a signature."""
+    for cls in p.layers:
+        for layer in cls[1:]:
+            assert [signature(p.activation(n)) for n in layer] == [signature(p.activation(n)) for n in cls[0]]
+
+
+def test_graph_view_has_every_activation_and_input_edge():
+    p = residual_problem(blocks=2)
+    g = activation_graph(p)
+    assert set(g.nodes) == {a.name for a in p.activations}
+    assert g.number_of_edges() == sum(len(set(a.inputs)) for a in p.activations)
+
+
+@pytest.mark.parametrize("layers", [3, 5])
+def test_transformer_stack_layers(layers):
+    p = with_layers(transformer_problem(layers=layers))
+    assert len(p.layers) == 1
+    cls = p.layers[0]
+    assert len(cls) == layers
+    assert [lay[0] for lay in cls] == [f"l{i}_ln1" for i in range(layers)]
+    assert all(len({n.split("_")[0] for n in lay}) == 1 for lay in cls)  # one layer's names only
+    _assert_corresponding(p)
+
+
+def test_no_layers_without_repeats():
+    assert find_layers(residual_problem(blocks=1)) == ()
+
+
+def test_module_paths_propose_layers():
+    p = residual_problem(blocks=3)
+    acts = []
+    for a in p.activations:
+        digits = "".join(ch for ch in a.name if ch.isdigit())
+        block = -1 if not digits else int(digits) - (a.name[0] == "x")
+        acts.append(replace(a, module=f"model.blocks.{block}.f" if block >= 0 else ""))
+    p = replace(p, activations=tuple(acts))
+    cls = find_layers(p)
+    assert len(cls) == 1 and [lay[0] for lay in cls[0]] == ["norm0", "norm1", "norm2"]
+    assert [lay[-1] for lay in cls[0]] == ["x1", "x2", "x3"]
+
+
+def test_layers_json_round_trip_and_validation(tmp_path):
+    p = with_layers(transformer_problem(layers=3))
+    p.save(tmp_path / "p.json")
+    q = Problem.load(tmp_path / "p.json")
+    assert q.layers == p.layers and q.layers
+    with pytest.raises(ValueError):
+        replace(p, layers=((("l0_ln1",),),))  # a class of one layer
+    with pytest.raises(ValueError):
+        replace(p, layers=((("l0_ln1",), ("nope",)),))
+
+
+def test_captured_cnn_layers():
+    p = Problem.load(DATA / "cnn.json")
+    for cls in find_layers(p):
+        assert len(cls) >= 2
+        names = [n for lay in cls for n in lay]
+        assert len(names) == len(set(names))
+    _assert_corresponding(with_layers(p))
+
+
+# ---- tying in the ILP ---------------------------------------------------------------------------
+
+
+def _tied_plans(p: Problem, plans):
+    """The brute-force plans whose corresponding activations all take one decision."""
+    out = []
+    for pk, t, dec in plans:
+        if all(len({dec.get(n) for n in pos} - {None}) <= 1 for cls in p.layers for pos in zip(*cls)):
+            out.append((pk, t, dec))
+    return out
+
+
+@pytest.mark.parametrize("bw", [0.0, 150.0])
+def test_tied_optimum_matches_brute_force(bw):
+    p = with_layers(residual_problem(blocks=2, host_bandwidth=bw))
+    assert p.layers
+    plans = brute_force(p)
+    floor = min(pk for pk, _, _ in plans)
+    for cap in sorted({floor, (floor + store_all_peak(p)) // 2, store_all_peak(p) - 1}):
+        free = solve(p, cap, gap=0.0, layers="free")
+        check(p, free, cap)
+        assert math.isclose(free.objective, bf_best(plans, cap), rel_tol=1e-9, abs_tol=1e-12)
+        best_tied = bf_best(_tied_plans(p, plans), cap)
+        try:
+            tied = solve(p, cap, gap=0.0, layers="tie")
+        except Exception as e:  # only when no tied plan and no greedy plan meets the cap
+            assert best_tied is None, e
+            continue
+        check(p, tied, cap)
+        assert tied.objective >= free.objective - 1e-12
+        if tied.info["source"] == "tied":
+            assert math.isclose(tied.objective, best_tied, rel_tol=1e-9, abs_tol=1e-12)
+        assert best_tied is None or tied.objective <= best_tied + 1e-12
+
+
+def test_tied_model_shares_binaries_and_plan_is_valid():
+    p = with_layers(transformer_problem(layers=4, seq=32, hidden=32, heads=2))
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+    tied, free = solve(p, cap, layers="tie"), solve(p, cap, layers="free")
+    check(p, tied, cap)
+    check(p, free, cap)
+    assert tied.info["tied_activations"] > 0
+    assert tied.info["tied_num_binaries"] < free.info["num_binaries"]
+    assert tied.bound is None or tied.info["source"] != "tied"  # a tied bound is no bound
+    assert free.objective <= tied.objective + 1e-12 or free.info["source"] == "greedy"
+
+
+def test_free_keeps_the_tied_plan_as_a_fallback():
+    p = with_layers(chain_problem(layers=6))
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.7))
+    plan = solve(p, cap, layers="free")
+    check(p, plan, cap)
+    assert "tied_sol_status" in plan.info and "sol_status" in plan.info
+
+
+def test_layers_option_is_checked():
+    p = transformer_problem(layers=2, seq=32, hidden=32, heads=2)
+    with pytest.raises(ConfigError):
+        solve(p, int(store_all_peak(p) * 0.8), layers="both")
+    assert all(d in Decision for d in solve(p, None).decisions.values())
