@@ -3,7 +3,8 @@
     remat analyze examples/gpt.py:factory --budget 60% [--device h100] [--json plan.json]
                   [--plot timeline.png] [--measure] [-a batch=16 -a layers=8]
     remat pareto  examples/gpt.py:factory --budgets 90%,70%,50%,30%,min --plot pareto.png
-    remat show    plan.json [--plot timeline.png]
+    remat show    plan.json [--plot timeline.png]     (or a sweep saved with remat pareto --json)
+    remat profile [--device cuda] [--sizes 512,1024,2048]
 
 TARGET is ``FILE.py:FACTORY`` or ``package.module:FACTORY`` (FACTORY defaults to ``factory``). The
 factory returns ``(model, example_inputs)`` or ``(model, example_inputs, loss_fn)``; ``-a KEY=VALUE``
@@ -19,6 +20,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -27,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 EXIT_USAGE = 2  # bad command line, file, factory or budget
 EXIT_FAILED = 1  # the analysis itself failed (infeasible cap, error in the model...)
+DEFAULT_ROWS = 16  # rows of the decision table by default (--rows all shows every one)
 
 
 class CLIError(Exception):
@@ -248,35 +251,66 @@ def cmd_analyze(args) -> int:
     print(f"predicted step {_fmt_time(report.step_time_s)} without remat, +{_fmt_time(report.added_time_s)} "
           f"({report.overhead:.1%}) with the plan; analysis took {elapsed:.1f} s")
     if not args.no_table:
-        print()
-        print(report.explain().table(max_rows=args.rows))
-    if args.json:
-        print(f"wrote {report.to_json(args.json)}")
-    if args.plot:
-        print(f"wrote {report.timeline(args.plot)}")
+        _print_table(report, args.rows)
+    _write_outputs(report, args)
     if args.measure:
-        print(_measured_line(model, inputs, loss_fn, report, opts))
+        print()
+        print("\n".join(_measured_lines(model, inputs, loss_fn, report, opts)))
     return 0
 
 
-def _measured_line(model: Any, inputs: tuple, loss_fn: Callable | None, report: Any, opts: dict[str, Any]) -> str:
-    """Compile and run one real step at the report's cap; its measured peak beside the predictions."""
+def _print_table(report: Any, rows: str) -> None:
+    """The decision table: the rows that matter most (``rows``: a number or 'all'), within the
+    terminal's width."""
+    print()
+    print(report.explain().table(max_rows=_row_count(rows), width=shutil.get_terminal_size((120, 24)).columns))
+
+
+def _row_count(value: str) -> int | None:
+    """--rows: 'all' -> None (every row), else a positive number."""
+    if str(value).lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise CLIError(f"bad --rows {value!r}: give a positive number or 'all'")
+    return n
+
+
+def _write_outputs(report: Any, args) -> None:
+    if getattr(args, "json", None):
+        print(f"wrote {report.to_json(args.json)}")
+    if args.plot:
+        print(f"wrote {report.timeline(args.plot)}")
+    if getattr(args, "memory_snapshot", None):
+        path = report.to_memory_snapshot(args.memory_snapshot)
+        print(f"wrote {path} (open it at https://pytorch.org/memory_viz)")
+
+
+def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report: Any, opts: dict[str, Any]) -> list[str]:
+    """Compile and run real steps at the report's cap and with plain torch.compile: each figure of
+    the peak named once, which one the cap was checked against, and both step times."""
     from .errors import fmt_bytes
-    from .measure import measure_compiled
+    from .measure import measure_compiled, measure_plain_compile
+    from .report import peak_figures
 
     cap = report.budget_bytes
     m, graphs = measure_compiled(model, inputs, loss_fn, memory_budget=cap, **opts)
-    predicted = graphs[0].timeline.peak_bytes if graphs else report.predicted_peak_bytes
-    diff = (m.peak_bytes - predicted) / predicted if predicted else 0.0
-    line = (f"measured step peak {fmt_bytes(m.peak_bytes)} vs predicted {fmt_bytes(predicted)} "
-            f"({diff:+.1%}); profiled step {m.seconds:.2f} s")
-    if graphs and graphs[0].inductor_peak_bytes is not None:
-        g = graphs[0]
-        again = f", planned {g.plans_made} times" if g.plans_made > 1 else ""
-        line += f"; Inductor estimated {fmt_bytes(g.inductor_peak_bytes)}{again}"
+    plain = measure_plain_compile(model, inputs, loss_fn)
+    lines = ["compiled with backend remat at the same cap (the plan that runs; the offline plan above "
+             "has no Inductor estimate):"]
+    if graphs:
+        lines += ["  " + line for line in peak_figures(graphs[0], m.peak_bytes)]
+        if len(graphs) > 1:
+            lines.append(f"  ({len(graphs)} graphs; figures of the first)")
     if cap is not None:
-        line += f"; cap {fmt_bytes(cap)}: {'OK' if m.peak_bytes <= cap else 'OVER'}"
-    return line
+        lines.append(f"  measured peak {'<=' if m.peak_bytes <= cap else '>'} cap: {'OK' if m.peak_bytes <= cap else 'OVER'}")
+    lines.append(f"plain torch.compile: measured peak {fmt_bytes(plain.peak_bytes)}, step {_fmt_time(plain.step_s)}; "
+                 f"remat: measured peak {fmt_bytes(m.peak_bytes)}, step {_fmt_time(m.step_s)} "
+                 f"(medians of unprofiled steps)")
+    return lines
 
 
 def cmd_pareto(args) -> int:
@@ -301,21 +335,77 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import load
+    """Print a report saved with ``remat analyze --json`` or a sweep saved with ``remat pareto --json``."""
+    import json
 
     path = Path(args.report)
     if not path.is_file():
         raise CLIError(f"no such file: {args.report}")
     try:
-        report = load(path)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CLIError(f"{args.report} is not a remat report: {_first_line(e)}") from None
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise CLIError(f"{args.report} is not JSON: {_first_line(e)}") from None
+    if isinstance(data, dict) and "points" in data:
+        return _show_pareto(data, args)
+    from .report import Report
+
+    try:
+        report = Report.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CLIError(f"{args.report} is neither a remat report nor a Pareto sweep ({_first_line(e)})") from None
     print(report.summary())
     if not args.no_table:
-        print()
-        print(report.explain().table(max_rows=args.rows))
+        _print_table(report, args.rows)
+    _write_outputs(report, args)
+    return 0
+
+
+def _show_pareto(data: dict, args) -> int:
+    from .pareto import ParetoResult
+
+    try:
+        result = ParetoResult.from_dict(data)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"{args.report} is not a remat Pareto sweep: {_first_line(e)}") from None
+    print(result.table())
     if args.plot:
-        print(f"wrote {report.timeline(args.plot)}")
+        print(f"wrote {result.plot(args.plot)}")
+    return 0
+
+
+def _fmt_rate(rate: float, unit: str) -> str:
+    """1.2e12 -> '1.20 T' + unit (decimal prefixes, as FLOP/s and GB/s are quoted)."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if rate >= scale:
+            return f"{rate / scale:.2f} {prefix}{unit}"
+    return f"{rate:.0f} {unit}"
+
+
+def cmd_profile(args) -> int:
+    """Measure this machine's rates (matmul FLOP/s per dtype, memory bandwidth, host link on CUDA),
+    print them and keep them in the profile cache that compiles read."""
+    import torch
+
+    from .measure import matmul_flops
+    from .profile import BANDWIDTH_KEY, ProfileCache, measure_bandwidth, measure_link
+
+    device = args.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+    except ValueError:
+        raise CLIError(f"bad --sizes {args.sizes!r}: give comma-separated integers such as 512,1024") from None
+    cache = ProfileCache.for_device(device, enabled=not args.no_cache)
+    print(f"device: {cache.device} (torch {torch.__version__})")
+    dtypes = (torch.float32, torch.bfloat16) + ((torch.float16,) if device.startswith("cuda") else ())
+    for name, rate in matmul_flops(device, dtypes, sizes, cache, min_run_time=args.min_time).items():
+        print(f"  matmul {name:<9}  {_fmt_rate(rate, 'FLOP/s')}  (torch.mm, best of n = {args.sizes})")
+    cached = " (from the cache)" if cache.get(BANDWIDTH_KEY) is not None else ""
+    bandwidth = measure_bandwidth(device, cache, nbytes=args.copy_bytes)
+    print(f"  memory bandwidth  {_fmt_rate(bandwidth, 'B/s')}  (copy, read + write){cached}")
+    link = measure_link(device, cache, nbytes=args.copy_bytes or 1 << 28)
+    if link is not None:
+        print(f"  host link         {_fmt_rate(link.to_host, 'B/s')} to host, {_fmt_rate(link.to_device, 'B/s')} to device (pinned)")
+    print(f"cache: {cache.path}" if cache.path is not None else "cache: off (memory only)")
     return 0
 
 
@@ -353,8 +443,9 @@ def _add_analyze(sub) -> None:
     p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step compiled with backend remat and print its measured peak")
-    p.add_argument("--rows", type=int, default=None, help="show at most this many rows of the decision table")
-    p.add_argument("--no-table", action="store_true", help="do not print the decision table")
+    _table_arguments(p)
+    p.add_argument("--memory-snapshot", metavar="PATH",
+                   help="write the predicted memory timeline as a torch.cuda.memory snapshot (pickle) for pytorch.org/memory_viz")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -370,23 +461,41 @@ def _add_pareto(sub) -> None:
 
 
 def _add_show(sub) -> None:
-    p = sub.add_parser("show", help="print (and plot) a report saved with --json")
+    p = sub.add_parser("show", help="print (and plot) a report or a Pareto sweep saved with --json")
     p.add_argument("report", metavar="PLAN.json")
     p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
-    p.add_argument("--rows", type=int, default=None, help="show at most this many rows of the decision table")
-    p.add_argument("--no-table", action="store_true")
+    _table_arguments(p)
+    p.add_argument("--memory-snapshot", metavar="PATH", help="write the predicted memory timeline for pytorch.org/memory_viz")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_show)
+
+
+def _table_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", default=str(DEFAULT_ROWS), metavar="N|all",
+                   help=f"rows of the decision table: the N that matter most (largest peak savings, costliest "
+                        f"recomputations), or all (default {DEFAULT_ROWS})")
+    p.add_argument("--no-table", action="store_true", help="do not print the decision table")
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="measure this machine's matmul FLOP/s, memory bandwidth and host link; cache them")
+    p.add_argument("--device", dest="device_name", default=None, help="cpu or cuda[:N] (default: cuda when present)")
+    p.add_argument("--sizes", default="512,1024,2048", help="square matmul sizes to time (default 512,1024,2048)")
+    p.add_argument("--copy-bytes", type=int, default=None, help="bytes copied to time bandwidth and link (default: the device's)")
+    p.add_argument("--min-time", type=float, default=0.1, help="seconds of timing per matmul size (default 0.1)")
+    p.add_argument("--no-cache", action="store_true", help="measure without reading or writing the profile cache")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    p.set_defaults(func=cmd_profile)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="remat", description="Plan store / recompute / offload of a model's activations under a peak-memory cap.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_analyze, _add_pareto, _add_show):
+    for add in (_add_analyze, _add_pareto, _add_show, _add_profile):
         add(sub)
     return ap
 

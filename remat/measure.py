@@ -3,14 +3,19 @@
 CPU: torch.profiler's allocation events, summed in order; the peak of the running sum is the
 step's peak of tensor memory above what was allocated before it (frees of older tensors count
 as negative). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
-``measure_compiled`` compiles model+loss with backend "remat" and measures one of its steps.
+``measure_compiled`` compiles model+loss with backend "remat" and measures one of its steps;
+``measure_plain_compile`` does the same with plain ``torch.compile``, for comparison;
+``matmul_flops`` times ``torch.mm`` per dtype (this machine's matmul rate, for ``remat profile``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -19,6 +24,7 @@ import torch
 class StepMeasurement:
     peak_bytes: int  # peak above the memory allocated before the step
     seconds: float  # wall time of the step (profiled on CPU: slower than unprofiled)
+    step_s: float | None = None  # median wall time of unprofiled steps, when timed
 
 
 def _allocation_events(prof) -> list[tuple[int, int]]:
@@ -37,6 +43,21 @@ def _allocation_events(prof) -> list[tuple[int, int]]:
     return out
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points to /dev/null inside (C++ libraries write there directly; torch
+    has no setting for kineto's start/stop lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasurement:
     """Run ``step()`` once and return its peak memory above what was allocated before it."""
     if device.startswith("cuda"):
@@ -49,10 +70,16 @@ def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasure
         return StepMeasurement(torch.cuda.max_memory_allocated() - base, time.perf_counter() - t0)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_silenced():  # kineto logs "USDT ... profiler_start" on stderr at every start and stop
+        prof.start()
+    try:
         t0 = time.perf_counter()
         step()
         seconds = time.perf_counter() - t0
+    finally:
+        with _stderr_silenced():
+            prof.stop()
     running = peak = 0
     for _, size in _allocation_events(prof):
         running += size
@@ -60,34 +87,103 @@ def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasure
     return StepMeasurement(peak, seconds)
 
 
-def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, **options):
-    """Compile model+loss with backend "remat", run one warm-up step, then measure one step.
+def median_seconds(step: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall time of ``repeats`` unprofiled calls of ``step``."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+class _CompiledStep:
+    """``model`` + loss compiled as one function (``compile_kw``: torch.compile's backend and
+    options); calling it runs one training step (forward and backward), gradients cleared first."""
+
+    def __init__(self, model, example_inputs, loss_fn, **compile_kw) -> None:
+        from .analyze import default_loss
+
+        self.inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        loss_of = loss_fn or default_loss
+        self.compiled = torch.compile(lambda *xs: loss_of(model(*xs)), **compile_kw)
+        self.params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+
+    def clear_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def __call__(self) -> None:
+        self.clear_grads()
+        self.compiled(*self.inputs).backward()
+
+
+def _measured(step: _CompiledStep, repeats: int) -> StepMeasurement:
+    """One profiled step (its peak) and the median of ``repeats`` unprofiled ones (its time)."""
+    m = measure_step(step)
+    seconds = median_seconds(step, repeats) if repeats > 0 else None
+    step.clear_grads()
+    return StepMeasurement(m.peak_bytes, m.seconds, seconds)
+
+
+def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, repeats: int = 3, **options):
+    """Compile model+loss with backend "remat", run one warm-up step, then measure one step
+    (and time ``repeats`` unprofiled ones).
 
     Returns ``(StepMeasurement, [GraphReport, ...])``: the measured peak above the memory
     allocated before the step, and what the backend planned for each graph.
     """
-    from .analyze import default_loss
     from .compilation import reports as reports_of
+    import torch._functorch.config as fconfig
 
-    if not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    loss_of = loss_fn or default_loss
     opts = dict(options)
     if memory_budget is not None:
         opts["memory_budget"] = memory_budget
-    params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else [])]
     torch._dynamo.reset()
-    step = torch.compile(lambda *xs: loss_of(model(*xs)), backend="remat", options=opts)
-    import torch._functorch.config as fconfig
-
+    step = _CompiledStep(model, example_inputs, loss_fn, backend="remat", options=opts)
     # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
     with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
-        step(*example_inputs).backward()  # compiles: the backend plans and reports
-        reports = reports_of(step)
-        for p in params:
-            p.grad = None
-        m = measure_step(lambda: step(*example_inputs).backward())
-    for p in params:
-        p.grad = None
+        step()  # compiles: the backend plans and reports
+        reports = reports_of(step.compiled)
+        m = _measured(step, repeats)
     torch._dynamo.reset()
     return m, reports
+
+
+def measure_plain_compile(model, example_inputs, loss_fn=None, repeats: int = 3) -> StepMeasurement:
+    """Plain ``torch.compile`` (Inductor's own partition, no remat) of model+loss: one warm-up
+    step, one measured step (its peak) and the median time of ``repeats`` unprofiled steps."""
+    torch._dynamo.reset()
+    step = _CompiledStep(model, example_inputs, loss_fn)
+    step()  # compiles
+    m = _measured(step, repeats)
+    torch._dynamo.reset()
+    return m
+
+
+def matmul_flops(
+    device: str = "cpu", dtypes: tuple = (torch.float32, torch.bfloat16), sizes: tuple[int, ...] = (512, 1024, 2048),
+    cache=None, min_run_time: float = 0.1,
+) -> dict[str, float]:
+    """FLOP/s of ``torch.mm`` per dtype on ``device``: the best over square sizes of the median
+    time (``torch.utils.benchmark``). Kept in ``cache`` (a ``remat.profile.ProfileCache``) under
+    'matmul_flops DTYPE n=SIZES', so a run with other sizes measures again."""
+    from torch.utils.benchmark import Timer
+
+    out = {}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        key = f"matmul_flops {name} n={','.join(map(str, sizes))}"
+        known = cache.get(key) if cache is not None else None
+        if known is None:
+            rates = []
+            for n in sizes:
+                a = torch.randn(n, n, device=device).to(dtype)
+                torch.mm(a, a)  # warm-up: thread pool, library caches
+                timer = Timer("torch.mm(a, a)", globals={"torch": torch, "a": a}, num_threads=torch.get_num_threads())
+                rates.append(2 * n**3 / timer.blocked_autorange(min_run_time=min_run_time).median)
+            known = max(rates)
+            if cache is not None:
+                cache.put(key, known)
+        out[name] = float(known)
+    return out

@@ -1,5 +1,9 @@
 """remat.pareto: sweep caps on a step's peak; trace the step once, solve once per cap.
 
+Each cap is planned as compiling at that cap plans it (``remat.backend.cap_and_target`` and
+``solve_within``: the plan aims at the cap less the reserve), so the point at "50%" is the plan
+that ``remat.analyze(..., memory_budget="50%")`` gives.
+
     points = remat.pareto(model, example_inputs, budgets=["90%", "70%", "50%", "min"], loss_fn=loss_fn)
     print(points)                    # one line per cap; infeasible caps are points, not exceptions
     points.plot("pareto.png")        # predicted peak vs predicted step-time overhead
@@ -10,22 +14,23 @@ from __future__ import annotations
 import sys
 import time
 import types
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .analyze import analyze
-from .backend import GraphReport
+from .backend import GraphReport, cap_and_target, solve_within
 from .config import Budget, RematConfig, parse_budget
 from .errors import InfeasibleBudgetError, PlanError, fmt_bytes
 from .plan import Decision
 from .plots import plot_pareto
 from .report import Report, fmt_time
 from .simulate import check
-from .solvers import get_solver, min_peak
+from .solvers import min_peak
 
-__all__ = ["DEFAULT_BUDGETS", "ParetoPoint", "ParetoResult", "pareto"]
+__all__ = ["DEFAULT_BUDGETS", "PARETO_FORMAT", "ParetoPoint", "ParetoResult", "pareto"]
 
+PARETO_FORMAT = "remat.pareto/1"
 DEFAULT_BUDGETS = ("90%", "80%", "70%", "60%", "50%", "40%", "30%")
 
 
@@ -44,14 +49,21 @@ class ParetoPoint:
     counts: dict | None = None
     error: str | None = None
     report: Report | None = field(default=None, repr=False, compare=False)
+    target_bytes: int | None = None  # the peak the plan aimed at: the cap less the reserve
+    status_words: str = ""  # the solver's status in words (``remat.report.status_words``)
 
     def as_dict(self) -> dict:
         return {
-            "label": self.label, "budget_bytes": self.budget_bytes, "feasible": self.feasible,
-            "predicted_peak_bytes": self.predicted_peak_bytes, "added_time_s": self.added_time_s,
-            "overhead": self.overhead, "solve_time_s": self.solve_time_s, "status": self.status,
-            "counts": self.counts, "error": self.error,
+            "label": self.label, "budget_bytes": self.budget_bytes, "target_bytes": self.target_bytes,
+            "feasible": self.feasible, "predicted_peak_bytes": self.predicted_peak_bytes,
+            "added_time_s": self.added_time_s, "overhead": self.overhead, "solve_time_s": self.solve_time_s,
+            "status": self.status, "status_words": self.status_words, "counts": self.counts, "error": self.error,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParetoPoint":
+        known = {f.name for f in fields(cls)} - {"report"}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class ParetoResult(list):
@@ -69,13 +81,19 @@ class ParetoResult(list):
 
     def table(self) -> str:
         head = f"{'cap':>8}  {'cap bytes':>12}  {'predicted peak':>14}  {'of baseline':>11}  {'overhead':>9}  {'added':>10}  {'solve':>8}  status"
-        lines = [f"baseline (no remat): peak {fmt_bytes(self.baseline_peak_bytes)}, predicted step {fmt_time(self.step_time_s)}", head]
+        lines = [f"baseline (no remat): peak {fmt_bytes(self.baseline_peak_bytes)}, predicted step {fmt_time(self.step_time_s)}"]
+        reserved = [p for p in self.feasible if p.target_bytes is not None and p.target_bytes < p.budget_bytes]
+        if reserved:
+            p = reserved[0]
+            lines.append(f"each cap is planned as compiling plans it: aiming at the cap less the reserve "
+                         f"({1 - p.target_bytes / p.budget_bytes:.0%}); peaks are the model's predictions")
+        lines.append(head)
         for p in self:
             if p.feasible:
                 lines.append(
                     f"{p.label:>8}  {fmt_bytes(p.budget_bytes):>12}  {fmt_bytes(p.predicted_peak_bytes):>14}  "
                     f"{p.predicted_peak_bytes / max(self.baseline_peak_bytes, 1):>10.0%}  {p.overhead:>8.1%}  "
-                    f"{fmt_time(p.added_time_s):>10}  {p.solve_time_s:>7.2f}s  {p.status}"
+                    f"{fmt_time(p.added_time_s):>10}  {p.solve_time_s:>7.2f}s  {p.status_words or p.status}"
                 )
             else:
                 lines.append(f"{p.label:>8}  {fmt_bytes(p.budget_bytes):>12}  {'-':>14}  {'-':>11}  {'-':>9}  {'-':>10}  {p.solve_time_s:>7.2f}s  {p.error}")
@@ -90,37 +108,43 @@ class ParetoResult(list):
                            title=title or f"remat pareto {self.name}".strip())
 
     def to_dict(self) -> dict:
-        return {"baseline_peak_bytes": self.baseline_peak_bytes, "step_time_s": self.step_time_s,
-                "name": self.name, "points": [p.as_dict() for p in self]}
+        return {"format": PARETO_FORMAT, "baseline_peak_bytes": self.baseline_peak_bytes,
+                "step_time_s": self.step_time_s, "name": self.name, "points": [p.as_dict() for p in self]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParetoResult":
+        """A sweep saved with ``to_dict`` (as ``remat pareto --json`` writes it), without its reports."""
+        if d.get("format", PARETO_FORMAT) != PARETO_FORMAT or not isinstance(d.get("points"), list):
+            raise ValueError(f"not a remat Pareto sweep (format {d.get('format')!r}, expected {PARETO_FORMAT!r})")
+        return cls([ParetoPoint.from_dict(p) for p in d["points"]], int(d["baseline_peak_bytes"]),
+                   float(d.get("step_time_s", 0.0)), name=d.get("name", ""))
 
 
-def _solve_point(graph: GraphReport, cfg: RematConfig, label: str, budget: int) -> ParetoPoint:
-    problem = graph.problem
+def _solve_point(graph: GraphReport, cfg: RematConfig, label: str, budget: Budget | None) -> ParetoPoint:
+    """Plan one cap as the backend does (``budget`` None: the smallest reachable peak)."""
+    problem, baseline = graph.problem, graph.baseline_peak_bytes
     t0 = time.perf_counter()
     try:
-        plan = get_solver(cfg.solver)(problem, budget, time_limit=cfg.time_limit, gap=cfg.gap)
-        tl = check(problem, plan, budget)
+        if budget is None:
+            cap = target = min_peak(problem, time_limit=cfg.time_limit)
+        else:
+            cap, target = cap_and_target(replace(cfg, memory_budget=budget), problem, baseline, lower_by=0)
+        plan, target = solve_within(cfg, problem, cap, target)
+        tl = check(problem, plan, target)
     except InfeasibleBudgetError as e:
-        return ParetoPoint(label, budget, False, solve_time_s=time.perf_counter() - t0, status="infeasible",
+        return ParetoPoint(label, budget.resolve(baseline) if budget is not None else e.min_peak_bytes, False, solve_time_s=time.perf_counter() - t0, status="infeasible",
                            error=f"infeasible: smallest peak is {fmt_bytes(e.min_peak_bytes)}")
     except PlanError as e:
-        return ParetoPoint(label, budget, False, solve_time_s=time.perf_counter() - t0, status="error",
-                           error=str(e).splitlines()[0])
-    g = GraphReport(graph.captured, plan, tl, graph.baseline_peak_bytes, budget, time.perf_counter() - t0)
-    rep = Report(g, cfg)
+        return ParetoPoint(label, budget.resolve(baseline) if budget else 0, False,
+                           solve_time_s=time.perf_counter() - t0, status="error", error=str(e).splitlines()[0])
+    seconds = time.perf_counter() - t0  # for "min": finding the smallest peak counts as solve time
+    g = GraphReport(graph.captured, plan, tl, baseline, cap, seconds)
+    rep = Report(g, replace(cfg, memory_budget=budget if budget is not None else cap))
     return ParetoPoint(
-        label, budget, True, tl.peak_bytes, tl.added_time, rep.overhead, plan.solve_time_s, plan.status,
-        {d.value: len(plan.names(d)) for d in Decision}, report=rep,
+        label, cap, True, tl.peak_bytes, tl.added_time, rep.overhead, plan.solve_time_s if budget else seconds,
+        plan.status, {d.value: len(plan.names(d)) for d in Decision}, report=rep, target_bytes=target,
+        status_words=rep.status_words,
     )
-
-
-def _min_point(graph: GraphReport, cfg: RematConfig, label: str) -> ParetoPoint:
-    """The point at the smallest peak any plan reaches; finding that peak counts as solve time."""
-    t0 = time.perf_counter()
-    nbytes = min_peak(graph.problem, time_limit=cfg.time_limit)
-    pt = _solve_point(graph, cfg, label, nbytes)
-    extra = time.perf_counter() - t0 - pt.solve_time_s
-    return replace(pt, solve_time_s=pt.solve_time_s + max(0.0, extra))
 
 
 def _parse_budgets(budgets: Sequence[Any]) -> list[tuple[str, Budget | None]]:
@@ -146,10 +170,7 @@ def _sweep(graph: GraphReport, cfg: RematConfig, parsed: list[tuple[str, Budget 
         for label, budget in parsed:
             if bar is not None:
                 bar.set_postfix_str(label)
-            if budget is None:
-                points.append(_min_point(graph, cfg, label))
-            else:
-                points.append(_solve_point(graph, cfg, label, budget.resolve(graph.baseline_peak_bytes)))
+            points.append(_solve_point(graph, cfg, label, budget))
             if bar is not None:
                 bar.update(1)
     finally:

@@ -57,10 +57,12 @@ def plot_timeline(
     cap: int | None = None,
     host: Sequence[int] | None = None,
     host_peak: int = 0,
+    layer_starts: Sequence[int] = (),
     title: str = "",
 ) -> Path:
     """Live device bytes per slot (forward, then backward): the no-remat baseline, the plan, its
-    fixed part (not decided) and the cap; ``host``: bytes held on the host per slot, if any."""
+    fixed part (not decided) and the cap; ``host``: bytes held on the host per slot, if any;
+    ``layer_starts``: slots where a repeated layer begins (thin dotted lines)."""
     plt = _pyplot()
     top = max([*baseline, *plan, cap or 0, 1])
     unit, scale = byte_unit(top)
@@ -74,6 +76,8 @@ def plot_timeline(
                 label=f"offloaded, on host (peak {host_peak / scale:.1f} {unit})")
     if cap is not None:
         ax.axhline(cap / scale, color="tab:red", ls="--", lw=1.2, label=f"cap {cap / scale:.1f} {unit}")
+    for i, t in enumerate(layer_starts):
+        ax.axvline(t - 0.5, color="tab:purple", lw=0.6, ls=":", alpha=0.7, label="layer start" if i == 0 else None)
     nf = num_forward
     if 0 < nf < len(baseline):
         ax.axvline(nf - 0.5, color="black", lw=0.8, alpha=0.5)

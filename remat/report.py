@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .backend import GraphReport, summary_line
+from .backend import GraphReport, _offload_note
 from .capture import Captured
 from .config import RematConfig
 from .errors import fmt_bytes
@@ -96,39 +96,57 @@ class ExplainRow:
     cost: str  # cost_s with its meaning, readable
     peak_saving_bytes: int  # how much lower the plan's peak is than it would be with this one stored
     why: str
+    module: str = ""  # module path of the op that computes it ("" when the capture did not record one)
+    source: str = ""  # what a person recognises: 'blocks.3.attn (sdpa)', else 'mul (pointwise)'
 
     def as_dict(self) -> dict:
         return {
-            "name": self.name, "op": self.op, "shape": list(self.shape), "dtype": self.dtype,
-            "bytes": self.bytes, "decision": self.decision.value, "cost_s": self.cost_s,
-            "cost": self.cost, "peak_saving_bytes": self.peak_saving_bytes, "why": self.why,
+            "name": self.name, "source": self.source, "module": self.module, "op": self.op,
+            "shape": list(self.shape), "dtype": self.dtype, "bytes": self.bytes,
+            "decision": self.decision.value, "cost_s": self.cost_s, "cost": self.cost,
+            "peak_saving_bytes": self.peak_saving_bytes, "why": self.why,
         }
 
 
 class Explanation(list):
-    """The rows of ``Report.explain()``: a list of ExplainRow that prints as a table."""
+    """The rows of ``Report.explain()``: a list of ExplainRow that prints as a table.
 
-    COLUMNS = ("name", "op", "shape", "dtype", "bytes", "decision", "cost", "why")
+    ``top(n)`` keeps the rows that matter most (the largest peak savings and the costliest
+    recomputations or copies); ``table(width=...)`` fits every line into a terminal's width,
+    cutting long cells with an ellipsis."""
+
+    COLUMNS = ("source", "node", "shape", "dtype", "bytes", "decision", "cost", "why")
+    _CELL_CAP = {"source": 32, "node": 26, "shape": 18, "cost": 24}  # widest cell before a cut
 
     def _cells(self, r: ExplainRow) -> list[str]:
         shape = "x".join(str(s) for s in r.shape) if r.shape else "-"
-        return [r.name, r.op, shape, r.dtype or "-", fmt_bytes(r.bytes), r.decision.value, r.cost, r.why]
+        return [r.source or r.name, r.name, shape, r.dtype or "-", fmt_bytes(r.bytes), r.decision.value, r.cost, r.why]
 
-    def table(self, markdown: bool = False, max_rows: int | None = None) -> str:
-        rows = list(self) if max_rows is None else list(self)[:max_rows]
+    def top(self, n: int) -> "Explanation":
+        """At most ``n`` rows in creation order: half by peak saving, the rest by cost (not STORE)."""
+        if n >= len(self):
+            return Explanation(self)
+        by_saving = sorted(self, key=lambda r: -r.peak_saving_bytes)
+        by_cost = sorted((r for r in self if r.decision is not Decision.STORE), key=lambda r: -r.cost_s)
+        chosen: dict[str, ExplainRow] = {r.name: r for r in by_saving[: (n + 1) // 2] if r.peak_saving_bytes > 0}
+        for r in by_cost + by_saving:
+            if len(chosen) >= n:
+                break
+            chosen.setdefault(r.name, r)
+        return Explanation(r for r in self if r.name in chosen)
+
+    def table(self, markdown: bool = False, max_rows: int | None = None, width: int | None = None) -> str:
+        """The rows as text (``markdown``: a Markdown table); ``max_rows``: the ``top`` rows only,
+        with a line saying how many more there are; ``width``: no line longer than that."""
+        rows = self if max_rows is None else self.top(max_rows)
         cells = [self._cells(r) for r in rows]
-        header = list(self.COLUMNS)
         if markdown:
-            out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            out = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "|".join("---" for _ in self.COLUMNS) + "|"]
             out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         else:
-            widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
-            widths[-1] = 0  # the last column is free text: no padding
-            fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-            out = [fmt(header), fmt(["-" * max(w, len(h)) for w, h in zip(widths, header)])]
-            out += [fmt(row) for row in cells]
-        if max_rows is not None and len(self) > max_rows:
-            out.append(f"... {len(self) - max_rows} more rows")
+            out = _aligned(list(self.COLUMNS), cells, width, self._CELL_CAP if width else {})
+        if len(rows) < len(self):
+            out.append(f"... {len(self) - len(rows)} more rows (--rows all shows them)")
         return "\n".join(out)
 
     def to_markdown(self) -> str:
@@ -139,6 +157,25 @@ class Explanation(list):
 
     def counts(self) -> dict[str, int]:
         return {d.value: sum(1 for r in self if r.decision is d) for d in Decision}
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "\u2026"
+
+
+def _aligned(header: list[str], cells: list[list[str]], width: int | None, caps: dict[str, int]) -> list[str]:
+    """Columns padded to their widest cell (capped by ``caps``); the last column is free text that
+    takes what is left of ``width``; every line is cut at ``width``."""
+    widths = [min(max([len(h)] + [len(row[i]) for row in cells]), caps.get(h, 10**6)) for i, h in enumerate(header)]
+    widths[-1] = 0  # the last column is free text: no padding
+
+    def line(row: list[str]) -> str:
+        padded = [_cut(c, w).ljust(w) for c, w in zip(row[:-1], widths)] + [row[-1]]
+        text = "  ".join(padded).rstrip()
+        return text if width is None else _cut(text, width)
+
+    return [line(header), line(["-" * max(w, len(h)) for w, h in zip(widths, header)])] + [line(r) for r in cells]
 
 
 @dataclass(frozen=True)
@@ -169,6 +206,19 @@ def _facts(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int | None)
         for i in problem.activation(c).inputs:
             readers.setdefault(i, []).append(c)
     return _Facts(problem, plan, tl, budget, starts, live_intervals(problem, plan), readers)
+
+
+def _short_op(op: str) -> str:
+    """'_scaled_dot_product_flash_attention_for_cpu.default' -> 'sdpa'; 'addmm.default' -> 'addmm'."""
+    base = op.split(".")[0]
+    return "sdpa" if "scaled_dot_product" in base else base.lstrip("_")
+
+
+def source_of(a: Activation) -> str:
+    """How a person names an activation: its module path and op ('blocks.3.attn (sdpa)') when the
+    capture recorded the module, else its op and kind ('mul (pointwise)')."""
+    module = getattr(a, "module", "")  # set by the capture from nn_module_stack
+    return f"{module} ({_short_op(a.op)})" if module else _what(a)
 
 
 def _what(a: Activation) -> str:
@@ -209,7 +259,8 @@ def _off_device(f: _Facts, a: Activation) -> tuple[int, str, int]:
 
 def _row(a: Activation, d: Decision, cost_s: float, cost: str, saving: int, why: str) -> ExplainRow:
     return ExplainRow(name=a.name, op=a.op, shape=tuple(a.shape), dtype=a.dtype, bytes=a.bytes, decision=d,
-                      cost_s=float(cost_s), cost=cost, peak_saving_bytes=int(saving), why=why)
+                      cost_s=float(cost_s), cost=cost, peak_saving_bytes=int(saving), why=why,
+                      module=getattr(a, "module", ""), source=source_of(a))
 
 
 def _recompute_row(f: _Facts, a: Activation) -> ExplainRow:
@@ -265,6 +316,142 @@ def explain_plan(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int |
     f = _facts(problem, plan, tl, budget)
     order = sorted(plan.decisions, key=lambda n: (problem.activation(n).created, n))
     return Explanation(_ROW_OF[plan.decisions[n]](f, problem.activation(n)) for n in order)
+
+
+# ---- figures in words ----------------------------------------------------------------------------
+
+
+def status_words(plan: Plan, gap_target: float) -> str:
+    """The solver's account in words: 'optimal', 'within 1.0 % of the best possible' (stopped at
+    the gap asked for), 'time limit: best found, gap 4.6 %', or a heuristic's 'no optimality bound'."""
+    if plan.status == "optimal":
+        return "optimal"
+    if plan.status == "feasible":
+        if plan.gap is None:
+            return "time limit: best found, no bound on the best possible"
+        if plan.gap <= gap_target + 1e-12:
+            return f"within {100 * gap_target:.1f} % of the best possible"
+        return f"time limit: best found, gap {100 * plan.gap:.1f} %"
+    return f"{plan.status}: no optimality bound"
+
+
+def peak_figures(graph: GraphReport, measured_bytes: int | None = None) -> list[str]:
+    """One line per figure of the step's peak (model prediction, Inductor's estimate when the
+    graph was compiled, measured when given) and one saying which the cap was checked against."""
+    lines = [f"model prediction    {fmt_bytes(graph.timeline.peak_bytes):>12}  remat's simulation of the plan"]
+    if graph.inductor_peak_bytes is not None:
+        again = f" (plan {graph.plans_made}: earlier ones were over)" if graph.plans_made > 1 else ""
+        lines.append(f"Inductor's estimate {fmt_bytes(graph.inductor_peak_bytes):>12}  after fusion{again}")
+    if measured_bytes is not None:
+        lines.append(f"measured            {fmt_bytes(measured_bytes):>12}  one real step, above resident memory")
+    if graph.budget_bytes is None:
+        return lines + ["no cap"]
+    checked = "model prediction and Inductor's estimate" if graph.inductor_peak_bytes is not None else "model prediction"
+    target = graph.plan.budget_bytes
+    aim = f", planned at {fmt_bytes(target)} (less the reserve)" if target is not None and target < graph.budget_bytes else ""
+    return lines + [f"cap {fmt_bytes(graph.budget_bytes)}{aim}; checked against the {checked}"]
+
+
+def summary_of(graph: GraphReport, gap_target: float) -> str:
+    """One line: baseline, cap, the model's predicted peak, decisions, added time, solver status."""
+    p = graph.plan
+    counts = ", ".join(f"{len(p.names(d))} {d.value}" for d in Decision)
+    cap = fmt_bytes(graph.budget_bytes) if graph.budget_bytes is not None else "none"
+    inductor = "" if graph.inductor_peak_bytes is None else f", Inductor estimates {fmt_bytes(graph.inductor_peak_bytes)}"
+    return (f"remat[{graph.problem.name}]: baseline {fmt_bytes(graph.baseline_peak_bytes)}, cap {cap}, "
+            f"model predicts {fmt_bytes(graph.timeline.peak_bytes)}{inductor}; {counts}; "
+            f"+{fmt_time(graph.timeline.added_time)}; {p.solver}: {status_words(p, gap_target)} ({p.solve_time_s:.2f} s)"
+            f"{_offload_note(graph)}")
+
+
+# ---- layers and the memory snapshot --------------------------------------------------------------
+
+
+def layer_starts(problem: Problem) -> list[int]:
+    """Forward slots where a repeated layer (``Problem.layers``) begins, and the backward slots
+    where its backward begins (its earliest backward read); [] when no layers were found."""
+    starts: set[int] = set()
+    for cls in getattr(problem, "layers", ()):
+        for layer in cls:
+            acts = [problem.activation(n) for n in layer]
+            starts.add(min(a.created for a in acts))
+            reads = [a.backward_uses[0] for a in acts if a.backward_uses]
+            if reads:
+                starts.add(min(reads))
+    return sorted(starts)
+
+
+def _live_blocks(problem: Problem, plan: Plan) -> list[tuple[str, int, int, int]]:
+    """(label, bytes, first slot, last slot) of every device block of the plan: each activation's
+    forward lifetime merged with its intervals on the device in backward, and the rest of each
+    slot's fixed bytes as one 'other' block per run of slots with equal bytes."""
+    n = len(problem.slots)
+    spans: dict[str, list[tuple[int, int]]] = {a.name: [(a.created, a.last_forward_use)] for a in problem.activations}
+    for name, ivs in live_intervals(problem, plan).items():
+        spans[name] = spans[name] + [tuple(iv) for iv in ivs]
+    rest = [s.fixed_bytes for s in problem.slots]
+    for a in problem.activations:
+        for t in range(a.created, a.last_forward_use + 1):
+            rest[t] -= a.bytes
+    if min(rest, default=0) < 0:  # the capture shares some storages: keep fixed bytes whole
+        spans = {k: v[1:] for k, v in spans.items()}
+        rest = [s.fixed_bytes for s in problem.slots]
+    blocks = [(source_of(problem.activation(k)) + f" [{k}]", problem.activation(k).bytes, lo, hi)
+              for k, ivs in spans.items() for lo, hi in _merged(ivs) if lo <= hi]
+    t = 0
+    while t < n:
+        end = t
+        while end + 1 < n and rest[end + 1] == rest[t]:
+            end += 1
+        if rest[t] > 0:
+            blocks.append(("other: temporaries, gradients, outputs (not decided)", rest[t], t, end))
+        t = end + 1
+    return blocks
+
+
+def _merged(ivs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ivs):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
+def memory_snapshot(problem: Problem, plan: Plan) -> dict:
+    """The plan's predicted device memory in the format of ``torch.cuda.memory._snapshot()``:
+    one device trace of alloc / free_requested / free_completed events, slot by slot (frees
+    before allocations), ``time_us`` the predicted time since the step began, each block's frame
+    naming its source; the one segment holds the blocks live at the end of the step."""
+    blocks = _live_blocks(problem, plan)
+    clock = [0.0]
+    for s in problem.slots:
+        clock.append(clock[-1] + s.compute_time)
+    frees: dict[int, list[int]] = {}
+    allocs: dict[int, list[int]] = {}
+    for i, (_, _, lo, hi) in enumerate(blocks):
+        allocs.setdefault(lo, []).append(i)
+        frees.setdefault(hi + 1, []).append(i)
+    addr, total = [], 0
+    for _, size, _, _ in blocks:  # disjoint addresses, 512-byte aligned as the caching allocator's
+        addr.append(total)
+        total += -(-max(size, 1) // 512) * 512
+    frames = [[{"filename": problem.name, "line": lo, "name": label}] for label, _, lo, _ in blocks]
+    trace = []
+    for t in range(len(problem.slots) + 1):
+        us = int(clock[t] * 1e6)
+        for i in frees.get(t, ()):
+            for action in ("free_requested", "free_completed"):
+                trace.append({"action": action, "addr": addr[i], "size": blocks[i][1], "stream": 0,
+                              "time_us": us, "frames": frames[i]})
+        for i in allocs.get(t, ()):
+            trace.append({"action": "alloc", "addr": addr[i], "size": blocks[i][1], "stream": 0,
+                          "time_us": us, "frames": frames[i]})
+    segment = {"device": 0, "address": 0, "total_size": total, "allocated_size": 0, "active_size": 0,
+               "requested_size": 0, "stream": 0, "segment_type": "large", "blocks": [
+                   {"address": 0, "size": total, "requested_size": 0, "state": "inactive", "frames": []}]}
+    return {"segments": [segment], "device_traces": [trace]}
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -348,7 +535,17 @@ class Report:
         return dict(self.graph.plan.decisions)
 
     def summary(self) -> str:
-        return summary_line(self.graph)
+        """One line: baseline, cap, predicted peak, decisions, added time, solver status in words."""
+        return summary_of(self.graph, self.config.gap)
+
+    @property
+    def status_words(self) -> str:
+        """The solver's status in words ('optimal', 'within 1.0 % of the best possible', ...)."""
+        return status_words(self.plan, self.config.gap)
+
+    def figures(self, measured_bytes: int | None = None) -> list[str]:
+        """The peak figures, each named once, and which one the cap was checked against."""
+        return peak_figures(self.graph, measured_bytes)
 
     # ---- explain / plot / JSON ----------------------------------------------------------------
     def explain(self) -> Explanation:
@@ -372,8 +569,18 @@ class Report:
             baseline_peak=self.baseline_peak_bytes, plan_peak=self.predicted_peak_bytes,
             peak_slot=mem.peak_slot, cap=self.budget_bytes,
             host=mem.host_bytes if mem.host_peak_bytes > 0 else None, host_peak=mem.host_peak_bytes,
+            layer_starts=layer_starts(self.problem),
             title=title or f"remat {self.problem.name}: {counts}; +{self.added_time_s * 1e3:.2f} ms predicted",
         )
+
+    def to_memory_snapshot(self, path: str | Path) -> Path:
+        """Pickle the plan's predicted device memory as a ``torch.cuda.memory._snapshot()``: open it
+        at https://pytorch.org/memory_viz beside a real snapshot of the same step."""
+        import pickle
+
+        path = Path(path)
+        path.write_bytes(pickle.dumps(memory_snapshot(self.problem, self.plan)))
+        return path
 
     def to_dict(self) -> dict:
         return {
@@ -386,6 +593,8 @@ class Report:
             "added_time_s": self.added_time_s,
             "step_time_s": self.step_time_s,
             "partition_time_s": self.graph.partition_time_s,
+            "solver_status_words": self.status_words,
+            "sources": {n: source_of(self.problem.activation(n)) for n in self.plan.decisions},
             "plan": self.plan.to_dict(),
             "problem": self.problem.to_dict(),
             "forward_nodes": list(self.graph.captured.forward_nodes),

@@ -73,11 +73,11 @@ def test_explain_one_row_per_decision(report):
     assert counts["recompute"] == len(report.plan.names(Decision.RECOMPUTE))
     text = str(rows)
     lines = text.splitlines()
-    assert lines[0].split()[:6] == ["name", "op", "shape", "dtype", "bytes", "decision"]
+    assert lines[0].split()[:6] == ["source", "node", "shape", "dtype", "bytes", "decision"]
     assert len(lines) == 2 + len(rows)
     assert all(name in text for name in report.plan.decisions)
     md = rows.to_markdown()
-    assert md.startswith("| name | op |") and md.count("\n") == len(rows) + 1
+    assert md.startswith("| source | node |") and md.count("\n") == len(rows) + 1
     assert "more rows" in rows.table(max_rows=1) or len(rows) <= 1
 
 
