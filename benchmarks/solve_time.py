@@ -1,16 +1,19 @@
-"""Solve time of the planner on a GPT-2-small-shaped model analysed on fake tensors.
+"""Solve time of the planner on GPT-2-small-shaped models analysed on fake tensors.
 
-    python benchmarks/solve_time.py [--layers 12] [--budgets 50%,30%]
+    python benchmarks/solve_time.py [--layers 12,24,48] [--budgets 50%,30%] [--cache DIR]
 
-12 layers, n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (GPT-2 small). The model is traced
-once (Dynamo + AOTAutograd on fake tensors, no step runs); each solver is then timed on the same
-Problem. Prints a markdown table and writes benchmarks/results/solve_time.json.
+n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (GPT-2 small) at each depth. Each model is
+traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache`` keeps the Problem as
+JSON); its repeated layers are found (``remat.structure``), then each solver is timed on the same
+Problem, the ILP with tied layers and free. "partition" is layer finding plus planning plus the
+simulator's check. Prints a markdown table and writes benchmarks/results/solve_time.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -19,65 +22,97 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+SOLVERS = [("ilp", "tie"), ("ilp", "free"), ("greedy", "")]
 
 
-def main(argv=None) -> None:
+def traced(layers: int, cache: str | None):
+    """The Problem of the GPT-2-small-shaped model at ``layers`` and the seconds tracing took."""
     import remat
-    from remat.config import parse_budget
-    from remat.errors import InfeasibleBudgetError, fmt_bytes
-    from remat.simulate import check, store_all_peak
-    from remat.solvers import get_solver, min_peak
+    from remat.problem import Problem
 
     from gpt import factory
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--budgets", default="50%,30%")
-    ap.add_argument("--solvers", default="ilp,greedy")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(2)
-
-    model, inputs, loss_fn = factory(batch=8, vocab=50257, seq=1024, layers=args.layers, d=768, heads=12)
+    path = Path(cache) / f"gpt2_{layers}.json" if cache else None
+    if path is not None and path.exists():
+        return Problem.load(path), float("nan")
+    model, inputs, loss_fn = factory(batch=8, vocab=50257, seq=1024, layers=layers, d=768, heads=12)
     t0 = time.perf_counter()
     problem = remat.analyze(model, inputs, loss_fn=loss_fn).problem
     trace_s = time.perf_counter() - t0
-    baseline = store_all_peak(problem)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        problem.save(path)
+    return problem, trace_s
+
+
+def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> dict:
+    """One timed planning (layer finding, solve, check) of ``problem`` under ``cap``."""
+    import remat
+    from remat.errors import InfeasibleBudgetError
+    from remat.simulate import check
+    from remat.solvers import get_solver
+    from remat.structure import with_layers
+
     t0 = time.perf_counter()
-    floor = min_peak(problem)
-    floor_s = time.perf_counter() - t0
-    print(f"GPT-2 small shape, {args.layers} layers: {len(problem.slots)} slots, {len(problem.activations)} "
-          f"activations; traced in {trace_s:.1f} s; baseline peak {fmt_bytes(baseline)}; "
-          f"smallest feasible peak {fmt_bytes(floor)} ({floor / baseline:.0%}, found in {floor_s:.2f} s)\n")
-    rows = []
-    for b in args.budgets.split(","):
-        cap = parse_budget(b).resolve(baseline)
-        for name in args.solvers.split(","):
-            t0 = time.perf_counter()
-            try:
-                plan = get_solver(name)(problem, cap, time_limit=60.0)
-            except InfeasibleBudgetError as e:
-                rows.append(dict(budget=b, solver=name, cap=cap, error=str(e)))
-                continue
-            wall = time.perf_counter() - t0
-            tl = check(problem, plan, cap)
-            rows.append(dict(budget=b, solver=name, cap=cap, predicted_peak=tl.peak_bytes,
-                             added_ms=tl.added_time * 1e3, wall_s=wall, solve_time_s=plan.solve_time_s,
-                             status=plan.status, gap=plan.gap,
-                             recompute=len(plan.names(remat.Decision.RECOMPUTE)), store=len(plan.names(remat.Decision.STORE))))
-    print("| budget | solver | cap | predicted peak | added time | wall s | status | gap | recompute | store |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    p = with_layers(problem) if layers == "tie" or layers == "free" else problem
+    find_s = time.perf_counter() - t0
+    kw = {"layers": layers} if solver == "ilp" else {}
+    try:
+        plan = get_solver(solver)(p, cap, time_limit=time_limit, **kw)
+    except InfeasibleBudgetError as e:
+        return dict(solver=solver, layers=layers, cap=cap, error=str(e))
+    tl = check(p, plan, cap)
+    return dict(solver=solver, layers=layers, cap=cap, predicted_peak=tl.peak_bytes, added_ms=tl.added_time * 1e3,
+                find_s=find_s, partition_s=time.perf_counter() - t0, status=plan.status, gap=plan.gap,
+                source=plan.info.get("source", ""), classes=[len(c) for c in p.layers],
+                recompute=len(plan.names(remat.Decision.RECOMPUTE)), store=len(plan.names(remat.Decision.STORE)))
+
+
+def print_table(rows: list[dict]) -> None:
+    from remat.errors import fmt_bytes
+
+    print("| layers | budget | solver | tie | cap | predicted peak | added time | partition s | status | gap | source | RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        head = f"| {r['depth']} | {r['budget']} | {r['solver']} | {r['layers']} | {fmt_bytes(r['cap'])} |"
         if "error" in r:
-            print(f"| {r['budget']} | {r['solver']} | {fmt_bytes(r['cap'])} | infeasible | | | | | | |")
+            print(head + " infeasible | | | | | | |")
             continue
         gap = "" if r["gap"] is None else f"{r['gap']:.2%}"
-        print(f"| {r['budget']} | {r['solver']} | {fmt_bytes(r['cap'])} | {fmt_bytes(r['predicted_peak'])} | "
-              f"{r['added_ms']:.1f} ms | {r['wall_s']:.2f} | {r['status']} | {gap} | {r['recompute']} | {r['store']} |")
+        print(f"{head} {fmt_bytes(r['predicted_peak'])} | {r['added_ms']:.1f} ms | {r['partition_s']:.2f} | "
+              f"{r['status']} | {gap} | {r['source']} | {r['rss_mib']:.0f} MiB |")
+
+
+def main(argv=None) -> None:
+    from remat.config import parse_budget
+    from remat.errors import fmt_bytes
+    from remat.simulate import store_all_peak
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", default="12")
+    ap.add_argument("--budgets", default="50%,30%")
+    ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--cache", default=None, help="folder for traced Problems (JSON)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    rows, models = [], []
+    for depth in (int(x) for x in args.layers.split(",")):
+        problem, trace_s = traced(depth, args.cache)
+        baseline = store_all_peak(problem)
+        print(f"GPT-2 small shape, {depth} layers: {len(problem.slots)} slots, {len(problem.activations)} "
+              f"activations; traced in {trace_s:.1f} s; baseline peak {fmt_bytes(baseline)}")
+        models.append(dict(layers=depth, slots=len(problem.slots), activations=len(problem.activations),
+                           baseline=baseline, trace_s=trace_s))
+        for b in args.budgets.split(","):
+            cap = parse_budget(b).resolve(baseline)
+            for solver, layers in SOLVERS:
+                r = plan_row(problem, cap, solver, layers, args.time_limit)
+                r.update(depth=depth, budget=b, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                rows.append(r)
+    print_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(layers=args.layers, slots=len(problem.slots),
-                                              activations=len(problem.activations), baseline=baseline,
-                                              min_peak=floor, trace_s=trace_s, rows=rows), indent=1))
+    Path(args.out).write_text(json.dumps(dict(models=models, rows=rows), indent=1))
 
 
 if __name__ == "__main__":
