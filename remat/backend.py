@@ -6,17 +6,22 @@ Inductor. With one, Inductor runs as usual but partitions the joint graph with
 ``RematPartitioner``: capture -> solve -> simulate (check) -> rewrite. After fusion, Inductor's
 own estimate of each graph's peak (``remat.inductor_check``) is compared with the cap; when it is
 over, the graph is planned again, lower by the excess.
+
+Op times come from the ``cost_model`` option: the roofline, or measured costs (``remat.profile``),
+built once per process per device, thread count and cost model (``graph_costs``). The captured
+Problem gets its repeated layers (``remat.structure``) before the solver sees it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.fx as fx
@@ -33,6 +38,10 @@ from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
+from .structure import with_layers
+
+if TYPE_CHECKING:
+    from .profile import MeasuredCosts, ProfileStats
 
 log = logging.getLogger("remat")
 _SOURCE_HASH = hashlib.sha256(
@@ -54,6 +63,8 @@ class GraphReport:
     backward_code: str = ""
     inductor_peak_bytes: int | None = None  # Inductor's estimate after fusion (remat.inductor_check)
     plans_made: int = 1  # 2 or 3 when Inductor's estimate was over the cap and the graph was planned lower
+    # what priced the ops: "roofline", "measured (N ops measured, M cached, K roofline)", or a saved profile
+    cost_model: str = "roofline"
 
     @property
     def problem(self):
@@ -80,27 +91,73 @@ class _Stop(Exception):
 
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
-    lower_by: int = 0, name: str = "graph0",
+    lower_by: int = 0, name: str = "graph0", offline: bool = False,
 ) -> tuple[GraphReport, Any]:
-    """Capture the Problem of a joint graph, solve it and check the plan with the simulator
-    (``lower_by``: bytes to plan below the usual target, after Inductor found the last plan over)."""
+    """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
+    with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
+    the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
+    on_cuda = _on_cuda(joint)
+    costs = graph_costs(cfg, joint, on_cuda, offline)
+    stats_before = replace(costs.stats) if costs is not None else None
     captured = capture(
         joint,
         forward_nodes=forward_nodes(joint, info),
         num_fwd_outputs=num_fwd_outputs,
         spec=device_spec(cfg.device),
-        host_bandwidth=cfg.offload_bandwidth(on_cuda=_on_cuda(joint)),
+        host_bandwidth=host_bandwidth(cfg, on_cuda, costs),
         name=name,
+        costs=costs,
     )
-    problem = captured.problem
+    captured.problem = problem = with_layers(captured.problem)
     baseline = store_all_peak(problem)
     budget, target = cap_and_target(cfg, problem, baseline, lower_by)
     plan, target = solve_within(cfg, problem, budget, target)
     timeline = check(problem, plan, target)
-    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0)
+    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
+                         cost_model=cost_model_note(costs, stats_before))
     return report, (joint, info)
+
+
+_COSTS: dict[tuple[str, int, str], MeasuredCosts] = {}  # (device, threads, cost model) -> costs
+
+
+def graph_costs(cfg: RematConfig, joint: fx.GraphModule, on_cuda: bool, offline: bool) -> MeasuredCosts | None:
+    """The measured costs that price this graph's ops, or None for the roofline: measured on the
+    graph's device, or read from a saved profile; one object per process per device, thread
+    count and cost model, so that its timings and disk cache serve every graph."""
+    from .profile import MeasuredCosts
+
+    model = cfg.resolved_cost_model(on_cuda, offline)
+    if model == "roofline":
+        return None
+    device = _graph_device(joint)
+    key = (str(device), torch.get_num_threads(), model)
+    if key not in _COSTS:
+        _COSTS[key] = MeasuredCosts.measure(device) if model == "measured" else MeasuredCosts.load(model)
+    return _COSTS[key]
+
+
+def host_bandwidth(cfg: RematConfig, on_cuda: bool, costs: MeasuredCosts | None) -> float:
+    """The Problem's host link: 0 with offload off; the ``host_bandwidth`` option when set; the
+    measured link (its slower direction, as is) under measured costs; else the device spec's."""
+    bandwidth = cfg.offload_bandwidth(on_cuda)
+    if bandwidth > 0 and cfg.host_bandwidth is None and costs is not None and costs.link is not None:
+        return min(costs.link.to_host, costs.link.to_device)
+    return bandwidth
+
+
+def cost_model_note(costs: MeasuredCosts | None, before: ProfileStats | None) -> str:
+    """What priced one graph, for its report: "roofline", or the source of the measured costs
+    with the op lookups this graph made (measured now, from the cache, left to the roofline)."""
+    if costs is None or before is None:
+        return "roofline"
+    s = costs.stats
+    measured, cached, fallbacks = s.measured - before.measured, s.cache_hits - before.cache_hits, s.fallbacks - before.fallbacks
+    if costs.source == "measured":
+        return f"measured ({measured} ops measured, {cached} cached, {fallbacks} roofline)"
+    return f"{costs.source} ({cached} ops from the profile, {fallbacks} roofline)"
 
 
 def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int] | None) -> tuple[fx.GraphModule, Any]:
@@ -135,7 +192,8 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int)
 def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None) -> tuple[Plan, int | None]:
     """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
     when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor)."""
-    solve = get_solver(cfg.solver)
+    options = {"layers": cfg.layers} if cfg.solver == "ilp" else {}
+    solve = functools.partial(get_solver(cfg.solver), **options)
     try:
         return solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap), target
     except InfeasibleBudgetError as e:
@@ -156,10 +214,16 @@ def _infeasible(graph: str, budget: int, floor: int) -> InfeasibleBudgetError:
 
 
 def _on_cuda(joint: fx.GraphModule) -> bool:
-    return any(
-        isinstance(v := n.meta.get("val"), torch.Tensor) and v.device.type == "cuda"
-        for n in joint.graph.find_nodes(op="placeholder")
-    )
+    return _graph_device(joint).type == "cuda"
+
+
+def _graph_device(joint: fx.GraphModule) -> torch.device:
+    """The CUDA device of the graph's inputs, if any is on one, else the CPU."""
+    for n in joint.graph.find_nodes(op="placeholder"):
+        v = n.meta.get("val")
+        if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+            return v.device
+    return torch.device("cpu")
 
 
 def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
@@ -186,7 +250,8 @@ class RematPartitioner(CustomPartitionerFn):
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = kwargs.get("static_lifetime_input_indices")
-        report, (joint, info) = plan_joint_graph(gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name)
+        report, (joint, info) = plan_joint_graph(
+            gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -217,7 +282,7 @@ def summary_line(r: GraphReport) -> str:
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
-        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s{_offload_note(r)}{_inductor_note(r)}"
+        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s; costs {r.cost_model}{_offload_note(r)}{_inductor_note(r)}"
     )
 
 

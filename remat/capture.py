@@ -28,20 +28,30 @@ Parameters and inputs are resident and cost nothing.
                           backward never reads folded into their readers
 8. ``backward_relevant``  the forward values to decide about: read by backward, or by a recompute
 9. ``slot_times``         each slot's time as Inductor's kernels run it, and each op's time alone
-10. ``make_activation``   the ``Activation`` of one forward value
+10. ``make_activation``   the ``Activation`` of one forward value: its recompute time
+                          (``recompute_time``) and the module that computes it (``module_path``)
+
+Times come from the roofline of ``remat.cost`` or, given ``costs`` (``remat.profile.MeasuredCosts``),
+from measurements: an op that is a kernel of its own costs its measured time; a kernel that inlines
+fused pointwise producers (a fused group, in the step or in a recomputation) costs its memory
+traffic at the measured bandwidth (``fused_time``); what has no measurement keeps the roofline.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
+
+if TYPE_CHECKING:
+    from .profile import MeasuredCosts
 
 aten = torch.ops.aten
 
@@ -470,27 +480,61 @@ def kernel_reads(n: fx.Node, owner: dict, fused: set[fx.Node]) -> set[fx.Node]:
     return out
 
 
-def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSpec
-               ) -> tuple[dict[fx.Node, float], dict[fx.Node, float]]:
+def _flops_and_written(n: fx.Node) -> tuple[int, int]:
+    """FLOPs of op ``n`` and the bytes of its result(s)."""
+    args = torch.utils._pytree.tree_map(_val, n.args)
+    kwargs = torch.utils._pytree.tree_map(_val, n.kwargs)
+    out = n.meta.get("val")
+    written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
+    return op_flops(n.target, args, kwargs, out), written
+
+
+def read_bytes(n: fx.Node, owner: dict, fused: set[fx.Node]) -> int:
+    """Bytes that the kernel computing ``n`` reads from memory (``kernel_reads``)."""
+    return sum(tensor_bytes(_val(i)) for i in kernel_reads(n, owner, fused))
+
+
+def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSpec,
+               costs: MeasuredCosts | None = None) -> tuple[dict[fx.Node, float], dict[fx.Node, float]]:
     """Seconds of each slot op as the step runs it, and as a kernel of its own (a recomputation's
     conservative price: its inputs read, its result written). The step follows Inductor's
     kernels: a fused op moves nothing of its own, and the op that materialises a kernel's
-    result reads what the whole kernel reads."""
+    result reads what the whole kernel reads. With ``costs``, an op alone costs its measured
+    time, and so does a kernel that is one op; a fused group costs its traffic at the measured
+    bandwidth; the roofline prices the rest. Fused backward ops, whose time alone nothing
+    uses, are not measured."""
     times: dict[fx.Node, float] = {}
     alone: dict[fx.Node, float] = {}
-    for n in sched.order:
-        args = torch.utils._pytree.tree_map(_val, n.args)
-        kwargs = torch.utils._pytree.tree_map(_val, n.kwargs)
-        out = n.meta.get("val")
-        flops = op_flops(n.target, args, kwargs, out)
-        written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
-        alone[n] = op_time(flops, sum(tensor_bytes(_val(i)) for i in n.all_input_nodes) + written, spec)
+    for t, n in enumerate(sched.order):
+        flops, written = _flops_and_written(n)
+        wanted = costs is not None and not (n in fused and t >= sched.num_forward)
+        measured = costs.op_time(n) if wanted else None
+        if measured is not None:
+            alone[n] = measured
+        else:
+            alone[n] = op_time(flops, sum(tensor_bytes(_val(i)) for i in n.all_input_nodes) + written, spec)
         if n in fused:  # runs inside its reader's kernel: no launch, no traffic of its own
             times[n] = flops / spec.peak_flops
-        else:
-            read = sum(tensor_bytes(_val(i)) for i in kernel_reads(n, owner, fused))
-            times[n] = op_time(flops, read + written, spec)
+            continue
+        moved = read_bytes(n, owner, fused) + written
+        group = any(owner.get(i) in fused for i in n.all_input_nodes)
+        times[n] = _kernel_time(flops, moved, group, measured, spec, costs)
     return times, alone
+
+
+def _kernel_time(flops: int, moved: int, group: bool, measured: float | None, spec: DeviceSpec,
+                 costs: MeasuredCosts | None) -> float:
+    """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, the traffic at the measured
+    bandwidth (and a launch) for a fused ``group``, the op's ``measured`` time for a kernel of
+    one op; else, or without a measurement, the roofline."""
+    if costs is not None:
+        if group:
+            traffic = costs.fused_time(moved)
+            if traffic is not None:
+                return traffic + spec.launch_overhead
+        elif measured is not None:
+            return measured
+    return op_time(flops, moved, spec)
 
 
 def recomputable(c: fx.Node) -> bool:
@@ -504,15 +548,43 @@ def recomputable(c: fx.Node) -> bool:
     )
 
 
-def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, alone: dict[fx.Node, float]) -> Activation:
-    """The Activation of forward value ``s``: its recompute cost includes the folded values
-    computed inside it; offloadable if contiguous, no tuple element, and worth two copies."""
+def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], owner: dict, spec: DeviceSpec,
+                   costs: MeasuredCosts | None = None) -> float:
+    """Seconds to recompute forward value ``s``: its op alone plus each folded value computed
+    inside it, priced alone. With ``costs``, a value with folded values is one fused kernel: what
+    it reads through them and its result, at the measured bandwidth, plus a launch."""
+    c, through = compute_node(s), folding.through[s]
+    if costs is not None and through:
+        traffic = costs.fused_time(read_bytes(c, owner, set(through)) + _flops_and_written(c)[1])
+        if traffic is not None:
+            return traffic + spec.launch_overhead
+    return alone[c] + sum(alone[compute_node(f)] for f in through)
+
+
+_DYNAMO_ROOT = re.compile(r"^[LG]\[(['\"])[^'\"]*\1\]\.?")  # L['self']. / G['model'].
+
+
+def module_path(n: fx.Node) -> str:
+    """The path of the innermost module whose forward ran ``n``, from its ``nn_module_stack``
+    (``fwd_nn_module_stack`` on a backward node) without Dynamo's root: "blocks.3.attn"; ""
+    for an op of the root module's own forward or of no module (the loss), and for graphs that
+    Dynamo did not trace. (``stack_trace`` names source lines, not modules: not used.)"""
+    stack = n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return _DYNAMO_ROOT.sub("", str(path), count=1)
+
+
+def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, compute_time: float) -> Activation:
+    """The Activation of forward value ``s``, which takes ``compute_time`` to recompute
+    (``recompute_time``); offloadable if contiguous, no tuple element, and worth two copies."""
     c, val = compute_node(s), s.meta["val"]
     return Activation(
         name=s.name,
         op=str(getattr(c.target, "__name__", c.target)),
         bytes=facts.bytes,
-        compute_time=alone[c] + sum(alone[compute_node(f)] for f in folding.through[s]),
+        compute_time=compute_time,
         created=facts.created,
         last_forward_use=facts.last_forward_use,
         backward_uses=tuple(facts.backward_uses),
@@ -521,6 +593,7 @@ def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, alone:
         offloadable=facts.bytes >= MIN_OFFLOAD_BYTES and s.target is not operator.getitem and val.is_contiguous(),
         shape=tuple(int(x) if isinstance(x, int) else -1 for x in val.shape),
         dtype=str(val.dtype).replace("torch.", ""),
+        module=module_path(c) or module_path(s),
     )
 
 
@@ -532,8 +605,10 @@ def capture(
     spec: DeviceSpec,
     host_bandwidth: float = 0.0,
     name: str = "graph",
+    costs: MeasuredCosts | None = None,
 ) -> Captured:
-    """Build the Problem of a joint graph whose forward ops are ``forward_nodes``."""
+    """Build the Problem of a joint graph whose forward ops are ``forward_nodes``; op times from
+    ``costs`` where measured, else from the roofline of ``spec``."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     fused = fused_values(g)
@@ -542,13 +617,14 @@ def capture(
     fixed = fixed_bytes(life.intervals + broadcast_copies(sched), sched.last + 1)
     folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
     relevant = backward_relevant(g, life.activations, folding)
-    times, alone = slot_times(sched, g.owner, fused, spec)
+    times, alone = slot_times(sched, g.owner, fused, spec, costs)
     slots = [
         Slot(n.name, FORWARD if i < sched.num_forward else BACKWARD, times[n], fixed[i])
         for i, n in enumerate(sched.order)
     ]
     activations = [
-        make_activation(s, life.activations[s], folding, alone) for s in sorted(relevant, key=g.index.__getitem__)
+        make_activation(s, life.activations[s], folding, recompute_time(s, folding, alone, g.owner, spec, costs))
+        for s in sorted(relevant, key=g.index.__getitem__)
     ]
     problem = Problem(
         slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,

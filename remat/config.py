@@ -20,6 +20,7 @@ MIN_BUDGET = "min"
 
 SOLVER_NAMES = ("ilp", "greedy", "store_all", "recompute_all")
 ON_INFEASIBLE = ("error", "min")
+LAYER_MODES = ("tie", "free")
 BUDGET_HELP = (
     "memory_budget must be bytes (an integer, e.g. 314572800), a string with a unit "
     "('300MiB', '6GB', '1.5GiB'; decimal KB, MB, GB, TB are powers of 1000, binary KiB, MiB, GiB, "
@@ -152,6 +153,20 @@ class RematConfig:
     on_infeasible: what a cap that no plan meets does: "error" (default) raises
         InfeasibleBudgetError naming the smallest reachable peak; "min" plans at that peak
         instead, with a warning naming both figures.
+    cost_model: how op and transfer times are priced: "measured" (each op signature timed on the
+        graph's device with real random inputs, a copy bandwidth and the host link measured, all
+        cached on disk: ``remat.profile``), "roofline" (``remat.cost``: FLOPs and bytes against the
+        ``device`` spec), or the path of a saved profile (a ``remat.profile`` cache file: its
+        timings, nothing measured). "auto" (default) is "measured" for CUDA graphs and "roofline"
+        on the CPU, where op timings taken while other threads and processes share the cores are
+        dominated by scheduling contention (a 1024x256 add: 0.52 ms at 1 thread, 23.9 ms at 2 on a
+        busy 2-core machine), and in ``remat.analyze``, whose graph holds fake tensors (no step
+        runs). Ops that cannot be timed fall back to the roofline.
+    layers: how the ILP treats repeated layers (``Problem.layers``, found by ``remat.structure``):
+        "free" (default, as the ILP's own) decides each activation on its own and keeps the tied
+        plan as a fallback; "tie" gives corresponding activations of identical layers one decision:
+        a smaller model that solves faster, at a price (+11 % added time at 12 GPT-2 layers, +32 %
+        at 24 in benchmarks/solve_time.py).
     verbose: print a one-line summary of every plan.
     """
 
@@ -165,6 +180,8 @@ class RematConfig:
     reserve: float = 0.05
     inductor_check: bool = True
     on_infeasible: str = "error"
+    cost_model: str = "auto"
+    layers: str = "free"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -186,6 +203,14 @@ class RematConfig:
                 f"on_infeasible must be one of {', '.join(map(repr, ON_INFEASIBLE))} (raise, or plan at the "
                 f"smallest reachable peak); got {self.on_infeasible!r}"
             )
+        from .cost import device_spec, parse_cost_model  # validate the device and cost options
+
+        object.__setattr__(self, "cost_model", parse_cost_model(self.cost_model))
+        if self.layers not in LAYER_MODES:
+            raise ConfigError(
+                f"layers must be 'tie' (one decision per position of identical layers) or 'free' "
+                f"(each activation on its own); got {self.layers!r}"
+            )
         if self.offload is not None and not isinstance(self.offload, bool):
             raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")
         hb = self.host_bandwidth
@@ -193,8 +218,6 @@ class RematConfig:
             raise ConfigError(f"host_bandwidth must be a number of bytes/s >= 0 (e.g. 50e9); got {hb!r}")
         if self.offload is True and hb == 0:
             raise ConfigError("offload=True needs host_bandwidth > 0 (or None for the device's link)")
-        from .cost import device_spec  # validates the device option
-
         device_spec(self.device)
         if isinstance(self.device, dict):  # keep the config hashable
             object.__setattr__(self, "device", tuple(sorted(self.device.items())))
@@ -226,6 +249,13 @@ class RematConfig:
         if not on_cuda and not self.models_a_gpu():
             raise ConfigError(OFFLOAD_ON_CPU_HELP)
         return float(self.host_bandwidth if self.host_bandwidth is not None else device_spec(self.device).host_bandwidth)
+
+    def resolved_cost_model(self, on_cuda: bool, offline: bool = False) -> str:
+        """"measured", "roofline" or a saved profile's path: what ``cost_model`` means for a graph
+        (``offline``: planned by ``remat.analyze`` on fake tensors)."""
+        if self.cost_model != "auto":
+            return self.cost_model
+        return "measured" if on_cuda and not offline else "roofline"
 
     def models_a_gpu(self) -> bool:
         """True when ``device`` names a cost model other than the CPU's ("auto" follows the graph)."""

@@ -74,8 +74,9 @@ def device_spec(device: Any = "auto") -> DeviceSpec:
 
 COST_MODELS = ("auto", "measured", "roofline")
 COST_MODEL_HELP = (
-    "cost_model must be 'auto' (measured where the graph's tensors can be made on its device, "
-    "else roofline), 'measured', 'roofline', or the path of a saved profile (a remat.profile JSON file)"
+    "cost_model must be 'auto' (measured for CUDA graphs; roofline on the CPU, where timings on shared "
+    "cores are contention, and in remat.analyze, on fake tensors), 'measured', 'roofline', or the path "
+    "of a saved profile (a remat.profile JSON file)"
 )
 
 
