@@ -1,9 +1,12 @@
-"""remat's copy ops, run eagerly on the CPU (where they are plain copies)."""
+"""remat's copy ops, run eagerly on the CPU (where they are plain copies), and the refusal of
+offload=True on a CPU graph, where a host copy is the same memory and lowers no peak."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import remat
 from remat.passes.offload_ops import FREE, TO_DEVICE, TO_HOST, WAIT_COPY
 
 
@@ -31,3 +34,9 @@ def test_free_leaves_shared_storage_alone():
     whole = base.view(2, 4)
     FREE(whole, whole)
     assert base.untyped_storage().nbytes() == 0
+
+
+def test_offload_on_a_cpu_graph_reaches_the_user_as_a_config_error():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    with pytest.raises(remat.ConfigError, match="offload=True on a CPU graph.*drop offload"):
+        remat.analyze(model, (torch.randn(4, 8),), memory_budget="80%", offload=True)
