@@ -66,7 +66,7 @@ class Budget:
     def __str__(self) -> str:
         if self.minimum:
             return "min (the smallest reachable peak)"
-        return f"{self.bytes} bytes" if self.bytes is not None else f"{self.ratio:.0%} of baseline"
+        return f"{self.bytes} bytes" if self.bytes is not None else f"{self.ratio * 100:g}% of baseline"
 
 
 def parse_budget(value: Any) -> Budget | None:

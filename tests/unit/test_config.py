@@ -78,6 +78,7 @@ def test_ratio_resolves_against_baseline():
     assert parse_budget("50%").resolve(1000) == 500
     assert parse_budget(np.float32(0.5)).resolve(1000) == 500
     assert parse_budget("300MiB").resolve(1) == 300 * 2**20
+    assert str(parse_budget("12.5%")) == "12.5% of baseline" and str(parse_budget("1KiB")) == "1024 bytes"
 
 
 @pytest.mark.parametrize("value", ["1e-9%", 1e-12, np.float32(1e-12)], ids=repr)
