@@ -306,7 +306,8 @@ def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report:
         if len(graphs) > 1:
             lines.append(f"  ({len(graphs)} graphs; figures of the first)")
     if cap is not None:
-        lines.append(f"  measured peak {'<=' if m.peak_bytes <= cap else '>'} cap: {'OK' if m.peak_bytes <= cap else 'OVER'}")
+        ok = m.peak_bytes <= cap
+        lines.append(f"  {'OK' if ok else 'OVER'}: the measured peak is {'within' if ok else 'over'} the cap")
     lines.append(f"plain torch.compile: measured peak {fmt_bytes(plain.peak_bytes)}, step {_fmt_time(plain.step_s)}; "
                  f"remat: measured peak {fmt_bytes(m.peak_bytes)}, step {_fmt_time(m.step_s)} "
                  f"(medians of unprofiled steps)")

@@ -45,8 +45,7 @@ def _allocation_events(prof) -> list[tuple[int, int]]:
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 points to /dev/null inside (C++ libraries write there directly; torch
-    has no setting for kineto's start/stop lines)."""
+    """File descriptor 2 points to /dev/null inside (C++ libraries write there directly)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -70,16 +69,13 @@ def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasure
         return StepMeasurement(torch.cuda.max_memory_allocated() - base, time.perf_counter() - t0)
     from torch.profiler import ProfilerActivity, profile
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _stderr_silenced():  # kineto logs "USDT ... profiler_start" on stderr at every start and stop
-        prof.start()
-    try:
+    # kineto logs "USDT ... profiler_start/stop" and the CPU allocator warns about blocks older than
+    # the profile on fd 2, at every step; torch has no setting for either. Python errors of the
+    # step still propagate as exceptions; only what it writes to stderr meanwhile is dropped.
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         t0 = time.perf_counter()
         step()
         seconds = time.perf_counter() - t0
-    finally:
-        with _stderr_silenced():
-            prof.stop()
     running = peak = 0
     for _, size in _allocation_events(prof):
         running += size
