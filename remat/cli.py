@@ -22,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -247,9 +248,9 @@ def cmd_analyze(args) -> int:
     t0 = time.perf_counter()
     report = analyze(model, inputs, memory_budget=budget, loss_fn=loss_fn, **opts)
     elapsed = time.perf_counter() - t0
-    print(report.summary())
-    print(f"predicted step {_fmt_time(report.step_time_s)} without remat, +{_fmt_time(report.added_time_s)} "
-          f"({report.overhead:.1%}) with the plan; analysis took {elapsed:.1f} s")
+    print(_fit(report.summary()))
+    print(_fit(f"predicted step {_fmt_time(report.step_time_s)} without remat, +{_fmt_time(report.added_time_s)} "
+               f"({report.overhead:.1%}) with the plan; analysis took {elapsed:.1f} s"))
     if not args.no_table:
         _print_table(report, args.rows)
     _write_outputs(report, args)
@@ -259,11 +260,20 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _fit(text: str) -> str:
+    """``text`` wrapped to the terminal's width, continuation lines indented."""
+    return textwrap.fill(text, _width(), subsequent_indent="    ", break_on_hyphens=False)
+
+
 def _print_table(report: Any, rows: str) -> None:
     """The decision table: the rows that matter most (``rows``: a number or 'all'), within the
     terminal's width."""
     print()
-    print(report.explain().table(max_rows=_row_count(rows), width=shutil.get_terminal_size((120, 24)).columns))
+    print(report.explain().table(max_rows=_row_count(rows), width=_width()))
 
 
 def _row_count(value: str) -> int | None:
@@ -354,7 +364,7 @@ def cmd_show(args) -> int:
         report = Report.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CLIError(f"{args.report} is neither a remat report nor a Pareto sweep ({_first_line(e)})") from None
-    print(report.summary())
+    print(_fit(report.summary()))
     if not args.no_table:
         _print_table(report, args.rows)
     _write_outputs(report, args)

@@ -11,6 +11,7 @@ Every number of the explanation comes from the problem, the plan and the simulat
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -164,18 +165,27 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "\u2026"
 
 
+_MIN_FREE_TEXT = 48  # narrower than this, the last column goes on indented lines of its own
+
+
 def _aligned(header: list[str], cells: list[list[str]], width: int | None, caps: dict[str, int]) -> list[str]:
     """Columns padded to their widest cell (capped by ``caps``); the last column is free text that
-    takes what is left of ``width``; every line is cut at ``width``."""
+    takes what is left of ``width``, or, when that is too little, is wrapped onto indented lines
+    under its row; every line is cut at ``width``."""
     widths = [min(max([len(h)] + [len(row[i]) for row in cells]), caps.get(h, 10**6)) for i, h in enumerate(header)]
     widths[-1] = 0  # the last column is free text: no padding
+    below = width is not None and width - sum(w + 2 for w in widths[:-1]) < _MIN_FREE_TEXT
 
-    def line(row: list[str]) -> str:
-        padded = [_cut(c, w).ljust(w) for c, w in zip(row[:-1], widths)] + [row[-1]]
+    def line(row: list[str]) -> list[str]:
+        padded = [_cut(c, w).ljust(w) for c, w in zip(row[:-1], widths)] + ([] if below else [row[-1]])
         text = "  ".join(padded).rstrip()
-        return text if width is None else _cut(text, width)
+        if width is None:
+            return [text]
+        extra = textwrap.wrap(row[-1], width - 4, initial_indent="    ", subsequent_indent="    ") if below else []
+        return [_cut(text, width)] + extra
 
-    return [line(header), line(["-" * max(w, len(h)) for w, h in zip(widths, header)])] + [line(r) for r in cells]
+    rule = ["-" * max(w, len(h)) for w, h in zip(widths, header)][:-1] + ["" if below else "---"]
+    return [ln for row in [header, rule, *cells] for ln in line(row)]
 
 
 @dataclass(frozen=True)
