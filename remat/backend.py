@@ -34,6 +34,7 @@ from .cost import device_spec
 from .compilation import Compilation, compilation_for
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
+from .wrapper_memory import collect_wrapper_code
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, store_all_peak
@@ -380,7 +381,7 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
 
     peaks = InductorPeaks()
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name)
-    with _backward_compiled_now():
+    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     return compiled, report, peaks.peak_bytes

@@ -8,6 +8,12 @@ final kernel order and sums the live buffers, graph inputs included until their 
 graph compiled under it (forward, then backward). Like the plan's prediction it leaves out the
 resident inputs (parameters and batch, ``primals_*``), which Inductor never frees. The backend compares the largest
 with the cap and plans again, lower, when it is over (``remat.backend.remat_backend``).
+
+That planner still misses what code generation decides (a fused kernel allocates all of its outputs
+before it runs; which results really reuse an input in place), so when the backend also hands over
+the generated wrapper code of the graphs (``remat.wrapper_memory.collect_wrapper_code``), the peak is
+read from that code instead (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and
+extern results taken from the graph recorded here.
 """
 
 from __future__ import annotations
@@ -23,17 +29,52 @@ class InductorPeaks:
 
     def __init__(self) -> None:
         self.peaks: list[int] = []
+        self.itemsizes: list[dict[str, int]] = []  # per graph: element size of inputs and buffers
+        self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
 
     def __call__(self, nodes: list) -> list:
         try:
             self.peaks.append(_estimate(nodes))
+            self.itemsizes.append(_itemsizes())
         except Exception as e:  # an estimate we cannot make is no reason to fail the compile
             log.debug("remat: no Inductor memory estimate (%s: %s)", type(e).__name__, e)
         return nodes
 
     @property
+    def code_peaks(self) -> list[int] | None:
+        """Each graph's peak read from its wrapper code; None unless every graph's code was read."""
+        from .wrapper_memory import wrapper_peak
+
+        if not self.codes or len(self.codes) != len(self.peaks):
+            return None
+        walks = [wrapper_peak(c, sizes) for c, sizes in zip(self.codes, self.itemsizes)]
+        return None if any(w is None for w in walks) else [w.peak_bytes for w in walks]
+
+    @property
     def peak_bytes(self) -> int | None:
+        """The largest graph peak: from the wrapper code when it was read, else the scheduler's."""
+        from_code = self.code_peaks
+        if from_code:
+            return max(from_code)
         return max(self.peaks) if self.peaks else None
+
+
+def _itemsizes() -> dict[str, int]:
+    """Element size of the graph's inputs and of every scheduler buffer, by wrapper name."""
+    from torch._inductor.virtualized import V
+
+    graph = V.graph
+    out = {}
+    for name, node in graph.graph_inputs.items():
+        dtype = getattr(node, "get_dtype", lambda: None)()
+        if dtype is not None:
+            out[name] = dtype.itemsize
+    for name, buf in graph.scheduler.name_to_buf.items():
+        try:
+            out[name] = buf.node.get_dtype().itemsize
+        except Exception:
+            continue
+    return out
 
 
 def _estimate(nodes: list) -> int:

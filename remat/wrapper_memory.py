@@ -1,0 +1,266 @@
+"""The peak of device memory that Inductor's generated wrapper code allocates, read from the code.
+
+Inductor's Python wrapper (``def call(self, args)``) is the exact sequence of what a compiled graph
+allocates and frees: ``bufN = empty_strided_*(shape, stride, dtype)``, results of extern ops (their
+sizes in the ``assert_size_stride`` that follows), aliases (``reinterpret_tensor``, ``bufN = bufM``,
+tuple elements) and ``del``. Walking it gives the graph's peak as the machine sees it, except
+the scratch memory inside extern kernels (``reserve`` is for that). This catches what a model of
+fusion misses: a fused kernel allocates all of its outputs before it runs and frees its inputs
+only after it, however its ops would be ordered one by one (measured on a Llama MLP backward: five
+2 MiB buffers live at once where both remat's model and Inductor's scheduler estimate had three).
+
+Conventions, as in remat's model: inputs named ``primals_*`` are resident and not counted; every
+other input (a saved activation, an incoming gradient) counts from the start until its ``del``;
+host copies made by ``torch.ops.remat.to_host`` are not device memory and ``torch.ops.remat.free_``
+frees its argument's device storage.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable
+
+__all__ = ["WrapperPeak", "wrapper_peak", "collect_wrapper_code"]
+
+_ALLOCATORS = {"empty_strided_cpu", "empty_strided_cuda", "empty_strided_xpu", "empty_strided_mps", "empty_strided"}
+_HOST_RESULT = ("remat.to_host",)
+_FREES_ARGUMENT = ("remat.free_",)
+
+
+@dataclass
+class WrapperPeak:
+    """Peak bytes of one wrapper's ``call`` and what the walk could not size."""
+
+    peak_bytes: int
+    start_bytes: int  # inputs counted from the start (saved activations, gradients coming in)
+    unsized: list[str] = field(default_factory=list)  # results with no size assert (counted as 0)
+
+
+class _Storages:
+    """Device storages alive during the walk, each with the names that reference it (a tuple of
+    extern results references the storage of every element)."""
+
+    def __init__(self) -> None:
+        self.refs: dict[int, set[str]] = {}
+        self.size: dict[int, int] = {}
+        self.of_name: dict[str, set[int]] = {}
+        self.live = 0
+        self.peak = 0
+        self._next = 0
+
+    def new(self, name: str, nbytes: int) -> int:
+        self.drop(name)
+        sid, self._next = self._next, self._next + 1
+        self.refs[sid], self.size[sid] = set(), nbytes
+        self.ref(name, sid)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        return sid
+
+    def ref(self, name: str, sid: int) -> None:
+        self.refs[sid].add(name)
+        self.of_name.setdefault(name, set()).add(sid)
+
+    def alias(self, name: str, source: str) -> None:
+        sids = set(self.of_name.get(source, ()))
+        if not sids or name == source:
+            return
+        self.drop(name)
+        for sid in sids:
+            self.ref(name, sid)
+
+    def drop(self, name: str) -> None:
+        for sid in self.of_name.pop(name, set()):
+            self.refs[sid].discard(name)
+            if not self.refs[sid]:
+                self.live -= self.size.pop(sid)
+                del self.refs[sid]
+
+    def release(self, name: str) -> None:
+        """The storages of ``name`` hold no device bytes any more (``remat.free_``)."""
+        for sid in self.of_name.get(name, ()):
+            self.live -= self.size[sid]
+            self.size[sid] = 0
+
+
+def storage_bytes(shape: Iterable[int], stride: Iterable[int], itemsize: int) -> int:
+    """Bytes of a strided tensor's storage: 0 when a dimension is 0."""
+    shape, stride = list(shape), list(stride)
+    if any(d == 0 for d in shape):
+        return 0
+    return (1 + sum((d - 1) * s for d, s in zip(shape, stride))) * itemsize
+
+
+def _literal(node: ast.AST):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+
+
+def _itemsize(node: ast.AST) -> int | None:
+    import torch
+
+    name = ast.unparse(node)
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else None
+
+
+def _call_name(call: ast.Call) -> str:
+    return ast.unparse(call.func)
+
+
+def _call_body(tree: ast.Module) -> list[ast.stmt] | None:
+    """Statements of the wrapper's ``call`` (a method of ``Runner`` or a top-level function)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "call":
+            return node.body
+    return None
+
+
+def _statements(body: list[ast.stmt]) -> Iterable[ast.stmt]:
+    """Statements in execution order, with ``with`` blocks (device guards, streams) opened."""
+    for s in body:
+        if isinstance(s, ast.With):
+            yield from _statements(s.body)
+        else:
+            yield s
+
+
+def _asserted_sizes(stmts: list[ast.stmt]) -> dict[str, int]:
+    """Bytes of every name that an ``assert_size_stride(name, shape, stride, ...)`` sizes.
+    The dtype is not in the assert: it comes from the allocation or, for inputs and extern
+    results, from ``_dtype_hints`` (float32 when unknown)."""
+    out: dict[str, tuple] = {}
+    for s in stmts:
+        call = s.value if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) else None
+        if call is None or _call_name(call) != "assert_size_stride" or len(call.args) < 3:
+            continue
+        name, shape, stride = ast.unparse(call.args[0]), _literal(call.args[1]), _literal(call.args[2])
+        if isinstance(shape, tuple) and isinstance(stride, tuple):
+            out.setdefault(name, (shape, stride))
+    return out
+
+
+def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None) -> WrapperPeak | None:
+    """Walk the ``call`` of Inductor's Python wrapper ``code``; None when there is none.
+
+    ``itemsizes`` maps input and extern-result names to their element size where the code does
+    not say it (the dtype of an input is not in its assert); 4 bytes otherwise."""
+    try:
+        body = _call_body(ast.parse(code))
+    except SyntaxError:
+        return None
+    if body is None:
+        return None
+    stmts = list(_statements(body))
+    shapes = _asserted_sizes(stmts)
+    itemsizes = itemsizes or {}
+    sized = lambda n: storage_bytes(*shapes[n], itemsizes.get(n, 4))  # noqa: E731
+    st, unsized = _Storages(), []
+    for name in _input_names(stmts):
+        if name in shapes and not name.startswith("primals_"):
+            st.new(name, sized(name))
+    start = st.live
+    for s in stmts:
+        _step(s, st, shapes, sized, unsized)
+    tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
+    return WrapperPeak(st.peak, start, [n for n in unsized if n not in tuples])
+
+
+def _input_names(stmts: list[ast.stmt]) -> list[str]:
+    """Names unpacked from ``args`` (``a, b, c = args``)."""
+    for s in stmts:
+        if isinstance(s, ast.Assign) and ast.unparse(s.value) == "args":
+            target = s.targets[0]
+            elts = target.elts if isinstance(target, ast.Tuple) else [target]
+            return [ast.unparse(e) for e in elts]
+    return []
+
+
+def _step(s: ast.stmt, st: _Storages, shapes: dict, sized, unsized: list[str]) -> None:
+    """Apply one statement of the wrapper to the live storages."""
+    if isinstance(s, ast.Delete):
+        for t in s.targets:
+            st.drop(ast.unparse(t))
+    elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+        _assign(s.targets[0].id, s.value, st, shapes, sized, unsized)
+    elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
+        name = _call_name(s.value)
+        if any(f in name for f in _FREES_ARGUMENT) and s.value.args:
+            st.release(ast.unparse(s.value.args[0]))
+
+
+def _assign(name: str, value: ast.AST, st: _Storages, shapes: dict, sized, unsized: list[str]) -> None:
+    """``name = value``: a new storage, an alias of one, or a tuple of extern results."""
+    if isinstance(value, ast.Name):
+        st.alias(name, value.id)
+    elif isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
+        _new_sized(name, st, shapes, sized, unsized, tied_to=value.value.id)
+    elif isinstance(value, ast.Call):
+        fn = _call_name(value)
+        if fn in _ALLOCATORS and len(value.args) >= 3:
+            shape, stride, size = _literal(value.args[0]), _literal(value.args[1]), _itemsize(value.args[2])
+            nbytes = storage_bytes(shape, stride, size) if shape is not None and stride is not None and size else 0
+            st.new(name, nbytes)
+        elif fn == "reinterpret_tensor" and value.args:
+            st.alias(name, ast.unparse(value.args[0]))
+        elif any(h in fn for h in _HOST_RESULT):
+            st.drop(name)
+        elif fn.startswith(("torch.ops.", "extern_kernels.", "aten.")) or fn.endswith(".default"):
+            _new_sized(name, st, shapes, sized, unsized)
+
+
+def _new_sized(name: str, st: _Storages, shapes: dict, sized, unsized: list[str], tied_to: str | None = None) -> None:
+    """An extern op's result (or one element of its tuple, kept alive by the tuple too)."""
+    if name not in shapes:
+        st.drop(name)  # a tuple (its elements are sized one by one), or a result never sized
+        unsized.append(name)
+        return
+    sid = st.new(name, sized(name))
+    if tied_to is not None:
+        st.ref(tied_to, sid)
+
+
+class _CodeCollector:
+    """Collects the wrapper code that Inductor generates on this thread while active."""
+
+    _local = threading.local()
+    _installed = False
+    _lock = threading.Lock()
+
+    @classmethod
+    def install(cls) -> None:
+        from torch._inductor.graph import GraphLowering
+
+        with cls._lock:
+            if cls._installed:
+                return
+            previous = GraphLowering.save_output_code
+
+            def save_output_code(code: str) -> None:
+                for sink in getattr(cls._local, "sinks", ()):
+                    sink.append(code)
+                if previous is not None:
+                    previous(code)
+
+            GraphLowering.save_output_code = save_output_code
+            cls._installed = True
+
+
+class collect_wrapper_code:
+    """``with collect_wrapper_code() as codes:``: the wrapper code of every graph that Inductor
+    compiles (or loads from its cache) on this thread inside the block, in order. Blocks nest:
+    an outer block sees the code of the inner ones too."""
+
+    def __enter__(self) -> list[str]:
+        _CodeCollector.install()
+        self.codes: list[str] = []
+        self._sinks = getattr(_CodeCollector._local, "sinks", ())
+        _CodeCollector._local.sinks = (*self._sinks, self.codes)
+        return self.codes
+
+    def __exit__(self, *exc) -> None:
+        _CodeCollector._local.sinks = self._sinks
