@@ -568,12 +568,19 @@ def module_path(n: fx.Node) -> str:
     """The path of the innermost module whose forward ran ``n``, from its ``nn_module_stack``
     (``fwd_nn_module_stack`` on a backward node) without Dynamo's root: "blocks.3.attn"; ""
     for an op of the root module's own forward or of no module (the loss), and for graphs that
-    Dynamo did not trace. (``stack_trace`` names source lines, not modules: not used.)"""
-    stack = n.meta.get("nn_module_stack") or n.meta.get("fwd_nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return _DYNAMO_ROOT.sub("", str(path), count=1)
+    Dynamo did not trace. A node that a graph pass made (Inductor's pattern replacements, such as
+    its softmax, carry neither the stack nor a ``stack_trace``) takes its nearest input's module."""
+    todo, seen = [n], {n}
+    while todo:
+        v = todo.pop(0)
+        stack = v.meta.get("nn_module_stack") or v.meta.get("fwd_nn_module_stack")
+        if stack:
+            return _DYNAMO_ROOT.sub("", str(list(stack.values())[-1][0]), count=1)
+        if v.meta.get("stack_trace"):  # traced from the user's code outside any module
+            continue
+        todo += [i for i in v.all_input_nodes if i not in seen]
+        seen.update(v.all_input_nodes)
+    return ""
 
 
 def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, compute_time: float) -> Activation:

@@ -13,6 +13,7 @@ from torch._functorch import partitioners as P
 from torch._functorch.aot_autograd import aot_function
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import remat
 from remat.cost import DeviceSpec
 from remat.capture import (
     ActivationFacts,
@@ -29,6 +30,7 @@ from remat.capture import (
     graph_facts,
     is_random,
     kernel_reads,
+    module_path,
     pinned_storages,
     slot_readers,
     slot_times,
@@ -281,3 +283,81 @@ def test_capture_builds_activations_of_the_mlp(mlp_joint):
     assert "getitem_1" in captured.forward_nodes and "detach" not in captured.forward_nodes
     assert captured.folded == []
     assert problem.slots[5].fixed_bytes >= 128  # the tangent is live from the first backward slot on
+    assert all(a.module == "" for a in acts.values())  # not traced by Dynamo: no nn_module_stack
+
+
+# ---- module paths and repeated layers (traced by Dynamo through remat.analyze) ------------------
+
+
+def test_module_path_is_the_innermost_module_without_dynamos_root():
+    g = torch.fx.Graph()
+    fwd, bwd, bare = (g.call_function(torch.relu, ()) for _ in range(3))
+    fwd.meta["nn_module_stack"] = {"a": ("L['self'].blocks.3", object), "b": ("L['self'].blocks.3.attn", object)}
+    bwd.meta["fwd_nn_module_stack"] = {"a": ("G['model'].head", object)}
+    assert (module_path(fwd), module_path(bwd), module_path(bare)) == ("blocks.3.attn", "head", "")
+
+
+class Named(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh())
+        self.head = torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.head(self.encoder(x)).sigmoid()
+
+
+def modules_by_op(model, x) -> dict[str, set[str]]:
+    problem = remat.analyze(model, (x,), memory_budget="min").problem
+    out: dict[str, set[str]] = {}
+    for a in problem.activations:
+        out.setdefault(a.op.split(".")[0], set()).add(a.module)
+    return out
+
+
+def test_activation_module_of_a_sequential_and_of_named_submodules():
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8), torch.nn.Tanh())
+    assert modules_by_op(seq, torch.randn(16, 8))["tanh"] == {"1", "3"}
+    named = modules_by_op(Named(), torch.randn(16, 8))
+    assert named["tanh"] == {"encoder.1"} and named["sigmoid"] == {""}  # the root's own forward
+
+
+class Block(torch.nn.Module):
+    """A transformer-ish block: layer norm, self-attention by matmuls, an MLP, residuals."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc1, self.fc2 = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1)
+        x = x + self.proj(att @ v)
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class Tower(torch.nn.Module):
+    """Blocks, then a final layer norm and a head (so the last block is like the others)."""
+
+    def __init__(self, blocks: int = 4) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(Block() for _ in range(blocks))
+        self.ln_f, self.head = torch.nn.LayerNorm(16), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x))
+
+
+def test_problem_layers_found_on_four_blocks():
+    torch.manual_seed(0)
+    problem = remat.analyze(Tower(4), (torch.randn(2, 8, 16),), memory_budget="min").problem
+    assert len(problem.layers) == 1
+    (layers,) = problem.layers
+    assert len(layers) == 4
+    for i, layer in enumerate(layers):
+        assert {tuple(problem.activation(name).module.split(".")[:2]) for name in layer} == {("blocks", str(i))}

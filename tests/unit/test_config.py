@@ -199,3 +199,54 @@ def test_reserve():
     for bad in (-0.1, 1.0, "5%", True):
         with pytest.raises(ConfigError, match="reserve must be"):
             RematConfig.from_options({"reserve": bad})
+
+
+def test_cost_model_and_layers_defaults():
+    cfg = RematConfig()
+    assert (cfg.cost_model, cfg.layers) == ("auto", "free")
+
+
+@pytest.mark.parametrize("value, expected", [("measured", "measured"), ("Roofline", "roofline"), ("AUTO", "auto")])
+def test_cost_model_names_are_normalised(value, expected):
+    assert RematConfig.from_options({"cost_model": value}).cost_model == expected
+
+
+def test_cost_model_saved_profile_becomes_an_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "p.json").write_text('{"format": "remat.profile/1", "entries": {}}')
+    monkeypatch.chdir(tmp_path)
+    assert RematConfig(cost_model="p.json").cost_model == str((tmp_path / "p.json").resolve())
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"cost_model": "fast"}, "cost_model must be 'auto'"),
+        ({"cost_model": 1}, "cost_model must be"),
+        ({"cost_model": None}, "cost_model must be"),
+        ({"layers": "tied"}, "layers must be 'tie'"),
+        ({"layers": None}, "layers must be"),
+    ],
+)
+def test_bad_cost_model_and_layers(options, match):
+    with pytest.raises(ConfigError, match=match):
+        RematConfig.from_options(options)
+
+
+@pytest.mark.parametrize(
+    "cost_model, on_cuda, offline, expected",
+    [
+        ("auto", True, False, "measured"),
+        ("auto", False, False, "roofline"),  # CPU timings on shared cores are contention
+        ("auto", True, True, "roofline"),  # remat.analyze: fake tensors, no step runs
+        ("measured", False, True, "measured"),
+        ("roofline", True, False, "roofline"),
+    ],
+)
+def test_resolved_cost_model(cost_model, on_cuda, offline, expected):
+    assert RematConfig(cost_model=cost_model).resolved_cost_model(on_cuda, offline) == expected
+
+
+def test_config_key_covers_cost_model_and_layers():
+    a = RematConfig.from_options({"memory_budget": "1GiB"})
+    for change in ({"cost_model": "measured"}, {"cost_model": "roofline"}, {"layers": "tie"}):
+        assert RematConfig.from_options({"memory_budget": "1GiB", **change}).key() != a.key()
