@@ -66,6 +66,9 @@ class GraphReport:
     plans_made: int = 1  # 2 or 3 when Inductor's estimate was over the cap and the graph was planned lower
     # what priced the ops: "roofline", "measured (N ops measured, M cached, K roofline)", or a saved profile
     cost_model: str = "roofline"
+    # the peak a ratio budget is a fraction of: plain torch.compile's (see ``reference_peak``)
+    reference_peak_bytes: int | None = None
+    reference: str = ""  # where it comes from: "plain torch.compile (compiled)", "... (modelled)"
 
     @property
     def problem(self):
@@ -92,11 +95,12 @@ class _Stop(Exception):
 
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
-    lower_by: int = 0, name: str = "graph0", offline: bool = False,
+    lower_by: int = 0, name: str = "graph0", offline: bool = False, plain_peak: int | None = None,
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
     with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
-    the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors)."""
+    the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors; ``plain_peak``:
+    plain torch.compile's peak on this graph, read from its compiled code, when the backend has it)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     on_cuda = _on_cuda(joint)
@@ -113,12 +117,30 @@ def plan_joint_graph(
     )
     captured.problem = problem = with_layers(captured.problem)
     baseline = store_all_peak(problem)
-    budget, target = cap_and_target(cfg, problem, baseline, lower_by)
+    reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
+    budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by)
     plan, target = solve_within(cfg, problem, budget, target)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
-                         cost_model=cost_model_note(costs, stats_before))
+                         cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
+                         reference=source)
     return report, (joint, info)
+
+
+def reference_peak(cfg: RematConfig, joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
+                   static: list[int] | None, plain_peak: int | None) -> tuple[int | None, str]:
+    """The peak that a ratio budget is a fraction of: plain torch.compile's on this graph. Read
+    from plain Inductor's compiled code when the backend compiled it (``plain_peak``), else the
+    model's figure for torch's default min-cut partition (``remat.baseline``). Only ratio budgets
+    need it: (None, "") otherwise."""
+    budget = cfg.memory_budget
+    if budget is None or budget.ratio is None:
+        return None, ""
+    if plain_peak is not None:
+        return plain_peak, "plain torch.compile (its compiled code)"
+    from .baseline import plain_compile_peak
+
+    return plain_compile_peak(joint, captured, num_fwd_outputs, static), "plain torch.compile (modelled min-cut partition)"
 
 
 _COSTS: dict[tuple[str, int, str], MeasuredCosts] = {}  # (device, threads, cost model) -> costs
@@ -181,7 +203,7 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int)
     budget = cfg.memory_budget
     if budget is None:
         return None, None
-    if getattr(budget, "minimum", False):
+    if budget.minimum:
         from .solvers import min_peak
 
         floor = min_peak(problem, time_limit=cfg.time_limit)
@@ -200,7 +222,7 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
     except InfeasibleBudgetError as e:
         floor = e.min_peak_bytes
         if budget is None or floor > budget:
-            if getattr(cfg, "on_infeasible", "error") != "min":
+            if cfg.on_infeasible != "min":
                 raise _infeasible(problem.name, budget if budget is not None else target, floor) from None
             log.warning("remat[%s]: memory_budget %s cannot be met; planning at the smallest peak, %s "
                         "(on_infeasible='min')", problem.name, fmt_bytes(budget), fmt_bytes(floor))
@@ -241,18 +263,21 @@ class RematPartitioner(CustomPartitionerFn):
 
     Each joint graph it partitions leaves its GraphReport in ``reports``; ``graph_name`` names it."""
 
-    def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0") -> None:
+    def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
+                 plain_peak: int | None = None) -> None:
         self.cfg = cfg
         self.analyze_only = analyze_only
         self.lower_by = lower_by
         self.graph_name = graph_name
+        self.plain_peak = plain_peak
         self.reports: list[GraphReport] = []
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = kwargs.get("static_lifetime_input_indices")
         report, (joint, info) = plan_joint_graph(
-            gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only)
+            gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
+            plain_peak=self.plain_peak)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -270,7 +295,7 @@ class RematPartitioner(CustomPartitionerFn):
         return fw, bw
 
     def uuid(self) -> str:
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -342,15 +367,16 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     from torch._inductor.compile_fx import compile_fx
 
     name = comp.next_graph_name()
+    plain = plain_inductor_peak(gm, example_inputs) if _wants_plain_peak(cfg) else None
     if not cfg.inductor_check:
-        partitioner = RematPartitioner(cfg, graph_name=name)
+        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
         _record(comp, partitioner.reports, cfg.verbose)
         return compiled
     lower_by, best = 0, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         try:
-            compiled, report, estimate = _compile_checked(gm, example_inputs, cfg, name, lower_by)
+            compiled, report, estimate = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain)
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
@@ -368,6 +394,8 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
             break
         lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
     estimate, compiled, report = best
+    if cfg.memory_budget.minimum:  # "min": the cap is the smallest peak reached, as Inductor compiled it
+        report.budget_bytes = max(report.budget_bytes, estimate)
     _record(comp, [report], cfg.verbose)
     if estimate > report.budget_bytes:
         log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
@@ -375,16 +403,32 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     return compiled
 
 
-def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int):
+def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None):
     """One compile with both graphs compiled now: (compiled, its report or None, Inductor's estimate)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
-    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name)
+    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     return compiled, report, peaks.peak_bytes
+
+
+def _wants_plain_peak(cfg: RematConfig) -> bool:
+    """A ratio budget refers to plain torch.compile's peak, which the backend compiles to read."""
+    return cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
+
+
+def plain_inductor_peak(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> int | None:
+    """Plain torch.compile's peak on this graph: Inductor with its default partitioner compiles
+    both graphs, and the peak is read from the generated code (None if it cannot be read)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    peaks = InductorPeaks()
+    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
+        compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
+    return peaks.peak_bytes if peaks.code_peaks else None
 
 
 def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:

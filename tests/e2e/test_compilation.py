@@ -30,8 +30,10 @@ def test_each_compiled_model_keeps_its_own_reports():
     cb(batch()).backward()
     (ra,), (rb,) = remat.reports(ca), remat.reports(cb)
     assert ra is not rb
-    assert ra.budget_bytes == int(0.8 * ra.baseline_peak_bytes)
-    assert rb.budget_bytes == int(0.9 * rb.baseline_peak_bytes)
+    # a ratio is a fraction of plain torch.compile's peak, read from its compiled code
+    assert ra.reference == rb.reference == "plain torch.compile (its compiled code)"
+    assert ra.budget_bytes == int(0.8 * ra.reference_peak_bytes)
+    assert rb.budget_bytes == int(0.9 * rb.reference_peak_bytes)
     assert len(ra.problem.activations) > len(rb.problem.activations)  # 6 layers vs 4
 
 
@@ -84,3 +86,23 @@ def test_a_budget_without_backward_says_it_does_nothing(caplog):
         compiled(batch())
     assert "no backward to plan" in caplog.text
     assert remat.reports(compiled) == []
+
+
+def test_a_ratio_is_a_fraction_of_plain_compiles_measured_peak():
+    from remat.measure import measure_step
+
+    model = tanh_stack(depth=8)
+    x = batch(4096)
+
+    def measured(step):
+        step(x).backward()
+        for p in model.parameters():
+            p.grad = None
+        return measure_step(lambda: step(x).backward()).peak_bytes
+
+    plain = measured(torch.compile(lambda x: model(x).sum()))
+    capped = torch.compile(lambda x: model(x).sum(), backend="remat", options={"memory_budget": "75%"})
+    peak = measured(capped)
+    (report,) = remat.reports(capped)
+    assert report.reference_peak_bytes == pytest.approx(plain, rel=0.01)
+    assert peak <= 0.75 * plain * 1.01
