@@ -34,6 +34,7 @@ from .cost import device_spec
 from .compilation import Compilation, compilation_for
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
+from .kernel_groups import KernelGroups
 from .wrapper_memory import collect_wrapper_code
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
@@ -96,11 +97,13 @@ class _Stop(Exception):
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
     lower_by: int = 0, name: str = "graph0", offline: bool = False, plain_peak: int | None = None,
+    kernel_groups: KernelGroups | None = None,
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
     with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
     the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors; ``plain_peak``:
-    plain torch.compile's peak on this graph, read from its compiled code, when the backend has it)."""
+    plain torch.compile's peak on this graph, read from its compiled code, when the backend has it;
+    ``kernel_groups``: the kernels Inductor generated for this graph under the last plan)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     on_cuda = _on_cuda(joint)
@@ -114,6 +117,7 @@ def plan_joint_graph(
         host_bandwidth=host_bandwidth(cfg, on_cuda, costs),
         name=name,
         costs=costs,
+        kernel_groups=kernel_groups,
     )
     captured.problem = problem = with_layers(captured.problem)
     baseline = store_all_peak(problem)
@@ -264,12 +268,13 @@ class RematPartitioner(CustomPartitionerFn):
     Each joint graph it partitions leaves its GraphReport in ``reports``; ``graph_name`` names it."""
 
     def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
-                 plain_peak: int | None = None) -> None:
+                 plain_peak: int | None = None, kernel_groups: KernelGroups | None = None) -> None:
         self.cfg = cfg
         self.analyze_only = analyze_only
         self.lower_by = lower_by
         self.graph_name = graph_name
         self.plain_peak = plain_peak
+        self.kernel_groups = kernel_groups
         self.reports: list[GraphReport] = []
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
@@ -277,7 +282,7 @@ class RematPartitioner(CustomPartitionerFn):
         static = kwargs.get("static_lifetime_input_indices")
         report, (joint, info) = plan_joint_graph(
             gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
-            plain_peak=self.plain_peak)
+            plain_peak=self.plain_peak, kernel_groups=self.kernel_groups)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -295,7 +300,8 @@ class RematPartitioner(CustomPartitionerFn):
         return fw, bw
 
     def uuid(self) -> str:
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak}"
+        groups = self.kernel_groups.key() if self.kernel_groups is not None else None
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -362,8 +368,10 @@ def _needs_backward(example_inputs: Sequence[Any]) -> bool:
 
 
 def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
-    """Compile one graph under a plan; with ``inductor_check``, plan again lower (at most
-    MAX_PLANS times) while Inductor's estimate after fusion leaves less than the reserve free."""
+    """Compile one graph under a plan; with ``inductor_check``, plan again (at most MAX_PLANS
+    times) while Inductor's estimate after fusion leaves less than the reserve free: first with
+    the kernels that Inductor generated (the model then places each kernel's ops as one), then,
+    if the model still falls short, lower by the excess."""
     from torch._inductor.compile_fx import compile_fx
 
     name = comp.next_graph_name()
@@ -373,10 +381,10 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
         _record(comp, partitioner.reports, cfg.verbose)
         return compiled
-    lower_by, best = 0, None  # best: (estimate, compiled, report)
+    lower_by, groups, best = 0, None, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         try:
-            compiled, report, estimate = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain)
+            compiled, report, estimate, kernels = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain, groups)
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
@@ -386,13 +394,15 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
             return compiled
         report.inductor_peak_bytes, report.plans_made = estimate, attempt
         improved = best is None or estimate < best[0]
-        if improved:
+        if best is None or estimate <= best[0]:  # on a tie, the later plan: its model saw the kernels
             best = (estimate, compiled, report)
         # Inductor does not see op workspaces either: its estimate must leave the reserve free too
         over = estimate - cfg.planning_target(report.budget_bytes)
         if over <= 0 or not improved:
             break
-        lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
+        if groups is not None or kernels is None:  # the model saw the kernels and still fell short
+            lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
+        groups = kernels if kernels is not None else groups
     estimate, compiled, report = best
     if cfg.memory_budget.minimum:  # "min": the cap is the smallest peak reached, as Inductor compiled it
         report.budget_bytes = max(report.budget_bytes, estimate)
@@ -403,16 +413,18 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     return compiled
 
 
-def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None):
-    """One compile with both graphs compiled now: (compiled, its report or None, Inductor's estimate)."""
+def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
+                     groups: KernelGroups | None = None):
+    """One compile with both graphs compiled now, planned with the kernels ``groups`` of the last
+    compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
-    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain)
+    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
-    return compiled, report, peaks.peak_bytes
+    return compiled, report, peaks.peak_bytes, peaks.kernel_groups
 
 
 def _wants_plain_peak(cfg: RematConfig) -> bool:

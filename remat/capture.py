@@ -16,12 +16,15 @@ Parameters and inputs are resident and cost nothing.
 1. ``graph_facts``        the joint graph's phases (``split_phases``), the node owning each
                           tensor's memory (``storage_owners``: views alias their base), the
                           resident inputs, the tangents and the outputs' storages (``pinned_storages``)
-2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order
+2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order;
+                          ``kernel_spans``: given Inductor's kernels of the last compile
+                          (``remat.kernel_groups``), the first and last slot of each kernel
 3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
 4. ``effective_readers``  the slot ops that read each storage (``slot_readers``), seen through
                           fused readers: a storage lives until the kernel that inlines its reader
 5. ``storage_lifetimes``  live intervals of the buffers whose life no decision changes, and the
-                          facts (bytes, created, uses) of each forward value
+                          facts (bytes, created, uses) of each forward value; an op of a kernel
+                          makes its result at the kernel's first slot and reads until its last
 6. ``fixed_bytes``        bytes live at each slot whatever the plan: those intervals plus the
                           copies of broadcast views that extern kernels read (``broadcast_copies``)
 7. ``fold_fused_values``  each value's inputs (``activation_inputs``), with the fused values that
@@ -48,6 +51,7 @@ import torch
 import torch.fx as fx
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
+from .kernel_groups import KernelGroups
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 
 if TYPE_CHECKING:
@@ -276,6 +280,38 @@ def build_schedule(g: GraphFacts) -> Schedule:
     return Schedule(fwd_order, bwd_order, slot_of)
 
 
+def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> dict[fx.Node, tuple[int, int]]:
+    """The first and last slot of the generated kernel that runs each slot op, for the ops of a
+    kernel that holds two or more slot ops of its phase (``groups``: Inductor's kernels of the
+    last compile). The kernel starts at its first op, or after the last op outside it that makes
+    what it reads (Inductor runs that op first), and ends at its last op. Names of no slot op of
+    the phase (recomputed ops, Inductor's own nodes) are left out; an op in several kernels spans
+    them all. Empty without ``groups``."""
+    if groups is None:
+        return {}
+    by_name = {n.name: n for n in sched.order}
+    phases = ((groups.forward, range(sched.num_forward)), (groups.backward, range(sched.num_forward, sched.last + 1)))
+    spans: dict[fx.Node, tuple[int, int]] = {}
+    for kernels, phase_slots in phases:
+        for group in kernels:
+            ops = [by_name[x] for x in group if x in by_name and sched.slot_of[by_name[x]] in phase_slots]
+            if len(ops) < 2:
+                continue
+            first, last = max([min(sched.slot_of[u] for u in ops)] + _outside_producers(ops, sched, owner)), max(
+                sched.slot_of[u] for u in ops)
+            for u in ops:
+                lo, hi = spans.get(u, (first, last))
+                spans[u] = (min(lo, first), max(hi, last))
+    return spans
+
+
+def _outside_producers(ops: list[fx.Node], sched: Schedule, owner: dict) -> list[int]:
+    """Slots of the ops outside ``ops`` that make the storages ``ops`` read."""
+    inside = set(ops)
+    makers = {compute_node(owner[i]) for u in ops for i in u.all_input_nodes if owner.get(i) is not None}
+    return [sched.slot_of[m] for m in makers - inside if m in sched.slot_of]
+
+
 def slot_readers(g: GraphFacts) -> dict[fx.Node, list[fx.Node]]:
     """The slot ops that read each storage (directly or through views), in graph order."""
     uses: dict[fx.Node, list[fx.Node]] = {}
@@ -337,9 +373,13 @@ def effective_readers(g: GraphFacts, uses: dict, fused: set[fx.Node]) -> dict[fx
     return effective
 
 
-def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[fx.Node]) -> Lifetimes:
+def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[fx.Node],
+                      spans: dict[fx.Node, tuple[int, int]] | None = None) -> Lifetimes:
     """Live intervals of tangents, pinned outputs and backward buffers, and the facts of every
-    other forward value (its buffer, unless fused, is live from creation to last forward use)."""
+    other forward value (its buffer, unless fused, is live from creation to last forward use).
+    With ``spans`` (``kernel_spans``), an op of a generated kernel makes its result at the
+    kernel's first slot and reads its inputs until the kernel's last slot."""
+    spans = spans or {}
     life = Lifetimes()
     inplaced: set[fx.Node] = set()
     for s in g.nodes:
@@ -352,28 +392,50 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         created = sched.slot_of.get(s)
         if created is None:
             continue
-        read_at = [(u, sched.slot_of[u]) for u in readers.get(s, []) if u in sched.slot_of]
+        made = min(created, spans.get(compute_node(s), (created,))[0])
+        read_at = [(u, t) for u in readers.get(s, []) if u in sched.slot_of for t in _read_slots(u, sched, spans)]
         if s in g.forward:
-            _forward_lifetime(s, g, sched, read_at, fused, life, nbytes)
-        elif s not in fused:
-            end = sched.last if s in g.pinned else max([t for _, t in read_at] + [created])
-            if end > created and _writes_in_place(sched.order[end], s, inplaced):
-                end -= 1  # Inductor writes the pointwise result into this dying buffer
-            life.intervals.append((created, end, nbytes))
+            _forward_lifetime(s, g, sched, made, read_at, fused, life, nbytes)
+        elif s not in fused and not _inside_kernel(s, read_at, g, spans):
+            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, inplaced), nbytes))
     return life
 
 
-def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list, fused: set[fx.Node],
-                      life: Lifetimes, nbytes: int) -> None:
-    """Record forward storage ``s``, read at ``read_at`` (op, slot): pinned, live to the end;
-    otherwise a decision (an activation) whose forward part is live unless fused."""
+def _inside_kernel(s: fx.Node, read_at: list, g: GraphFacts, spans: dict[fx.Node, tuple[int, int]]) -> bool:
+    """Whether backward value ``s`` is made and read only inside one generated kernel, which then
+    never writes it to memory (a result that two ops of the kernel read)."""
+    kernel = spans.get(compute_node(s))
+    return kernel is not None and s not in g.pinned and bool(read_at) and all(spans.get(u) == kernel for u, _ in read_at)
+
+
+def _read_slots(u: fx.Node, sched: Schedule, spans: dict[fx.Node, tuple[int, int]]) -> tuple[int, ...]:
+    """The slots at which op ``u`` reads its inputs: its own, and its kernel's last if grouped."""
+    return (sched.slot_of[u], spans[u][1]) if u in spans else (sched.slot_of[u],)
+
+
+def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_at: list,
+                spans: dict[fx.Node, tuple[int, int]], inplaced: set) -> int:
+    """Last slot of backward buffer ``s``: the step's end if pinned, else its last read; a slot
+    earlier when Inductor writes the pointwise result of its last reader into it. Not inside a
+    generated kernel of several ops, whose other ops may still read ``s``."""
+    end = sched.last if s in g.pinned else max([t for _, t in read_at] + [created])
+    if end > created and sched.order[end] not in spans and _writes_in_place(sched.order[end], s, inplaced):
+        end -= 1  # Inductor writes the pointwise result into this dying buffer
+    return end
+
+
+def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, read_at: list,
+                      fused: set[fx.Node], life: Lifetimes, nbytes: int) -> None:
+    """Record forward storage ``s``, allocated at slot ``made`` (its kernel's start, at or before
+    its op's slot) and read at ``read_at`` (op, slot): pinned, live to the end; otherwise a
+    decision (an activation) whose forward part is live unless fused."""
     created = sched.slot_of[s]
     lfu = max([t for u, t in read_at if u in g.forward] + [created])
     if s in g.pinned:
-        life.intervals.append((created, sched.last, nbytes))
+        life.intervals.append((made, sched.last, nbytes))
         return
     if s not in fused:
-        life.intervals.append((created, lfu, nbytes))
+        life.intervals.append((made, lfu, nbytes))
     b_uses = sorted({t for u, t in read_at if u in g.backward})
     life.activations[s] = ActivationFacts(nbytes, created, lfu, b_uses)
 
@@ -613,14 +675,17 @@ def capture(
     host_bandwidth: float = 0.0,
     name: str = "graph",
     costs: MeasuredCosts | None = None,
+    kernel_groups: KernelGroups | None = None,
 ) -> Captured:
     """Build the Problem of a joint graph whose forward ops are ``forward_nodes``; op times from
-    ``costs`` where measured, else from the roofline of ``spec``."""
+    ``costs`` where measured, else from the roofline of ``spec``; with ``kernel_groups`` (the
+    kernels Inductor generated for this graph last time), each kernel's ops allocate and free
+    as one."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     fused = fused_values(g)
     readers = effective_readers(g, slot_readers(g), fused)
-    life = storage_lifetimes(g, sched, readers, fused)
+    life = storage_lifetimes(g, sched, readers, fused, kernel_spans(sched, kernel_groups, g.owner))
     fixed = fixed_bytes(life.intervals + broadcast_copies(sched), sched.last + 1)
     folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
     relevant = backward_relevant(g, life.activations, folding)

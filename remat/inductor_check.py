@@ -13,12 +13,15 @@ That planner still misses what code generation decides (a fused kernel allocates
 before it runs; which results really reuse an input in place), so when the backend also hands over
 the generated wrapper code of the graphs (``remat.wrapper_memory.collect_wrapper_code``), the peak is
 read from that code instead (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and
-extern results taken from the graph recorded here.
+extern results taken from the graph recorded here. The pass also records the ops of each kernel
+(``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``).
 """
 
 from __future__ import annotations
 
 import logging
+
+from .kernel_groups import KernelGroups, scheduler_groups
 
 log = logging.getLogger("remat")
 
@@ -31,6 +34,7 @@ class InductorPeaks:
         self.peaks: list[int] = []
         self.itemsizes: list[dict[str, int]] = []  # per graph: element size of inputs and buffers
         self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
+        self.groups: list[tuple[frozenset[str], ...]] = []  # per graph: its generated kernels' ops
 
     def __call__(self, nodes: list) -> list:
         try:
@@ -38,7 +42,19 @@ class InductorPeaks:
             self.itemsizes.append(_itemsizes())
         except Exception as e:  # an estimate we cannot make is no reason to fail the compile
             log.debug("remat: no Inductor memory estimate (%s: %s)", type(e).__name__, e)
+        try:
+            self.groups.append(scheduler_groups(nodes))
+        except Exception as e:
+            log.debug("remat: no kernel groups (%s: %s)", type(e).__name__, e)
         return nodes
+
+    @property
+    def kernel_groups(self) -> KernelGroups | None:
+        """The kernels of a forward and a backward graph compiled under this pass, in that order;
+        None unless exactly those two were recorded."""
+        if len(self.groups) != 2:
+            return None
+        return KernelGroups(forward=self.groups[0], backward=self.groups[1])
 
     @property
     def code_peaks(self) -> list[int] | None:
