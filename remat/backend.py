@@ -65,6 +65,8 @@ class GraphReport:
     backward_code: str = ""
     inductor_peak_bytes: int | None = None  # Inductor's estimate after fusion (remat.inductor_check)
     plans_made: int = 1  # 2 or 3 when Inductor's estimate was over the cap and the graph was planned lower
+    # "remat plan", or "plain torch.compile": its partition met the cap where remat's plans did not
+    compiled_with: str = "remat plan"
     # what priced the ops: "roofline", "measured (N ops measured, M cached, K roofline)", or a saved profile
     cost_model: str = "roofline"
     # the peak a ratio budget is a fraction of: plain torch.compile's (see ``reference_peak``)
@@ -123,7 +125,7 @@ def plan_joint_graph(
     baseline = store_all_peak(problem)
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
     budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by)
-    plan, target = solve_within(cfg, problem, budget, target)
+    plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
@@ -216,21 +218,29 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int)
     return cap, cfg.planning_target(cap) - lower_by
 
 
-def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None) -> tuple[Plan, int | None]:
+def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None,
+                 checked_later: bool = False) -> tuple[Plan, int | None]:
     """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
-    when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor)."""
+    when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor).
+    ``checked_later``: Inductor's code will be read after this plan compiles, so a cap under the
+    model's floor is not refused yet: the floor plan is made (``plan.info["model_floor"]``) and the
+    backend refuses the cap only if the compiled code is over it too (the model over-predicts)."""
     options = {"layers": cfg.layers} if cfg.solver == "ilp" else {}
     solve = functools.partial(get_solver(cfg.solver), **options)
     try:
         return solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap), target
     except InfeasibleBudgetError as e:
         floor = e.min_peak_bytes
-        if budget is None or floor > budget:
-            if cfg.on_infeasible != "min":
-                raise _infeasible(problem.name, budget if budget is not None else target, floor) from None
+        over_cap = budget is None or floor > budget
+        if over_cap and not checked_later and cfg.on_infeasible != "min":
+            raise _infeasible(problem.name, budget if budget is not None else target, floor) from None
+        if over_cap and not checked_later:
             log.warning("remat[%s]: memory_budget %s cannot be met; planning at the smallest peak, %s "
                         "(on_infeasible='min')", problem.name, fmt_bytes(budget), fmt_bytes(floor))
-        return solve(problem, floor, time_limit=cfg.time_limit, gap=cfg.gap), floor
+        plan = solve(problem, floor, time_limit=cfg.time_limit, gap=cfg.gap)
+        if over_cap:
+            plan.info["model_floor"] = floor
+        return plan, floor
 
 
 def _infeasible(graph: str, budget: int, floor: int) -> InfeasibleBudgetError:
@@ -319,6 +329,8 @@ def summary_line(r: GraphReport) -> str:
 
 
 def _inductor_note(r: GraphReport) -> str:
+    if r.compiled_with != "remat plan":
+        return f"; no plan's code met the cap: {r.compiled_with} runs, at {fmt_bytes(r.inductor_peak_bytes)}"
     if r.inductor_peak_bytes is None:
         return ""
     again = f", after {r.plans_made} plans" if r.plans_made > 1 else ""
@@ -368,30 +380,59 @@ def _needs_backward(example_inputs: Sequence[Any]) -> bool:
 
 
 def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
-    """Compile one graph under a plan; with ``inductor_check``, plan again (at most MAX_PLANS
-    times) while Inductor's estimate after fusion leaves less than the reserve free: first with
-    the kernels that Inductor generated (the model then places each kernel's ops as one), then,
-    if the model still falls short, lower by the excess."""
+    """Compile one graph under a plan (``_compile_checked_plans``); when no plan's code meets the
+    cap but plain torch.compile's does, plain torch.compile is what runs (remat never refuses a
+    cap that plain Inductor meets), and the report says so."""
     from torch._inductor.compile_fx import compile_fx
 
     name = comp.next_graph_name()
-    plain = plain_inductor_peak(gm, example_inputs) if _wants_plain_peak(cfg) else None
+    plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg) else None
+    plain_peak = plain[1] if plain is not None else None
     if not cfg.inductor_check:
-        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain)
+        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
         _record(comp, partitioner.reports, cfg.verbose)
         return compiled
+    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak)
+    if report is None or report.budget_bytes is None or estimate is None:
+        _record(comp, [report] if report is not None else [], cfg.verbose)
+        return compiled
+    if estimate > report.budget_bytes:
+        fallback = _plain_within(gm, example_inputs, plain, report.budget_bytes)
+        if fallback is not None:
+            report.compiled_with, report.inductor_peak_bytes = "plain torch.compile", fallback[1]
+            _record(comp, [report], cfg.verbose)
+            return fallback[0]
+        _refuse_if_over_floor(cfg, report, estimate)
+        log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
+                    report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
+    _record(comp, [report], cfg.verbose)
+    return compiled
+
+
+def _plain_within(gm, example_inputs, plain: tuple[Any, int | None] | None, cap: int) -> tuple[Any, int] | None:
+    """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak is under ``cap``."""
+    if plain is None:
+        plain = plain_compile(gm, example_inputs)
+    compiled, peak = plain
+    return (compiled, peak) if peak is not None and peak <= cap else None
+
+
+def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None):
+    """Plan and compile; plan again (at most MAX_PLANS times) while Inductor's code leaves less than
+    the reserve free: first with the kernels that Inductor generated (the model then places each
+    kernel's ops as one), then, if the model still falls short, lower by the excess. Returns the
+    compiled graph, its report and its code's peak, for the plan with the lowest peak."""
     lower_by, groups, best = 0, None, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         try:
-            compiled, report, estimate, kernels = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain, groups)
+            compiled, report, estimate, kernels = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain_peak, groups)
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
             raise
         if report is None or estimate is None or report.budget_bytes is None:
-            _record(comp, [report] if report is not None else [], cfg.verbose)
-            return compiled
+            return compiled, report, estimate
         report.inductor_peak_bytes, report.plans_made = estimate, attempt
         improved = best is None or estimate < best[0]
         if best is None or estimate <= best[0]:  # on a tie, the later plan: its model saw the kernels
@@ -406,11 +447,21 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     estimate, compiled, report = best
     if cfg.memory_budget.minimum:  # "min": the cap is the smallest peak reached, as Inductor compiled it
         report.budget_bytes = max(report.budget_bytes, estimate)
-    _record(comp, [report], cfg.verbose)
-    if estimate > report.budget_bytes:
-        log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
-                    report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
-    return compiled
+    return compiled, report, estimate
+
+
+def _refuse_if_over_floor(cfg: RematConfig, report: GraphReport, estimate: int) -> None:
+    """A cap under the model's floor was planned at that floor to read Inductor's code: when the
+    code is over the cap too, the cap cannot be met (unless ``on_infeasible="min"``), and the
+    floor named is the code's."""
+    floor = report.plan.info.get("model_floor")
+    if floor is None:
+        return
+    if cfg.on_infeasible != "min":
+        raise _infeasible(report.problem.name, report.budget_bytes, estimate)
+    log.warning("remat[%s]: memory_budget %s cannot be met; planned at the smallest peak, %s as Inductor's code "
+                "allocates it (on_infeasible='min')", report.problem.name, fmt_bytes(report.budget_bytes),
+                fmt_bytes(estimate))
 
 
 def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
@@ -432,15 +483,15 @@ def _wants_plain_peak(cfg: RematConfig) -> bool:
     return cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
 
 
-def plain_inductor_peak(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> int | None:
-    """Plain torch.compile's peak on this graph: Inductor with its default partitioner compiles
-    both graphs, and the peak is read from the generated code (None if it cannot be read)."""
+def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[Any, int | None]:
+    """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
+    now) and its peak read from the generated code (None if it cannot be read)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
-        compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
-    return peaks.peak_bytes if peaks.code_peaks else None
+        compiled = compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
+    return compiled, (peaks.peak_bytes if peaks.code_peaks else None)
 
 
 def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:

@@ -106,3 +106,25 @@ def test_a_ratio_is_a_fraction_of_plain_compiles_measured_peak():
     (report,) = remat.reports(capped)
     assert report.reference_peak_bytes == pytest.approx(plain, rel=0.01)
     assert peak <= 0.75 * plain * 1.01
+
+
+def test_a_cap_under_the_models_floor_is_kept_when_inductors_code_meets_it():
+    """The model over-predicts this graph (4.75 KiB at best): the cap of plain torch.compile's
+    peak is planned at the model's floor, and the compiled code (2.6 KiB) meets it."""
+
+    class NormThenLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.lin = torch.nn.LayerNorm(16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            h = self.ln(x)
+            return self.lin(h), h
+
+    torch.manual_seed(0)
+    model, x = NormThenLinear(), torch.randn(8, 16)
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": 1.0})
+    out, h = compiled(x)
+    (out.sum() + h.sum()).backward()
+    (report,) = remat.reports(compiled)
+    assert report.plan.info["model_floor"] > report.budget_bytes >= report.inductor_peak_bytes

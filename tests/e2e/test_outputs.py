@@ -67,7 +67,7 @@ def grads(model: nn.Module, run, x: torch.Tensor) -> dict:
     return {"input": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
 
 
-@pytest.mark.parametrize("budget", [0.85, 1.0])
+@pytest.mark.parametrize("budget", ["min", 1.0])
 @pytest.mark.parametrize("kind", [*HEADS, "ln_lin"])
 def test_outputs_read_by_backward_match_eager(kind, budget):
     model = make(kind)
@@ -77,7 +77,7 @@ def test_outputs_read_by_backward_match_eager(kind, budget):
     compiled = torch.compile(compiled_model, backend="remat", options={"memory_budget": budget})
     got = grads(compiled_model, compiled, x)
     (report,) = remat.reports(compiled)
-    if budget < 1.0:  # the cap is under the no-remat peak: the plan must recompute to meet it
+    if budget == "min":  # as low as it goes: under the no-remat peak, the plan recomputes
         assert report.plan.names(Decision.RECOMPUTE), (kind, report.baseline_peak_bytes, report.budget_bytes)
     for name, g in ref.items():
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-5, msg=lambda s: f"{kind} {budget} {name}: {s}")
