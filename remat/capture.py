@@ -280,28 +280,35 @@ def build_schedule(g: GraphFacts) -> Schedule:
     return Schedule(fwd_order, bwd_order, slot_of)
 
 
-def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> dict[fx.Node, tuple[int, int]]:
+@dataclass
+class KernelSpans:
+    """Where Inductor's generated kernels of several ops run in the schedule."""
+
+    ops: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)  # slot op -> its kernel's first, last slot
+
+
+def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> KernelSpans:
     """The first and last slot of the generated kernel that runs each slot op, for the ops of a
     kernel that holds two or more slot ops of its phase (``groups``: Inductor's kernels of the
     last compile). The kernel starts at its first op, or after the last op outside it that makes
-    what it reads (Inductor runs that op first), and ends at its last op. Names of no slot op of
-    the phase (recomputed ops, Inductor's own nodes) are left out; an op in several kernels spans
-    them all. Empty without ``groups``."""
+    what it reads (Inductor runs that op first), and ends at its last op; an op in several kernels
+    spans them all. Names of no slot op of the kernel's phase (recomputed forward ops, Inductor's
+    own nodes) are left out. Empty without ``groups``."""
+    spans = KernelSpans()
     if groups is None:
-        return {}
+        return spans
     by_name = {n.name: n for n in sched.order}
     phases = ((groups.forward, range(sched.num_forward)), (groups.backward, range(sched.num_forward, sched.last + 1)))
-    spans: dict[fx.Node, tuple[int, int]] = {}
     for kernels, phase_slots in phases:
         for group in kernels:
             ops = [by_name[x] for x in group if x in by_name and sched.slot_of[by_name[x]] in phase_slots]
             if len(ops) < 2:
                 continue
-            first, last = max([min(sched.slot_of[u] for u in ops)] + _outside_producers(ops, sched, owner)), max(
-                sched.slot_of[u] for u in ops)
+            first = max([min(sched.slot_of[u] for u in ops)] + _outside_producers(ops, sched, owner))
+            last = max(sched.slot_of[u] for u in ops)
             for u in ops:
-                lo, hi = spans.get(u, (first, last))
-                spans[u] = (min(lo, first), max(hi, last))
+                lo, hi = spans.ops.get(u, (first, last))
+                spans.ops[u] = (min(lo, first), max(hi, last))
     return spans
 
 
@@ -374,12 +381,14 @@ def effective_readers(g: GraphFacts, uses: dict, fused: set[fx.Node]) -> dict[fx
 
 
 def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[fx.Node],
-                      spans: dict[fx.Node, tuple[int, int]] | None = None) -> Lifetimes:
+                      kernels: KernelSpans | None = None) -> Lifetimes:
     """Live intervals of tangents, pinned outputs and backward buffers, and the facts of every
     other forward value (its buffer, unless fused, is live from creation to last forward use).
-    With ``spans`` (``kernel_spans``), an op of a generated kernel makes its result at the
-    kernel's first slot and reads its inputs until the kernel's last slot."""
-    spans = spans or {}
+    With ``kernels`` (``kernel_spans``), an op of a generated kernel makes its result at the
+    kernel's first slot, keeps it until at least the kernel's last slot and reads its inputs until
+    then."""
+    kernels = kernels or KernelSpans()
+    spans = kernels.ops
     life = Lifetimes()
     inplaced: set[fx.Node] = set()
     for s in g.nodes:
@@ -394,6 +403,8 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
             continue
         made = min(created, spans.get(compute_node(s), (created,))[0])
         read_at = [(u, t) for u in readers.get(s, []) if u in sched.slot_of for t in _read_slots(u, sched, spans)]
+        if compute_node(s) in spans:  # the kernel writes it while it runs
+            read_at.append((compute_node(s), spans[compute_node(s)][1]))
         if s in g.forward:
             _forward_lifetime(s, g, sched, made, read_at, fused, life, nbytes)
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
