@@ -31,11 +31,11 @@ from ._version import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .compilation import Compilation, compilation_for
+from .compilation import Compilation, compilation_for, current_frame
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
-from .wrapper_memory import collect_wrapper_code
+from .wrapper_memory import collect_wrapper_code, wrapper_peak
 from .passes.apply_plan import apply_plan
 from .plan import Decision, Plan
 from .simulate import MemoryTimeline, check, store_all_peak
@@ -72,10 +72,21 @@ class GraphReport:
     # the peak a ratio budget is a fraction of: plain torch.compile's (see ``reference_peak``)
     reference_peak_bytes: int | None = None
     reference: str = ""  # where it comes from: "plain torch.compile (compiled)", "... (modelled)"
+    # under a byte cap, what the graphs compiled before this one keep while it runs: budget_bytes
+    # is this graph's share of the step's cap (step_cap_bytes), 0 for ratio and "min" budgets
+    resident_before_bytes: int = 0
+    # what this graph keeps until its backward runs (saved activations, gradients of its outputs):
+    # read from its compiled backward's inputs, else the plan's live bytes at the end of forward
+    kept_bytes: int | None = None
 
     @property
     def problem(self):
         return self.captured.problem
+
+    @property
+    def step_cap_bytes(self) -> int | None:
+        """The cap on the whole step that this graph's share was taken from."""
+        return None if self.budget_bytes is None else self.budget_bytes + self.resident_before_bytes
 
 
 @dataclass
@@ -99,13 +110,14 @@ class _Stop(Exception):
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
     lower_by: int = 0, name: str = "graph0", offline: bool = False, plain_peak: int | None = None,
-    kernel_groups: KernelGroups | None = None,
+    kernel_groups: KernelGroups | None = None, resident: int = 0,
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
     with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
     the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors; ``plain_peak``:
     plain torch.compile's peak on this graph, read from its compiled code, when the backend has it;
-    ``kernel_groups``: the kernels Inductor generated for this graph under the last plan)."""
+    ``kernel_groups``: the kernels Inductor generated for this graph under the last plan;
+    ``resident``: bytes that earlier graphs of the step keep, taken off a byte cap)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     on_cuda = _on_cuda(joint)
@@ -124,12 +136,14 @@ def plan_joint_graph(
     captured.problem = problem = with_layers(captured.problem)
     baseline = store_all_peak(problem)
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
-    budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by)
-    plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline)
+    resident = resident if _is_byte_cap(cfg) else 0
+    budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by, resident)
+    plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline,
+                                resident=resident)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
-                         reference=source)
+                         reference=source, resident_before_bytes=resident)
     return report, (joint, info)
 
 
@@ -203,9 +217,16 @@ def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int
     return joint, P.classify_nodes(joint, static or [], num_fwd_outputs)
 
 
-def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int) -> tuple[int | None, int | None]:
+def _is_byte_cap(cfg: RematConfig) -> bool:
+    """A cap in bytes: the only budget that the graphs of a step share (a ratio is per graph)."""
+    return cfg.memory_budget is not None and cfg.memory_budget.bytes is not None
+
+
+def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int,
+                   resident: int = 0) -> tuple[int | None, int | None]:
     """The cap in bytes (None: no cap) and the peak that plans aim for (the cap less the reserve,
-    less ``lower_by``). ``memory_budget="min"`` caps at the smallest peak that any plan reaches."""
+    less ``lower_by``). ``memory_budget="min"`` caps at the smallest peak that any plan reaches.
+    A byte cap is the step's: this graph gets it less ``resident``, what earlier graphs keep."""
     budget = cfg.memory_budget
     if budget is None:
         return None, None
@@ -214,17 +235,18 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int)
 
         floor = min_peak(problem, time_limit=cfg.time_limit)
         return floor, floor - lower_by
-    cap = budget.resolve(baseline)
+    cap = budget.resolve(baseline) - (resident if budget.bytes is not None else 0)
     return cap, cfg.planning_target(cap) - lower_by
 
 
 def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None,
-                 checked_later: bool = False) -> tuple[Plan, int | None]:
+                 checked_later: bool = False, resident: int = 0) -> tuple[Plan, int | None]:
     """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
     when the cap does not fit, raise (or, with ``on_infeasible="min"``, plan at the floor).
     ``checked_later``: Inductor's code will be read after this plan compiles, so a cap under the
     model's floor is not refused yet: the floor plan is made (``plan.info["model_floor"]``) and the
-    backend refuses the cap only if the compiled code is over it too (the model over-predicts)."""
+    backend refuses the cap only if the compiled code is over it too (the model over-predicts).
+    ``resident``: what earlier graphs of the step keep (``budget`` is this graph's share), for the error."""
     options = {"layers": cfg.layers} if cfg.solver == "ilp" else {}
     solve = functools.partial(get_solver(cfg.solver), **options)
     try:
@@ -233,7 +255,7 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
         floor = e.min_peak_bytes
         over_cap = budget is None or floor > budget
         if over_cap and not checked_later and cfg.on_infeasible != "min":
-            raise _infeasible(problem.name, budget if budget is not None else target, floor) from None
+            raise _infeasible(problem.name, budget if budget is not None else target, floor, resident) from None
         if over_cap and not checked_later:
             log.warning("remat[%s]: memory_budget %s cannot be met; planning at the smallest peak, %s "
                         "(on_infeasible='min')", problem.name, fmt_bytes(budget), fmt_bytes(floor))
@@ -243,11 +265,19 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
         return plan, floor
 
 
-def _infeasible(graph: str, budget: int, floor: int) -> InfeasibleBudgetError:
-    """The error for a cap below the floor: names the graph, the option and what to do."""
-    return InfeasibleBudgetError(budget, floor, detail=(
-        f"graph {graph}; raise memory_budget to at least {fmt_bytes(floor)}, or pass "
-        f"memory_budget='min' (plan at the smallest peak) or on_infeasible='min'"))
+def _infeasible(graph: str, budget: int, floor: int, resident: int = 0) -> InfeasibleBudgetError:
+    """The error for a cap below the floor: names the graph, the option and what to do. With
+    ``resident`` (what earlier graphs keep; ``budget`` is this graph's share) it names the step's
+    cap and the smallest cap for the whole step."""
+    what_to_do = "or pass memory_budget='min' (plan at the smallest peak) or on_infeasible='min'"
+    if not resident:
+        return InfeasibleBudgetError(budget, floor, detail=(
+            f"graph {graph}; raise memory_budget to at least {fmt_bytes(floor)}, {what_to_do}"))
+    step_floor = resident + floor
+    return InfeasibleBudgetError(budget + resident, step_floor, detail=(
+        f"{graph} needs {fmt_bytes(floor)}; earlier graphs keep {fmt_bytes(resident)}; the smallest cap for "
+        f"the whole step is {fmt_bytes(resident)} + {fmt_bytes(floor)} = {fmt_bytes(step_floor)}: raise "
+        f"memory_budget to at least that, {what_to_do}"))
 
 
 def _on_cuda(joint: fx.GraphModule) -> bool:
@@ -278,8 +308,10 @@ class RematPartitioner(CustomPartitionerFn):
     Each joint graph it partitions leaves its GraphReport in ``reports``; ``graph_name`` names it."""
 
     def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
-                 plain_peak: int | None = None, kernel_groups: KernelGroups | None = None) -> None:
+                 plain_peak: int | None = None, kernel_groups: KernelGroups | None = None,
+                 resident: int = 0) -> None:
         self.cfg = cfg
+        self.resident = resident  # bytes earlier graphs of the step keep (taken off a byte cap)
         self.analyze_only = analyze_only
         self.lower_by = lower_by
         self.graph_name = graph_name
@@ -292,7 +324,7 @@ class RematPartitioner(CustomPartitionerFn):
         static = kwargs.get("static_lifetime_input_indices")
         report, (joint, info) = plan_joint_graph(
             gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
-            plain_peak=self.plain_peak, kernel_groups=self.kernel_groups)
+            plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -311,7 +343,7 @@ class RematPartitioner(CustomPartitionerFn):
 
     def uuid(self) -> str:
         groups = self.kernel_groups.key() if self.kernel_groups is not None else None
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -321,6 +353,8 @@ def summary_line(r: GraphReport) -> str:
     p = r.plan
     counts = ", ".join(f"{len(p.names(d))} {d.value}" for d in Decision)
     cap = fmt_bytes(r.budget_bytes) if r.budget_bytes is not None else "none"
+    if r.resident_before_bytes and r.budget_bytes is not None:
+        cap += f" (step cap {fmt_bytes(r.step_cap_bytes)} less {fmt_bytes(r.resident_before_bytes)} kept by earlier graphs)"
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
@@ -382,51 +416,57 @@ def _needs_backward(example_inputs: Sequence[Any]) -> bool:
 def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
     """Compile one graph under a plan (``_compile_checked_plans``); when no plan's code meets the
     cap but plain torch.compile's does, plain torch.compile is what runs (remat never refuses a
-    cap that plain Inductor meets), and the report says so."""
+    cap that plain Inductor meets), and the report says so. A byte cap is the step's: this graph
+    is planned under it less what the graphs compiled before it keep (``Compilation.resident_before``)."""
     from torch._inductor.compile_fx import compile_fx
 
-    name = comp.next_graph_name()
+    name, frame = comp.next_graph_name(), current_frame()
+    resident = comp.resident_before(frame)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg) else None
     plain_peak = plain[1] if plain is not None else None
     if not cfg.inductor_check:
-        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak)
+        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
-        _record(comp, partitioner.reports, cfg.verbose)
+        _record(comp, partitioner.reports, cfg.verbose, frame)
         return compiled
-    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak)
+    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak, resident)
     if report is None or report.budget_bytes is None or estimate is None:
-        _record(comp, [report] if report is not None else [], cfg.verbose)
+        _record(comp, [report] if report is not None else [], cfg.verbose, frame)
         return compiled
     if estimate > report.budget_bytes:
         fallback = _plain_within(gm, example_inputs, plain, report.budget_bytes)
         if fallback is not None:
-            report.compiled_with, report.inductor_peak_bytes = "plain torch.compile", fallback[1]
-            _record(comp, [report], cfg.verbose)
+            report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
+            _record(comp, [report], cfg.verbose, frame)
             return fallback[0]
         _refuse_if_over_floor(cfg, report, estimate)
         log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
                     report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
-    _record(comp, [report], cfg.verbose)
+    _record(comp, [report], cfg.verbose, frame)
     return compiled
 
 
-def _plain_within(gm, example_inputs, plain: tuple[Any, int | None] | None, cap: int) -> tuple[Any, int] | None:
-    """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak is under ``cap``."""
+def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,
+                  cap: int) -> tuple[Any, int, int | None] | None:
+    """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak is under
+    ``cap``: (compiled, its peak, the bytes its backward receives)."""
     if plain is None:
         plain = plain_compile(gm, example_inputs)
-    compiled, peak = plain
-    return (compiled, peak) if peak is not None and peak <= cap else None
+    return plain if plain[1] is not None and plain[1] <= cap else None
 
 
-def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None):
+def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None,
+                           resident: int = 0):
     """Plan and compile; plan again (at most MAX_PLANS times) while Inductor's code leaves less than
     the reserve free: first with the kernels that Inductor generated (the model then places each
     kernel's ops as one), then, if the model still falls short, lower by the excess. Returns the
-    compiled graph, its report and its code's peak, for the plan with the lowest peak."""
+    compiled graph, its report and its code's peak, for the plan with the lowest peak.
+    ``resident``: what earlier graphs of the step keep (``plan_joint_graph``)."""
     lower_by, groups, best = 0, None, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
         try:
-            compiled, report, estimate, kernels = _compile_checked(gm, example_inputs, cfg, name, lower_by, plain_peak, groups)
+            compiled, report, estimate, kernels = _compile_checked(
+                gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident)
         except Exception as e:
             if best is not None and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
@@ -458,24 +498,38 @@ def _refuse_if_over_floor(cfg: RematConfig, report: GraphReport, estimate: int) 
     if floor is None:
         return
     if cfg.on_infeasible != "min":
-        raise _infeasible(report.problem.name, report.budget_bytes, estimate)
+        raise _infeasible(report.problem.name, report.budget_bytes, estimate, report.resident_before_bytes)
     log.warning("remat[%s]: memory_budget %s cannot be met; planned at the smallest peak, %s as Inductor's code "
                 "allocates it (on_infeasible='min')", report.problem.name, fmt_bytes(report.budget_bytes),
                 fmt_bytes(estimate))
 
 
 def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
-                     groups: KernelGroups | None = None):
+                     groups: KernelGroups | None = None, resident: int = 0):
     """One compile with both graphs compiled now, planned with the kernels ``groups`` of the last
-    compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated)."""
+    compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated).
+    The report's ``kept_bytes`` is read from the compiled backward."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
-    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups)
+    partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
+                                   resident=resident)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
+    if report is not None:
+        report.kept_bytes = backward_start_bytes(peaks)
     return compiled, report, peaks.peak_bytes, peaks.kernel_groups
+
+
+def backward_start_bytes(peaks: InductorPeaks) -> int | None:
+    """Bytes the compiled backward receives (saved activations, gradients of the forward's
+    outputs): what its graph keeps from the end of its forward until its backward runs. None
+    unless the code of exactly a forward and a backward was read."""
+    if len(peaks.codes) != 2 or len(peaks.itemsizes) != 2:
+        return None
+    walk = wrapper_peak(peaks.codes[1], peaks.itemsizes[1])
+    return walk.start_bytes if walk is not None else None
 
 
 def _wants_plain_peak(cfg: RematConfig) -> bool:
@@ -483,15 +537,16 @@ def _wants_plain_peak(cfg: RematConfig) -> bool:
     return cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
 
 
-def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[Any, int | None]:
+def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
-    now) and its peak read from the generated code (None if it cannot be read)."""
+    now), its peak read from the generated code and the bytes its backward receives (None if
+    they cannot be read)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
-    return compiled, (peaks.peak_bytes if peaks.code_peaks else None)
+    return compiled, (peaks.peak_bytes if peaks.code_peaks else None), backward_start_bytes(peaks)
 
 
 def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
@@ -502,10 +557,14 @@ def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
     return {"custom_partitioner_fn": partitioner, "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
 
 
-def _record(comp: Compilation, reports: list[GraphReport], verbose: bool) -> None:
-    """Keep a graph's final report in its compilation and log its summary line."""
+def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, frame: int | None = None) -> None:
+    """Keep a graph's final report in its compilation, with the bytes it keeps for Dynamo frame
+    ``frame`` (``kept_bytes``), and log its summary line."""
     for r in reports:
+        if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
+            r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
         comp.add(r)
+        comp.keep(frame, r.kept_bytes)
         LAST_COMPILE.reports.append(r)
         log.info("%s", summary_line(r))
         if verbose:

@@ -9,8 +9,14 @@ threads) never mix their reports, and the compiled function finds its own throug
     loss_fn(compiled(x)).backward()
     for r in remat.reports(compiled): print(remat.backend.summary_line(r))
 
-A compilation lives as long as torch's wrapper (the compiled function) does. This is also where a
-step-level cap across graphs will keep the bytes that earlier graphs hold (issue 13).
+A compilation lives as long as torch's wrapper (the compiled function) does.
+
+It also holds what a step-level cap needs across graph breaks. The graphs of one step run in
+order (forward of graph0, forward of graph1, ..., backward of graph1, backward of graph0): while a
+graph runs, every graph before it keeps what its backward will read (saved activations, and its
+outputs, whose gradients come back). ``keep(frame, nbytes)`` records that figure per Dynamo frame
+in the order frames were first compiled; a recompile of a frame replaces its figure (never counted
+twice); ``resident_before(frame)`` sums the figures of the frames first compiled before it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["Compilation", "compilation_for", "reports"]
+__all__ = ["Compilation", "compilation_for", "current_frame", "reports"]
 
 
 class Compilation:
@@ -29,6 +35,7 @@ class Compilation:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reports: list = []
+        self._kept: dict[int, int] = {}  # Dynamo frame id -> bytes it keeps, in first-compile order
 
     def add(self, report: Any) -> None:
         with self._lock:
@@ -43,6 +50,41 @@ class Compilation:
     def reports(self) -> list:
         with self._lock:
             return list(self._reports)
+
+    def keep(self, frame: int | None, nbytes: int) -> None:
+        """Frame ``frame``'s graph keeps ``nbytes`` until its backward runs (replaces the figure
+        of an earlier compile of that frame; nothing is recorded outside Dynamo, ``frame=None``)."""
+        if frame is None:
+            return
+        with self._lock:
+            self._kept[frame] = int(nbytes)
+
+    def resident_before(self, frame: int | None) -> int:
+        """Bytes that the frames first compiled before ``frame`` keep while it runs (all recorded
+        frames for a frame not compiled yet; 0 outside Dynamo)."""
+        if frame is None:
+            return 0
+        with self._lock:
+            total = 0
+            for other, nbytes in self._kept.items():
+                if other == frame:
+                    break
+                total += nbytes
+            return total
+
+    @property
+    def kept_bytes(self) -> dict[int, int]:
+        """Bytes each frame's graph keeps, by Dynamo frame id, in first-compile order."""
+        with self._lock:
+            return dict(self._kept)
+
+
+def current_frame() -> int | None:
+    """The Dynamo frame being compiled now (``CompileId.frame_id``), None outside Dynamo."""
+    from torch._guards import CompileContext
+
+    compile_id = CompileContext.current_compile_id()
+    return getattr(compile_id, "frame_id", None)
 
 
 _LOCK = threading.Lock()

@@ -1,0 +1,100 @@
+"""One byte cap for the whole step across graph breaks: a graph is planned under the cap less
+what the graphs compiled before it keep until their backward runs."""
+
+import copy
+
+import pytest
+import torch
+
+import remat
+from remat.compilation import compilation_for
+from remat.errors import fmt_bytes
+from remat.measure import measure_step
+
+torch.set_num_threads(2)
+
+MiB = 2**20
+
+
+class Half(torch.nn.Module):
+    """Two residual tanh MLP blocks."""
+
+    def __init__(self, d=128, hidden=512):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(d, hidden), torch.nn.Linear(hidden, d)
+        self.c, self.e = torch.nn.Linear(d, hidden), torch.nn.Linear(hidden, d)
+
+    def forward(self, x):
+        x = x + self.b(torch.tanh(self.a(x)))
+        return x + self.e(torch.tanh(self.c(x)))
+
+
+class Broken(torch.nn.Module):
+    """Two MLP halves with a graph break between them: two graphs per step."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = Half(), Half()
+
+    def forward(self, x):
+        h = self.first(x)
+        torch._dynamo.graph_break()
+        return self.second(h)
+
+
+def batch(rows=512):
+    return torch.randn(rows, 128, generator=torch.Generator().manual_seed(1))
+
+
+def step_of(model, compiled, x):
+    def step():
+        model.zero_grad(set_to_none=True)
+        compiled(x).pow(2).mean().backward()
+
+    return step
+
+
+def grads_of(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_second_graph_is_planned_under_the_cap_less_what_the_first_keeps():
+    model, cap = Broken(), 6 * MiB  # planned per graph with the whole cap, the step reaches 6.25 MiB
+    eager = copy.deepcopy(model)
+    eager(batch()).pow(2).mean().backward()
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": cap}, dynamic=False)
+    step = step_of(model, compiled, batch())
+    step()
+    first, second = remat.reports(compiled)
+    assert first.kept_bytes > 0 and first.resident_before_bytes == 0
+    assert second.resident_before_bytes == first.kept_bytes
+    assert second.budget_bytes == cap - first.kept_bytes and second.step_cap_bytes == cap
+    torch.testing.assert_close(grads_of(model), grads_of(eager))
+    assert measure_step(step).peak_bytes <= cap
+
+
+def test_a_recompile_replaces_its_frames_bytes_instead_of_adding_them():
+    model, options = Broken(), {"memory_budget": 6 * MiB}
+    compiled = torch.compile(model, backend="remat", options=options, dynamic=False)
+    step_of(model, compiled, batch(512))()
+    step_of(model, compiled, batch(384))()  # another batch size: both frames compile again
+    reports = remat.reports(compiled)
+    assert len(reports) == 4
+    kept = compilation_for(options).kept_bytes
+    assert list(kept.values()) == [reports[2].kept_bytes, reports[3].kept_bytes]
+    assert reports[2].resident_before_bytes == 0
+    assert reports[3].resident_before_bytes == reports[2].kept_bytes
+    assert reports[2].kept_bytes < reports[0].kept_bytes  # fewer rows keep fewer bytes
+
+
+def test_a_second_graph_that_cannot_fit_names_the_smallest_cap_for_the_step():
+    model, cap = Broken(), 4 * MiB  # the first graph fits, the second does not after it
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": cap}, dynamic=False)
+    with pytest.raises(remat.InfeasibleBudgetError) as info:
+        step_of(model, compiled, batch())()
+    err, (first,) = info.value, remat.reports(compiled)
+    assert err.budget_bytes == cap and err.min_peak_bytes > cap
+    message = str(err)
+    assert "graph1 needs" in message and "the smallest cap for the whole step" in message
+    assert f"earlier graphs keep {fmt_bytes(first.kept_bytes)}" in message
