@@ -118,7 +118,7 @@ def table(fid: list[dict]) -> str:
         ok = rank_agrees(rows)
         for r in rows:
             done = r.get("measured_pct") is not None
-            note = r.get("error") or "; ".join(sorted(set(r.get("cost_notes") or [])))
+            note = _short_error(r) or "; ".join(sorted(set(r.get("cost_notes") or [])))
             lines.append("| " + " | ".join([
                 model, cost_model, r["config"], fmt_mib(r.get("budget_bytes")), fmt_mib(r.get("measured_peak_bytes")),
                 f"{1e3 * r['compile_step_s']:.1f}",
@@ -129,6 +129,14 @@ def table(fid: list[dict]) -> str:
                 "-" if ok is None else ("yes" if ok else "no"), note.replace("|", "/"),
             ]) + " |")
     return "\n".join(lines)
+
+
+def _short_error(r: dict) -> str:
+    """An error for a table cell: a cap under the floor as "infeasible", others cut short."""
+    err = r.get("error") or ""
+    if err.startswith("InfeasibleBudgetError"):
+        return "infeasible: the cap is under the smallest reachable peak"
+    return err[:80]
 
 
 def main(argv=None) -> int:
