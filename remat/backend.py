@@ -31,7 +31,7 @@ from ._version import __version__
 from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
-from .compilation import Compilation, compilation_for, current_frame
+from .compilation import Compilation, compilation_for
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
@@ -420,29 +420,29 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     is planned under it less what the graphs compiled before it keep (``Compilation.resident_before``)."""
     from torch._inductor.compile_fx import compile_fx
 
-    name, frame = comp.next_graph_name(), current_frame()
-    resident = comp.resident_before(frame)
+    name, key = comp.next_graph_name(), comp.graph_key()
+    resident = comp.resident_before(key)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg) else None
     plain_peak = plain[1] if plain is not None else None
     if not cfg.inductor_check:
         partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
-        _record(comp, partitioner.reports, cfg.verbose, frame)
+        _record(comp, partitioner.reports, cfg.verbose, key)
         return compiled
     compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak, resident)
     if report is None or report.budget_bytes is None or estimate is None:
-        _record(comp, [report] if report is not None else [], cfg.verbose, frame)
+        _record(comp, [report] if report is not None else [], cfg.verbose, key)
         return compiled
     if estimate > report.budget_bytes:
         fallback = _plain_within(gm, example_inputs, plain, report.budget_bytes)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
-            _record(comp, [report], cfg.verbose, frame)
+            _record(comp, [report], cfg.verbose, key)
             return fallback[0]
         _refuse_if_over_floor(cfg, report, estimate)
         log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
                     report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
-    _record(comp, [report], cfg.verbose, frame)
+    _record(comp, [report], cfg.verbose, key)
     return compiled
 
 
@@ -557,14 +557,14 @@ def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
     return {"custom_partitioner_fn": partitioner, "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
 
 
-def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, frame: int | None = None) -> None:
-    """Keep a graph's final report in its compilation, with the bytes it keeps for Dynamo frame
-    ``frame`` (``kept_bytes``), and log its summary line."""
+def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: tuple[int, int] | None = None) -> None:
+    """Keep a graph's final report in its compilation, with the bytes it keeps under its graph
+    ``key`` (``kept_bytes``, ``Compilation.graph_key``), and log its summary line."""
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
             r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
         comp.add(r)
-        comp.keep(frame, r.kept_bytes)
+        comp.keep(key, r.kept_bytes)
         LAST_COMPILE.reports.append(r)
         log.info("%s", summary_line(r))
         if verbose:

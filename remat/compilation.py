@@ -14,9 +14,11 @@ A compilation lives as long as torch's wrapper (the compiled function) does.
 It also holds what a step-level cap needs across graph breaks. The graphs of one step run in
 order (forward of graph0, forward of graph1, ..., backward of graph1, backward of graph0): while a
 graph runs, every graph before it keeps what its backward will read (saved activations, and its
-outputs, whose gradients come back). ``keep(frame, nbytes)`` records that figure per Dynamo frame
-in the order frames were first compiled; a recompile of a frame replaces its figure (never counted
-twice); ``resident_before(frame)`` sums the figures of the frames first compiled before it.
+outputs, whose gradients come back). ``keep(key, nbytes)`` records that figure per graph, keyed
+by its Dynamo frame and its place among the graphs compiled for that frame (DDP's optimizer splits
+one frame's graph into several, ``graph_key``), in the order they were first compiled; a recompile
+of a frame replaces its figures (never counted twice); ``resident_before(key)`` sums the figures
+of the graphs first compiled before it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["Compilation", "compilation_for", "current_frame", "reports"]
+__all__ = ["Compilation", "compilation_for", "reports"]
 
 
 class Compilation:
@@ -35,7 +37,8 @@ class Compilation:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reports: list = []
-        self._kept: dict[int, int] = {}  # Dynamo frame id -> bytes it keeps, in first-compile order
+        self._kept: dict[tuple[int, int], int] = {}  # graph key -> bytes it keeps, in first-compile order
+        self._graphs_of: dict[tuple[int, int], int] = {}  # (frame id, frame compile id) -> graphs so far
 
     def add(self, report: Any) -> None:
         with self._lock:
@@ -51,40 +54,47 @@ class Compilation:
         with self._lock:
             return list(self._reports)
 
-    def keep(self, frame: int | None, nbytes: int) -> None:
-        """Frame ``frame``'s graph keeps ``nbytes`` until its backward runs (replaces the figure
-        of an earlier compile of that frame; nothing is recorded outside Dynamo, ``frame=None``)."""
+    def graph_key(self) -> tuple[int, int] | None:
+        """(Dynamo frame id, how many graphs this compile of the frame made before this one) for
+        the graph being compiled now; None outside Dynamo. Call once per graph."""
+        from torch._guards import CompileContext
+
+        compile_id = CompileContext.current_compile_id()
+        frame = getattr(compile_id, "frame_id", None)
         if frame is None:
+            return None
+        with self._lock:
+            this_compile = (frame, compile_id.frame_compile_id)
+            index = self._graphs_of.get(this_compile, 0)
+            self._graphs_of[this_compile] = index + 1
+            return frame, index
+
+    def keep(self, key: tuple[int, int] | None, nbytes: int) -> None:
+        """The graph ``key`` keeps ``nbytes`` until its backward runs (replaces the figure of an
+        earlier compile of its frame; nothing is recorded outside Dynamo, ``key=None``)."""
+        if key is None:
             return
         with self._lock:
-            self._kept[frame] = int(nbytes)
+            self._kept[key] = int(nbytes)
 
-    def resident_before(self, frame: int | None) -> int:
-        """Bytes that the frames first compiled before ``frame`` keep while it runs (all recorded
-        frames for a frame not compiled yet; 0 outside Dynamo)."""
-        if frame is None:
+    def resident_before(self, key: tuple[int, int] | None) -> int:
+        """Bytes that the graphs first compiled before ``key`` keep while it runs (all recorded
+        graphs for one not compiled yet; 0 outside Dynamo)."""
+        if key is None:
             return 0
         with self._lock:
             total = 0
             for other, nbytes in self._kept.items():
-                if other == frame:
+                if other == key:
                     break
                 total += nbytes
             return total
 
     @property
-    def kept_bytes(self) -> dict[int, int]:
-        """Bytes each frame's graph keeps, by Dynamo frame id, in first-compile order."""
+    def kept_bytes(self) -> dict[tuple[int, int], int]:
+        """Bytes each graph keeps, by ``graph_key``, in first-compile order."""
         with self._lock:
             return dict(self._kept)
-
-
-def current_frame() -> int | None:
-    """The Dynamo frame being compiled now (``CompileId.frame_id``), None outside Dynamo."""
-    from torch._guards import CompileContext
-
-    compile_id = CompileContext.current_compile_id()
-    return getattr(compile_id, "frame_id", None)
 
 
 _LOCK = threading.Lock()
