@@ -75,7 +75,9 @@ def test_offload_rewrite_runs_on_cpu_and_matches_eager(name):
     reload nodes, and the step equals eager. (On the CPU, host memory is device memory, so the
     measured peak is not compared here: that needs a GPU, see benchmarks/gpu_check.py.)"""
     model, inputs, loss_fn = make(name)
-    options = {"offload": True, "host_bandwidth": 1e13, "device": "h100"}  # planned as for a GPU
+    # planned as for a GPU, one plan (no Inductor check: on the CPU the copies are not what the
+    # check would measure for a GPU); this test is about the rewrite of the plan the model makes
+    options = {"offload": True, "host_bandwidth": 1e13, "device": "h100", "inductor_check": False}
     problem = remat.analyze(model, inputs, loss_fn=loss_fn, **options).problem
     cap = (store_all_peak(problem) + min_peak(problem)) // 2
     ref_loss, ref_grads = eager_step(copy.deepcopy(model), inputs, loss_fn)
