@@ -52,10 +52,7 @@ def worker(args: argparse.Namespace) -> int:
     torch.compile = compile_with_cost_model
     torch.set_num_threads = lambda _n: set_threads(args.threads)
     out = _run_config.run(args.model, args.config, args.quick, args.steps, args.time_limit, args.min_time)
-    from remat.backend import LAST_COMPILE
-
-    out.update(cost_model=args.cost_model, threads=torch.get_num_threads(),
-               cost_notes=[r.cost_model for r in LAST_COMPILE.reports])
+    out.update(cost_model=args.cost_model, threads=torch.get_num_threads())  # cost_notes: from run()
     print(json.dumps(out), flush=True)
     return 0
 

@@ -89,16 +89,6 @@ class GraphReport:
         return None if self.budget_bytes is None else self.budget_bytes + self.resident_before_bytes
 
 
-@dataclass
-class CompileLog:
-    """Transitional: reports of the most recent compilation (use ``remat.reports(compiled)``)."""
-
-    reports: list[GraphReport] = field(default_factory=list)
-
-
-LAST_COMPILE = CompileLog()
-
-
 class _Stop(Exception):
     """Raised by an analysis-only partitioner to stop compilation after planning."""
 
@@ -565,7 +555,6 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
             r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
         comp.add(r)
         comp.keep(key, r.kept_bytes)
-        LAST_COMPILE.reports.append(r)
         log.info("%s", summary_line(r))
         if verbose:
             print(summary_line(r))
