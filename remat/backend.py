@@ -348,7 +348,7 @@ def summary_line(r: GraphReport) -> str:
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
-        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s; costs {r.cost_model}{_offload_note(r)}{_inductor_note(r)}"
+        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s, plan {p.digest()}; costs {r.cost_model}{_offload_note(r)}{_inductor_note(r)}"
     )
 
 

@@ -42,6 +42,13 @@ class Plan:
     def names(self, decision: Decision) -> list[str]:
         return [n for n, d in self.decisions.items() if d is decision]
 
+    def digest(self) -> str:
+        """16 hex digits of the decisions: equal on two ranks (or runs) iff they decided alike."""
+        import hashlib
+
+        decisions = sorted((name, d.value) for name, d in self.decisions.items())
+        return hashlib.sha256(json.dumps(decisions).encode()).hexdigest()[:16]
+
     def to_dict(self) -> dict:
         return {
             "decisions": {k: v.value for k, v in self.decisions.items()},

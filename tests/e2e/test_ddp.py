@@ -4,7 +4,6 @@ the same plans. (``torch.compile(DDP(model))`` compiles no graph on torch 2.13's
 forward breaks the graph at its logger, so the module is compiled inside DDP instead.)"""
 
 import copy
-import hashlib
 import json
 import socket
 
@@ -22,12 +21,6 @@ def mlp() -> torch.nn.Module:
     torch.manual_seed(0)
     layers = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh()) for _ in range(6)]
     return torch.nn.Sequential(*layers, torch.nn.Linear(64, 8))
-
-
-def plan_hash(report) -> str:
-    """The plan's decisions, hashed: equal on every rank iff the ranks decided alike."""
-    decisions = sorted((name, d.value) for name, d in report.plan.decisions.items())
-    return hashlib.sha256(json.dumps(decisions).encode()).hexdigest()[:16]
 
 
 def train_step(ddp, x) -> tuple[float, list]:
@@ -52,7 +45,7 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         result = {
             "loss_diff": abs(loss - plain_loss),
             "grad_diff": max((g - plain_g).abs().max().item() for g, plain_g in zip(grads, plain_grads, strict=True)),
-            "hashes": [plan_hash(r) for r in remat.reports(compiled)],
+            "hashes": [r.plan.digest() for r in remat.reports(compiled)],
             "recomputed": sum(len(r.plan.names(Decision.RECOMPUTE)) for r in remat.reports(compiled)),
         }
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
