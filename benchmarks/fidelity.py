@@ -62,7 +62,8 @@ def plain_compile_predictions(name: str, quick: bool) -> dict:
     from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
     from remat.analyze import capture_step
-    from remat.backend import GraphReport, _Stop, plan_joint_graph
+    from remat.backend import _Stop
+    from remat.planning import GraphReport, plan_joint_graph
     from remat.baseline import plain_compile_plan
     from remat.config import RematConfig
     from remat.simulate import simulate

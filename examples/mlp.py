@@ -34,7 +34,7 @@ def factory(batch: int = 4096, d: int = 1024, hidden: int = 4096, blocks: int = 
 
 def main(argv=None) -> None:
     from remat import reports
-    from remat.backend import summary_line
+    from remat.planning import summary_line
     from remat.errors import fmt_bytes
     from remat.measure import measure_step
 

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from .backend import GraphReport, RematPartitioner, _Stop
+from .backend import RematPartitioner, _Stop
+from .planning import GraphReport
 from .config import RematConfig
 from .errors import RematError
 from .report import Report, load, load_plan

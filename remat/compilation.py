@@ -7,7 +7,7 @@ threads) never mix their reports, and the compiled function finds its own throug
 
     compiled = torch.compile(model, backend="remat", options={"memory_budget": "50%"})
     loss_fn(compiled(x)).backward()
-    for r in remat.reports(compiled): print(remat.backend.summary_line(r))
+    for r in remat.reports(compiled): print(remat.planning.summary_line(r))
 
 A compilation lives as long as torch's wrapper (the compiled function) does.
 

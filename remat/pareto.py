@@ -1,6 +1,6 @@
 """remat.pareto: sweep caps on a step's peak; trace the step once, solve once per cap.
 
-Each cap is planned as compiling at that cap plans it (``remat.backend.cap_and_target`` and
+Each cap is planned as compiling at that cap plans it (``remat.planning.cap_and_target`` and
 ``solve_within``: the plan aims at the cap less the reserve), so the point at "50%" is the plan
 that ``remat.analyze(..., memory_budget="50%")`` gives.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .analyze import analyze
-from .backend import GraphReport, cap_and_target, solve_within
+from .planning import GraphReport, cap_and_target, solve_within
 from .config import Budget, RematConfig, parse_budget
 from .errors import InfeasibleBudgetError, PlanError, fmt_bytes
 from .plan import Decision

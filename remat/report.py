@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .backend import GraphReport, _offload_note
+from .planning import GraphReport, offload_note
 from .capture import Captured
 from .config import RematConfig
 from .errors import fmt_bytes
@@ -372,7 +372,7 @@ def summary_of(graph: GraphReport, gap_target: float) -> str:
     return (f"remat[{graph.problem.name}]: baseline {fmt_bytes(graph.baseline_peak_bytes)}, cap {cap}, "
             f"model predicts {fmt_bytes(graph.timeline.peak_bytes)}{inductor}; {counts}; "
             f"+{fmt_time(graph.timeline.added_time)}; {p.solver}: {status_words(p, gap_target)} ({p.solve_time_s:.2f} s)"
-            f"{_offload_note(graph)}")
+            f"{offload_note(graph)}")
 
 
 # ---- layers and the memory snapshot --------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
-from remat.backend import plan_joint_graph
+from remat.planning import plan_joint_graph
 from remat.baseline import copy_graph, plain_compile_plan, saved_outputs, storage_name
 from remat.config import RematConfig
 from remat.plan import Decision

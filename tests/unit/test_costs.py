@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import remat
-from remat import backend
+from remat import planning
 from remat.capture import capture, fused_values, graph_facts, read_bytes
 from remat.config import RematConfig
 from remat.cost import DeviceSpec, tensor_bytes
@@ -142,19 +142,19 @@ def test_a_recomputation_with_folded_values_is_one_fused_kernel(tmp_path):
 
 def test_auto_is_roofline_on_the_cpu_and_offline():
     cfg = RematConfig(memory_budget="50%")
-    assert backend.graph_costs(cfg, joint=None, on_cuda=False, offline=False) is None
-    assert backend.graph_costs(cfg, joint=None, on_cuda=True, offline=True) is None
+    assert planning.graph_costs(cfg, joint=None, on_cuda=False, offline=False) is None
+    assert planning.graph_costs(cfg, joint=None, on_cuda=True, offline=True) is None
 
 
 def test_costs_built_once_per_device_and_cost_model(tmp_path, mlp_joint, monkeypatch):
-    monkeypatch.setattr(backend, "_COSTS", {})
+    monkeypatch.setattr(planning, "_COSTS", {})
     path = tmp_path / "profile.json"
     path.write_text(json.dumps({"format": FORMAT, "device": "test", "entries": {}}))
     cfg = RematConfig(memory_budget="50%", cost_model=str(path))
-    first = backend.graph_costs(cfg, mlp_joint[0], on_cuda=False, offline=True)
-    assert first is backend.graph_costs(cfg, mlp_joint[0], on_cuda=False, offline=False)
+    first = planning.graph_costs(cfg, mlp_joint[0], on_cuda=False, offline=True)
+    assert first is planning.graph_costs(cfg, mlp_joint[0], on_cuda=False, offline=False)
     assert first.source == str(path.resolve())
-    measured = backend.graph_costs(RematConfig(memory_budget="50%", cost_model="measured"), mlp_joint[0], False, False)
+    measured = planning.graph_costs(RematConfig(memory_budget="50%", cost_model="measured"), mlp_joint[0], False, False)
     assert measured is not first and measured.source == "measured"
 
 
@@ -162,10 +162,10 @@ def test_cost_model_note_counts_this_graphs_lookups(tmp_path):
     costs = saved_costs(tmp_path, {})
     before = ProfileStats(measured=1, cache_hits=2, fallbacks=3)
     costs.profiler.stats = ProfileStats(measured=1, cache_hits=7, fallbacks=4)
-    assert backend.cost_model_note(None, None) == "roofline"
-    assert backend.cost_model_note(costs, before).endswith("(5 ops from the profile, 1 roofline)")
+    assert planning.cost_model_note(None, None) == "roofline"
+    assert planning.cost_model_note(costs, before).endswith("(5 ops from the profile, 1 roofline)")
     costs.source = "measured"
-    assert backend.cost_model_note(costs, before) == "measured (0 ops measured, 5 cached, 1 roofline)"
+    assert planning.cost_model_note(costs, before) == "measured (0 ops measured, 5 cached, 1 roofline)"
 
 
 class LinkCosts:
@@ -174,11 +174,11 @@ class LinkCosts:
 
 def test_host_link_measured_unless_given_or_offload_off():
     gpu = RematConfig(memory_budget="50%", device="h100")
-    assert backend.host_bandwidth(gpu, on_cuda=True, costs=LinkCosts()) == 30e9
-    assert backend.host_bandwidth(gpu, on_cuda=True, costs=None) == 25e9
+    assert planning.host_bandwidth(gpu, on_cuda=True, costs=LinkCosts()) == 30e9
+    assert planning.host_bandwidth(gpu, on_cuda=True, costs=None) == 25e9
     given = RematConfig(memory_budget="50%", device="h100", host_bandwidth=5e9)
-    assert backend.host_bandwidth(given, on_cuda=True, costs=LinkCosts()) == 5e9
-    assert backend.host_bandwidth(gpu, on_cuda=False, costs=LinkCosts()) == 0.0
+    assert planning.host_bandwidth(given, on_cuda=True, costs=LinkCosts()) == 5e9
+    assert planning.host_bandwidth(gpu, on_cuda=False, costs=LinkCosts()) == 0.0
 
 
 def test_analyze_reports_the_cost_model(tmp_path):
@@ -190,4 +190,4 @@ def test_analyze_reports_the_cost_model(tmp_path):
     path.write_text(json.dumps({"format": FORMAT, "device": "test", "entries": {"bandwidth": 1e10}}))
     report = remat.analyze(model, (x,), memory_budget="90%", cost_model=str(path))
     assert report.graph.cost_model.startswith(str(path.resolve()))
-    assert f"costs {report.graph.cost_model}" in backend.summary_line(report.graph)
+    assert f"costs {report.graph.cost_model}" in planning.summary_line(report.graph)
