@@ -88,6 +88,7 @@ def plan_joint_graph(
     ``resident``: bytes that earlier graphs of the step keep, taken off a byte cap)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
+    _refuse_meta(joint, name)
     on_cuda = _on_cuda(joint)
     costs = graph_costs(cfg, joint, on_cuda, offline)
     stats_before = replace(costs.stats) if costs is not None else None
@@ -183,6 +184,17 @@ def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int
     P.force_save_effectful_ops(joint)
     P.force_save_bw_mutation_src(joint)
     return joint, P.classify_nodes(joint, static or [], num_fwd_outputs)
+
+
+def _refuse_meta(joint: fx.GraphModule, name: str) -> None:
+    """A step on the meta device allocates nothing that remat could plan: say so."""
+    from .errors import ConfigError
+
+    if any(isinstance(v := n.meta.get("val"), torch.Tensor) and v.device.type == "meta"
+           for n in joint.graph.find_nodes(op="placeholder")):
+        raise ConfigError(
+            f"graph {name}: the model or its inputs are on the meta device, where a step allocates no "
+            "memory to plan; trace on a real device, or on fake tensors (torch._subclasses.FakeTensorMode)")
 
 
 def _is_byte_cap(cfg: RematConfig) -> bool:

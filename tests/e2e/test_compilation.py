@@ -128,3 +128,12 @@ def test_a_cap_under_the_models_floor_is_kept_when_inductors_code_meets_it():
     (out.sum() + h.sum()).backward()
     (report,) = remat.reports(compiled)
     assert report.plan.info["model_floor"] > report.budget_bytes >= report.inductor_peak_bytes
+
+
+def test_meta_device_is_refused_with_a_clear_error():
+    model = tanh_stack(depth=2).to("meta")
+    with pytest.raises(remat.ConfigError, match="meta device"):
+        remat.analyze(model, torch.randn(64, 64, device="meta"), memory_budget="50%")
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": "50%"})
+    with pytest.raises(remat.ConfigError, match="meta device"):
+        compiled(torch.randn(64, 64, device="meta")).sum().backward()
