@@ -26,7 +26,7 @@ from .config import RematConfig
 from .cost import device_spec
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups
-from .plan import Decision, Plan
+from .plan import Decision, Plan, status_words
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
 from .structure import with_layers
@@ -293,7 +293,7 @@ def summary_line(r: GraphReport) -> str:
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
-        f"{p.solver} {p.status} in {p.solve_time_s:.2f} s, plan {p.digest()}; costs {r.cost_model}{offload_note(r)}{_inductor_note(r)}"
+        f"{p.solver}: {status_words(p, 0.01)} in {p.solve_time_s:.2f} s, plan {p.digest()}; costs {r.cost_model}{offload_note(r)}{_inductor_note(r)}"
     )
 
 

@@ -21,7 +21,7 @@ from .planning import GraphReport, offload_note
 from .capture import Captured
 from .config import RematConfig
 from .errors import fmt_bytes
-from .plan import Decision, Plan
+from .plan import Decision, Plan, status_words
 from .plots import plot_timeline
 from .problem import Activation, Problem
 from .simulate import MemoryTimeline, live_intervals, recompute_starts, simulate, store_all_plan
@@ -329,20 +329,6 @@ def explain_plan(problem: Problem, plan: Plan, tl: MemoryTimeline, budget: int |
 
 
 # ---- figures in words ----------------------------------------------------------------------------
-
-
-def status_words(plan: Plan, gap_target: float) -> str:
-    """The solver's account in words: 'optimal', 'within 1.0 % of the best possible' (stopped at
-    the gap asked for), 'time limit: best found, gap 4.6 %', or a heuristic's 'no optimality bound'."""
-    if plan.status == "optimal":
-        return "optimal"
-    if plan.status == "feasible":
-        if plan.gap is None:
-            return "time limit: best found, no bound on the best possible"
-        if plan.gap <= gap_target + 1e-12:
-            return f"within {100 * gap_target:.1f} % of the best possible"
-        return f"time limit: best found, gap {100 * plan.gap:.1f} %"
-    return f"{plan.status}: no optimality bound"
 
 
 def peak_figures(graph: GraphReport, measured_bytes: int | None = None) -> list[str]:
