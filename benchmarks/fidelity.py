@@ -152,7 +152,7 @@ def table(summaries: list[dict]) -> str:
     head = ("| model | plain meas. | plain Ind. est. | store-all pred. | plain pred. | plain pred/meas "
             + "".join(f"| {c[6:]}%: cap | pred. | Ind. est. | meas. | pred/meas | meas/cap | meas/plain meas " for c in CONFIGS[1:])
             + "|")
-    lines = ["All peaks in MiB above what was resident before the step; caps are % of remat's store-all peak.",
+    lines = ["All peaks in MiB above what was resident before the step; caps are % of plain torch.compile's peak (read from its compiled code).",
              "", head, "|---" * (6 + 7 * len(CONFIGS[1:])) + "|"]
     for s in summaries:
         cells = [s["model"], fmt_mib(s["plain_measured"]), fmt_mib(s["plain_inductor"]),

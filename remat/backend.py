@@ -151,9 +151,7 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             _record(comp, [report], cfg.verbose, key)
             return fallback[0]
-        _refuse_if_over_floor(cfg, report, estimate)
-        log.warning("remat[%s]: Inductor estimates a peak of %s, over the cap %s, after %d plans",
-                    report.problem.name, fmt_bytes(estimate), fmt_bytes(report.budget_bytes), report.plans_made)
+        _refuse_over_cap(cfg, report, estimate)
     _record(comp, [report], cfg.verbose, key)
     return compiled
 
@@ -202,18 +200,14 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     return compiled, report, estimate
 
 
-def _refuse_if_over_floor(cfg: RematConfig, report: GraphReport, estimate: int) -> None:
-    """A cap under the model's floor was planned at that floor to read Inductor's code: when the
-    code is over the cap too, the cap cannot be met (unless ``on_infeasible="min"``), and the
-    floor named is the code's."""
-    floor = report.plan.info.get("model_floor")
-    if floor is None:
-        return
+def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> None:
+    """No plan's code (nor plain torch.compile's) meets the cap: the cap cannot be met, and the
+    smallest peak named is the code's (``on_infeasible="min"``: run the lowest plan, with a warning)."""
     if cfg.on_infeasible != "min":
         raise _infeasible(report.problem.name, report.budget_bytes, estimate, report.resident_before_bytes)
     log.warning("remat[%s]: memory_budget %s cannot be met; planned at the smallest peak, %s as Inductor's code "
-                "allocates it (on_infeasible='min')", report.problem.name, fmt_bytes(report.budget_bytes),
-                fmt_bytes(estimate))
+                "allocates it, after %d plans (on_infeasible='min')", report.problem.name,
+                fmt_bytes(report.budget_bytes), fmt_bytes(estimate), report.plans_made)
 
 
 def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
