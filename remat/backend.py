@@ -33,7 +33,7 @@ from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
 from .planning import GraphReport, _infeasible, forward_nodes, plan_joint_graph, summary_line
-from .wrapper_memory import collect_wrapper_code, wrapper_peak
+from .wrapper_memory import collect_wrapper_code
 
 log = logging.getLogger("remat")
 _SOURCE_HASH = hashlib.sha256(
@@ -232,10 +232,8 @@ def backward_start_bytes(peaks: InductorPeaks) -> int | None:
     """Bytes the compiled backward receives (saved activations, gradients of the forward's
     outputs): what its graph keeps from the end of its forward until its backward runs. None
     unless the code of exactly a forward and a backward was read."""
-    if len(peaks.codes) != 2 or len(peaks.itemsizes) != 2:
-        return None
-    walk = wrapper_peak(peaks.codes[1], peaks.itemsizes[1])
-    return walk.start_bytes if walk is not None else None
+    walks = peaks.walks
+    return walks[1].start_bytes if walks is not None and len(walks) == 2 else None
 
 
 def _wants_plain_peak(cfg: RematConfig) -> bool:

@@ -57,14 +57,23 @@ class InductorPeaks:
         return KernelGroups(forward=self.groups[0], backward=self.groups[1])
 
     @property
-    def code_peaks(self) -> list[int] | None:
-        """Each graph's peak read from its wrapper code; None unless every graph's code was read."""
+    def walks(self) -> list | None:
+        """Each graph's walk of its wrapper code (``WrapperPeak``), read once per set of codes;
+        None unless every graph's code was read."""
         from .wrapper_memory import wrapper_peak
 
         if not self.codes or len(self.codes) != len(self.peaks):
             return None
-        walks = [wrapper_peak(c, sizes) for c, sizes in zip(self.codes, self.itemsizes)]
-        return None if any(w is None for w in walks) else [w.peak_bytes for w in walks]
+        if getattr(self, "_walked", (None,))[0] != len(self.codes):
+            walks = [wrapper_peak(c, sizes) for c, sizes in zip(self.codes, self.itemsizes)]
+            self._walked = (len(self.codes), None if any(w is None for w in walks) else walks)
+        return self._walked[1]
+
+    @property
+    def code_peaks(self) -> list[int] | None:
+        """Each graph's peak read from its wrapper code; None unless every graph's code was read."""
+        walks = self.walks
+        return [w.peak_bytes for w in walks] if walks else None
 
     @property
     def peak_bytes(self) -> int | None:

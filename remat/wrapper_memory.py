@@ -129,10 +129,10 @@ def _statements(body: list[ast.stmt]) -> Iterable[ast.stmt]:
             yield s
 
 
-def _asserted_sizes(stmts: list[ast.stmt]) -> dict[str, int]:
-    """Bytes of every name that an ``assert_size_stride(name, shape, stride, ...)`` sizes.
-    The dtype is not in the assert: it comes from the allocation or, for inputs and extern
-    results, from ``_dtype_hints`` (float32 when unknown)."""
+def _asserted_sizes(stmts: list[ast.stmt]) -> dict[str, tuple]:
+    """(shape, stride) of every name that an ``assert_size_stride(name, shape, stride, ...)``
+    sizes. The dtype is not in the assert: ``wrapper_peak`` takes it from ``itemsizes`` (4 bytes
+    when unknown)."""
     out: dict[str, tuple] = {}
     for s in stmts:
         call = s.value if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) else None
