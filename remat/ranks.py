@@ -1,0 +1,122 @@
+"""One plan on every rank: rank 0 plans a graph, every other rank receives its plan.
+
+Under ``torch.distributed`` each rank compiles its own copy of the model. If two ranks planned on
+their own they could decide differently (measured op times differ, a time-limited solve stops at a
+different incumbent), compile different graphs, and hang in a collective that only one of them
+runs. ``agree_across_ranks(problem, make_plan)`` is what the planner calls instead of planning
+directly: every rank first shares a digest of the ``Problem`` it captured (``problem_digest``:
+its memory structure, not its op times, which are measured per rank), and a rank whose Problem
+differs from rank 0's makes every rank raise a ``RematError`` naming the graph and both digests.
+Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the error it raised,
+which every rank raises in turn: a failure is an error on every rank, never a hang.
+
+Without ``torch.distributed`` (or with one process) it just runs ``make_plan()``. The objects go
+through the default process group when it is gloo, else through a gloo group made once for it
+(NCCL would need a device per rank for a few bytes of host data). Cost per graph: one all-gather
+of 16-byte digests and one broadcast of the plan (a few KiB): two collectives per planned graph,
+whatever the number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any, Callable, TypeVar
+
+from .errors import RematError
+from .problem import Problem
+
+__all__ = ["agree_across_ranks", "problem_digest"]
+
+T = TypeVar("T")
+_TIMES = ("compute_time",)  # measured per rank: not part of what ranks must agree on
+_GLOO_GROUPS: dict[int, Any] = {}  # id(default group) -> a gloo group over the same ranks
+
+
+def problem_digest(problem: Problem) -> str:
+    """16 hex digits of the Problem's memory structure: slots, activations (bytes, where they
+    are made and read, what recomputing reads), layers, whether offload is on. Op times are left
+    out: ranks measure them apart, and rank 0's plan is valid for any rank with the same structure."""
+    slots = [_without_times(asdict(s)) for s in problem.slots]
+    acts = [_without_times(asdict(a)) for a in problem.activations]
+    layers = [[list(layer) for layer in cls] for cls in problem.layers]
+    text = json.dumps([problem.name, problem.host_bandwidth > 0, slots, acts, layers], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_times(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if k not in _TIMES}
+
+
+def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
+    """What rank 0's ``make_plan()`` returned, on every rank (rank 0 alone calls it). Raises a
+    RematError on every rank when a rank's Problem differs from rank 0's, and rank 0's error on
+    every rank when its ``make_plan()`` raised. Without distributed: ``make_plan()``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return make_plan()
+    group = _object_group()
+    digests: list = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, problem_digest(problem), group=group)
+    _refuse_mismatch(problem.name, digests)
+    result, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = make_plan()
+        except Exception as e:  # every rank must reach the broadcast, then raise it
+            error = e
+    payload = [_portable(result, error)]
+    dist.broadcast_object_list(payload, src=0, group=group)
+    if error is not None:
+        raise error
+    return _unpacked(payload[0], problem.name)
+
+
+def _object_group() -> Any:
+    """The default group when it is gloo (None), else a gloo group over the same ranks, made once."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if id(world) not in _GLOO_GROUPS:
+        _GLOO_GROUPS[id(world)] = dist.new_group(backend="gloo")
+    return _GLOO_GROUPS[id(world)]
+
+
+def _refuse_mismatch(graph: str, digests: list) -> None:
+    """Raise on every rank when some rank's Problem digest differs from rank 0's."""
+    others = [(rank, d) for rank, d in enumerate(digests) if d != digests[0]]
+    if not others:
+        return
+    named = ", ".join(f"rank {rank} has {d}" for rank, d in others[:4])
+    more = f" and {len(others) - 4} more ranks" if len(others) > 4 else ""
+    raise RematError(
+        f"{graph}: the ranks captured different problems (rank 0's digest {digests[0]}; {named}{more}), so "
+        "they cannot share one plan; every rank must compile the same model, inputs' shapes and options "
+        "(a rank that compiles a graph the others do not, or pipeline stages, cannot plan under torch.distributed)")
+
+
+def _portable(result: Any, error: Exception | None) -> tuple:
+    """What rank 0 broadcasts: ("ok", result), or an error as its class and state (remat's
+    errors take arguments that pickling an exception would lose)."""
+    if error is None:
+        return ("ok", result)
+    if isinstance(error, RematError):
+        return ("remat error", type(error), str(error), dict(vars(error)))
+    return ("other error", None, f"{type(error).__name__}: {error}", {})
+
+
+def _unpacked(payload: tuple, graph: str) -> Any:
+    """Rank 0's result, or its error raised here."""
+    if payload[0] == "ok":
+        return payload[1]
+    kind, cls, message, state = payload
+    if kind == "remat error":
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        error.__dict__.update(state)
+        raise error
+    raise RematError(f"{graph}: rank 0 failed to plan this graph ({message}); see rank 0's log")

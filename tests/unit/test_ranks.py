@@ -1,0 +1,98 @@
+"""remat.ranks: one plan on every rank. The digest covers a Problem's memory structure and not its
+op times; without torch.distributed agree_across_ranks just plans; under 2 spawned gloo ranks
+rank 0 alone plans and both get its plan, different problems raise on both ranks naming both
+digests and the graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
+
+import dataclasses
+import json
+import socket
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from remat.errors import InfeasibleBudgetError, RematError
+from remat.plan import Decision, Plan
+from remat.ranks import agree_across_ranks, problem_digest
+from tests.unit.synthetic import chain_problem
+
+WORLD = 2
+
+
+def with_times_scaled(problem, factor: float):
+    """The same problem with every op and recomputation taking ``factor`` times as long."""
+    slots = tuple(dataclasses.replace(s, compute_time=s.compute_time * factor) for s in problem.slots)
+    acts = tuple(dataclasses.replace(a, compute_time=a.compute_time * factor) for a in problem.activations)
+    return dataclasses.replace(problem, slots=slots, activations=acts)
+
+
+def with_bytes_doubled(problem, name: str):
+    acts = tuple(dataclasses.replace(a, bytes=a.bytes * 2) if a.name == name else a for a in problem.activations)
+    return dataclasses.replace(problem, activations=acts)
+
+
+def all_stored(problem, solver: str) -> Plan:
+    return Plan({a.name: Decision.STORE for a in problem.activations}, solver=solver)
+
+
+def test_digest_ignores_op_times_and_sees_bytes():
+    problem = chain_problem()
+    assert problem_digest(problem) == problem_digest(with_times_scaled(problem, 3.0))
+    assert problem_digest(problem) != problem_digest(with_bytes_doubled(problem, problem.activations[0].name))
+    assert problem_digest(problem) != problem_digest(chain_problem(layers=5))
+
+
+def test_without_distributed_it_just_plans():
+    problem = chain_problem()
+    plan = all_stored(problem, "local")
+    assert agree_across_ranks(problem, lambda: plan) is plan
+
+
+def outcome(fn) -> dict:
+    """What one call did on this rank, as JSON: its result's solver, or its error."""
+    try:
+        return {"solver": fn().solver}
+    except RematError as e:
+        return {"error": type(e).__name__, "message": str(e), "min_peak": getattr(e, "min_peak_bytes", None)}
+
+
+def rank_main(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        calls = []
+
+        def make_plan():
+            calls.append(rank)
+            return all_stored(problem, f"rank{rank}")
+
+        def refuse():
+            raise InfeasibleBudgetError(1000, 1234 + rank, detail="graph chain; raise memory_budget")
+
+        problem = with_times_scaled(chain_problem(), 1.0 + rank)  # op times differ per rank: still one plan
+        agreed = outcome(lambda: agree_across_ranks(problem, make_plan))
+        infeasible = outcome(lambda: agree_across_ranks(problem, refuse))
+        other = chain_problem(layers=4 + rank)  # rank 1 captured a different graph
+        mismatch = outcome(lambda: agree_across_ranks(other, make_plan))
+        result = {"agreed": agreed, "calls": calls, "infeasible": infeasible, "mismatch": mismatch,
+                  "digest": problem_digest(other)}
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
+    mp.spawn(rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["agreed"] for r in results] == [{"solver": "rank0"}] * WORLD
+    assert results[0]["calls"] == [0] and results[1]["calls"] == []  # rank 1 never planned
+    for r in results:
+        assert r["infeasible"]["error"] == "InfeasibleBudgetError" and r["infeasible"]["min_peak"] == 1234
+        assert r["mismatch"]["error"] == "RematError"
+        assert "chain" in r["mismatch"]["message"]
+        assert results[0]["digest"] in r["mismatch"]["message"] and results[1]["digest"] in r["mismatch"]["message"]
