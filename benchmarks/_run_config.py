@@ -12,6 +12,11 @@ amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 
 remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of the no-remat peak
 remat_300MiB   remat at an absolute cap (any size with a unit)
 remat_min      remat at memory_budget="min": the smallest peak it reaches, as Inductor's code allocates it
+remat_50@measured   any remat configuration with ``cost_model="measured"`` (the record says whether
+               the profile cache in ``$REMAT_CACHE_DIR`` was cold or warm)
+
+Models: the examples and the transformers models of ``benchmarks/hf_models.py`` (hf_gpt2, ...);
+``checkpoint`` wraps every block: ``model.blocks``, else the longest ``nn.ModuleList`` of one class.
 
 The step is model + loss compiled as one function, then ``.backward()``. One warm-up step
 (compilation) comes first; grads are set to None before every step; the measured peak is one
@@ -38,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MODELS = ("gpt", "evoformer", "cnn", "mlp")
+HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral")  # benchmarks/hf_models.py
 CONFIGS = (
     "eager", "checkpoint", "compile", "amb_0.5", "amb_0.2", "amb_0",
     "remat_75", "remat_50", "remat_35", "remat_min",
@@ -54,7 +60,10 @@ SEED = 1234
 
 
 def valid_config(name: str) -> bool:
-    """A listed configuration, or remat_ with an absolute cap such as remat_300MiB."""
+    """A listed configuration, or remat_ with an absolute cap such as remat_300MiB; a remat one
+    may end in ``@measured``."""
+    if name.startswith("remat_") and name.endswith("@measured"):
+        name = name.removesuffix("@measured")
     if name in CONFIGS:
         return True
     if not name.startswith("remat_"):
@@ -69,14 +78,46 @@ def valid_config(name: str) -> bool:
 
 
 def load_example(name: str, quick: bool):
+    """(model, inputs, loss_fn, sizes) of an example (at its quick sizes) or a transformers model."""
     from remat.cli import load_module
 
+    if name in HF_MODELS:
+        import hf_models
+
+        model, inputs, loss_fn = hf_models.factory(name)
+        return model, tuple(inputs), loss_fn, {"hidden": hf_models.HIDDEN, "layers": hf_models.LAYERS}
     if name not in MODELS:
-        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS + HF_MODELS)}")
     module = load_module(str(ROOT / "examples" / f"{name}.py"))
     kwargs = SIZES[name][1 if quick else 0]
     model, inputs, loss_fn = module.factory(**kwargs)
     return model, tuple(inputs), loss_fn, kwargs
+
+
+def blocks_of(model):
+    """The repeated blocks to checkpoint: ``model.blocks``, else the longest ``nn.ModuleList`` whose
+    modules are all of one class (a transformers model's layers)."""
+    import torch.nn as nn
+
+    if hasattr(model, "blocks"):
+        return list(model.blocks)
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len({type(c) for c in m}) == 1]
+    if not lists:
+        raise SystemExit("checkpoint: the model has no blocks")
+    return list(max(lists, key=len))
+
+
+def _checkpointed(forward):
+    from torch.utils.checkpoint import checkpoint
+
+    return lambda *a, **kw: checkpoint(forward, *a, use_reentrant=False, **kw)
+
+
+def _profile_cache_state() -> str:
+    """"cold" when the profile cache directory holds no profile yet, else "warm"."""
+    from remat.profile import cache_dir
+
+    return "warm" if any(cache_dir().glob("*.json")) else "cold"
 
 
 def _remat_error(e: BaseException):
@@ -136,11 +177,8 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     if config == "eager":
         fn = plain
     elif config == "checkpoint":
-        from torch.utils.checkpoint import checkpoint
-
-        for block in model.blocks:
-            fwd = block.forward
-            block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(fwd)
+        for block in blocks_of(model):
+            block.forward = _checkpointed(block.forward)
         fn = plain
     elif config == "compile":
         fn = torch.compile(plain)
@@ -148,8 +186,11 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
         fconfig.activation_memory_budget = float(config[4:])
         fn = torch.compile(plain)
     elif config.startswith("remat_"):
-        level = config[6:]
+        level, _, costs = config[6:].partition("@")
         options = {"time_limit": time_limit}
+        if costs:
+            options["cost_model"] = costs
+            out["profile_cache"] = _profile_cache_state()
         if level == "min":
             options["memory_budget"] = "min"  # remat plans at its floor, as Inductor's code allocates it
         elif level.isdigit():
@@ -240,7 +281,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, choices=MODELS)
+    ap.add_argument("--model", required=True, choices=MODELS + HF_MODELS)
     ap.add_argument("--config", required=True, help=f"{', '.join(CONFIGS)} or remat_<cap with a unit>")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time at least (median)")

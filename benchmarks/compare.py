@@ -4,11 +4,14 @@ activation_memory_budget and remat at several caps, in one run, one fresh proces
     python benchmarks/compare.py                  # gpt, evoformer, cnn at default sizes
     python benchmarks/compare.py --quick          # smaller sizes, shorter timing
     python benchmarks/compare.py --models cnn --configs compile,remat_50
+    python benchmarks/compare.py --models hf_llama --configs compile,amb_0.5,remat_min --equal-peak
 
 Columns: measured step peak (profiler allocation events on CPU, above the memory allocated before
 the step), remat's predicted peak, step time (median of unprofiled steps) as a ratio to plain
 torch.compile, compile time (first step minus a normal step), remat's solve time, and the largest
-absolute gradient difference from eager with the same seed. Prints markdown tables, writes
+absolute gradient difference from eager with the same seed. With ``--equal-peak``, remat also runs
+at a cap equal to each ``amb_*`` row's measured peak (rows ``remat_<bytes>B``, note "= amb_0.5's
+peak"): the price of remat's plan against torch's at the same peak. Prints markdown tables, writes
 ``benchmarks/results/compare.json`` (``compare_quick.json`` with --quick), the tables as ``.md``
 and one PNG per model (``compare_<model>.png``: measured peak vs step time).
 
@@ -33,7 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from _run_config import CONFIGS, MODELS, valid_config  # noqa: E402
+from _run_config import CONFIGS, HF_MODELS, MODELS, valid_config  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -72,20 +75,30 @@ def add_ratios(rows: list[dict]) -> None:
             r["peak_ratio"] = r["measured_peak_bytes"] / ref["measured_peak_bytes"]
 
 
+def _note(r: dict) -> str:
+    """What a row's note says: its error, or its decisions; where its cap came from; its costs."""
+    note = r.get("error", "")
+    if note.startswith("InfeasibleBudgetError") and r.get("min_peak_bytes"):
+        note = f"infeasible: smallest reachable peak {fmt_mib(r['min_peak_bytes'])} MiB"
+    if not note and r.get("decisions"):
+        d = r["decisions"]
+        note = f"{d.get('recompute', 0)} recompute, {d.get('store', 0)} store"
+        if d.get("offload"):
+            note += f", {d['offload']} offload"
+    if r.get("profile_cache"):
+        note = f"measured costs, {r['profile_cache']} profile cache; {note}"
+    if r.get("equal_peak_of"):
+        note = f"cap = {r['equal_peak_of']}'s measured peak; {note}"
+    return note
+
+
 def table(rows: list[dict]) -> str:
     head = ("| config | measured peak MiB | vs compile | predicted peak MiB | cap MiB | step ms (median) | best ms "
             "| step / compile | compile s | solve s | grad err vs eager | note |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = r.get("grad_max_abs_err")
-        note = r.get("error", "")
-        if note.startswith("InfeasibleBudgetError") and r.get("min_peak_bytes"):
-            note = f"infeasible: smallest reachable peak {fmt_mib(r['min_peak_bytes'])} MiB"
-        if not note and r.get("decisions"):
-            d = r["decisions"]
-            note = f"{d.get('recompute', 0)} recompute, {d.get('store', 0)} store"
-            if d.get("offload"):
-                note += f", {d['offload']} offload"
+        note = _note(r)
         lines.append(
             "| {config} | {mp} | {pr} | {pp} | {cap} | {st} | {best} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
                 config=r["config"],
@@ -107,7 +120,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--models", default="gpt,evoformer,cnn",
+                    help=f"comma-separated, from {', '.join(MODELS + HF_MODELS)}")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the configurations")
     ap.add_argument("--quick", action="store_true", help="smaller models and shorter timing")
     ap.add_argument("--steps", type=int, default=None, help="unprofiled steps to time at least (default 10, --quick 5)")
@@ -117,13 +131,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None,
                     help="JSON output path (default benchmarks/results/compare.json, --quick: compare_quick.json)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--equal-peak", action="store_true",
+                    help="also run remat at a cap equal to each amb_* row's measured peak")
     args = ap.parse_args(argv)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    bad = [m for m in models if m not in MODELS] + [c for c in configs if not valid_config(c)]
+    bad = [m for m in models if m not in MODELS + HF_MODELS] + [c for c in configs if not valid_config(c)]
     if bad:
-        print(f"compare: unknown model or config {', '.join(bad)}; models: {', '.join(MODELS)}; "
+        print(f"compare: unknown model or config {', '.join(bad)}; models: {', '.join(MODELS + HF_MODELS)}; "
               f"configs: {', '.join(CONFIGS)}", file=sys.stderr)
         return 2
     steps = args.steps or (5 if args.quick else 10)
@@ -147,15 +163,21 @@ def main(argv=None) -> int:
         pass
     tables = []
     for model in models:
-        rows = []
-        for config in configs:
+        rows: list[dict] = []
+        todo = [(c, None) for c in configs]
+        while todo:
+            config, of = todo.pop(0)
             t0 = time.perf_counter()
             print(f"[{time.perf_counter() - started:6.0f} s] {model} / {config} ...", file=sys.stderr, flush=True)
             row = run_one(model, config, args.quick, steps, min_time, time_limit, args.timeout, env)
+            if of:
+                row["equal_peak_of"] = of
             msg = row.get("error") or (f"peak {fmt_mib(row.get('measured_peak_bytes'))} MiB, "
                                        f"step {1e3 * row.get('step_time_s', 0):.1f} ms")
             print(f"           {model} / {config}: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             rows.append(row)
+            if args.equal_peak and config.startswith("amb_") and row.get("measured_peak_bytes"):
+                todo.append((f"remat_{row['measured_peak_bytes']}B", config))
             add_ratios(rows)
             results["models"][model] = rows
             out_path.write_text(json.dumps(results, indent=1))  # partial results survive an interruption
