@@ -3,6 +3,9 @@
 time(op) = max(flops / peak_flops, bytes_moved / bandwidth) + launch overhead. FLOPs come from
 torch's flop-counter formulas evaluated on the node's fake-tensor metadata; the CPU attention op,
 which has no formula in torch, gets the standard attention count so attention never looks free.
+A pointwise chain fused into another kernel is priced by ``fused_time``: the longer of its memory
+traffic at the device's bandwidth and its elementwise ops at the device's elementwise rate (one op
+per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
 ``parse_cost_model`` validates the option that chooses between this roofline and the measured
 costs of ``remat.profile``.
 """
@@ -162,3 +165,13 @@ def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
 def op_time(flops: float, bytes_moved: float, spec: DeviceSpec) -> float:
     """Roofline time in seconds of a kernel."""
     return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth) + spec.launch_overhead
+
+
+def fused_time(bytes_moved: float, elementwise_ops: float, bandwidth: float, elementwise_rate: float = 0.0) -> float:
+    """Seconds of pointwise work that runs inside another kernel (a fused recomputation): its
+    memory traffic at ``bandwidth`` (bytes/s) or its ``elementwise_ops`` at ``elementwise_rate``
+    (element ops/s), whichever takes longer, and no launch. On one CPU thread a chain of
+    transcendental ops is compute-bound (a large copy's bandwidth prices it far too low); on a GPU
+    the traffic dominates. ``elementwise_rate`` 0: unknown, the traffic alone."""
+    compute = elementwise_ops / elementwise_rate if elementwise_rate > 0 else 0.0
+    return max(bytes_moved / bandwidth, compute)

@@ -7,8 +7,9 @@ dtypes and devices, its other arguments); ``signature_of`` builds one from a gra
 warm-up call, then the median of ``blocked_autorange``'s blocks. ``Profiler`` adds a per-op and a
 total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
 measured time, the measured copy bandwidth and host link, and ``fused_time``, the price of a
-pointwise recomputation that Inductor fuses into its reader: its memory traffic at the measured
-bandwidth (it runs inside another kernel, so it has no launch and no time of its own).
+pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
+measured bandwidth and its elementwise ops at the measured elementwise rate (``remat.cost.fused_time``;
+it runs inside another kernel, so it has no launch of its own).
 Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
 
 Cache: one JSON file per device and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
@@ -35,12 +36,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import fx
 
+from .cost import fused_time
 from .errors import ConfigError
 
 log = logging.getLogger("remat")
 
 FORMAT = "remat.profile/1"
-BANDWIDTH_KEY, LINK_KEY = "bandwidth", "link"
+BANDWIDTH_KEY, LINK_KEY, ELEMENTWISE_KEY = "bandwidth", "link", "elementwise_rate"
 _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
@@ -443,6 +445,30 @@ def measure_bandwidth(
     return rate
 
 
+# pointwise ops of a recomputed chain, on a tensor small enough to stay in cache: compute-bound
+_ELEMENTWISE_STMT = ("torch.sigmoid(x, out=y); torch.exp(x, out=y); torch.tanh(x, out=y); "
+                     "torch.mul(x, x, out=y); torch.add(x, x, out=y)")
+_ELEMENTWISE_OPS = 5
+
+
+def measure_elementwise_rate(
+    device: torch.device | str = "cpu", cache: ProfileCache | None = None, numel: int = 1 << 16,
+) -> float:
+    """Element ops per second of pointwise work whose data is in cache (sigmoid, exp, tanh, mul,
+    add on ``numel`` fp32 elements, at this process's thread count), measured once per device and
+    kept in ``cache``: what a fused pointwise chain costs when it is not bound by memory traffic."""
+    cache = cache if cache is not None else ProfileCache.for_device(device)
+    known = cache.get(ELEMENTWISE_KEY)
+    if known is not None:
+        return float(known)
+    with _real_tensors():
+        x = torch.rand(numel, device=torch.device(device))
+        seconds = _median_seconds(_ELEMENTWISE_STMT, {"torch": torch, "x": x, "y": torch.empty_like(x)}, min_run_time=0.1)
+    rate = _ELEMENTWISE_OPS * numel / seconds
+    cache.put(ELEMENTWISE_KEY, rate)
+    return rate
+
+
 def measure_link(
     device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int = 1 << 28,
 ) -> LinkRates | None:
@@ -523,6 +549,15 @@ class Profiler:
         with self._timed():
             return measure_bandwidth(self.device, self.cache)
 
+    def elementwise_rate(self) -> float | None:
+        """Measured element ops/s of cache-resident pointwise work (from the cache alone when not
+        measuring)."""
+        if not self.measure:
+            known = self.cache.get(ELEMENTWISE_KEY)
+            return None if known is None else float(known)
+        with self._timed():
+            return measure_elementwise_rate(self.device, self.cache)
+
     def link(self) -> LinkRates | None:
         """Measured host<->device rates; None off CUDA (or not in a saved profile)."""
         if not self.measure:
@@ -570,11 +605,18 @@ class MeasuredCosts:
     def link(self) -> LinkRates | None:
         return self.profiler.link()
 
-    def fused_time(self, bytes_moved: float) -> float | None:
-        """Seconds of a pointwise chain fused into its reader's kernel: its memory traffic at the
-        measured bandwidth (no launch of its own); None without a measured bandwidth."""
+    @functools.cached_property
+    def elementwise_rate(self) -> float | None:
+        return self.profiler.elementwise_rate()
+
+    def fused_time(self, bytes_moved: float, elementwise_ops: float = 0.0) -> float | None:
+        """Seconds of a pointwise chain fused into its reader's kernel (``remat.cost.fused_time``):
+        the longer of its memory traffic at the measured bandwidth and its ``elementwise_ops`` at
+        the measured elementwise rate, no launch of its own; None without a measured bandwidth."""
         bandwidth = self.bandwidth
-        return None if bandwidth is None else bytes_moved / bandwidth
+        if bandwidth is None:
+            return None
+        return fused_time(bytes_moved, elementwise_ops, bandwidth, self.elementwise_rate or 0.0)
 
     @property
     def stats(self) -> ProfileStats:

@@ -14,7 +14,7 @@ import remat
 from remat import planning
 from remat.capture import capture, fused_values, graph_facts, read_bytes
 from remat.config import RematConfig
-from remat.cost import DeviceSpec, tensor_bytes
+from remat.cost import DeviceSpec, fused_time, tensor_bytes
 from remat.plan import Decision
 from remat.profile import FORMAT, LinkRates, MeasuredCosts, ProfileStats, signature_of
 from remat.simulate import store_all_peak
@@ -191,3 +191,9 @@ def test_analyze_reports_the_cost_model(tmp_path):
     report = remat.analyze(model, (x,), memory_budget="90%", cost_model=str(path))
     assert report.graph.cost_model.startswith(str(path.resolve()))
     assert f"costs {report.graph.cost_model}" in planning.summary_line(report.graph)
+
+
+def test_fused_time_is_the_longer_of_traffic_and_elementwise_ops():
+    assert fused_time(4e9, 1e6, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(2.0)
+    assert fused_time(4e9, 1e10, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(10.0)
+    assert fused_time(4e9, 1e10, bandwidth=2e9) == pytest.approx(2.0)  # rate unknown: traffic alone

@@ -17,8 +17,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from remat.cost import parse_cost_model
 from remat.errors import ConfigError
 from remat.profile import (
-    FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth, measure_link,
-    measure_op, signature_of,
+    FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
+    measure_elementwise_rate, measure_link, measure_op, signature_of,
 )
 
 
@@ -204,6 +204,22 @@ def test_bandwidth_measured_once_then_cached():
     rate = measure_bandwidth("cpu", cache, nbytes=1 << 20)
     assert rate > 0 and ProfileCache.for_device("cpu").get("bandwidth") == rate
     assert measure_bandwidth("cpu") == rate
+
+
+def test_elementwise_rate_measured_once_then_cached():
+    cache = ProfileCache.for_device("cpu")
+    rate = measure_elementwise_rate("cpu", cache, numel=1 << 10)
+    assert rate > 0 and ProfileCache.for_device("cpu").get("elementwise_rate") == rate
+    assert measure_elementwise_rate("cpu") == rate
+
+
+def test_a_fused_chain_costs_its_traffic_or_its_elementwise_ops_whichever_is_longer(tmp_path):
+    costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, "elementwise_rate": 1e9}))
+    assert costs.fused_time(1e9) == pytest.approx(0.1)  # no ops given: traffic alone
+    assert costs.fused_time(1e9, elementwise_ops=1e8) == pytest.approx(0.1)  # memory-bound
+    assert costs.fused_time(1e9, elementwise_ops=1e9) == pytest.approx(1.0)  # compute-bound
+    no_rate = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10}))
+    assert no_rate.fused_time(1e9, elementwise_ops=1e9) == pytest.approx(0.1)
 
 
 def test_link_is_none_off_cuda():
