@@ -49,6 +49,7 @@ from remat.problem import Problem
 
 from ._core import OFF, REC, STORE, Cand, Structure, make_plan
 from .greedy import run_greedy
+from .layered import build_menus, layer_groups
 
 try:  # pragma: no cover - import guard
     import highspy  # noqa: F401
@@ -195,18 +196,24 @@ class Model:
     ``ties`` (candidate index -> its representative, see ``tie_map``) makes tied candidates share
     their ``rec``/``off``/``keep`` binaries: the model then spans exactly the tied plans, and
     every other row stays per candidate, so the peak is still bounded at every kept slot.
+    ``menus`` (``remat.solvers.layered.Menus``) gives each layer one binary ``z`` per layer plan
+    it may take (exactly one is chosen) and writes the binaries of the layer's activations as
+    sums of those ``z``: the model spans the plans that mix menu items across layers.
     """
 
-    def __init__(self, st: Structure, rows: Rows, budget: int | None, ties: dict[int, int] | None = None) -> None:
+    def __init__(self, st: Structure, rows: Rows, budget: int | None, ties: dict[int, int] | None = None,
+                 menus=None) -> None:
         t0 = time.perf_counter()
         self.st = st
         self.rows = rows
         self.ties = ties or {}
+        self.menus = menus
         self._shared: dict = {}
         self.unit, self.tscale = _scales(st)
         self.prob = pulp.LpProblem("remat", pulp.LpMinimize)
         self._var = _var_factory(self.prob)
         self.num_other_rows = 0
+        self.Z = self._menu_choices()
         self.V = self._decision_variables()
         for c in st.cands:
             if st.reach[c.idx]:
@@ -215,12 +222,13 @@ class Model:
                     self._start_rows(c)
                 self._consumer_start_rows(c)
                 self._live_segment_rows(c)
-        obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands if c.rec_ok and c.time]
+        obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands
+               if c.time and ("rec", c.idx) in self.V]
         obj += self._transfer_rows()
         self.M = self._objective(budget, obj)
         self._memory_rows(budget)
         self.num_cons = self.num_other_rows + self.num_rows
-        self.num_binaries = len({id(v) for key, v in self.V.items() if key[0] in ("rec", "off", "keep")})
+        self.num_binaries = len(self._shared) + len(self.Z)
         self.build_s = time.perf_counter() - t0
 
     # ---- variables and row helpers -------------------------------------------------------------
@@ -228,28 +236,45 @@ class Model:
         """Per reachable candidate: ``rec``/``off`` binaries (case A; ``keep`` too in case B),
         continuous start indicators ``st`` per kept slot below ``top``, and ``y`` per live segment."""
         V: dict = {}
-        var, binary, C = self._var, self._binary, pulp.LpContinuous
+        var, C = self._var, pulp.LpContinuous
         for c in self.st.cands:
             if not self.st.reach[c.idx]:
                 continue
             k = c.idx
-            if c.rec_ok:
-                V[("rec", k)] = binary("r", k)
-                for b in c.sv:
-                    V[("st", k, b)] = var(f"s{k}_{b}", 0, 1, C)
-            if c.off_ok:
-                V[("off", k)] = binary("o", k)
-            if c.d < 0 and c.rcons:
-                V[("keep", k)] = binary("k", k)
+            wanted = [("rec", c.rec_ok), ("off", c.off_ok), ("keep", c.d < 0 and bool(c.rcons))]
+            for kind in (kind for kind, ok in wanted if ok):
+                v = self._binary(kind, k)
+                if v is not None:
+                    V[(kind, k)] = v
+            for b in c.sv if c.rec_ok else ():
+                V[("st", k, b)] = var(f"s{k}_{b}", 0, 1, C)
             for j in range(len(c.segs)):
                 V[("y", k, j)] = var(f"y{k}_{j}", 0, 1, C)
         return V
 
-    def _binary(self, prefix: str, k: int):
-        """The binary ``prefix`` of candidate ``k``: its tie representative's when one was made."""
-        key = (prefix, self.ties.get(k, k))
+    def _menu_choices(self) -> dict:
+        """``z[(layer, item)]`` binaries of ``menus`` with one row per layer: exactly one item."""
+        if self.menus is None:
+            return {}
+        Z = {}
+        for layer, items in enumerate(self.menus.choices):
+            for m in items:
+                Z[(layer, m)] = self._var(f"z{layer}_{m}", 0, 1, pulp.LpBinary)
+            one = _affine((Z[(layer, m)], 1) for m in items)
+            self.prob.addConstraint(pulp.LpConstraint(one, pulp.LpConstraintEQ, f"choose{layer}", 1))
+            self.num_other_rows += 1
+        return Z
+
+    def _binary(self, kind: str, k: int):
+        """The binary ``kind`` ("rec", "off", "keep") of candidate ``k``: its tie representative's
+        when one was made; under ``menus``, for a candidate of a layer, the sum of the ``z`` whose
+        item sets it (None when none does: the binary is 0)."""
+        if self.menus is not None and k in self.menus.controlled:
+            terms = [(self.Z[lm], 1) for lm in self.menus.setters.get((kind, k), ())]
+            return _affine(terms) if terms else None
+        key = (kind, self.ties.get(k, k))
         if key not in self._shared:
-            self._shared[key] = self._var(f"{prefix}{k}", 0, 1, pulp.LpBinary)
+            self._shared[key] = self._var(f"{kind[0]}{k}", 0, 1, pulp.LpBinary)
         return self._shared[key]
 
     def _row(self, terms, sense, rhs, name: str) -> None:
@@ -380,6 +405,7 @@ class Model:
         V, u = self.V, self.unit
         self.infeasible_row = None
         self.num_rows = self.nnz = 0
+        self._capped: list = []  # (row, its constant bytes) of each row under the cap
         for t, const, terms in self.rows.forms():
             expr = [(V[v], cf / u) for v, cf in terms.items() if v in V]
             if budget is None:
@@ -391,9 +417,18 @@ class Model:
                     if const > budget:
                         self.infeasible_row = t
                     continue
-            self.prob += pulp.LpConstraint(_affine(expr), LE, f"m{t}", rhs)
+            row = pulp.LpConstraint(_affine(expr), LE, f"m{t}", rhs)
+            self.prob.addConstraint(row)
+            self._capped += [(row, const)] if budget is not None else []
             self.num_rows += 1
             self.nnz += len(expr)
+
+    def set_budget(self, budget: int) -> None:
+        """Move the memory rows to the cap ``budget`` (their forms do not depend on it). A row
+        without variables was left out under the first cap: under a lower one it is not checked,
+        so a plan of the moved model may peak over the new cap there."""
+        for row, const in self._capped:
+            row.constant = (const - budget) / self.unit
 
     def warm(self, dec: dict[str, Decision]) -> None:
         """Initial values from normalized decisions."""
@@ -403,10 +438,11 @@ class Model:
         codes = st.codes(dec)
         need, S, ln = st.jit(codes)
         for v in V.values():
-            v.setInitialValue(0)
+            if isinstance(v, pulp.LpVariable):
+                v.setInitialValue(0)
         for key, v in V.items():
-            if key[0] in ("U", "W", "eout", "ein"):
-                continue  # continuous transfer sums: implied by the decisions
+            if key[0] in ("U", "W", "eout", "ein") or not isinstance(v, pulp.LpVariable):
+                continue  # continuous transfer sums (implied by the decisions) and menu sums
             kind, k = key[0], key[1]
             c = cs[k]
             on = need[k]
@@ -432,24 +468,28 @@ class Model:
         for c in self.st.cands:
             k = c.idx
             r, o, kp = V.get(("rec", k)), V.get(("off", k)), V.get(("keep", k))
-            if r is not None and (r.varValue or 0) > 0.5:
+            if r is not None and (pulp.value(r) or 0) > 0.5:
                 out[c.name] = Decision.RECOMPUTE
-            elif o is not None and (o.varValue or 0) > 0.5:
+            elif o is not None and (pulp.value(o) or 0) > 0.5:
                 out[c.name] = Decision.OFFLOAD
-            elif c.d >= 0 or (kp is not None and (kp.varValue or 0) > 0.5):
+            elif c.d >= 0 or (kp is not None and (pulp.value(kp) or 0) > 0.5):
                 out[c.name] = Decision.STORE
         return self.st.normalize(out)
 
 
 def _affine(pairs) -> pulp.LpAffineExpression:
-    """A linear form from (variable, coef) pairs, summing the coefs of a variable that repeats
-    (tied variables; ``LpAffineExpression`` would keep only the last)."""
+    """A linear form from (variable or constant-free linear form, coef) pairs, summing the coefs
+    of a variable that repeats (tied variables, menu sums; ``LpAffineExpression`` would keep only
+    the last)."""
     acc: dict = {}
     for v, cf in pairs:
-        if v.name in acc:
-            acc[v.name] = (v, acc[v.name][1] + cf)
+        if isinstance(v, pulp.LpAffineExpression):
+            for var, c2 in v.items():
+                old = acc.get(var.name)
+                acc[var.name] = (var, cf * c2 + old[1]) if old else (var, cf * c2)
         else:
-            acc[v.name] = (v, cf)
+            old = acc.get(v.name)
+            acc[v.name] = (v, cf + old[1]) if old else (v, cf)
     return pulp.LpAffineExpression([vc for vc in acc.values() if vc[1]])
 
 
@@ -604,7 +644,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     model = Model(st, rows, None)
     model.M.lowBound = lb / model.unit
     model.M.upBound = peak / model.unit
-    warm = backend == "cbc"  # see ilp(): HiGHS MIP starts are not safe
+    warm = backend == "cbc"  # HiGHS MIP starts are not safe (see _free)
     if warm:
         model.warm(dec)
     status, bound, mgap, _ = _solve(model, backend, time_limit, 0.0, warm, None)
@@ -615,6 +655,11 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
         if p2 < peak and not st.violations(d2):
             dec, peak = d2, p2
     return peak, dec, proven
+
+
+LAYER_MODES = ("mix", "tie", "free")
+MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
+MIX_ROUNDS = 1  # rounds of "mix" mode: a two-level solve, then a tied solve regrouped by its answer
 
 
 def ilp(
@@ -628,26 +673,26 @@ def ilp(
     prune: bool = True,
     threads: int | None = None,
     starts: int | None = None,
-    layers: str = "free",
+    layers: str = "mix",
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
-    ``starts``: kept recompute start slots per activation, see ``min_peak``; ``layers``: "tie"
-    gives corresponding activations of ``Problem.layers`` one decision, "free" solves every
-    activation on its own, with the tied plan as one more fallback; the default until tied plans
-    come within a gap of free ones: +11 % added time at 12 GPT-2 layers, +32 % at 24).
-    ``time_limit`` bounds the whole planning: greedy, model building and every solve share one
-    deadline.
+    ``starts``: kept recompute start slots per activation, see ``min_peak``). ``layers`` says
+    what to do with ``Problem.layers``: "mix" (two levels, ``remat.solvers.layered``: tied plans
+    at a few caps make a menu of layer plans, then each layer picks one item), "tie" (one
+    decision per position of identical layers), "free" (every activation on its own, with the
+    tied plan as one more fallback). ``time_limit`` bounds the whole planning: greedy, model
+    building and every solve share one deadline.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
-    start and fallback); the tied model when there are layers; the free model unless tied; the
-    cheapest valid plan under the cap of all (or the min-peak plan when none meets the cap); its
-    optimality status (a tied plan is "feasible": its bound only holds for tied plans)."""
+    start and fallback); the models of the ``layers`` mode; the cheapest valid plan under the cap
+    of all (or the min-peak plan when none meets the cap); its optimality status (a tied or mixed
+    plan is "feasible": its model's bound only holds for the plans that model spans)."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit
     backend = _backend(backend)
-    if layers not in ("tie", "free"):
-        raise ConfigError(f"layers must be 'tie' or 'free'; got {layers!r}")
+    if layers not in LAYER_MODES:
+        raise ConfigError(f"layers must be one of {', '.join(map(repr, LAYER_MODES))}; got {layers!r}")
     st = kw.get("_structure") or Structure(problem, k=starts)
     trivial = _trivial_plan(st, budget_bytes, t0)
     if trivial is not None:
@@ -658,30 +703,18 @@ def ilp(
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
         _raise_infeasible(st, budget, deadline, backend, why)
     greedy_plan, greedy_cost = _greedy_plan(st, budget)
-    found: list = []  # (decisions, cost, source); on equal cost the first wins
     ties = tie_map(st, problem.layers) if problem.layers else {}
-    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune)
+    mode = layers if ties else "free"
+    warm = warm_start == "force" or (bool(warm_start) and backend == "cbc")  # see _free
+    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=deadline, warm=warm)
     info: dict = {"greedy_objective": None if greedy_plan is None else greedy_cost, "layers": layers,
                   "tied_activations": len(ties)}
-    status = bound = mgap = model = None
-    if ties:
-        share = 1.0 if layers == "tie" else 0.3
-        tied = _solve_model(st, ties, deadline, share, None, solve, info, "tied")
-        found += _answer(st, tied, budget, "tied", info)
-        if layers == "tie":
-            model, status = tied
-    if not ties or layers == "free":
-        warm = greedy_plan if warm_start == "force" or (warm_start and backend == "cbc") else None
-        model, status, bound, mgap = _solve_model(st, {}, deadline, 1.0, warm, solve, info, "free", full=True)
-        found += _answer(st, (model, status), budget, "ilp", info)
+    found, (model, status, bound, mgap) = _MODES[mode](st, problem.layers, ties, greedy_plan, solve, info)
     found += [(greedy_plan, greedy_cost, "greedy")] if greedy_plan is not None else []
     best, best_cost, source = min(found, key=lambda f: f[1]) if found else (None, math.inf, None)
     if best is None:
-        exact = layers == "free" or not ties
-        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info, exact)
+        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info, mode == "free")
     info["source"] = source
-    if layers == "tie" and ties:
-        bound = mgap = None  # the tied model's bound holds for tied plans only
     tscale = model.tscale if model is not None else 1.0
     status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, tscale)
     info["planning_s"] = round(time.perf_counter() - t0, 4)
@@ -689,37 +722,116 @@ def ilp(
                      solve_time_s=time.perf_counter() - t0, info=info)
 
 
-def _solve_model(st: Structure, ties: dict, deadline: float, share: float, warm_plan, solve: dict,
-                 info: dict, label: str, full: bool = False):
-    """Build the (tied or free) model and solve it with ``share`` of the time left; records its
-    sizes and times in ``info`` (prefixed ``tied_`` for the tied one). Returns (model, sol_status)
-    or, with ``full``, (model, sol_status, bound, mip gap)."""
+def _free(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict):
+    """The free model (after the tied one, with 30 % of the time, when there are layers), warm
+    started from the greedy plan with CBC (HiGHS MIP starts are not safe) or when forced: (found
+    plans, (free model, status, bound, mip gap))."""
+    warm = greedy_plan if solve["warm"] else None
+    found = []
+    if ties:
+        found += _answer(st, _solve_model(st, dict(ties=ties), 0.3, None, solve, info, "tied"), solve, "tied", info)
+    solved = _solve_model(st, {}, 1.0, warm, solve, info, "free")
+    return found + _answer(st, solved, solve, "ilp", info), solved
+
+
+def _tie(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict):
+    """The tied model alone; its bound holds for tied plans only, so none is reported."""
+    solved = _solve_model(st, dict(ties=ties), 1.0, None, solve, info, "tied")
+    return _answer(st, solved, solve, "tied", info), (solved[0], solved[1], None, None)
+
+
+def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict):
+    """Two levels: the tied model solved at each menu cap, then ``MIX_ROUNDS`` times the
+    two-level model over the layer items of the plans so far (newest first) and the tied model
+    regrouped by its answer (``layered.layer_groups``: layers that took one item share decisions,
+    each group its own). Every solve gets an even share of the time left; the bound of these
+    models holds for the plans they span only, so none is reported."""
+    solve = dict(solve, rows=Rows(st, prune=solve["prune"]))
+    caps = _menu_caps(solve["budget"], st.lower_bound_peak(), st.peak(st.store_all()))
+    steps = len(caps) + 2 * MIX_ROUNDS
+    tied = _build(st, dict(ties=ties), solve, info, "tied")
+    found, plans = [], []
+    for i, cap in enumerate(caps):
+        tied.set_budget(cap)
+        status = _run(tied, 1 / (steps - i), None, solve, info if i == 0 else {}, "tied")[1]
+        if status in _FOUND:
+            plans.append(tied.decisions())
+            found += _answer(st, (tied, status), solve, "tied", info) if i == 0 else []
+    plans += [greedy_plan] if greedy_plan is not None else []
+    solved = (None, pulp.LpStatusNotSolved)
+    for r in range(MIX_ROUNDS):
+        step = len(caps) + 2 * r
+        menus = build_menus(st, layers, plans)
+        info["menu_items"] = list(menus.items)
+        solved = _solve_model(st, dict(menus=menus), 1 / (steps - step), None, solve, info, "mix")
+        mixed = _answer(st, solved, solve, "mix", info)
+        base = mixed[0][0] if mixed else (plans[0] if plans else None)
+        if base is None:
+            break
+        regroup = dict(ties=tie_map(st, layer_groups(st, layers, base)))
+        regrouped = _answer(st, _solve_model(st, regroup, 1 / (steps - step - 1), None, solve, {}, "regroup"),
+                            solve, "regrouped", info)
+        found += mixed + regrouped
+        plans = [f[0] for f in regrouped + mixed] + plans
+    return found, (solved[0], solved[1], None, None)
+
+
+_MODES = {"free": _free, "tie": _tie, "mix": _mix}
+
+
+def _menu_caps(budget: int, lo: int, hi: int) -> list[int]:
+    """The cap, then caps a fraction of the way down to the lower bound (negative ``MENU_CAPS``)
+    or up to the store-all peak (positive): the tied plans there store less or more per layer."""
+    caps = [budget + int(f * ((budget - lo) if f < 0 else (hi - budget))) for f in MENU_CAPS]
+    return list(dict.fromkeys(caps))
+
+
+def _solve_model(st: Structure, shape: dict, share: float, warm_plan, solve: dict, info: dict, label: str):
+    """``_build`` then ``_run``: (model, sol_status, bound, mip gap)."""
+    return _run(_build(st, shape, solve, info, label), share, warm_plan, solve, info, label)
+
+
+def _build(st: Structure, shape: dict, solve: dict, info: dict, label: str) -> Model:
+    """The model (free, or shaped by ``ties`` / ``menus``) under ``solve["budget"]``, over
+    ``solve["rows"]`` when given; records its sizes in ``info`` (keys prefixed ``tied_`` /
+    ``mix_`` but for the free model)."""
     tb = time.perf_counter()
-    rows = Rows(st, prune=solve["prune"])
-    model = Model(st, rows, solve["budget"], ties)
+    rows = solve.get("rows") or Rows(st, prune=solve["prune"])
+    model = Model(st, rows, solve["budget"], **shape)
     sizes = _model_info(st, rows, model, solve["backend"], time.perf_counter() - tb)
-    pre = "" if label == "free" else "tied_"
-    info.update({pre + k: v for k, v in sizes.items()})
+    info.update({_prefix(label) + k: v for k, v in sizes.items()})
+    return model
+
+
+def _run(model: Model, share: float, warm_plan, solve: dict, info: dict, label: str):
+    """Solve ``model`` with ``share`` of the time left (from ``warm_plan`` when given); records
+    its time, status and gap in ``info``. Returns (model, sol_status, bound, mip gap)."""
     status = pulp.LpStatusNotSolved
     bound = mgap = None
+    pre = _prefix(label)
     if model.infeasible_row is not None:  # cannot happen after the lower-bound test
         info["ilp_fallback"] = f"a constant row (slot {model.infeasible_row}) exceeds the cap"
     else:
         if warm_plan is not None:
             model.warm(warm_plan)
-        limit = max(0.1, (deadline - time.perf_counter()) * share)
+        limit = max(0.1, (solve["deadline"] - time.perf_counter()) * share)
         status, bound, mgap, secs = _solve(model, solve["backend"], limit, solve["gap"],
                                            warm_plan is not None, solve["threads"])
         info[pre + "ilp_s"] = round(secs, 4)
         info[pre + "sol_status"] = int(status)
         info[pre + "mip_gap"] = mgap
-    return (model, status, bound, mgap) if full else (model, status)
+    return model, status, bound, mgap
 
 
-def _answer(st: Structure, solved, budget: int, source: str, info: dict) -> list:
+def _prefix(label: str) -> str:
+    return "" if label == "free" else label + "_"
+
+
+def _answer(st: Structure, solved, solve: dict, source: str, info: dict) -> list:
     """[(decisions, cost, source)] of a solved model when its answer is a valid plan under the
-    cap, else [] (with the reason in ``info["ilp_fallback"]``)."""
+    cap ``solve["budget"]``, else [] (with the reason in ``info["ilp_fallback"]``)."""
     model, status = solved[0], solved[1]
+    budget = solve["budget"]
     if status not in _FOUND:
         return []
     dec = model.decisions()

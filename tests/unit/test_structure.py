@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+
+import pulp
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from remat.plan import Decision
 from remat.problem import Problem
 from remat.simulate import check, store_all_peak
 from remat.solvers import min_peak, solve
+from remat.solvers._core import REC, Structure
+from remat.solvers.ilp import Model, Rows
+from remat.solvers.layered import build_menus, layer_groups
 from remat.structure import activation_graph, find_layers, signature, with_layers
 
 from .synthetic import chain_problem, residual_problem, transformer_problem
@@ -143,3 +148,87 @@ def test_layers_option_is_checked():
     with pytest.raises(ConfigError):
         solve(p, int(store_all_peak(p) * 0.8), layers="both")
     assert all(d in Decision for d in solve(p, None).decisions.values())
+
+
+# ---- two levels: menus of layer plans, one choice per layer ("mix") ------------------------------
+
+
+@pytest.mark.parametrize("bw", [0.0, 150.0])
+def test_mix_lies_between_the_free_and_the_tied_optimum(bw):
+    p = with_layers(residual_problem(blocks=2, host_bandwidth=bw))
+    plans = brute_force(p)
+    floor = min(pk for pk, _, _ in plans)
+    for cap in sorted({floor, (floor + store_all_peak(p)) // 2, store_all_peak(p) - 1}):
+        best, best_tied = bf_best(plans, cap), bf_best(_tied_plans(p, plans), cap)
+        try:
+            mix = solve(p, cap, gap=0.0, layers="mix")
+        except Exception as e:  # only when no tied plan and no greedy plan meets the cap
+            assert best_tied is None, e
+            continue
+        check(p, mix, cap)
+        assert mix.objective >= best - 1e-12
+        if best_tied is not None:
+            assert mix.objective <= best_tied + 1e-12
+        if best_tied is not None and math.isclose(best_tied, best, rel_tol=1e-12):  # tying is exact
+            assert math.isclose(mix.objective, best, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_mix_on_a_stack_is_valid_smaller_and_no_worse_than_tied_or_greedy():
+    p = with_layers(transformer_problem(layers=4, seq=32, hidden=32, heads=2))
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+    mix, tied, free = (solve(p, cap, layers=m) for m in ("mix", "tie", "free"))
+    for plan in (mix, tied, free):
+        check(p, plan, cap)
+    assert mix.objective <= tied.objective + 1e-12
+    assert mix.info["greedy_objective"] is None or mix.objective <= mix.info["greedy_objective"] + 1e-12
+    assert mix.info["mix_num_binaries"] < free.info["num_binaries"]
+    assert mix.bound is None or mix.info["source"] == "greedy"  # a mix bound is no bound
+    assert mix.info["menu_items"] and all(n >= 2 for n in mix.info["menu_items"])
+
+
+def _solved_menu_model(p: Problem, st: Structure, cap: int, plans):
+    model = Model(st, Rows(st), cap, menus=build_menus(st, p.layers, plans))
+    model.prob.solve(pulp.HiGHS(msg=False))
+    assert model.prob.sol_status == pulp.LpSolutionOptimal
+    return model.decisions()
+
+
+def test_menu_model_spans_its_source_plans():
+    p = with_layers(transformer_problem(layers=4, seq=32, hidden=32, heads=2))
+    st = Structure(p)
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+    tied = solve(p, cap, gap=0.0, layers="tie")
+    dec = _solved_menu_model(p, st, cap, [tied.decisions])
+    check(p, replace(tied, decisions=dec), cap)
+    assert st.cost(dec) <= tied.objective + 1e-12
+    menus = build_menus(st, p.layers, [tied.decisions])
+    assert all(choices for choices in menus.choices)  # every layer may take its own item
+    assert len(menus.choices) == sum(len(cls) for cls in p.layers)
+
+
+def test_moved_cap_solves_like_a_model_built_at_it():
+    p = with_layers(transformer_problem(layers=3, seq=32, hidden=32, heads=2))
+    st = Structure(p)
+    rows = Rows(st)
+    lo, hi = max(min_peak(p), int(store_all_peak(p) * 0.55)), int(store_all_peak(p) * 0.8)
+    moved = Model(st, rows, hi)
+    moved.set_budget(lo)
+    built = Model(st, rows, lo)
+    for m in (moved, built):
+        m.prob.solve(pulp.HiGHS(msg=False, gapRel=0.0))
+    assert math.isclose(st.cost(moved.decisions()), st.cost(built.decisions()), rel_tol=1e-9)
+    assert st.peak(moved.decisions()) <= lo
+
+
+def test_layer_groups_split_by_decisions_and_free_the_ends():
+    p = with_layers(transformer_problem(layers=5, seq=32, hidden=32, heads=2))
+    st = Structure(p)
+    cls = p.layers[0]
+    pos = next(i for i, n in enumerate(cls[1]) if all(
+        n2 in st.index and st.cands[st.index[n2]].rec_ok and st.cands[st.index[n2]].d >= 0 for n2 in (lay[i] for lay in cls)))
+    plan = dict(st.store_all())
+    for layer in (0, 1, 2):
+        plan[cls[layer][pos]] = Decision.RECOMPUTE
+    assert st.codes(st.normalize(plan))[st.index[cls[1][pos]]] == REC
+    assert layer_groups(st, p.layers, plan) == ((cls[1], cls[2]),)  # 0 and 4 are ends, 3 alone
+    assert layer_groups(st, p.layers, st.store_all()) == ((cls[1], cls[2], cls[3]),)

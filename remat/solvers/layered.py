@@ -1,0 +1,117 @@
+"""Two-level plans of repeated layers: a menu of layer plans per class, one choice per layer.
+
+Inner level: the plans of one layer of a class (``Problem.layers``) are read off whole plans of
+the step: tied plans at a few caps (each spans every layer with one decision per position) and
+the greedy plan, plus the layer that stores everything. Each distinct vector of decisions over a
+class's positions is one *item* of its menu.
+
+Outer level: the ILP (``ilp.Model`` with ``menus``) gives every layer one binary per item that
+the layer can take and chooses exactly one; the binaries of the layer's activations become sums
+of those choices. Every memory row of the step stays, so a chosen mix is valid at every slot, and
+the outer problem holds every source plan (each layer takes its own item), so its answer is
+never worse than the tied plan at the cap. Layers are free to differ: the last layers of a stack
+store more, and a stack under a cap mixes a storing item and a recomputing one, which a single
+tied decision per position cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from remat.plan import Decision
+
+from ._core import NONE, OFF, REC, STORE, Structure
+
+_KIND = {REC: "rec", OFF: "off"}
+
+
+@dataclass(frozen=True)
+class Menus:
+    """What ``ilp.Model`` reads: per layer the items it may take (``choices``), per (binary kind,
+    candidate index) the (layer, item) choices that set that binary (``setters``), and the
+    candidates whose binaries the choices control (``controlled``)."""
+
+    choices: tuple[tuple[int, ...], ...]
+    setters: Mapping[tuple[str, int], tuple[tuple[int, int], ...]]
+    controlled: frozenset[int]
+    items: tuple[int, ...]  # menu size per class
+
+
+def layer_candidates(st: Structure, layers) -> list[tuple[int, list[int | None]]]:
+    """(class index, candidate index per position or None) for every layer of every class; only
+    reachable candidates (the others take no decision)."""
+    out = []
+    for ci, cls in enumerate(layers):
+        for names in cls:
+            ks = [st.index.get(n) for n in names]
+            out.append((ci, [k if k is not None and st.reach[k] else None for k in ks]))
+    return out
+
+
+def build_menus(st: Structure, layers, plans: Sequence[Mapping[str, Decision]], max_items: int = 8) -> Menus:
+    """Menus read off ``plans`` (the first one's items always kept, then in order up to
+    ``max_items`` per class) plus the store-everything item; each layer may take the items that
+    its candidates allow (RECOMPUTE only where recomputable, OFFLOAD only where offloadable)."""
+    table = layer_candidates(st, layers)
+    menus: list[list[tuple[int, ...]]] = [[] for _ in layers]
+    for rank, plan in enumerate(plans):
+        codes = st.codes(st.normalize(plan))
+        for ci, ks in table:
+            item = tuple(int(codes[k]) if k is not None else NONE for k in ks)
+            if item not in menus[ci] and (rank == 0 or len(menus[ci]) < max_items):
+                menus[ci].append(item)
+    for ci, ks in table:
+        store = tuple(STORE if k is not None and st.cands[k].d >= 0 else NONE for k in ks)
+        if store not in menus[ci]:
+            menus[ci].append(store)
+    choices, setters = [], {}
+    for layer, (ci, ks) in enumerate(table):
+        allowed = tuple(m for m, item in enumerate(menus[ci]) if _allowed(st, ks, item))
+        choices.append(allowed)
+        for m in allowed:
+            for k, code in zip(ks, menus[ci][m]):
+                kind = _binary_kind(st, k, code)
+                if kind is not None:
+                    setters.setdefault((kind, k), []).append((layer, m))
+    controlled = frozenset(k for _, ks in table for k in ks if k is not None)
+    return Menus(tuple(choices), {key: tuple(v) for key, v in setters.items()}, controlled,
+                 tuple(len(m) for m in menus))
+
+
+def _allowed(st: Structure, ks: list[int | None], item: tuple[int, ...]) -> bool:
+    """Whether a layer with candidates ``ks`` can take ``item``."""
+    for k, code in zip(ks, item):
+        if k is None:
+            continue
+        c = st.cands[k]
+        if (code == REC and not c.rec_ok) or (code == OFF and not c.off_ok):
+            return False
+    return True
+
+
+def _binary_kind(st: Structure, k: int | None, code: int) -> str | None:
+    """The model binary that ``code`` sets to one for candidate ``k`` (None: none; STORE of an
+    activation that backward reads is ``1 - rec - off``, no binary)."""
+    if k is None:
+        return None
+    if code == STORE:
+        c = st.cands[k]
+        return "keep" if c.d < 0 and c.rcons else None
+    return _KIND.get(code)
+
+
+def layer_groups(st: Structure, layers, plan: Mapping[str, Decision]):
+    """``layers`` regrouped by ``plan``: within each class, the layers whose decisions agree at
+    every position form one class (``Problem.layers`` form). The first and last layer of each
+    class and the layers alone in their group are left out, so a model tied by these groups
+    decides them freely (the ends of a stack differ: the last one stores more)."""
+    codes = st.codes(st.normalize(plan))
+    out = []
+    for cls in layers:
+        groups: dict[tuple[int, ...], list] = {}
+        for names in cls[1:-1]:
+            key = tuple(int(codes[st.index[n]]) if n in st.index else NONE for n in names)
+            groups.setdefault(key, []).append(names)
+        out += [tuple(g) for g in groups.values() if len(g) >= 2]
+    return tuple(out)
