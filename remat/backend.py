@@ -32,6 +32,7 @@ from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
+from .symbolic import no_guards
 from .planning import GraphReport, _infeasible, forward_nodes, plan_joint_graph, summary_line
 from .wrapper_memory import collect_wrapper_code
 
@@ -69,9 +70,10 @@ class RematPartitioner(CustomPartitionerFn):
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = kwargs.get("static_lifetime_input_indices")
-        report, (joint, info) = plan_joint_graph(
-            gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
-            plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident)
+        with no_guards(gm):  # planning reads sizes; a plan's rewrite holds for every size
+            report, (joint, info) = plan_joint_graph(
+                gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
+                plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)

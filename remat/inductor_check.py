@@ -30,7 +30,11 @@ class InductorPeaks:
     """``torch._inductor.config._post_fusion_custom_pass`` that records each graph's estimated
     peak bytes in ``peaks``; it leaves the kernel order unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: dict[str, int] | None = None) -> None:
+        # the size symbols' values at which a dynamic-shape graph's code is read (a range's planning
+        # corner); None: their hints
+        self.sizes = sizes
+        self.size_hints: list[dict[str, int]] = []  # per graph: its size symbols' hints
         self.peaks: list[int] = []
         self.itemsizes: list[dict[str, int]] = []  # per graph: element size of inputs and buffers
         self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
@@ -38,8 +42,9 @@ class InductorPeaks:
 
     def __call__(self, nodes: list) -> list:
         try:
-            self.peaks.append(_estimate(nodes))
+            self.peaks.append(_estimate(nodes, self.sizes))
             self.itemsizes.append(_itemsizes())
+            self.size_hints.append(_size_hints())
         except Exception as e:  # an estimate we cannot make is no reason to fail the compile
             log.debug("remat: no Inductor memory estimate (%s: %s)", type(e).__name__, e)
         try:
@@ -65,7 +70,8 @@ class InductorPeaks:
         if not self.codes or len(self.codes) != len(self.peaks):
             return None
         if getattr(self, "_walked", (None,))[0] != len(self.codes):
-            walks = [wrapper_peak(c, sizes) for c, sizes in zip(self.codes, self.itemsizes)]
+            walks = [wrapper_peak(c, items, self.sizes or hints)
+                     for c, items, hints in zip(self.codes, self.itemsizes, self.size_hints)]
             self._walked = (len(self.codes), None if any(w is None for w in walks) else walks)
         return self._walked[1]
 
@@ -102,12 +108,20 @@ def _itemsizes() -> dict[str, int]:
     return out
 
 
-def _estimate(nodes: list) -> int:
+def _size_hints() -> dict[str, int]:
+    """The hint of each size symbol of the graph being compiled, by name (empty when static)."""
+    from torch._inductor.virtualized import V
+
+    env = V.graph.sizevars.shape_env
+    return {str(k): int(v) for k, v in env.backed_var_to_val.items()}
+
+
+def _estimate(nodes: list, sizes: dict[str, int] | None = None) -> int:
     """Peak of live bytes over Inductor's kernel order (``torch._inductor.memory``), except that a
     kernel's result is taken to reuse, in place, a buffer of the same size that the kernel reads
     for the last time (Inductor decides that at code generation, after this pass, and its planner
     counts both), and that on a GPU only device buffers count (not the host copies of offloaded
-    values)."""
+    values). Symbolic sizes take their values from ``sizes``, else their hints."""
     from torch._inductor import memory
     from torch._inductor.scheduler import ExternKernelSchedulerNode
     from torch._inductor.virtualized import V
@@ -144,9 +158,20 @@ def _estimate(nodes: list) -> int:
                 delta[b.end_step + 1] -= b.size_free
     peak = cur = 0
     for d in delta:
-        cur += d
+        cur += _concrete(d, sizes)
         peak = max(peak, cur)
     return int(peak)
+
+
+def _concrete(nbytes, sizes: dict[str, int] | None) -> int:
+    """An int for a byte count that may be a sympy expression of the size symbols."""
+    from torch._inductor.virtualized import V
+
+    if isinstance(nbytes, int) or not getattr(nbytes, "free_symbols", None):
+        return int(nbytes)
+    if sizes:
+        return int(nbytes.subs({s: sizes[str(s)] for s in nbytes.free_symbols if str(s) in sizes}))
+    return int(V.graph.sizevars.optimization_hint(nbytes))
 
 
 def _device_type(buf, graph) -> str | None:

@@ -18,6 +18,7 @@ frees its argument's device storage.
 from __future__ import annotations
 
 import ast
+import operator
 import threading
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -93,11 +94,30 @@ def storage_bytes(shape: Iterable[int], stride: Iterable[int], itemsize: int) ->
     return (1 + sum((d - 1) * s for d, s in zip(shape, stride))) * itemsize
 
 
-def _literal(node: ast.AST):
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, SyntaxError, TypeError):
-        return None
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+
+def _literal(node: ast.AST, sizes: dict[str, int] | None = None):
+    """The value of an int, a tuple of ints or an integer expression of the size symbols in
+    ``sizes`` (``(s77, 64)``, ``64*s77``; dynamic shapes); None for anything else."""
+    sizes = sizes or {}
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, ast.Name):
+        return sizes.get(node.id)
+    if isinstance(node, ast.Tuple):
+        items = [_literal(e, sizes) for e in node.elts]
+        return None if any(i is None for i in items) else tuple(items)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _literal(node.operand, sizes)
+        return None if v is None else -v
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        a, b = _literal(node.left, sizes), _literal(node.right, sizes)
+        if a is None or b is None or (b == 0 and isinstance(node.op, (ast.FloorDiv, ast.Mod))):
+            return None
+        return _ARITHMETIC[type(node.op)](a, b)
+    return None
 
 
 def _itemsize(node: ast.AST) -> int | None:
@@ -129,26 +149,43 @@ def _statements(body: list[ast.stmt]) -> Iterable[ast.stmt]:
             yield s
 
 
-def _asserted_sizes(stmts: list[ast.stmt]) -> dict[str, tuple]:
+def _asserted_sizes(stmts: list[ast.stmt], sizes: dict[str, int]) -> dict[str, tuple]:
     """(shape, stride) of every name that an ``assert_size_stride(name, shape, stride, ...)``
-    sizes. The dtype is not in the assert: ``wrapper_peak`` takes it from ``itemsizes`` (4 bytes
+    sizes, symbols taken from ``sizes``. The dtype is not in the assert: ``wrapper_peak`` takes it from ``itemsizes`` (4 bytes
     when unknown)."""
     out: dict[str, tuple] = {}
     for s in stmts:
         call = s.value if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) else None
         if call is None or _call_name(call) != "assert_size_stride" or len(call.args) < 3:
             continue
-        name, shape, stride = ast.unparse(call.args[0]), _literal(call.args[1]), _literal(call.args[2])
+        name, shape, stride = ast.unparse(call.args[0]), _literal(call.args[1], sizes), _literal(call.args[2], sizes)
         if isinstance(shape, tuple) and isinstance(stride, tuple):
             out.setdefault(name, (shape, stride))
     return out
 
 
-def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None) -> WrapperPeak | None:
+@dataclass
+class _Sizing:
+    """What sizes the storages of one wrapper: the asserted (shape, stride) of names, element
+    sizes, the values of the size symbols, and the results that nothing sized."""
+
+    shapes: dict[str, tuple]
+    itemsizes: dict[str, int]
+    sizes: dict[str, int]
+    unsized: list[str] = field(default_factory=list)
+
+    def bytes_of(self, name: str) -> int:
+        return storage_bytes(*self.shapes[name], self.itemsizes.get(name, 4))
+
+
+def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
+                 sizes: dict[str, int] | None = None) -> WrapperPeak | None:
     """Walk the ``call`` of Inductor's Python wrapper ``code``; None when there is none.
 
     ``itemsizes`` maps input and extern-result names to their element size where the code does
-    not say it (the dtype of an input is not in its assert); 4 bytes otherwise."""
+    not say it (the dtype of an input is not in its assert); 4 bytes otherwise. ``sizes`` gives
+    the size symbols of a dynamic-shape graph their values (``{"s77": 512}``); the sizes that the
+    code computes from them (``ps0 = 64*s77``) follow."""
     try:
         body = _call_body(ast.parse(code))
     except SyntaxError:
@@ -156,18 +193,27 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None) -> WrapperP
     if body is None:
         return None
     stmts = list(_statements(body))
-    shapes = _asserted_sizes(stmts)
-    itemsizes = itemsizes or {}
-    sized = lambda n: storage_bytes(*shapes[n], itemsizes.get(n, 4))  # noqa: E731
-    st, unsized = _Storages(), []
+    sizes = _derived_sizes(stmts, dict(sizes or {}))
+    sizing = _Sizing(_asserted_sizes(stmts, sizes), itemsizes or {}, sizes)
+    st = _Storages()
     for name in _input_names(stmts):
-        if name in shapes and not name.startswith("primals_"):
-            st.new(name, sized(name))
+        if name in sizing.shapes and not name.startswith("primals_"):
+            st.new(name, sizing.bytes_of(name))
     start = st.live
     for s in stmts:
-        _step(s, st, shapes, sized, unsized)
+        _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
-    return WrapperPeak(st.peak, start, [n for n in unsized if n not in tuples])
+    return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+
+
+def _derived_sizes(stmts: list[ast.stmt], sizes: dict[str, int]) -> dict[str, int]:
+    """``sizes`` and every name that the code assigns an integer expression of them."""
+    for s in stmts:
+        if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+            value = _literal(s.value, sizes)
+            if isinstance(value, int) and not isinstance(s.value, ast.Constant):
+                sizes[s.targets[0].id] = value
+    return sizes
 
 
 def _input_names(stmts: list[ast.stmt]) -> list[str]:
@@ -180,29 +226,30 @@ def _input_names(stmts: list[ast.stmt]) -> list[str]:
     return []
 
 
-def _step(s: ast.stmt, st: _Storages, shapes: dict, sized, unsized: list[str]) -> None:
+def _step(s: ast.stmt, st: _Storages, sizing: _Sizing) -> None:
     """Apply one statement of the wrapper to the live storages."""
     if isinstance(s, ast.Delete):
         for t in s.targets:
             st.drop(ast.unparse(t))
     elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
-        _assign(s.targets[0].id, s.value, st, shapes, sized, unsized)
+        _assign(s.targets[0].id, s.value, st, sizing)
     elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
         name = _call_name(s.value)
         if any(f in name for f in _FREES_ARGUMENT) and s.value.args:
             st.release(ast.unparse(s.value.args[0]))
 
 
-def _assign(name: str, value: ast.AST, st: _Storages, shapes: dict, sized, unsized: list[str]) -> None:
+def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
     """``name = value``: a new storage, an alias of one, or a tuple of extern results."""
     if isinstance(value, ast.Name):
         st.alias(name, value.id)
     elif isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
-        _new_sized(name, st, shapes, sized, unsized, tied_to=value.value.id)
+        _new_sized(name, st, sizing, tied_to=value.value.id)
     elif isinstance(value, ast.Call):
         fn = _call_name(value)
         if fn in _ALLOCATORS and len(value.args) >= 3:
-            shape, stride, size = _literal(value.args[0]), _literal(value.args[1]), _itemsize(value.args[2])
+            shape, stride = _literal(value.args[0], sizing.sizes), _literal(value.args[1], sizing.sizes)
+            size = _itemsize(value.args[2])
             nbytes = storage_bytes(shape, stride, size) if shape is not None and stride is not None and size else 0
             st.new(name, nbytes)
         elif fn == "reinterpret_tensor" and value.args:
@@ -210,16 +257,16 @@ def _assign(name: str, value: ast.AST, st: _Storages, shapes: dict, sized, unsiz
         elif any(h in fn for h in _HOST_RESULT):
             st.drop(name)
         elif fn.startswith(("torch.ops.", "extern_kernels.", "aten.")) or fn.endswith(".default"):
-            _new_sized(name, st, shapes, sized, unsized)
+            _new_sized(name, st, sizing)
 
 
-def _new_sized(name: str, st: _Storages, shapes: dict, sized, unsized: list[str], tied_to: str | None = None) -> None:
+def _new_sized(name: str, st: _Storages, sizing: _Sizing, tied_to: str | None = None) -> None:
     """An extern op's result (or one element of its tuple, kept alive by the tuple too)."""
-    if name not in shapes:
+    if name not in sizing.shapes:
         st.drop(name)  # a tuple (its elements are sized one by one), or a result never sized
-        unsized.append(name)
+        sizing.unsized.append(name)
         return
-    sid = st.new(name, sized(name))
+    sid = st.new(name, sizing.bytes_of(name))
     if tied_to is not None:
         st.ref(tied_to, sid)
 
