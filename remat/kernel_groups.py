@@ -10,13 +10,21 @@ of ops at once: its buffers from the group's first slot, what it reads until its
 The names are the joint graph's: the forward and backward graphs that remat hands to Inductor keep
 the joint nodes' names, recomputed ops included. Names that Inductor's own passes made (an
 ``addmm`` from an ``mm`` and an ``add``) match no joint node and are ignored.
+
+A forward op's name in a backward kernel says that the last plan recomputed that value inside the
+kernel. ``with_recompute_kernels`` writes those kernels into a Problem, as plain data
+(``Problem.metadata["recompute_kernels"]``: activation name -> the backward slots of its kernel's
+ops), and ``recompute_kernels`` reads them back; ``remat.simulate`` applies them to a RECOMPUTE
+decision: the value lives across its kernel, or, read only inside it, is never allocated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["KernelGroups", "scheduler_groups"]
+__all__ = ["KernelGroups", "RecomputeKernel", "recompute_kernels", "scheduler_groups", "with_recompute_kernels"]
+
+RECOMPUTE_KERNELS = "recompute_kernels"  # the Problem.metadata key
 
 
 @dataclass(frozen=True)
@@ -46,3 +54,44 @@ def scheduler_groups(nodes: list) -> tuple[frozenset[str], ...]:
         if len(names) > 1:
             groups.append(frozenset(names))
     return tuple(groups)
+
+
+@dataclass(frozen=True)
+class RecomputeKernel:
+    """A generated backward kernel that recomputes a forward value: the backward slots of the
+    model's schedule that its own ops take (ascending, at least one)."""
+
+    slots: tuple[int, ...]
+
+    @property
+    def first(self) -> int:
+        return self.slots[0]
+
+    @property
+    def last(self) -> int:
+        return self.slots[-1]
+
+
+def with_recompute_kernels(problem, groups: KernelGroups | None):
+    """``problem`` with the backward kernels that recomputed its activations under the last plan
+    (``groups``: that compile's kernels) in its metadata; unchanged without any. A kernel counts by
+    the backward slot ops it holds; a kernel of recomputed ops alone holds none and is left out."""
+    if groups is None:
+        return problem
+    nf = problem.num_forward
+    slot_of = {s.name: t for t, s in enumerate(problem.slots) if t >= nf}
+    names = {a.name for a in problem.activations}
+    found: dict[str, list[int]] = {}
+    for group in groups.backward:
+        slots = sorted(slot_of[n] for n in group if n in slot_of)
+        for name in sorted(group & names) if slots else ():
+            found.setdefault(name, slots)
+    if not found:
+        return problem
+    return replace(problem, metadata={**problem.metadata, RECOMPUTE_KERNELS: found})
+
+
+def recompute_kernels(problem) -> dict[str, RecomputeKernel]:
+    """The backward kernels that recompute ``problem``'s activations (``with_recompute_kernels``)."""
+    found = problem.metadata.get(RECOMPUTE_KERNELS, {})
+    return {name: RecomputeKernel(tuple(slots)) for name, slots in found.items()}

@@ -15,7 +15,13 @@ Intervals are inclusive slot ranges ``(lo, hi)``, counted on top of ``slot.fixed
 already holds every activation during its forward lifetime ``[created, last_forward_use]``):
 
 STORE      ``last_forward_use+1 .. last_need``
-RECOMPUTE  ``S(v) .. last_need``
+RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` inside a generated
+           backward kernel K (``remat.kernel_groups.recompute_kernels``), which writes its
+           results before it runs and reads its inputs until it ends: ``min(S(v), first(K)) ..
+           max(last_need, last(K))``, and no bytes at all when every backward read of ``v`` (its
+           backward uses, its needed RECOMPUTE consumers) is inside K (``v`` is never written to
+           memory). A consumer ``c`` recomputed inside K reads its inputs over the same window,
+           ``min(S(c), first(K)) .. max(S(c), last(K))``, which widens their starts and last needs.
 OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
@@ -29,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
+from remat.kernel_groups import RecomputeKernel, recompute_kernels
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.transfers import Transfers, schedule_transfers
@@ -115,10 +122,19 @@ def needed_activations(problem: Problem, decisions: Mapping[str, Decision]) -> l
     return [n for n in _creation_order(problem) if n in needed]
 
 
+def _window(start: int, kernel: RecomputeKernel | None) -> tuple[int, int]:
+    """The slots over which a recomputation that starts at ``start`` reads its inputs: that slot,
+    or the whole kernel that recomputes it."""
+    if kernel is None:
+        return start, start
+    return min(start, kernel.first), max(start, kernel.last)
+
+
 def _starts_and_last_needs(
-    problem: Problem, needed: set[str], dec: Mapping[str, Decision]
+    problem: Problem, needed: set[str], dec: Mapping[str, Decision], kernels: Mapping[str, RecomputeKernel]
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """``S(v)`` and ``last_need(v)`` of every needed activation (one reverse-creation sweep).
+    """``S(v)`` and ``last_need(v)`` of every needed activation (one reverse-creation sweep); a
+    needed RECOMPUTE consumer reads ``v`` over its window (``_window``).
 
     A consumer is created strictly later than its inputs, so when ``v`` is reached every needed
     RECOMPUTE consumer already has its start.
@@ -135,11 +151,9 @@ def _starts_and_last_needs(
         ln = a.backward_uses[-1] if a.backward_uses else None
         for c in cons[name]:
             if c in needed and dec.get(c) is R and c in start:
-                sc = start[c]
-                if s is None or sc < s:
-                    s = sc
-                if ln is None or sc > ln:
-                    ln = sc
+                lo, hi = _window(start[c], kernels.get(c))
+                s = lo if s is None else min(s, lo)
+                ln = hi if ln is None else max(ln, hi)
         if s is not None:  # always, for a needed activation
             start[name] = s
             last[name] = ln
@@ -150,7 +164,7 @@ def recompute_starts(problem: Problem, plan: Plan | Mapping[str, Decision]) -> d
     """``S(v)`` of every needed activation of ``plan``: where a RECOMPUTE one is recomputed (and
     by when an OFFLOAD one must be back)."""
     dec, _ = _coerce(_decisions_of(plan))
-    return _starts_and_last_needs(problem, _needed_set(problem, dec), dec)[0]
+    return _starts_and_last_needs(problem, _needed_set(problem, dec), dec, recompute_kernels(problem))[0]
 
 
 class _Analysis:
@@ -165,7 +179,8 @@ class _Analysis:
         self.problem = problem
         self._errors: list[str] = []
         self._decide(_decisions_of(plan))
-        self.starts, self.last_needs = _starts_and_last_needs(problem, set(self.needed), self.decisions)
+        self.kernels = recompute_kernels(problem)
+        self.starts, self.last_needs = _starts_and_last_needs(problem, set(self.needed), self.decisions, self.kernels)
         self.transfers = self._schedule()
         self.device: dict[str, list[tuple[int, int]]] = {}
         self.host: dict[str, list[tuple[int, int]]] = {}
@@ -224,12 +239,33 @@ class _Analysis:
         if d is Decision.RECOMPUTE:
             if not a.recomputable:
                 self._errors.append(f"act {name!r} is RECOMPUTE but not recomputable")
-            self.device[name] = [(self.starts[name], last)]
+            self._recompute_interval(a, last)
             self.recompute_time += a.compute_time
         elif d is Decision.OFFLOAD and name in self.transfers.free_after:
             self._offload_intervals(a, last)
         else:
             self.device[name] = [(a.last_forward_use + 1, last)]
+
+    def _recompute_interval(self, a: Activation, last: int) -> None:
+        """From ``S(v)`` to its last need, widened to the kernel that recomputes it; readable there
+        but never on the device when only that kernel reads it (``_inlined``)."""
+        lo, hi = _window(self.starts[a.name], self.kernels.get(a.name))
+        interval = [(lo, max(last, hi))]
+        if self._inlined(a):
+            self.readable[a.name] = interval
+            self.device[a.name] = []
+        else:
+            self.device[a.name] = interval
+
+    def _inlined(self, a: Activation) -> bool:
+        """Whether RECOMPUTE ``a`` is computed and read only inside its kernel: every backward use
+        is one of the kernel's slots and every needed RECOMPUTE consumer is recomputed inside it."""
+        kernel = self.kernels.get(a.name)
+        if kernel is None:
+            return False
+        consumers = (c for c in self.problem.consumers[a.name]
+                     if c in self.starts and self.decisions.get(c) is Decision.RECOMPUTE)
+        return set(a.backward_uses) <= set(kernel.slots) and all(self.kernels.get(c) == kernel for c in consumers)
 
     def _offload_intervals(self, a: Activation, last: int) -> None:
         """Device copy until ``free_after`` and again from ``prefetch_at``; readable again only

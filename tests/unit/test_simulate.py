@@ -599,3 +599,57 @@ def test_invalid_exactly_when_an_offload_is_needed_early(p, data):
                 a = p.activation(n)
                 for i in a.inputs:
                     assert starts[i] <= starts[n]
+
+
+# ---- kernels that recomputed a value in the last compile (remat.kernel_groups) -----------------
+# slots f0 f1 | b0 .. b4 (2..6), fixed 10 everywhere; u is stored, v recomputed from u
+
+
+def kernel_problem(v_uses, kernels=None, v_inputs=("u",)):
+    from remat.kernel_groups import KernelGroups, with_recompute_kernels
+
+    p = Problem(slots=slots([10] * 2, [10] * 5), activations=(
+        act("u", 0, 1, 1000, uses=(2,)), act("v", 1, 1, 100, uses=v_uses, inputs=v_inputs)))
+    groups = KernelGroups(backward=tuple(frozenset(k) for k in (kernels or ())))
+    return with_recompute_kernels(p, groups)
+
+
+def test_a_value_written_by_the_kernel_that_recomputes_it_lives_across_the_kernel():
+    plain = simulate(kernel_problem((4, 6)), {"u": S, "v": R})
+    assert plain.device_bytes[2:] == (1010, 1010, 1110, 110, 110)
+    kernel = simulate(kernel_problem((4, 6), [{"b1", "b2", "v"}]), {"u": S, "v": R})
+    assert kernel.ok and kernel.device_bytes[2:] == (1010, 1110, 1110, 110, 110)  # from the kernel's start
+    assert kernel.starts["v"] == 4
+    ends = live_intervals(kernel_problem((3, 4), [{"b2", "b3", "v"}]), {"u": S, "v": R})
+    assert ends["v"] == [(3, 5)] and ends["u"] == [(2, 5)]  # to the kernel's end, which reads u until then
+
+
+def test_a_value_read_only_inside_the_kernel_that_recomputes_it_takes_no_memory():
+    p = kernel_problem((3, 4), [{"b1", "b2", "b3", "v"}])
+    tl = simulate(p, {"u": S, "v": R})
+    assert tl.ok and tl.device_bytes[2:] == (1010, 1010, 1010, 1010, 10)  # u read until the kernel ends
+    assert live_intervals(p, {"u": S, "v": R})["v"] == []
+    assert simulate(p, {"u": S, "v": S}).device_bytes[2:5] == (1110, 110, 110)  # stored: no kernel rule
+
+
+def test_a_consumer_recomputed_in_another_kernel_reads_the_value_from_memory():
+    acts = (act("u", 0, 1, 1000, uses=(2,)), act("v", 0, 1, 100, uses=(3,)), act("w", 1, 1, 1, uses=(5,), inputs=("v",)))
+    from remat.kernel_groups import KernelGroups, with_recompute_kernels
+
+    base = Problem(slots=slots([10] * 2, [10] * 5), activations=acts)
+    same = with_recompute_kernels(base, KernelGroups(backward=(frozenset({"b1", "b3", "v", "w"}),)))
+    other = with_recompute_kernels(base, KernelGroups(backward=(frozenset({"b1", "v"}), frozenset({"b3", "w"}))))
+    plan = {"u": S, "v": R, "w": R}
+    assert simulate(same, plan).peak_bytes == 1010  # v and w never leave their kernel
+    assert live_intervals(other, plan)["v"] == [(3, 5)] and simulate(other, plan).ok
+
+
+def test_recompute_kernels_survive_json_and_ignore_kernels_of_no_backward_slot():
+    from remat.kernel_groups import KernelGroups, RecomputeKernel, recompute_kernels, with_recompute_kernels
+
+    p = kernel_problem((4,), [{"b2", "b4", "v", "no_such_op"}, {"u", "f0"}])
+    assert recompute_kernels(p) == {"v": RecomputeKernel((4, 6))}
+    assert recompute_kernels(Problem.from_dict(json.loads(json.dumps(p.to_dict())))) == recompute_kernels(p)
+    bare = kernel_problem((4,))
+    assert with_recompute_kernels(bare, None) is bare and recompute_kernels(bare) == {}
+    assert with_recompute_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
