@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -25,9 +25,30 @@ class StepMeasurement:
     peak_bytes: int  # peak above the memory allocated before the step
     seconds: float  # wall time of the step (profiled on CPU: slower than unprofiled)
     step_s: float | None = None  # median wall time of unprofiled steps, when timed
+    # CPU: the outermost aten op running when the peak was reached ("" outside any op), and its
+    # scratch there: what it had allocated at the peak beyond what it still holds when it ends
+    # (an extern kernel's workspace, which Inductor's code does not show)
+    peak_op: str = ""
+    peak_op_scratch_bytes: int = 0
 
 
-def _allocation_events(prof) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class _Allocation:
+    time_ns: int
+    nbytes: int  # negative for a free
+    op: object  # the outermost aten op event it happened in, or None
+
+
+def _outermost_op(event):
+    op, e = None, event.parent
+    while e is not None:
+        if e.name.startswith("aten::"):
+            op = e
+        e = e.parent
+    return op
+
+
+def _allocation_events(prof) -> list[_Allocation]:
     from torch._C._profiler import _EventType
 
     out = []
@@ -37,10 +58,26 @@ def _allocation_events(prof) -> list[tuple[int, int]]:
         if e.tag == _EventType.Allocation:
             f = e.extra_fields
             if f.device.type == "cpu":
-                out.append((e.start_time_ns, f.alloc_size))
+                out.append(_Allocation(e.start_time_ns, f.alloc_size, _outermost_op(e)))
         stack.extend(e.children)
-    out.sort()
+    out.sort(key=lambda a: a.time_ns)
     return out
+
+
+def _peak_of(events: list[_Allocation]) -> tuple[int, str, int]:
+    """(peak of the running sum, the op it was reached in, that op's scratch at the peak)."""
+    running = peak = 0
+    at = -1
+    for i, a in enumerate(events):
+        running += a.nbytes
+        if running > peak:
+            peak, at = running, i
+    op = events[at].op if at >= 0 else None
+    if op is None:
+        return peak, "", 0
+    mine = [(i, a.nbytes) for i, a in enumerate(events) if a.op is op]
+    held_at_peak = sum(n for i, n in mine if i <= at)
+    return peak, op.name, max(0, held_at_peak - sum(n for _, n in mine))
 
 
 @contextlib.contextmanager
@@ -58,7 +95,8 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasurement:
-    """Run ``step()`` once and return its peak memory above what was allocated before it."""
+    """Run ``step()`` once and return its peak memory above what was allocated before it (on the
+    CPU also the op that reached it and that op's scratch memory there)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -76,11 +114,8 @@ def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasure
         t0 = time.perf_counter()
         step()
         seconds = time.perf_counter() - t0
-    running = peak = 0
-    for _, size in _allocation_events(prof):
-        running += size
-        peak = max(peak, running)
-    return StepMeasurement(peak, seconds)
+    peak, op, scratch = _peak_of(_allocation_events(prof))
+    return StepMeasurement(peak, seconds, peak_op=op, peak_op_scratch_bytes=scratch)
 
 
 def median_seconds(step: Callable[[], object], repeats: int = 3) -> float:
@@ -119,7 +154,7 @@ def _measured(step: _CompiledStep, repeats: int) -> StepMeasurement:
     m = measure_step(step)
     seconds = median_seconds(step, repeats) if repeats > 0 else None
     step.clear_grads()
-    return StepMeasurement(m.peak_bytes, m.seconds, seconds)
+    return replace(m, step_s=seconds)
 
 
 def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, repeats: int = 3, **options):
