@@ -1,12 +1,13 @@
 """Solve time of the planner on GPT-2-small-shaped models analysed on fake tensors.
 
     python benchmarks/solve_time.py [--layers 12,24,48] [--budgets 50%,30%] [--cache DIR]
+                                    [--modes mix,tie,free,greedy] [--time-limit 60]
 
 n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (GPT-2 small) at each depth. Each model is
 traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache`` keeps the Problem as
 JSON); its repeated layers are found (``remat.structure``), then each solver is timed on the same
-Problem, the ILP with tied layers and free. "partition" is layer finding plus planning plus the
-simulator's check. Prints a markdown table and writes benchmarks/results/solve_time.json.
+Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free") and the greedy.
+"partition" is layer finding plus planning plus the simulator's check. Prints a markdown table and writes benchmarks/results/solve_time.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-SOLVERS = [("ilp", "tie"), ("ilp", "free"), ("greedy", "")]
+MODES = {"mix": ("ilp", "mix"), "tie": ("ilp", "tie"), "free": ("ilp", "free"), "greedy": ("greedy", "")}
 
 
 def traced(layers: int, cache: str | None):
@@ -54,7 +55,7 @@ def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> 
     from remat.structure import with_layers
 
     t0 = time.perf_counter()
-    p = with_layers(problem) if layers == "tie" or layers == "free" else problem
+    p = with_layers(problem) if layers else problem
     find_s = time.perf_counter() - t0
     kw = {"layers": layers} if solver == "ilp" else {}
     try:
@@ -91,6 +92,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="12")
     ap.add_argument("--budgets", default="50%,30%")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--cache", default=None, help="folder for traced Problems (JSON)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
                            baseline=baseline, trace_s=trace_s))
         for b in args.budgets.split(","):
             cap = parse_budget(b).resolve(baseline)
-            for solver, layers in SOLVERS:
+            for solver, layers in (MODES[m] for m in args.modes.split(",")):
                 r = plan_row(problem, cap, solver, layers, args.time_limit)
                 r.update(depth=depth, budget=b, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 rows.append(r)

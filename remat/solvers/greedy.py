@@ -114,44 +114,43 @@ class _State:
     def chain_move(self, t: int, limit: int = 32):
         """Best RECOMPUTE of a live-at-t activation together with the inputs that it would keep
         live at ``t`` and that can be recomputed after ``t`` too. Returns the members or None."""
-        cs = self.st.cands
-        codes, S = self.codes, self.S
         live = self.live_at(t)
-        m = self.rec_ok & live & (codes != REC) & (S > t) & (self.kmin <= S)
+        m = self.rec_ok & live & (self.codes != REC) & (self.S > t) & (self.kmin <= self.S)
         best = None
         for a in np.flatnonzero(m):
-            a = int(a)
-            members = [a]
-            inset = {a}
-            ben = int(self.bytes[a])
-            cost = self.time[a] - (self.exposed[a] if codes[a] == OFF else 0.0)
-            pen = 0
-            stack = [a]
-            while stack:
-                x = stack.pop()
-                sx = int(S[x])
-                for i in cs[x].inputs:
-                    if i in inset:
-                        continue
-                    inset.add(i)
-                    if live[i] or codes[i] == REC or self.lfu[i] >= t:
-                        continue  # live at t anyway, or started after t, or not live before t
-                    si = min(int(S[i]) if S[i] >= 0 else sx, sx)
-                    if (self.rec_ok[i] and si > t and self.kmin[i] <= si and len(members) < limit):
-                        members.append(i)
-                        cost += self.time[i]
-                        stack.append(i)
-                    else:
-                        pen += int(self.bytes[i])
-            if len(members) < 2:
-                continue
-            net = ben - pen
-            if net <= 0:
+            members, net, cost = self._chain(int(a), t, live, limit)
+            if len(members) < 2 or net <= 0:
                 continue
             ratio = net / max(cost, 1e-30)
             if best is None or (ratio, net) > best[1]:
                 best = (members, (ratio, net))
         return None if best is None else best[0]
+
+    def _chain(self, a: int, t: int, live: np.ndarray, limit: int):
+        """(members, bytes freed at ``t``, added seconds) of recomputing ``a`` with the inputs
+        that it would keep live at ``t``: each such input joins when it can be recomputed where
+        its member consumer starts (or earlier, where it is needed anyway), after ``t``; the
+        others count against the bytes freed."""
+        cs, codes, S = self.st.cands, self.codes, self.S
+        members, start = [a], {a: int(S[a])}
+        cost = self.time[a] - (self.exposed[a] if codes[a] == OFF else 0.0)
+        pen = 0
+        stack = [a]
+        while stack:
+            x = stack.pop()
+            for i in cs[x].inputs:
+                if i in start:
+                    continue
+                start[i] = si = min(int(S[i]), start[x]) if S[i] >= 0 else start[x]
+                if live[i] or codes[i] == REC or self.lfu[i] >= t:
+                    continue  # live at t anyway, or started after t, or not live before t
+                if self.rec_ok[i] and si > t and self.kmin[i] <= si and len(members) < limit:
+                    members.append(i)
+                    cost += self.time[i]
+                    stack.append(i)
+                else:
+                    pen += int(self.bytes[i])
+        return members, int(self.bytes[a]) - pen, cost
 
     def cleanup(self, cap: int) -> None:
         """Put switches back to STORE, most expensive first, while the cap still holds."""

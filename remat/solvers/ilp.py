@@ -659,6 +659,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
 
 LAYER_MODES = ("mix", "tie", "free")
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
+MENU_GAP = 0.05  # MIP gap of the tied solves at the other menu caps
 MIX_ROUNDS = 1  # rounds of "mix" mode: a two-level solve, then a tied solve regrouped by its answer
 
 
@@ -741,11 +742,12 @@ def _tie(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
 
 
 def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict):
-    """Two levels: the tied model solved at each menu cap, then ``MIX_ROUNDS`` times the
-    two-level model over the layer items of the plans so far (newest first) and the tied model
-    regrouped by its answer (``layered.layer_groups``: layers that took one item share decisions,
-    each group its own). Every solve gets an even share of the time left; the bound of these
-    models holds for the plans they span only, so none is reported."""
+    """Two levels: the tied model solved at each menu cap (at ``MENU_GAP`` but for the cap
+    itself), then ``MIX_ROUNDS`` times the two-level model over the layer items of the plans so
+    far (newest first; the greedy plan's items, one per layer, would crowd the menu and slow the
+    solve) and the tied model regrouped by its answer (``layered.layer_groups``: layers that took
+    one item share decisions, each group its own). Every solve gets an even share of the time
+    left; the bound of these models holds for the plans they span only, so none is reported."""
     solve = dict(solve, rows=Rows(st, prune=solve["prune"]))
     caps = _menu_caps(solve["budget"], st.lower_bound_peak(), st.peak(st.store_all()))
     steps = len(caps) + 2 * MIX_ROUNDS
@@ -753,11 +755,11 @@ def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
     found, plans = [], []
     for i, cap in enumerate(caps):
         tied.set_budget(cap)
-        status = _run(tied, 1 / (steps - i), None, solve, info if i == 0 else {}, "tied")[1]
+        at = solve if i == 0 else dict(solve, gap=max(solve["gap"], MENU_GAP))  # menu items only
+        status = _run(tied, 1 / (steps - i), None, at, info if i == 0 else {}, "tied")[1]
         if status in _FOUND:
             plans.append(tied.decisions())
             found += _answer(st, (tied, status), solve, "tied", info) if i == 0 else []
-    plans += [greedy_plan] if greedy_plan is not None else []
     solved = (None, pulp.LpStatusNotSolved)
     for r in range(MIX_ROUNDS):
         step = len(caps) + 2 * r
