@@ -45,7 +45,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.fx as fx
@@ -53,6 +53,7 @@ import torch.fx as fx
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
 from .kernel_groups import KernelGroups
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
+from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
 
 if TYPE_CHECKING:
     from .profile import MeasuredCosts
@@ -119,6 +120,8 @@ class Captured:
     forward_nodes: list[str]  # forward ops in order (including views)
     backward_order: list[str]  # backward slot names in order
     folded: list[str] = field(default_factory=list)  # fused forward values recomputed inside their readers
+    # under dynamic shapes: the problem's bytes as polynomials in the size symbols (None: static)
+    symbolic: SymbolicSizes | None = None
 
 
 @dataclass
@@ -168,10 +171,10 @@ class ActivationFacts:
 
 @dataclass
 class Lifetimes:
-    """Live intervals (first slot, last slot, bytes) of the buffers whose life the plan does not
+    """Live intervals (first slot, last slot, tensor) of the buffers whose life the plan does not
     change, and the facts of each forward value that the plan may decide about."""
 
-    intervals: list[tuple[int, int, int]] = field(default_factory=list)
+    intervals: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
     activations: dict[fx.Node, ActivationFacts] = field(default_factory=dict)
 
 
@@ -394,9 +397,9 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
     for s in g.nodes:
         if g.owner.get(s) is not s or s in g.resident:
             continue
-        nbytes = tensor_bytes(s.meta["val"])
+        val = s.meta["val"]
         if s in g.tangents:  # the autograd engine holds grad outputs until the backward returns
-            life.intervals.append((sched.num_forward, sched.last, nbytes))
+            life.intervals.append((sched.num_forward, sched.last, val))
             continue
         created = sched.slot_of.get(s)
         if created is None:
@@ -406,9 +409,9 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         if compute_node(s) in spans:  # the kernel writes it while it runs
             read_at.append((compute_node(s), spans[compute_node(s)][1]))
         if s in g.forward:
-            _forward_lifetime(s, g, sched, made, read_at, fused, life, nbytes)
+            _forward_lifetime(s, g, sched, made, read_at, fused, life)
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
-            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, inplaced), nbytes))
+            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, inplaced), val))
     return life
 
 
@@ -436,19 +439,19 @@ def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_a
 
 
 def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, read_at: list,
-                      fused: set[fx.Node], life: Lifetimes, nbytes: int) -> None:
+                      fused: set[fx.Node], life: Lifetimes) -> None:
     """Record forward storage ``s``, allocated at slot ``made`` (its kernel's start, at or before
     its op's slot) and read at ``read_at`` (op, slot): pinned, live to the end; otherwise a
     decision (an activation) whose forward part is live unless fused."""
     created = sched.slot_of[s]
     lfu = max([t for u, t in read_at if u in g.forward] + [created])
     if s in g.pinned:
-        life.intervals.append((made, sched.last, nbytes))
+        life.intervals.append((made, sched.last, s.meta["val"]))
         return
     if s not in fused:
-        life.intervals.append((made, lfu, nbytes))
+        life.intervals.append((made, lfu, s.meta["val"]))
     b_uses = sorted({t for u, t in read_at if u in g.backward})
-    life.activations[s] = ActivationFacts(nbytes, created, lfu, b_uses)
+    life.activations[s] = ActivationFacts(tensor_bytes(s.meta["val"]), created, lfu, b_uses)
 
 
 def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
@@ -463,7 +466,7 @@ def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
     return True
 
 
-def broadcast_copies(sched: Schedule) -> list[tuple[int, int, int]]:
+def broadcast_copies(sched: Schedule) -> list[tuple[int, int, torch.Tensor]]:
     """One-slot intervals of the broadcast (stride-0) views that non-fusible ops read: an extern
     kernel cannot read one, so Inductor materialises it first."""
     out = []
@@ -473,15 +476,18 @@ def broadcast_copies(sched: Schedule) -> list[tuple[int, int, int]]:
         for i in n.all_input_nodes:
             v = i.meta.get("val")
             if is_view(i) and isinstance(v, torch.Tensor) and 0 in v.stride() and v.numel() > 1:
-                out.append((t, t, tensor_bytes(v)))
+                out.append((t, t, v))
     return out
 
 
-def fixed_bytes(intervals: list[tuple[int, int, int]], num_slots: int) -> list[int]:
-    """Bytes live at each slot from ``intervals`` (first slot, last slot, bytes), both ends in."""
+def fixed_bytes(intervals: list[tuple[int, int, torch.Tensor]], num_slots: int,
+                size_of: Callable[[torch.Tensor], Any] = tensor_bytes) -> list:
+    """Bytes live at each slot from ``intervals`` (first slot, last slot, tensor), both ends in;
+    a tensor's bytes are ``size_of`` it (ints at the hints, or ``remat.symbolic.symbolic_bytes``)."""
     delta = [0] * (num_slots + 1)
-    for a, b, nbytes in intervals:
-        if nbytes and a <= b:
+    for a, b, val in intervals:
+        nbytes = size_of(val)
+        if nbytes != 0 and a <= b:
             delta[a] += nbytes
             delta[b + 1] -= nbytes
     fixed, acc = [], 0
@@ -697,7 +703,8 @@ def capture(
     fused = fused_values(g)
     readers = effective_readers(g, slot_readers(g), fused)
     life = storage_lifetimes(g, sched, readers, fused, kernel_spans(sched, kernel_groups, g.owner))
-    fixed = fixed_bytes(life.intervals + broadcast_copies(sched), sched.last + 1)
+    intervals = life.intervals + broadcast_copies(sched)
+    fixed = fixed_bytes(intervals, sched.last + 1)
     folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
     relevant = backward_relevant(g, life.activations, folding)
     times, alone = slot_times(sched, g.owner, fused, spec, costs)
@@ -714,4 +721,15 @@ def capture(
         metadata={"device": spec.name, "num_nodes": len(g.nodes)},
     )
     return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
-                    sorted(f.name for f in folding.folded))
+                    sorted(f.name for f in folding.folded), symbolic_sizes(joint, intervals, sched.last + 1, relevant))
+
+
+def symbolic_sizes(joint: fx.GraphModule, intervals: list, num_slots: int, relevant: set[fx.Node]) -> SymbolicSizes | None:
+    """The bytes of each activation (``relevant``) and each slot's fixed bytes (from ``intervals``)
+    as polynomials in the size symbols; None when every size of the graph is static."""
+    env = shape_env_of(joint)
+    if env is None:
+        return None
+    return SymbolicSizes.of(
+        env, {s.name: symbolic_bytes(s.meta["val"]) for s in relevant},
+        fixed_bytes(intervals, num_slots, size_of=symbolic_bytes))

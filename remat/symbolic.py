@@ -22,10 +22,20 @@ cap does not hold it names the largest size of the first symbol that fits.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from itertools import product
 from typing import Any, Iterator
 
+import sympy
 import torch
 import torch.fx as fx
+
+from .plan import Decision, Plan
+from .problem import Problem
+from .simulate import live_intervals
 
 
 def size_hint(x: Any) -> int:
@@ -55,3 +65,211 @@ def no_guards(graph: fx.GraphModule) -> Iterator[None]:
     env = shape_env_of(graph)
     with env.suppress_guards() if env is not None else contextlib.nullcontext():
         yield
+
+
+def _expr(x: Any) -> sympy.Expr:
+    """A size as a sympy expression: a SymInt's expression, an int as an Integer."""
+    return x.node.expr if isinstance(x, torch.SymInt) else sympy.Integer(int(x))
+
+
+def symbolic_bytes(t: Any) -> sympy.Expr:
+    """Bytes of a (fake) tensor's own elements as a polynomial in the size symbols (0 for
+    non-tensors): the expression that ``remat.cost.tensor_bytes`` evaluates at the hints."""
+    if not isinstance(t, torch.Tensor):
+        return sympy.Integer(0)
+    numel = sympy.Integer(1)
+    for s in t.shape:
+        numel *= _expr(s)
+    return sympy.expand(numel * t.element_size())
+
+
+Range = tuple[int, int | None]  # positive integer sizes lo..hi, hi None: unbounded
+
+
+@dataclass(frozen=True)
+class SymbolicSizes:
+    """A Problem's bytes as polynomials in the size symbols, next to the Problem's ints.
+
+    ``activation_bytes``: each activation's bytes; ``fixed_bytes``: each slot's fixed bytes;
+    ``hints``: each symbol's hint (the size the graph was traced at); ``ranges``: the sizes each
+    symbol may take, as its ShapeEnv knows them (``mark_dynamic(x, 0, min=, max=)``)."""
+
+    activation_bytes: dict[str, sympy.Expr]
+    fixed_bytes: tuple[sympy.Expr, ...]
+    hints: dict[sympy.Symbol, int]
+    ranges: dict[sympy.Symbol, Range] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, env: Any, activation_bytes: dict[str, sympy.Expr], fixed: list) -> "SymbolicSizes":
+        """The symbolic sizes of a graph traced under ShapeEnv ``env``."""
+        fixed = tuple(sympy.sympify(f) for f in fixed)
+        symbols = set().union(*(e.free_symbols for e in (*activation_bytes.values(), *fixed)))
+        hints = {s: int(env.backed_var_to_val[s]) for s in symbols if s in env.backed_var_to_val}
+        return cls(activation_bytes, fixed, hints, {s: _env_range(env, s) for s in hints})
+
+    @property
+    def symbols(self) -> tuple[sympy.Symbol, ...]:
+        """The size symbols that the bytes depend on, by name."""
+        return tuple(sorted(self.hints, key=str))
+
+    def problem_at(self, problem: Problem, values: Mapping[sympy.Symbol, int]) -> Problem:
+        """``problem`` with its bytes at sizes ``values`` (symbols not given: their hints)."""
+        at = {**self.hints, **values}
+        acts = [replace(a, bytes=int(self.activation_bytes[a.name].subs(at))) if a.name in self.activation_bytes
+                else a for a in problem.activations]
+        slots = [replace(s, fixed_bytes=int(f.subs(at))) for s, f in zip(problem.slots, self.fixed_bytes)]
+        return replace(problem, slots=tuple(slots), activations=tuple(acts))
+
+
+def _env_range(env: Any, s: sympy.Symbol) -> Range:
+    """The sizes that ShapeEnv ``env`` allows symbol ``s``: at least 1, hi None when unbounded."""
+    vr = env.var_to_range.get(s)
+    if vr is None:
+        return (1, None)
+    from torch.utils._sympy.numbers import int_oo
+
+    finite = lambda v: v not in (int_oo, -int_oo, sympy.oo, -sympy.oo)  # noqa: E731
+    lo, hi = vr.lower, vr.upper
+    return (max(1, int(lo)) if finite(lo) else 1, int(hi) if finite(hi) else None)
+
+
+def live_bytes(problem: Problem, sizes: SymbolicSizes, plan: Plan | Mapping[str, Decision]) -> list[sympy.Expr]:
+    """Device bytes live at each slot under ``plan`` as polynomials in the size symbols: the slot's
+    fixed bytes plus the activations that the simulator keeps live there (``live_intervals``)."""
+    n = len(problem.slots)
+    delta: list[sympy.Expr] = [sympy.Integer(0)] * (n + 1)
+    for name, intervals in live_intervals(problem, plan).items():
+        for lo, hi in intervals:
+            lo, hi = max(lo, 0), min(hi, n - 1)
+            if lo <= hi:
+                delta[lo] += sizes.activation_bytes[name]
+                delta[hi + 1] -= sizes.activation_bytes[name]
+    out, acc = [], sympy.Integer(0)
+    for t in range(n):
+        acc += delta[t]
+        out.append(sympy.expand(sizes.fixed_bytes[t] + acc))
+    return out
+
+
+Box = dict[sympy.Symbol, tuple[int, int]]  # each symbol's sizes lo..hi, both in
+
+
+@dataclass(frozen=True)
+class PeakProof:
+    """Whether every slot's live bytes stay <= ``cap_bytes`` for all sizes in ``box``.
+
+    ``peak_bytes`` is the largest live bytes over the box (at integer sizes; with two or more
+    symbols, a real critical point may make it an upper bound), at sizes ``worst`` and slot
+    ``slot``, whose bytes are ``formula``. When the cap does not hold, ``largest_fit`` is the largest
+    size of ``symbol`` (from its lo up) for which it holds with the other symbols over their box,
+    None when not even the smallest size fits."""
+
+    holds: bool
+    cap_bytes: int
+    peak_bytes: int
+    worst: dict[sympy.Symbol, int]
+    slot: int
+    formula: str
+    box: Box
+    symbol: sympy.Symbol | None = None
+    largest_fit: int | None = None
+
+
+def box_max(expr: sympy.Expr, box: Box) -> tuple[int, dict[sympy.Symbol, Any]]:
+    """The largest value of polynomial ``expr`` over ``box`` and where it is reached: at a corner,
+    or at a critical point inside the box or inside one of its faces (solved with sympy). A
+    polynomial with no negative coefficient grows with every size: its upper corner."""
+    syms = sorted(expr.free_symbols, key=str)
+    if not syms:
+        return int(expr), {}
+    if all(c >= 0 for c in sympy.Poly(expr, *syms).coeffs()):
+        top = {s: box[s][1] for s in syms}
+        return int(expr.subs(top)), top
+    best: tuple[int, dict] | None = None
+    for point in _candidates(expr, syms, box):
+        value = expr.subs(point)
+        value = int(sympy.ceiling(value))
+        if best is None or value > best[0]:
+            best = (value, point)
+    return best
+
+
+def _candidates(expr: sympy.Expr, syms: list[sympy.Symbol], box: Box) -> list[dict]:
+    """Corners of ``box`` and the critical points inside each of its faces (every symbol at its
+    lo, its hi, or free); with one free symbol, the integers either side of each critical point."""
+    points = []
+    for pattern in product(*[(box[s][0], box[s][1], None) for s in syms]):
+        fixed = {s: v for s, v in zip(syms, pattern) if v is not None}
+        free = [s for s, v in zip(syms, pattern) if v is None and box[s][0] < box[s][1]]
+        if len(free) < sum(v is None for v in pattern):
+            continue  # a free symbol with a single size is a corner, visited as such
+        face = expr.subs(fixed)
+        if not free:
+            points.append(fixed)
+        elif len(free) == 1:
+            x, (lo, hi) = free[0], box[free[0]]
+            for r in _stationary(face, x):
+                points += [{**fixed, x: v} for v in {math.floor(r), math.ceil(r)} if lo < v < hi]
+        else:
+            points += [{**fixed, **sol} for sol in _stationary_points(face, free, box)]
+    return points
+
+
+@functools.lru_cache(maxsize=4096)
+def _stationary(poly: sympy.Expr, x: sympy.Symbol) -> tuple[float, ...]:
+    """Real roots of the derivative of a polynomial in one symbol."""
+    d = sympy.Poly(sympy.diff(poly, x), x)
+    return tuple(float(r) for r in sympy.real_roots(d)) if d.degree() > 0 else ()
+
+
+def _stationary_points(face: sympy.Expr, free: list[sympy.Symbol], box: Box) -> list[dict]:
+    """Real points strictly inside ``box`` where every partial derivative of ``face`` is 0; a
+    family of them (the face is constant along it) is represented by its point at the free
+    symbols' lo."""
+    out = []
+    for sol in sympy.solve([sympy.diff(face, x) for x in free], free, dict=True):
+        point = {x: sympy.sympify(sol.get(x, box[x][0])) for x in free}
+        point = {x: v.subs(point) for x, v in point.items()}
+        if all(v.is_real and box[x][0] <= v <= box[x][1] for x, v in point.items()):
+            out.append(point)
+    return out
+
+
+def prove_peak(exprs: list[sympy.Expr], cap_bytes: int, box: Box, symbol: sympy.Symbol | None = None) -> PeakProof:
+    """Prove that each polynomial of ``exprs`` (a plan's live bytes at each slot, ``live_bytes``)
+    stays <= ``cap_bytes`` over ``box``; when it does not, find the largest size of ``symbol``
+    (default: the first symbol by name) that fits (``largest_fit``)."""
+    peak, worst, slot = _peak(exprs, box)
+    holds = peak <= cap_bytes
+    symbol = symbol if symbol is not None else (min(box, key=str) if box else None)
+    fit = None if holds or symbol is None else largest_fit(exprs, cap_bytes, box, symbol)
+    return PeakProof(holds, cap_bytes, peak, {s: int(v) for s, v in worst.items() if sympy.sympify(v).is_integer},
+                     slot, str(exprs[slot]) if exprs else "0", dict(box), symbol, fit)
+
+
+def _peak(exprs: list[sympy.Expr], box: Box) -> tuple[int, dict, int]:
+    """The largest value of any of ``exprs`` over ``box``: (value, where, which expression)."""
+    best = (0, {}, 0)
+    seen: dict[sympy.Expr, tuple[int, dict]] = {}
+    for i, e in enumerate(exprs):
+        if e not in seen:
+            seen[e] = box_max(e, box)
+        value, where = seen[e]
+        if i == 0 or value > best[0]:
+            best = (value, where, i)
+    return best
+
+
+def largest_fit(exprs: list[sympy.Expr], cap_bytes: int, box: Box, symbol: sympy.Symbol) -> int | None:
+    """The largest size ``n`` of ``symbol`` such that every polynomial stays <= ``cap_bytes`` with
+    ``symbol`` in [lo, n] and the others over ``box`` (None: not even lo fits). The peak over
+    [lo, n] grows with n, so a binary search over n with the exact peak is exact."""
+    lo, hi = box[symbol]
+    fits = lambda n: _peak(exprs, {**box, symbol: (lo, n)})[0] <= cap_bytes  # noqa: E731
+    if not fits(lo):
+        return None
+    good, bad = lo, hi + 1
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good

@@ -14,7 +14,7 @@ from torch._functorch.aot_autograd import aot_function
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import remat
-from remat.cost import DeviceSpec
+from remat.cost import DeviceSpec, tensor_bytes
 from remat.capture import (
     ActivationFacts,
     activation_inputs,
@@ -195,7 +195,7 @@ def test_storage_lifetimes_of_the_mlp(mlp_steps):
         n["getitem_1"]: ActivationFacts(8 * 16, 2, 2, [8, 9]),  # the bool mask, read by the fused kernel
         n["mm_1"]: ActivationFacts(128, 3, 4, []),
     }
-    assert sorted(life.intervals) == sorted([
+    assert sorted((a, b, tensor_bytes(v)) for a, b, v in life.intervals) == sorted([
         (5, 10, 128),  # tangent: through the whole backward
         (0, 1, mb), (1, 2, mb), (2, 3, mb), (2, 2, 128), (3, 4, 128),  # forward values to last forward use
         (4, 10, 128),  # the output, pinned
@@ -207,7 +207,10 @@ def test_storage_lifetimes_of_the_mlp(mlp_steps):
 
 
 def test_fixed_bytes_sums_intervals_inclusive_and_skips_empty_ones():
-    assert fixed_bytes([(0, 1, 10), (1, 2, 5), (2, 1, 7), (0, 0, 0)], 3) == [10, 15, 5]
+    sized = lambda n: n  # noqa: E731 (intervals of plain byte counts)
+    assert fixed_bytes([(0, 1, 10), (1, 2, 5), (2, 1, 7), (0, 0, 0)], 3, size_of=sized) == [10, 15, 5]
+    t = torch.empty(2, 3)
+    assert fixed_bytes([(0, 0, t), (0, 1, t)], 2) == [48, 24]  # tensors: their bytes
 
 
 def test_broadcast_copies_only_for_extern_readers():
@@ -219,7 +222,7 @@ def test_broadcast_copies_only_for_extern_readers():
     g = graph_facts(gm, set(gm.graph.nodes), 2)
     sched = build_schedule(g)
     assert names(sched.order) == ["mm", "add"]
-    assert broadcast_copies(sched) == [(0, 0, 4 * 3 * 4)]
+    assert [(a, b, tensor_bytes(v)) for a, b, v in broadcast_copies(sched)] == [(0, 0, 4 * 3 * 4)]
 
 
 def test_fold_fused_values_and_backward_relevant():

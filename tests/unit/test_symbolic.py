@@ -1,0 +1,87 @@
+"""Symbolic sizes (``remat.symbolic``): bytes as polynomials in the size symbols, and the proof
+that a fixed plan's peak stays under a cap over a range of sizes."""
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch._functorch import partitioners as P
+from torch._functorch.aot_autograd import aot_function
+
+from remat.capture import capture
+from remat.cost import DeviceSpec
+from remat.simulate import simulate, store_all_plan
+from remat.symbolic import box_max, live_bytes, no_guards, prove_peak
+
+SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
+s = sympy.Symbol("s0", positive=True, integer=True)
+t = sympy.Symbol("s1", positive=True, integer=True)
+
+
+def mlp(x, w1, w2, w3):
+    return (torch.relu(torch.relu(x @ w1) @ w2) @ w3).tanh().sum()
+
+
+def captured(batch: int, dynamic: bool):
+    """The Captured of ``mlp``'s joint graph traced at ``batch`` rows (sizes symbolic if ``dynamic``)."""
+    seen = {}
+
+    def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
+        fwd = set(P.classify_nodes(joint, [], num_fwd_outputs).required_fw_nodes)
+        with no_guards(joint):
+            seen["c"] = capture(joint, forward_nodes=fwd, num_fwd_outputs=num_fwd_outputs, spec=SPEC)
+        return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
+
+    x = torch.randn(batch, 16)
+    w1, w2, w3 = (torch.randn(m, n, requires_grad=True) for m, n in ((16, 48), (48, 48), (48, 8)))
+    aot_function(mlp, fw_compiler=lambda gm, _: gm, partition_fn=partition, dynamic=dynamic)(x, w1, w2, w3)
+    return seen["c"]
+
+
+def batch_symbol(sizes):
+    """The symbol of the batch dimension (traced at 12 rows; every other size is symbolic too)."""
+    assert sizes is not None
+    return next(x for x, h in sizes.hints.items() if h == 12)
+
+
+def test_symbolic_bytes_equal_the_concrete_bytes_at_several_sizes():
+    dyn = captured(12, dynamic=True)
+    sizes = dyn.symbolic
+    sym = batch_symbol(sizes)
+    assert sizes.problem_at(dyn.problem, {}) == dyn.problem  # the Problem holds the hint's bytes
+    for batch in (5, 9, 31):
+        static = captured(batch, dynamic=False)
+        assert static.symbolic is None
+        at = sizes.problem_at(dyn.problem, {sym: batch})
+        assert [a.bytes for a in at.activations] == [a.bytes for a in static.problem.activations]
+        assert [x.fixed_bytes for x in at.slots] == [x.fixed_bytes for x in static.problem.slots]
+        plan = store_all_plan(static.problem)
+        at_batch = {**sizes.hints, sym: batch}
+        live = [int(e.subs(at_batch)) for e in live_bytes(dyn.problem, sizes, plan)]
+        assert live == list(simulate(static.problem, plan).device_bytes)
+
+
+def test_the_peak_of_a_plan_is_proven_over_a_range_and_the_largest_fitting_size_named():
+    dyn = captured(12, dynamic=True)
+    sizes, problem = dyn.symbolic, dyn.problem
+    sym = batch_symbol(sizes)
+    box = lambda hi: {**{x: (h, h) for x, h in sizes.hints.items()}, sym: (1, hi)}  # noqa: E731
+    live = live_bytes(problem, sizes, store_all_plan(problem))
+    at_64 = simulate(sizes.problem_at(problem, {sym: 64}), store_all_plan(problem)).peak_bytes
+    assert prove_peak(live, at_64, box(64), sym).holds
+    proof = prove_peak(live, at_64, box(128), sym)  # a cap that only holds at the smaller sizes
+    assert not proof.holds and proof.largest_fit == 64 and proof.worst[sym] == 128
+    # a plan that misses the cap by one byte at the top of the range, and only there
+    wrong = prove_peak(live, at_64 - 1, box(64), sym)
+    assert not wrong.holds and wrong.largest_fit == 63 and wrong.peak_bytes == at_64
+
+
+def test_box_max_finds_interior_critical_points():
+    bump = 50 - (s - 5) ** 2  # largest at s = 5, inside the range
+    assert box_max(sympy.expand(bump), {s: (1, 10)})[0] == 50
+    assert prove_peak([bump], 49, {s: (1, 10)}).largest_fit == 4
+    two = sympy.expand(50 - (s - 5) ** 2 - (t - 3) ** 2)
+    value, where = box_max(two, {s: (1, 10), t: (1, 10)})
+    assert value == 50 and where == {s: 5, t: 3}
+    assert not prove_peak([4 * s + 10, 3 * s**2], 100, {s: (1, 10)}).holds
+    assert prove_peak([4 * s + 10, 3 * s**2], 100, {s: (1, 10)}).largest_fit == 5
+    assert prove_peak([4 * s + 10, 3 * s**2], 300, {s: (1, 10)}).holds
