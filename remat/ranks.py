@@ -10,7 +10,9 @@ differs from rank 0's makes every rank raise a ``RematError`` naming the graph a
 Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the error it raised,
 which every rank raises in turn: a failure is an error on every rank, never a hang.
 
-Without ``torch.distributed`` (or with one process) it just runs ``make_plan()``. The objects go
+Without ``torch.distributed`` (or with one process, or under the fake backend of
+``torch.testing._internal.distributed.fake_pg``, which traces one process as one rank of many) it
+just runs ``make_plan()``. The objects go
 through the default process group when it is gloo, else through a gloo group made once for it
 (NCCL would need a device per rank for a few bytes of host data). Cost per graph: one all-gather
 of 16-byte digests and one broadcast of the plan (a few KiB): two collectives per planned graph,
@@ -52,10 +54,10 @@ def _without_times(fields: dict) -> dict:
 def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
     """What rank 0's ``make_plan()`` returned, on every rank (rank 0 alone calls it). Raises a
     RematError on every rank when a rank's Problem differs from rank 0's, and rank 0's error on
-    every rank when its ``make_plan()`` raised. Without distributed: ``make_plan()``."""
+    every rank when its ``make_plan()`` raised. Without distributed (``_several_ranks``): ``make_plan()``."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several_ranks():
         return make_plan()
     group = _object_group()
     digests: list = [None] * dist.get_world_size()
@@ -72,6 +74,14 @@ def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return _unpacked(payload[0], problem.name)
+
+
+def _several_ranks() -> bool:
+    """Whether several processes plan together: torch.distributed is initialised with more than
+    one rank and is not the fake backend (tracing one process as if it were one of many)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() != "fake"
 
 
 def _object_group() -> Any:

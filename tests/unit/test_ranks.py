@@ -1,5 +1,5 @@
 """remat.ranks: one plan on every rank. The digest covers a Problem's memory structure and not its
-op times; without torch.distributed agree_across_ranks just plans; under 2 spawned gloo ranks
+op times; without torch.distributed (or under the fake backend) agree_across_ranks just plans; under 2 spawned gloo ranks
 rank 0 alone plans and both get its plan, different problems raise on both ranks naming both
 digests and the graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
 
@@ -45,6 +45,19 @@ def test_without_distributed_it_just_plans():
     problem = chain_problem()
     plan = all_stored(problem, "local")
     assert agree_across_ranks(problem, lambda: plan) is plan
+
+
+def test_fake_process_group_plans_locally():
+    """The fake backend traces one process as one rank of two: nothing to agree with."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    problem = chain_problem()
+    plan = all_stored(problem, "local")
+    dist.init_process_group("fake", store=FakeStore(), rank=1, world_size=2)
+    try:
+        assert agree_across_ranks(problem, lambda: plan) is plan
+    finally:
+        dist.destroy_process_group()
 
 
 def outcome(fn) -> dict:
