@@ -619,3 +619,21 @@ def test_captured_problems_ilp_valid_and_no_worse_than_greedy(name, bw):
     with pytest.raises(InfeasibleBudgetError) as ei:
         solve(p, mp - 1)
     assert ei.value.min_peak_bytes == mp
+
+
+def test_greedy_recomputes_a_chain_through_unneeded_inputs():
+    """a0 -> a1 -> a2 (read by backward): recomputing a2 pays only with a1 and a0, which no plan
+    needs until a2 is recomputed; the chain move must carry a2's start down to a0."""
+    g = Graph(base=20)
+    a0 = g.op("a0", 100, 1.0)
+    a1 = g.op("a1", 100, 1.0, inputs=(a0,))
+    a2 = g.op("a2", 100, 1.0, inputs=(a1,))
+    c = g.op("c", 10, 1.0, inputs=(a2,), saved=(a2,), recomputable=False)
+    d = g.op("d", 300, 5.0, inputs=(c,), saved=(c,))
+    g.op("loss", 4, 0.1, inputs=(d,), saved=(d,))
+    p = g.problem("chain3")
+    floor = min_peak(p)
+    assert floor < store_all_peak(p)
+    plan = get_solver("greedy")(p, floor)
+    check(p, plan, floor)
+    assert sorted(plan.names(R)) == ["a0", "a1", "a2"]
