@@ -16,15 +16,26 @@ kernel. ``with_recompute_kernels`` writes those kernels into a Problem, as plain
 (``Problem.metadata["recompute_kernels"]``: activation name -> the backward slots of its kernel's
 ops), and ``recompute_kernels`` reads them back; ``remat.simulate`` applies them to a RECOMPUTE
 decision: the value lives across its kernel, or, read only inside it, is never allocated.
+
+A kernel may also write a result into the buffer of an input that dies there (in the backward's
+wrapper code: ``buf3 = div_1; del div_1  # reuse``, ``reused_inputs``). ``with_handovers``
+records, for each activation whose buffer the last compile handed over so, the first slot of the
+kernel that took it (``Problem.metadata["handovers"]``, read back by ``handovers``); the result's
+bytes count from there, so the activation's own end there when that kernel is its last reader.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
-__all__ = ["KernelGroups", "RecomputeKernel", "recompute_kernels", "scheduler_groups", "with_recompute_kernels"]
+__all__ = [
+    "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs", "scheduler_groups",
+    "with_handovers", "with_recompute_kernels",
+]
 
-RECOMPUTE_KERNELS = "recompute_kernels"  # the Problem.metadata key
+RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"  # the Problem.metadata keys
+_REUSE = re.compile(r"^\s*\w+ = (\w+); del \1\s*# reuse$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -95,3 +106,35 @@ def recompute_kernels(problem) -> dict[str, RecomputeKernel]:
     """The backward kernels that recompute ``problem``'s activations (``with_recompute_kernels``)."""
     found = problem.metadata.get(RECOMPUTE_KERNELS, {})
     return {name: RecomputeKernel(tuple(slots)) for name, slots in found.items()}
+
+
+def reused_inputs(code: str) -> set[str]:
+    """Names whose buffer Inductor's wrapper ``code`` hands to a later result as it dies
+    (``buf3 = div_1; del div_1  # reuse``): the graph inputs among them are saved activations
+    that a backward kernel overwrites in place."""
+    return set(_REUSE.findall(code))
+
+
+def with_handovers(problem, groups: KernelGroups | None, reused: set[str]):
+    """``problem`` with the activations in ``reused`` (``reused_inputs`` of its backward code)
+    mapped to the slot where the kernel of their last backward read starts (``groups``' backward
+    kernels; the read's own slot when no kernel of several ops holds it); unchanged without any."""
+    nf = problem.num_forward
+    first: dict[str, int] = {}
+    for group in groups.backward if groups is not None else ():
+        slots = [t for t, s in enumerate(problem.slots) if t >= nf and s.name in group]
+        for t in slots:
+            first[problem.slots[t].name] = min(slots)
+    found = {}
+    for a in problem.activations:
+        if a.name in reused and a.backward_uses:
+            last = a.backward_uses[-1]
+            found[a.name] = first.get(problem.slots[last].name, last)
+    if not found:
+        return problem
+    return replace(problem, metadata={**problem.metadata, HANDOVERS: found})
+
+
+def handovers(problem) -> dict[str, int]:
+    """Activation name -> the slot from which a kernel's result holds its buffer (``with_handovers``)."""
+    return dict(problem.metadata.get(HANDOVERS, {}))

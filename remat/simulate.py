@@ -22,6 +22,10 @@ RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` ins
            backward uses, its needed RECOMPUTE consumers) is inside K (``v`` is never written to
            memory). A consumer ``c`` recomputed inside K reads its inputs over the same window,
            ``min(S(c), first(K)) .. max(S(c), last(K))``, which widens their starts and last needs.
+Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
+           (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
+           result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
+           its last need is its last backward use; it stays readable until then.
 OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
@@ -35,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
-from remat.kernel_groups import RecomputeKernel, recompute_kernels
+from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.transfers import Transfers, schedule_transfers
@@ -180,6 +184,7 @@ class _Analysis:
         self._errors: list[str] = []
         self._decide(_decisions_of(plan))
         self.kernels = recompute_kernels(problem)
+        self.handovers = handovers(problem)
         self.starts, self.last_needs = _starts_and_last_needs(problem, set(self.needed), self.decisions, self.kernels)
         self.transfers = self._schedule()
         self.device: dict[str, list[tuple[int, int]]] = {}
@@ -243,8 +248,20 @@ class _Analysis:
             self.recompute_time += a.compute_time
         elif d is Decision.OFFLOAD and name in self.transfers.free_after:
             self._offload_intervals(a, last)
+            return
         else:
             self.device[name] = [(a.last_forward_use + 1, last)]
+        self._hand_over(a, last)
+
+    def _hand_over(self, a: Activation, last: int) -> None:
+        """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if
+        nothing needs it after its last backward use; it stays readable to its last need."""
+        h = self.handovers.get(a.name)
+        if h is None or not self.device[a.name] or last != a.backward_uses[-1]:
+            return
+        (lo, hi), = self.device[a.name]
+        self.readable.setdefault(a.name, [(lo, hi)])
+        self.device[a.name] = [(lo, min(hi, h - 1))] if lo <= h - 1 else []
 
     def _recompute_interval(self, a: Activation, last: int) -> None:
         """From ``S(v)`` to its last need, widened to the kernel that recomputes it; readable there

@@ -85,3 +85,16 @@ def test_swiglu_planned_with_its_kernels_predicts_the_compiled_peak_and_meets_th
     # without the kernels the model predicted 2.75 MiB where the code peaks at 3.31 MiB (-17 %)
     assert report.timeline.peak_bytes == pytest.approx(report.inductor_peak_bytes, rel=0.06)
     assert measured <= report.budget_bytes
+
+
+def test_reused_inputs_are_the_buffers_the_wrapper_hands_over():
+    from remat.kernel_groups import reused_inputs
+
+    code = """
+        buf0 = add_3; del add_3  # reuse
+        buf3 = div_1; del div_1  # reuse
+        buf6 = reinterpret_tensor(buf3, (4, 256), (256, 1), 0); del buf3  # reuse
+        buf7 = mm_4; del mm_5  # reuse
+        buf8 = mm_6
+    """
+    assert reused_inputs(code) == {"add_3", "div_1"}

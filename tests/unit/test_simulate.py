@@ -653,3 +653,18 @@ def test_recompute_kernels_survive_json_and_ignore_kernels_of_no_backward_slot()
     bare = kernel_problem((4,))
     assert with_recompute_kernels(bare, None) is bare and recompute_kernels(bare) == {}
     assert with_recompute_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
+
+
+def test_a_value_whose_buffer_a_kernel_takes_over_leaves_where_that_kernel_starts():
+    from remat.kernel_groups import KernelGroups, handovers, with_handovers
+
+    acts = (act("u", 0, 1, 1000, uses=(4,)), act("w", 1, 1, 1, uses=(6,), inputs=("u",)))
+    base = Problem(slots=slots([10] * 2, [10] * 5), activations=acts)
+    p = with_handovers(base, KernelGroups(backward=(frozenset({"b1", "b2"}),)), {"u", "buf3"})
+    assert handovers(p) == {"u": 3}  # the kernel of u's last read (slot 4) starts at slot 3
+    tl = simulate(p, {"u": S, "w": S})
+    assert tl.ok and live_intervals(p, {"u": S, "w": S})["u"] == [(2, 2)]
+    assert simulate(base, {"u": S, "w": S}).device_bytes[2:5] == (1011, 1011, 1011)
+    assert tl.device_bytes[2:5] == (1011, 11, 11)  # the kernel's result, in fixed bytes, holds u's buffer
+    assert live_intervals(p, {"u": S, "w": R})["u"] == [(2, 6)]  # needed later: no handover
+    assert with_handovers(base, None, {"u"}).metadata["handovers"] == {"u": 4}  # no kernel: at the read
