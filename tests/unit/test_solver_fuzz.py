@@ -25,7 +25,9 @@ from remat.problem import Problem
 from remat.simulate import simulate, store_all_peak
 from remat.solvers import min_peak, solve
 
-from .synthetic import fuzz_problem
+from remat.structure import with_layers
+
+from .synthetic import chain_problem, fuzz_problem, residual_problem, transformer_problem
 
 
 def _plan_failures(p: Problem, plan, cap: int | None, who: str) -> list[str]:
@@ -111,3 +113,30 @@ def test_the_checker_finds_a_broken_plan(seed):
     assert _plan_failures(p, broken, None, "x")
     mispriced = replace(plan, objective=plan.objective + 1.0)
     assert _plan_failures(p, mispriced, None, "x")
+
+
+def _random_stack(rng: random.Random) -> Problem:
+    """A small stack of identical layers, its layers found (``remat.structure``)."""
+    kind = rng.choice(["chain", "residual", "transformer"])
+    if kind == "chain":
+        p = chain_problem(layers=6, host_bandwidth=rng.choice([0.0, 150.0]))  # widths repeat every 3
+    elif kind == "residual":
+        p = residual_problem(blocks=rng.randint(2, 4), host_bandwidth=rng.choice([0.0, 150.0]))
+    else:
+        p = transformer_problem(layers=rng.randint(2, 3), seq=16, hidden=16, heads=2)
+    return with_layers(p)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_layer_modes_on_random_stacks(seed):
+    """Every ``layers`` mode gives a plan the simulator accepts; free (exact at gap 0) <= mix <= tie."""
+    rng = random.Random(seed)
+    p = _random_stack(rng)
+    assert p.layers
+    floor = min_peak(p)
+    cap = floor + int(rng.random() * (store_all_peak(p) - floor))
+    plans = {mode: solve(p, cap, gap=0.0, layers=mode) for mode in ("mix", "tie", "free")}
+    for mode, plan in plans.items():
+        assert not _plan_failures(p, plan, cap, mode)
+    eps = 1e-9 * max(1.0, plans["tie"].objective)
+    assert plans["free"].objective <= plans["mix"].objective + eps <= plans["tie"].objective + 2 * eps
