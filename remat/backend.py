@@ -32,7 +32,7 @@ from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
-from .symbolic import no_guards
+from .symbolic import guard_fit, no_guards
 from .planning import GraphReport, _infeasible, forward_nodes, plan_joint_graph, summary_line
 from .wrapper_memory import collect_wrapper_code
 
@@ -57,8 +57,9 @@ class RematPartitioner(CustomPartitionerFn):
 
     def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
                  plain_peak: int | None = None, kernel_groups: KernelGroups | None = None,
-                 resident: int = 0) -> None:
+                 resident: int = 0, peaks: InductorPeaks | None = None) -> None:
         self.cfg = cfg
+        self.peaks = peaks  # the check after fusion: reads a dynamic graph's code at the sizes planned for
         self.resident = resident  # bytes earlier graphs of the step keep (taken off a byte cap)
         self.analyze_only = analyze_only
         self.lower_by = lower_by
@@ -77,6 +78,10 @@ class RematPartitioner(CustomPartitionerFn):
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
+        if report.dynamic is not None:
+            guard_fit(gm, report.dynamic)  # no range known: sizes past the plan's fit compile again
+            if self.peaks is not None:
+                self.peaks.sizes = report.dynamic.planned_at
         fw, bw = apply_plan(
             joint,
             forward_nodes=forward_nodes(joint, info),
@@ -221,7 +226,7 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
 
     peaks = InductorPeaks()
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
-                                   resident=resident)
+                                   resident=resident, peaks=peaks)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit

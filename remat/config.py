@@ -122,6 +122,40 @@ def _parse_budget_string(value: str) -> Budget:
     return Budget(bytes=nbytes, text=repr(value))
 
 
+DYNAMIC_RANGE_HELP = (
+    "dynamic_range must be a pair (lo, hi) of sizes 1 <= lo <= hi for every dynamic size, or a dict of "
+    "such pairs keyed by a size symbol ('s77') or an input dimension 'NAME.DIM' ('x.0'), e.g. {'x.0': (1, 64)}"
+)
+ALL_SIZES = "*"  # the key of a dynamic_range pair that applies to every dynamic size
+
+
+def parse_dynamic_range(value: Any) -> tuple[tuple[str, tuple[int, int]], ...] | None:
+    """Validate ``dynamic_range``: None, a pair (every dynamic size, key ``ALL_SIZES``) or a dict
+    of pairs; returned as sorted (key, (lo, hi)) items, hashable (ConfigError echoes ``value``)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and value and all(isinstance(item, tuple) and len(item) == 2 and
+                                                  isinstance(item[0], str) for item in value):
+        value = dict(value)  # already parsed
+    items = value.items() if isinstance(value, Mapping) else [(ALL_SIZES, value)]
+    out = []
+    for key, pair in items:
+        if not isinstance(key, str) or not key or not _is_size_pair(pair):
+            raise ConfigError(f"{DYNAMIC_RANGE_HELP}; got {value!r}")
+        out.append((key, (int(pair[0]), int(pair[1]))))
+    if not out:
+        raise ConfigError(f"{DYNAMIC_RANGE_HELP}; got {value!r}")
+    return tuple(sorted(out))
+
+
+def _is_size_pair(pair: Any) -> bool:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        return False
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair):
+        return False
+    return 1 <= pair[0] <= pair[1]
+
+
 @dataclass(frozen=True)
 class RematConfig:
     """Options of the remat backend and of ``remat.analyze``.
@@ -167,6 +201,12 @@ class RematConfig:
         plan as a fallback; "tie" gives corresponding activations of identical layers one decision:
         a smaller model that solves faster, at a price (+11 % added time at 12 GPT-2 layers, +32 %
         at 24 in benchmarks/solve_time.py).
+    dynamic_range: the sizes a dynamic-shape graph must fit the cap at (``remat.symbolic``): a
+        pair ``(lo, hi)`` for every dynamic size of the graph, or a dict of pairs keyed by a size
+        symbol ("s77") or by an input dimension, "NAME.DIM" ("x.0": dimension 0 of the argument
+        named x). The plan is made at the range's worst corner and its peak proven <= the cap over
+        the whole range. None (default): the ranges of ``mark_dynamic(x, 0, min=, max=)``, else the
+        plan is made for the sizes traced.
     verbose: print a one-line summary of every plan.
     """
 
@@ -182,6 +222,7 @@ class RematConfig:
     on_infeasible: str = "error"
     cost_model: str = "auto"
     layers: str = "free"
+    dynamic_range: Any = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -219,6 +260,7 @@ class RematConfig:
         if self.offload is True and hb == 0:
             raise ConfigError("offload=True needs host_bandwidth > 0 (or None for the device's link)")
         device_spec(self.device)
+        object.__setattr__(self, "dynamic_range", parse_dynamic_range(self.dynamic_range))
         if isinstance(self.device, dict):  # keep the config hashable
             object.__setattr__(self, "device", tuple(sorted(self.device.items())))
 

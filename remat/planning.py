@@ -30,6 +30,7 @@ from .plan import Decision, Plan, status_words
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
 from .structure import with_layers
+from .symbolic import Box, DynamicPlan, PeakProof, SymbolicSizes, describe_sizes, dynamic_plan, range_box, worst_corner
 
 if TYPE_CHECKING:
     from .profile import MeasuredCosts, ProfileStats
@@ -64,6 +65,9 @@ class GraphReport:
     # what this graph keeps until its backward runs (saved activations, gradients of its outputs):
     # read from its compiled backward's inputs, else the plan's live bytes at the end of forward
     kept_bytes: int | None = None
+    # dynamic shapes: the sizes the plan was made for and proven over, its symbolic peak
+    # (``remat.symbolic.DynamicPlan``); None when every size is static
+    dynamic: DynamicPlan | None = None
 
     @property
     def problem(self):
@@ -103,17 +107,62 @@ def plan_joint_graph(
         kernel_groups=kernel_groups,
     )
     captured.problem = problem = with_layers(captured.problem)
+    sizes = captured.symbolic
+    box = range_box(sizes, cfg.dynamic_range, name) if sizes is not None else None
+    corner = worst_corner(problem, sizes, box) if box is not None else dict(sizes.hints) if sizes is not None else {}
+    if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint
+        captured.problem = problem = sizes.problem_at(problem, corner)
+        plain_peak = None
     baseline = store_all_peak(problem)
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
     resident = resident if _is_byte_cap(cfg) else 0
     budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by, resident)
-    plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline,
-                                resident=resident)
+    if box is not None:
+        plan, target = solve_over_range(cfg, captured, box, budget, target, resident)
+    else:
+        plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline,
+                                    resident=resident)
     timeline = check(problem, plan, target)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
                          reference=source, resident_before_bytes=resident)
+    if sizes is not None and budget is not None:
+        report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner)
     return report, (joint, info)
+
+
+def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int | None, target: int | None,
+                     resident: int = 0) -> tuple[Plan, int | None]:
+    """Plan a dynamic-shape graph at its range's worst corner (``captured.problem`` holds the
+    bytes there) and prove the plan's peak <= the cap over the whole range (``box``); where no
+    plan meets the cap at that corner, or the plan does not hold over the range, raise
+    InfeasibleBudgetError naming the largest size that fits (``on_infeasible="min"``: plan at the
+    corner's floor, with a warning)."""
+    problem, sizes = captured.problem, captured.symbolic
+    try:
+        plan, target = solve_within(cfg, problem, budget, target, resident=resident)
+    except InfeasibleBudgetError as e:
+        floor_plan = get_solver(cfg.solver)(problem, e.min_peak_bytes, time_limit=cfg.time_limit, gap=cfg.gap)
+        proof = dynamic_plan(problem, sizes, floor_plan, budget, box, {}).proof
+        raise _infeasible_over_range(problem.name, budget, e.min_peak_bytes, proof, sizes, resident) from None
+    proof = dynamic_plan(problem, sizes, plan, budget, box, {}).proof if budget is not None else None
+    if proof is not None and not proof.holds and cfg.on_infeasible != "min":
+        raise _infeasible_over_range(problem.name, budget, proof.peak_bytes, proof, sizes, resident)
+    return plan, target
+
+
+def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof, sizes: SymbolicSizes,
+                           resident: int) -> InfeasibleBudgetError:
+    """The error for a cap that no plan meets over a range of sizes: names the largest size that fits."""
+    ranges = {str(s): r for s, r in proof.box.items()}
+    worst = ", ".join(f"{s}={v}" for s, v in proof.worst.items())
+    fit = (f"the largest {proof.symbol} that fits is {proof.largest_fit}" if proof.largest_fit is not None
+           else f"not even {proof.symbol}={proof.box[proof.symbol][0]} fits")
+    step = f" (the step's cap less {fmt_bytes(resident)} kept by earlier graphs)" if resident else ""
+    return InfeasibleBudgetError(budget + resident, floor + resident, detail=(
+        f"graph {graph} over {describe_sizes(ranges, {str(s): v for s, v in sizes.sources.items()})}: the peak is "
+        f"highest at {worst}{step}; {fit}: narrow the range (dynamic_range, or mark_dynamic's max) to that, "
+        f"raise memory_budget to at least {fmt_bytes(floor + resident)}, or pass on_infeasible='min'"))
 
 
 def reference_peak(cfg: RematConfig, joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
@@ -294,7 +343,19 @@ def summary_line(r: GraphReport) -> str:
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
         f"{p.solver}: {status_words(p, 0.01)} in {p.solve_time_s:.2f} s, plan {p.digest()}; costs {r.cost_model}{offload_note(r)}{_inductor_note(r)}"
+        f"{dynamic_note(r)}"
     )
+
+
+def dynamic_note(r: GraphReport) -> str:
+    """The sizes a dynamic-shape graph's plan holds over and its symbolic peak (empty when static)."""
+    d = r.dynamic
+    if d is None:
+        return ""
+    planned = ", ".join(f"{s}={v}" for s, v in d.planned_at.items())
+    up_to = f"; meets the cap up to {d.proof.symbol}={d.fits_up_to}" if d.fits_up_to is not None else ""
+    return (f"; dynamic: {describe_sizes(d.ranges, d.sources)}, planned at {planned}, peak {d.peak_formula} bytes "
+            f"<= {fmt_bytes(d.proof.peak_bytes)} over the range{up_to}")
 
 
 def _inductor_note(r: GraphReport) -> str:

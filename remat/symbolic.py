@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -98,6 +99,7 @@ class SymbolicSizes:
     fixed_bytes: tuple[sympy.Expr, ...]
     hints: dict[sympy.Symbol, int]
     ranges: dict[sympy.Symbol, Range] = field(default_factory=dict)
+    sources: dict[sympy.Symbol, tuple[str, ...]] = field(default_factory=dict)  # "L['x'].size()[0]"
 
     @classmethod
     def of(cls, env: Any, activation_bytes: dict[str, sympy.Expr], fixed: list) -> "SymbolicSizes":
@@ -105,7 +107,8 @@ class SymbolicSizes:
         fixed = tuple(sympy.sympify(f) for f in fixed)
         symbols = set().union(*(e.free_symbols for e in (*activation_bytes.values(), *fixed)))
         hints = {s: int(env.backed_var_to_val[s]) for s in symbols if s in env.backed_var_to_val}
-        return cls(activation_bytes, fixed, hints, {s: _env_range(env, s) for s in hints})
+        sources = {s: tuple(_source_name(src) for src in env.var_to_sources.get(s, ())) for s in hints}
+        return cls(activation_bytes, fixed, hints, {s: _env_range(env, s) for s in hints}, sources)
 
     @property
     def symbols(self) -> tuple[sympy.Symbol, ...]:
@@ -119,6 +122,12 @@ class SymbolicSizes:
                 else a for a in problem.activations]
         slots = [replace(s, fixed_bytes=int(f.subs(at))) for s, f in zip(problem.slots, self.fixed_bytes)]
         return replace(problem, slots=tuple(slots), activations=tuple(acts))
+
+
+def _source_name(source: Any) -> str:
+    """A Dynamo source's name ("L['x'].size()[0]"), a property or a method by torch version."""
+    name = source.name
+    return name() if callable(name) else str(name)
 
 
 def _env_range(env: Any, s: sympy.Symbol) -> Range:
@@ -179,12 +188,12 @@ def box_max(expr: sympy.Expr, box: Box) -> tuple[int, dict[sympy.Symbol, Any]]:
     """The largest value of polynomial ``expr`` over ``box`` and where it is reached: at a corner,
     or at a critical point inside the box or inside one of its faces (solved with sympy). A
     polynomial with no negative coefficient grows with every size: its upper corner."""
-    syms = sorted(expr.free_symbols, key=str)
+    syms, evaluate, grows = _compiled(expr)
     if not syms:
         return int(expr), {}
-    if all(c >= 0 for c in sympy.Poly(expr, *syms).coeffs()):
+    if grows:
         top = {s: box[s][1] for s in syms}
-        return int(expr.subs(top)), top
+        return int(evaluate(*top.values())), top
     best: tuple[int, dict] | None = None
     for point in _candidates(expr, syms, box):
         value = expr.subs(point)
@@ -213,6 +222,17 @@ def _candidates(expr: sympy.Expr, syms: list[sympy.Symbol], box: Box) -> list[di
         else:
             points += [{**fixed, **sol} for sol in _stationary_points(face, free, box)]
     return points
+
+
+@functools.lru_cache(maxsize=16384)
+def _compiled(expr: sympy.Expr) -> tuple[list[sympy.Symbol], Any, bool]:
+    """``expr``'s symbols by name, a plain Python function of them (exact on ints) and whether no
+    coefficient is negative (then it grows with every positive size)."""
+    syms = sorted(expr.free_symbols, key=str)
+    if not syms:
+        return syms, None, True
+    grows = all(c >= 0 for c in sympy.Poly(expr, *syms).coeffs())
+    return syms, sympy.lambdify(syms, expr, modules=[]), grows
 
 
 @functools.lru_cache(maxsize=4096)
@@ -273,3 +293,119 @@ def largest_fit(exprs: list[sympy.Expr], cap_bytes: int, box: Box, symbol: sympy
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
     return good
+
+
+def _input_dimension(key: str) -> tuple[str, int] | None:
+    """("x", 0) for a ``dynamic_range`` key "x.0"; None for a symbol name."""
+    m = re.fullmatch(r"(.+)\.(\d+)", key)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _matches(key: str, symbol: sympy.Symbol, sources: tuple[str, ...]) -> bool:
+    """Whether ``dynamic_range`` key ``key`` names ``symbol``: its name, or an input dimension
+    that is one of its sources (``L['x'].size()[0]`` for "x.0")."""
+    dim = _input_dimension(key)
+    if dim is None:
+        return key == str(symbol)
+    name, d = dim
+    return any(re.search(rf"\[['\"]{re.escape(name)}['\"]\]\.size\(\)\[{d}\]$", src) for src in sources)
+
+
+def range_box(sizes: SymbolicSizes, dynamic_range: tuple | None, graph: str = "graph") -> Box | None:
+    """The sizes a plan must fit over: each symbol's pair from ``dynamic_range`` (the option,
+    parsed by ``remat.config.parse_dynamic_range``), else its bounded ShapeEnv range
+    (``mark_dynamic(x, 0, min=, max=)``), else its hint alone. None when no symbol has a range.
+    A key that names no dynamic size of the graph is a ConfigError naming the sizes there are."""
+    from .config import ALL_SIZES
+    from .errors import ConfigError
+
+    given = dict(dynamic_range or ())
+    box: Box = {}
+    for key in given:
+        if key != ALL_SIZES and not any(_matches(key, s, sizes.sources.get(s, ())) for s in sizes.symbols):
+            names = ", ".join(f"{s} ({' '.join(sizes.sources.get(s, ())) or 'no source'})" for s in sizes.symbols)
+            raise ConfigError(f"dynamic_range names {key!r}, which is no dynamic size of {graph}; its dynamic sizes: {names}")
+    for s in sizes.symbols:
+        pair = next((p for k, p in given.items() if k != ALL_SIZES and _matches(k, s, sizes.sources.get(s, ()))),
+                    given.get(ALL_SIZES))
+        lo, hi = sizes.ranges.get(s, (1, None))
+        box[s] = tuple(pair) if pair is not None else (lo, hi) if hi is not None else (sizes.hints[s], sizes.hints[s])
+    return box if any(lo < hi for lo, hi in box.values()) else None
+
+
+UNBOUNDED = 2**31 - 1  # the largest size searched when nothing bounds a symbol
+
+
+@dataclass
+class DynamicPlan:
+    """What a plan of a dynamic-shape graph holds over, for its ``GraphReport``.
+
+    ``ranges``: each size symbol's sizes that the peak was proven over (lo == hi: only the size
+    traced, no range known); ``planned_at``: the sizes the plan was made for (the range's worst
+    corner); ``sources``: where each symbol comes from ("L['x'].size()[0]"); ``proof``: the peak
+    over the ranges and its formula (the bytes at the slot that peaks at the worst sizes);
+    ``fits_up_to``: the largest size of ``proof.symbol`` at which the plan still meets the cap
+    (with no range known: searched from the size traced up)."""
+
+    ranges: dict[str, tuple[int, int]]
+    planned_at: dict[str, int]
+    sources: dict[str, tuple[str, ...]]
+    proof: PeakProof
+    fits_up_to: int | None = None
+
+    @property
+    def peak_formula(self) -> str:
+        return self.proof.formula
+
+
+def worst_corner(problem: Problem, sizes: SymbolicSizes, box: Box) -> dict[sympy.Symbol, int]:
+    """The corner of ``box`` where storing every activation peaks highest (each symbol at its hi
+    when there are more than 4 symbols): where a plan for the whole range is made."""
+    from .simulate import simulate, store_all_plan
+
+    corners = [dict(zip(box, c)) for c in product(*[sorted({lo, hi}) for lo, hi in box.values()])]
+    if len(box) > 4:
+        return {s: hi for s, (lo, hi) in box.items()}
+    plan = store_all_plan(problem)
+    return max(corners, key=lambda c: simulate(sizes.problem_at(problem, c), plan).peak_bytes)
+
+
+def dynamic_plan(problem: Problem, sizes: SymbolicSizes, plan: Plan, cap: int, box: Box | None,
+                 planned_at: Mapping[sympy.Symbol, int]) -> DynamicPlan:
+    """The proof that ``plan`` (made at ``planned_at``) keeps the peak <= ``cap`` over ``box``;
+    without a box, over the sizes traced, and how far up the first symbol it still holds."""
+    live = live_bytes(problem, sizes, plan)
+    at_hints = {s: (h, h) for s, h in sizes.hints.items()}
+    proof = prove_peak(live, cap, box or at_hints)
+    fits = proof.largest_fit
+    if proof.holds and sizes.symbols:
+        first = proof.symbol or sizes.symbols[0]
+        lo = (box or at_hints)[first][0]
+        top = sizes.ranges.get(first, (1, None))[1] or UNBOUNDED
+        fits = largest_fit(live, cap, {**(box or at_hints), first: (lo, max(top, lo))}, first)
+    return DynamicPlan({str(s): r for s, r in (box or at_hints).items()}, {str(s): int(v) for s, v in planned_at.items()},
+                       {str(s): v for s, v in sizes.sources.items()}, proof, fits)
+
+
+def describe_sizes(ranges: Mapping[str, tuple[int, int]], sources: Mapping[str, tuple[str, ...]]) -> str:
+    """"s77 in [1, 64] (L['x'].size()[0])" for each symbol, for messages."""
+    parts = []
+    for s, (lo, hi) in ranges.items():
+        where = f" ({', '.join(sources.get(s, ()))})" if sources.get(s) else ""
+        parts.append(f"{s} in [{lo}, {hi}]{where}" if lo < hi else f"{s} = {lo}{where}")
+    return "; ".join(parts)
+
+
+def guard_fit(graph: fx.GraphModule, dynamic: DynamicPlan) -> str | None:
+    """With no range known (the plan was made for the sizes traced), guard the graph on the sizes
+    where its plan meets the cap, ``proof.symbol <= fits_up_to``: a larger size fails the guard
+    and Dynamo compiles it again, with a plan of its own. Returns the guard added (None: none
+    needed, the range was proven)."""
+    proof = dynamic.proof
+    if proof.symbol is None or dynamic.fits_up_to is None or any(lo < hi for lo, hi in dynamic.ranges.values()):
+        return None
+    env = shape_env_of(graph)
+    bound = sympy.Le(proof.symbol, dynamic.fits_up_to)
+    if env is None or env.evaluate_expr(bound) is not sympy.true:
+        return None
+    return str(bound)
