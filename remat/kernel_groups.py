@@ -11,17 +11,16 @@ The names are the joint graph's: the forward and backward graphs that remat hand
 the joint nodes' names, recomputed ops included. Names that Inductor's own passes made (an
 ``addmm`` from an ``mm`` and an ``add``) match no joint node and are ignored.
 
-A forward op's name in a backward kernel says that the last plan recomputed that value inside the
-kernel. ``with_recompute_kernels`` writes those kernels into a Problem, as plain data
-(``Problem.metadata["recompute_kernels"]``: activation name -> the backward slots of its kernel's
-ops), and ``recompute_kernels`` reads them back; ``remat.simulate`` applies them to a RECOMPUTE
-decision: the value lives across its kernel, or, read only inside it, is never allocated.
+What the simulator (``remat.simulate``) learns from the last compile, written into a Problem as
+plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by two functions:
 
-A kernel may also write a result into the buffer of an input that dies there (in the backward's
-wrapper code: ``buf3 = div_1; del div_1  # reuse``, ``reused_inputs``). ``with_handovers``
-records, for each activation whose buffer the last compile handed over so, the first slot of the
-kernel that took it (``Problem.metadata["handovers"]``, read back by ``handovers``); the result's
-bytes count from there, so the activation's own end there when that kernel is its last reader.
+* ``recompute_kernels``: a forward op's name in a backward kernel says that the last plan
+  recomputed that value inside the kernel (activation name -> the backward slots of the kernel's
+  ops). A RECOMPUTE value then lives across its kernel, or, read only inside it, is never allocated.
+* ``handovers``: a kernel may write a result into the buffer of a saved value that dies there
+  (the backward's wrapper code says ``buf3 = div_1; del div_1  # reuse``; ``reused_inputs``,
+  kept in ``KernelGroups.reused``): activation name -> the slot where the kernel of its last
+  backward read starts. The result's bytes count from there, so the value's own end there.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from dataclasses import dataclass, replace
 
 __all__ = [
     "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs", "scheduler_groups",
-    "with_handovers", "with_recompute_kernels",
+    "with_kernels",
 ]
 
 RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"  # the Problem.metadata keys
@@ -44,10 +43,11 @@ class KernelGroups:
 
     forward: tuple[frozenset[str], ...] = ()
     backward: tuple[frozenset[str], ...] = ()
+    reused: frozenset[str] = frozenset()  # backward inputs whose buffer a result took (``reused_inputs``)
 
     def key(self) -> str:
-        """A stable text of the groups, for cache keys."""
-        phases = (self.forward, self.backward)
+        """A stable text of the groups and the reused inputs, for cache keys."""
+        phases = (self.forward, self.backward, (self.reused,))
         return "|".join(";".join(sorted(",".join(sorted(g)) for g in groups)) for groups in phases)
 
 
@@ -83,27 +83,45 @@ class RecomputeKernel:
         return self.slots[-1]
 
 
-def with_recompute_kernels(problem, groups: KernelGroups | None):
-    """``problem`` with the backward kernels that recomputed its activations under the last plan
-    (``groups``: that compile's kernels) in its metadata; unchanged without any. A kernel counts by
-    the backward slot ops it holds; a kernel of recomputed ops alone holds none and is left out."""
+def with_kernels(problem, groups: KernelGroups | None):
+    """``problem`` with what ``groups`` (the last compile's kernels) tell the simulator in its
+    metadata: the backward kernels that recomputed its activations, and the activations whose
+    buffers a kernel's result took over; unchanged when they tell nothing."""
     if groups is None:
         return problem
+    facts = {RECOMPUTE_KERNELS: _recomputed_in(problem, groups), HANDOVERS: _handed_over(problem, groups)}
+    facts = {k: v for k, v in facts.items() if v}
+    return replace(problem, metadata={**problem.metadata, **facts}) if facts else problem
+
+
+def _backward_kernels(problem, groups: KernelGroups) -> list[tuple[frozenset[str], list[int]]]:
+    """Each backward kernel with the backward slots of its ops (ascending; maybe none)."""
     nf = problem.num_forward
     slot_of = {s.name: t for t, s in enumerate(problem.slots) if t >= nf}
+    return [(g, sorted(slot_of[n] for n in g if n in slot_of)) for g in groups.backward]
+
+
+def _recomputed_in(problem, groups: KernelGroups) -> dict[str, list[int]]:
+    """Activation -> the slots of the backward kernel that recomputed it; a kernel of recomputed
+    ops alone holds no slot and is left out."""
     names = {a.name for a in problem.activations}
     found: dict[str, list[int]] = {}
-    for group in groups.backward:
-        slots = sorted(slot_of[n] for n in group if n in slot_of)
+    for group, slots in _backward_kernels(problem, groups):
         for name in sorted(group & names) if slots else ():
             found.setdefault(name, slots)
-    if not found:
-        return problem
-    return replace(problem, metadata={**problem.metadata, RECOMPUTE_KERNELS: found})
+    return found
+
+
+def _handed_over(problem, groups: KernelGroups) -> dict[str, int]:
+    """Reused activation -> the first slot of the kernel of its last backward read (that read's
+    own slot when no kernel of several ops holds it)."""
+    first = {problem.slots[t].name: slots[0] for _, slots in _backward_kernels(problem, groups) for t in slots}
+    return {a.name: first.get(problem.slots[a.backward_uses[-1]].name, a.backward_uses[-1])
+            for a in problem.activations if a.name in groups.reused and a.backward_uses}
 
 
 def recompute_kernels(problem) -> dict[str, RecomputeKernel]:
-    """The backward kernels that recompute ``problem``'s activations (``with_recompute_kernels``)."""
+    """The backward kernels that recompute ``problem``'s activations (``with_kernels``)."""
     found = problem.metadata.get(RECOMPUTE_KERNELS, {})
     return {name: RecomputeKernel(tuple(slots)) for name, slots in found.items()}
 
@@ -115,26 +133,6 @@ def reused_inputs(code: str) -> set[str]:
     return set(_REUSE.findall(code))
 
 
-def with_handovers(problem, groups: KernelGroups | None, reused: set[str]):
-    """``problem`` with the activations in ``reused`` (``reused_inputs`` of its backward code)
-    mapped to the slot where the kernel of their last backward read starts (``groups``' backward
-    kernels; the read's own slot when no kernel of several ops holds it); unchanged without any."""
-    nf = problem.num_forward
-    first: dict[str, int] = {}
-    for group in groups.backward if groups is not None else ():
-        slots = [t for t, s in enumerate(problem.slots) if t >= nf and s.name in group]
-        for t in slots:
-            first[problem.slots[t].name] = min(slots)
-    found = {}
-    for a in problem.activations:
-        if a.name in reused and a.backward_uses:
-            last = a.backward_uses[-1]
-            found[a.name] = first.get(problem.slots[last].name, last)
-    if not found:
-        return problem
-    return replace(problem, metadata={**problem.metadata, HANDOVERS: found})
-
-
 def handovers(problem) -> dict[str, int]:
-    """Activation name -> the slot from which a kernel's result holds its buffer (``with_handovers``)."""
+    """Activation name -> the slot from which a kernel's result holds its buffer (``with_kernels``)."""
     return dict(problem.metadata.get(HANDOVERS, {}))

@@ -606,12 +606,12 @@ def test_invalid_exactly_when_an_offload_is_needed_early(p, data):
 
 
 def kernel_problem(v_uses, kernels=None, v_inputs=("u",)):
-    from remat.kernel_groups import KernelGroups, with_recompute_kernels
+    from remat.kernel_groups import KernelGroups, with_kernels
 
     p = Problem(slots=slots([10] * 2, [10] * 5), activations=(
         act("u", 0, 1, 1000, uses=(2,)), act("v", 1, 1, 100, uses=v_uses, inputs=v_inputs)))
     groups = KernelGroups(backward=tuple(frozenset(k) for k in (kernels or ())))
-    return with_recompute_kernels(p, groups)
+    return with_kernels(p, groups)
 
 
 def test_a_value_written_by_the_kernel_that_recomputes_it_lives_across_the_kernel():
@@ -634,37 +634,37 @@ def test_a_value_read_only_inside_the_kernel_that_recomputes_it_takes_no_memory(
 
 def test_a_consumer_recomputed_in_another_kernel_reads_the_value_from_memory():
     acts = (act("u", 0, 1, 1000, uses=(2,)), act("v", 0, 1, 100, uses=(3,)), act("w", 1, 1, 1, uses=(5,), inputs=("v",)))
-    from remat.kernel_groups import KernelGroups, with_recompute_kernels
+    from remat.kernel_groups import KernelGroups, with_kernels
 
     base = Problem(slots=slots([10] * 2, [10] * 5), activations=acts)
-    same = with_recompute_kernels(base, KernelGroups(backward=(frozenset({"b1", "b3", "v", "w"}),)))
-    other = with_recompute_kernels(base, KernelGroups(backward=(frozenset({"b1", "v"}), frozenset({"b3", "w"}))))
+    same = with_kernels(base, KernelGroups(backward=(frozenset({"b1", "b3", "v", "w"}),)))
+    other = with_kernels(base, KernelGroups(backward=(frozenset({"b1", "v"}), frozenset({"b3", "w"}))))
     plan = {"u": S, "v": R, "w": R}
     assert simulate(same, plan).peak_bytes == 1010  # v and w never leave their kernel
     assert live_intervals(other, plan)["v"] == [(3, 5)] and simulate(other, plan).ok
 
 
 def test_recompute_kernels_survive_json_and_ignore_kernels_of_no_backward_slot():
-    from remat.kernel_groups import KernelGroups, RecomputeKernel, recompute_kernels, with_recompute_kernels
+    from remat.kernel_groups import KernelGroups, RecomputeKernel, recompute_kernels, with_kernels
 
     p = kernel_problem((4,), [{"b2", "b4", "v", "no_such_op"}, {"u", "f0"}])
     assert recompute_kernels(p) == {"v": RecomputeKernel((4, 6))}
     assert recompute_kernels(Problem.from_dict(json.loads(json.dumps(p.to_dict())))) == recompute_kernels(p)
     bare = kernel_problem((4,))
-    assert with_recompute_kernels(bare, None) is bare and recompute_kernels(bare) == {}
-    assert with_recompute_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
+    assert with_kernels(bare, None) is bare and recompute_kernels(bare) == {}
+    assert with_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
 
 
 def test_a_value_whose_buffer_a_kernel_takes_over_leaves_where_that_kernel_starts():
-    from remat.kernel_groups import KernelGroups, handovers, with_handovers
+    from remat.kernel_groups import KernelGroups, handovers, with_kernels
 
     acts = (act("u", 0, 1, 1000, uses=(4,)), act("w", 1, 1, 1, uses=(6,), inputs=("u",)))
     base = Problem(slots=slots([10] * 2, [10] * 5), activations=acts)
-    p = with_handovers(base, KernelGroups(backward=(frozenset({"b1", "b2"}),)), {"u", "buf3"})
+    p = with_kernels(base, KernelGroups(backward=(frozenset({"b1", "b2"}),), reused=frozenset({"u", "buf3"})))
     assert handovers(p) == {"u": 3}  # the kernel of u's last read (slot 4) starts at slot 3
     tl = simulate(p, {"u": S, "w": S})
     assert tl.ok and live_intervals(p, {"u": S, "w": S})["u"] == [(2, 2)]
     assert simulate(base, {"u": S, "w": S}).device_bytes[2:5] == (1011, 1011, 1011)
     assert tl.device_bytes[2:5] == (1011, 11, 11)  # the kernel's result, in fixed bytes, holds u's buffer
     assert live_intervals(p, {"u": S, "w": R})["u"] == [(2, 6)]  # needed later: no handover
-    assert with_handovers(base, None, {"u"}).metadata["handovers"] == {"u": 4}  # no kernel: at the read
+    assert handovers(with_kernels(base, KernelGroups(reused=frozenset({"u"})))) == {"u": 4}  # no kernel: at the read
