@@ -120,12 +120,34 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
                         "or grad mode is off): there is no backward to plan, memory_budget has no effect",
                         comp.next_graph_name())
             return compile_fx(gm, example_inputs)
-        return _compile_planned(gm, example_inputs, cfg, comp)
+        compiled = _compile_planned(gm, example_inputs, cfg, comp)
+        warn_at_recompile_limit(comp)
+        return compiled
     except Exception as e:
         err = _caused_by(e, RematError)
         if err is None:
             raise
         raise surfaced(err) from None
+
+
+def warn_at_recompile_limit(comp: Compilation) -> bool:
+    """Warn (logger ``remat``) when this compile is the last that Dynamo's recompile limit allows
+    for its frame: a later guard failure (a new size) would run the frame eagerly, with no plan
+    and over the cap. Returns whether it warned."""
+    from torch._guards import CompileContext
+
+    compile_id = CompileContext.current_compile_id()
+    compiles = getattr(compile_id, "frame_compile_id", None)
+    limit = torch._dynamo.config.recompile_limit
+    if compiles is None or compiles + 1 < limit:
+        return False
+    log.warning(
+        "remat: compile %d of this frame reaches torch._dynamo.config.recompile_limit (%d): a new size after "
+        "this one runs eagerly, with no plan and over the memory_budget. Raise torch._dynamo.config.recompile_limit, "
+        "or give the sizes a range (option dynamic_range, or torch._dynamo.mark_dynamic(x, dim, min=, max=)) so "
+        "that one plan covers them; this compiled object holds %d plans (remat.reports)",
+        compiles + 1, limit, len(comp.reports))
+    return True
 
 
 def _needs_backward(example_inputs: Sequence[Any]) -> bool:

@@ -1,0 +1,78 @@
+"""Dynamic shapes end to end: one plan over a range of batch sizes, proven and measured under the
+cap; a cap that only small sizes meet refused at compile time; the recompile-limit warning."""
+
+import copy
+import logging
+import re
+
+import pytest
+import torch
+
+import remat
+from examples.mlp import MLP
+from remat.measure import measure_step
+
+torch.set_num_threads(2)
+CAP = 4 << 20  # bytes; at 1024 rows the plan needs 3.56 MiB (storing everything: 5.56 MiB)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return MLP(d=64, hidden=256, blocks=2)
+
+
+def loss_fn(out):
+    return out.pow(2).mean()
+
+
+def batch(rows, lo=128, hi=1024):
+    x = torch.randn(rows, 64)
+    torch._dynamo.mark_dynamic(x, 0, min=lo, max=hi)  # lo > 64: Inductor's CPU code guards rows > 64
+    return x
+
+
+def grads(model):
+    out = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_one_plan_over_a_range_matches_eager_and_meets_the_cap_at_each_size():
+    model = mlp()
+    reference = copy.deepcopy(model)
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": CAP})
+    for rows in (256, 1024, 640):
+        x = batch(rows)
+        step(x).backward()
+        loss_fn(reference(x)).backward()
+        got, want = grads(model), grads(reference)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+        measured = measure_step(lambda: step(x).backward())
+        model.zero_grad(set_to_none=True)
+        assert measured.peak_bytes <= CAP, (rows, measured.peak_bytes)
+    (report,) = remat.reports(step)  # one compile, one plan, for every size
+    d = report.dynamic
+    assert list(d.ranges.values()) == [(128, 1024)] and list(d.planned_at.values()) == [1024]
+    assert d.proof.holds and d.proof.peak_bytes <= CAP
+    assert re.fullmatch(r"\d+\*s\d+ \+ \d+", d.peak_formula)  # bytes linear in the batch
+
+
+def test_a_cap_that_only_small_sizes_meet_is_refused_at_compile_time_naming_the_largest_fit():
+    model = mlp()
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": "3MiB"})
+    with pytest.raises(remat.InfeasibleBudgetError) as e:
+        step(batch(256)).backward()  # 256 rows fit; 1024, in the range, do not
+    m = re.search(r"the largest (s\d+) that fits is (\d+)", str(e.value))
+    assert m and 256 <= int(m.group(2)) < 1024, str(e.value)
+
+
+def test_the_last_compile_that_the_recompile_limit_allows_warns(caplog):
+    model = mlp()
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", dynamic=False,
+                         options={"memory_budget": CAP, "inductor_check": False})
+    with torch._dynamo.config.patch(recompile_limit=2), caplog.at_level(logging.WARNING, logger="remat"):
+        step(torch.randn(128, 64)).backward()
+        assert "recompile_limit" not in caplog.text
+        step(torch.randn(192, 64)).backward()  # a new size: the second and last compile allowed
+    assert "torch._dynamo.config.recompile_limit (2)" in caplog.text and "holds 2 plans" in caplog.text
