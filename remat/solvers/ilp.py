@@ -660,6 +660,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
 LAYER_MODES = ("mix", "tie", "free")
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
 MENU_GAP = 0.05  # MIP gap of the tied solves at the other menu caps
+CAP_SHARE = 0.3  # of the time left, for the tied solve at the cap itself (the fallback)
 MIX_ROUNDS = 1  # rounds of "mix" mode: a two-level solve, then a tied solve regrouped by its answer
 
 
@@ -745,30 +746,29 @@ def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
     """Two levels: the tied model solved at each menu cap (at ``MENU_GAP`` but for the cap
     itself), then ``MIX_ROUNDS`` times the two-level model over the layer items of the plans so
     far (newest first; the greedy plan's items, one per layer, would crowd the menu and slow the
-    solve) and the tied model regrouped by its answer (``layered.layer_groups``: layers that took
-    one item share decisions, each group its own). Every solve gets an even share of the time
-    left; the bound of these models holds for the plans they span only, so none is reported."""
+    solve, so they join only when fewer than two tied plans were found) and the tied model
+    regrouped by its answer (``layered.layer_groups``: layers that took one item share decisions,
+    each group its own). The tied solve at the cap gets ``CAP_SHARE`` of the time left, every
+    other solve an even share; the bound of these models holds for the plans they span only, so
+    none is reported."""
     solve = dict(solve, rows=Rows(st, prune=solve["prune"]))
     caps = _menu_caps(solve["budget"], st.lower_bound_peak(), st.peak(st.store_all()))
     steps = len(caps) + 2 * MIX_ROUNDS
-    tied = _build(st, dict(ties=ties), solve, info, "tied")
-    found, plans = [], []
-    for i, cap in enumerate(caps):
-        tied.set_budget(cap)
-        at = solve if i == 0 else dict(solve, gap=max(solve["gap"], MENU_GAP))  # menu items only
-        status = _run(tied, 1 / (steps - i), None, at, info if i == 0 else {}, "tied")[1]
-        if status in _FOUND:
-            plans.append(tied.decisions())
-            found += _answer(st, (tied, status), solve, "tied", info) if i == 0 else []
+    found, plans = _tied_at_caps(st, ties, caps, steps, solve, info)
+    if len(plans) < 2 and greedy_plan is not None:  # too few items: the greedy plan's too
+        plans.append(greedy_plan)
     solved = (None, pulp.LpStatusNotSolved)
     for r in range(MIX_ROUNDS):
+        if _spent(solve):
+            break
         step = len(caps) + 2 * r
         menus = build_menus(st, layers, plans)
         info["menu_items"] = list(menus.items)
         solved = _solve_model(st, dict(menus=menus), 1 / (steps - step), None, solve, info, "mix")
         mixed = _answer(st, solved, solve, "mix", info)
         base = mixed[0][0] if mixed else (plans[0] if plans else None)
-        if base is None:
+        if base is None or _spent(solve):
+            found += mixed
             break
         regroup = dict(ties=tie_map(st, layer_groups(st, layers, base)))
         regrouped = _answer(st, _solve_model(st, regroup, 1 / (steps - step - 1), None, solve, {}, "regroup"),
@@ -778,7 +778,30 @@ def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
     return found, (solved[0], solved[1], None, None)
 
 
+def _tied_at_caps(st: Structure, ties: dict, caps: list[int], steps: int, solve: dict, info: dict):
+    """(found plans, menu plans): one tied model, moved to each cap in turn and solved (the
+    first cap is the cap itself: its answer is a plan under it)."""
+    tied = _build(st, dict(ties=ties), solve, info, "tied")
+    found, plans = [], []
+    for i, cap in enumerate(caps):
+        if i and _spent(solve):
+            break
+        tied.set_budget(cap)
+        at = solve if i == 0 else dict(solve, gap=max(solve["gap"], MENU_GAP))  # menu items only
+        share = CAP_SHARE if i == 0 else 1 / (steps - i)
+        status = _run(tied, share, None, at, info if i == 0 else {}, "tied")[1]
+        if status in _FOUND:
+            plans.append(tied.decisions())
+            found += _answer(st, (tied, status), solve, "tied", info) if i == 0 else []
+    return found, plans
+
+
 _MODES = {"free": _free, "tie": _tie, "mix": _mix}
+
+
+def _spent(solve: dict) -> bool:
+    """Whether the planning deadline has passed (a model built now would get no time to solve)."""
+    return time.perf_counter() >= solve["deadline"]
 
 
 def _menu_caps(budget: int, lo: int, hi: int) -> list[int]:
