@@ -2,6 +2,8 @@
 
 from fractions import Fraction
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,17 @@ def test_config_key_covers_cost_model_and_layers():
     a = RematConfig.from_options({"memory_budget": "1GiB"})
     for change in ({"cost_model": "measured"}, {"cost_model": "roofline"}, {"layers": "tie"}):
         assert RematConfig.from_options({"memory_budget": "1GiB", **change}).key() != a.key()
+
+
+def test_dynamic_range_pairs_and_keys():
+    assert RematConfig(dynamic_range=(1, 64)).dynamic_range == (("*", (1, 64)),)
+    parsed = RematConfig(dynamic_range={"x.0": (2, 8), "s77": [1, 1]}).dynamic_range
+    assert parsed == (("s77", (1, 1)), ("x.0", (2, 8)))
+    assert RematConfig(dynamic_range=parsed).dynamic_range == parsed  # parsed once, kept as is
+    assert "dynamic_range" in RematConfig(dynamic_range=(1, 64)).key()
+
+
+@pytest.mark.parametrize("bad", [(0, 4), (5, 4), (1.5, 3), (True, 4), (1, 2, 3), "1-64", {}, {"x.0": 8}, {3: (1, 2)}])
+def test_bad_dynamic_range_echoes_what_was_written(bad):
+    with pytest.raises(ConfigError, match=r"dynamic_range must be a pair .*got " + re.escape(repr(bad))):
+        RematConfig(dynamic_range=bad)

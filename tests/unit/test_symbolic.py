@@ -1,6 +1,7 @@
 """Symbolic sizes (``remat.symbolic``): bytes as polynomials in the size symbols, and the proof
 that a fixed plan's peak stays under a cap over a range of sizes."""
 
+import pytest
 import sympy
 import torch
 import torch.nn.functional as F
@@ -8,9 +9,11 @@ from torch._functorch import partitioners as P
 from torch._functorch.aot_autograd import aot_function
 
 from remat.capture import capture
+from remat.config import parse_dynamic_range
+from remat.errors import ConfigError
 from remat.cost import DeviceSpec
 from remat.simulate import simulate, store_all_plan
-from remat.symbolic import box_max, live_bytes, no_guards, prove_peak
+from remat.symbolic import SymbolicSizes, box_max, live_bytes, no_guards, prove_peak, range_box
 
 SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
 s = sympy.Symbol("s0", positive=True, integer=True)
@@ -85,3 +88,15 @@ def test_box_max_finds_interior_critical_points():
     assert not prove_peak([4 * s + 10, 3 * s**2], 100, {s: (1, 10)}).holds
     assert prove_peak([4 * s + 10, 3 * s**2], 100, {s: (1, 10)}).largest_fit == 5
     assert prove_peak([4 * s + 10, 3 * s**2], 300, {s: (1, 10)}).holds
+
+
+def test_range_box_from_the_option_or_the_shape_env():
+    sizes = SymbolicSizes({}, (), {s: 12, t: 8}, {s: (1, None), t: (4, 16)},
+                          {s: ("L['x'].size()[0]",), t: ("L['y'].size()[1]",)})
+    assert range_box(sizes, None) == {s: (12, 12), t: (4, 16)}  # no bound on s0: its hint alone
+    assert range_box(sizes, parse_dynamic_range({"x.0": (2, 64)})) == {s: (2, 64), t: (4, 16)}
+    assert range_box(sizes, parse_dynamic_range({"s1": (8, 9)})) == {s: (12, 12), t: (8, 9)}
+    assert range_box(sizes, parse_dynamic_range((1, 32))) == {s: (1, 32), t: (1, 32)}
+    assert range_box(SymbolicSizes({}, (), {s: 12}, {s: (1, None)}), None) is None
+    with pytest.raises(ConfigError, match=r"names 'z.0', which is no dynamic size of g.*s0 \(L\['x'\]"):
+        range_box(sizes, parse_dynamic_range({"z.0": (1, 2)}), "g")
