@@ -257,7 +257,7 @@ class _Analysis:
         """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if
         nothing needs it after its last backward use; it stays readable to its last need."""
         h = self.handovers.get(a.name)
-        if h is None or not self.device[a.name] or last != a.backward_uses[-1]:
+        if h is None or not self.device[a.name] or not a.backward_uses or last != a.backward_uses[-1]:
             return
         (lo, hi), = self.device[a.name]
         self.readable.setdefault(a.name, [(lo, hi)])
