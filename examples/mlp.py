@@ -1,6 +1,7 @@
 """The core issue's MLP: 3 blocks of Linear(1024, 4096) - GELU - Linear(4096, 1024), batch 4096.
 
     python examples/mlp.py --budget 300MiB
+    python examples/mlp.py --budget 40MiB --d 256 --hidden 1024 --batches 1024,4096,2560 --range 1024:4096
 
 ``factory()`` is also a factory for the ``remat`` command and the benchmarks.
 """
@@ -40,17 +41,29 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="300MiB")
+    ap.add_argument("--batches", default="4096", help="batch sizes to train with, in order (e.g. 1024,2048,4096)")
+    ap.add_argument("--range", default=None, metavar="LO:HI",
+                    help="mark the batch dimension dynamic over LO..HI (mark_dynamic): one plan for every size")
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=4096)
+    ap.add_argument("--blocks", type=int, default=3)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    model, (x,), loss_fn = factory()
+    model, _, loss_fn = factory(1, args.d, args.hidden, args.blocks)
     step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": args.budget})
-    step(x).backward()
-    for p in model.parameters():
-        p.grad = None
-    measured = measure_step(lambda: step(x).backward())
+    for batch in (int(b) for b in args.batches.split(",")):
+        x = torch.randn(batch, args.d)
+        if args.range:
+            lo, hi = (int(v) for v in args.range.split(":"))
+            torch._dynamo.mark_dynamic(x, 0, min=lo, max=hi)
+        step(x).backward()
+        for p in model.parameters():
+            p.grad = None
+        measured = measure_step(lambda: step(x).backward())
+        print(f"batch {batch}: measured peak {fmt_bytes(measured.peak_bytes)} ({measured.seconds:.2f} s, profiled); "
+              f"plans so far {len(reports(step))}")
     for r in reports(step):
         print(summary_line(r))
-    print(f"measured peak {fmt_bytes(measured.peak_bytes)} ({measured.seconds:.2f} s, profiled)")
 
 
 if __name__ == "__main__":
