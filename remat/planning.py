@@ -30,7 +30,10 @@ from .plan import Decision, Plan, status_words
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
 from .structure import with_layers
-from .symbolic import Box, DynamicPlan, PeakProof, SymbolicSizes, describe_sizes, dynamic_plan, range_box, worst_corner
+from .symbolic import (
+    Box, DynamicPlan, PeakProof, SymbolicSizes, describe_sizes, dynamic_plan, live_bytes, prove_peak, range_box,
+    worst_corner,
+)
 
 if TYPE_CHECKING:
     from .profile import MeasuredCosts, ProfileStats
@@ -143,9 +146,9 @@ def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int
         plan, target = solve_within(cfg, problem, budget, target, resident=resident)
     except InfeasibleBudgetError as e:
         floor_plan = get_solver(cfg.solver)(problem, e.min_peak_bytes, time_limit=cfg.time_limit, gap=cfg.gap)
-        proof = dynamic_plan(problem, sizes, floor_plan, budget, box, {}).proof
+        proof = prove_peak(live_bytes(problem, sizes, floor_plan), budget, box)
         raise _infeasible_over_range(problem.name, budget, e.min_peak_bytes, proof, sizes, resident) from None
-    proof = dynamic_plan(problem, sizes, plan, budget, box, {}).proof if budget is not None else None
+    proof = prove_peak(live_bytes(problem, sizes, plan), budget, box) if budget is not None else None
     if proof is not None and not proof.holds and cfg.on_infeasible != "min":
         raise _infeasible_over_range(problem.name, budget, proof.peak_bytes, proof, sizes, resident)
     return plan, target

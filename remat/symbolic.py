@@ -314,7 +314,8 @@ def _matches(key: str, symbol: sympy.Symbol, sources: tuple[str, ...]) -> bool:
 def range_box(sizes: SymbolicSizes, dynamic_range: tuple | None, graph: str = "graph") -> Box | None:
     """The sizes a plan must fit over: each symbol's pair from ``dynamic_range`` (the option,
     parsed by ``remat.config.parse_dynamic_range``), else its bounded ShapeEnv range
-    (``mark_dynamic(x, 0, min=, max=)``), else its hint alone. None when no symbol has a range.
+    (``mark_dynamic(x, 0, min=, max=)``), else its hint alone; the hint alone too when the size
+    traced lies outside the range given. None when no symbol has a range.
     A key that names no dynamic size of the graph is a ConfigError naming the sizes there are."""
     from .config import ALL_SIZES
     from .errors import ConfigError
@@ -330,6 +331,8 @@ def range_box(sizes: SymbolicSizes, dynamic_range: tuple | None, graph: str = "g
                     given.get(ALL_SIZES))
         lo, hi = sizes.ranges.get(s, (1, None))
         box[s] = tuple(pair) if pair is not None else (lo, hi) if hi is not None else (sizes.hints[s], sizes.hints[s])
+        if not box[s][0] <= sizes.hints[s] <= box[s][1]:  # a size past the range (compiled again): itself
+            box[s] = (sizes.hints[s], sizes.hints[s])
     return box if any(lo < hi for lo, hi in box.values()) else None
 
 
@@ -396,16 +399,21 @@ def describe_sizes(ranges: Mapping[str, tuple[int, int]], sources: Mapping[str, 
     return "; ".join(parts)
 
 
-def guard_fit(graph: fx.GraphModule, dynamic: DynamicPlan) -> str | None:
-    """With no range known (the plan was made for the sizes traced), guard the graph on the sizes
-    where its plan meets the cap, ``proof.symbol <= fits_up_to``: a larger size fails the guard
-    and Dynamo compiles it again, with a plan of its own. Returns the guard added (None: none
-    needed, the range was proven)."""
-    proof = dynamic.proof
-    if proof.symbol is None or dynamic.fits_up_to is None or any(lo < hi for lo, hi in dynamic.ranges.values()):
-        return None
-    env = shape_env_of(graph)
-    bound = sympy.Le(proof.symbol, dynamic.fits_up_to)
-    if env is None or env.evaluate_expr(bound) is not sympy.true:
-        return None
-    return str(bound)
+def guard_fit(graph: fx.GraphModule, dynamic: DynamicPlan) -> list[str]:
+    """Guard the graph on the sizes where its plan is known to meet the cap: each ranged symbol
+    within its range (Dynamo already guards a ``mark_dynamic`` range; ``dynamic_range`` alone it
+    does not), or, with no range known, ``proof.symbol <= fits_up_to``. A size outside fails the
+    guard and Dynamo compiles it again, with a plan of its own. Returns the guards given."""
+    env, proof = shape_env_of(graph), dynamic.proof
+    ranged = [(s, lo, hi) for s, (lo, hi) in proof.box.items() if lo < hi]
+    if ranged:
+        bounds = [b for s, lo, hi in ranged for b in (sympy.Ge(s, lo), sympy.Le(s, hi))]
+    elif proof.symbol is not None and dynamic.fits_up_to is not None:
+        bounds = [sympy.Le(proof.symbol, dynamic.fits_up_to)]
+    else:
+        bounds = []
+    if env is None:
+        return []
+    for b in bounds:
+        env.evaluate_expr(b)
+    return [str(b) for b in bounds]
