@@ -461,6 +461,8 @@ def _config_to_dict(cfg: RematConfig) -> dict:
     out["memory_budget"] = None if b is None else (b.bytes if b.bytes is not None else b.ratio)
     if isinstance(cfg.device, tuple):
         out["device"] = dict(cfg.device)
+    if cfg.dynamic_range is not None:
+        out["dynamic_range"] = {key: list(pair) for key, pair in cfg.dynamic_range}
     return out
 
 
