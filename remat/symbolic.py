@@ -9,13 +9,15 @@ slot as polynomials in the symbols.
 
 Reading a size must not specialise it: ``int()`` of a SymInt adds a guard (``s77 == 512``),
 after which Dynamo refuses a ``mark_dynamic`` dimension. ``no_guards`` suppresses the guards of a
-graph's ShapeEnv while remat reads hints; ``size_hint`` reads one without a guard.
+graph's ShapeEnv while remat plans (its ints are the hints). The guards remat does want are the
+sizes where a plan is known to fit (``guard_fit``): a size outside compiles again.
 
 A fixed plan's live bytes at each slot (``live_bytes``) are its fixed bytes plus the bytes of the
 activations the simulator (``remat.simulate.live_intervals``, the single memory model) keeps live
-there. ``prove_peak`` shows that every slot's polynomial stays <= a cap over a box of positive
-integer sizes: the largest value of a polynomial over a box is at a corner, at a critical point
-inside the box or inside one of its faces (found exactly with sympy, not by sampling); when the
+there (the offload copy schedule is taken at the sizes planned for). ``prove_peak`` shows that
+every slot's polynomial stays <= a cap over a box of positive integer sizes: the largest value
+of a polynomial over a box is at a corner, at a critical point inside the box or inside one of its
+faces (found exactly with sympy, not by sampling); when the
 cap does not hold it names the largest size of the first symbol that fits.
 """
 
@@ -37,13 +39,6 @@ import torch.fx as fx
 from .plan import Decision, Plan
 from .problem import Problem
 from .simulate import live_intervals
-
-
-def size_hint(x: Any) -> int:
-    """A concrete int for an int or SymInt, its hint under dynamic shapes, without a guard."""
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
-
-    return optimization_hint(x) if isinstance(x, torch.SymInt) else int(x)
 
 
 def shape_env_of(graph: fx.GraphModule) -> Any | None:
@@ -325,7 +320,8 @@ def range_box(sizes: SymbolicSizes, dynamic_range: tuple | None, graph: str = "g
     for key in given:
         if key != ALL_SIZES and not any(_matches(key, s, sizes.sources.get(s, ())) for s in sizes.symbols):
             names = ", ".join(f"{s} ({' '.join(sizes.sources.get(s, ())) or 'no source'})" for s in sizes.symbols)
-            raise ConfigError(f"dynamic_range names {key!r}, which is no dynamic size of {graph}; its dynamic sizes: {names}")
+            raise ConfigError(f"dynamic_range names {key!r}, which is no dynamic size of {graph}; "
+                              f"its dynamic sizes: {names}")
     for s in sizes.symbols:
         pair = next((p for k, p in given.items() if k != ALL_SIZES and _matches(k, s, sizes.sources.get(s, ()))),
                     given.get(ALL_SIZES))
@@ -378,15 +374,15 @@ def dynamic_plan(problem: Problem, sizes: SymbolicSizes, plan: Plan, cap: int, b
     """The proof that ``plan`` (made at ``planned_at``) keeps the peak <= ``cap`` over ``box``;
     without a box, over the sizes traced, and how far up the first symbol it still holds."""
     live = live_bytes(problem, sizes, plan)
-    at_hints = {s: (h, h) for s, h in sizes.hints.items()}
-    proof = prove_peak(live, cap, box or at_hints)
+    box = box or {s: (h, h) for s, h in sizes.hints.items()}
+    proof = prove_peak(live, cap, box)
     fits = proof.largest_fit
-    if proof.holds and sizes.symbols:
-        first = proof.symbol or sizes.symbols[0]
-        lo = (box or at_hints)[first][0]
-        top = sizes.ranges.get(first, (1, None))[1] or UNBOUNDED
-        fits = largest_fit(live, cap, {**(box or at_hints), first: (lo, max(top, lo))}, first)
-    return DynamicPlan({str(s): r for s, r in (box or at_hints).items()}, {str(s): int(v) for s, v in planned_at.items()},
+    if proof.holds and proof.symbol is not None:
+        lo = box[proof.symbol][0]
+        top = sizes.ranges.get(proof.symbol, (1, None))[1] or UNBOUNDED
+        fits = largest_fit(live, cap, {**box, proof.symbol: (lo, max(top, lo))}, proof.symbol)
+    return DynamicPlan({str(s): r for s, r in box.items()},
+                       {str(s): int(v) for s, v in planned_at.items()},
                        {str(s): v for s, v in sizes.sources.items()}, proof, fits)
 
 

@@ -151,8 +151,8 @@ def _statements(body: list[ast.stmt]) -> Iterable[ast.stmt]:
 
 def _asserted_sizes(stmts: list[ast.stmt], sizes: dict[str, int]) -> dict[str, tuple]:
     """(shape, stride) of every name that an ``assert_size_stride(name, shape, stride, ...)``
-    sizes, symbols taken from ``sizes``. The dtype is not in the assert: ``wrapper_peak`` takes it from ``itemsizes`` (4 bytes
-    when unknown)."""
+    sizes, symbols taken from ``sizes``. The dtype is not in the assert: ``wrapper_peak`` takes it
+    from ``itemsizes`` (4 bytes when unknown)."""
     out: dict[str, tuple] = {}
     for s in stmts:
         call = s.value if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) else None
