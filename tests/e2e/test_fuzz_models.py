@@ -9,6 +9,8 @@ a few fixed-seed examples and ``benchmarks/fuzz_models.py`` runs many.
 from __future__ import annotations
 
 import copy
+import functools
+import operator
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -76,8 +78,10 @@ def loss_weights(model: torch.nn.Module, inputs) -> list[torch.Tensor]:
 
 def weighted_loss(outputs, weights) -> torch.Tensor:
     """A dot product of each float output with its weights: no temporary the size of an output
-    (outputs are contiguous), so a loss outside the compiled call adds only what autograd must."""
-    return sum(torch.dot(o.reshape(-1), w) for o, w in zip(float_leaves(outputs), weights))
+    (outputs are contiguous), so a loss outside the compiled call adds only what autograd must
+    (``functools.reduce``, not ``sum``: ``0 + tensor`` wraps the 0 in a tensor of its own)."""
+    dots = [torch.dot(o.reshape(-1), w) for o, w in zip(float_leaves(outputs), weights)]
+    return functools.reduce(operator.add, dots)
 
 
 def resolve_budget(budget: tuple, model, inputs, weights):
