@@ -5,7 +5,8 @@ and returns decisions for exactly the needed activations. ``budget_bytes=None`` 
 cheapest plan (store-all, objective 0). None of them imports torch.
 
 * ``ilp``: exact MIP (PuLP; HiGHS, or CBC without highspy); options ``gap``, ``backend``,
-  ``starts`` (kept recompute start slots per activation).
+  ``starts`` (kept recompute start slots per activation), ``layers`` (repeated layers of
+  ``Problem.layers``: "mix", two levels over menus of layer plans, ``layered``; "tie"; "free").
 * ``greedy``: fast heuristic; raises ``InfeasibleBudgetError`` when it cannot meet the cap.
 * ``store_all`` / ``recompute_all``: baselines that ignore the cap (``info["over_budget"]``).
 """
