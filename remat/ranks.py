@@ -59,9 +59,7 @@ def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
 
     if not _several_ranks():
         return make_plan()
-    group = _object_group()
-    digests: list = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, problem_digest(problem), group=group)
+    digests = _gathered(problem_digest(problem))
     _refuse_mismatch(problem.name, digests)
     result, error = None, None
     if dist.get_rank() == 0:
@@ -69,11 +67,33 @@ def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
             result = make_plan()
         except Exception as e:  # every rank must reach the broadcast, then raise it
             error = e
-    payload = [_portable(result, error)]
-    dist.broadcast_object_list(payload, src=0, group=group)
+    payload = _from_rank0(_portable(result, error))
     if error is not None:
         raise error
-    return _unpacked(payload[0], problem.name)
+    return _unpacked(payload, problem.name)
+
+
+def _gathered(digest: str) -> list:
+    """Every rank's digest, by rank. The planner runs inside Inductor's fake tensor mode: the
+    collectives' own tensors must be real, so every dispatch mode is set aside while they run."""
+    import torch.distributed as dist
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    digests: list = [None] * dist.get_world_size()
+    with _disable_current_modes():
+        dist.all_gather_object(digests, digest, group=_object_group())
+    return digests
+
+
+def _from_rank0(payload: Any) -> Any:
+    """Rank 0's ``payload`` on every rank (outside any dispatch mode, as ``_gathered``)."""
+    import torch.distributed as dist
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    box = [payload]
+    with _disable_current_modes():
+        dist.broadcast_object_list(box, src=0, group=_object_group())
+    return box[0]
 
 
 def _several_ranks() -> bool:

@@ -1,6 +1,6 @@
 """remat.ranks: one plan on every rank. The digest covers a Problem's memory structure and not its
 op times; without torch.distributed (or under the fake backend) agree_across_ranks just plans; under 2 spawned gloo ranks
-rank 0 alone plans and both get its plan, different problems raise on both ranks naming both
+rank 0 alone plans and both get its plan (also inside a fake tensor mode, as in Inductor), different problems raise on both ranks naming both
 digests and the graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
 
 import dataclasses
@@ -8,6 +8,7 @@ import json
 import socket
 
 import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
 import torch.multiprocessing as mp
 
 from remat.errors import InfeasibleBudgetError, RematError
@@ -81,7 +82,8 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
             raise InfeasibleBudgetError(1000, 1234 + rank, detail="graph chain; raise memory_budget")
 
         problem = with_times_scaled(chain_problem(), 1.0 + rank)  # op times differ per rank: still one plan
-        agreed = outcome(lambda: agree_across_ranks(problem, make_plan))
+        with FakeTensorMode():  # as inside Inductor's partitioner: the collectives still run on real tensors
+            agreed = outcome(lambda: agree_across_ranks(problem, make_plan))
         infeasible = outcome(lambda: agree_across_ranks(problem, refuse))
         other = chain_problem(layers=4 + rank)  # rank 1 captured a different graph
         mismatch = outcome(lambda: agree_across_ranks(other, make_plan))
