@@ -6,7 +6,8 @@ cheapest plan (store-all, objective 0). None of them imports torch.
 
 * ``ilp``: exact MIP (PuLP; HiGHS, or CBC without highspy); options ``gap``, ``backend``,
   ``starts`` (kept recompute start slots per activation), ``layers`` (repeated layers of
-  ``Problem.layers``: "mix", two levels over menus of layer plans, ``layered``; "tie"; "free").
+  ``Problem.layers``: "auto", "mix" (two levels over menus of layer plans, ``layered``), "tie",
+  "free").
 * ``greedy``: fast heuristic; raises ``InfeasibleBudgetError`` when it cannot meet the cap.
 * ``store_all`` / ``recompute_all``: baselines that ignore the cap (``info["over_budget"]``).
 """

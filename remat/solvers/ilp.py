@@ -657,7 +657,8 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     return peak, dec, proven
 
 
-LAYER_MODES = ("mix", "tie", "free")
+LAYER_MODES = ("auto", "mix", "tie", "free")
+AUTO_MIX_LAYERS = 8  # "auto" runs "mix" when a layer class has at least this many layers, else "free"
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
 MENU_GAP = 0.05  # MIP gap of the tied solves at the other menu caps
 CAP_SHARE = 0.3  # of the time left, for the tied solve at the cap itself (the fallback)
@@ -675,7 +676,7 @@ def ilp(
     prune: bool = True,
     threads: int | None = None,
     starts: int | None = None,
-    layers: str = "mix",
+    layers: str = "auto",
     **kw,
 ) -> Plan:
     """Minimum added time under a peak of ``budget_bytes`` (``gap``: relative MIP gap to stop at;
@@ -683,7 +684,8 @@ def ilp(
     what to do with ``Problem.layers``: "mix" (two levels, ``remat.solvers.layered``: tied plans
     at a few caps make a menu of layer plans, then each layer picks one item), "tie" (one
     decision per position of identical layers), "free" (every activation on its own, with the
-    tied plan as one more fallback). ``time_limit`` bounds the whole planning: greedy, model
+    tied plan as one more fallback), "auto" ("mix" when a class has ``AUTO_MIX_LAYERS`` layers or
+    more, else "free": on short stacks the free model is small, exact and as fast). ``time_limit`` bounds the whole planning: greedy, model
     building and every solve share one deadline.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
@@ -706,11 +708,11 @@ def ilp(
         _raise_infeasible(st, budget, deadline, backend, why)
     greedy_plan, greedy_cost = _greedy_plan(st, budget)
     ties = tie_map(st, problem.layers) if problem.layers else {}
-    mode = layers if ties else "free"
+    mode = _mode(layers, problem.layers) if ties else "free"
     warm = warm_start == "force" or (bool(warm_start) and backend == "cbc")  # see _free
     solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=deadline, warm=warm)
     info: dict = {"greedy_objective": None if greedy_plan is None else greedy_cost, "layers": layers,
-                  "tied_activations": len(ties)}
+                  "layers_mode": mode, "tied_activations": len(ties)}
     found, (model, status, bound, mgap) = _MODES[mode](st, problem.layers, ties, greedy_plan, solve, info)
     found += [(greedy_plan, greedy_cost, "greedy")] if greedy_plan is not None else []
     best, best_cost, source = min(found, key=lambda f: f[1]) if found else (None, math.inf, None)
@@ -722,6 +724,13 @@ def ilp(
     info["planning_s"] = round(time.perf_counter() - t0, 4)
     return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
                      solve_time_s=time.perf_counter() - t0, info=info)
+
+
+def _mode(layers: str, classes) -> str:
+    """The mode that ``layers`` means for these layer classes ("auto" resolved)."""
+    if layers != "auto":
+        return layers
+    return "mix" if max(len(cls) for cls in classes) >= AUTO_MIX_LAYERS else "free"
 
 
 def _free(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict):

@@ -232,3 +232,15 @@ def test_layer_groups_split_by_decisions_and_free_the_ends():
     assert st.codes(st.normalize(plan))[st.index[cls[1][pos]]] == REC
     assert layer_groups(st, p.layers, plan) == ((cls[1], cls[2]),)  # 0 and 4 are ends, 3 alone
     assert layer_groups(st, p.layers, st.store_all()) == ((cls[1], cls[2], cls[3]),)
+
+
+def test_auto_mixes_long_stacks_and_frees_short_ones():
+    short = with_layers(chain_problem(layers=6))  # two layers of three chain links
+    long = with_layers(chain_problem(layers=24))  # eight
+    assert [len(c) for c in short.layers] == [2] and [len(c) for c in long.layers] == [8]
+    for p, mode in ((short, "free"), (long, "mix")):
+        cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+        plan = solve(p, cap)  # layers="auto"
+        check(p, plan, cap)
+        assert plan.info["layers"] == "auto" and plan.info["layers_mode"] == mode
+        assert ("mix_num_binaries" in plan.info) == (mode == "mix")
