@@ -1,12 +1,13 @@
 """Solve time of the planner on GPT-2-small-shaped models analysed on fake tensors.
 
     python benchmarks/solve_time.py [--layers 12,24,48] [--budgets 50%,30%] [--cache DIR]
-                                    [--modes mix,tie,free,greedy] [--time-limit 60]
+                                    [--modes auto,mix,tie,free,greedy] [--time-limit 60]
 
 n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (GPT-2 small) at each depth. Each model is
 traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache`` keeps the Problem as
 JSON); its repeated layers are found (``remat.structure``), then each solver is timed on the same
-Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free") and the greedy.
+Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free"; "auto", the default,
+is "mix" from 8 layers per class) and the greedy.
 "partition" is layer finding plus planning plus the simulator's check. Prints a markdown table and writes benchmarks/results/solve_time.json.
 """
 
@@ -23,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-MODES = {"mix": ("ilp", "mix"), "tie": ("ilp", "tie"), "free": ("ilp", "free"), "greedy": ("greedy", "")}
+MODES = {"auto": ("ilp", "auto"), "mix": ("ilp", "mix"), "tie": ("ilp", "tie"), "free": ("ilp", "free"), "greedy": ("greedy", "")}
 
 
 def traced(layers: int, cache: str | None):
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="12")
     ap.add_argument("--budgets", default="50%,30%")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
+    ap.add_argument("--modes", default="mix,tie,free,greedy", help="comma-separated: " + ", ".join(MODES))
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--cache", default=None, help="folder for traced Problems (JSON)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
