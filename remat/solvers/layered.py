@@ -1,16 +1,16 @@
 """Two-level plans of repeated layers: a menu of layer plans per class, one choice per layer.
 
 Inner level: the plans of one layer of a class (``Problem.layers``) are read off whole plans of
-the step: tied plans at a few caps (each spans every layer with one decision per position) and
-the greedy plan, plus the layer that stores everything. Each distinct vector of decisions over a
-class's positions is one *item* of its menu.
+the step (``ilp`` passes tied plans at a few caps, each one decision per position, and the
+greedy plan when it found fewer than two), plus the layer that stores everything. Each distinct
+vector of decisions over a class's positions is one *item* of its menu.
 
 Outer level: the ILP (``ilp.Model`` with ``menus``) gives every layer one binary per item that
 the layer can take and chooses exactly one; the binaries of the layer's activations become sums
 of those choices. Every memory row of the step stays, so a chosen mix is valid at every slot, and
-the outer problem holds every source plan (each layer takes its own item), so its answer is
-never worse than the tied plan at the cap. Layers are free to differ: the last layers of a stack
-store more, and a stack under a cap mixes a storing item and a recomputing one, which a single
+the outer problem holds the first source plan whole (each layer takes its own item), so its
+answer is never worse than that plan. Layers are free to differ: under a cap a stack mixes a
+storing item and a recomputing one (GPT-2-small, 12 layers at 50 %: nine and three), which one
 tied decision per position cannot.
 """
 
