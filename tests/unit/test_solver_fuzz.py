@@ -24,7 +24,6 @@ from remat.errors import InfeasibleBudgetError
 from remat.problem import Problem
 from remat.simulate import simulate, store_all_peak
 from remat.solvers import min_peak, solve
-
 from remat.structure import with_layers
 
 from .synthetic import chain_problem, fuzz_problem, residual_problem, transformer_problem

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-
-import pulp
 from pathlib import Path
 
+import pulp
 import pytest
 
 from remat.errors import ConfigError
