@@ -9,7 +9,7 @@ eager          the model as written
 checkpoint     eager with ``torch.utils.checkpoint`` (non-reentrant) around every block
 compile        plain ``torch.compile`` (Inductor's default partitioner)
 amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 / 0
-remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of the no-remat peak
+remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of plain torch.compile's peak
 remat_300MiB   remat at an absolute cap (any size with a unit)
 remat_min      remat at memory_budget="min": the smallest peak it reaches, as Inductor's code allocates it
 remat_50@measured   any remat configuration with ``cost_model="measured"`` (the record says whether

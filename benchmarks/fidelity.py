@@ -3,14 +3,15 @@
     python benchmarks/fidelity.py                       # examples (quick sizes) and transformers models
     python benchmarks/fidelity.py --models gpt,hf_llama --jobs 1
 
-For each model, three configurations, each in a fresh process (``benchmarks/_run_config.py``'s
-``run``, which also loads the transformers models of ``benchmarks/hf_models.py`` here):
+For each model, four configurations, each in a fresh process (``benchmarks/_run_config.py``'s
+``run``, which loads the examples and the transformers models of ``benchmarks/hf_models.py``):
 
 compile    plain ``torch.compile``: measured peak; Inductor's own estimate (both graphs); remat's
            predicted peak of the store-all plan and of plain compile's min-cut partition
            (``remat.baseline``), both on the same captured Problem
-remat_75   remat at a cap of 75 % / 50 % of the store-all peak: cap, predicted peak, Inductor's
-remat_50   estimate after fusion (``GraphReport.inductor_peak_bytes``), measured peak
+remat_75   remat at a cap of 75 % / 50 % of plain torch.compile's peak (read from its code): cap,
+remat_50   predicted peak, the peak of Inductor's code (``GraphReport.inductor_peak_bytes``), measured
+remat_min  remat at memory_budget="min": the same figures at the smallest peak it reaches
 
 Writes ``benchmarks/results/fidelity.json`` after every configuration and ``fidelity.md`` at the
 end. Peaks are above what was resident before the step (profiler allocation events on the CPU).
@@ -37,23 +38,14 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 import _run_config  # noqa: E402
-import hf_models  # noqa: E402
 from compare import fmt_mib  # noqa: E402
 
 RESULTS = HERE / "results"
 CONFIGS = ("compile", "remat_75", "remat_50", "remat_min")
-MODELS = _run_config.MODELS + hf_models.MODELS
+MODELS = _run_config.MODELS + _run_config.HF_MODELS
 
 
 # ---- worker: one configuration of one model, in this process ----------------------------------
-
-
-def load_model(name: str, quick: bool, load_example=_run_config.load_example):
-    """(model, inputs, loss_fn, sizes) of an example or of a transformers model."""
-    if name in hf_models.MODELS:
-        model, inputs, loss_fn = hf_models.factory(name)
-        return model, tuple(inputs), loss_fn, {"hidden": hf_models.HIDDEN, "layers": hf_models.LAYERS}
-    return load_example(name, quick)
 
 
 def plain_compile_predictions(name: str, quick: bool) -> dict:
@@ -80,7 +72,7 @@ def plain_compile_predictions(name: str, quick: bool) -> dict:
         def uuid(self):
             return None
 
-    model, inputs, loss_fn, _ = load_model(name, quick)
+    model, inputs, loss_fn, _ = _run_config.load_example(name, quick)
     t0 = time.perf_counter()
     rep = capture_step(model, inputs, loss_fn, PlainCompilePlanner())
     info = rep.plan.info
@@ -96,8 +88,6 @@ def worker(name: str, config: str, quick: bool) -> dict:
 
     from remat.inductor_check import InductorPeaks
 
-    original = _run_config.load_example
-    _run_config.load_example = lambda n, q: load_model(n, q, original)
     peaks = InductorPeaks()
     iconfig._post_fusion_custom_pass = peaks  # plain compile's estimate; remat patches its own
     out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
