@@ -463,7 +463,8 @@ def measure_elementwise_rate(
         return float(known)
     with _real_tensors():
         x = torch.rand(numel, device=torch.device(device))
-        seconds = _median_seconds(_ELEMENTWISE_STMT, {"torch": torch, "x": x, "y": torch.empty_like(x)}, min_run_time=0.1)
+        env = {"torch": torch, "x": x, "y": torch.empty_like(x)}
+        seconds = _median_seconds(_ELEMENTWISE_STMT, env, min_run_time=0.1)
     rate = _ELEMENTWISE_OPS * numel / seconds
     cache.put(ELEMENTWISE_KEY, rate)
     return rate

@@ -633,7 +633,8 @@ def test_a_value_read_only_inside_the_kernel_that_recomputes_it_takes_no_memory(
 
 
 def test_a_consumer_recomputed_in_another_kernel_reads_the_value_from_memory():
-    acts = (act("u", 0, 1, 1000, uses=(2,)), act("v", 0, 1, 100, uses=(3,)), act("w", 1, 1, 1, uses=(5,), inputs=("v",)))
+    acts = (act("u", 0, 1, 1000, uses=(2,)), act("v", 0, 1, 100, uses=(3,)),
+            act("w", 1, 1, 1, uses=(5,), inputs=("v",)))
     from remat.kernel_groups import KernelGroups, with_kernels
 
     base = Problem(slots=slots([10] * 2, [10] * 5), activations=acts)
