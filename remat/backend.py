@@ -33,7 +33,7 @@ from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
 from .symbolic import guard_fit, no_guards
-from .planning import GraphReport, _infeasible, forward_nodes, plan_joint_graph, summary_line
+from .planning import GraphReport, _infeasible, graph_label, forward_nodes, plan_joint_graph, summary_line
 from .wrapper_memory import collect_wrapper_code
 
 log = logging.getLogger("remat")
@@ -175,7 +175,9 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         _record(comp, [report] if report is not None else [], cfg.verbose, key)
         return compiled
     if estimate > report.budget_bytes:
-        fallback = _plain_within(gm, example_inputs, plain, report.budget_bytes)
+        sizes = report.dynamic.planned_at if report.dynamic is not None else None
+        # a dynamic graph's plain code is read again at the sizes planned for (``plain`` was read at the hints)
+        fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             _record(comp, [report], cfg.verbose, key)
@@ -186,11 +188,12 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
 
 
 def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,
-                  cap: int) -> tuple[Any, int, int | None] | None:
+                  cap: int, sizes: dict[str, int] | None = None) -> tuple[Any, int, int | None] | None:
     """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak is under
-    ``cap``: (compiled, its peak, the bytes its backward receives)."""
+    ``cap``: (compiled, its peak, the bytes its backward receives). ``sizes``: the values of a
+    dynamic graph's size symbols at which its code is read (default: their hints)."""
     if plain is None:
-        plain = plain_compile(gm, example_inputs)
+        plain = plain_compile(gm, example_inputs, sizes)
     return plain if plain[1] is not None and plain[1] <= cap else None
 
 
@@ -233,9 +236,9 @@ def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> No
     """No plan's code (nor plain torch.compile's) meets the cap: the cap cannot be met, and the
     smallest peak named is the code's (``on_infeasible="min"``: run the lowest plan, with a warning)."""
     if cfg.on_infeasible != "min":
-        raise _infeasible(report.problem.name, report.budget_bytes, estimate, report.resident_before_bytes)
+        raise _infeasible(graph_label(report), report.budget_bytes, estimate, report.resident_before_bytes)
     log.warning("remat[%s]: memory_budget %s cannot be met; planned at the smallest peak, %s as Inductor's code "
-                "allocates it, after %d plans (on_infeasible='min')", report.problem.name,
+                "allocates it, after %d plans (on_infeasible='min')", graph_label(report),
                 fmt_bytes(report.budget_bytes), fmt_bytes(estimate), report.plans_made)
 
 
@@ -270,13 +273,14 @@ def _wants_plain_peak(cfg: RematConfig) -> bool:
     return cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
 
 
-def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[Any, int | None, int | None]:
+def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any],
+                  sizes: dict[str, int] | None = None) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
     now), its peak read from the generated code and the bytes its backward receives (None if
-    they cannot be read)."""
+    they cannot be read); a dynamic graph's code read at ``sizes`` (default: the hints)."""
     from torch._inductor.compile_fx import compile_fx
 
-    peaks = InductorPeaks()
+    peaks = InductorPeaks(sizes)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
     return compiled, (peaks.peak_bytes if peaks.code_peaks else None), backward_start_bytes(peaks)

@@ -350,6 +350,15 @@ def summary_line(r: GraphReport) -> str:
     )
 
 
+def graph_label(r: GraphReport) -> str:
+    """The graph's name, and for a dynamic-shape graph the sizes its figures are at, for messages."""
+    d = r.dynamic
+    if d is None:
+        return r.problem.name
+    planned = ", ".join(f"{s}={v}" for s, v in d.planned_at.items())
+    return f"{r.problem.name} at {planned} (of {describe_sizes(d.ranges, d.sources)})"
+
+
 def dynamic_note(r: GraphReport) -> str:
     """The sizes a dynamic-shape graph's plan holds over and its symbolic peak (empty when static)."""
     d = r.dynamic
