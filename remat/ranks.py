@@ -12,11 +12,11 @@ which every rank raises in turn: a failure is an error on every rank, never a ha
 
 Without ``torch.distributed`` (or with one process, or under the fake backend of
 ``torch.testing._internal.distributed.fake_pg``, which traces one process as one rank of many) it
-just runs ``make_plan()``. The objects go
-through the default process group when it is gloo, else through a gloo group made once for it
-(NCCL would need a device per rank for a few bytes of host data). Cost per graph: one all-gather
-of 16-byte digests and one broadcast of the plan (a few KiB): two collectives per planned graph,
-whatever the number of ranks.
+just runs ``make_plan()``. The objects go through the default process group when it is gloo, else
+through a gloo group made once for it (NCCL would need a device per rank for host data). Cost per
+graph: one all-gather of 16-digit digests and one broadcast of what ``make_plan`` returned (a plan
+and its timeline: KiB for small graphs, more for graphs of many thousand ops), whatever the number
+of ranks.
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@ whole FSDP2 model yields no graph, and the way that works is torchtitan's, each 
 own and then sharded. Its graphs then hold no collective; the all-gathered parameters are graph
 inputs. Two tests:
 
-- (slow) 2 spawned gloo ranks, FSDP2 over blocks compiled with backend remat at "80%" of the modelled plain compile: loss and
-  gradients equal uncompiled FSDP2's, both ranks make the same plans, some values are recomputed,
+- (slow) 2 spawned gloo ranks, FSDP2 over blocks compiled with backend remat at "80%" (of the
+  modelled plain compile): loss and gradients equal uncompiled FSDP2's, both ranks make the same plans, some values are recomputed,
   and no collective is in the rewritten graphs.
 - Collectives inside a graph (functional all-gather in forward, whose autograd is a reduce-scatter
   in backward, as FSDP's are), traced and run in one process under the fake process group at
-  memory_budget="min" (one compile each, no Inductor check: the tests are about what is planned): remat never recomputes a collective or its wait (the rewritten backward holds
-  no all-gather), while it does recompute other values.
+  memory_budget="min": remat never recomputes a collective or its wait (the rewritten backward
+  holds no all-gather), while it does recompute other values.
+
+Both compile once per graph, without the Inductor check: they are about what is planned.
 """
 
 import copy
@@ -67,7 +69,8 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
     try:
         base = blocks()
         plain = sharded(copy.deepcopy(base))
-        options = {"memory_budget": "80%", "inductor_check": False}  # one dict: the blocks' graphs share one compilation
+        # one dict: the blocks' graphs share one compilation
+        options = {"memory_budget": "80%", "inductor_check": False}
         model = sharded(base, lambda b: torch.compile(b, backend="remat", options=options))
         x = torch.randn(512, 64, generator=torch.Generator().manual_seed(rank))  # each rank its own batch
         loss, grads = train_step(model, x)
@@ -125,7 +128,8 @@ def test_collectives_and_their_waits_are_never_recomputed():
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=WORLD)
     try:
-        compiled = torch.compile(GatheredWeights(), backend="remat", options={"memory_budget": "min", "inductor_check": False})
+        options = {"memory_budget": "min", "inductor_check": False}
+        compiled = torch.compile(GatheredWeights(), backend="remat", options=options)
         compiled(torch.randn(512, 64)).sum().backward()
         (report,) = remat.reports(compiled)
     finally:

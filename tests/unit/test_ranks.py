@@ -1,7 +1,8 @@
-"""remat.ranks: one plan on every rank. The digest covers a Problem's memory structure and not its
-op times; without torch.distributed (or under the fake backend) agree_across_ranks just plans; under 2 spawned gloo ranks
-rank 0 alone plans and both get its plan (also inside a fake tensor mode, as in Inductor), different problems raise on both ranks naming both
-digests and the graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
+"""remat.ranks: one plan on every rank. The digest covers a Problem's memory structure and not
+its op times; without torch.distributed (or under the fake backend) agree_across_ranks just
+plans; under 2 spawned gloo ranks rank 0 alone plans and both get its plan (also inside a fake
+tensor mode, as in Inductor), different problems raise on both ranks naming both digests and the
+graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
 
 import dataclasses
 import json
