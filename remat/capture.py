@@ -38,6 +38,10 @@ Times come from the roofline of ``remat.cost`` or, given ``costs`` (``remat.prof
 from measurements: an op that is a kernel of its own costs its measured time; a kernel that inlines
 fused pointwise producers (a fused group, in the step or in a recomputation) costs its memory
 traffic at the measured bandwidth (``fused_time``); what has no measurement keeps the roofline.
+
+Under dynamic shapes the Problem holds the bytes at the sizes traced (their hints), and
+``Captured.symbolic`` the same bytes as polynomials in the size symbols (``symbolic_sizes``, from
+the same intervals: ``remat.symbolic``).
 """
 
 from __future__ import annotations

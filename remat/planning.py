@@ -6,8 +6,10 @@ the ``cost_model`` option (the roofline, or measured costs from ``remat.profile`
 process per device, thread count and cost model: ``graph_costs``), finds the repeated layers
 (``remat.structure``), resolves the cap (``cap_and_target``: bytes, a ratio of plain
 torch.compile's peak (``reference_peak``), or "min"; less what earlier graphs of the step keep),
-solves it (``solve_within``) and checks the plan with the simulator. ``GraphReport`` is the plain
-record of one planned graph; ``summary_line`` prints it.
+solves it (``solve_within``) and checks the plan with the simulator. Under dynamic shapes
+(``remat.symbolic``) a graph with a range of sizes is planned at the range's worst corner and its
+plan proven over the range (``solve_over_range``); ``GraphReport.dynamic`` records it. ``GraphReport``
+is the plain record of one planned graph; ``summary_line`` prints it.
 """
 
 from __future__ import annotations
@@ -111,8 +113,7 @@ def plan_joint_graph(
     )
     captured.problem = problem = with_layers(captured.problem)
     sizes = captured.symbolic
-    box = range_box(sizes, cfg.dynamic_range, name) if sizes is not None else None
-    corner = worst_corner(problem, sizes, box) if box is not None else dict(sizes.hints) if sizes is not None else {}
+    box, corner = planning_sizes(cfg, problem, sizes, name)
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint
         captured.problem = problem = sizes.problem_at(problem, corner)
         plain_peak = None
@@ -132,6 +133,16 @@ def plan_joint_graph(
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner)
     return report, (joint, info)
+
+
+def planning_sizes(cfg: RematConfig, problem: Any, sizes: SymbolicSizes | None, name: str) -> tuple[Box | None, dict]:
+    """The range that a dynamic-shape graph is planned over (``remat.symbolic.range_box``; None:
+    no range known) and the sizes to plan at: the range's worst corner, else the sizes traced.
+    (None, {}) for a static graph."""
+    if sizes is None:
+        return None, {}
+    box = range_box(sizes, cfg.dynamic_range, name)
+    return box, worst_corner(problem, sizes, box) if box is not None else dict(sizes.hints)
 
 
 def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int | None, target: int | None,
