@@ -1,5 +1,6 @@
 """Real models under remat: two SGD steps equal eager (losses, gradients, buffers) and the
-measured peak stays under the cap remat reports (the fuzzer's check, ``test_fuzz_models.judge``).
+measured peak stays under the cap remat reports (the fuzzer's check, ``test_fuzz_models.judge``;
+a peak over the cap by an extern kernel's workspace or in a ``KNOWN_GAPS`` op passes with a warning).
 
 CI: the Llama-style block (RMSNorm, rotary, SwiGLU, causal SDPA) and the top-2 mixture of experts
 of ``models.py`` at "min". Slow (``python -m pytest -m slow tests/e2e/test_real_models.py``,
