@@ -730,10 +730,12 @@ def capture(
 
 def symbolic_sizes(joint: fx.GraphModule, intervals: list, num_slots: int, relevant: set[fx.Node]) -> SymbolicSizes | None:
     """The bytes of each activation (``relevant``) and each slot's fixed bytes (from ``intervals``)
-    as polynomials in the size symbols; None when every size of the graph is static."""
+    as polynomials in the size symbols; None when every size of the graph is static, or when a
+    size has no hint (data-dependent): the Problem's ints are then all there is."""
     env = shape_env_of(joint)
     if env is None:
         return None
-    return SymbolicSizes.of(
+    sizes = SymbolicSizes.of(
         env, {s.name: symbolic_bytes(s.meta["val"]) for s in relevant},
         fixed_bytes(intervals, num_slots, size_of=symbolic_bytes))
+    return sizes if sizes.hinted else None

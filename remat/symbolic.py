@@ -106,6 +106,12 @@ class SymbolicSizes:
         return cls(activation_bytes, fixed, hints, {s: _env_range(env, s) for s in hints}, sources)
 
     @property
+    def hinted(self) -> bool:
+        """Whether every symbol of the bytes has a hint (not so for data-dependent sizes)."""
+        exprs = (*self.activation_bytes.values(), *self.fixed_bytes)
+        return set().union(*(e.free_symbols for e in exprs)) <= set(self.hints)
+
+    @property
     def symbols(self) -> tuple[sympy.Symbol, ...]:
         """The size symbols that the bytes depend on, by name."""
         return tuple(sorted(self.hints, key=str))
