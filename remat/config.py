@@ -20,7 +20,7 @@ MIN_BUDGET = "min"
 
 SOLVER_NAMES = ("ilp", "greedy", "store_all", "recompute_all")
 ON_INFEASIBLE = ("error", "min")
-LAYER_MODES = ("tie", "free")
+LAYER_MODES = ("auto", "mix", "tie", "free")
 BUDGET_HELP = (
     "memory_budget must be bytes (an integer, e.g. 314572800), a string with a unit "
     "('300MiB', '6GB', '1.5GiB'; decimal KB, MB, GB, TB are powers of 1000, binary KiB, MiB, GiB, "
@@ -197,10 +197,12 @@ class RematConfig:
         busy 2-core machine), and in ``remat.analyze``, whose graph holds fake tensors (no step
         runs). Ops that cannot be timed fall back to the roofline.
     layers: how the ILP treats repeated layers (``Problem.layers``, found by ``remat.structure``):
-        "free" (default, as the ILP's own) decides each activation on its own and keeps the tied
-        plan as a fallback; "tie" gives corresponding activations of identical layers one decision:
-        a smaller model that solves faster, at a price (+11 % added time at 12 GPT-2 layers, +32 %
-        at 24 in benchmarks/solve_time.py).
+        "auto" (default) runs "mix" when a layer class has 8 or more layers, else "free"; "mix"
+        plans one layer class at a few caps, lets an outer model pick one of those layer plans per
+        layer under every memory row, then re-solves tied by that choice (first and last layer
+        free): within 0.1 % of "free" at 12 and 24 GPT-2-small layers (benchmarks/solve_time.py);
+        "free" decides each activation on its own; "tie" gives corresponding activations of
+        identical layers one decision (smallest model, +11 % to +32 % added time).
     dynamic_range: the sizes a dynamic-shape graph must fit the cap at (``remat.symbolic``): a
         pair ``(lo, hi)`` for every dynamic size of the graph, or a dict of pairs keyed by a size
         symbol ("s77") or by an input dimension, "NAME.DIM" ("x.0": dimension 0 of the argument
@@ -221,7 +223,7 @@ class RematConfig:
     inductor_check: bool = True
     on_infeasible: str = "error"
     cost_model: str = "auto"
-    layers: str = "free"
+    layers: str = "auto"
     dynamic_range: Any = None
     verbose: bool = False
 
@@ -249,8 +251,9 @@ class RematConfig:
         object.__setattr__(self, "cost_model", parse_cost_model(self.cost_model))
         if self.layers not in LAYER_MODES:
             raise ConfigError(
-                f"layers must be 'tie' (one decision per position of identical layers) or 'free' "
-                f"(each activation on its own); got {self.layers!r}"
+                f"layers must be 'auto' (mix for 8 or more identical layers, else free), 'mix' (a layer "
+                f"plan per layer from a menu of tied plans), 'tie' (one decision per position of identical "
+                f"layers) or 'free' (each activation on its own); got {self.layers!r}"
             )
         if self.offload is not None and not isinstance(self.offload, bool):
             raise ConfigError(f"offload must be True, False or None (auto); got {self.offload!r}")

@@ -225,7 +225,7 @@ def test_cost_model_saved_profile_becomes_an_absolute_path(tmp_path, monkeypatch
         ({"cost_model": "fast"}, "cost_model must be 'auto'"),
         ({"cost_model": 1}, "cost_model must be"),
         ({"cost_model": None}, "cost_model must be"),
-        ({"layers": "tied"}, "layers must be 'tie'"),
+        ({"layers": "tied"}, "layers must be 'auto'"),
         ({"layers": None}, "layers must be"),
     ],
 )
