@@ -205,7 +205,7 @@ def test_reserve():
 
 def test_cost_model_and_layers_defaults():
     cfg = RematConfig()
-    assert (cfg.cost_model, cfg.layers) == ("auto", "free")
+    assert (cfg.cost_model, cfg.layers) == ("auto", "auto")
 
 
 @pytest.mark.parametrize("value, expected", [("measured", "measured"), ("Roofline", "roofline"), ("AUTO", "auto")])
