@@ -16,11 +16,15 @@ class PlanError(RematError):
 
 
 class InfeasibleBudgetError(RematError):
-    """No plan keeps the peak under the cap; ``min_peak_bytes`` is the smallest reachable peak."""
+    """No plan keeps the peak under the cap; ``min_peak_bytes`` is the smallest reachable peak.
+    Under dynamic shapes, ``largest_fit`` is the largest size (of the symbol the message names) at
+    which a plan still meets the cap, when remat found one; None otherwise."""
 
-    def __init__(self, budget_bytes: int, min_peak_bytes: int, detail: str = "") -> None:
+    def __init__(self, budget_bytes: int, min_peak_bytes: int, detail: str = "",
+                 largest_fit: int | None = None) -> None:
         self.budget_bytes = budget_bytes
         self.min_peak_bytes = min_peak_bytes
+        self.largest_fit = largest_fit
         msg = (
             f"memory_budget {fmt_bytes(budget_bytes)} cannot be met: the smallest peak any plan "
             f"reaches is {fmt_bytes(min_peak_bytes)} ({min_peak_bytes} bytes)"
