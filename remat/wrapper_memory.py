@@ -172,6 +172,7 @@ class _Sizing:
     shapes: dict[str, tuple]
     itemsizes: dict[str, int]
     sizes: dict[str, int]
+    elements: dict[str, list[str]] = field(default_factory=dict)  # tuple name -> names of its ``x = tup[i]``
     unsized: list[str] = field(default_factory=list)
 
     def bytes_of(self, name: str) -> int:
@@ -194,7 +195,7 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
         return None
     stmts = list(_statements(body))
     sizes = _derived_sizes(stmts, dict(sizes or {}))
-    sizing = _Sizing(_asserted_sizes(stmts, sizes), itemsizes or {}, sizes)
+    sizing = _Sizing(_asserted_sizes(stmts, sizes), itemsizes or {}, sizes, _tuple_elements(stmts))
     st = _Storages()
     for name in _input_names(stmts):
         if name in sizing.shapes and not name.startswith("primals_"):
@@ -204,6 +205,16 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
         _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
     return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+
+
+def _tuple_elements(stmts: list[ast.stmt]) -> dict[str, list[str]]:
+    """The names that each tuple name's elements are bound to (``buf19 = buf18[0]``), in order."""
+    out: dict[str, list[str]] = {}
+    for s in stmts:
+        if (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                and isinstance(s.value, ast.Subscript) and isinstance(s.value.value, ast.Name)):
+            out.setdefault(s.value.value.id, []).append(s.targets[0].id)
+    return out
 
 
 def _derived_sizes(stmts: list[ast.stmt], sizes: dict[str, int]) -> dict[str, int]:
@@ -244,7 +255,8 @@ def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
     if isinstance(value, ast.Name):
         st.alias(name, value.id)
     elif isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
-        _new_sized(name, st, sizing, tied_to=value.value.id)
+        if name not in st.of_name:  # an element that its tuple's call did not already allocate
+            _new_sized(name, st, sizing, tied_to=value.value.id)
     elif isinstance(value, ast.Call):
         fn = _call_name(value)
         if fn in _ALLOCATORS and len(value.args) >= 3:
@@ -257,7 +269,21 @@ def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
         elif any(h in fn for h in _HOST_RESULT):
             st.drop(name)
         elif fn.startswith(("torch.ops.", "extern_kernels.", "aten.")) or fn.endswith(".default"):
-            _new_sized(name, st, sizing)
+            _new_extern_result(name, st, sizing)
+
+
+def _new_extern_result(name: str, st: _Storages, sizing: _Sizing) -> None:
+    """An extern op's result. A tuple's elements exist when the op returns, while its inputs still
+    live, though the code binds and sizes them only after the ``del`` of those inputs: each
+    element that the code binds (``x = tup[i]``) and sizes is allocated here, held by the tuple."""
+    elements = sizing.elements.get(name)
+    if not elements:
+        _new_sized(name, st, sizing)
+        return
+    st.drop(name)
+    for element in elements:
+        if element in sizing.shapes:
+            _new_sized(element, st, sizing, tied_to=name)
 
 
 def _new_sized(name: str, st: _Storages, sizing: _Sizing, tied_to: str | None = None) -> None:

@@ -68,6 +68,24 @@ def test_extern_tuple_elements_live_while_either_name_does():
     assert w.unsized == []  # the tuple itself is not a result to size
 
 
+def test_extern_tuple_elements_exist_before_the_ops_inputs_are_freed():
+    code = wrapper("""
+        assert_size_stride(saved_1, (512, 512), (512, 1), 'input')
+        buf0 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(saved_1)
+        del saved_1
+        buf1 = buf0[0]
+        assert_size_stride(buf1, (512, 512), (512, 1), 'torch.ops.aten.some_op.default')
+        buf2 = buf0[1]
+        assert_size_stride(buf2, (256, 512), (512, 1), 'torch.ops.aten.some_op.default')
+        del buf0
+        return (buf1, buf2)
+    """, inputs="saved_1")
+    w = wrapper_peak(code)
+    # the op holds its input (1 MiB) and returns both elements: all three live at the call
+    assert w.peak_bytes == MiB + MiB + MiB // 2
+    assert w.unsized == []
+
+
 def test_host_copies_are_not_device_memory_and_free_releases():
     code = wrapper("""
         buf0 = empty_strided_cuda((1024, 256), (256, 1), torch.float32)
