@@ -18,12 +18,13 @@ frees its argument's device storage.
 from __future__ import annotations
 
 import ast
+import itertools
 import operator
 import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["WrapperPeak", "wrapper_peak", "collect_wrapper_code"]
+__all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "collect_wrapper_code"]
 
 _ALLOCATORS = {"empty_strided_cpu", "empty_strided_cuda", "empty_strided_xpu", "empty_strided_mps", "empty_strided"}
 _HOST_RESULT = ("remat.to_host",)
@@ -180,13 +181,14 @@ class _Sizing:
 
 
 def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
-                 sizes: dict[str, int] | None = None) -> WrapperPeak | None:
+                 sizes: dict[str, int] | None = None, counted: Iterable[str] = ()) -> WrapperPeak | None:
     """Walk the ``call`` of Inductor's Python wrapper ``code``; None when there is none.
 
     ``itemsizes`` maps input and extern-result names to their element size where the code does
     not say it (the dtype of an input is not in its assert); 4 bytes otherwise. ``sizes`` gives
     the size symbols of a dynamic-shape graph their values (``{"s77": 512}``); the sizes that the
-    code computes from them (``ps0 = 64*s77``) follow."""
+    code computes from them (``ps0 = 64*s77``) follow. ``counted`` names inputs called
+    ``primals_*`` that are not resident but copies (``saved_copies``): they count from the start."""
     try:
         body = _call_body(ast.parse(code))
     except SyntaxError:
@@ -198,7 +200,7 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
     sizing = _Sizing(_asserted_sizes(stmts, sizes), itemsizes or {}, sizes, _tuple_elements(stmts))
     st = _Storages()
     for name in _input_names(stmts):
-        if name in sizing.shapes and not name.startswith("primals_"):
+        if name in sizing.shapes and (not name.startswith("primals_") or name in counted):
             st.new(name, sizing.bytes_of(name))
     start = st.live
     for s in stmts:
@@ -215,6 +217,59 @@ def _tuple_elements(stmts: list[ast.stmt]) -> dict[str, list[str]]:
                 and isinstance(s.value, ast.Subscript) and isinstance(s.value.value, ast.Name)):
             out.setdefault(s.value.value.id, []).append(s.targets[0].id)
     return out
+
+
+def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list[dict[str, int]]) -> list:
+    """``wrapper_peak`` of each graph's code (with its element sizes and size values); of a
+    forward and a backward (two codes), the backward counts the forward's ``saved_copies``."""
+    copies = saved_copies(*codes) if len(codes) == 2 else set()
+    return [wrapper_peak(c, items, hints, copies if i == 1 else ())
+            for i, (c, items, hints) in enumerate(zip(codes, itemsizes, sizes))]
+
+
+def saved_copies(forward_code: str, backward_code: str) -> set[str]:
+    """Backward inputs named ``primals_*`` that the forward returned not as that input but as a
+    buffer of its own: Inductor's layout optimisation saves channels-last copies of a conv's weight
+    and input under the parameter's name. Pairs the forward's ``return`` with the backward's
+    ``args`` as AOTAutograd orders them (forward: outputs, saved tensors, saved sizes; backward:
+    saved sizes, saved tensors, gradients); empty when the codes do not pair that way."""
+    forward, backward = _body_or_empty(forward_code), _body_or_empty(backward_code)
+    returned, args = _returned(forward), _input_names(backward)
+    before_grads = list(itertools.takewhile(lambda a: not a.startswith("tangents_"), args))
+    tensors = _asserted_names(backward)
+    n_sizes = next((i for i, a in enumerate(before_grads) if a in tensors), len(before_grads))
+    saved = before_grads[n_sizes:]
+    if not saved or len(returned) < n_sizes + len(saved):
+        return set()
+    pairs = list(zip(returned[len(returned) - n_sizes - len(saved):len(returned) - n_sizes], saved))
+    forward_inputs = set(_input_names(forward))
+    if any(r in forward_inputs and r != a for r, a in pairs):
+        return set()
+    return {a for r, a in pairs if a.startswith("primals_") and r != a}
+
+
+def _body_or_empty(code: str) -> list[ast.stmt]:
+    try:
+        body = _call_body(ast.parse(code))
+    except SyntaxError:
+        return []
+    return list(_statements(body or []))
+
+
+def _returned(stmts: list[ast.stmt]) -> list[str]:
+    """The expressions of the ``call``'s ``return (...)``, as code."""
+    for s in stmts:
+        if isinstance(s, ast.Return) and s.value is not None:
+            elts = s.value.elts if isinstance(s.value, (ast.Tuple, ast.List)) else [s.value]
+            return [ast.unparse(e) for e in elts]
+    return []
+
+
+def _asserted_names(stmts: list[ast.stmt]) -> set[str]:
+    """Names that an ``assert_size_stride`` checks: the tensors among the inputs."""
+    return {ast.unparse(s.value.args[0]) for s in stmts
+            if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and s.value.args
+            and _call_name(s.value) == "assert_size_stride"}
 
 
 def _derived_sizes(stmts: list[ast.stmt], sizes: dict[str, int]) -> dict[str, int]:

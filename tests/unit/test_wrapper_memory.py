@@ -9,7 +9,7 @@ import torch
 
 import remat
 from remat.measure import measure_step
-from remat.wrapper_memory import collect_wrapper_code, storage_bytes, wrapper_peak
+from remat.wrapper_memory import collect_wrapper_code, saved_copies, storage_bytes, wrapper_peak, wrapper_peaks
 
 MiB = 1 << 20
 
@@ -84,6 +84,41 @@ def test_extern_tuple_elements_exist_before_the_ops_inputs_are_freed():
     # the op holds its input (1 MiB) and returns both elements: all three live at the call
     assert w.peak_bytes == MiB + MiB + MiB // 2
     assert w.unsized == []
+
+
+FORWARD_WITH_LAYOUT_COPY = wrapper("""
+    assert_size_stride(primals_1, (256, 1024), (1024, 1), 'input')
+    buf0 = empty_strided_cpu((256, 1024), (1, 256), torch.float32)
+    cpp_fused_copy_0(primals_1, buf0)
+    buf1 = empty_strided_cpu((256, 1024), (1024, 1), torch.float32)
+    cpp_fused_relu_1(primals_2, buf1)
+    return (buf1, buf0, primals_2, s0)
+""", inputs="primals_1, primals_2")
+
+BACKWARD_OF_THE_COPY = wrapper("""
+    assert_size_stride(primals_1, (256, 1024), (1, 256), 'input')
+    assert_size_stride(primals_2, (256, 1024), (1024, 1), 'input')
+    assert_size_stride(tangents_1, (256, 1024), (1024, 1), 'input')
+    buf0 = empty_strided_cpu((256, 1024), (1024, 1), torch.float32)
+    cpp_fused_mul_0(primals_1, primals_2, tangents_1, buf0)
+    del primals_1
+    del tangents_1
+    return (buf0, None)
+""", inputs="s0, primals_1, primals_2, tangents_1")
+
+
+def test_a_copy_saved_under_a_parameters_name_counts_in_the_backward():
+    # the forward returns its own channels-last buffer where the backward reads "primals_1"
+    assert saved_copies(FORWARD_WITH_LAYOUT_COPY, BACKWARD_OF_THE_COPY) == {"primals_1"}
+    forward, backward = wrapper_peaks([FORWARD_WITH_LAYOUT_COPY, BACKWARD_OF_THE_COPY], [{}, {}], [{}, {}])
+    assert backward.start_bytes == 2 * MiB  # the copy and the incoming gradient; primals_2 is resident
+    assert backward.peak_bytes == 3 * MiB
+    assert wrapper_peak(BACKWARD_OF_THE_COPY).peak_bytes == 2 * MiB  # alone, the copy looks resident
+
+
+def test_codes_that_do_not_pair_count_no_copies():
+    swapped = FORWARD_WITH_LAYOUT_COPY.replace("(buf1, buf0, primals_2, s0)", "(buf1, primals_2, buf0, s0)")
+    assert saved_copies(swapped, BACKWARD_OF_THE_COPY) == set()  # primals_2 returned where primals_1 is read
 
 
 def test_host_copies_are_not_device_memory_and_free_releases():
