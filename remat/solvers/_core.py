@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.transfers import offload_window, schedule_transfers
@@ -71,6 +72,9 @@ class Structure:
         for a in sorted((a for a in p.activations if p.earliest_slots[a.name] is not None),
                         key=lambda a: a.created):
             self._add_candidate(a)
+        self.kernels: dict[int, RecomputeKernel] = {
+            self.index[n]: k for n, k in recompute_kernels(p).items() if n in self.index}
+        self.handover: dict[int, int] = {self.index[n]: h for n, h in handovers(p).items() if n in self.index}
         self.offload_candidates = 0
         self._offload_candidates()
         self._link_candidates()
@@ -330,14 +334,36 @@ class Structure:
         ln = [c.D for c in cs]
         for j in range(m - 1, -1, -1):
             if need[j] and codes[j] == REC:
-                s = S[j]
+                lo, hi = self.window(j, S[j])
                 for x in cs[j].all_inputs:
                     need[x] = True
-                    if S[x] < 0 or s < S[x]:
-                        S[x] = s
-                    if s > ln[x]:
-                        ln[x] = s
+                    if S[x] < 0 or lo < S[x]:
+                        S[x] = lo
+                    if hi > ln[x]:
+                        ln[x] = hi
         return need, S, ln
+
+    def window(self, j: int, start: int) -> tuple[int, int]:
+        """The slots over which candidate ``j``, recomputed from ``start``, reads its inputs: that
+        slot, or the whole backward kernel that recomputes it (``remat.simulate``)."""
+        k = self.kernels.get(j)
+        return (start, start) if k is None else (min(start, k.first), max(start, k.last))
+
+    def _kernel_interval(self, j: int, code: int, lo: int, hi: int, codes, need, S, ln) -> tuple[int, int]:
+        """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels,
+        as the simulator counts it: a RECOMPUTE one across its kernel, or none when only that
+        kernel reads it; a buffer handed to a kernel's result ends where that kernel starts."""
+        c, k = self.cands[j], self.kernels.get(j)
+        if code == REC and k is not None:
+            lo, hi = min(lo, k.first), max(hi, k.last)
+            readers = (x for x in c.rcons_all if need[x] and codes[x] == REC)
+            if set(self.problem.activation(c.name).backward_uses) <= set(k.slots) and all(
+                    self.kernels.get(x) == k for x in readers):
+                return lo, lo - 1
+        h = self.handover.get(j)
+        if h is not None and c.d >= 0 and ln[j] == c.D:
+            hi = min(hi, h - 1)
+        return lo, hi
 
     def evaluate(self, codes) -> tuple[np.ndarray, list[bool], list[int], list[int]]:
         """(profile, needed, S, last_need) for decision codes; codes of unneeded ones are ignored
@@ -352,9 +378,10 @@ class Structure:
             if not need[j] or not c.bytes:
                 continue
             d = codes[j]
+            copied = d == OFF and c.name in sched.free_after
             if d == REC:
                 lo = S[j]
-            elif d == OFF and c.name in sched.free_after:
+            elif copied:
                 out_end = sched.free_after[c.name]
                 if c.lfu + 1 <= out_end:
                     los.append(c.lfu + 1)
@@ -363,9 +390,12 @@ class Structure:
                 lo = sched.prefetch_at[c.name]
             else:
                 lo = c.lfu + 1
-            if lo <= ln[j]:
+            hi = ln[j]
+            if not copied and (j in self.kernels or j in self.handover):
+                lo, hi = self._kernel_interval(j, d, lo, hi, codes, need, S, ln)
+            if lo <= hi:
                 los.append(lo)
-                his.append(ln[j])
+                his.append(hi)
                 bs.append(c.bytes)
         if los:
             b = np.array(bs, dtype=np.int64)

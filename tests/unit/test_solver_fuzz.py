@@ -139,3 +139,42 @@ def test_layer_modes_on_random_stacks(seed):
         assert not _plan_failures(p, plan, cap, mode)
     eps = 1e-9 * max(1.0, plans["tie"].objective)
     assert plans["free"].objective <= plans["mix"].objective + eps <= plans["tie"].objective + 2 * eps
+
+
+def with_random_kernels(p: Problem, rng: random.Random) -> Problem:
+    """``p`` with random kernel facts in its metadata (``remat.kernel_groups.with_kernels``):
+    some recomputable activations recomputed inside a backward kernel of one to three slots near
+    their first read, and some saved buffers handed to a kernel that starts before their last use."""
+    nf, n = p.num_forward, len(p.slots)
+    if n <= nf:
+        return p
+    kernels, hand = {}, {}
+    for a in p.activations:
+        near = a.backward_uses[0] if a.backward_uses else rng.randrange(nf, n)
+        if a.recomputable and rng.random() < 0.4:
+            lo = max(nf, near - rng.randint(0, 2))
+            kernels[a.name] = sorted(rng.sample(range(lo, min(n, lo + 4)), rng.randint(1, min(3, n - lo))))
+        if a.backward_uses and rng.random() < 0.3:
+            hand[a.name] = rng.randint(nf, a.backward_uses[-1])
+    return replace(p, metadata={**p.metadata, "recompute_kernels": kernels, "handovers": hand})
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False))
+def test_solvers_evaluate_kernel_rules_as_the_simulator(rng):
+    """With kernel metadata, the solvers' exact evaluation (``Structure``) gives the simulator's
+    profile for random plans, and every plan that it calls valid is valid for the simulator."""
+    from remat.plan import Decision
+    from remat.solvers._core import Structure
+
+    p = with_random_kernels(fuzz_problem(rng), rng)
+    st = Structure(p)
+    for _ in range(5):
+        dec = {c.name: rng.choice(list(Decision)) for c in st.cands}
+        dec = st.normalize({k: v for k, v in dec.items()
+                            if v is not Decision.RECOMPUTE or p.activation(k).recomputable})
+        if not st.violations(dec):
+            tl = simulate(p, dec)
+            assert tl.errors == ()
+            assert tuple(int(x) for x in st.profile(dec)) == tl.device_bytes
