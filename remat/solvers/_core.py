@@ -258,7 +258,18 @@ class Structure:
             add(lo0, self.nf - 1, ("keep", k), 1)
         for j, (s, e) in enumerate(c.segs):
             add(s, e, ("y", k, j), 1)
+        for x, (lo, hi) in self._kernel_windows(c):
+            for a, b in _outside(lo, hi, (max(lo0, c.d), c.D) if c.d >= 0 else (1, 0)):
+                add(a, b, ("rec", x), 1)
         c.pieces = _pieces_of(ev)
+
+    def _kernel_windows(self, c: Cand) -> list[tuple[int, tuple[int, int]]]:
+        """(candidate whose RECOMPUTE keeps ``c`` live, slot range) under the last compile's
+        kernels: ``c`` itself across its kernel, and each consumer's kernel, which reads ``c``
+        from its first slot to its last. Counted on top of ``c``'s form (an over-count where that
+        form already holds ``c``): the ILP's rows stay at or above the exact peak."""
+        own = [(c.idx, (k.first, k.last)) for k in [self.kernels.get(c.idx)] if k is not None and c.rec_ok]
+        return own + [(x, (self.kernels[x].first, self.kernels[x].last)) for x in c.rcons if x in self.kernels]
 
     def _masks(self, c: Cand) -> None:
         """Live bitmask over the concrete states (decision, start, last need), by slot range."""
@@ -443,12 +454,14 @@ class Structure:
         """max over slots of fixed bytes plus the bytes that every plan keeps live there.
 
         An OFFLOAD copied with fewer others is off the device longer than its window here (see
-        the module docstring), so its lone-copy gap is taken out of what every plan keeps."""
+        the module docstring), so its lone-copy gap is taken out of what every plan keeps. A value
+        that a kernel may inline or whose buffer a kernel takes over (``kernels``, ``handover``)
+        may take fewer bytes than its states say: it counts for nothing here."""
         if not self.n:
             return 0
         diff = np.zeros(self.n + 1, dtype=np.int64)
         for c in self.cands:
-            if c.d < 0 or not c.bytes:
+            if c.d < 0 or not c.bytes or c.idx in self.kernels or c.idx in self.handover:
                 continue
             g0, g1 = c.lone_gap if c.off_ok else (self.n, self.n - 1)
             for i, m in enumerate(c.masks):
@@ -460,6 +473,14 @@ class Structure:
                             diff[a] += c.bytes
                             diff[b + 1] -= c.bytes
         return int((self.fixed + np.cumsum(diff[:-1])).max())
+
+def _outside(lo: int, hi: int, certain: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of ``lo..hi`` outside the inclusive range ``certain`` (maybe empty ranges)."""
+    a, b = certain
+    if a > b:
+        return [(lo, hi)]
+    return [(lo, min(hi, a - 1)), (max(lo, b + 1), hi)]
+
 
 def _pieces_of(ev: dict[int, dict]) -> list[tuple[int, int, int, dict]]:
     """Slot ranges on which the summed form is constant, from its change events

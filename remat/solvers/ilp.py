@@ -96,7 +96,7 @@ class Rows:
         self.segments = len(reps)
         self.ev = ev
         self.bounds = bl
-        self.reps = self._prune(reps) if prune else reps
+        self.reps = self._prune(reps) if prune and not st.kernels else reps  # (masks miss kernel terms)
 
     # ---- dominance ----------------------------------------------------------------------
     def _prune(self, reps: list[int]) -> list[int]:
@@ -222,6 +222,7 @@ class Model:
                     self._start_rows(c)
                 self._consumer_start_rows(c)
                 self._live_segment_rows(c)
+                self._kernel_offload_rows(c)
         obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands
                if c.time and ("rec", c.idx) in self.V]
         obj += self._transfer_rows()
@@ -332,6 +333,16 @@ class Model:
                 terms = self._started(xc, b) + [(key, -cf) for key, cf in kt]
                 terms += [(key, -cf) for key, cf in self._started(c, b)] if c.rec_ok else []
                 self._row(terms, LE, kc, f"lb{c.idx}_{x}_{b}")
+
+    def _kernel_offload_rows(self, c: Cand) -> None:
+        """A consumer recomputed inside a kernel that starts before ``d(v)`` reads ``v`` there, so
+        ``v`` cannot be OFFLOAD then (it is back on the device only from ``d(v)``)."""
+        if not c.off_ok:
+            return
+        for x in c.rcons:
+            kernel = self.st.kernels.get(x)
+            if kernel is not None and kernel.first < c.d:
+                self._row([(("rec", x), 1), (("off", c.idx), 1)], LE, 1, f"koff{c.idx}_{x}")
 
     def _live_segment_rows(self, c: Cand) -> None:
         """Past the certain part, ``y[v,j] >= started(s) + rec_x - st[x, s-1] - 1`` per consumer
