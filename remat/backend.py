@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -230,9 +231,17 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
             lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
         groups = kernels if kernels is not None else groups
     estimate, compiled, report = best
-    if cfg.memory_budget.minimum:  # "min": the cap is the smallest peak reached, as Inductor compiled it
-        report.budget_bytes = max(report.budget_bytes, estimate)
+    if cfg.memory_budget.minimum:
+        report.budget_bytes = max(report.budget_bytes, min_cap(cfg, estimate))
     return compiled, report, estimate
+
+
+def min_cap(cfg: RematConfig, code_peak: int) -> int:
+    """The cap that "min" reports: the smallest peak reached, as Inductor's code allocates it, with
+    the reserve on top. The code does not show extern kernels' workspaces, nor what the caller
+    holds across the backward (a loss computed outside the graph and the gradient that seeds its
+    backward: 8 B on a scalar fp32 loss), so the code's peak alone is no guarantee."""
+    return math.ceil(code_peak / (1 - cfg.reserve))
 
 
 def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> None:

@@ -37,7 +37,8 @@ class WrapperPeak:
 
     peak_bytes: int
     start_bytes: int  # inputs counted from the start (saved activations, gradients coming in)
-    unsized: list[str] = field(default_factory=list)  # results with no size assert (counted as 0)
+    # results with no size assert and allocations of a size the walk cannot read (counted as 0)
+    unsized: list[str] = field(default_factory=list)
 
 
 class _Storages:
@@ -317,8 +318,10 @@ def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
         if fn in _ALLOCATORS and len(value.args) >= 3:
             shape, stride = _literal(value.args[0], sizing.sizes), _literal(value.args[1], sizing.sizes)
             size = _itemsize(value.args[2])
-            nbytes = storage_bytes(shape, stride, size) if shape is not None and stride is not None and size else 0
-            st.new(name, nbytes)
+            known = shape is not None and stride is not None and size is not None
+            st.new(name, storage_bytes(shape, stride, size) if known else 0)
+            if not known:  # a size symbol with no value (a data-dependent size): counted as 0
+                sizing.unsized.append(name)
         elif fn == "reinterpret_tensor" and value.args:
             st.alias(name, ast.unparse(value.args[0]))
         elif any(h in fn for h in _HOST_RESULT):

@@ -95,7 +95,8 @@ def test_transformers_models_at_75_percent_and_min(name):
     except remat.InfeasibleBudgetError as e:  # refused: the floor it names is real
         print(f"{name} at 75%: refused, floor {e.min_peak_bytes} B over the cap {e.budget_bytes} B")
         assert e.min_peak_bytes > e.budget_bytes, str(e)
-        assert floor_report.budget_bytes <= 1.01 * e.min_peak_bytes, (floor_report.budget_bytes, str(e))
+        # "min" reports the floor with the reserve (default 5 %) on top (remat.backend.min_cap)
+        assert floor_report.budget_bytes <= 1.01 * e.min_peak_bytes / 0.95, (floor_report.budget_bytes, str(e))
         at_75 = None
     else:
         figures(name, "75%", at_75, report)

@@ -133,6 +133,16 @@ def test_host_copies_are_not_device_memory_and_free_releases():
     assert wrapper_peak(code).peak_bytes == MiB
 
 
+def test_an_allocation_of_a_data_dependent_size_is_reported_unsized():
+    code = wrapper("""
+        buf0 = empty_strided_cpu((u0, 256), (256, 1), torch.float32)
+        return (buf0, )
+    """, inputs="primals_1")
+    w = wrapper_peak(code)
+    assert (w.peak_bytes, w.unsized) == (0, ["buf0"])
+    assert wrapper_peak(code, sizes={"u0": 1024}).peak_bytes == MiB  # an upper bound given for u0
+
+
 def test_no_call_function_gives_none():
     assert wrapper_peak("x = 1\n") is None
     assert wrapper_peak("def call(:\n") is None
