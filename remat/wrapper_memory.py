@@ -198,7 +198,8 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
         return None
     stmts = list(_statements(body))
     sizes = _derived_sizes(stmts, dict(sizes or {}))
-    sizing = _Sizing(_asserted_sizes(stmts, sizes), itemsizes or {}, sizes, _tuple_elements(stmts))
+    sizing = _Sizing(_asserted_sizes(stmts, sizes), dict(itemsizes or {}), sizes, _tuple_elements(stmts))
+    _size_through_aliases(stmts, sizing)
     st = _Storages()
     for name in _input_names(stmts):
         if name in sizing.shapes and (not name.startswith("primals_") or name in counted):
@@ -208,6 +209,19 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
         _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
     return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+
+
+def _size_through_aliases(stmts: list[ast.stmt], sizing: _Sizing) -> None:
+    """An extern result that the code sizes only under an alias (``buf39 = buf38``, then
+    ``assert_size_stride(buf39, ...)``: a custom op's result) takes that alias's size and dtype."""
+    for s in stmts:
+        if (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                and isinstance(s.value, ast.Name)):
+            alias, source = s.targets[0].id, s.value.id
+            if alias in sizing.shapes and source not in sizing.shapes:
+                sizing.shapes[source] = sizing.shapes[alias]
+                if alias in sizing.itemsizes:
+                    sizing.itemsizes.setdefault(source, sizing.itemsizes[alias])
 
 
 def _tuple_elements(stmts: list[ast.stmt]) -> dict[str, list[str]]:

@@ -143,6 +143,19 @@ def test_an_allocation_of_a_data_dependent_size_is_reported_unsized():
     assert wrapper_peak(code, sizes={"u0": 1024}).peak_bytes == MiB  # an upper bound given for u0
 
 
+def test_a_custom_ops_result_sized_under_its_alias_counts():
+    code = wrapper("""
+        buf0 = torch.ops.transformers.grouped_mm_fallback.default(saved_1, primals_1)
+        buf1 = buf0
+        assert_size_stride(buf1, (2048, 128), (128, 1), 'torch.ops.transformers.grouped_mm_fallback.default')
+        del buf0
+        buf2 = empty_strided_cpu((2048, 128), (128, 1), torch.float32)
+        return (buf2, )
+    """)
+    w = wrapper_peak(code, {"buf1": 2})
+    assert (w.peak_bytes, w.unsized) == (MiB // 2 + MiB, [])  # the bf16 result and buf2
+
+
 def test_no_call_function_gives_none():
     assert wrapper_peak("x = 1\n") is None
     assert wrapper_peak("def call(:\n") is None
