@@ -269,7 +269,18 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     if report is not None:
         report.kept_bytes = backward_start_bytes(peaks)
+        _warn_unsized(graph_label(report), peaks.walks)
     return compiled, report, peaks.peak_bytes, peaks.kernel_groups
+
+
+def _warn_unsized(label: str, walks: list | None) -> None:
+    """Say when Inductor's code allocates results whose size it does not show (a data-dependent
+    size): the check counts them as 0, so the peak it reads can be too low."""
+    unsized = [n for w in walks or () for n in w.unsized]
+    if unsized:
+        log.warning("remat[%s]: Inductor's code allocates %d result(s) of a size it does not show (%s); the check "
+                    "counts them as 0, so the measured peak can be over the cap", label, len(unsized),
+                    ", ".join(unsized[:5]))
 
 
 def backward_start_bytes(peaks: InductorPeaks) -> int | None:

@@ -156,6 +156,17 @@ def test_a_custom_ops_result_sized_under_its_alias_counts():
     assert (w.peak_bytes, w.unsized) == (MiB // 2 + MiB, [])  # the bf16 result and buf2
 
 
+def test_unsized_results_are_named_in_a_warning(caplog):
+    from remat.backend import _warn_unsized
+    from remat.wrapper_memory import WrapperPeak
+
+    _warn_unsized("graph0", [WrapperPeak(0, 0), WrapperPeak(0, 0, ["buf7"])])
+    assert "buf7" in caplog.text and "graph0" in caplog.text
+    caplog.clear()
+    _warn_unsized("graph0", [WrapperPeak(0, 0)])
+    assert caplog.text == ""
+
+
 def test_no_call_function_gives_none():
     assert wrapper_peak("x = 1\n") is None
     assert wrapper_peak("def call(:\n") is None
