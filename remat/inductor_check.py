@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 
-from .kernel_groups import KernelGroups, scheduler_groups
+from .kernel_groups import KernelGroups, reused_inputs, scheduler_groups
 
 log = logging.getLogger("remat")
 
@@ -56,10 +56,12 @@ class InductorPeaks:
     @property
     def kernel_groups(self) -> KernelGroups | None:
         """The kernels of a forward and a backward graph compiled under this pass, in that order;
-        None unless exactly those two were recorded."""
+        None unless exactly those two were recorded. The saved values whose buffers a backward
+        kernel took over (``reused``) are read from the backward's wrapper code when collected."""
         if len(self.groups) != 2:
             return None
-        return KernelGroups(forward=self.groups[0], backward=self.groups[1])
+        reused = frozenset(reused_inputs(self.codes[1])) if len(self.codes) == 2 else frozenset()
+        return KernelGroups(forward=self.groups[0], backward=self.groups[1], reused=reused)
 
     @property
     def walks(self) -> list | None:

@@ -27,7 +27,7 @@ from .capture import Captured, capture
 from .config import RematConfig
 from .cost import device_spec
 from .errors import InfeasibleBudgetError, fmt_bytes
-from .kernel_groups import KernelGroups
+from .kernel_groups import KernelGroups, with_kernels
 from .plan import Decision, Plan, status_words
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
@@ -111,7 +111,7 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
-    captured.problem = problem = with_layers(captured.problem)
+    captured.problem = problem = with_layers(with_kernels(captured.problem, kernel_groups))
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint

@@ -244,31 +244,54 @@ class Structure:
             ev.setdefault(hi + 1, {})
             ev[hi + 1][var] = ev[hi + 1].get(var, 0) - coef
 
-        lo0 = c.lfu + 1
+        lo0, end, inlined = c.lfu + 1, self._handover_end(c), self._always_inlined(c)
         if c.d >= 0:
-            add(lo0, c.D, None, 1)
+            add(lo0, end, None, 1)
             if c.rec_ok:
-                add(lo0, c.d - 1, ("rec", k), -1)
-                for i, b in enumerate(c.sv):
+                add(lo0, end if inlined else min(c.d - 1, end), ("rec", k), -1)
+                for i, b in enumerate([] if inlined else c.sv):
                     nxt = c.sv[i + 1] if i + 1 < len(c.sv) else c.top
-                    add(b, nxt - 1, ("st", k, b), 1)
+                    add(b, min(nxt - 1, end), ("st", k, b), 1)
             if c.off_ok:
-                add(c.out_end + 1, c.back_start - 1, ("off", k), -1)
+                add(c.out_end + 1, min(c.back_start - 1, end), ("off", k), -1)
+                add(max(lo0, end + 1), c.D, ("off", k), 1)  # a copied OFFLOAD keeps its buffer
         elif c.rcons:
             add(lo0, self.nf - 1, ("keep", k), 1)
         for j, (s, e) in enumerate(c.segs):
             add(s, e, ("y", k, j), 1)
-        for x, (lo, hi) in self._kernel_windows(c):
-            for a, b in _outside(lo, hi, (max(lo0, c.d), c.D) if c.d >= 0 else (1, 0)):
+        for x, (lo, hi) in self._kernel_windows(c, inlined):
+            for a, b in _outside(lo, hi, (max(lo0, c.d), end) if c.d >= 0 else (1, 0)):
                 add(a, b, ("rec", x), 1)
         c.pieces = _pieces_of(ev)
 
-    def _kernel_windows(self, c: Cand) -> list[tuple[int, tuple[int, int]]]:
+    def _handover_end(self, c: Cand) -> int:
+        """The last slot of ``c``'s certain part in the ILP's form: ``D``, or the slot before the
+        kernel that takes its buffer (``handover``) when nothing can read ``c`` after ``D`` (no
+        consumer starts later, no consumer's kernel ends later); STORE and RECOMPUTE end there."""
+        h = self.handover.get(c.idx)
+        if h is None or c.d < 0 or c.E != c.D:
+            return c.D
+        if any(self.kernels[x].last > c.D for x in c.rcons if x in self.kernels):
+            return c.D
+        return min(c.D, h - 1)
+
+    def _always_inlined(self, c: Cand) -> bool:
+        """Whether a RECOMPUTE ``c`` never takes bytes: its kernel holds every backward use and
+        every consumer that may be recomputed is recomputed in that kernel too (``remat.simulate``)."""
+        k = self.kernels.get(c.idx)
+        if k is None or not c.rec_ok:
+            return False
+        uses = self.problem.activation(c.name).backward_uses
+        return set(uses) <= set(k.slots) and all(self.kernels.get(x) == k for x in c.rcons_all)
+
+    def _kernel_windows(self, c: Cand, inlined: bool) -> list[tuple[int, tuple[int, int]]]:
         """(candidate whose RECOMPUTE keeps ``c`` live, slot range) under the last compile's
         kernels: ``c`` itself across its kernel, and each consumer's kernel, which reads ``c``
         from its first slot to its last. Counted on top of ``c``'s form (an over-count where that
-        form already holds ``c``): the ILP's rows stay at or above the exact peak."""
-        own = [(c.idx, (k.first, k.last)) for k in [self.kernels.get(c.idx)] if k is not None and c.rec_ok]
+        form already holds ``c``): the ILP's rows stay at or above the exact peak. An ``inlined``
+        ``c`` takes no bytes of its own."""
+        k = self.kernels.get(c.idx)
+        own = [(c.idx, (k.first, k.last))] if k is not None and c.rec_ok and not inlined else []
         return own + [(x, (self.kernels[x].first, self.kernels[x].last)) for x in c.rcons if x in self.kernels]
 
     def _masks(self, c: Cand) -> None:
