@@ -198,3 +198,16 @@ def test_wrapper_code_is_collected_and_matches_a_measured_step():
     measured = measure_step(lambda: step(x).backward()).peak_bytes
     (report,) = remat.reports(step)
     assert report.inductor_peak_bytes == pytest.approx(measured, rel=0.01)
+
+
+def test_inductors_channels_last_conv_copies_are_found_in_its_code():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    with collect_wrapper_code() as codes:
+        torch.compile(conv, backend="inductor")(x).square().sum().backward()
+    forward, backward = codes
+    # the weight (primals_1) and the image (primals_3) are saved as channels-last copies
+    assert saved_copies(forward, backward) == {"primals_1", "primals_3"}
+    walks = wrapper_peaks(codes, [{}, {}], [{}, {}])
+    copies = storage_bytes((8, 3, 3, 3), (27, 9, 3, 1), 4) + storage_bytes((1, 3, 4, 4), (48, 16, 4, 1), 4)
+    assert walks[1].start_bytes == wrapper_peak(backward).start_bytes + copies
