@@ -9,7 +9,10 @@ fusion misses: a fused kernel allocates all of its outputs before it runs and fr
 only after it, however its ops would be ordered one by one (measured on a Llama MLP backward: five
 2 MiB buffers live at once where both remat's model and Inductor's scheduler estimate had three).
 
-Conventions, as in remat's model: inputs named ``primals_*`` are resident and not counted; every
+An extern op's results exist from its call on, while its inputs live, though the code sizes them
+later (tuple elements, a custom op's result asserted under an alias): the walk allocates them at
+the call. Conventions, as in remat's model: inputs named ``primals_*`` are resident and not counted,
+except the copies that the forward saves under such a name (``saved_copies``); every
 other input (a saved activation, an incoming gradient) counts from the start until its ``del``;
 host copies made by ``torch.ops.remat.to_host`` are not device memory and ``torch.ops.remat.free_``
 frees its argument's device storage.
