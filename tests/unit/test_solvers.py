@@ -637,3 +637,23 @@ def test_greedy_recomputes_a_chain_through_unneeded_inputs():
     plan = get_solver("greedy")(p, floor)
     check(p, plan, floor)
     assert sorted(plan.names(R)) == ["a0", "a1", "a2"]
+
+
+def test_ilp_plans_with_the_last_compiles_kernels():
+    """Kernel facts (``remat.kernel_groups.with_kernels``) change the floor as the simulator counts
+    it, and the ILP finds the plans they make possible: a value that its kernel recomputes and
+    alone reads takes no bytes; a stored value whose buffer a kernel takes over leaves early."""
+    from remat.kernel_groups import KernelGroups, with_kernels
+
+    from .test_simulate import act, kernel_problem, slots
+
+    bare, inlined = kernel_problem((3, 4)), kernel_problem((3, 4), [{"b1", "b2", "b3", "v"}])
+    assert (min_peak(bare), min_peak(inlined)) == (1110, 1010)
+    plan = solve(inlined, 1010, solver="ilp")
+    assert plan.decisions == {"u": Decision.STORE, "v": Decision.RECOMPUTE}
+    assert check(inlined, plan, 1010).peak_bytes == 1010
+    u = act("u", 0, 1, 1000, uses=(5,), recomputable=False, offloadable=False)
+    base = Problem(slots=slots([10] * 2, [10, 10, 500, 10, 10]), activations=(u,))
+    handed = with_kernels(base, KernelGroups(backward=(frozenset({"b2", "b3"}),), reused=frozenset({"u"})))
+    assert (min_peak(base), min_peak(handed)) == (1500, 1010)  # u leaves before the kernel (slot 4) starts
+    assert check(handed, solve(handed, 1010, solver="ilp"), 1010).ok
