@@ -16,6 +16,13 @@ and give each the window it has when *all* candidates are copied. A copy only en
 a prefetch only starts later, when fewer copies share the link, so every plan over these
 windows holds under its own joint schedule, which ``evaluate`` and ``cost`` use (as the simulator
 does).
+
+Kernel facts. When the Problem carries the last compile's kernels (``remat.kernel_groups``:
+values recomputed inside a backward kernel, buffers a kernel took over), ``jit`` and ``evaluate``
+apply the simulator's rules exactly (a RECOMPUTE consumer reads its inputs over its kernel's
+``window``; a value lives across its kernel, or takes no bytes when only that kernel reads it; a
+handed-over buffer ends before that kernel). The ILP's pieces stay at or above that count
+(``_kernel_windows``, ``_handover_end``, ``_always_inlined``).
 """
 
 from __future__ import annotations
