@@ -572,17 +572,29 @@ def _val(x: Any) -> Any:
 def kernel_reads(n: fx.Node, owner: dict, fused: set[fx.Node]) -> set[fx.Node]:
     """Storages that the kernel computing ``n`` reads from memory: fused producers are computed
     inside it, so it reads their inputs instead."""
-    out, todo, seen = set(), list(n.all_input_nodes), set()
+    return _kernel_inputs(n, owner, fused)[0]
+
+
+def _kernel_inputs(n: fx.Node, owner: dict, fused: set[fx.Node]) -> tuple[set[fx.Node], set[fx.Node]]:
+    """(storages that the kernel computing ``n`` reads from memory, fused producers that it
+    computes inside)."""
+    out, inside, todo = set(), set(), list(n.all_input_nodes)
     while todo:
         o = owner.get(todo.pop())
-        if o is None or o in seen:
+        if o is None or o in out or o in inside:
             continue
-        seen.add(o)
         if o in fused:
+            inside.add(o)
             todo.extend(o.all_input_nodes)
         else:
             out.add(o)
-    return out
+    return out, inside
+
+
+def pointwise_flops(ops) -> int:
+    """Element ops of the pointwise ops among ``ops`` (one FLOP an element, ``op_flops``): what
+    a fused chain computes, which ``MeasuredCosts.fused_time`` prices at the elementwise rate."""
+    return sum(_flops_and_written(x)[0] for x in ops if torch.Tag.pointwise in _tags(x))
 
 
 def _flops_and_written(n: fx.Node) -> tuple[int, int]:
@@ -622,19 +634,21 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
             times[n] = flops / spec.peak_flops
             continue
         moved = read_bytes(n, owner, fused) + written
-        group = any(owner.get(i) in fused for i in n.all_input_nodes)
+        inside = _kernel_inputs(n, owner, fused)[1]
+        group = pointwise_flops([n, *map(compute_node, inside)]) if inside else None
         times[n] = _kernel_time(flops, moved, group, measured, spec, costs)
     return times, alone
 
 
-def _kernel_time(flops: int, moved: int, group: bool, measured: float | None, spec: DeviceSpec,
+def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
-    """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, the traffic at the measured
-    bandwidth (and a launch) for a fused ``group``, the op's ``measured`` time for a kernel of
-    one op; else, or without a measurement, the roofline."""
+    """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, for a fused group (``group``:
+    its pointwise element ops) the longer of its traffic at the measured bandwidth and its element
+    ops at the measured rate, and a launch; the op's ``measured`` time for a kernel of one op;
+    else, or without a measurement, the roofline."""
     if costs is not None:
-        if group:
-            traffic = costs.fused_time(moved)
+        if group is not None:
+            traffic = costs.fused_time(moved, group)
             if traffic is not None:
                 return traffic + spec.launch_overhead
         elif measured is not None:
@@ -660,7 +674,8 @@ def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], ow
     it reads through them and its result, at the measured bandwidth, plus a launch."""
     c, through = compute_node(s), folding.through[s]
     if costs is not None and through:
-        traffic = costs.fused_time(read_bytes(c, owner, set(through)) + _flops_and_written(c)[1])
+        moved = read_bytes(c, owner, set(through)) + _flops_and_written(c)[1]
+        traffic = costs.fused_time(moved, pointwise_flops([c, *map(compute_node, through)]))
         if traffic is not None:
             return traffic + spec.launch_overhead
     return alone[c] + sum(alone[compute_node(f)] for f in through)

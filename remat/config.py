@@ -246,7 +246,8 @@ class RematConfig:
                 f"on_infeasible must be one of {', '.join(map(repr, ON_INFEASIBLE))} (raise, or plan at the "
                 f"smallest reachable peak); got {self.on_infeasible!r}"
             )
-        from .cost import device_spec, parse_cost_model  # validate the device and cost options
+        from .cost import device_spec  # validate the device and cost options
+        from .profile import parse_cost_model
 
         object.__setattr__(self, "cost_model", parse_cost_model(self.cost_model))
         if self.layers not in LAYER_MODES:

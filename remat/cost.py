@@ -6,15 +6,13 @@ which has no formula in torch, gets the standard attention count so attention ne
 A pointwise chain fused into another kernel is priced by ``fused_time``: the longer of its memory
 traffic at the device's bandwidth and its elementwise ops at the device's elementwise rate (one op
 per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
-``parse_cost_model`` validates the option that chooses between this roofline and the measured
+``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and the measured
 costs of ``remat.profile``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -75,28 +73,6 @@ def device_spec(device: Any = "auto") -> DeviceSpec:
     return DEVICES[key]
 
 
-COST_MODELS = ("auto", "measured", "roofline")
-COST_MODEL_HELP = (
-    "cost_model must be 'auto' (measured for CUDA graphs; roofline on the CPU, where timings on shared "
-    "cores are contention, and in remat.analyze, on fake tensors), 'measured', 'roofline', or the path "
-    "of a saved profile (a remat.profile JSON file)"
-)
-
-
-def parse_cost_model(value: Any = "auto") -> str:
-    """Validate the ``cost_model`` option: one of COST_MODELS, or the path of a saved profile,
-    returned absolute (ConfigError lists what is valid, or says why the file is not a profile)."""
-    if isinstance(value, str) and value.lower() in COST_MODELS:
-        return value.lower()
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}")
-    from .profile import ProfileCache
-
-    path = Path(value).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}, which is not a file")
-    ProfileCache.load(path)
-    return str(path)
 
 
 def _detect() -> DeviceSpec:

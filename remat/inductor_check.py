@@ -67,13 +67,13 @@ class InductorPeaks:
     def walks(self) -> list | None:
         """Each graph's walk of its wrapper code (``WrapperPeak``), read once per set of codes;
         None unless every graph's code was read."""
-        from .wrapper_memory import wrapper_peak
+        from .wrapper_memory import wrapper_peaks
 
         if not self.codes or len(self.codes) != len(self.peaks):
             return None
         if getattr(self, "_walked", (None,))[0] != len(self.codes):
-            walks = [wrapper_peak(c, items, self.sizes or hints)
-                     for c, items, hints in zip(self.codes, self.itemsizes, self.size_hints)]
+            # a forward and its backward: the backward counts the copies saved under primals_* names
+            walks = wrapper_peaks(self.codes, self.itemsizes, [self.sizes or hints for hints in self.size_hints])
             self._walked = (len(self.codes), None if any(w is None for w in walks) else walks)
         return self._walked[1]
 

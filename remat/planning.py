@@ -6,7 +6,8 @@ the ``cost_model`` option (the roofline, or measured costs from ``remat.profile`
 process per device, thread count and cost model: ``graph_costs``), finds the repeated layers
 (``remat.structure``), resolves the cap (``cap_and_target``: bytes, a ratio of plain
 torch.compile's peak (``reference_peak``), or "min"; less what earlier graphs of the step keep),
-solves it (``solve_within``) and checks the plan with the simulator. Under dynamic shapes
+solves it (``solve_within``) and checks the plan with the simulator (``cap_and_plan``; under
+torch.distributed rank 0 runs it and every rank gets its plan: ``remat.ranks``). Under dynamic shapes
 (``remat.symbolic``) a graph with a range of sizes is planned at the range's worst corner and its
 plan proven over the range (``solve_over_range``); ``GraphReport.dynamic`` records it. ``GraphReport``
 is the plain record of one planned graph; ``summary_line`` prints it.
@@ -29,6 +30,7 @@ from .cost import device_spec
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups, with_kernels
 from .plan import Decision, Plan, status_words
+from .ranks import agree_across_ranks
 from .simulate import MemoryTimeline, check, store_all_peak
 from .solvers import get_solver
 from .structure import with_layers
@@ -120,13 +122,9 @@ def plan_joint_graph(
     baseline = store_all_peak(problem)
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
     resident = resident if _is_byte_cap(cfg) else 0
-    budget, target = cap_and_target(cfg, problem, reference or baseline, lower_by, resident)
-    if box is not None:
-        plan, target = solve_over_range(cfg, captured, box, budget, target, resident)
-    else:
-        plan, target = solve_within(cfg, problem, budget, target, checked_later=cfg.inductor_check and not offline,
-                                    resident=resident)
-    timeline = check(problem, plan, target)
+    make_plan = functools.partial(cap_and_plan, cfg, captured, box, reference or baseline, lower_by, resident,
+                                  cfg.inductor_check and not offline)
+    budget, plan, timeline = make_plan() if offline else agree_across_ranks(problem, make_plan)
     report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
                          reference=source, resident_before_bytes=resident)
@@ -145,6 +143,19 @@ def planning_sizes(cfg: RematConfig, problem: Any, sizes: SymbolicSizes | None, 
     return box, worst_corner(problem, sizes, box) if box is not None else dict(sizes.hints)
 
 
+def cap_and_plan(cfg: RematConfig, captured: Captured, box: Box | None, reference: int, lower_by: int,
+                 resident: int, checked_later: bool) -> tuple[int | None, Plan, MemoryTimeline]:
+    """The cap, a plan under it (over the range ``box`` under dynamic shapes) and its simulated
+    timeline: what rank 0 makes for every rank under torch.distributed (``remat.ranks``)."""
+    problem = captured.problem
+    budget, target = cap_and_target(cfg, problem, reference, lower_by, resident)
+    if box is not None:
+        plan, target = solve_over_range(cfg, captured, box, budget, target, resident)
+    else:
+        plan, target = solve_within(cfg, problem, budget, target, checked_later=checked_later, resident=resident)
+    return budget, plan, check(problem, plan, target)
+
+
 def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int | None, target: int | None,
                      resident: int = 0) -> tuple[Plan, int | None]:
     """Plan a dynamic-shape graph at its range's worst corner (``captured.problem`` holds the
@@ -156,7 +167,7 @@ def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int
     try:
         plan, target = solve_within(cfg, problem, budget, target, resident=resident)
     except InfeasibleBudgetError as e:
-        floor_plan = get_solver(cfg.solver)(problem, e.min_peak_bytes, time_limit=cfg.time_limit, gap=cfg.gap)
+        floor_plan = _solver(cfg)(problem, e.min_peak_bytes, time_limit=cfg.time_limit, gap=cfg.gap)
         proof = prove_peak(live_bytes(problem, sizes, floor_plan), budget, box)
         raise _infeasible_over_range(problem.name, budget, e.min_peak_bytes, proof, sizes, resident) from None
     proof = prove_peak(live_bytes(problem, sizes, plan), budget, box) if budget is not None else None
@@ -173,7 +184,7 @@ def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof
     fit = (f"the largest {proof.symbol} that fits is {proof.largest_fit}" if proof.largest_fit is not None
            else f"not even {proof.symbol}={proof.box[proof.symbol][0]} fits")
     step = f" (the step's cap less {fmt_bytes(resident)} kept by earlier graphs)" if resident else ""
-    return InfeasibleBudgetError(budget + resident, floor + resident, detail=(
+    return InfeasibleBudgetError(budget + resident, floor + resident, largest_fit=proof.largest_fit, detail=(
         f"graph {graph} over {describe_sizes(ranges, {str(s): v for s, v in sizes.sources.items()})}: the peak is "
         f"highest at {worst}{step}; {fit}: narrow the range (dynamic_range, or mark_dynamic's max) to that, "
         f"raise memory_budget to at least {fmt_bytes(floor + resident)}, or pass on_infeasible='min'"))
@@ -282,6 +293,12 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int,
     return cap, cfg.planning_target(cap) - lower_by
 
 
+def _solver(cfg: RematConfig) -> Any:
+    """The solver the options name, with the ILP's ``layers`` mode."""
+    options = {"layers": cfg.layers} if cfg.solver == "ilp" else {}
+    return functools.partial(get_solver(cfg.solver), **options)
+
+
 def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int | None,
                  checked_later: bool = False, resident: int = 0) -> tuple[Plan, int | None]:
     """Plan at ``target``; when only the reserve does not fit, plan at the floor under the cap;
@@ -290,8 +307,7 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
     model's floor is not refused yet: the floor plan is made (``plan.info["model_floor"]``) and the
     backend refuses the cap only if the compiled code is over it too (the model over-predicts).
     ``resident``: what earlier graphs of the step keep (``budget`` is this graph's share), for the error."""
-    options = {"layers": cfg.layers} if cfg.solver == "ilp" else {}
-    solve = functools.partial(get_solver(cfg.solver), **options)
+    solve = _solver(cfg)
     try:
         return solve(problem, target, time_limit=cfg.time_limit, gap=cfg.gap), target
     except InfeasibleBudgetError as e:

@@ -622,3 +622,25 @@ class MeasuredCosts:
     @property
     def stats(self) -> ProfileStats:
         return self.profiler.stats
+
+
+COST_MODELS = ("auto", "measured", "roofline")
+COST_MODEL_HELP = (
+    "cost_model must be 'auto' (measured for CUDA graphs; roofline on the CPU, where timings on shared "
+    "cores are contention, and in remat.analyze, on fake tensors), 'measured', 'roofline', or the path "
+    "of a saved profile (a remat.profile JSON file)"
+)
+
+
+def parse_cost_model(value: Any = "auto") -> str:
+    """Validate the ``cost_model`` option: one of COST_MODELS, or the path of a saved profile,
+    returned absolute (ConfigError lists what is valid, or says why the file is not a profile)."""
+    if isinstance(value, str) and value.lower() in COST_MODELS:
+        return value.lower()
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}")
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{COST_MODEL_HELP}; got {value!r}, which is not a file")
+    ProfileCache.load(path)
+    return str(path)

@@ -174,11 +174,7 @@ def fuzz_case(spec: FuzzSpec, budget: tuple, loss_inside: bool) -> FuzzOutcome:
 
 # Peaks over the cap that the fuzzer found, whose fix is in Inductor's code walk (remat/wrapper_memory.py,
 # remat/inductor_check.py), not yet in effect (issue 11's note has the repros). Keyed by the op that reaches the peak.
-KNOWN_GAPS = {
-    "aten::convolution_backward": "Inductor saves channels-last copies of a conv's weight and input for the "
-                                  "backward; wrapper_memory.saved_copies counts them, but the check "
-                                  "(inductor_check.InductorPeaks.walks) does not walk with wrapper_peaks yet",
-}
+KNOWN_GAPS: dict[str, str] = {}  # op -> why the check misses its peak (empty: none known)
 
 
 def judge(ref, got, reports) -> FuzzOutcome:

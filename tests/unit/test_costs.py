@@ -40,7 +40,7 @@ class StubCosts:
     def op_time(self, node) -> float | None:
         return self.times.get(getattr(node.target, "__name__", "").split(".")[0])
 
-    def fused_time(self, nbytes: float) -> float | None:
+    def fused_time(self, nbytes: float, elementwise_ops: float = 0.0) -> float | None:
         return None
 
 

@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from remat.cost import parse_cost_model
 from remat.errors import ConfigError
 from remat.profile import (
     FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
-    measure_elementwise_rate, measure_link, measure_op, signature_of,
+    measure_elementwise_rate, measure_link, measure_op, parse_cost_model, signature_of,
 )
 
 
