@@ -88,14 +88,16 @@ def _detect() -> DeviceSpec:
 
 
 def hint(x: Any) -> int:
-    """A concrete int for an int or SymInt (its hint under dynamic shapes)."""
-    try:
-        return int(x)
-    except Exception:
-        node = x.node
-        if getattr(node, "hint", None) is not None:
-            return int(node.hint)
-        return int(node.shape_env.size_hint(node.expr))
+    """A concrete int for an int or SymInt: its hint under dynamic shapes, read without adding a
+    guard (``int()`` of a SymInt would specialise the graph to that size)."""
+    import torch
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    if isinstance(x, torch.SymInt):
+        from torch._inductor.config import unbacked_symint_fallback  # as Inductor sizes unbacked symbols
+
+        return int(optimization_hint(x, fallback=unbacked_symint_fallback))
+    return int(x)
 
 
 def tensor_bytes(t: Any) -> int:
