@@ -6,8 +6,8 @@ which has no formula in torch, gets the standard attention count so attention ne
 A pointwise chain fused into another kernel is priced by ``fused_time``: the longer of its memory
 traffic at the device's bandwidth and its elementwise ops at the device's elementwise rate (one op
 per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
-``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and the measured
-costs of ``remat.profile``.
+``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
+the measured costs of ``remat.profile``.
 """
 
 from __future__ import annotations

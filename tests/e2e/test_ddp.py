@@ -12,15 +12,14 @@
 
 import copy
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import remat
 from remat.plan import Decision
+from tests.spawn import run_on_ranks
 
 WORLD = 2
 MiB = 2**20
@@ -103,15 +102,9 @@ def rank_main(rank: int, port: int, out_dir: str, scenario: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def on_two_ranks(scenario: str, out) -> list[dict]:
-    mp.spawn(rank_main, args=(free_port(), str(out), scenario), nprocs=WORLD, join=True)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return run_on_ranks(rank_main, out, scenario, world=WORLD)
 
 
 def test_ddp_under_remat_matches_uncompiled_ddp_with_one_plan_on_both_ranks(tmp_path):

@@ -19,16 +19,15 @@ Both compile once per graph, without the Inductor check: they are about what is 
 
 import copy
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-import torch.multiprocessing as mp
 
 import remat
 from remat.plan import Decision
+from tests.spawn import run_on_ranks
 
 WORLD = 2
 COLLECTIVES = "_c10d_functional"
@@ -89,16 +88,10 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow  # about 35 s of CPU per rank: python -m pytest -m slow tests/e2e/test_fsdp.py
 def test_fsdp2_blocks_under_remat_match_uncompiled_fsdp2_with_one_plan_on_both_ranks(tmp_path):
-    mp.spawn(rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = run_on_ranks(rank_main, tmp_path, world=WORLD)
     for r in results:
         assert r["loss_diff"] < 1e-5 and r["grad_diff"] < 1e-5
         assert r["hashes"] and r["recomputed"] > 0  # each rank planned, and the cap made it recompute

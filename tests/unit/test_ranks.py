@@ -6,15 +6,14 @@ graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
 
 import dataclasses
 import json
-import socket
 
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
-import torch.multiprocessing as mp
 
 from remat.errors import InfeasibleBudgetError, RematError
 from remat.plan import Decision, Plan
 from remat.ranks import agree_across_ranks, problem_digest
+from tests.spawn import run_on_ranks
 from tests.unit.synthetic import chain_problem
 
 WORLD = 2
@@ -96,15 +95,9 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
-    mp.spawn(rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = run_on_ranks(rank_main, tmp_path, world=WORLD)
     assert [r["agreed"] for r in results] == [{"solver": "rank0"}] * WORLD
     assert results[0]["calls"] == [0] and results[1]["calls"] == []  # rank 1 never planned
     for r in results:
