@@ -36,8 +36,8 @@ from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
+from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
 from .symbolic import guard_fit, no_guards
-from .planning import GraphReport, _infeasible, graph_label, forward_nodes, plan_joint_graph, summary_line
 from .wrapper_memory import collect_wrapper_code
 
 log = logging.getLogger("remat")
