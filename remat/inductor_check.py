@@ -15,6 +15,12 @@ the generated wrapper code of the graphs (``remat.wrapper_memory.collect_wrapper
 read from that code instead (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and
 extern results taken from the graph recorded here. The pass also records the ops of each kernel
 (``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``).
+
+Neither the code nor the planner shows the scratch memory that an extern kernel allocates while it
+runs (a CPU convolution's columns, the CPU attention backward's buffers): the pass measures it once
+per distinct call (``extern_signature``: the op with the shapes, strides and dtypes that the code
+passes; ``remat.profile.measure_workspace``, cached on disk with the measured op times) and the walk
+adds it at that kernel's call (``workspaces``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 
 from .kernel_groups import KernelGroups, reused_inputs, scheduler_groups
+from .profile import OpSignature, Profiler, TensorMeta, signature_of, with_inputs
 
 log = logging.getLogger("remat")
 
@@ -39,6 +46,8 @@ class InductorPeaks:
         self.itemsizes: list[dict[str, int]] = []  # per graph: element size of inputs and buffers
         self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
         self.groups: list[tuple[frozenset[str], ...]] = []  # per graph: its generated kernels' ops
+        self.workspaces: list[dict[str, int]] = []  # per graph: extern kernel's name -> its scratch bytes
+        self._profilers: dict[str, Profiler] = {}  # by device: measured workspaces, cached on disk
 
     def __call__(self, nodes: list) -> list:
         try:
@@ -51,7 +60,29 @@ class InductorPeaks:
             self.groups.append(scheduler_groups(nodes))
         except Exception as e:
             log.debug("remat: no kernel groups (%s: %s)", type(e).__name__, e)
+        try:
+            self.workspaces.append(self._extern_workspaces(nodes))
+        except Exception as e:  # unmeasured workspaces count as 0, as before they were measured
+            log.debug("remat: no extern workspaces (%s: %s)", type(e).__name__, e)
+            self.workspaces.append({})
         return nodes
+
+    def _extern_workspaces(self, nodes: list) -> dict[str, int]:
+        """Scratch bytes of each extern kernel in ``nodes`` that allocates any, by its buffer name
+        (the name the wrapper binds its result to, or passes as ``out=``)."""
+        from torch._inductor.scheduler import ExternKernelSchedulerNode
+
+        out = {}
+        for node in nodes:
+            sig = extern_signature(node.node, self.sizes) if isinstance(node, ExternKernelSchedulerNode) else None
+            if sig is None or not sig.inputs:
+                continue
+            device = sig.inputs[0].device
+            profiler = self._profilers.setdefault(device, Profiler(device))
+            nbytes = profiler.workspace(sig)
+            if nbytes:
+                out[node.node.get_name()] = nbytes
+        return out
 
     @property
     def kernel_groups(self) -> KernelGroups | None:
@@ -73,7 +104,8 @@ class InductorPeaks:
             return None
         if getattr(self, "_walked", (None,))[0] != len(self.codes):
             # a forward and its backward: the backward counts the copies saved under primals_* names
-            walks = wrapper_peaks(self.codes, self.itemsizes, [self.sizes or hints for hints in self.size_hints])
+            hints = [self.sizes or h for h in self.size_hints]
+            walks = wrapper_peaks(self.codes, self.itemsizes, hints, self.workspaces)
             self._walked = (len(self.codes), None if any(w is None for w in walks) else walks)
         return self._walked[1]
 
@@ -90,6 +122,42 @@ class InductorPeaks:
         if from_code:
             return max(from_code)
         return max(self.peaks) if self.peaks else None
+
+
+def extern_signature(kernel, sizes: dict[str, int] | None = None) -> OpSignature | None:
+    """The op call of an Inductor extern kernel (``ir.ExternKernel``) as a ``remat.profile``
+    signature: its graph node's call, with the tensors laid out as the kernel receives them
+    (Inductor may pass copies in another layout); None for what is not one op call (a tuple
+    element, a view, a random op) or cannot be measured alone."""
+    node = _origin_call(kernel)
+    sig = signature_of(node) if node is not None else None
+    if sig is None:
+        return None
+    try:
+        inputs = [_input_meta(x, sizes) for x in kernel.inputs]
+    except Exception:  # an input whose layout cannot be read: the graph node's layout
+        return sig
+    return with_inputs(sig, inputs) or sig
+
+
+def _origin_call(kernel):
+    """The graph node whose op the extern kernel calls (None when there is not exactly one)."""
+    import torch
+
+    node = getattr(kernel, "origin_node", None)
+    if node is not None and isinstance(node.target, torch._ops.OpOverload):
+        return node
+    packet = getattr(getattr(kernel, "op_overload", None), "overloadpacket", None)
+    calls = [o for o in getattr(kernel, "origins", ())
+             if packet is not None and isinstance(o.target, torch._ops.OpOverload) and o.target.overloadpacket == packet]
+    return calls[0] if len(calls) == 1 else None
+
+
+def _input_meta(x, sizes: dict[str, int] | None) -> TensorMeta:
+    """An extern kernel's input as the kernel receives it: its shape, strides, dtype and device."""
+    shape = tuple(_concrete(d, sizes) for d in x.get_size())
+    stride = tuple(_concrete(d, sizes) for d in x.get_stride())
+    return TensorMeta(shape, stride, x.get_dtype(), str(x.get_device()))
 
 
 def _itemsizes() -> dict[str, int]:

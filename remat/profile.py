@@ -1,10 +1,14 @@
-"""Measured costs: op times, memory bandwidth and the host link, timed on this machine and cached.
+"""Measured costs: op times and scratch bytes, memory bandwidth and the host link, measured on this
+machine and cached.
 
 An op call is described by an ``OpSignature`` (the OpOverload, its tensor inputs' shapes, strides,
 dtypes and devices, its other arguments); ``signature_of`` builds one from a graph node whose
 ``meta["val"]`` are (fake) tensors, or gives None for what cannot or should not be timed alone.
 ``measure_op`` times a signature on real random inputs with ``torch.utils.benchmark.Timer``: one
-warm-up call, then the median of ``blocked_autorange``'s blocks. ``Profiler`` adds a per-op and a
+warm-up call, then the median of ``blocked_autorange``'s blocks; ``measure_workspace`` measures the
+scratch memory that a call allocates beyond its results (conv columns, attention backward buffers),
+which compiled code does not show (``remat.inductor_check`` adds it at each extern kernel's call).
+``Profiler`` adds a per-op and a
 total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
 measured time, the measured copy bandwidth and host link, and ``fused_time``, the price of a
 pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
@@ -107,6 +111,24 @@ def signature_of(node: fx.Node) -> OpSignature | None:
     return OpSignature(str(op), args, kwargs)
 
 
+def with_inputs(sig: OpSignature, inputs: list[TensorMeta]) -> OpSignature | None:
+    """``sig`` with its tensor arguments, in order, laid out as ``inputs`` (the layouts that compiled
+    code passes, such as a conv's channels-last copies); None unless the count and shapes agree."""
+    old = sig.inputs
+    if len(old) != len(inputs) or any(a.shape != b.shape for a, b in zip(old, inputs)):
+        return None
+    replacements = iter(inputs)
+
+    def swap(x: Any) -> Any:
+        if isinstance(x, TensorMeta):
+            return next(replacements)
+        return tuple(swap(e) for e in x) if isinstance(x, tuple) else x
+
+    args = swap(sig.args)
+    kwargs = tuple((k, swap(v)) for k, v in sig.kwargs)
+    return OpSignature(sig.op, args, kwargs)
+
+
 def _timed_alone(op: torch._ops.OpOverload) -> bool:
     schema = op._schema
     if op.namespace in _COLLECTIVE_NAMESPACES or schema.is_mutable or _REJECTED_TAGS & set(op.tags):
@@ -158,17 +180,53 @@ def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_tim
     graph keeps on another kind of device, such as CPU scalars of a CUDA graph, stay there); None
     when the inputs cannot be made or the op fails on them. ``min_run_time`` bounds the timing
     of a fast op; a slow one runs three times (warm-up, block-size estimate, one block)."""
-    target = torch.device(device)
     try:
         with _real_tensors():
-            op = _resolve(sig.op)
-            ranges = _int_ranges(sig)
-            args = [_build(a, (i,), target, ranges) for i, a in enumerate(sig.args)]
-            kwargs = {k: _build(v, (k,), target, ranges) for k, v in sig.kwargs}
+            op, args, kwargs = _real_call(sig, torch.device(device))
             op(*args, **kwargs)  # warm-up: lazy initialisation, library caches
             return _median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
     except Exception:  # any failure (no such device, bad random input, op error): price by roofline
         return None
+
+
+def measure_workspace(sig: OpSignature, device: torch.device | str = "cpu") -> int | None:
+    """Scratch bytes of one call of ``sig`` on real random inputs on ``device``: the peak that the
+    call allocates (``remat.measure.measure_step``: the CPU profiler's allocation events, CUDA's
+    peak allocated) less its results' storages, measured on the call after a warm-up (what a
+    library allocates once and keeps is not scratch). None when the call fails, or when a profiler
+    is already running (it cannot nest)."""
+    from .measure import measure_step
+
+    if torch.autograd._profiler_enabled():
+        return None
+    target = torch.device(device)
+    try:
+        with _real_tensors():
+            op, args, kwargs = _real_call(sig, target)
+            op(*args, **kwargs)
+            results: list = []
+            peak = measure_step(lambda: results.append(op(*args, **kwargs)), str(target)).peak_bytes
+            return max(0, peak - _storages_bytes(results))
+    except Exception:
+        return None
+
+
+def _real_call(sig: OpSignature, target: torch.device) -> tuple[torch._ops.OpOverload, list, dict]:
+    """The op of ``sig`` and real arguments for it on ``target``."""
+    op = _resolve(sig.op)
+    ranges = _int_ranges(sig)
+    args = [_build(a, (i,), target, ranges) for i, a in enumerate(sig.args)]
+    kwargs = {k: _build(v, (k,), target, ranges) for k, v in sig.kwargs}
+    return op, args, kwargs
+
+
+def _storages_bytes(values: Any) -> int:
+    """Bytes of the distinct storages of the tensors in ``values``."""
+    storages = {}
+    for t in torch.utils._pytree.tree_leaves(values):
+        if isinstance(t, torch.Tensor):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
 
 
 @contextlib.contextmanager
@@ -510,8 +568,8 @@ class ProfileStats:
 
 
 class Profiler:
-    """Op times of one device by signature: the cache first, then a measurement while the total
-    budget lasts (``measure=False``: the cache only, as with a saved profile)."""
+    """Op times and scratch bytes of one device by signature: the cache first, then a measurement
+    while the total budget lasts (``measure=False``: the cache only, as with a saved profile)."""
 
     def __init__(
         self, device: torch.device | str = "cpu", total_budget_s: float = 30.0, per_op_budget_s: float = 0.05,
@@ -521,26 +579,39 @@ class Profiler:
         self.total_budget_s, self.per_op_budget_s, self.measure = total_budget_s, per_op_budget_s, measure
         self.cache = cache if isinstance(cache, ProfileCache) else ProfileCache.for_device(self.device, cache)
         self.stats = ProfileStats()
-        self._failed: set[OpSignature] = set()
+        self._failed: set[tuple[str, OpSignature]] = set()
 
     def op_time(self, sig: OpSignature | None) -> float | None:
         """Seconds of one call of ``sig``; None (a fallback) when unknown and not measurable."""
-        known = self.cache.get("op " + sig.key()) if sig is not None else None
+        seconds = self._lookup("op ", sig, lambda: measure_op(sig, self.device, self.per_op_budget_s))
+        return None if seconds is None else float(seconds)
+
+    def workspace(self, sig: OpSignature | None) -> int | None:
+        """Scratch bytes of one call of ``sig`` (``measure_workspace``); None when unknown and not
+        measurable."""
+        nbytes = self._lookup("workspace ", sig, lambda: measure_workspace(sig, self.device))
+        return None if nbytes is None else int(nbytes)
+
+    def _lookup(self, kind: str, sig: OpSignature | None, measure: Callable[[], Any]) -> Any:
+        """The cached value of ``kind`` + ``sig``'s key, else ``measure()``'s while the total budget
+        lasts (kept in the cache); None when neither gives one."""
+        known = self.cache.get(kind + sig.key()) if sig is not None else None
         if known is not None:
             self.stats.cache_hits += 1
-            return float(known)
-        if sig is None or sig in self._failed or not self.measure or self.stats.seconds >= self.total_budget_s:
+            return known
+        failed = (kind, sig) in self._failed
+        if sig is None or failed or not self.measure or self.stats.seconds >= self.total_budget_s:
             self.stats.fallbacks += 1
             return None
         with self._timed():
-            seconds = measure_op(sig, self.device, self.per_op_budget_s)
-        if seconds is None:
-            self._failed.add(sig)
+            value = measure()
+        if value is None:
+            self._failed.add((kind, sig))
             self.stats.fallbacks += 1
             return None
-        self.cache.put("op " + sig.key(), seconds)
+        self.cache.put(kind + sig.key(), value)
         self.stats.measured += 1
-        return seconds
+        return value
 
     def bandwidth(self) -> float | None:
         """Measured device memory bytes/s (from the cache alone when not measuring)."""

@@ -4,7 +4,8 @@ Inductor's Python wrapper (``def call(self, args)``) is the exact sequence of wh
 allocates and frees: ``bufN = empty_strided_*(shape, stride, dtype)``, results of extern ops (their
 sizes in the ``assert_size_stride`` that follows), aliases (``reinterpret_tensor``, ``bufN = bufM``,
 tuple elements) and ``del``. Walking it gives the graph's peak as the machine sees it, except
-the scratch memory inside extern kernels (``reserve`` is for that). This catches what a model of
+the scratch memory inside extern kernels, which the caller may give (``workspaces``: measured per
+kernel by ``remat.inductor_check``) and the walk then adds at each kernel's call. This catches what a model of
 fusion misses: a fused kernel allocates all of its outputs before it runs and frees its inputs
 only after it, however its ops would be ordered one by one (measured on a Llama MLP backward: five
 2 MiB buffers live at once where both remat's model and Inductor's scheduler estimate had three).
@@ -64,6 +65,10 @@ class _Storages:
         self.live += nbytes
         self.peak = max(self.peak, self.live)
         return sid
+
+    def scratch(self, nbytes: int) -> None:
+        """``nbytes`` allocated and freed again at this statement (an extern kernel's workspace)."""
+        self.peak = max(self.peak, self.live + nbytes)
 
     def ref(self, name: str, sid: int) -> None:
         self.refs[sid].add(name)
@@ -178,21 +183,24 @@ class _Sizing:
     itemsizes: dict[str, int]
     sizes: dict[str, int]
     elements: dict[str, list[str]] = field(default_factory=dict)  # tuple name -> names of its ``x = tup[i]``
+    workspaces: dict[str, int] = field(default_factory=dict)  # extern kernel's result name -> its scratch bytes
     unsized: list[str] = field(default_factory=list)
 
     def bytes_of(self, name: str) -> int:
         return storage_bytes(*self.shapes[name], self.itemsizes.get(name, 4))
 
 
-def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
-                 sizes: dict[str, int] | None = None, counted: Iterable[str] = ()) -> WrapperPeak | None:
+def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict[str, int] | None = None,
+                 counted: Iterable[str] = (), workspaces: dict[str, int] | None = None) -> WrapperPeak | None:
     """Walk the ``call`` of Inductor's Python wrapper ``code``; None when there is none.
 
     ``itemsizes`` maps input and extern-result names to their element size where the code does
     not say it (the dtype of an input is not in its assert); 4 bytes otherwise. ``sizes`` gives
     the size symbols of a dynamic-shape graph their values (``{"s77": 512}``); the sizes that the
     code computes from them (``ps0 = 64*s77``) follow. ``counted`` names inputs called
-    ``primals_*`` that are not resident but copies (``saved_copies``): they count from the start."""
+    ``primals_*`` that are not resident but copies (``saved_copies``): they count from the start.
+    ``workspaces`` maps an extern kernel's result name (``buf5 = op(...)``, ``op(..., out=buf5)``)
+    to the scratch bytes it allocates while it runs, on top of what lives at its call."""
     try:
         body = _call_body(ast.parse(code))
     except SyntaxError:
@@ -201,7 +209,8 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None,
         return None
     stmts = list(_statements(body))
     sizes = _derived_sizes(stmts, dict(sizes or {}))
-    sizing = _Sizing(_asserted_sizes(stmts, sizes), dict(itemsizes or {}), sizes, _tuple_elements(stmts))
+    sizing = _Sizing(_asserted_sizes(stmts, sizes), dict(itemsizes or {}), sizes, _tuple_elements(stmts),
+                     dict(workspaces or {}))
     _size_through_aliases(stmts, sizing)
     st = _Storages()
     for name in _input_names(stmts):
@@ -237,12 +246,15 @@ def _tuple_elements(stmts: list[ast.stmt]) -> dict[str, list[str]]:
     return out
 
 
-def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list[dict[str, int]]) -> list:
-    """``wrapper_peak`` of each graph's code (with its element sizes and size values); of a
-    forward and a backward (two codes), the backward counts the forward's ``saved_copies``."""
+def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list[dict[str, int]],
+                  workspaces: list[dict[str, int]] | None = None) -> list:
+    """``wrapper_peak`` of each graph's code (with its element sizes, size values and extern
+    kernels' workspaces); of a forward and a backward (two codes), the backward counts the
+    forward's ``saved_copies``."""
     copies = saved_copies(*codes) if len(codes) == 2 else set()
-    return [wrapper_peak(c, items, hints, copies if i == 1 else ())
-            for i, (c, items, hints) in enumerate(zip(codes, itemsizes, sizes))]
+    workspaces = workspaces if workspaces is not None and len(workspaces) == len(codes) else [{}] * len(codes)
+    return [wrapper_peak(c, items, hints, copies if i == 1 else (), scratch)
+            for i, (c, items, hints, scratch) in enumerate(zip(codes, itemsizes, sizes, workspaces))]
 
 
 def saved_copies(forward_code: str, backward_code: str) -> set[str]:
@@ -321,6 +333,9 @@ def _step(s: ast.stmt, st: _Storages, sizing: _Sizing) -> None:
         name = _call_name(s.value)
         if any(f in name for f in _FREES_ARGUMENT) and s.value.args:
             st.release(ast.unparse(s.value.args[0]))
+        out = next((ast.unparse(k.value) for k in s.value.keywords if k.arg == "out"), None)
+        if out is not None:  # an extern kernel writing into a buffer allocated before: its workspace
+            st.scratch(sizing.workspaces.get(out, 0))
 
 
 def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
@@ -345,6 +360,7 @@ def _assign(name: str, value: ast.AST, st: _Storages, sizing: _Sizing) -> None:
             st.drop(name)
         elif fn.startswith(("torch.ops.", "extern_kernels.", "aten.")) or fn.endswith(".default"):
             _new_extern_result(name, st, sizing)
+            st.scratch(sizing.workspaces.get(name, 0))
 
 
 def _new_extern_result(name: str, st: _Storages, sizing: _Sizing) -> None:

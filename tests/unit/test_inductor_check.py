@@ -1,10 +1,20 @@
-"""The Inductor check's plumbing: it never breaks a compile, and re-planning finds its cause."""
+"""The Inductor check's plumbing: it never breaks a compile, re-planning finds its cause, and the
+walk of the code counts what extern kernels allocate while they run."""
 
 from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config
+from torch._inductor.compile_fx import compile_fx
 
 from remat.backend import _caused_by
 from remat.errors import InfeasibleBudgetError
 from remat.inductor_check import InductorPeaks
+from remat.measure import measure_step
+from remat.wrapper_memory import collect_wrapper_code, wrapper_peaks
 
 
 def test_no_estimate_outside_inductor_leaves_nodes_alone():
@@ -24,3 +34,42 @@ def test_caused_by_walks_the_chain():
     except RuntimeError as outer:
         assert _caused_by(outer, InfeasibleBudgetError) is inner
         assert _caused_by(outer, KeyError) is None
+
+
+CALLER_BYTES = 8  # the loss summed outside the compiled call and the gradient seeding its backward
+
+
+def conv_case():
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    return conv, (torch.randn(1, 3, 4, 4),)
+
+
+def sdpa_case():
+    torch.manual_seed(0)
+    return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            tuple(torch.randn(2, 2, 8, 8, requires_grad=True) for _ in range(3)))
+
+
+@pytest.mark.parametrize("case", [conv_case, sdpa_case], ids=["conv", "sdpa"])
+def test_extern_workspaces_bring_the_code_walk_to_the_measured_peak(case, tmp_path, monkeypatch):
+    """The smallest graphs whose extern kernel allocates scratch memory (the CPU conv's columns,
+    the CPU attention backward's buffers): the code alone is under the measured peak, the code
+    with the measured workspaces equals it (but for the caller's loss and seed)."""
+    monkeypatch.setenv("REMAT_CACHE_DIR", str(tmp_path))
+    fn, inputs = case()
+    peaks = InductorPeaks()
+
+    def backend(gm, example_inputs):
+        with functorch_config.patch(force_non_lazy_backward_lowering=True), \
+                collect_wrapper_code() as peaks.codes:
+            return compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
+
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        compiled = torch.compile(fn, backend=backend)
+        compiled(*inputs).sum().backward()
+    measured = measure_step(lambda: compiled(*inputs).sum().backward()).peak_bytes
+    assert peaks.workspaces[1], "the backward's extern kernel allocates scratch"
+    code_alone = wrapper_peaks(peaks.codes, peaks.itemsizes, peaks.size_hints)
+    assert max(w.peak_bytes for w in code_alone) + CALLER_BYTES < measured
+    assert max(peaks.code_peaks) + CALLER_BYTES == measured

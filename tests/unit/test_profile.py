@@ -4,6 +4,7 @@ Tensors stay tiny (2 busy cores) and nothing asserts a duration beyond "positive
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import operator
@@ -17,7 +18,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from remat.errors import ConfigError
 from remat.profile import (
     FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
-    measure_elementwise_rate, measure_link, measure_op, parse_cost_model, signature_of,
+    measure_elementwise_rate, measure_link, measure_op, measure_workspace, parse_cost_model, signature_of,
+    with_inputs,
 )
 
 
@@ -134,6 +136,40 @@ def test_unknown_index_like_op_and_missing_device_give_none():
     if not torch.cuda.is_available():
         on_cuda = TensorMeta((4, 4), (4, 1), torch.float32, "cuda:0")
         assert measure_op(OpSignature("aten.mm.default", (on_cuda, on_cuda)), "cuda", min_run_time=0.001) is None
+
+
+def conv_backward_signature(memory_format=torch.contiguous_format) -> OpSignature:
+    x = torch.randn(1, 3, 4, 4).to(memory_format=memory_format)
+    w = torch.randn(8, 3, 3, 3).to(memory_format=memory_format)
+    g = torch.randn(1, 8, 2, 2).to(memory_format=memory_format)
+    fn = functools.partial(torch.ops.aten.convolution_backward.default, bias_sizes=[8], stride=[1, 1],
+                           padding=[0, 0], dilation=[1, 1], transposed=False, output_padding=[0, 0], groups=1,
+                           output_mask=[True, True, True])
+    return signature_of(op_nodes(fn, g, x, w)["aten.convolution_backward.default"])
+
+
+def test_workspace_is_what_a_call_allocates_beyond_its_results():
+    # the CPU's slow conv2d backward builds an im2col columns buffer: 3*3*3 x 2*2 floats here
+    assert measure_workspace(conv_backward_signature()) == 27 * 4 * 4
+    assert measure_workspace(mm(16)) == 0  # a matmul writes its result and nothing else
+
+
+def test_workspace_is_measured_once_then_cached(tmp_path):
+    sig = conv_backward_signature()
+    first = Profiler()
+    assert first.workspace(sig) > 0 and first.stats.measured == 1
+    again = Profiler()
+    assert again.workspace(sig) == first.workspace(sig) and again.stats.cache_hits == 1
+    assert again.stats.measured == 0 and again.op_time(sig) != first.workspace(sig)  # kinds are apart
+
+
+def test_inputs_take_the_layout_the_code_passes():
+    plain, channels_last = conv_backward_signature(), conv_backward_signature(torch.channels_last)
+    assert plain != channels_last
+    assert with_inputs(plain, list(channels_last.inputs)) == channels_last
+    assert with_inputs(plain, list(channels_last.inputs[:2])) is None  # a tensor missing
+    wrong = TensorMeta((2, 3, 4, 4), (48, 16, 4, 1), torch.float32, "cpu")
+    assert with_inputs(plain, [plain.inputs[0], wrong, plain.inputs[2]]) is None  # another shape
 
 
 def test_budget_spent_falls_back_but_cache_still_answers():

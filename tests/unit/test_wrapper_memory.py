@@ -86,6 +86,25 @@ def test_extern_tuple_elements_exist_before_the_ops_inputs_are_freed():
     assert w.unsized == []
 
 
+def test_an_extern_kernels_workspace_adds_at_its_call_only():
+    code = wrapper("""
+        assert_size_stride(saved_1, (512, 512), (512, 1), 'input')
+        buf0 = extern_kernels.convolution(saved_1, primals_1, None)
+        assert_size_stride(buf0, (256, 512), (512, 1), 'torch.ops.aten.convolution.default')
+        del saved_1
+        buf1 = empty_strided_cpu((256, 512), (512, 1), torch.float32)
+        extern_kernels.mm(buf0, primals_1, out=buf1)
+        del buf0
+        buf2 = empty_strided_cpu((512, 512), (512, 1), torch.float32)
+        return (buf1, buf2)
+    """)
+    assert wrapper_peak(code).peak_bytes == MiB + MiB // 2  # buf1 and buf2
+    # the conv's scratch on top of its input and result; the mm's (out=) on top of buf0 and buf1
+    assert wrapper_peak(code, workspaces={"buf0": MiB}).peak_bytes == 2 * MiB + MiB // 2
+    assert wrapper_peak(code, workspaces={"buf1": 2 * MiB}).peak_bytes == 3 * MiB
+    assert wrapper_peak(code, workspaces={"buf2": MiB}).peak_bytes == MiB + MiB // 2  # not an extern call
+
+
 FORWARD_WITH_LAYOUT_COPY = wrapper("""
     assert_size_stride(primals_1, (256, 1024), (1024, 1), 'input')
     buf0 = empty_strided_cpu((256, 1024), (1, 256), torch.float32)
