@@ -9,7 +9,8 @@ torch.compile's peak (``reference_peak``), or "min"; less what earlier graphs of
 solves it (``solve_within``) and checks the plan with the simulator (``cap_and_plan``; under
 torch.distributed rank 0 runs it and every rank gets its plan: ``remat.ranks``). Under dynamic shapes
 (``remat.symbolic``) a graph with a range of sizes is planned at the range's worst corner and its
-plan proven over the range (``solve_over_range``); ``GraphReport.dynamic`` records it. ``GraphReport``
+plan proven over the range (``solve_over_range``); where no plan meets the cap there, the range is
+split into buckets with a plan each (``split_range``); ``GraphReport.dynamic`` records it. ``GraphReport``
 is the plain record of one planned graph; ``summary_line`` prints it.
 """
 
@@ -31,12 +32,12 @@ from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups, with_kernels
 from .plan import Decision, Plan, status_words
 from .ranks import agree_across_ranks
-from .simulate import MemoryTimeline, check, store_all_peak
+from .simulate import MemoryTimeline, check, store_all_peak, store_all_plan
 from .solvers import get_solver
 from .structure import with_layers
 from .symbolic import (
-    Box, DynamicPlan, PeakProof, SymbolicSizes, describe_sizes, dynamic_plan, live_bytes, prove_peak, range_box,
-    worst_corner,
+    Box, Buckets, DynamicPlan, PeakProof, SymbolicSizes, can_split, describe_sizes, dynamic_plan, largest_fit,
+    live_bytes, prove_peak, range_box, worst_corner,
 )
 
 if TYPE_CHECKING:
@@ -119,17 +120,19 @@ def plan_joint_graph(
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint
         captured.problem = problem = sizes.problem_at(problem, corner)
         plain_peak = None
-    baseline = store_all_peak(problem)
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
     resident = resident if _is_byte_cap(cfg) else 0
-    make_plan = functools.partial(cap_and_plan, cfg, captured, box, reference or baseline, lower_by, resident,
-                                  cfg.inductor_check and not offline)
-    budget, plan, timeline = make_plan() if offline else agree_across_ranks(problem, make_plan)
-    report = GraphReport(captured, plan, timeline, baseline, budget, time.perf_counter() - t0,
+    make_plan = functools.partial(cap_and_plan, cfg, captured, box, corner, reference or store_all_peak(problem),
+                                  lower_by, resident, cfg.inductor_check and not offline)
+    budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan)
+    if ranged is not None:  # the plan's bucket of the range: its report is at the bucket's top
+        box, corner = ranged.box, ranged.corner
+        captured.problem = problem = sizes.problem_at(problem, corner)
+    report = GraphReport(captured, plan, timeline, store_all_peak(problem), budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
                          reference=source, resident_before_bytes=resident)
     if sizes is not None and budget is not None:
-        report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner)
+        report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
 
 
@@ -143,48 +146,135 @@ def planning_sizes(cfg: RematConfig, problem: Any, sizes: SymbolicSizes | None, 
     return box, worst_corner(problem, sizes, box) if box is not None else dict(sizes.hints)
 
 
-def cap_and_plan(cfg: RematConfig, captured: Captured, box: Box | None, reference: int, lower_by: int,
-                 resident: int, checked_later: bool) -> tuple[int | None, Plan, MemoryTimeline]:
-    """The cap, a plan under it (over the range ``box`` under dynamic shapes) and its simulated
-    timeline: what rank 0 makes for every rank under torch.distributed (``remat.ranks``)."""
+@dataclass(frozen=True)
+class RangePlan:
+    """Where a plan over a range of sizes holds: ``box``, the range or the plan's bucket of it;
+    ``corner``, the sizes it was made at; ``buckets``, the split (None: one plan covers the range)."""
+
+    box: Box
+    corner: dict
+    buckets: Buckets | None = None
+
+
+def cap_and_plan(cfg: RematConfig, captured: Captured, box: Box | None, corner: dict, reference: int, lower_by: int,
+                 resident: int, checked_later: bool) -> tuple[int | None, Plan, MemoryTimeline, RangePlan | None]:
+    """The cap, a plan under it and its simulated timeline, and under dynamic shapes with a range
+    (``box``, planned at ``corner``) where the plan holds: what rank 0 makes for every rank under
+    torch.distributed (``remat.ranks``)."""
     problem = captured.problem
     budget, target = cap_and_target(cfg, problem, reference, lower_by, resident)
-    if box is not None:
-        plan, target = solve_over_range(cfg, captured, box, budget, target, resident)
-    else:
+    if box is None:
         plan, target = solve_within(cfg, problem, budget, target, checked_later=checked_later, resident=resident)
-    return budget, plan, check(problem, plan, target)
+        return budget, plan, check(problem, plan, target), None
+    plan, target, ranged = solve_over_range(cfg, captured, box, corner, budget, target, resident)
+    return budget, plan, check(captured.symbolic.problem_at(problem, ranged.corner), plan, target), ranged
 
 
-def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, budget: int | None, target: int | None,
-                     resident: int = 0) -> tuple[Plan, int | None]:
+def solve_over_range(cfg: RematConfig, captured: Captured, box: Box, corner: dict, budget: int | None,
+                     target: int | None, resident: int = 0) -> tuple[Plan, int | None, RangePlan]:
     """Plan a dynamic-shape graph at its range's worst corner (``captured.problem`` holds the
-    bytes there) and prove the plan's peak <= the cap over the whole range (``box``); where no
-    plan meets the cap at that corner, or the plan does not hold over the range, raise
-    InfeasibleBudgetError naming the largest size that fits (``on_infeasible="min"``: plan at the
-    corner's floor, with a warning)."""
-    problem, sizes = captured.problem, captured.symbolic
+    bytes there) and prove the plan's peak <= the cap over the whole range (``box``). Where no
+    plan meets the cap at that corner, plan the bucket of the range that holds the size traced
+    (``solve_in_bucket``). A plan that does not hold over its sizes raises InfeasibleBudgetError
+    (``on_infeasible="min"``: plan at the corner's floor, with a warning)."""
     try:
-        plan, target = solve_within(cfg, problem, budget, target, resident=resident)
+        plan, target = solve_within(cfg, captured.problem, budget, target, resident=resident)
     except InfeasibleBudgetError as e:
-        floor_plan = _solver(cfg)(problem, e.min_peak_bytes, time_limit=cfg.time_limit, gap=cfg.gap)
-        proof = prove_peak(live_bytes(problem, sizes, floor_plan), budget, box)
-        raise _infeasible_over_range(problem.name, budget, e.min_peak_bytes, proof, sizes, resident) from None
-    proof = prove_peak(live_bytes(problem, sizes, plan), budget, box) if budget is not None else None
-    if proof is not None and not proof.holds and cfg.on_infeasible != "min":
+        return solve_in_bucket(cfg, captured, box, corner, budget, target, resident, e.min_peak_bytes)
+    _prove_or_raise(cfg, captured, plan, budget, box, resident)
+    return plan, target, RangePlan(box, corner)
+
+
+def _prove_or_raise(cfg: RematConfig, captured: Captured, plan: Plan, budget: int | None, box: Box,
+                    resident: int) -> None:
+    """Raise InfeasibleBudgetError when ``plan``'s peak is over the cap somewhere in ``box``."""
+    if budget is None:
+        return
+    problem, sizes = captured.problem, captured.symbolic
+    proof = prove_peak(live_bytes(problem, sizes, plan), budget, box, split_symbol(box))
+    if not proof.holds and cfg.on_infeasible != "min":
         raise _infeasible_over_range(problem.name, budget, proof.peak_bytes, proof, sizes, resident)
-    return plan, target
+
+
+def split_symbol(box: Box) -> Any:
+    """The size symbol that a range is split along and errors name: the first ranged one by name."""
+    ranged = [s for s, (lo, hi) in box.items() if lo < hi]
+    return min(ranged or box, key=str)
+
+
+def solve_in_bucket(cfg: RematConfig, captured: Captured, box: Box, corner: dict, budget: int, target: int | None,
+                    resident: int, floor: int) -> tuple[Plan, int | None, RangePlan]:
+    """No plan meets the cap at the range's worst corner (``floor``: the smallest peak there):
+    split the range (``split_range``) and plan the bucket that holds the size traced, at the
+    bucket's top. Raise InfeasibleBudgetError naming the largest size that fits when the size
+    traced is above every bucket, or when Dynamo allows no split (a mark_dynamic min/max range)."""
+    problem, sizes = captured.problem, captured.symbolic
+    symbol = split_symbol(box)
+    floor_plan = _solver(cfg)(problem, floor, time_limit=cfg.time_limit, gap=cfg.gap)
+    proof = prove_peak(live_bytes(problem, sizes, floor_plan), budget, box, symbol)
+    splits = proof.largest_fit is not None and can_split(sizes, symbol)
+    buckets = split_range(cfg, captured, box, corner, symbol, budget, proof.largest_fit) if splits else None
+    index = buckets.index_of(sizes.hints[symbol]) if buckets is not None else None
+    if index is None:
+        raise _infeasible_over_range(problem.name, budget, floor, proof, sizes, resident, buckets)
+    log.warning("remat[%s]: memory_budget %s is met only up to %s=%d of %s: buckets %s (a larger size raises "
+                "InfeasibleBudgetError when it compiles)", problem.name, fmt_bytes(budget), symbol, buckets.fits_up_to,
+                describe_sizes({str(s): r for s, r in box.items()}, {}), buckets.describe())
+    lo, hi = buckets.bounds[index]
+    bucket, at = {**box, symbol: (lo, hi)}, {**corner, symbol: hi}
+    bucket_captured = replace(captured, problem=sizes.problem_at(problem, at))
+    plan, target = solve_within(cfg, bucket_captured.problem, budget, target, resident=resident)
+    _prove_or_raise(cfg, bucket_captured, plan, budget, bucket, resident)
+    return plan, target, RangePlan(bucket, at, buckets)
+
+
+REFINE = 3  # solves that try to raise the largest fitting size of a split range past the floor plan's
+
+
+def split_range(cfg: RematConfig, captured: Captured, box: Box, corner: dict, symbol: Any, budget: int,
+                fits: int) -> Buckets:
+    """The buckets of ``symbol``'s range where its top fits no plan: the sizes up to the largest
+    that a plan fits (``fits``: where the floor plan of the top fits; raised while a plan made at
+    the next size fits further, at most REFINE solves), split where storing every activation stops
+    leaving the reserve free (the sizes below need no recomputation: their plan adds no time).
+    The split depends on the range and the cap only, so every compile of the graph agrees."""
+    problem, sizes = captured.problem, captured.symbolic
+    lo, hi = box[symbol]
+    exact = False
+    for _ in range(REFINE):
+        at = sizes.problem_at(problem, {**corner, symbol: fits + 1})
+        try:
+            plan, _ = solve_within(cfg, at, budget, cfg.planning_target(budget))
+        except InfeasibleBudgetError as e:
+            exact = getattr(e, "proven", True)
+            break
+        further = largest_fit(live_bytes(at, sizes, plan), budget, box, symbol)
+        if further is None or further <= fits:
+            break
+        fits = further
+    free = largest_fit(live_bytes(problem, sizes, store_all_plan(problem)), cfg.planning_target(budget),
+                       {**box, symbol: (lo, fits)}, symbol)
+    bounds = ((lo, free), (free + 1, fits)) if free is not None and free < fits else ((lo, fits),)
+    return Buckets(symbol, bounds, hi, exact)
 
 
 def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof, sizes: SymbolicSizes,
-                           resident: int) -> InfeasibleBudgetError:
-    """The error for a cap that no plan meets over a range of sizes: names the largest size that fits."""
+                           resident: int, buckets: Buckets | None = None) -> InfeasibleBudgetError:
+    """The error for a cap that no plan meets over a range of sizes: names the largest size that
+    fits, and with ``buckets`` (the size traced is above them) the sizes that have plans."""
     ranges = {str(s): r for s, r in proof.box.items()}
     worst = ", ".join(f"{s}={v}" for s, v in proof.worst.items())
-    fit = (f"the largest {proof.symbol} that fits is {proof.largest_fit}" if proof.largest_fit is not None
+    largest = buckets.fits_up_to if buckets is not None else proof.largest_fit
+    fit = (f"the largest {proof.symbol} that fits is {largest}" if largest is not None
            else f"not even {proof.symbol}={proof.box[proof.symbol][0]} fits")
+    if buckets is not None:
+        fit += (f"; {proof.symbol}={sizes.hints[proof.symbol]} was traced, and only the sizes up to {largest} "
+                f"have plans (buckets {buckets.describe()})")
+    elif largest is not None and not can_split(sizes, proof.symbol):
+        fit += (" (a mark_dynamic min/max range is one graph to Dynamo, which refuses narrower guards: give "
+                "the range as the dynamic_range option instead and remat splits it into buckets)")
     step = f" (the step's cap less {fmt_bytes(resident)} kept by earlier graphs)" if resident else ""
-    return InfeasibleBudgetError(budget + resident, floor + resident, largest_fit=proof.largest_fit, detail=(
+    return InfeasibleBudgetError(budget + resident, floor + resident, largest_fit=largest, detail=(
         f"graph {graph} over {describe_sizes(ranges, {str(s): v for s, v in sizes.sources.items()})}: the peak is "
         f"highest at {worst}{step}; {fit}: narrow the range (dynamic_range, or mark_dynamic's max) to that, "
         f"raise memory_budget to at least {fmt_bytes(floor + resident)}, or pass on_infeasible='min'"))
@@ -393,8 +483,12 @@ def dynamic_note(r: GraphReport) -> str:
         return ""
     planned = ", ".join(f"{s}={v}" for s, v in d.planned_at.items())
     up_to = f"; meets the cap up to {d.proof.symbol}={d.fits_up_to}" if d.fits_up_to is not None else ""
+    bucket = ""
+    if d.buckets is not None:
+        index = d.buckets.index_of(d.planned_at[str(d.buckets.symbol)])
+        bucket = f"; bucket {index + 1} of {len(d.buckets.bounds)} (buckets {d.buckets.describe()})"
     return (f"; dynamic: {describe_sizes(d.ranges, d.sources)}, planned at {planned}, peak {d.peak_formula} bytes "
-            f"<= {fmt_bytes(d.proof.peak_bytes)} over the range{up_to}")
+            f"<= {fmt_bytes(d.proof.peak_bytes)} over the range{up_to}{bucket}")
 
 
 def _inductor_note(r: GraphReport) -> str:

@@ -338,7 +338,45 @@ def range_box(sizes: SymbolicSizes, dynamic_range: tuple | None, graph: str = "g
     return box if any(lo < hi for lo, hi in box.values()) else None
 
 
+def can_split(sizes: SymbolicSizes, symbol: sympy.Symbol) -> bool:
+    """Whether a guard may narrow ``symbol``'s sizes (a bucket of its range): not when
+    ``mark_dynamic`` gave it a min or a max, a range that Dynamo compiles as one graph and
+    checks every guard against (ConstraintViolationError); its ShapeEnv range shows the bounds."""
+    lo, hi = sizes.ranges.get(symbol, (1, None))
+    return hi is None and lo <= 2
+
+
 UNBOUNDED = 2**31 - 1  # the largest size searched when nothing bounds a symbol
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A range of one size symbol split among plans, where no single plan meets the cap over it.
+
+    ``bounds``: each bucket's sizes lo..hi of ``symbol``, in order from the range's lo; each gets a
+    plan of its own, made at its hi and guarded on the bucket (the first size of a bucket that
+    runs compiles it). Sizes above ``fits_up_to`` (the last bucket's hi) up to ``range_hi`` are
+    refused at their compile. ``exact``: fits_up_to + 1 was shown to fit no plan (else fits_up_to
+    is a size proven to fit, and a larger one may too)."""
+
+    symbol: sympy.Symbol
+    bounds: tuple[tuple[int, int], ...]
+    range_hi: int
+    exact: bool = True
+
+    @property
+    def fits_up_to(self) -> int:
+        return self.bounds[-1][1]
+
+    def index_of(self, size: int) -> int | None:
+        """The bucket that holds ``size`` (None: above ``fits_up_to``, or below the range)."""
+        return next((i for i, (lo, hi) in enumerate(self.bounds) if lo <= size <= hi), None)
+
+    def describe(self) -> str:
+        """"s77 in [128, 700], [701, 900], a plan each; above 900 refused" for messages and reports."""
+        parts = ", ".join(f"[{lo}, {hi}]" for lo, hi in self.bounds)
+        above = "" if self.fits_up_to >= self.range_hi else f"; above {self.fits_up_to} refused"
+        return f"{self.symbol} in {parts}, a plan each{above}"
 
 
 @dataclass
@@ -350,13 +388,15 @@ class DynamicPlan:
     corner); ``sources``: where each symbol comes from ("L['x'].size()[0]"); ``proof``: the peak
     over the ranges and its formula (the bytes at the slot that peaks at the worst sizes);
     ``fits_up_to``: the largest size of ``proof.symbol`` at which the plan still meets the cap
-    (with no range known: searched from the size traced up)."""
+    (with no range known: searched from the size traced up); ``buckets``: how the range was split
+    among plans when no single plan meets the cap over it (``ranges`` is then this plan's bucket)."""
 
     ranges: dict[str, tuple[int, int]]
     planned_at: dict[str, int]
     sources: dict[str, tuple[str, ...]]
     proof: PeakProof
     fits_up_to: int | None = None
+    buckets: Buckets | None = None
 
     @property
     def peak_formula(self) -> str:
@@ -376,9 +416,10 @@ def worst_corner(problem: Problem, sizes: SymbolicSizes, box: Box) -> dict[sympy
 
 
 def dynamic_plan(problem: Problem, sizes: SymbolicSizes, plan: Plan, cap: int, box: Box | None,
-                 planned_at: Mapping[sympy.Symbol, int]) -> DynamicPlan:
-    """The proof that ``plan`` (made at ``planned_at``) keeps the peak <= ``cap`` over ``box``;
-    without a box, over the sizes traced, and how far up the first symbol it still holds."""
+                 planned_at: Mapping[sympy.Symbol, int], buckets: Buckets | None = None) -> DynamicPlan:
+    """The proof that ``plan`` (made at ``planned_at``) keeps the peak <= ``cap`` over ``box`` (its
+    bucket of ``buckets``, when the range was split); without a box, over the sizes traced, and
+    how far up the first symbol it still holds."""
     live = live_bytes(problem, sizes, plan)
     box = box or {s: (h, h) for s, h in sizes.hints.items()}
     proof = prove_peak(live, cap, box)
@@ -389,7 +430,7 @@ def dynamic_plan(problem: Problem, sizes: SymbolicSizes, plan: Plan, cap: int, b
         fits = largest_fit(live, cap, {**box, proof.symbol: (lo, max(top, lo))}, proof.symbol)
     return DynamicPlan({str(s): r for s, r in box.items()},
                        {str(s): int(v) for s, v in planned_at.items()},
-                       {str(s): v for s, v in sizes.sources.items()}, proof, fits)
+                       {str(s): v for s, v in sizes.sources.items()}, proof, fits, buckets)
 
 
 def describe_sizes(ranges: Mapping[str, tuple[int, int]], sources: Mapping[str, tuple[str, ...]]) -> str:
@@ -403,11 +444,12 @@ def describe_sizes(ranges: Mapping[str, tuple[int, int]], sources: Mapping[str, 
 
 def guard_fit(graph: fx.GraphModule, dynamic: DynamicPlan) -> list[str]:
     """Guard the graph on the sizes where its plan is known to meet the cap: each ranged symbol
-    within its range (Dynamo already guards a ``mark_dynamic`` range; ``dynamic_range`` alone it
-    does not), or, with no range known, ``proof.symbol <= fits_up_to``. A size outside fails the
-    guard and Dynamo compiles it again, with a plan of its own. Returns the guards given."""
+    within its range or bucket (Dynamo already guards a ``mark_dynamic`` range; ``dynamic_range``
+    alone it does not), or, with no range known, ``proof.symbol <= fits_up_to``. A size outside
+    fails the guard and Dynamo compiles it again, with a plan of its own. Returns the guards given."""
     env, proof = shape_env_of(graph), dynamic.proof
-    ranged = [(s, lo, hi) for s, (lo, hi) in proof.box.items() if lo < hi]
+    split = dynamic.buckets.symbol if dynamic.buckets is not None else None
+    ranged = [(s, lo, hi) for s, (lo, hi) in proof.box.items() if lo < hi or s == split]
     if ranged:
         bounds = [b for s, lo, hi in ranged for b in (sympy.Ge(s, lo), sympy.Le(s, hi))]
     elif proof.symbol is not None and dynamic.fits_up_to is not None:

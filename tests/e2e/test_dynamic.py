@@ -1,5 +1,6 @@
 """Dynamic shapes end to end: one plan over a range of batch sizes, proven and measured under the
-cap; a cap that only small sizes meet refused at compile time; the recompile-limit warning."""
+cap; a cap that only small sizes meet refused at compile time (mark_dynamic's range) or split into
+buckets with a plan each (dynamic_range); the recompile-limit warning."""
 
 import copy
 import logging
@@ -65,6 +66,33 @@ def test_a_cap_that_only_small_sizes_meet_is_refused_at_compile_time_naming_the_
         step(batch(256)).backward()  # 256 rows fit; 1024, in the range, do not
     m = re.search(r"the largest (s\d+) that fits is (\d+)", str(e.value))
     assert m and 256 <= int(m.group(2)) < 1024, str(e.value)
+
+
+def test_a_range_that_no_plan_covers_is_split_into_buckets_with_a_plan_each():
+    model = mlp()
+    reference = copy.deepcopy(model)
+    cap = 3 << 20  # storing everything fits up to ~518 rows, the floor up to ~925: 1024 fits no plan
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", dynamic=True,
+                         options={"memory_budget": cap, "dynamic_range": {"x.0": (128, 1024)}})
+    for rows in (200, 900, 300):  # the lower bucket, the upper one, the lower one again: two compiles
+        x = torch.randn(rows, 64)
+        step(x).backward()
+        loss_fn(reference(x)).backward()
+        got, want = grads(model), grads(reference)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+        measured = measure_step(lambda: step(x).backward())
+        model.zero_grad(set_to_none=True)
+        assert measured.peak_bytes <= cap, (rows, measured.peak_bytes)
+    low, high = remat.reports(step)
+    buckets = low.dynamic.buckets
+    assert buckets is not None and high.dynamic.buckets == buckets and len(buckets.bounds) == 2
+    assert [low.dynamic.ranges, high.dynamic.ranges] == [{str(buckets.symbol): b} for b in buckets.bounds]
+    assert not low.plan.names(remat.Decision.RECOMPUTE) and high.plan.names(remat.Decision.RECOMPUTE)
+    assert 900 <= buckets.fits_up_to < 1024
+    with pytest.raises(remat.InfeasibleBudgetError) as e:  # above every bucket: refused at its compile
+        step(torch.randn(1000, 64)).backward()
+    assert e.value.largest_fit == buckets.fits_up_to and f"is {buckets.fits_up_to}" in str(e.value)
 
 
 def test_the_last_compile_that_the_recompile_limit_allows_warns(caplog):

@@ -13,7 +13,7 @@ from remat.config import parse_dynamic_range
 from remat.errors import ConfigError
 from remat.cost import DeviceSpec
 from remat.simulate import simulate, store_all_plan
-from remat.symbolic import SymbolicSizes, box_max, live_bytes, no_guards, prove_peak, range_box
+from remat.symbolic import Buckets, SymbolicSizes, box_max, can_split, live_bytes, no_guards, prove_peak, range_box
 
 SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
 s = sympy.Symbol("s0", positive=True, integer=True)
@@ -100,3 +100,12 @@ def test_range_box_from_the_option_or_the_shape_env():
     assert range_box(SymbolicSizes({}, (), {s: 12}, {s: (1, None)}), None) is None
     with pytest.raises(ConfigError, match=r"names 'z.0', which is no dynamic size of g.*s0 \(L\['x'\]"):
         range_box(sizes, parse_dynamic_range({"z.0": (1, 2)}), "g")
+
+
+def test_buckets_hold_each_size_once_and_only_an_unbounded_size_is_split():
+    buckets = Buckets(s, ((128, 518), (519, 925)), range_hi=1024)
+    assert [buckets.index_of(n) for n in (128, 518, 519, 925, 926, 100)] == [0, 0, 1, 1, None, None]
+    assert buckets.fits_up_to == 925
+    assert buckets.describe() == "s0 in [128, 518], [519, 925], a plan each; above 925 refused"
+    sizes = SymbolicSizes({}, (), {s: 12, t: 8}, {s: (2, None), t: (4, 64)})
+    assert can_split(sizes, s) and not can_split(sizes, t)  # t: mark_dynamic(min=4, max=64)
