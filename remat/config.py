@@ -21,6 +21,7 @@ MIN_BUDGET = "min"
 SOLVER_NAMES = ("ilp", "greedy", "store_all", "recompute_all")
 ON_INFEASIBLE = ("error", "min")
 LAYER_MODES = ("auto", "mix", "tie", "free")
+RANK_MODES = ("agree", "local")
 BUDGET_HELP = (
     "memory_budget must be bytes (an integer, e.g. 314572800), a string with a unit "
     "('300MiB', '6GB', '1.5GiB'; decimal KB, MB, GB, TB are powers of 1000, binary KiB, MiB, GiB, "
@@ -122,6 +123,29 @@ def _parse_budget_string(value: str) -> Budget:
     return Budget(bytes=nbytes, text=repr(value))
 
 
+OUTSIDE_BYTES_HELP = (
+    "outside_bytes must be None (found from FSDP2's parameter groups, remat.outside_memory), bytes the step "
+    "allocates outside remat's graphs while they run (an integer >= 0, or a string with a unit: '300MiB', '2GB')"
+)
+
+
+def parse_outside_bytes(value: Any) -> int | None:
+    """Validate ``outside_bytes``: None, an integer >= 0, or a string of bytes with a unit (ConfigError
+    echoes ``value``; a ratio or "min" is not a number of bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = _BUDGET_RE.match(value)
+        unit = (m.group(2).lower() or "b") if m else ""
+        if unit not in _UNITS:
+            raise ConfigError(f"{OUTSIDE_BYTES_HELP}; got {value!r}")
+        return int(float(m.group(1)) * _UNITS[unit])
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 0:
+        raise ConfigError(f"{OUTSIDE_BYTES_HELP}; got {value!r}")
+    return int(number)
+
+
 DYNAMIC_RANGE_HELP = (
     "dynamic_range must be a pair (lo, hi) of sizes 1 <= lo <= hi for every dynamic size, or a dict of "
     "such pairs keyed by a size symbol ('s77') or an input dimension 'NAME.DIM' ('x.0'), e.g. {'x.0': (1, 64)}"
@@ -209,6 +233,15 @@ class RematConfig:
         named x). The plan is made at the range's worst corner and its peak proven <= the cap over
         the whole range. None (default): the ranges of ``mark_dynamic(x, 0, min=, max=)``, else the
         plan is made for the sizes traced.
+    outside_bytes: bytes that the step allocates outside remat's graphs while a graph runs (buffers of
+        a data-parallel wrapper, a framework's caches), taken off a byte cap (``remat.outside_memory``).
+        None (default): found from the module being run when it is an FSDP2 module (its all-gathered
+        parameters, the next group's prefetch, a reduce-scatter buffer, sharded gradients); 0 for
+        anything else (DDP's gradient buckets are allocated before the step: nothing to take off).
+    ranks: under torch.distributed with several ranks: "agree" (default): every rank checks that it
+        captured the same graph as rank 0, which plans for all (``remat.ranks``); "local": each rank
+        plans its own graphs (pipeline stages, ranks that compile different graphs; measured op
+        times may then make plans differ between ranks that run the same graph).
     verbose: print a one-line summary of every plan.
     """
 
@@ -225,6 +258,8 @@ class RematConfig:
     cost_model: str = "auto"
     layers: str = "auto"
     dynamic_range: Any = None
+    outside_bytes: Any = None
+    ranks: str = "agree"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -265,6 +300,11 @@ class RematConfig:
             raise ConfigError("offload=True needs host_bandwidth > 0 (or None for the device's link)")
         device_spec(self.device)
         object.__setattr__(self, "dynamic_range", parse_dynamic_range(self.dynamic_range))
+        object.__setattr__(self, "outside_bytes", parse_outside_bytes(self.outside_bytes))
+        if self.ranks not in RANK_MODES:
+            raise ConfigError(
+                f"ranks must be 'agree' (rank 0 plans every graph for all ranks, which must capture the same "
+                f"graphs) or 'local' (each rank plans its own graphs, e.g. pipeline stages); got {self.ranks!r}")
         if isinstance(self.device, dict):  # keep the config hashable
             object.__setattr__(self, "device", tuple(sorted(self.device.items())))
 

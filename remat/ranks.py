@@ -10,6 +10,9 @@ differs from rank 0's makes every rank raise a ``RematError`` naming the graph a
 Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the error it raised,
 which every rank raises in turn: a failure is an error on every rank, never a hang.
 
+Ranks that compile different graphs (pipeline stages) pass ``mode="local"`` (the ``ranks`` option):
+each plans its own graphs, as without distributed.
+
 Without ``torch.distributed`` (or with one process, or under the fake backend of
 ``torch.testing._internal.distributed.fake_pg``, which traces one process as one rank of many) it
 just runs ``make_plan()``. The objects go through the default process group when it is gloo, else
@@ -51,13 +54,14 @@ def _without_times(fields: dict) -> dict:
     return {k: v for k, v in fields.items() if k not in _TIMES}
 
 
-def agree_across_ranks(problem: Problem, make_plan: Callable[[], T]) -> T:
+def agree_across_ranks(problem: Problem, make_plan: Callable[[], T], mode: str = "agree") -> T:
     """What rank 0's ``make_plan()`` returned, on every rank (rank 0 alone calls it). Raises a
     RematError on every rank when a rank's Problem differs from rank 0's, and rank 0's error on
-    every rank when its ``make_plan()`` raised. Without distributed (``_several_ranks``): ``make_plan()``."""
+    every rank when its ``make_plan()`` raised. Without distributed (``_several_ranks``), or with
+    ``mode="local"`` (each rank plans its own graphs): ``make_plan()``."""
     import torch.distributed as dist
 
-    if not _several_ranks():
+    if mode == "local" or not _several_ranks():
         return make_plan()
     digests = _gathered(problem_digest(problem))
     _refuse_mismatch(problem.name, digests)
@@ -126,7 +130,8 @@ def _refuse_mismatch(graph: str, digests: list) -> None:
     raise RematError(
         f"{graph}: the ranks captured different problems (rank 0's digest {digests[0]}; {named}{more}), so "
         "they cannot share one plan; every rank must compile the same model, inputs' shapes and options "
-        "(a rank that compiles a graph the others do not, or pipeline stages, cannot plan under torch.distributed)")
+        "(ranks that compile different graphs, such as pipeline stages, plan each their own with the option "
+        "ranks='local')")
 
 
 def _portable(result: Any, error: Exception | None) -> tuple:

@@ -266,3 +266,22 @@ def test_dynamic_range_pairs_and_keys():
 def test_bad_dynamic_range_echoes_what_was_written(bad):
     with pytest.raises(ConfigError, match=r"dynamic_range must be a pair .*got " + re.escape(repr(bad))):
         RematConfig(dynamic_range=bad)
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), (0, 0), (4096, 4096), ("1.5MiB", 3 * 2**19), ("2KB", 2000),
+                                             ("100", 100), (np.int64(7), 7)])
+def test_outside_bytes_are_bytes(value, expected):
+    assert RematConfig(outside_bytes=value).outside_bytes == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "50%", "min", "lots", "3 parsecs"])
+def test_bad_outside_bytes_echo_what_was_written(bad):
+    with pytest.raises(ConfigError, match=r"outside_bytes must be None .*got " + re.escape(repr(bad))):
+        RematConfig(outside_bytes=bad)
+
+
+def test_ranks_modes():
+    assert RematConfig().ranks == "agree" and RematConfig(ranks="local").ranks == "local"
+    assert RematConfig(ranks="local").key() != RematConfig().key()
+    with pytest.raises(ConfigError, match=r"ranks must be 'agree' .* or 'local' .*got 'independent'"):
+        RematConfig(ranks="independent")

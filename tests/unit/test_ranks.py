@@ -2,7 +2,8 @@
 its op times; without torch.distributed (or under the fake backend) agree_across_ranks just
 plans; under 2 spawned gloo ranks rank 0 alone plans and both get its plan (also inside a fake
 tensor mode, as in Inductor), different problems raise on both ranks naming both digests and the
-graph, and rank 0's InfeasibleBudgetError is raised on both ranks."""
+graph, and rank 0's InfeasibleBudgetError is raised on both ranks; with mode="local" (the option
+ranks="local") each rank plans its own graph, different or not."""
 
 import dataclasses
 import json
@@ -87,8 +88,11 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         infeasible = outcome(lambda: agree_across_ranks(problem, refuse))
         other = chain_problem(layers=4 + rank)  # rank 1 captured a different graph
         mismatch = outcome(lambda: agree_across_ranks(other, make_plan))
-        result = {"agreed": agreed, "calls": calls, "infeasible": infeasible, "mismatch": mismatch,
-                  "digest": problem_digest(other)}
+        agreed_calls = list(calls)
+        calls.clear()
+        local = outcome(lambda: agree_across_ranks(other, make_plan, mode="local"))  # a pipeline stage each
+        result = {"agreed": agreed, "calls": agreed_calls, "local_calls": calls, "infeasible": infeasible, "mismatch": mismatch,
+                  "digest": problem_digest(other), "local": local}
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)
     finally:
@@ -100,6 +104,8 @@ def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
     results = run_on_ranks(rank_main, tmp_path, world=WORLD)
     assert [r["agreed"] for r in results] == [{"solver": "rank0"}] * WORLD
     assert results[0]["calls"] == [0] and results[1]["calls"] == []  # rank 1 never planned
+    assert [r["local_calls"] for r in results] == [[0], [1]]  # under ranks="local" each planned its own graph
+    assert [r["local"] for r in results] == [{"solver": "rank0"}, {"solver": "rank1"}]
     for r in results:
         assert r["infeasible"]["error"] == "InfeasibleBudgetError" and r["infeasible"]["min_peak"] == 1234
         assert r["mismatch"]["error"] == "RematError"
