@@ -37,7 +37,7 @@ from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
 from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
-from .symbolic import guard_fit, no_guards
+from .symbolic import guard_fit, has_range, no_guards
 from .wrapper_memory import collect_wrapper_code
 
 log = logging.getLogger("remat")
@@ -167,7 +167,7 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
 
     name, key = comp.next_graph_name(), comp.graph_key()
     resident = comp.resident_before(key)
-    plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg) else None
+    plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = plain[1] if plain is not None else None
     if not cfg.inductor_check:
         partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
@@ -291,9 +291,12 @@ def backward_start_bytes(peaks: InductorPeaks) -> int | None:
     return walks[1].start_bytes if walks is not None and len(walks) == 2 else None
 
 
-def _wants_plain_peak(cfg: RematConfig) -> bool:
-    """A ratio budget refers to plain torch.compile's peak, which the backend compiles to read."""
-    return cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
+def _wants_plain_peak(cfg: RematConfig, example_inputs: Sequence[Any]) -> bool:
+    """A ratio budget refers to plain torch.compile's peak, which the backend compiles to read;
+    not over a range of sizes, where the reference is the model's at the range's worst corner
+    (plain torch.compile's code is compiled only if the fallback needs it, read at that corner)."""
+    ratio = cfg.memory_budget is not None and cfg.memory_budget.ratio is not None and cfg.inductor_check
+    return ratio and not has_range(example_inputs, cfg.dynamic_range)
 
 
 def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any],

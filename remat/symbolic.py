@@ -101,9 +101,7 @@ class SymbolicSizes:
         """The symbolic sizes of a graph traced under ShapeEnv ``env``."""
         fixed = tuple(sympy.sympify(f) for f in fixed)
         symbols = set().union(*(e.free_symbols for e in (*activation_bytes.values(), *fixed)))
-        hints = {s: int(env.backed_var_to_val[s]) for s in symbols if s in env.backed_var_to_val}
-        sources = {s: tuple(_source_name(src) for src in env.var_to_sources.get(s, ())) for s in hints}
-        return cls(activation_bytes, fixed, hints, {s: _env_range(env, s) for s in hints}, sources)
+        return cls(activation_bytes, fixed, *_symbol_facts(env, symbols))
 
     @property
     def hinted(self) -> bool:
@@ -123,6 +121,36 @@ class SymbolicSizes:
                 else a for a in problem.activations]
         slots = [replace(s, fixed_bytes=int(f.subs(at))) for s, f in zip(problem.slots, self.fixed_bytes)]
         return replace(problem, slots=tuple(slots), activations=tuple(acts))
+
+
+def _symbol_facts(env: Any, symbols: set) -> tuple[dict, dict, dict]:
+    """Each backed symbol's hint, ShapeEnv range and Dynamo sources."""
+    hints = {s: int(env.backed_var_to_val[s]) for s in symbols if s in env.backed_var_to_val}
+    sources = {s: tuple(_source_name(src) for src in env.var_to_sources.get(s, ())) for s in hints}
+    return hints, {s: _env_range(env, s) for s in hints}, sources
+
+
+def input_sizes(example_inputs: Any) -> SymbolicSizes | None:
+    """The size symbols of a graph's example inputs (Dynamo's fake tensors and SymInts) with their
+    hints, ranges and sources, and no bytes; None when every size is static."""
+    env, symbols = None, set()
+    for v in example_inputs:
+        for d in v.shape if isinstance(v, torch.Tensor) else [v] if isinstance(v, torch.SymInt) else []:
+            if isinstance(d, torch.SymInt):
+                env, symbols = d.node.shape_env, symbols | d.node.expr.free_symbols
+    return None if env is None else SymbolicSizes({}, (), *_symbol_facts(env, symbols))
+
+
+def has_range(example_inputs: Any, dynamic_range: tuple | None) -> bool:
+    """Whether a graph with these example inputs is planned over a range of sizes (``range_box``):
+    a ``dynamic_range`` or a ``mark_dynamic`` min/max range covers one of its sizes."""
+    from .errors import ConfigError
+
+    sizes = input_sizes(example_inputs)
+    try:
+        return sizes is not None and range_box(sizes, dynamic_range) is not None
+    except ConfigError:  # a key that names no size of the inputs: the partitioner says so
+        return False
 
 
 def _source_name(source: Any) -> str:

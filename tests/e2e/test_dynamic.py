@@ -59,6 +59,20 @@ def test_one_plan_over_a_range_matches_eager_and_meets_the_cap_at_each_size():
     assert re.fullmatch(r"\d+\*s\d+ \+ \d+", d.peak_formula)  # bytes linear in the batch
 
 
+def test_a_ratio_over_a_range_compiles_no_plain_reference_that_planning_ignores(monkeypatch):
+    import remat.backend
+
+    calls = []
+    real = remat.backend.plain_compile
+    monkeypatch.setattr(remat.backend, "plain_compile", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model = mlp()
+    step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": "70%"})
+    step(batch(256)).backward()
+    (report,) = remat.reports(step)
+    assert report.compiled_with == "remat plan" and "modelled" in report.reference
+    assert calls == []  # the reference over a range is the model's at the corner: plain compile is not needed
+
+
 def test_a_cap_that_only_small_sizes_meet_is_refused_at_compile_time_naming_the_largest_fit():
     model = mlp()
     step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": "3MiB"})
