@@ -18,27 +18,56 @@ outputs, whose gradients come back). ``keep(key, nbytes)`` records that figure p
 by its Dynamo frame and its place among the graphs compiled for that frame (DDP's optimizer splits
 one frame's graph into several, ``graph_key``), in the order they were first compiled; a recompile
 of a frame replaces its figures (never counted twice); ``resident_before(key)`` sums the figures
-of the graphs first compiled before it.
+of the graphs first compiled before it, and adds what the step allocates outside the graphs while
+this one runs (``outside(key)``: the option ``outside_bytes``, else found from the module being
+compiled, ``remat.outside_memory``: FSDP2's buffers).
+
+A graph can run several times per step (one compiled block called for every layer, a loop over a
+graph break): each call keeps its saved bytes until its backward, while the plans counted them
+once. ``counted(compiled)`` wraps what Inductor made for a graph so that every call is watched at
+run time: when a backward starts, the calls whose backward has not started yet keep more than the
+plan of that graph counted (what earlier graphs keep, and itself once), a warning (logger ``remat``)
+names the figures and the byte cap that keeps the step under the cap given. A call whose backward
+never runs stops counting when autograd frees its graph.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import weakref
 from typing import Any
 
+from .errors import fmt_bytes
+from .outside_memory import NOTHING, OutsideMemory, outside_memory
+
 __all__ = ["Compilation", "compilation_for", "reports"]
+
+log = logging.getLogger("remat")
+Key = tuple[int, int]
 
 
 class Compilation:
-    """The graphs one ``torch.compile`` call planned, in the order they were compiled."""
+    """The graphs one ``torch.compile`` call planned, in the order they were compiled (``options``:
+    the dict that call passed to the backend)."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict | None = None) -> None:
+        from .config import parse_budget, parse_outside_bytes
+
+        options = options or {}
+        self._outside_option = parse_outside_bytes(options.get("outside_bytes"))
+        budget = parse_budget(options.get("memory_budget"))
+        self._byte_cap = budget.bytes if budget is not None else None
         self._lock = threading.Lock()
         self._reports: list = []
-        self._kept: dict[tuple[int, int], int] = {}  # graph key -> bytes it keeps, in first-compile order
-        self._graphs_of: dict[tuple[int, int], int] = {}  # (frame id, frame compile id) -> graphs so far
+        self._kept: dict[Key, int] = {}  # graph key -> bytes it keeps, in first-compile order
+        self._graphs_of: dict[Key, int] = {}  # (frame id, frame compile id) -> graphs so far
+        self._outside: dict[Key | None, OutsideMemory] = {}
+        self._compiling = threading.local()  # .key: the graph this thread compiles now
+        self._pending: dict[int, tuple[Key | None, int]] = {}  # id(call) -> (its graph, bytes it keeps)
+        self._warned = 0  # the largest excess warned of so far
+        self._names: dict[Key | None, str] = {}  # graph key -> its report's name ("graph1")
 
     def add(self, report: Any) -> None:
         with self._lock:
@@ -67,7 +96,8 @@ class Compilation:
             this_compile = (frame, compile_id.frame_compile_id)
             index = self._graphs_of.get(this_compile, 0)
             self._graphs_of[this_compile] = index + 1
-            return frame, index
+        self._compiling.key = (frame, index)
+        return frame, index
 
     def keep(self, key: tuple[int, int] | None, nbytes: int) -> None:
         """The graph ``key`` keeps ``nbytes`` until its backward runs (replaces the figure of an
@@ -76,8 +106,19 @@ class Compilation:
             return
         with self._lock:
             self._kept[key] = int(nbytes)
+            self._names[key] = f"graph{len(self._reports) - 1}"  # the report added last (``add``)
 
     def resident_before(self, key: tuple[int, int] | None) -> int:
+        """Bytes resident outside graph ``key`` while it runs: what the graphs first compiled
+        before it keep (``kept_before``) and what the step allocates outside the graphs
+        (``outside``, found now: call it while the graph compiles)."""
+        outside = self._outside_option
+        found = OutsideMemory((("given", outside),), "outside_bytes option") if outside is not None else outside_memory()
+        with self._lock:
+            self._outside[key] = found
+        return self.kept_before(key) + found.nbytes
+
+    def kept_before(self, key: tuple[int, int] | None) -> int:
         """Bytes that the graphs first compiled before ``key`` keep while it runs (all recorded
         graphs for one not compiled yet; 0 outside Dynamo)."""
         if key is None:
@@ -90,11 +131,98 @@ class Compilation:
                 total += nbytes
             return total
 
+    def outside(self, key: tuple[int, int] | None) -> OutsideMemory:
+        """What ``resident_before(key)`` found outside the graphs (nothing before it was called)."""
+        with self._lock:
+            return self._outside.get(key, NOTHING)
+
+    def counted(self, compiled: Any, key: Key | None = None) -> Any:
+        """``compiled`` (what Inductor made for graph ``key``; default: the graph this thread
+        compiled last, ``graph_key``) wrapped so that each call is watched until its backward
+        starts (see the module docstring). Inductor's calling convention (``_boxed_call``) is kept."""
+        import functools
+
+        key = key if key is not None else getattr(self._compiling, "key", None)
+        kept = self._kept.get(key, 0) if key is not None else 0
+        planned = self.kept_before(key) + kept
+
+        @functools.wraps(compiled)
+        def run(*args: Any) -> Any:
+            outputs = compiled(*args)
+            self._watch(key, kept, planned, outputs)
+            return outputs
+
+        return run
+
+    def _watch(self, key: Key | None, kept: int, planned: int, outputs: Any) -> None:
+        """Count this call of graph ``key`` as keeping ``kept`` bytes until its backward starts
+        (or autograd frees its graph); at that start, compare what all pending calls keep with
+        ``planned``."""
+        node = next((t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None), None)
+        if node is None or not kept:
+            return
+        hook = _BackwardStart(self, key, planned)
+        with self._lock:
+            self._pending[id(hook)] = (key, kept)
+        node.register_prehook(hook)
+        weakref.finalize(hook, self._done, id(hook))  # the node holds the hook until autograd frees it
+
+    def _done(self, call: int) -> None:
+        with self._lock:
+            self._pending.pop(call, None)
+
+    def _backward_starts(self, call: int, key: Key | None, planned: int) -> None:
+        with self._lock:
+            if call not in self._pending:
+                return
+            pending = list(self._pending.values())
+            del self._pending[call]
+            excess = sum(n for _, n in pending) - planned
+            if excess <= self._warned:
+                return
+            self._warned = excess
+        self._warn_excess(key, pending, planned, excess)
+
+    def _warn_excess(self, key: Key | None, pending: list, planned: int, excess: int) -> None:
+        runs = sum(1 for k, _ in pending if k == key)
+        fix = f" (memory_budget={self._byte_cap - excess} instead of {self._byte_cap})" if self._byte_cap else ""
+        log.warning(
+            "remat[%s]: when its backward started, %d calls of this compilation's graphs kept %s until their backward "
+            "(this graph ran %d times), where one run of it and of each graph compiled before it keeps %s: the step can "
+            "peak %s over the cap. A graph that runs several times per step (one compiled block for every layer, a "
+            "loop over a graph break) is planned as if it ran once; lower the cap by %s%s",
+            self._names.get(key, key), len(pending), fmt_bytes(sum(n for _, n in pending)), runs, fmt_bytes(planned),
+            fmt_bytes(excess), fmt_bytes(excess), fix)
+
+    @property
+    def excess_bytes(self) -> int:
+        """The most that calls pending their backward kept over what their plans counted (0: never)."""
+        with self._lock:
+            return self._warned
+
     @property
     def kept_bytes(self) -> dict[tuple[int, int], int]:
         """Bytes each graph keeps, by ``graph_key``, in first-compile order."""
         with self._lock:
             return dict(self._kept)
+
+
+class _BackwardStart:
+    """The pre-hook on a call's backward node: tells its compilation that the backward starts.
+    The node holds it (and nothing else does) until autograd frees the node."""
+
+    def __init__(self, comp: Compilation, key: Key | None, planned: int) -> None:
+        self.comp, self.key, self.planned = comp, key, planned
+
+    def __call__(self, grad_outputs: Any) -> None:
+        self.comp._backward_starts(id(self), self.key, self.planned)
+
+
+def _tensors(outputs: Any) -> list:
+    import torch
+
+    items = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [t for t in items if isinstance(t, torch.Tensor)]
 
 
 _LOCK = threading.Lock()
@@ -108,7 +236,7 @@ def compilation_for(options: dict) -> Compilation:
         entry = _BY_OPTIONS.get(key)
         if entry is not None and entry[0] is options:
             return entry[1]
-        comp = Compilation()
+        comp = Compilation(options)
         _BY_OPTIONS[key] = (options, comp)  # holding the dict keeps its id from being reused
     wrapper = _calling_wrapper(options)
     if wrapper is not None:  # forget the compilation with the compiled function

@@ -98,3 +98,36 @@ def test_a_second_graph_that_cannot_fit_names_the_smallest_cap_for_the_step():
     message = str(err)
     assert "graph1 needs" in message and "the smallest cap for the whole step" in message
     assert f"earlier graphs keep {fmt_bytes(first.kept_bytes)}" in message
+
+
+def watched(comp, kept: int, key=(7, 0)):
+    """A stand-in for a compiled graph that keeps ``kept`` bytes until its backward."""
+    comp.add("a report")
+    comp.keep(key, kept)
+    return comp.counted(lambda x: [torch.tanh(x)], key=key)
+
+
+def test_a_graph_run_several_times_before_its_backward_warns_with_the_excess(caplog):
+    comp = compilation_for({"memory_budget": "10MiB"})
+    run = watched(comp, 1000)
+    x = torch.randn(8, requires_grad=True)
+    with caplog.at_level("WARNING", logger="remat"):
+        sum(run(x)[0].sum() for _ in range(3)).backward()
+    assert comp.excess_bytes == 2000  # 3 runs kept 3000 B, the plan counted 1000 B
+    assert "remat[graph0]" in caplog.text and "this graph ran 3 times" in caplog.text
+    assert f"memory_budget={10 * MiB - 2000} instead of {10 * MiB}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="remat"):
+        for _ in range(2):  # one run per backward: what the plan counted
+            run(x)[0].sum().backward()
+    assert comp.excess_bytes == 2000 and not caplog.text
+
+
+def test_a_call_whose_backward_never_runs_stops_counting_when_its_graph_is_freed(caplog):
+    comp = compilation_for({"memory_budget": "10MiB"})
+    run = watched(comp, 1000)
+    x = torch.randn(8, requires_grad=True)
+    run(x)  # an evaluation under grad mode: its outputs are dropped, autograd frees its graph
+    with caplog.at_level("WARNING", logger="remat"):
+        run(x)[0].sum().backward()
+    assert comp.excess_bytes == 0 and not caplog.text
