@@ -1,14 +1,25 @@
-"""Solve time of the planner on GPT-2-small-shaped models analysed on fake tensors.
+"""Planning time of remat on deep models analysed on fake tensors: GPT-2 small, Llama-7B, Evoformer.
 
-    python benchmarks/solve_time.py [--layers 12,24,48] [--budgets 50%,30%] [--cache DIR]
+    python benchmarks/solve_time.py [--model gpt2|llama7b|evoformer] [--layers 12,24,48]
+                                    [--budgets 50%,30%] [--cache DIR]
                                     [--modes auto,mix,tie,free,greedy] [--time-limit 60]
 
-n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (GPT-2 small) at each depth. Each model is
-traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache`` keeps the Problem as
-JSON); its repeated layers are found (``remat.structure``), then each solver is timed on the same
-Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free"; "auto", the default,
-is "mix" from 8 layers per class) and the greedy.
-"partition" is layer finding plus planning plus the simulator's check. Prints a markdown table and writes benchmarks/results/solve_time.json.
+Models, each at every depth of ``--layers``:
+
+* ``gpt2``: n_embd 768, 12 heads, seq 1024, batch 8, vocab 50257 (``examples/gpt.py``);
+* ``llama7b``: Llama-7B's shape (hidden 4096, 32 heads, SwiGLU 11008, RMSNorm, rotary
+  embeddings, vocab 32000, bf16), seq 4096, batch 4: the activations (about 4.6 GB a layer)
+  dominate the 13.5 GB of weights. Built and traced under ``FakeTensorMode``: no weight is
+  ever allocated;
+* ``evoformer``: ``examples/evoformer.py`` at its default sizes with ``--layers`` blocks.
+
+Each model is traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache``
+keeps the Problem as JSON); its repeated layers are found (``remat.structure``), then each solver
+is timed on the same Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free";
+"auto", the default, is "mix" from 8 layers per class) and the greedy. "partition" is layer
+finding plus planning plus the simulator's check; "RSS" is the process's peak resident memory
+after that row (run with ``--cache`` on traced Problems to see the planner's alone). Prints a
+markdown table and writes ``--out`` (default benchmarks/results/solve_time.json).
 """
 
 from __future__ import annotations
@@ -21,25 +32,102 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 MODES = {"auto": ("ilp", "auto"), "mix": ("ilp", "mix"), "tie": ("ilp", "tie"), "free": ("ilp", "free"), "greedy": ("greedy", "")}
 
 
-def traced(layers: int, cache: str | None):
-    """The Problem of the GPT-2-small-shaped model at ``layers`` and the seconds tracing took."""
+class LlamaBlock(nn.Module):
+    """A Llama decoder layer: RMSNorm, rotary multi-head attention, RMSNorm, SwiGLU."""
+
+    def __init__(self, d: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_norm, self.mlp_norm = nn.RMSNorm(d), nn.RMSNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, ffn, bias=False), nn.Linear(d, ffn, bias=False)
+        self.down = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, d = x.shape
+        h = self.attn_norm(x)
+        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        h = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def _rotate(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Llama(nn.Module):
+    """Token embedding, ``layers`` Llama blocks, final RMSNorm and the vocabulary head."""
+
+    def __init__(self, layers=32, d=4096, heads=32, ffn=11008, vocab=32000, seq=4096) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(LlamaBlock(d, heads, ffn) for _ in range(layers))
+        self.norm, self.head = nn.RMSNorm(d), nn.Linear(d, vocab, bias=False)
+        hd = d // heads
+        angle = torch.outer(torch.arange(seq).float(), 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd))
+        self.register_buffer("cos", torch.cat((angle.cos(), angle.cos()), -1), persistent=False)
+        self.register_buffer("sin", torch.cat((angle.sin(), angle.sin()), -1), persistent=False)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        cos, sin = self.cos.to(x.dtype), self.sin.to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.head(self.norm(x))
+
+
+def llama7b(layers: int, batch: int = 4, seq: int = 4096):
+    """(model, inputs, loss_fn) of Llama-7B's shape in bf16, built on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = Llama(layers=layers, seq=seq)
+        finally:
+            torch.set_default_dtype(saved)
+        idx = torch.randint(0, 32000, (batch, seq))
+    return model, (idx,), lambda logits: logits.float().logsumexp(-1).mean()
+
+
+def gpt2(layers: int):
+    from gpt import factory
+
+    return factory(batch=8, vocab=50257, seq=1024, layers=layers, d=768, heads=12)
+
+
+def evoformer(layers: int):
+    from evoformer import factory
+
+    return factory(blocks=layers)
+
+
+MODELS = {"gpt2": gpt2, "llama7b": llama7b, "evoformer": evoformer}
+
+
+def traced(layers: int, cache: str | None, model: str = "gpt2"):
+    """The Problem of ``model`` at ``layers`` and the seconds tracing took (NaN: from the cache)."""
     import remat
     from remat.problem import Problem
 
-    from gpt import factory
-
-    path = Path(cache) / f"gpt2_{layers}.json" if cache else None
+    path = Path(cache) / f"{model}_{layers}.json" if cache else None
     if path is not None and path.exists():
         return Problem.load(path), float("nan")
-    model, inputs, loss_fn = factory(batch=8, vocab=50257, seq=1024, layers=layers, d=768, heads=12)
+    net, inputs, loss_fn = MODELS[model](layers)
     t0 = time.perf_counter()
-    problem = remat.analyze(model, inputs, loss_fn=loss_fn).problem
+    problem = remat.analyze(net, inputs, loss_fn=loss_fn).problem
     trace_s = time.perf_counter() - t0
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +179,7 @@ def main(argv=None) -> None:
     from remat.simulate import store_all_peak
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gpt2", choices=sorted(MODELS))
     ap.add_argument("--layers", default="12")
     ap.add_argument("--budgets", default="50%,30%")
     ap.add_argument("--modes", default="mix,tie,free,greedy", help="comma-separated: " + ", ".join(MODES))
@@ -101,17 +190,17 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     rows, models = [], []
     for depth in (int(x) for x in args.layers.split(",")):
-        problem, trace_s = traced(depth, args.cache)
+        problem, trace_s = traced(depth, args.cache, args.model)
         baseline = store_all_peak(problem)
-        print(f"GPT-2 small shape, {depth} layers: {len(problem.slots)} slots, {len(problem.activations)} "
+        print(f"{args.model}, {depth} layers: {len(problem.slots)} slots, {len(problem.activations)} "
               f"activations; traced in {trace_s:.1f} s; baseline peak {fmt_bytes(baseline)}")
-        models.append(dict(layers=depth, slots=len(problem.slots), activations=len(problem.activations),
+        models.append(dict(model=args.model, layers=depth, slots=len(problem.slots), activations=len(problem.activations),
                            baseline=baseline, trace_s=trace_s))
         for b in args.budgets.split(","):
             cap = parse_budget(b).resolve(baseline)
             for solver, layers in (MODES[m] for m in args.modes.split(",")):
                 r = plan_row(problem, cap, solver, layers, args.time_limit)
-                r.update(depth=depth, budget=b, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                r.update(model=args.model, depth=depth, budget=b, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 rows.append(r)
     print_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
+from functools import cached_property
 
 import numpy as np
 
@@ -367,14 +368,15 @@ class Structure:
         return need
 
     def jit(self, codes) -> tuple[list[bool], list[int], list[int]]:
-        """(needed, S, last_need) per candidate index for decision codes (NONE where unneeded)."""
+        """(needed, S, last_need) per candidate index for decision codes (NONE where unneeded).
+        Only RECOMPUTE candidates move anything: they are visited in reverse creation order (a
+        consumer comes after its inputs)."""
         cs = self.cands
-        m = len(cs)
         need = [c.d >= 0 for c in cs]
         S = [c.d for c in cs]
         ln = [c.D for c in cs]
-        for j in range(m - 1, -1, -1):
-            if need[j] and codes[j] == REC:
+        for j in np.flatnonzero(np.asarray(codes) == REC)[::-1].tolist():
+            if need[j]:
                 lo, hi = self.window(j, S[j])
                 for x in cs[j].all_inputs:
                     need[x] = True
@@ -408,17 +410,35 @@ class Structure:
 
     def evaluate(self, codes) -> tuple[np.ndarray, list[bool], list[int], list[int]]:
         """(profile, needed, S, last_need) for decision codes; codes of unneeded ones are ignored
-        and needed ones without a code count as STORE."""
+        and needed ones without a code count as STORE. Stored and recomputed candidates are
+        counted as arrays; OFFLOAD ones and those under kernel facts one by one."""
         need, S, ln = self.jit(codes)
-        cs = self.cands
-        sched = self.transfers(codes, need)
+        code = np.asarray(codes)
+        live = np.array(need, dtype=bool) & (self._bytes > 0)
+        by_one = live & ((code == OFF) | self._kernel_facts)
+        bulk = live & ~by_one
+        lo = np.where(code == REC, np.array(S, dtype=np.int64), self._lfu + 1)[bulk]
+        hi = np.array(ln, dtype=np.int64)[bulk]
+        los, his, bs = [lo[lo <= hi]], [hi[lo <= hi]], [self._bytes[bulk][lo <= hi]]
+        if by_one.any():
+            one = self._intervals_one_by_one(np.flatnonzero(by_one).tolist(), code, need, S, ln)
+            los.append(np.array(one[0], dtype=np.int64))
+            his.append(np.array(one[1], dtype=np.int64))
+            bs.append(np.array(one[2], dtype=np.int64))
+        lo_all, hi_all, b_all = np.concatenate(los), np.concatenate(his), np.concatenate(bs)
         diff = np.zeros(self.n + 1, dtype=np.int64)
+        np.add.at(diff, lo_all, b_all)
+        np.add.at(diff, hi_all + 1, -b_all)
+        return self.fixed + np.cumsum(diff[:-1]), need, S, ln
+
+    def _intervals_one_by_one(self, ids: list[int], code, need, S, ln) -> tuple[list, list, list]:
+        """(los, his, bytes) of the device intervals of needed candidates ``ids`` that are
+        OFFLOAD (copied under the joint schedule, else kept) or under kernel facts."""
+        cs = self.cands
+        sched = self.transfers(code, need)
         los, his, bs = [], [], []
-        for c in cs:
-            j = c.idx
-            if not need[j] or not c.bytes:
-                continue
-            d = codes[j]
+        for j in ids:
+            c, d = cs[j], int(code[j])
             copied = d == OFF and c.name in sched.free_after
             if d == REC:
                 lo = S[j]
@@ -433,23 +453,36 @@ class Structure:
                 lo = c.lfu + 1
             hi = ln[j]
             if not copied and (j in self.kernels or j in self.handover):
-                lo, hi = self._kernel_interval(j, d, lo, hi, codes, need, S, ln)
+                lo, hi = self._kernel_interval(j, d, lo, hi, code, need, S, ln)
             if lo <= hi:
                 los.append(lo)
                 his.append(hi)
                 bs.append(c.bytes)
-        if los:
-            b = np.array(bs, dtype=np.int64)
-            np.add.at(diff, np.array(los, dtype=np.int64), b)
-            np.add.at(diff, np.array(his, dtype=np.int64) + 1, -b)
-        return self.fixed + np.cumsum(diff[:-1]), need, S, ln
+        return los, his, bs
+
+    @cached_property
+    def _bytes(self) -> np.ndarray:
+        return np.array([c.bytes for c in self.cands], dtype=np.int64)
+
+    @cached_property
+    def _lfu(self) -> np.ndarray:
+        return np.array([c.lfu for c in self.cands], dtype=np.int64)
+
+    @cached_property
+    def _kernel_facts(self) -> np.ndarray:
+        """Per candidate: whether a recompute kernel or a handover of the last compile covers it."""
+        return np.array([c.idx in self.kernels or c.idx in self.handover for c in self.cands], dtype=bool)
 
     def transfers(self, codes, need=None):
         """The joint copy schedule of the needed OFFLOAD candidates that can be offloaded."""
         if need is None:
             need = self.needed(codes)
-        names = [c.name for c in self.cands if need[c.idx] and codes[c.idx] == OFF and c.off_ok]
+        names = [self.cands[j].name for j in self._offloadable if need[j] and codes[j] == OFF]
         return schedule_transfers(self.problem, names)
+
+    @cached_property
+    def _offloadable(self) -> list[int]:
+        return [c.idx for c in self.cands if c.off_ok]
 
     def profile(self, dec: Mapping[str, Decision]) -> np.ndarray:
         """Device bytes at every slot for normalized decisions (exact, int64)."""

@@ -33,8 +33,6 @@ with the greedy plan (used as warm start and fallback): the better plan under th
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 import warnings
 from bisect import bisect_right
@@ -48,15 +46,9 @@ from remat.plan import Decision, Plan
 from remat.problem import Problem
 
 from ._core import OFF, REC, STORE, Cand, Structure, make_plan
+from ._highs import HAVE_HIGHS, HiGHS, LpProblem, skip_banner
 from .greedy import run_greedy
 from .layered import build_menus, layer_groups
-
-try:  # pragma: no cover - import guard
-    import highspy  # noqa: F401
-
-    HAVE_HIGHS = True
-except Exception:  # pragma: no cover
-    HAVE_HIGHS = False
 
 LE, GE = pulp.LpConstraintLE, pulp.LpConstraintGE  # row senses
 _DOMINANCE_SPAN = 400  # breakpoints one dominance comparison may cross (keeps pruning near linear)
@@ -194,8 +186,12 @@ class Model:
     objective, then the memory rows. ``V`` maps keys such as ``("rec", idx)`` to variables.
 
     ``ties`` (candidate index -> its representative, see ``tie_map``) makes tied candidates share
-    their ``rec``/``off``/``keep`` binaries: the model then spans exactly the tied plans, and
-    every other row stays per candidate, so the peak is still bounded at every kept slot.
+    their ``rec``/``off``/``keep`` binaries, and their continuous ``st``/``y`` variables where
+    their kept starts and segments correspond (``continuous_ties``): the model then spans exactly
+    the tied plans. Every row is still written per candidate, over the shared variables, so every
+    feasible point satisfies the untied model's rows and the peak is still bounded at every kept
+    slot; a row that another candidate already wrote, identical after sharing, is added once (so
+    a tied stack's model holds one layer's rows, not one per layer).
     ``menus`` (``remat.solvers.layered.Menus``) gives each layer one binary ``z`` per layer plan
     it may take (exactly one is chosen) and writes the binaries of the layer's activations as
     sums of those ``z``: the model spans the plans that mix menu items across layers.
@@ -208,9 +204,11 @@ class Model:
         self.rows = rows
         self.ties = ties or {}
         self.menus = menus
+        self.cties = continuous_ties(st, self.ties) if ties else {}
         self._shared: dict = {}
+        self._written: set | None = set() if ties else None  # rows written so far, when shared
         self.unit, self.tscale = _scales(st)
-        self.prob = pulp.LpProblem("remat", pulp.LpMinimize)
+        self.prob = LpProblem("remat", pulp.LpMinimize)
         self._var = _var_factory(self.prob)
         self.num_other_rows = 0
         self.Z = self._menu_choices()
@@ -230,6 +228,7 @@ class Model:
         self._memory_rows(budget)
         self.num_cons = self.num_other_rows + self.num_rows
         self.num_binaries = len(self._shared) + len(self.Z)
+        self.num_vars = len({id(v) for v in self.V.values() if isinstance(v, pulp.LpVariable)}) + len(self.Z)
         self.build_s = time.perf_counter() - t0
 
     # ---- variables and row helpers -------------------------------------------------------------
@@ -247,10 +246,11 @@ class Model:
                 v = self._binary(kind, k)
                 if v is not None:
                     V[(kind, k)] = v
-            for b in c.sv if c.rec_ok else ():
-                V[("st", k, b)] = var(f"s{k}_{b}", 0, 1, C)
+            r = self.cties.get(k)
+            for i, b in enumerate(c.sv if c.rec_ok else ()):
+                V[("st", k, b)] = V[("st", r, self.st.cands[r].sv[i])] if r is not None else var(f"s{k}_{b}", 0, 1, C)
             for j in range(len(c.segs)):
-                V[("y", k, j)] = var(f"y{k}_{j}", 0, 1, C)
+                V[("y", k, j)] = V[("y", r, j)] if r is not None else var(f"y{k}_{j}", 0, 1, C)
         return V
 
     def _menu_choices(self) -> dict:
@@ -279,10 +279,17 @@ class Model:
         return self._shared[key]
 
     def _row(self, terms, sense, rhs, name: str) -> None:
-        """Add ``sum(coef * V[key]) sense rhs``; keys missing from V are dropped (they are 0)."""
+        """Add ``sum(coef * V[key]) sense rhs``; keys missing from V are dropped (they are 0).
+        Under ties, a row already written (same terms over the shared variables, same sense and
+        right-hand side) or one without terms that holds is left out."""
         V = self.V
-        e = _affine((V[key], cf) for key, cf in terms if key in V)
-        self.prob.addConstraint(pulp.LpConstraint(e, sense, name, rhs))
+        coefs = _coefficients((V[key], cf) for key, cf in terms if key in V)
+        if self._written is not None:
+            key = (frozenset((id(v), cf) for v, cf in coefs.items()), sense, rhs)
+            if key in self._written or (not coefs and _holds(sense, rhs)):
+                return
+            self._written.add(key)
+        self.prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(coefs), sense, name, rhs))
         self.num_other_rows += 1
 
     def _started(self, c: Cand, b: int) -> list:
@@ -428,11 +435,12 @@ class Model:
                     if const > budget:
                         self.infeasible_row = t
                     continue
-            row = pulp.LpConstraint(_affine(expr), LE, f"m{t}", rhs)
+            form = _affine(expr)
+            row = pulp.LpConstraint(form, LE, f"m{t}", rhs)
             self.prob.addConstraint(row)
             self._capped += [(row, const)] if budget is not None else []
             self.num_rows += 1
-            self.nnz += len(expr)
+            self.nnz += len(form)
 
     def set_budget(self, budget: int) -> None:
         """Move the memory rows to the cap ``budget`` (their forms do not depend on it). A row
@@ -489,19 +497,27 @@ class Model:
 
 
 def _affine(pairs) -> pulp.LpAffineExpression:
-    """A linear form from (variable or constant-free linear form, coef) pairs, summing the coefs
-    of a variable that repeats (tied variables, menu sums; ``LpAffineExpression`` would keep only
-    the last)."""
+    """A linear form from (variable or constant-free linear form, coef) pairs (``_coefficients``)."""
+    return pulp.LpAffineExpression(_coefficients(pairs))
+
+
+def _coefficients(pairs) -> dict:
+    """{variable: coef} from (variable or constant-free linear form, coef) pairs, summing the
+    coefs of a variable that repeats (tied variables, menu sums; ``LpAffineExpression`` would
+    keep only the last), zeros left out. Variables are keys by identity (PuLP hashes by ``id``)."""
     acc: dict = {}
     for v, cf in pairs:
         if isinstance(v, pulp.LpAffineExpression):
             for var, c2 in v.items():
-                old = acc.get(var.name)
-                acc[var.name] = (var, cf * c2 + old[1]) if old else (var, cf * c2)
+                acc[var] = acc.get(var, 0) + cf * c2
         else:
-            old = acc.get(v.name)
-            acc[v.name] = (v, cf + old[1]) if old else (v, cf)
-    return pulp.LpAffineExpression([vc for vc in acc.values() if vc[1]])
+            acc[v] = acc.get(v, 0) + cf
+    return {v: cf for v, cf in acc.items() if cf}
+
+
+def _holds(sense: int, rhs: float) -> bool:
+    """Whether ``0 sense rhs`` holds (a row whose terms all cancelled)."""
+    return rhs >= 0 if sense == LE else (rhs <= 0 if sense == GE else rhs == 0)
 
 
 def tie_map(st: Structure, layers) -> dict[int, int]:
@@ -517,6 +533,24 @@ def tie_map(st: Structure, layers) -> dict[int, int]:
                 for k in group[1:]:
                     ties[k] = group[0]
     return ties
+
+
+def continuous_ties(st: Structure, ties: dict[int, int]) -> dict[int, int]:
+    """Tied candidate -> representative whose ``st`` and ``y`` variables it shares: the same
+    number of kept starts below ``top`` and of live segments, and recomputable consumers tied to
+    the representative's. Sharing restricts the model (each row stays, over the shared
+    variables): corresponding activations of identical layers then take corresponding starts and
+    lifetimes, which they do under tied decisions unless a chain of recomputations crosses a
+    whole layer. The last layer's output (read by what follows the stack) keeps its own."""
+    out: dict[int, int] = {}
+    cs = st.cands
+    for k, r in ties.items():
+        c, rc = cs[k], cs[r]
+        if r >= k or len(c.sv) != len(rc.sv) or len(c.segs) != len(rc.segs) or c.rec_ok != rc.rec_ok:
+            continue
+        if sorted(ties.get(x, x) for x in c.rcons) == sorted(ties.get(x, x) for x in rc.rcons):
+            out[k] = r
+    return out
 
 
 def _var_factory(prob: pulp.LpProblem):
@@ -545,56 +579,16 @@ def _keep_terms(c: Cand) -> tuple[list, int]:
     return [(("keep", c.idx), 1)], 0
 
 
-class _HiGHS(pulp.HiGHS if HAVE_HIGHS else object):  # type: ignore[misc]
-    """pulp.HiGHS that hands the variables' initial values to HiGHS as a starting solution."""
-
-    def __init__(self, *args, warm: bool = False, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.warm = warm
-
-    def callSolver(self, lp):  # noqa: N802 - pulp's name
-        if self.warm:
-            vs = lp.variables()
-            idx = np.array([v.index for v in vs], dtype=np.int32)
-            val = np.array([float(v.varValue or 0.0) for v in vs], dtype=np.float64)
-            lp.solverModel.setSolution(len(idx), idx, val)
-        lp.solverModel.run()
-
-
-_banner_done = False
-
-
-def _skip_highs_banner() -> None:
-    """HiGHS prints a copyright banner on stdout when the first solver of a process is made,
-    whatever its options: make that first one with stdout (the file descriptor) sent nowhere."""
-    global _banner_done
-    if _banner_done:
-        return
-    _banner_done = True
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):  # no real stdout: nothing to protect
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool, threads: int | None):
     """Run the solver; returns (sol_status, bound, gap, seconds)."""
     t0 = time.perf_counter()
     limit = max(0.1, float(time_limit))
     if backend == "highs":
-        _skip_highs_banner()
+        skip_banner()
         kw = {}
         if gap <= 0:
             kw["mip_abs_gap"] = 1e-9
-        solver = _HiGHS(msg=False, timeLimit=limit, gapRel=gap, threads=threads, warm=warm, **kw)
+        solver = HiGHS(msg=False, timeLimit=limit, gapRel=gap, threads=threads, warm=warm, **kw)
     else:
         with warnings.catch_warnings():  # PuLP 3.x flags PULP_CBC_CMD as deprecated for 4.0
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -932,7 +926,7 @@ def _model_info(st: Structure, rows: Rows, model: Model, backend: str, build_s: 
     """The sizes of the model that ``Plan.info`` reports."""
     return {
         "backend": backend,
-        "num_vars": len(model.V),
+        "num_vars": model.num_vars,
         "num_constraints": model.num_cons,
         "memory_rows": model.num_rows,
         "constraint_slots_kept": len(rows.reps),
