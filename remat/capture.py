@@ -56,6 +56,7 @@ import torch.fx as fx
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
 from .kernel_groups import KernelGroups
+from .passes import rng_replay
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
 
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 aten = torch.ops.aten
 
 _EXTRA_VIEWS = {aten._unsafe_view.default, aten.copy_.default}
-_RANDOM = {"prims.inductor_random.default", "prims.inductor_seeds.default", "prims.inductor_lookup_seed.default"}
 
 # Smallest activation worth a copy to host: each copy costs two custom ops, a stream hop and an
 # event (about 0.2 ms of host time per copy on an H200, benchmarks/gpu_diag.py), and frees little.
@@ -95,13 +95,18 @@ def _tags(n: fx.Node) -> set:
 
 
 def is_random(n: fx.Node) -> bool:
-    """Whether ``n`` draws random numbers (recomputing it would draw different ones)."""
-    return str(n.target) in _RANDOM or torch.Tag.nondeterministic_seeded in _tags(n)
+    """Whether ``n`` draws fresh random numbers (recomputing it would draw different ones); ops
+    that replay a seed the forward drew are not (``remat.passes.rng_replay``)."""
+    return rng_replay.draws(n)
+
+
+def _pointwise(n: fx.Node) -> bool:
+    """A pointwise op, as Inductor fuses it (its seeded random prims included)."""
+    return torch.Tag.pointwise in _tags(n) or rng_replay.fusible(n)
 
 
 def _fusible_consumer(n: fx.Node) -> bool:
-    tags = _tags(n)
-    return torch.Tag.pointwise in tags or torch.Tag.reduction in tags
+    return _pointwise(n) or torch.Tag.reduction in _tags(n)
 
 
 def takes_slot(n: fx.Node) -> bool:
@@ -372,7 +377,7 @@ def fused_values(g: GraphFacts) -> set[fx.Node]:
 def _materialized(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]]) -> bool:
     """Whether storage ``s`` is a buffer: not pointwise, pinned, read by a graph output, by a
     non-fusible op of its phase, or by several kernels."""
-    if torch.Tag.pointwise not in _tags(s) or s in g.pinned:
+    if not _pointwise(s) or s in g.pinned:
         return True
     phase_nodes = g.forward if s in g.forward else g.backward
     stack, kernels = [s], set()
@@ -662,7 +667,7 @@ def recomputable(c: fx.Node) -> bool:
     from torch._functorch.partitioners import _must_be_in_forward
 
     return not (
-        is_random(c) or c.is_impure() or _must_be_in_forward(c)
+        is_random(c) or c.is_impure(impure_random=False) or _must_be_in_forward(c)
         or c.meta.get("recompute") is not None and "MUST_SAVE" in str(c.meta.get("recompute"))
     )
 
@@ -738,7 +743,10 @@ def capture(
     """Build the Problem of a joint graph whose forward ops are ``forward_nodes``; op times from
     ``costs`` where measured, else from the roofline of ``spec``; with ``kernel_groups`` (the
     kernels Inductor generated for this graph last time), each kernel's ops allocate and free
-    as one."""
+    as one. A training dropout of the forward is first rewritten to replay its generator state
+    (``rng_replay.replay_dropouts``, in place: the rewrite pass finds it in ``joint``)."""
+    rng_replay.replay_dropouts(joint, forward_nodes)
+    forward_nodes = forward_nodes | rng_replay.state_nodes(joint)  # this capture's or an earlier one's
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     fused = fused_values(g)

@@ -4,7 +4,9 @@ The forward graph saves exactly the STORE (and OFFLOAD) activations, plus the re
 sizes that backward reads. The backward graph recomputes every RECOMPUTE activation once, just
 before the first backward op that needs it, directly or through another recomputation (the
 just-in-time placement that ``remat.problem`` models), in dependency order; views of saved values
-are re-derived where they are read.
+are re-derived where they are read. A recomputed random value replays the forward's draw: a
+replayed dropout leaves the generator as it found it, and a backward that would draw fresh
+numbers is refused (``remat.passes.rng_replay``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from ..capture import is_view
-from . import offload_ops  # registers torch.ops.remat.*, which the rewritten graphs call
+from . import offload_ops, rng_replay  # register torch.ops.remat.*, which the rewritten graphs call
 from ..errors import PlanError
 from ..plan import Decision, Plan
 from ..problem import Problem
@@ -54,12 +56,12 @@ def saved_nodes(
             saved.append(i)
         elif is_sym_node(i):
             saved_sym.append(i)
+        elif d is None and not is_view(i) and _is_forward_output(joint, i):
+            saved.append(i)  # live anyway: the user holds it (an element of a tuple op's result too)
         elif d is Decision.RECOMPUTE or i.name in folded or is_view(i) or i.target is operator.getitem or not isinstance(
             i.meta.get("val"), torch.Tensor
         ):
             todo += i.all_input_nodes
-        elif _is_forward_output(joint, i):
-            saved.append(i)  # live anyway: the user holds it
         else:
             raise PlanError(f"backward reads {i.name!r}, which the plan neither stores nor recomputes")
     order = {n: k for k, n in enumerate(joint.graph.nodes)}
@@ -156,6 +158,7 @@ def apply_plan(
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
 
+    forward_nodes = forward_nodes | rng_replay.state_nodes(joint)
     saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded, num_fwd_outputs)
     fw, bw = P._extract_fwd_bwd_modules(
         joint,
@@ -167,7 +170,8 @@ def apply_plan(
     # The extraction copies every op whose inputs are available, random ones included, and DCE
     # keeps unused random ops under fallback_random: drop them, or backward would re-draw.
     bw.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure(impure_random=False))
-    bw.recompile()
+    rng_replay.quiet_backward(bw)
+    rng_replay.check_backward(bw)
     if P.has_recomputable_ops(joint) and P.has_recomputable_rng_ops(joint):
         fw, bw = P.functionalize_rng_ops(joint, fw, bw, len(saved_sym))
     bw = P.reordering_to_mimic_autograd_engine(bw)  # each recomputation just before its first need

@@ -270,17 +270,19 @@ def test_kernel_reads_and_slot_times_follow_fused_kernels(mlp_steps):
     assert alone[n["native_dropout_backward"]] == mb + 128 + mb
 
 
-def test_capture_builds_activations_of_the_mlp(mlp_joint):
-    joint, fwd, n = mlp_joint
+def test_capture_builds_activations_of_the_mlp():
+    joint, fwd, n = trace_joint(mlp, *_weights())  # capture rewrites the dropout in place: a graph of its own
     spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
     captured = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec, host_bandwidth=5.0, name="mlp")
     problem = captured.problem
     assert problem.name == "mlp" and problem.host_bandwidth == 5.0
-    assert [s.name for s in problem.slots] == ["mm", "relu", "native_dropout", "mm_1", "tanh"] + captured.backward_order
+    state = "native_dropout_rng_state"  # the generator's state, saved before the dropout draws
+    assert [s.name for s in problem.slots] == ["mm", "relu", state, "native_dropout", "mm_1", "tanh"] + captured.backward_order
     acts = {a.name: a for a in problem.activations}
-    assert set(acts) == {"mm", "relu", "getitem", "getitem_1"}  # mm: only to recompute relu
+    assert set(acts) == {"mm", "relu", state, "getitem", "getitem_1"}  # mm: only to recompute relu
     assert acts["relu"].inputs == ("mm",) and acts["relu"].recomputable
-    assert not acts["getitem"].recomputable and not acts["getitem_1"].recomputable  # random: dropout
+    assert not acts[state].recomputable and acts[state].bytes == torch.get_rng_state().numel()
+    assert acts["getitem_1"].recomputable and acts["getitem_1"].inputs == (state, "relu")  # replayed, not drawn
     assert acts["getitem_1"].dtype == "bool" and acts["getitem_1"].shape == (8, 16)
     assert not any(a.offloadable for a in acts.values())  # far below MIN_OFFLOAD_BYTES
     assert "getitem_1" in captured.forward_nodes and "detach" not in captured.forward_nodes

@@ -1,0 +1,109 @@
+"""Random ops replayed from the seed or generator state that the forward drew (remat.passes.rng_replay)."""
+
+import pytest
+import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_*)
+import torch.fx as fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import remat
+import remat.passes.rng_replay as rng_replay
+from remat.errors import PlanError
+from remat.passes.rng_replay import REPLAY_DROPOUT, RNG_STATE, check_backward, draws, replay_dropouts, replays
+
+prims = torch.ops.prims
+
+
+def test_replay_dropout_draws_as_eager_and_a_quiet_replay_leaves_the_generator_alone():
+    x = torch.rand(64, 33) + 0.5
+    torch.manual_seed(7)
+    eager, eager_mask = torch.ops.aten.native_dropout(x, 0.3, True)
+    eager_after = torch.get_rng_state()
+
+    torch.manual_seed(7)
+    state = rng_replay.rng_state(x)
+    out, mask = rng_replay.replay_dropout(state, x, 0.3, True)
+    assert torch.equal(out, eager) and torch.equal(mask, eager_mask)
+    assert torch.equal(torch.get_rng_state(), eager_after)  # the forward moves the stream as eager does
+
+    _, again = rng_replay.replay_dropout(state, x, 0.3, False)
+    assert torch.equal(again, mask)  # the backward's mask is the forward's, bit for bit
+    assert torch.equal(torch.get_rng_state(), eager_after)  # and the next draw is eager's next draw
+
+
+def _seeded_graph() -> fx.GraphModule:
+    g = fx.Graph()
+    seeds = g.call_function(prims.inductor_seeds.default, (1, torch.device("cpu")))
+    seed = g.call_function(prims.inductor_lookup_seed.default, (seeds, 0))
+    noise = g.call_function(prims.inductor_random.default, ([4, 4], seed, "rand"))
+    g.output((noise,))
+    return fx.GraphModule(torch.nn.Module(), g)
+
+
+def test_only_the_seed_draws_inductors_seeded_prims_replay():
+    seeds, seed, noise = list(_seeded_graph().graph.nodes)[:3]
+    assert draws(seeds) and not replays(seeds)
+    assert replays(seed) and replays(noise) and not draws(seed) and not draws(noise)
+    assert rng_replay.fusible(noise) and not rng_replay.fusible(seeds)
+
+
+def test_a_backward_that_would_draw_fresh_numbers_is_refused():
+    with pytest.raises(PlanError, match="inductor_seeds"):
+        check_backward(_seeded_graph())
+    g = fx.Graph()
+    x = g.placeholder("x")
+    state = g.placeholder("state")
+    g.output((g.call_function(REPLAY_DROPOUT, (state, x, 0.5, False)),))
+    check_backward(fx.GraphModule(torch.nn.Module(), g))  # a replay is fine
+
+
+def test_replay_dropouts_rewrites_a_training_dropout_in_place_and_keeps_eager_numbers():
+    def f(x):
+        a, m = torch.ops.aten.native_dropout(x, 0.5, True)
+        b, _ = torch.ops.aten.native_dropout(x, 0.5, False)  # not training: left alone
+        return a, m, b
+
+    x = torch.rand(16, 16) + 0.5
+    gm = make_fx(f)(x)
+    dropout = next(n for n in gm.graph.nodes if n.name == "native_dropout")
+    states = replay_dropouts(gm, set(gm.graph.nodes))
+    assert [s.target for s in states] == [RNG_STATE]
+    assert dropout.target is REPLAY_DROPOUT and dropout.args[0] in states and dropout.args[3] is True
+    assert sum(n.target is torch.ops.aten.native_dropout.default for n in gm.graph.nodes) == 1
+    torch.manual_seed(3)
+    want = f(x)
+    torch.manual_seed(3)
+    got = gm(x)
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
+
+
+class TwoDropouts(torch.nn.Module):
+    """Activations far larger than the weights, so that masks weigh at the floor."""
+
+    def __init__(self, d: int = 64, h: int = 256) -> None:
+        super().__init__()
+        self.l1, self.l2, self.l3 = torch.nn.Linear(d, h), torch.nn.Linear(h, h), torch.nn.Linear(h, d)
+        self.drop = torch.nn.Dropout(0.25)
+
+    def forward(self, x):
+        return self.l3(self.drop(torch.relu(self.l2(self.drop(torch.relu(self.l1(x)))))))
+
+
+def _floor(model, x) -> tuple[int, dict]:
+    report = remat.analyze(model, (x,), memory_budget="min")
+    return report.predicted_peak_bytes, {k: v.value for k, v in report.decisions.items()}
+
+
+@pytest.mark.parametrize("fallback_random", [False, True])
+def test_replaying_masks_lowers_the_floor_below_storing_them(fallback_random, monkeypatch):
+    torch.manual_seed(0)
+    model, x = TwoDropouts(), torch.randn(2048, 64)
+    with torch._inductor.config.patch(fallback_random=fallback_random):
+        replayed, decisions = _floor(model, x)
+        draws_before = rng_replay.draws  # before: every random op's result was stored
+        monkeypatch.setattr(rng_replay, "draws", lambda n: draws_before(n) or replays(n))
+        stored, _ = _floor(model, x)
+    masks = ("getitem_1", "getitem_3") if fallback_random else ("gt", "gt_1")
+    assert any(decisions.get(m) == "recompute" for m in masks), decisions
+    mask = 2048 * 256  # one bool mask
+    assert replayed <= stored - mask // 2, (replayed, stored)
