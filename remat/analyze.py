@@ -13,6 +13,8 @@ The ``Report`` (explanation, timeline plot, JSON) lives in ``remat.report``, the
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
 import types
 from typing import Any, Callable
@@ -70,10 +72,56 @@ def capture_step(model: Callable, example_inputs: Any, loss_fn: Callable | None,
 
 
 def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options) -> Report:
-    """Plan a model's training step offline (fake tensors, no step runs); returns a Report."""
+    """Plan a model's training step offline (fake tensors, no step runs); returns a Report.
+
+    ``dynamic_range={"x.0": (lo, hi)}`` plans over a range of sizes: dimension 0 of the model's
+    argument ``x`` (a name of its forward's parameters, or the position of an example input:
+    ``"0.0"``) is traced as a size symbol over lo..hi, as ``mark_dynamic(x, 0, min=lo, max=hi)``
+    would; the report then gives the peak as a formula and at the range's ends (``Report.dynamic``)."""
     cfg = RematConfig.from_options({"memory_budget": memory_budget, **options})
-    report = capture_step(model, example_inputs, loss_fn, RematPartitioner(cfg, analyze_only=True))
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    marked = mark_ranges(model, tuple(example_inputs), cfg.dynamic_range)
+    planning = dataclasses.replace(cfg, dynamic_range=None)  # the trace carries the ranges (mark_dynamic)
+    report = capture_step(model, marked, loss_fn, RematPartitioner(planning, analyze_only=True))
     return Report(report, cfg)
+
+
+def mark_ranges(model: Callable, example_inputs: tuple, dynamic_range: tuple | None) -> tuple:
+    """``example_inputs`` with each dimension that ``dynamic_range`` names (``"x.0"``: parameter
+    ``x`` of the model's forward, or ``"0.0"``: the first input) marked dynamic over its range,
+    on a shallow copy of the input (the caller's tensor keeps no mark). ConfigError for a bare
+    pair (offline, remat must be told which dimension changes), a name that is no input, or an
+    example size outside its range."""
+    from .config import ALL_SIZES
+    from .errors import ConfigError
+
+    inputs, copies = list(example_inputs), {}
+    names = _input_names(model, len(inputs))
+    for key, (lo, hi) in dynamic_range or ():
+        name, _, dim = key.rpartition(".")
+        index = int(name) if name.isdigit() else names.index(name) if name in names else None
+        if key == ALL_SIZES or index is None or index >= len(inputs) or not dim.isdigit():
+            raise ConfigError(f"dynamic_range key {key!r}: offline, name an input dimension as 'x.0' (x among "
+                              f"{names}) or '0.0' (the first input), e.g. {{'{names[0] if names else 0}.0': (1, 64)}}")
+        x, d = inputs[index], int(dim)
+        if not isinstance(x, torch.Tensor) or d >= x.dim() or not lo <= x.shape[d] <= hi:
+            size = x.shape[d] if isinstance(x, torch.Tensor) and d < x.dim() else "no such dimension"
+            raise ConfigError(f"dynamic_range {key!r}: ({lo}, {hi}) must hold the example input's size ({size})")
+        if index not in copies:
+            copies[index] = inputs[index] = x.detach().requires_grad_(x.requires_grad)
+        torch._dynamo.mark_dynamic(inputs[index], d, min=lo, max=hi)
+    return tuple(inputs)
+
+
+def _input_names(model: Callable, count: int) -> list[str]:
+    """The names of the model's first ``count`` positional parameters (its forward's, for a module)."""
+    fn = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:count]
 
 
 # ``remat.analyze`` is both this module and (in ``remat/__init__``) the function: importing the

@@ -246,9 +246,11 @@ def cmd_analyze(args) -> int:
     model, inputs, loss_fn = build(args.target, fargs, fake=fake)
     print(f"model: {args.target} ({'fake' if fake else 'real'} tensors{_param_count(model)})")
     t0 = time.perf_counter()
-    report = analyze(model, inputs, memory_budget=budget, loss_fn=loss_fn, **opts)
+    report = analyze(model, inputs, memory_budget=budget, loss_fn=loss_fn, **opts, **_ranges(args.range))
     elapsed = time.perf_counter() - t0
     print(_fit(report.summary()))
+    for line in report.dynamic_lines():
+        print(_fit(line))
     print(_fit(f"predicted step {_fmt_time(report.step_time_s)} without remat, +{_fmt_time(report.added_time_s)} "
                f"({report.overhead:.1%}) with the plan; analysis took {elapsed:.1f} s"))
     if not args.no_table:
@@ -289,11 +291,28 @@ def _row_count(value: str) -> int | None:
     return n
 
 
+def _ranges(values: Sequence[str] | None) -> dict[str, Any]:
+    """--range x.0=LO:HI (repeatable) as the ``dynamic_range`` option ({} when none is given)."""
+    out = {}
+    for value in values or ():
+        key, _, span = value.partition("=")
+        lo, _, hi = span.partition(":")
+        if not (key and lo.strip().isdigit() and hi.strip().isdigit()):
+            raise CLIError(f"bad --range {value!r}: give an input dimension and its sizes, e.g. x.0=1:64 "
+                           "(dimension 0 of the model's argument x) or 0.1=64:512 (dimension 1 of the first input)")
+        out[key] = (int(lo), int(hi))
+    return {"dynamic_range": out} if out else {}
+
+
 def _write_outputs(report: Any, args) -> None:
     if getattr(args, "json", None):
         print(f"wrote {report.to_json(args.json)}")
     if args.plot:
         print(f"wrote {report.timeline(args.plot)}")
+    if getattr(args, "plot_sizes", None):
+        if report.graph.dynamic is None:
+            raise CLIError("--plot-sizes draws the peak vs a dynamic size: give --range too")
+        print(f"wrote {report.peak_vs_size(args.plot_sizes)}")
     if getattr(args, "memory_snapshot", None):
         path = report.to_memory_snapshot(args.memory_snapshot)
         print(f"wrote {path} (open it at https://pytorch.org/memory_viz)")
@@ -452,6 +471,10 @@ def _add_analyze(sub) -> None:
     p.add_argument("--budget", default=None, help="cap on the step's peak: '300MiB', '6GB', bytes, or '60%%' of the no-remat peak")
     p.add_argument("--json", metavar="PATH", help="write problem + plan + config as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the memory timeline (PNG)")
+    p.add_argument("--range", action="append", metavar="X.DIM=LO:HI",
+                   help="plan over sizes LO..HI of an input dimension (x.0: dimension 0 of the model's argument x; "
+                        "0.1: dimension 1 of the first input); repeatable. Prints the peak as a formula and at the ends")
+    p.add_argument("--plot-sizes", metavar="PATH", help="with --range: write the predicted peak vs the size (PNG)")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step compiled with backend remat and print its measured peak")
     _table_arguments(p)

@@ -271,8 +271,9 @@ def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof
         fit += (f"; {proof.symbol}={sizes.hints[proof.symbol]} was traced, and only the sizes up to {largest} "
                 f"have plans (buckets {buckets.describe()})")
     elif largest is not None and not can_split(sizes, proof.symbol):
-        fit += (" (a mark_dynamic min/max range is one graph to Dynamo, which refuses narrower guards: give "
-                "the range as the dynamic_range option instead and remat splits it into buckets)")
+        fit += (" (a range with mark_dynamic's min/max, as remat.analyze traces too, is one graph to Dynamo, "
+                "so remat cannot split it into buckets; under torch.compile the dynamic_range option, without "
+                "mark_dynamic's bounds, lets remat split it)")
     step = f" (the step's cap less {fmt_bytes(resident)} kept by earlier graphs)" if resident else ""
     return InfeasibleBudgetError(budget + resident, floor + resident, largest_fit=largest, detail=(
         f"graph {graph} over {describe_sizes(ranges, {str(s): v for s, v in sizes.sources.items()})}: the peak is "

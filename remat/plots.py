@@ -149,3 +149,28 @@ def plot_benchmark(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_peak_vs_size(path: str | Path, sizes: Sequence[int], plan: Sequence[int], baseline: Sequence[int], *,
+                      symbol: str, cap: int | None = None, buckets: Sequence[tuple[int, int]] = (),
+                      title: str = "") -> Path:
+    """The predicted peak of a plan and of storing everything (no remat) at each size of a
+    dynamic size ``symbol``, with the cap as a line; ``buckets``: the sizes each plan of a split
+    range covers (shaded in turn)."""
+    plt = _pyplot()
+    unit, scale = byte_unit(max([*plan, *baseline, cap or 0, 1]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(sizes, [b / scale for b in baseline], color="tab:gray", lw=1.2, label="no remat (store everything)")
+    ax.plot(sizes, [p / scale for p in plan], color="tab:blue", lw=1.5, label="plan")
+    if cap is not None:
+        ax.axhline(cap / scale, color="tab:red", ls="--", lw=1.2, label=f"cap {cap / scale:.1f} {unit}")
+    for i, (lo, hi) in enumerate(buckets):
+        ax.axvspan(lo, hi, color="tab:green" if i % 2 == 0 else "tab:olive", alpha=0.08, lw=0,
+                   label="buckets" if i == 0 else None)
+    ax.set_xlabel(f"size {symbol}")
+    ax.set_ylabel(f"predicted peak ({unit})")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -22,9 +22,10 @@ from .capture import Captured
 from .config import RematConfig
 from .errors import fmt_bytes
 from .plan import Decision, Plan, status_words
-from .plots import plot_timeline
+from .plots import plot_peak_vs_size, plot_timeline
 from .problem import Activation, Problem
 from .simulate import MemoryTimeline, live_intervals, recompute_starts, simulate, store_all_plan
+from .symbolic import describe_sizes, live_bytes, peak_formula, peaks_at
 
 __all__ = [
     "ExplainRow", "Explanation", "JSON_FORMAT", "Report", "explain_plan", "fmt_time", "load", "load_plan",
@@ -454,6 +455,17 @@ def memory_snapshot(problem: Problem, plan: Plan) -> dict:
 # ---- the report ----------------------------------------------------------------------------------
 
 
+def _range_ends(graph: GraphReport) -> tuple:
+    """The size symbol of a dynamic graph's figures (its proof's) and the sizes at the two ends of
+    its range (the other symbols at the sizes planned at)."""
+    d, sizes = graph.dynamic, graph.captured.symbolic
+    by_name = {str(x): x for x in sizes.symbols}
+    planned = {by_name[name]: v for name, v in d.planned_at.items() if name in by_name}
+    symbol = d.proof.symbol
+    lo, hi = d.ranges[str(symbol)]
+    return symbol, [{**planned, symbol: lo}, {**planned, symbol: hi}]
+
+
 def _config_to_dict(cfg: RematConfig) -> dict:
     """Every RematConfig field as JSON (the budget as bytes or a ratio, a custom device as a dict)."""
     out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
@@ -571,6 +583,44 @@ class Report:
             layer_starts=layer_starts(self.problem),
             title=title or f"remat {self.problem.name}: {counts}; +{self.added_time_s * 1e3:.2f} ms predicted",
         )
+
+    # ---- dynamic shapes --------------------------------------------------------------------------
+    def dynamic_lines(self) -> list[str]:
+        """Under dynamic shapes, the sizes planned over, the peak of the plan and of storing
+        everything as formulas in the size symbol and their values at the range's ends, and the
+        added time (empty for a static graph). Op times are priced at the sizes planned at."""
+        d = self.graph.dynamic
+        if d is None:
+            return []
+        symbol, ends = _range_ends(self.graph)
+        planned = ", ".join(f"{s}={v}" for s, v in d.planned_at.items())
+        lines = [f"sizes: {describe_sizes(d.ranges, d.sources)}; planned at {planned}"]
+        for what, plan in (("plan", self.plan), ("no remat", store_all_plan(self.problem))):
+            live = live_bytes(self.problem, self.graph.captured.symbolic, plan)
+            at = ", ".join(f"{fmt_bytes(v)} at {symbol}={p[symbol]}" for v, p in zip(peaks_at(live, ends), ends))
+            lines.append(f"peak ({what}): {peak_formula(live, ends[-1])} bytes near {symbol}={ends[-1][symbol]}; {at}")
+        if d.buckets is not None:
+            lines.append(f"buckets: {d.buckets.describe()}; this plan covers {describe_sizes(d.ranges, {})}")
+        lines.append(f"added time: +{fmt_time(self.added_time_s)} at {planned} (op times are priced at the sizes "
+                     "planned at, not yet as functions of the sizes)")
+        return lines
+
+    def peak_vs_size(self, path: str | Path, points: int = 48) -> Path:
+        """Write a PNG of the predicted peak of the plan and of storing everything at sizes across
+        the range of a dynamic-shape graph (its first ranged size symbol), with the cap."""
+        d = self.graph.dynamic
+        if d is None:
+            raise ValueError("peak_vs_size needs a dynamic-shape graph (analyze with dynamic_range=)")
+        symbol, (low, high) = _range_ends(self.graph)
+        lo, hi = low[symbol], high[symbol]
+        xs = sorted({lo + (hi - lo) * i // max(points - 1, 1) for i in range(points)})
+        at = [{**high, symbol: x} for x in xs]
+        sizes = self.graph.captured.symbolic
+        plan = peaks_at(live_bytes(self.problem, sizes, self.plan), at)
+        base = peaks_at(live_bytes(self.problem, sizes, store_all_plan(self.problem)), at)
+        buckets = d.buckets.bounds if d.buckets is not None else ()
+        return plot_peak_vs_size(path, xs, plan, base, symbol=str(symbol), cap=self.budget_bytes, buckets=buckets,
+                                 title=f"remat {self.problem.name}: peak vs {symbol}, planned at {high[symbol]}")
 
     def to_memory_snapshot(self, path: str | Path) -> Path:
         """Pickle the plan's predicted device memory as a ``torch.cuda.memory._snapshot()``: open it

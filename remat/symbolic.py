@@ -309,6 +309,18 @@ def _peak(exprs: list[sympy.Expr], box: Box) -> tuple[int, dict, int]:
     return best
 
 
+def peaks_at(exprs: list[sympy.Expr], points: list[Mapping[sympy.Symbol, int]]) -> list[int]:
+    """The largest of ``exprs`` (a plan's live bytes per slot, ``live_bytes``) at each of
+    ``points`` (a value for every symbol): the plan's peak at each of those sizes."""
+    funcs = [(e, *_compiled(e)[:2]) for e in set(exprs)]
+    return [max(int(f(*(p[x] for x in syms))) if syms else int(e) for e, syms, f in funcs) for p in points]
+
+
+def peak_formula(exprs: list[sympy.Expr], point: Mapping[sympy.Symbol, int]) -> sympy.Expr:
+    """The one of ``exprs`` that is largest at ``point``: the peak's formula around those sizes."""
+    return max(set(exprs), key=lambda e: (int(e.subs(point)), str(e)))
+
+
 def largest_fit(exprs: list[sympy.Expr], cap_bytes: int, box: Box, symbol: sympy.Symbol) -> int | None:
     """The largest size ``n`` of ``symbol`` such that every polynomial stays <= ``cap_bytes`` with
     ``symbol`` in [lo, n] and the others over ``box`` (None: not even lo fits). The peak over

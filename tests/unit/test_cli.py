@@ -1,6 +1,7 @@
 """The ``remat`` command: analyze / pareto / show on a tiny factory, and one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,9 @@ ERRORS = [
     (["analyze", f"{FACTORIES}:mlp", "--device", "tpu"], "device must be"),
     (["pareto", f"{FACTORIES}:mlp", "--budgets", "90%,x"], "bad budget 'x' in --budgets"),
     (["show", "no_such_plan.json"], "no such file"),
+    (["analyze", f"{FACTORIES}:mlp", "--range", "x.0=64"], "bad --range 'x.0=64'"),
+    (["analyze", f"{FACTORIES}:mlp", "--range", "y.0=64:512"], "dynamic_range key 'y.0'"),
+    (["analyze", f"{FACTORIES}:mlp", "--range", "x.0=256:512"], "must hold the example input's size (128)"),
 ]
 
 
@@ -154,3 +158,22 @@ def test_example_factories(capsys, name):
         assert "remat[" in out
     else:
         assert "cannot be met" in err
+
+
+def test_analyze_over_a_range_prints_the_peak_as_a_formula_and_at_the_ends(capsys, tmp_path):
+    png = tmp_path / "sizes.png"
+    code, out, err = run(capsys, "analyze", f"{FACTORIES}:mlp", "--budget", "4MiB", "--range", "x.0=128:1024",
+                         "--plot-sizes", png, "--no-table", "--time-limit", "30")
+    assert code == 0, err
+    sizes = re.search(r"sizes: (s\d+) in \[128, 1024\] \(L\['inputs'\]\[0\]\.size\(\)\[0\]\); planned at s\d+=1024", out)
+    assert sizes, out
+    s = sizes.group(1)
+    plan = re.search(rf"peak \(plan\): (\d+)\*{s} \+ (\d+) bytes near {s}=1024; ([\d.]+) KiB at {s}=128, ([\d.]+) MiB at {s}=1024", out)
+    assert plan, out
+    slope, const = int(plan.group(1)), int(plan.group(2))
+    assert float(plan.group(3)) == pytest.approx((slope * 128 + const) / 1024, abs=0.01)
+    assert float(plan.group(4)) == pytest.approx((slope * 1024 + const) / 2**20, abs=0.01)
+    assert slope * 1024 + const <= 4 << 20
+    base = re.search(rf"peak \(no remat\): (\d+)\*{s} \+ \d+ bytes", out)
+    assert base and int(base.group(1)) > slope and "added time: +" in out  # the plan recomputes
+    assert png.read_bytes()[:8] == PNG
