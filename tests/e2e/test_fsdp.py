@@ -4,7 +4,7 @@ torch 2.13's FSDP2 (``fully_shard``) runs its hooks, and so its all-gathers and 
 outside Dynamo (``torch._dynamo.disable`` on every hook, reason "skipping FSDP hooks"): compiling the
 whole FSDP2 model yields no graph, and the way that works is torchtitan's, each block compiled on its
 own and then sharded. Its graphs then hold no collective; the all-gathered parameters are graph
-inputs. Two tests:
+inputs. Three tests:
 
 - (slow) 2 spawned gloo ranks, FSDP2 over blocks compiled with backend remat at "80%" (of the
   modelled plain compile): loss and gradients equal uncompiled FSDP2's, both ranks make the same plans, some values are recomputed,
@@ -13,8 +13,10 @@ inputs. Two tests:
   in backward, as FSDP's are), traced and run in one process under the fake process group at
   memory_budget="min": remat never recomputes a collective or its wait (the rewritten backward
   holds no all-gather), while it does recompute other values.
+- FSDP2's buffers outside the graphs (``remat.outside_memory``), under the fake process group: found
+  from the parameter groups of the module being called, with the padding of an odd dimension.
 
-Both compile once per graph, without the Inductor check: they are about what is planned.
+The first two compile once per graph, without the Inductor check: they are about what is planned.
 """
 
 import copy
@@ -26,6 +28,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 import remat
+from remat.outside_memory import outside_memory
 from remat.plan import Decision
 from tests.spawn import run_on_ranks
 
@@ -134,3 +137,41 @@ def test_collectives_and_their_waits_are_never_recomputed():
     assert recomputed and not recomputed & collective_values
     assert "all_gather" in report.forward_code and "all_gather" not in report.backward_code
     assert "reduce_scatter" in report.backward_code  # the gradients' collectives stay where autograd put them
+
+
+class FindsOutside(torch.nn.Module):
+    """A layer whose forward asks what runs outside the graphs, as the backend does while Dynamo
+    compiles a block's forward (the FSDP2 module being called is on the stack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 33)  # 33 rows on 2 ranks: padded to 17 per rank
+        self.found = None
+
+    def forward(self, x):
+        self.found = outside_memory()
+        return self.lin(x)
+
+
+def test_fsdp2_buffers_outside_the_graphs_are_found_from_its_parameter_groups():
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(FindsOutside(), torch.nn.Linear(33, 8))
+        fully_shard(model[0])
+        fully_shard(model)
+        model(torch.randn(4, 64)).sum().backward()
+        found = model[0].found
+    finally:
+        dist.destroy_process_group()
+    f32 = 4
+    block = (34 * 64 + 34) * f32  # padded unsharded: 17 rows per rank, on 2 ranks
+    head = (8 * 33 + 8) * f32  # the root's group (the head): prefetched, and its reduce-scatter buffer
+    sharded = (17 * 64 + 17 + 4 * 33 + 4) * f32
+    assert dict(found.parts) == {"gathered parameters": block, "prefetched parameters": head,
+                                 "reduce-scatter buffer": head, "sharded gradients": sharded}
+    assert found.nbytes == block + 2 * head + sharded and found.source == "FSDP2"
+    assert outside_memory().nbytes == 0  # no FSDP2 module on the stack (DDP: nothing either)
