@@ -205,8 +205,10 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
                            resident: int = 0):
     """Plan and compile; plan again (at most MAX_PLANS times) while Inductor's code leaves less than
     the reserve free: first with the kernels that Inductor generated (the model then places each
-    kernel's ops as one), then, if the model still falls short, lower by the excess. Returns the
-    compiled graph, its report and its code's peak, for the plan with the lowest peak.
+    kernel's ops as one), then, if the model still falls short, lower by the excess. Under "min",
+    plan again with the kernels while that lowers the code's peak (the model's floor is not the
+    code's), and report the code's floor (``min_cap``). Returns the compiled graph, its report and
+    its code's peak, for the plan with the lowest peak.
     ``resident``: what earlier graphs of the step keep (``plan_joint_graph``)."""
     lower_by, groups, best = 0, None, None  # best: (estimate, compiled, report)
     for attempt in range(1, MAX_PLANS + 1):
@@ -225,14 +227,15 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
             best = (estimate, compiled, report)
         # Inductor does not see op workspaces either: its estimate must leave the reserve free too
         over = estimate - cfg.planning_target(report.budget_bytes)
-        if over <= 0 or not improved:
+        lower = over > 0 or (cfg.memory_budget.minimum and kernels is not None)
+        if not lower or not improved:
             break
         if groups is not None or kernels is None:  # the model saw the kernels and still fell short
-            lower_by += over + report.budget_bytes // 100  # the estimate moves less than the plan
+            lower_by += max(over, 0) + report.budget_bytes // 100  # the estimate moves less than the plan
         groups = kernels if kernels is not None else groups
     estimate, compiled, report = best
-    if cfg.memory_budget.minimum:
-        report.budget_bytes = max(report.budget_bytes, min_cap(cfg, estimate))
+    if cfg.memory_budget.minimum:  # not the model's floor: the code's, which may be under it
+        report.budget_bytes = min_cap(cfg, estimate)
     return compiled, report, estimate
 
 
