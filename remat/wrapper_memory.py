@@ -28,7 +28,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "collect_wrapper_code"]
+__all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "saved_layout", "SavedLayout",
+           "collect_wrapper_code"]
 
 _ALLOCATORS = {"empty_strided_cpu", "empty_strided_cuda", "empty_strided_xpu", "empty_strided_mps", "empty_strided"}
 _HOST_RESULT = ("remat.to_host",)
@@ -191,7 +192,8 @@ class _Sizing:
 
 
 def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict[str, int] | None = None,
-                 counted: Iterable[str] = (), workspaces: dict[str, int] | None = None) -> WrapperPeak | None:
+                 counted: Iterable[str] = (), workspaces: dict[str, int] | None = None,
+                 saved: SavedLayout | None = None) -> WrapperPeak | None:
     """Walk the ``call`` of Inductor's Python wrapper ``code``; None when there is none.
 
     ``itemsizes`` maps input and extern-result names to their element size where the code does
@@ -200,7 +202,8 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict
     code computes from them (``ps0 = 64*s77``) follow. ``counted`` names inputs called
     ``primals_*`` that are not resident but copies (``saved_copies``): they count from the start.
     ``workspaces`` maps an extern kernel's result name (``buf5 = op(...)``, ``op(..., out=buf5)``)
-    to the scratch bytes it allocates while it runs, on top of what lives at its call."""
+    to the scratch bytes it allocates while it runs, on top of what lives at its call. ``saved``
+    says which inputs are views of one forward buffer or of a resident input (``saved_layout``)."""
     try:
         body = _call_body(ast.parse(code))
     except SyntaxError:
@@ -213,14 +216,31 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict
                      dict(workspaces or {}))
     _size_through_aliases(stmts, sizing)
     st = _Storages()
-    for name in _input_names(stmts):
-        if name in sizing.shapes and (not name.startswith("primals_") or name in counted):
-            st.new(name, sizing.bytes_of(name))
+    _start_inputs(stmts, sizing, st, set(counted), saved or SavedLayout())
     start = st.live
     for s in stmts:
         _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
     return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+
+
+def _start_inputs(stmts: list[ast.stmt], sizing: _Sizing, st: _Storages, counted: set[str],
+                  saved: SavedLayout) -> None:
+    """Allocate the inputs that count from the start: not the resident ones (``primals_*`` unless
+    ``counted``, views of a resident input); inputs that view one forward buffer share a storage
+    that reaches the end of the furthest view."""
+    shared: dict[str, int] = {}  # forward buffer -> the storage of the inputs that view it
+    for name in _input_names(stmts):
+        if name not in sizing.shapes or name in saved.resident or (name.startswith("primals_") and name not in counted):
+            continue
+        buffer = saved.shared.get(name, (None, 0))[0]
+        if buffer in shared:
+            st.ref(name, shared[buffer])
+        elif buffer is not None:
+            views = [(n, end) for n, (b, end) in saved.shared.items() if b == buffer]
+            shared[buffer] = st.new(name, max(end * sizing.itemsizes.get(n, 4) for n, end in views))
+        else:
+            st.new(name, sizing.bytes_of(name))
 
 
 def _size_through_aliases(stmts: list[ast.stmt], sizing: _Sizing) -> None:
@@ -249,12 +269,52 @@ def _tuple_elements(stmts: list[ast.stmt]) -> dict[str, list[str]]:
 def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list[dict[str, int]],
                   workspaces: list[dict[str, int]] | None = None) -> list:
     """``wrapper_peak`` of each graph's code (with its element sizes, size values and extern
-    kernels' workspaces); of a forward and a backward (two codes), the backward counts the
-    forward's ``saved_copies``."""
-    copies = saved_copies(*codes) if len(codes) == 2 else set()
+    kernels' workspaces); of a forward and a backward (two codes), the backward's saved inputs
+    lie as the forward returned them (``saved_layout``)."""
+    layout = saved_layout(*codes, sizes[0]) if len(codes) == 2 else SavedLayout()
     workspaces = workspaces if workspaces is not None and len(workspaces) == len(codes) else [{}] * len(codes)
-    return [wrapper_peak(c, items, hints, copies if i == 1 else (), scratch)
+    return [wrapper_peak(c, items, hints, layout.copies if i == 1 else (), scratch, layout if i == 1 else None)
             for i, (c, items, hints, scratch) in enumerate(zip(codes, itemsizes, sizes, workspaces))]
+
+
+@dataclass(frozen=True)
+class SavedLayout:
+    """Where a backward's saved inputs lie among the storages that its forward returned."""
+
+    copies: frozenset[str] = frozenset()  # named primals_* but a forward buffer: they count (``saved_copies``)
+    resident: frozenset[str] = frozenset()  # views of a forward input (a parameter, the batch): they do not
+    # inputs that view one forward buffer (q, k and v split from one projection): name -> (that
+    # buffer, elements from its start to the end of the view)
+    shared: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def saved_layout(forward_code: str, backward_code: str, sizes: dict[str, int] | None = None) -> SavedLayout:
+    """How the backward's saved inputs lie in what the forward returned (``_saved_pairs``): copies
+    under a parameter's name, views of resident inputs, and views that share a buffer, which the
+    forward returns as ``reinterpret_tensor(buf0, shape, stride, offset)``; ``sizes``: the values
+    of the forward's size symbols. Empty when the codes do not pair."""
+    forward = _body_or_empty(forward_code)
+    pairs = _saved_pairs(forward, _body_or_empty(backward_code))
+    inputs = set(_input_names(forward))
+    sizes = _derived_sizes(forward, dict(sizes or {}))
+    bases = {a: _view_of(r, sizes) for r, a in pairs}
+    copies = {a for r, a in pairs if a.startswith("primals_") and r != a and bases[a][0] not in inputs}
+    resident = {a for a, (base, _) in bases.items() if base in inputs and not a.startswith("primals_")}
+    groups = [a for a, (base, end) in bases.items() if base not in inputs and end is not None]
+    shared = {a: bases[a] for a in groups if sum(bases[b][0] == bases[a][0] for b in groups) > 1}
+    return SavedLayout(frozenset(copies), frozenset(resident), shared)
+
+
+def _view_of(expr: str, sizes: dict[str, int]) -> tuple[str, int | None]:
+    """(the storage's name, elements from its start to the view's end; None when unknown) of a
+    returned expression: a name, or ``reinterpret_tensor(name, shape, stride, offset)``."""
+    node = ast.parse(expr, mode="eval").body
+    if not (isinstance(node, ast.Call) and _call_name(node) == "reinterpret_tensor" and len(node.args) == 4):
+        return expr, None
+    shape, stride, offset = (_literal(a, sizes) for a in node.args[1:])
+    if not isinstance(shape, tuple) or not isinstance(stride, tuple) or not isinstance(offset, int):
+        return ast.unparse(node.args[0]), None
+    return ast.unparse(node.args[0]), offset + storage_bytes(shape, stride, 1)
 
 
 def saved_copies(forward_code: str, backward_code: str) -> set[str]:
@@ -263,19 +323,24 @@ def saved_copies(forward_code: str, backward_code: str) -> set[str]:
     and input under the parameter's name. Pairs the forward's ``return`` with the backward's
     ``args`` as AOTAutograd orders them (forward: outputs, saved tensors, saved sizes; backward:
     saved sizes, saved tensors, gradients); empty when the codes do not pair that way."""
-    forward, backward = _body_or_empty(forward_code), _body_or_empty(backward_code)
+    return set(saved_layout(forward_code, backward_code).copies)
+
+
+def _saved_pairs(forward: list[ast.stmt], backward: list[ast.stmt]) -> list[tuple[str, str]]:
+    """(what the forward returned, as code; the backward's name for it) of each saved tensor, as
+    AOTAutograd orders them (forward: outputs, saved tensors, saved sizes; backward: saved sizes,
+    saved tensors, gradients); empty when the codes do not pair that way (a forward input
+    returned where the backward reads another name)."""
     returned, args = _returned(forward), _input_names(backward)
     before_grads = list(itertools.takewhile(lambda a: not a.startswith("tangents_"), args))
     tensors = _asserted_names(backward)
     n_sizes = next((i for i, a in enumerate(before_grads) if a in tensors), len(before_grads))
     saved = before_grads[n_sizes:]
     if not saved or len(returned) < n_sizes + len(saved):
-        return set()
+        return []
     pairs = list(zip(returned[len(returned) - n_sizes - len(saved):len(returned) - n_sizes], saved))
     forward_inputs = set(_input_names(forward))
-    if any(r in forward_inputs and r != a for r, a in pairs):
-        return set()
-    return {a for r, a in pairs if a.startswith("primals_") and r != a}
+    return [] if any(r in forward_inputs and r != a for r, a in pairs) else pairs
 
 
 def _body_or_empty(code: str) -> list[ast.stmt]:

@@ -9,7 +9,9 @@ import torch
 
 import remat
 from remat.measure import measure_step
-from remat.wrapper_memory import collect_wrapper_code, saved_copies, storage_bytes, wrapper_peak, wrapper_peaks
+from remat.wrapper_memory import (
+    collect_wrapper_code, saved_copies, saved_layout, storage_bytes, wrapper_peak, wrapper_peaks,
+)
 
 MiB = 1 << 20
 
@@ -138,6 +140,42 @@ def test_a_copy_saved_under_a_parameters_name_counts_in_the_backward():
 def test_codes_that_do_not_pair_count_no_copies():
     swapped = FORWARD_WITH_LAYOUT_COPY.replace("(buf1, buf0, primals_2, s0)", "(buf1, primals_2, buf0, s0)")
     assert saved_copies(swapped, BACKWARD_OF_THE_COPY) == set()  # primals_2 returned where primals_1 is read
+
+
+FORWARD_SAVING_VIEWS = wrapper("""
+    buf0 = empty_strided_cpu((256, 3072), (3072, 1), torch.float32)
+    cpp_fused_qkv_0(primals_1, buf0)
+    buf1 = empty_strided_cpu((256, 1024), (1024, 1), torch.float32)
+    return (buf1, reinterpret_tensor(primals_1, (1024, 256), (1, 1024), 0), reinterpret_tensor(buf0, (256, 1024), (3072, 1), 0), reinterpret_tensor(buf0, (256, 1024), (3072, 1), 1024), reinterpret_tensor(buf0, (256, 1024), (3072, 1), 2048), )
+""", inputs="primals_1")
+
+BACKWARD_OF_THE_VIEWS = wrapper("""
+    assert_size_stride(view, (1024, 256), (1, 1024), 'input')
+    assert_size_stride(q, (256, 1024), (3072, 1), 'input')
+    assert_size_stride(k, (256, 1024), (3072, 1), 'input')
+    assert_size_stride(v, (256, 1024), (3072, 1), 'input')
+    assert_size_stride(tangents_1, (256, 1024), (1024, 1), 'input')
+    buf0 = empty_strided_cpu((256, 1024), (1024, 1), torch.float32)
+    cpp_fused_0(view, q, k, v, tangents_1, buf0)
+    del q
+    del k
+    del tangents_1
+    buf1 = empty_strided_cpu((256, 1024), (1024, 1), torch.float32)
+    del v
+    return (buf0, buf1)
+""", inputs="view, q, k, v, tangents_1")
+
+
+def test_saved_views_of_one_buffer_share_it_and_views_of_a_parameter_are_resident():
+    layout = saved_layout(FORWARD_SAVING_VIEWS, BACKWARD_OF_THE_VIEWS)
+    assert layout.resident == {"view"} and layout.copies == set()
+    assert layout.shared == {"q": ("buf0", 256 * 3072 - 2048), "k": ("buf0", 256 * 3072 - 1024),
+                             "v": ("buf0", 256 * 3072)}
+    _, backward = wrapper_peaks([FORWARD_SAVING_VIEWS, BACKWARD_OF_THE_VIEWS], [{}, {}], [{}, {}])
+    assert backward.start_bytes == 3 * MiB + MiB  # q, k, v in one 3 MiB buffer, and the gradient
+    assert backward.peak_bytes == 3 * MiB + 2 * MiB  # the buffer lives until v goes: buf0 and buf1 on top
+    alone = wrapper_peak(BACKWARD_OF_THE_VIEWS)  # each view its own storage, the parameter's view counted
+    assert alone.start_bytes > backward.start_bytes + 2 * MiB
 
 
 def test_host_copies_are_not_device_memory_and_free_releases():
