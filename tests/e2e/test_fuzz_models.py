@@ -178,17 +178,22 @@ KNOWN_GAPS: dict[str, str] = {}  # op -> why the check misses its peak (empty: n
 
 
 def judge(ref, got, reports) -> FuzzOutcome:
-    """Equal to eager, one planned graph, and the measured peak under the cap it reports. A peak
-    over the cap by no more than the scratch memory of the extern kernel that reached it (a
-    workspace that Inductor's code does not show, see README "reserve") is "scratch"; one reached
-    in an op of ``KNOWN_GAPS`` is "known"; neither is "fail"."""
+    """Equal to eager, one planned graph, and the measured peak under the cap it reports
+    (``memory_outcome``)."""
     m = got[2]
     if len(reports) != 1:
         return FuzzOutcome("fail", f"{len(reports)} graphs planned, expected 1", measured=m.peak_bytes)
-    cap = reports[0].budget_bytes
     differs = mismatch(ref, got)
     if differs:
-        return FuzzOutcome("fail", differs, cap=cap, measured=m.peak_bytes)
+        return FuzzOutcome("fail", differs, cap=reports[0].budget_bytes, measured=m.peak_bytes)
+    return memory_outcome(m, reports[0].budget_bytes)
+
+
+def memory_outcome(m, cap: int) -> FuzzOutcome:
+    """The measured step ``m`` against ``cap``: "ok" under it. A peak over the cap by no more than
+    the scratch memory of the extern kernel that reached it (a workspace that the check measured
+    apart from the step, or not at all) is "scratch"; one reached in an op of ``KNOWN_GAPS`` is
+    "known"; neither is "fail"."""
     if m.peak_bytes <= cap:
         return FuzzOutcome("ok", cap=cap, measured=m.peak_bytes)
     over = (f"measured {m.peak_bytes} B over the cap {cap} B, reached in {m.peak_op or 'no op'} "
