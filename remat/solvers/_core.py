@@ -372,9 +372,7 @@ class Structure:
         Only RECOMPUTE candidates move anything: they are visited in reverse creation order (a
         consumer comes after its inputs)."""
         cs = self.cands
-        need = [c.d >= 0 for c in cs]
-        S = [c.d for c in cs]
-        ln = [c.D for c in cs]
+        need, S, ln = list(self._jit_start[0]), list(self._jit_start[1]), list(self._jit_start[2])
         for j in np.flatnonzero(np.asarray(codes) == REC)[::-1].tolist():
             if need[j]:
                 lo, hi = self.window(j, S[j])
@@ -459,6 +457,11 @@ class Structure:
                 his.append(hi)
                 bs.append(c.bytes)
         return los, his, bs
+
+    @cached_property
+    def _jit_start(self) -> tuple[list[bool], list[int], list[int]]:
+        """(needed, S, last_need) with nothing recomputed: backward's own reads."""
+        return [c.d >= 0 for c in self.cands], [c.d for c in self.cands], [c.D for c in self.cands]
 
     @cached_property
     def _bytes(self) -> np.ndarray:

@@ -144,8 +144,12 @@ class Rows:
         return kept
 
     # ---- linear forms ----------------------------------------------------------------------
-    def forms(self):
-        """(slot, const bytes, {var: coef bytes}) for every kept row, in slot order."""
+    def forms(self, resolve=None):
+        """(slot, const bytes, {var: coef bytes}) for every kept row, in slot order. ``resolve``
+        maps a variable key to (target, integer coef) pairs (a model's variables, tied or sums
+        of menu choices); the forms are then over the targets, summed exactly as they change."""
+        resolve = resolve or (lambda key: ((key, 1),))
+        targets: dict = {}
         reps = self.reps
         out = []
         cur: dict = {}
@@ -153,12 +157,15 @@ class Rows:
         bl = self.bounds
         ev = self.ev
         for bi, s in enumerate(bl):
-            for v, d in ev.get(s, ()):
-                x = cur.get(v, 0) + d
-                if x:
-                    cur[v] = x
-                else:
-                    cur.pop(v, None)
+            for key, d in ev.get(s, ()):
+                if key not in targets:
+                    targets[key] = tuple(resolve(key))
+                for v, cf in targets[key]:
+                    x = cur.get(v, 0) + d * cf
+                    if x:
+                        cur[v] = x
+                    else:
+                        cur.pop(v, None)
             e = bl[bi + 1] if bi + 1 < len(bl) else self.total_slots
             while ri < len(reps) and reps[ri] < e:
                 out.append((reps[ri], int(self.base[reps[ri]]), dict(cur)))
@@ -213,8 +220,9 @@ class Model:
         self.num_other_rows = 0
         self.Z = self._menu_choices()
         self.V = self._decision_variables()
+        closed = menus.closed if menus is not None else frozenset()
         for c in st.cands:
-            if st.reach[c.idx]:
+            if st.reach[c.idx] and c.idx not in closed:  # a closed one's rows hold for every item
                 self._choice_rows(c)
                 if c.rec_ok:
                     self._start_rows(c)
@@ -246,12 +254,22 @@ class Model:
                 v = self._binary(kind, k)
                 if v is not None:
                     V[(kind, k)] = v
+            if self.menus is not None and k in self.menus.closed:
+                V.update(self._item_indicators(c))
+                continue
             r = self.cties.get(k)
             for i, b in enumerate(c.sv if c.rec_ok else ()):
                 V[("st", k, b)] = V[("st", r, self.st.cands[r].sv[i])] if r is not None else var(f"s{k}_{b}", 0, 1, C)
             for j in range(len(c.segs)):
                 V[("y", k, j)] = V[("y", r, j)] if r is not None else var(f"y{k}_{j}", 0, 1, C)
         return V
+
+    def _item_indicators(self, c: Cand) -> dict:
+        """A closed candidate's ``st`` and ``y`` as sums of the ``z`` whose item sets them to one
+        (``layered.Menus.closed``); none set: the key is left out (0)."""
+        keys = [("st", c.idx, b) for b in (c.sv if c.rec_ok else ())] + [("y", c.idx, j) for j in range(len(c.segs))]
+        setters = self.menus.setters
+        return {key: _affine((self.Z[lm], 1) for lm in setters[key]) for key in keys if key in setters}
 
     def _menu_choices(self) -> dict:
         """``z[(layer, item)]`` binaries of ``menus`` with one row per layer: exactly one item."""
@@ -424,8 +442,8 @@ class Model:
         self.infeasible_row = None
         self.num_rows = self.nnz = 0
         self._capped: list = []  # (row, its constant bytes) of each row under the cap
-        for t, const, terms in self.rows.forms():
-            expr = [(V[v], cf / u) for v, cf in terms.items() if v in V]
+        for t, const, terms in self.rows.forms(self._targets):
+            expr = [(v, cf / u) for v, cf in terms.items()]
             if budget is None:
                 expr.append((self.M, -1.0))
                 rhs = -const / u
@@ -441,6 +459,13 @@ class Model:
             self._capped += [(row, const)] if budget is not None else []
             self.num_rows += 1
             self.nnz += len(form)
+
+    def _targets(self, key) -> list:
+        """The variables (and integer coefs) that the key ``key`` of a memory row stands for."""
+        v = self.V.get(key)
+        if v is None:
+            return []
+        return list(v.items()) if isinstance(v, pulp.LpAffineExpression) else [(v, 1)]
 
     def set_budget(self, budget: int) -> None:
         """Move the memory rows to the cap ``budget`` (their forms do not depend on it). A row

@@ -9,7 +9,16 @@ Outer level: the ILP (``ilp.Model`` with ``menus``) gives every layer one binary
 the layer can take and chooses exactly one; the binaries of the layer's activations become sums
 of those choices. Every memory row of the step stays, so a chosen mix is valid at every slot, and
 the outer problem holds the first source plan whole (each layer takes its own item), so its
-answer is never worse than that plan. Layers are free to differ: under a cap a stack mixes a
+answer is never worse than that plan.
+
+*Closed* activations (``closed_candidates``: every recomputation that an item or a free
+decision could make and that reads them, directly or through other recomputed ones, lies in
+their own layer) start and live as their layer's item
+says, whatever the other layers take: their start and live indicators are read off the item
+(``setters`` of ``("st", k, b)`` and ``("y", k, j)``), so the outer model needs no variable and no
+row of their own, and a memory row holds one term per (layer, item) for them. An item that
+would give a closed activation a start the ILP does not model (not a kept slot, or an OFFLOAD
+needed before its prefetch in that layer) is not offered to that layer. Layers are free to differ: under a cap a stack mixes a
 storing item and a recomputing one (GPT-2-small, 12 layers at 50 %: nine and three), which one
 tied decision per position cannot.
 """
@@ -33,9 +42,10 @@ class Menus:
     candidates whose binaries the choices control (``controlled``)."""
 
     choices: tuple[tuple[int, ...], ...]
-    setters: Mapping[tuple[str, int], tuple[tuple[int, int], ...]]
+    setters: Mapping[tuple, tuple[tuple[int, int], ...]]  # also ("st", k, b) and ("y", k, j) keys
     controlled: frozenset[int]
     items: tuple[int, ...]  # menu size per class
+    closed: frozenset[int] = frozenset()  # candidates whose st / y the items set (see the docstring)
 
 
 def layer_candidates(st: Structure, layers) -> list[tuple[int, list[int | None]]]:
@@ -65,18 +75,73 @@ def build_menus(st: Structure, layers, plans: Sequence[Mapping[str, Decision]], 
         store = tuple(STORE if k is not None and st.cands[k].d >= 0 else NONE for k in ks)
         if store not in menus[ci]:
             menus[ci].append(store)
+    closed = closed_candidates(st, table, menus)
+    base = st.codes(st.store_all())
     choices, setters = [], {}
     for layer, (ci, ks) in enumerate(table):
-        allowed = tuple(m for m, item in enumerate(menus[ci]) if _allowed(st, ks, item))
-        choices.append(allowed)
-        for m in allowed:
-            for k, code in zip(ks, menus[ci][m]):
+        allowed = []
+        for m, item in enumerate(menus[ci]):
+            ones = _closed_indicators(st, ks, item, closed, base) if _allowed(st, ks, item) else None
+            if ones is None:
+                continue
+            allowed.append(m)
+            for k, code in zip(ks, item):
                 kind = _binary_kind(st, k, code)
                 if kind is not None:
                     setters.setdefault((kind, k), []).append((layer, m))
+            for key in ones:
+                setters.setdefault(key, []).append((layer, m))
+        choices.append(tuple(allowed))
     controlled = frozenset(k for _, ks in table for k in ks if k is not None)
     return Menus(tuple(choices), {key: tuple(v) for key, v in setters.items()}, controlled,
-                 tuple(len(m) for m in menus))
+                 tuple(len(m) for m in menus), frozenset(closed))
+
+
+def closed_candidates(st: Structure, table, menus) -> set[int]:
+    """Candidates of a layer whose consumers that may be recomputed (a menu item of their class
+    recomputes them; any recomputable one outside the layers) are all closed candidates of the
+    same layer: settled in reverse creation order, consumers first. None under kernel facts,
+    which make a start depend on a kernel's span."""
+    if st.kernels or st.handover:
+        return set()
+    layer_of, may_rec = {}, set()
+    for layer, (ci, ks) in enumerate(table):
+        for pos, k in enumerate(ks):
+            if k is not None:
+                layer_of[k] = layer
+                if any(item[pos] == REC for item in menus[ci]):
+                    may_rec.add(k)
+    closed: set[int] = set()
+    for k in sorted(layer_of, reverse=True):
+        readers = (x for x in st.cands[k].rcons_all
+                   if (x in may_rec if x in layer_of else st.cands[x].rec_ok and st.reach[x]))
+        if all(layer_of.get(x) == layer_of[k] and x in closed for x in readers):
+            closed.add(k)
+    return closed
+
+
+def _closed_indicators(st: Structure, ks: list[int | None], item: tuple[int, ...], closed: set[int], base):
+    """The ``("st", k, b)`` and ``("y", k, j)`` keys that are one when this layer takes ``item``,
+    for its closed candidates (``Model.warm``'s values); None when the item gives one of them a
+    start outside its kept slots or an OFFLOAD needed before its prefetch."""
+    mine = [k for k in ks if k is not None and k in closed]
+    if not mine:
+        return []
+    codes = base.copy()
+    for k, code in zip(ks, item):
+        if k is not None:
+            codes[k] = code
+    need, S, ln = st.jit(codes)
+    ones = []
+    for k in mine:
+        c, code = st.cands[k], int(codes[k])
+        rec = need[k] and code == REC
+        if (rec and S[k] not in c.kept) or (need[k] and code == OFF and S[k] != c.d):
+            return None
+        ones += [("st", k, b) for b in (c.sv if c.rec_ok else ()) if rec and S[k] <= b]
+        ones += [("y", k, j) for j, (s, _) in enumerate(c.segs)
+                 if need[k] and (code != REC or S[k] <= s) and ln[k] >= s]
+    return ones
 
 
 def _allowed(st: Structure, ks: list[int | None], item: tuple[int, ...]) -> bool:
