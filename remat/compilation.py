@@ -33,6 +33,7 @@ never runs stops counting when autograd frees its graph.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -140,8 +141,6 @@ class Compilation:
         """``compiled`` (what Inductor made for graph ``key``; default: the graph this thread
         compiled last, ``graph_key``) wrapped so that each call is watched until its backward
         starts (see the module docstring). Inductor's calling convention (``_boxed_call``) is kept."""
-        import functools
-
         key = key if key is not None else getattr(self._compiling, "key", None)
         kept = self._kept.get(key, 0) if key is not None else 0
         planned = self.kept_before(key) + kept
@@ -185,7 +184,8 @@ class Compilation:
 
     def _warn_excess(self, key: Key | None, pending: list, planned: int, excess: int) -> None:
         runs = sum(1 for k, _ in pending if k == key)
-        fix = f" (memory_budget={self._byte_cap - excess} instead of {self._byte_cap})" if self._byte_cap else ""
+        fits = self._byte_cap is not None and self._byte_cap > excess
+        fix = f" (memory_budget={self._byte_cap - excess} instead of {self._byte_cap})" if fits else ""
         log.warning(
             "remat[%s]: when its backward started, %d calls of this compilation's graphs kept %s until their backward "
             "(this graph ran %d times), where one run of it and of each graph compiled before it keeps %s: the step can "
