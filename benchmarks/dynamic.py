@@ -5,8 +5,9 @@
     python benchmarks/dynamic.py --cases mlp_batch,mlp_buckets --quick
 
 Each case trains one model with the sizes in the order given, compiled by remat under a cap with
-the size dynamic (``torch.compile(dynamic=True)`` and the ``dynamic_range`` option, or
-``mark_dynamic(x, dim, min=, max=)``), then by plain ``torch.compile(dynamic=True)``. Per size: the
+one dimension dynamic (``mark_dynamic(x, dim)`` and the ``dynamic_range`` option, or
+``mark_dynamic(x, dim, min=, max=)``), then by plain ``torch.compile`` with the same dimension
+marked dynamic (``dynamic=True`` would make every size symbolic: see the closing note). Per size: the
 measured peak (profiler allocation events, above what was resident before the step) against the
 cap, the largest gradient difference from eager (same weights; dropout off, so that eager and
 Inductor draw no different random numbers), and the median wall time of a few unprofiled steps of
@@ -59,11 +60,13 @@ class Case:
 
 
 def cases(quick: bool) -> dict[str, Case]:
-    """The issue's ranges; ``quick``: small models and a few sizes of each range. The MLP's batch
-    range starts at 2: Dynamo compiles size 1 as a static graph of its own (0/1 specialisation)."""
-    mlp = dict(d=256, hidden=1024, blocks=3) if quick else dict(d=1024, hidden=4096, blocks=3)
+    """The issue's ranges; ``quick``: small models and a few sizes of each range. Batch ranges
+    start at 2: Dynamo specialises a size of 1 (mark_dynamic refuses it). The MLP is narrow and
+    wide: at batch <= 64 the example's widths (d=1024) hold 6 MiB+ of gradients against a few
+    hundred KiB of activations, and no cap between the two peaks exists."""
+    mlp = dict(d=16, hidden=2048 if quick else 4096, blocks=3)  # activations, not gradients, grow with the batch
     gpt = dict(layers=2, d=128, heads=4, vocab=512) if quick else dict(layers=4, d=256, heads=4, vocab=512)
-    batches = (8, 64, 2, 33) if quick else (8, 64, 2, 16, 33, 48, 5, 1)
+    batches = (8, 64, 2, 33) if quick else (8, 64, 2, 16, 33, 48, 5, 24)
     seqs = (128, 512, 64, 300) if quick else (128, 512, 64, 256, 384, 96, 448)
     return {
         "mlp_batch": Case("mlp", 0, 2, 64, batches, "60%", shape=mlp),
@@ -74,14 +77,14 @@ def cases(quick: bool) -> dict[str, Case]:
     }
 
 
-def build(case: Case) -> tuple[torch.nn.Module, Callable[[int], torch.Tensor], Callable]:
-    """(model, inputs at a size, loss of the model's output and the inputs)."""
+def build(case: Case) -> tuple[torch.nn.Module, Callable[[int], tuple], Callable]:
+    """(model, its inputs at a size (the model's input, then the loss's), loss of the model's output)."""
     torch.manual_seed(0)
     if case.model == "mlp":
         from mlp import MLP
 
         s = case.shape
-        return MLP(s["d"], s["hidden"], s["blocks"]), lambda n: torch.randn(n, s["d"]), lambda out, x: out.pow(2).mean()
+        return MLP(s["d"], s["hidden"], s["blocks"]), lambda n: (torch.randn(n, s["d"]),), lambda out: out.pow(2).mean()
     from gpt import GPT, GPTConfig
 
     s = dict(case.shape)
@@ -89,31 +92,36 @@ def build(case: Case) -> tuple[torch.nn.Module, Callable[[int], torch.Tensor], C
     c = GPTConfig(**s, seq=case.hi if case.dim == 1 else seq, dropout=0.0)
     model = GPT(c)
 
-    def tokens(n: int) -> torch.Tensor:
-        shape = (n, c.seq) if case.dim == 0 else (batch, n)
-        return torch.randint(0, c.vocab, shape, generator=torch.Generator().manual_seed(n))
+    def tokens(n: int) -> tuple[torch.Tensor, torch.Tensor]:  # inputs and next-token targets
+        shape = (n, c.seq + 1) if case.dim == 0 else (batch, n + 1)
+        data = torch.randint(0, c.vocab, shape, generator=torch.Generator().manual_seed(n))
+        return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
-    def loss(logits, idx):  # next-token prediction on the input itself
-        return F.cross_entropy(logits[:, :-1].reshape(-1, c.vocab), idx[:, 1:].reshape(-1))
+    def loss(logits, targets):
+        return F.cross_entropy(logits.reshape(-1, c.vocab), targets.reshape(-1))
 
     return model, tokens, loss
 
 
 def compiled_step(case: Case, model, loss, remat_on: bool) -> Callable:
-    """model+loss compiled by remat under the case's cap (dynamic sizes), or by plain torch.compile."""
-    fn = lambda x: loss(model(x), x)  # noqa: E731
+    """model+loss compiled by remat under the case's cap, or by plain torch.compile; the sizes of
+    the case's dimension dynamic (``mark``), every other size static."""
+    fn = lambda x, *targets: loss(model(x), *targets)  # noqa: E731
     if not remat_on:
-        return torch.compile(fn, dynamic=True)
+        return torch.compile(fn)
     options = {"memory_budget": case.cap}
     if case.how == "dynamic_range":
         options["dynamic_range"] = {f"x.{case.dim}": (case.lo, case.hi)}
-    return torch.compile(fn, backend="remat", dynamic=True, options=options)
+    return torch.compile(fn, backend="remat", options=options)
 
 
-def mark(case: Case, x: torch.Tensor) -> torch.Tensor:
-    if case.how == "mark_dynamic":
-        torch._dynamo.mark_dynamic(x, case.dim, min=case.lo, max=case.hi)
-    return x
+def mark(case: Case, inputs: tuple, remat_on: bool) -> tuple:
+    """Mark the case's dimension of every input dynamic: over the case's range when remat takes
+    it from ``mark_dynamic``, else unbounded (remat then takes the range from ``dynamic_range``)."""
+    bounds = {"min": case.lo, "max": case.hi} if remat_on and case.how == "mark_dynamic" else {}
+    for x in inputs:
+        torch._dynamo.mark_dynamic(x, case.dim, **bounds)
+    return inputs
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -122,30 +130,30 @@ def grads(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def step_time(step: Callable, x: torch.Tensor, model, repeats: int) -> float:
+def step_time(step: Callable, x: tuple, model, repeats: int) -> float:
     """Median wall time of ``repeats`` forward+backward steps."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step(x).backward()
+        step(*x).backward()
         times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
     return statistics.median(times)
 
 
-def run_size(case: Case, n: int, step: Callable, model, reference, loss, make, repeats: int) -> dict:
+def run_size(case: Case, n: int, step: Callable, model, reference, loss, make, remat_on: bool, repeats: int) -> dict:
     """One size: a step against eager, then the measured peak and the median step time."""
     from remat.measure import measure_step
 
-    x = mark(case, make(n))
+    x = mark(case, make(n), remat_on)
     t0 = time.perf_counter()
-    step(x).backward()
+    step(*x).backward()
     first = time.perf_counter() - t0
-    loss(reference(x), x).backward()
+    loss(reference(x[0]), *x[1:]).backward()
     got, want = grads(model), grads(reference)
     diff = max((got[k] - want[k]).abs().max().item() for k in want)
     scale = max(w.abs().max().item() for w in want.values())
-    peak = measure_step(lambda: step(x).backward()).peak_bytes
+    peak = measure_step(lambda: step(*x).backward()).peak_bytes
     model.zero_grad(set_to_none=True)
     return {"size": n, "first_call_s": first, "grad_max_diff": diff, "grad_max": scale,
             "grads_equal": diff <= 1e-4 * scale + 1e-6, "peak_bytes": peak, "step_s": step_time(step, x, model, repeats)}
@@ -166,7 +174,7 @@ def run_case(name: str, case: Case, repeats: int) -> dict:
         rows = []
         for n in case.sizes:
             try:
-                rows.append(run_size(case, n, step, model, reference, loss, make, repeats))
+                rows.append(run_size(case, n, step, model, reference, loss, make, remat_on, repeats))
             except remat.InfeasibleBudgetError as e:
                 rows.append({"size": n, "refused": str(e), "largest_fit": e.largest_fit})
                 model.zero_grad(set_to_none=True)

@@ -76,7 +76,23 @@ def symbolic_bytes(t: Any) -> sympy.Expr:
     numel = sympy.Integer(1)
     for s in t.shape:
         numel *= _expr(s)
-    return sympy.expand(numel * t.element_size())
+    return sympy.expand(exact_divisions(numel * t.element_size()))
+
+
+def exact_divisions(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with each floor division that divides exactly replaced by its quotient (a view's
+    ``(s77**2)//s77`` when two sizes share a symbol): bytes stay polynomials in the symbols."""
+    from torch.utils._sympy.functions import FloorDiv
+
+    def quotient(e: sympy.Expr) -> sympy.Expr:
+        q = sympy.cancel(e.args[0] / e.args[1])
+        num, den = sympy.fraction(q)
+        if den != 1:
+            return e
+        coeffs = sympy.Poly(num, *num.free_symbols).coeffs() if num.free_symbols else [num]
+        return q if all(c.is_integer for c in coeffs) else e
+
+    return expr.replace(lambda e: isinstance(e, FloorDiv), quotient)
 
 
 Range = tuple[int, int | None]  # positive integer sizes lo..hi, hi None: unbounded

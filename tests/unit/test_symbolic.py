@@ -109,3 +109,13 @@ def test_buckets_hold_each_size_once_and_only_an_unbounded_size_is_split():
     assert buckets.describe() == "s0 in [128, 518], [519, 925], a plan each; above 925 refused"
     sizes = SymbolicSizes({}, (), {s: 12, t: 8}, {s: (2, None), t: (4, 64)})
     assert can_split(sizes, s) and not can_split(sizes, t)  # t: mark_dynamic(min=4, max=64)
+
+
+def test_exact_floor_divisions_of_sizes_become_polynomials():
+    from torch.utils._sympy.functions import FloorDiv
+
+    from remat.symbolic import exact_divisions
+
+    assert exact_divisions(4 * FloorDiv(s**2, s) * t) == 4 * s * t  # two sizes that share a symbol
+    assert exact_divisions(FloorDiv(6 * s * t, 3 * t)) == 2 * s
+    assert exact_divisions(FloorDiv(s, 2)) == FloorDiv(s, 2)  # not exact: kept
