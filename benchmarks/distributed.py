@@ -93,12 +93,22 @@ def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
             "second_step_peak_bytes": second, "measured_peak_bytes": third}
 
 
+def refusal_or_row(rank: int, budget: str, args: argparse.Namespace) -> dict:
+    """``one_budget``'s row, or remat's refusal (a cap under the floor: every rank raises rank 0's error)."""
+    import remat
+
+    try:
+        return one_budget(rank, budget, args)
+    except remat.RematError as e:
+        return {"rank": rank, "model": args.model, "budget": budget, "error": f"{type(e).__name__}: {e}"}
+
+
 def rank_main(rank: int, port: int, out_dir: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     torch._inductor.config.force_disable_caches = True  # plan in this process: its reports are read
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        rows = [one_budget(rank, b, args) for b in args.budgets]
+        rows = [refusal_or_row(rank, b, args) for b in args.budgets]
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(rows))
     finally:
         dist.destroy_process_group()

@@ -1,7 +1,9 @@
 """DDP under remat, 2 ranks (gloo, CPU, spawned processes).
 
 - The module compiled with backend remat at "75%" and wrapped in DDP: loss and gradients equal
-  uncompiled DDP's, and both ranks make the same plans.
+  uncompiled DDP's, both ranks make the same plans, and the third step's measured peak is under the
+  cap (DDP's gradient buckets are resident before a step: ``remat.outside_memory``; the second step
+  rebuilds them, which a profiler started before it reads too high).
 - (slow) ``torch.compile(DDP(model))``: DDP's optimizer (``torch._dynamo.config.optimize_ddp``, on by
   default) splits the module's graph at gradient-bucket boundaries, and the split graphs share one
   byte cap: the second is planned under the cap less what the first keeps until its backward.
@@ -18,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import remat
+from remat.measure import measure_step
 from remat.plan import Decision
 from tests.spawn import run_on_ranks
 
@@ -70,6 +73,9 @@ def compiled_inside_ddp(rank: int) -> dict:
     result = differences(train_step(ddp, x), train_step(plain, x))
     result["hashes"] = [r.plan.digest() for r in remat.reports(compiled)]
     result["recomputed"] = sum(len(r.plan.names(Decision.RECOMPUTE)) for r in remat.reports(compiled))
+    result["caps"] = [r.budget_bytes for r in remat.reports(compiled)]
+    train_step(ddp, x)  # DDP rebuilds its buckets in the forward of its second step
+    result["peak"] = measure_step(lambda: ddp(x).pow(2).mean().backward()).peak_bytes
     return result
 
 
@@ -112,6 +118,7 @@ def test_ddp_under_remat_matches_uncompiled_ddp_with_one_plan_on_both_ranks(tmp_
     for r in results:
         assert r["loss_diff"] < 1e-5 and r["grad_diff"] < 1e-5
         assert r["hashes"] and r["recomputed"] > 0  # each rank planned, and the cap made it recompute
+        assert r["peak"] <= min(r["caps"])  # DDP's buckets were allocated before the step
     assert results[0]["hashes"] == results[1]["hashes"]
 
 
