@@ -128,9 +128,10 @@ def extern_signature(kernel, sizes: dict[str, int] | None = None) -> OpSignature
     """The op call of an Inductor extern kernel (``ir.ExternKernel``) as a ``remat.profile``
     signature: its graph node's call, with the tensors laid out as the kernel receives them
     (Inductor may pass copies in another layout); None for what is not one op call (a tuple
-    element, a view, a random op) or cannot be measured alone."""
+    element, a view) or cannot be measured alone. Random ops count: the measurement keeps the
+    random number generators' state."""
     node = _origin_call(kernel)
-    sig = signature_of(node) if node is not None else None
+    sig = signature_of(node, seeded=True) if node is not None else None
     if sig is None:
         return None
     try:

@@ -95,12 +95,13 @@ class _Unsupported(Exception):
     """An argument that a signature cannot describe or a measurement cannot rebuild."""
 
 
-def signature_of(node: fx.Node) -> OpSignature | None:
+def signature_of(node: fx.Node, seeded: bool = False) -> OpSignature | None:
     """The signature of a graph node's op call; None for what is not timed alone: placeholders,
-    getitem and other non-ATen calls, views, in-place and mutating ops, random ops, collectives,
+    getitem and other non-ATen calls, views, in-place and mutating ops, random ops (unless
+    ``seeded``: what a random op allocates does not depend on its draws), collectives,
     data-dependent ops, symbolic sizes, and arguments that are not tensors or plain constants."""
     op = node.target
-    if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or not _timed_alone(op):
+    if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or not _timed_alone(op, seeded):
         return None
     try:
         _check_static(node.meta.get("val"))
@@ -129,9 +130,10 @@ def with_inputs(sig: OpSignature, inputs: list[TensorMeta]) -> OpSignature | Non
     return OpSignature(sig.op, args, kwargs)
 
 
-def _timed_alone(op: torch._ops.OpOverload) -> bool:
+def _timed_alone(op: torch._ops.OpOverload, seeded: bool = False) -> bool:
     schema = op._schema
-    if op.namespace in _COLLECTIVE_NAMESPACES or schema.is_mutable or _REJECTED_TAGS & set(op.tags):
+    rejected = _REJECTED_TAGS - {torch.Tag.nondeterministic_seeded} if seeded else _REJECTED_TAGS
+    if op.namespace in _COLLECTIVE_NAMESPACES or schema.is_mutable or rejected & set(op.tags):
         return False
     if any(r.alias_info is not None for r in schema.returns):  # a view of an input
         return False
@@ -181,7 +183,7 @@ def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_tim
     when the inputs cannot be made or the op fails on them. ``min_run_time`` bounds the timing
     of a fast op; a slow one runs three times (warm-up, block-size estimate, one block)."""
     try:
-        with _real_tensors():
+        with _real_tensors(device):
             op, args, kwargs = _real_call(sig, torch.device(device))
             op(*args, **kwargs)  # warm-up: lazy initialisation, library caches
             return _median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
@@ -201,7 +203,7 @@ def measure_workspace(sig: OpSignature, device: torch.device | str = "cpu") -> i
         return None
     target = torch.device(device)
     try:
-        with _real_tensors():
+        with _real_tensors(target):
             op, args, kwargs = _real_call(sig, target)
             op(*args, **kwargs)
             results: list = []
@@ -230,11 +232,15 @@ def _storages_bytes(values: Any) -> int:
 
 
 @contextlib.contextmanager
-def _real_tensors() -> Iterator[None]:
-    """Real tensors and no autograd, even when called under a tracing (fake) dispatch mode."""
+def _real_tensors(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Real tensors and no autograd, even when called under a tracing (fake) dispatch mode; the
+    random number generators of the CPU and of ``device`` are left as they were (measuring inside
+    a compile must not change the user's random stream: dropout masks would differ)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    with _disable_current_modes(), torch.no_grad():
+    device = torch.device(device)
+    on_cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with _disable_current_modes(), torch.no_grad(), torch.random.fork_rng(devices=on_cuda):
         yield
 
 
@@ -519,7 +525,7 @@ def measure_elementwise_rate(
     known = cache.get(ELEMENTWISE_KEY)
     if known is not None:
         return float(known)
-    with _real_tensors():
+    with _real_tensors(device):
         x = torch.rand(numel, device=torch.device(device))
         env = {"torch": torch, "x": x, "y": torch.empty_like(x)}
         seconds = _median_seconds(_ELEMENTWISE_STMT, env, min_run_time=0.1)

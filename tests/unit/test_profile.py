@@ -309,3 +309,18 @@ def test_cost_model_rejects_a_file_that_is_not_a_profile(tmp_path):
     path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ConfigError, match="not a remat profile"):
         parse_cost_model(path)
+
+
+def test_measuring_leaves_the_random_stream_alone():
+    x = torch.randn(64, 64)
+    sig = signature_of(op_nodes(lambda t: torch.ops.aten.native_dropout.default(t, 0.5, True), x)
+                       ["aten.native_dropout.default"], seeded=True)
+    assert signature_of(op_nodes(lambda t: torch.ops.aten.native_dropout.default(t, 0.5, True), x)
+                        ["aten.native_dropout.default"]) is None  # not timed alone
+    small_mm = mm(8)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert measure_workspace(sig) > 0  # the float mask it draws before the bool one
+    assert measure_op(small_mm) is not None
+    torch.testing.assert_close(torch.rand(4), expected)
