@@ -4,7 +4,6 @@ that a fixed plan's peak stays under a cap over a range of sizes."""
 import pytest
 import sympy
 import torch
-import torch.nn.functional as F
 from torch._functorch import partitioners as P
 from torch._functorch.aot_autograd import aot_function
 
