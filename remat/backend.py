@@ -9,7 +9,8 @@ over, the graph is planned again, lower by the excess.
 
 Planning one joint graph (capture, layers, cap, solve, check) is ``remat.planning``; this module
 compiles: the partitioner hook, the check loop after fusion, plain torch.compile as the reference
-of a ratio budget and as the fallback when no plan's code meets the cap, and remat's errors
+of a ratio budget (not over a range of sizes, where the reference is the model's) and as the
+fallback when no plan's code meets the cap, and remat's errors
 surfaced to the user's call as themselves. Under dynamic shapes the partitioner plans without
 guards (``remat.symbolic.no_guards``), then guards the sizes where its plan fits
 (``remat.symbolic.guard_fit``); code is read at the sizes planned for; and the last compile that

@@ -18,7 +18,9 @@ there (the offload copy schedule is taken at the sizes planned for). ``prove_pea
 every slot's polynomial stays <= a cap over a box of positive integer sizes: the largest value
 of a polynomial over a box is at a corner, at a critical point inside the box or inside one of its
 faces (found exactly with sympy, not by sampling); when the
-cap does not hold it names the largest size of the first symbol that fits.
+cap does not hold it names the largest size of the first symbol that fits. Where no plan fits the
+top of a range, ``remat.planning`` splits it into ``Buckets`` with a plan each (``can_split``: not a
+``mark_dynamic`` min/max range, which Dynamo compiles as one graph).
 """
 
 from __future__ import annotations
