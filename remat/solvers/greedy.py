@@ -161,12 +161,11 @@ class _State:
             d = int(self.codes[k])
             if d not in (REC, OFF):
                 continue
-            snap = self.codes.copy()
+            snap = (self.codes.copy(), self.mem, self.need, self.S, self.ln)
             self.codes[k] = STORE
             self.refresh()
-            if int(self.mem.max()) > cap:
-                self.codes = snap
-                self.refresh()
+            if int(self.mem.max()) > cap:  # undo: the state before, as it was evaluated
+                self.codes, self.mem, self.need, self.S, self.ln = snap
 
 
 def run_greedy(st: Structure, cap: int):

@@ -372,13 +372,13 @@ class Model:
     def _live_segment_rows(self, c: Cand) -> None:
         """Past the certain part, ``y[v,j] >= started(s) + rec_x - st[x, s-1] - 1`` per consumer
         ``x``: ``v`` is live on segment ``j`` while started and some recomputed consumer has yet
-        to start."""
+        to start. Written through ``pending`` variables when that takes fewer rows."""
+        if len(c.segs) * len(c.rcons) > PENDING_ROWS:
+            self._pending_rows(c)
+            return
         k = c.idx
         for j, (s, e) in enumerate(c.segs):
-            if c.d >= 0:
-                started, sc = [], 1
-            else:
-                started, sc = [(("keep", k), 1)] + (self._started(c, s) if c.rec_ok else []), 0
+            started, sc = self._started_on_segment(c, s)
             for x in c.rcons:
                 xc = self.st.cands[x]
                 if s - 1 >= xc.top:
@@ -386,6 +386,37 @@ class Model:
                 terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
                 terms += [(("rec", x), -1)] + self._started(xc, s - 1)
                 self._row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
+
+    def _started_on_segment(self, c: Cand, s: int) -> tuple[list, int]:
+        """(terms, const) of "``c`` holds its value at slot ``s``": 1 when backward reads it, else
+        kept or recomputed by ``s``."""
+        if c.d >= 0:
+            return [], 1
+        return [(("keep", c.idx), 1)] + (self._started(c, s) if c.rec_ok else []), 0
+
+    def _pending_rows(self, c: Cand) -> None:
+        """The live-segment rows through ``pending[v,j]`` ("a recomputed consumer has yet to start
+        at segment ``j``"): ``y[v,j] >= started(s_j) + pending[v,j] - 1``, ``pending`` does not
+        grow from one segment to the next (it does not in any plan), and ``pending[v,j] >= rec_x -
+        st[x, s_j-1]`` only at the last segment before ``x``'s term changes: the others follow
+        through the chain. Exact like the per-consumer rows, with rows per consumer start instead
+        of per consumer and segment (the dropout seeds that every layer reads: 250 k rows at 96
+        GPT-2 layers)."""
+        k, segs, r = c.idx, c.segs, self.cties.get(c.idx)
+        for j in range(len(segs)):
+            shared = self.V.get(("p", r, j)) if r is not None else None
+            self.V[("p", k, j)] = shared if shared is not None else self._var(f"p{k}_{j}", 0, 1, pulp.LpContinuous)
+        starts = [s for s, _ in segs]
+        for j, s in enumerate(starts):
+            started, sc = self._started_on_segment(c, s)
+            self._row([(("y", k, j), 1), (("p", k, j), -1)] + [(key, -cf) for key, cf in started], GE, sc - 1, f"y{k}_{j}")
+            if j + 1 < len(segs):
+                self._row([(("p", k, j), 1), (("p", k, j + 1), -1)], GE, 0, f"pc{k}_{j}")
+        for x in c.rcons:
+            xc = self.st.cands[x]
+            for j in _term_changes(starts, xc):
+                here = self.st.st(xc, starts[j] - 1)
+                self._row([(("p", k, j), 1), (("rec", x), -1)] + [(key, 1) for key in here], GE, 0, f"p{k}_{j}_{x}")
 
     # ---- transfer time, objective, memory ------------------------------------------------------
     def _transfer_rows(self) -> list:
@@ -498,6 +529,9 @@ class Model:
                 val = on and codes[k] == STORE
             elif kind == "st":
                 val = on and codes[k] == REC and S[k] <= key[2]
+            elif kind == "p":  # a recomputed consumer starts after segment j begins
+                s = c.segs[key[2]][0]
+                val = any(need[x] and codes[x] == REC and S[x] > s - 1 for x in c.rcons)
             else:  # y: live on segment j
                 s = c.segs[key[2]][0]
                 started = codes[k] != REC or S[k] <= s
@@ -538,6 +572,17 @@ def _coefficients(pairs) -> dict:
         else:
             acc[v] = acc.get(v, 0) + cf
     return {v: cf for v, cf in acc.items() if cf}
+
+
+def _term_changes(starts: list[int], xc: Cand) -> list[int]:
+    """The segments ``j`` (starting at ``starts``) where consumer ``xc``'s term ``rec_x -
+    st[x, s_j-1]`` is non-zero and differs from the next segment's: those whose slots
+    ``s_j..s_{j+1}-1`` hold one of its kept starts or its ``top`` (where ``st`` changes), and the
+    last one while ``x`` may start after it."""
+    out = {bisect_right(starts, q) - 1 for q in set(xc.kept) | {xc.top} if q >= starts[0]}
+    if starts[-1] - 1 < xc.top:
+        out.add(len(starts) - 1)
+    return sorted(j for j in out if starts[j] - 1 < xc.top)
 
 
 def _holds(sense: int, rhs: float) -> bool:
@@ -688,6 +733,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
 
 
 LAYER_MODES = ("auto", "mix", "tie", "free")
+PENDING_ROWS = 64  # live-segment rows of one candidate above which they go through pending variables
 AUTO_MIX_LAYERS = 8  # "auto" runs "mix" when a layer class has at least this many layers, else "free"
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
 MENU_GAP = 0.05  # MIP gap of the tied solves at the other menu caps
