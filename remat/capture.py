@@ -746,7 +746,7 @@ def capture(
     as one. A training dropout of the forward is first rewritten to replay its generator state
     (``rng_replay.replay_dropouts``, in place: the rewrite pass finds it in ``joint``)."""
     rng_replay.replay_dropouts(joint, forward_nodes)
-    forward_nodes = forward_nodes | rng_replay.state_nodes(joint)  # this capture's or an earlier one's
+    forward_nodes = forward_nodes | rng_replay.forward_ops(joint)  # this capture's or an earlier one's
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     fused = fused_values(g)

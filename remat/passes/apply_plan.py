@@ -4,9 +4,9 @@ The forward graph saves exactly the STORE (and OFFLOAD) activations, plus the re
 sizes that backward reads. The backward graph recomputes every RECOMPUTE activation once, just
 before the first backward op that needs it, directly or through another recomputation (the
 just-in-time placement that ``remat.problem`` models), in dependency order; views of saved values
-are re-derived where they are read. A recomputed random value replays the forward's draw: a
-replayed dropout leaves the generator as it found it, and a backward that would draw fresh
-numbers is refused (``remat.passes.rng_replay``).
+are re-derived where they are read. A recomputed random value replays the forward's draw (a
+dropout mask from the generator state saved before the dropout, Inductor's random prims from
+their saved seeds); a backward that would draw fresh numbers is refused (``remat.passes.rng_replay``).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def apply_plan(
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
 
-    forward_nodes = forward_nodes | rng_replay.state_nodes(joint)
+    forward_nodes = forward_nodes | rng_replay.forward_ops(joint)
     saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded, num_fwd_outputs)
     fw, bw = P._extract_fwd_bwd_modules(
         joint,
@@ -170,7 +170,7 @@ def apply_plan(
     # The extraction copies every op whose inputs are available, random ones included, and DCE
     # keeps unused random ops under fallback_random: drop them, or backward would re-draw.
     bw.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure(impure_random=False))
-    rng_replay.quiet_backward(bw)
+    bw.recompile()
     rng_replay.check_backward(bw)
     if P.has_recomputable_ops(joint) and P.has_recomputable_rng_ops(joint):
         fw, bw = P.functionalize_rng_ops(joint, fw, bw, len(saved_sym))

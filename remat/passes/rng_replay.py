@@ -15,12 +15,14 @@ two ways on torch 2.13:
 * ``fallback_random = True`` (the streams of eager): ``aten.native_dropout`` draws from the
   default generator. ``replay_dropouts`` rewrites each one (with ``train=True``) into
   ``state = remat.rng_state(x)`` (the default generator's state of ``x``'s device, as
-  ``torch.utils.checkpoint`` saves it: 5,056 bytes on the CPU, 16 on CUDA) and
-  ``remat.replay_dropout(state, x, p, advance)``, which sets that state and runs
-  ``native_dropout``: in the forward (``advance=True``) the generator moves on exactly as in eager;
-  in the backward (``quiet_backward``: ``advance=False``) the generator is put back afterwards, so
-  a recomputed mask leaves the stream of the next step untouched. Other random ATen ops
-  (``rand_like``, ``bernoulli``, ...) stay what they were: drawn once, never recomputed.
+  ``torch.utils.checkpoint`` saves it: 5,056 bytes on the CPU, 16 on CUDA),
+  ``remat.replay_dropout(state, x, p)`` (``native_dropout`` from that state: eager's output, and
+  the generator moves on as in eager; it runs once, in the forward) and its mask into
+  ``remat.dropout_mask(state, ...)``, which draws the same mask from the state without reading
+  ``x`` and puts the generator back: a recomputed mask needs only the state, and leaves the
+  stream of the next step untouched. The dropout's output is not recomputed (that would need its
+  input and allocate a second mask). Other random ATen ops (``rand_like``, ``bernoulli``, ...)
+  stay as they are: drawn once, never recomputed.
 
 ``draws`` tells the ops that draw fresh numbers (never recomputed: their result is stored) from
 those that ``replays`` (deterministic given a saved seed or state: recomputable).
@@ -28,6 +30,8 @@ those that ``replays`` (deterministic given a saved seed or state: recomputable)
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx as fx
@@ -60,28 +64,52 @@ def _state_numel(device: torch.device) -> int:
 
 
 # Tagged as seeded, like the op it replaces: torch's own passes keep it where it is (never dropped,
-# duplicated or timed on made-up inputs); ``replays`` is what tells remat that it may run again.
+# duplicated or timed on made-up inputs). It moves the generator, so it runs once, in the forward.
 @torch.library.custom_op("remat::replay_dropout", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float, advance: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``aten.native_dropout(x, p, True)`` drawn from generator state ``state``; ``advance``: leave
-    the generator where the draw left it (the forward's draw), else as it was (a replay)."""
-    gen = _generator(x.device)
-    before = None if advance else gen.get_state()
-    gen.set_state(state)
-    try:
-        return torch.ops.aten.native_dropout.default(x, p, True)
-    finally:
-        if before is not None:
-            gen.set_state(before)
-
-
-@replay_dropout.register_fake
-def _(state: torch.Tensor, x: torch.Tensor, p: float, advance: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aten.native_dropout(x, p, True)`` drawn from generator state ``state`` (the state just
+    read by ``rng_state``: the draw and the generator after it are eager's)."""
+    _generator(x.device).set_state(state)
     return torch.ops.aten.native_dropout.default(x, p, True)
 
 
+@replay_dropout.register_fake
+def _(state: torch.Tensor, x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.aten.native_dropout.default(x, p, True)
+
+
+_lib = torch.library.Library("remat", "FRAGMENT")
+_lib.define("dropout_mask(Tensor state, SymInt[] size, SymInt[] stride, ScalarType dtype, Device device, float p) -> Tensor",
+            tags=(torch.Tag.nondeterministic_seeded,))
+
+
+def _dropout_mask(state, size, stride, dtype, device, p):
+    """The mask of ``native_dropout(x, p, True)`` for an ``x`` laid out as (size, stride, dtype,
+    device) drawn from generator state ``state``, without ``x``; the generator is left as it was.
+    The CPU's dropout draws its mask as ``bernoulli_(1 - p)`` of a bool tensor like ``x``; CUDA's
+    fused kernel is run on an uninitialised ``x`` (its mask does not read the values)."""
+    gen = _generator(device)
+    before = gen.get_state()
+    gen.set_state(state)
+    try:
+        if device.type == "cuda":
+            x = torch.empty_strided(size, stride, dtype=dtype, device=device)
+            return torch.ops.aten.native_dropout.default(x, p, True)[1]
+        return torch.empty_strided(size, stride, dtype=torch.bool, device=device).bernoulli_(1 - p)
+    finally:
+        gen.set_state(before)
+
+
+def _dropout_mask_fake(state, size, stride, dtype, device, p):
+    return torch.empty_strided(size, stride, dtype=torch.bool, device=device)
+
+
+torch.library.impl("remat::dropout_mask", "CompositeExplicitAutograd", lib=_lib)(_dropout_mask)
+torch.library.register_fake("remat::dropout_mask", lib=_lib)(_dropout_mask_fake)
+
 RNG_STATE = torch.ops.remat.rng_state.default
 REPLAY_DROPOUT = torch.ops.remat.replay_dropout.default
+DROPOUT_MASK = torch.ops.remat.dropout_mask.default
 
 
 def draws(n: fx.Node) -> bool:
@@ -93,7 +121,7 @@ def draws(n: fx.Node) -> bool:
 def replays(n: fx.Node) -> bool:
     """Whether ``n`` computes random numbers as a pure function of a seed or generator state that
     the forward drew (so running it again gives the forward's numbers)."""
-    return n.op == "call_function" and (n.target is REPLAY_DROPOUT or str(n.target) in _SEEDED)
+    return n.op == "call_function" and (n.target is DROPOUT_MASK or str(n.target) in _SEEDED)
 
 
 def fusible(n: fx.Node) -> bool:
@@ -104,8 +132,9 @@ def fusible(n: fx.Node) -> bool:
 
 def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node]:
     """Rewrite each training ``native_dropout`` of the forward into a replay from the generator
-    state saved just before it (in place: the node keeps its name and users); returns the new
-    state nodes (forward ops). Graphs without one are left as they are."""
+    state saved just before it, and its mask into ``dropout_mask`` of that state (which does not
+    read the dropout's input: recomputing a mask needs only the state). In place: the nodes keep
+    their names and users. Returns the new state nodes (forward ops)."""
     states = set()
     for n in list(joint.graph.nodes):
         if n in forward and n.target is torch.ops.aten.native_dropout.default and _training(n):
@@ -113,7 +142,10 @@ def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node
             with joint.graph.inserting_before(n):
                 state = joint.graph.call_function(RNG_STATE, (x,), name=f"{n.name}_rng_state")
             state.meta["val"] = _cpu_bytes_like(x, _state_numel(x.meta["val"].device))
-            n.target, n.args, n.kwargs = REPLAY_DROPOUT, (state, x, p, True), {}
+            n.target, n.args, n.kwargs = REPLAY_DROPOUT, (state, x, p), {}
+            for mask in [u for u in n.users if u.target is operator.getitem and u.args[1] == 1]:
+                v = x.meta["val"]
+                mask.target, mask.args = DROPOUT_MASK, (state, list(v.shape), list(v.stride()), v.dtype, v.device, p)
             states.add(state)
     if states:
         joint.recompile()
@@ -135,16 +167,10 @@ def _cpu_bytes_like(x: fx.Node, numel: int) -> torch.Tensor:
         return torch.empty(numel, dtype=torch.uint8, device="cpu")
 
 
-def state_nodes(joint: fx.GraphModule) -> set[fx.Node]:
-    """The ``remat.rng_state`` nodes of a joint graph (forward ops that ``replay_dropouts`` added)."""
-    return set(joint.graph.find_nodes(op="call_function", target=RNG_STATE))
-
-
-def quiet_backward(bw: fx.GraphModule) -> None:
-    """A replayed dropout in the backward puts the generator back after its draw."""
-    for n in bw.graph.find_nodes(op="call_function", target=REPLAY_DROPOUT):
-        n.args = (*n.args[:3], False)
-    bw.recompile()
+def forward_ops(joint: fx.GraphModule) -> set[fx.Node]:
+    """The forward ops that ``replay_dropouts`` made in a joint graph: generator states and masks
+    (a mask that only the backward reads is still a forward value, as the getitem it replaced)."""
+    return {n for op in (RNG_STATE, DROPOUT_MASK) for n in joint.graph.find_nodes(op="call_function", target=op)}
 
 
 def check_backward(bw: fx.GraphModule) -> None:

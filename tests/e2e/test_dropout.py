@@ -37,7 +37,7 @@ def test_the_recomputed_mask_is_the_forward_mask(fallback_random):
         y, loss = step(x)
         loss.backward()
     (report,) = remat.reports(step)
-    assert ("replay_dropout" if fallback_random else "inductor_random") in report.backward_code
+    assert ("dropout_mask" if fallback_random else "inductor_random") in report.backward_code
     kept = y.detach() != 0
     assert 0.4 < kept.float().mean() < 0.8  # a real draw
     assert torch.equal(x.grad != 0, kept)
@@ -68,7 +68,7 @@ def test_replayed_dropout_matches_eager_and_leaves_the_stream_as_eager_does():
     torch.manual_seed(11)
     step(x).backward()
     (report,) = remat.reports(step)
-    assert "replay_dropout" in report.backward_code  # the floor recomputes a mask
+    assert "dropout_mask" in report.backward_code  # the floor recomputes a mask
     assert torch.equal(torch.get_rng_state(), ref_after)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=lambda s: f"{name}: {s}")

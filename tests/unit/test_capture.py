@@ -277,12 +277,13 @@ def test_capture_builds_activations_of_the_mlp():
     problem = captured.problem
     assert problem.name == "mlp" and problem.host_bandwidth == 5.0
     state = "native_dropout_rng_state"  # the generator's state, saved before the dropout draws
-    assert [s.name for s in problem.slots] == ["mm", "relu", state, "native_dropout", "mm_1", "tanh"] + captured.backward_order
+    forward = ["mm", "relu", state, "native_dropout", "getitem_1", "mm_1", "tanh"]  # getitem_1: the mask, from the state
+    assert [s.name for s in problem.slots] == forward + captured.backward_order
     acts = {a.name: a for a in problem.activations}
     assert set(acts) == {"mm", "relu", state, "getitem", "getitem_1"}  # mm: only to recompute relu
     assert acts["relu"].inputs == ("mm",) and acts["relu"].recomputable
     assert not acts[state].recomputable and acts[state].bytes == torch.get_rng_state().numel()
-    assert acts["getitem_1"].recomputable and acts["getitem_1"].inputs == (state, "relu")  # replayed, not drawn
+    assert acts["getitem_1"].recomputable and acts["getitem_1"].inputs == (state,)  # replayed, not drawn
     assert acts["getitem_1"].dtype == "bool" and acts["getitem_1"].shape == (8, 16)
     assert not any(a.offloadable for a in acts.values())  # far below MIN_OFFLOAD_BYTES
     assert "getitem_1" in captured.forward_nodes and "detach" not in captured.forward_nodes

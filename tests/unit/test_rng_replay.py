@@ -9,12 +9,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import remat
 import remat.passes.rng_replay as rng_replay
 from remat.errors import PlanError
-from remat.passes.rng_replay import REPLAY_DROPOUT, RNG_STATE, check_backward, draws, replay_dropouts, replays
+from remat.passes.rng_replay import DROPOUT_MASK, REPLAY_DROPOUT, RNG_STATE, check_backward, draws, replay_dropouts, replays
 
 prims = torch.ops.prims
 
 
-def test_replay_dropout_draws_as_eager_and_a_quiet_replay_leaves_the_generator_alone():
+def test_replay_dropout_draws_as_eager_and_its_mask_replays_without_moving_the_generator():
     x = torch.rand(64, 33) + 0.5
     torch.manual_seed(7)
     eager, eager_mask = torch.ops.aten.native_dropout(x, 0.3, True)
@@ -22,12 +22,12 @@ def test_replay_dropout_draws_as_eager_and_a_quiet_replay_leaves_the_generator_a
 
     torch.manual_seed(7)
     state = rng_replay.rng_state(x)
-    out, mask = rng_replay.replay_dropout(state, x, 0.3, True)
+    out, mask = rng_replay.replay_dropout(state, x, 0.3)
     assert torch.equal(out, eager) and torch.equal(mask, eager_mask)
     assert torch.equal(torch.get_rng_state(), eager_after)  # the forward moves the stream as eager does
 
-    _, again = rng_replay.replay_dropout(state, x, 0.3, False)
-    assert torch.equal(again, mask)  # the backward's mask is the forward's, bit for bit
+    alone = torch.ops.remat.dropout_mask(state, x.shape, x.stride(), x.dtype, x.device, 0.3)
+    assert torch.equal(alone, mask)  # the backward's mask is the forward's, bit for bit
     assert torch.equal(torch.get_rng_state(), eager_after)  # and the next draw is eager's next draw
 
 
@@ -51,10 +51,9 @@ def test_a_backward_that_would_draw_fresh_numbers_is_refused():
     with pytest.raises(PlanError, match="inductor_seeds"):
         check_backward(_seeded_graph())
     g = fx.Graph()
-    x = g.placeholder("x")
     state = g.placeholder("state")
-    g.output((g.call_function(REPLAY_DROPOUT, (state, x, 0.5, False)),))
-    check_backward(fx.GraphModule(torch.nn.Module(), g))  # a replay is fine
+    g.output((g.call_function(DROPOUT_MASK, (state, [4], [1], torch.float32, torch.device("cpu"), 0.5)),))
+    check_backward(fx.GraphModule(torch.nn.Module(), g))  # a replayed mask is fine
 
 
 def test_replay_dropouts_rewrites_a_training_dropout_in_place_and_keeps_eager_numbers():
@@ -65,10 +64,11 @@ def test_replay_dropouts_rewrites_a_training_dropout_in_place_and_keeps_eager_nu
 
     x = torch.rand(16, 16) + 0.5
     gm = make_fx(f)(x)
-    dropout = next(n for n in gm.graph.nodes if n.name == "native_dropout")
+    dropout, mask = (next(n for n in gm.graph.nodes if n.name == k) for k in ("native_dropout", "getitem_1"))
     states = replay_dropouts(gm, set(gm.graph.nodes))
-    assert [s.target for s in states] == [RNG_STATE]
-    assert dropout.target is REPLAY_DROPOUT and dropout.args[0] in states and dropout.args[3] is True
+    assert [s.target for s in states] == [RNG_STATE] and rng_replay.forward_ops(gm) == states | {mask}
+    assert dropout.target is REPLAY_DROPOUT and dropout.args[0] in states and not replays(dropout)
+    assert mask.target is DROPOUT_MASK and mask.all_input_nodes == [dropout.args[0]]  # not the input: the state
     assert sum(n.target is torch.ops.aten.native_dropout.default for n in gm.graph.nodes) == 1
     torch.manual_seed(3)
     want = f(x)
