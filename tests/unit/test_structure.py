@@ -15,7 +15,7 @@ from remat.problem import Problem
 from remat.simulate import check, store_all_peak
 from remat.solvers import min_peak, solve
 from remat.solvers._core import REC, Structure
-from remat.solvers.ilp import Model, Rows
+from remat.solvers.ilp import Model, Rows, _solve
 from remat.solvers.layered import build_menus, layer_groups
 from remat.structure import activation_graph, find_layers, signature, with_layers
 
@@ -217,6 +217,17 @@ def test_moved_cap_solves_like_a_model_built_at_it():
         m.prob.solve(pulp.HiGHS(msg=False, gapRel=0.0))
     assert math.isclose(st.cost(moved.decisions()), st.cost(built.decisions()), rel_tol=1e-9)
     assert st.peak(moved.decisions()) <= lo
+    # the planner's handover keeps HiGHS's model and moves only the rows' bounds
+    again = Model(st, rows, hi)
+    costs, held = [], []
+    for cap in (hi, lo):
+        again.set_budget(cap)
+        assert _solve(again, "highs", 30.0, 0.0, False, None)[0] == pulp.LpSolutionOptimal
+        costs.append(st.cost(again.decisions()))
+        held.append(again.prob.solverModel)
+    assert held[0] is held[1] and held[1].getNumRow() == len(again.prob.constraints)
+    assert math.isclose(costs[1], st.cost(built.decisions()), rel_tol=1e-9) and costs[0] <= costs[1]
+    assert st.peak(again.decisions()) <= lo
 
 
 def test_layer_groups_split_by_decisions_and_free_the_ends():
