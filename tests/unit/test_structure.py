@@ -225,7 +225,7 @@ def test_moved_cap_solves_like_a_model_built_at_it():
         assert _solve(again, "highs", 30.0, 0.0, False, None)[0] == pulp.LpSolutionOptimal
         costs.append(st.cost(again.decisions()))
         held.append(again.prob.solverModel)
-    assert held[0] is held[1] and held[1].getNumRow() == len(again.prob.constraints)
+    assert held[0] is held[1] and held[1].getNumRow() == again.num_cons
     assert math.isclose(costs[1], st.cost(built.decisions()), rel_tol=1e-9) and costs[0] <= costs[1]
     assert st.peak(again.decisions()) <= lo
 
