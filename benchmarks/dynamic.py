@@ -178,6 +178,9 @@ def run_case(name: str, case: Case, repeats: int) -> dict:
             except remat.InfeasibleBudgetError as e:
                 rows.append({"size": n, "refused": str(e), "largest_fit": e.largest_fit})
                 model.zero_grad(set_to_none=True)
+            except Exception as e:  # recorded, the other sizes still run
+                rows.append({"size": n, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+                model.zero_grad(set_to_none=True)
             print(f"  {name} {label} size {n}: {_row_words(rows[-1])}", flush=True)
         out[label] = {"compiles": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]), "rows": rows}
         if remat_on:
@@ -200,6 +203,8 @@ def _plan_of(r) -> dict:
 
 
 def _row_words(row: dict) -> str:
+    if "error" in row:
+        return f"ERROR {row['error']}"
     if "refused" in row:
         return f"refused at compile time: largest fit {row['largest_fit']}"
     return (f"peak {row['peak_bytes'] / MIB:.2f} MiB, grads {'=' if row['grads_equal'] else '!='} eager "
@@ -213,7 +218,7 @@ def markdown(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows, plain = r["remat"]["rows"], r["plain"]["rows"]
-        ran = [x for x in rows if "refused" not in x]
+        ran = [x for x in rows if "refused" not in x and "error" not in x]
         caps = {p["cap_bytes"] for p in r["remat"]["plans"]}
         cap = max(caps) if caps else None
         ok = cap is not None and all(x["peak_bytes"] <= cap for x in ran)
@@ -229,6 +234,9 @@ def markdown(results: list[dict]) -> str:
         by_size = {x["size"]: x for x in r["plain"]["rows"]}
         for x in r["remat"]["rows"]:
             p = by_size.get(x["size"], {})
+            if "error" in x:
+                lines.append(f"| {r['case']} | {x['size']} | ERROR: {x['error'][:120]} | | | | | | |")
+                continue
             if "refused" in x:
                 lines.append(f"| {r['case']} | {x['size']} | refused: fits up to {x['largest_fit']} | "
                              f"{_mib(p.get('peak_bytes'))} | | | | {_ms(p.get('step_s'))} | |")

@@ -142,9 +142,12 @@ class SymbolicSizes:
 
 
 def _symbol_facts(env: Any, symbols: set) -> tuple[dict, dict, dict]:
-    """Each backed symbol's hint, ShapeEnv range and Dynamo sources."""
+    """Each backed symbol's hint, ShapeEnv range and Dynamo sources: its own, and those of the
+    symbols that tracing found equal to it (``replacements``: the batch of a model's input and of
+    the loss's targets, made one by the loss)."""
     hints = {s: int(env.backed_var_to_val[s]) for s in symbols if s in env.backed_var_to_val}
-    sources = {s: tuple(_source_name(src) for src in env.var_to_sources.get(s, ())) for s in hints}
+    equal = {s: [s, *(r for r, e in env.replacements.items() if e == s)] for s in hints}
+    sources = {s: tuple(_source_name(src) for r in equal[s] for src in env.var_to_sources.get(r, ())) for s in hints}
     return hints, {s: _env_range(env, s) for s in hints}, sources
 
 

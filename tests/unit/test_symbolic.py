@@ -118,3 +118,15 @@ def test_exact_floor_divisions_of_sizes_become_polynomials():
     assert exact_divisions(4 * FloorDiv(s**2, s) * t) == 4 * s * t  # two sizes that share a symbol
     assert exact_divisions(FloorDiv(6 * s * t, 3 * t)) == 2 * s
     assert exact_divisions(FloorDiv(s, 2)) == FloorDiv(s, 2)  # not exact: kept
+
+
+def test_a_symbol_has_the_sources_of_the_symbols_found_equal_to_it():
+    from types import SimpleNamespace
+
+    src = lambda name: SimpleNamespace(name=name)  # noqa: E731
+    u = sympy.Symbol("s2", positive=True, integer=True)
+    env = SimpleNamespace(backed_var_to_val={s: 8, u: 8}, replacements={u: s}, var_to_range={},
+                          var_to_sources={s: [src("L['targets'].size()[0]")], u: [src("L['x'].size()[0]")]})
+    sizes = SymbolicSizes.of(env, {"a": 4 * s}, [])  # the loss made the input's batch (s2) equal to s0
+    assert sizes.sources[s] == ("L['targets'].size()[0]", "L['x'].size()[0]")
+    assert range_box(sizes, parse_dynamic_range({"x.0": (2, 64)})) == {s: (2, 64)}
