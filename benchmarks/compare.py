@@ -7,7 +7,8 @@ activation_memory_budget and remat at several caps, in one run, one fresh proces
     python benchmarks/compare.py --models hf_llama --configs compile,amb_0.5,remat_min --equal-peak
 
 Columns: measured step peak (profiler allocation events on CPU, above the memory allocated before
-the step), remat's predicted peak, step time (median of unprofiled steps) as a ratio to plain
+the step), remat's predicted peak, the peak read from Inductor's generated code, each of those two
+over the measured peak (summed over a step's graphs: the runner reports totals), step time (median of unprofiled steps) as a ratio to plain
 torch.compile, compile time (first step minus a normal step), remat's solve time, and the largest
 absolute gradient difference from eager with the same seed. With ``--equal-peak``, remat also runs
 at a cap equal to each ``amb_*`` row's measured peak (rows ``remat_<bytes>B``, note "= amb_0.5's
@@ -73,6 +74,9 @@ def add_ratios(rows: list[dict]) -> None:
             r["step_time_ratio"] = r["step_time_s"] / ref["step_time_s"]
         if ref and r.get("measured_peak_bytes") is not None and ref.get("measured_peak_bytes"):
             r["peak_ratio"] = r["measured_peak_bytes"] / ref["measured_peak_bytes"]
+        for key in ("predicted", "inductor"):  # the model's and the code's figure against the measurement
+            if r.get(f"{key}_peak_bytes") and r.get("measured_peak_bytes"):
+                r[f"{key}_over_measured"] = r[f"{key}_peak_bytes"] / r["measured_peak_bytes"]
 
 
 def _note(r: dict) -> str:
@@ -92,19 +96,27 @@ def _note(r: dict) -> str:
     return note
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| config | measured peak MiB | vs compile | predicted peak MiB | cap MiB | step ms (median) | best ms "
-            "| step / compile | compile s | solve s | grad err vs eager | note |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = ("| config | measured peak MiB | vs compile | predicted peak MiB | Inductor code MiB | pred / meas "
+            "| code / meas | cap MiB | step ms (median) | best ms | step / compile | compile s | solve s "
+            "| grad err vs eager | note |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = r.get("grad_max_abs_err")
         note = _note(r)
         lines.append(
-            "| {config} | {mp} | {pr} | {pp} | {cap} | {st} | {best} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
+            "| {config} | {mp} | {pr} | {pp} | {ip} | {pm} | {im} | {cap} | {st} | {best} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
                 config=r["config"],
                 mp=fmt_mib(r.get("measured_peak_bytes")),
                 pr=f"{r['peak_ratio']:.2f}" if r.get("peak_ratio") is not None else "-",
                 pp=fmt_mib(r.get("predicted_peak_bytes")),
+                ip=fmt_mib(r.get("inductor_peak_bytes")),
+                pm=_ratio(r.get("predicted_over_measured")),
+                im=_ratio(r.get("inductor_over_measured")),
                 cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") else "-",
                 st=f"{1e3 * r['step_time_s']:.1f}" if r.get("step_time_s") else "-",
                 best=f"{1e3 * r['step_time_min_s']:.1f}" if r.get("step_time_min_s") else "-",
