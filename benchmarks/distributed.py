@@ -1,4 +1,4 @@
-"""2-rank gloo DDP on the CPU under remat: per-rank figures next to uncompiled DDP.
+"""2-rank gloo DDP (or FSDP2) on the CPU under remat: per-rank figures next to the uncompiled run.
 
 For each budget, 2 spawned ranks each wrap a remat-compiled model (an MLP, or the GPT of
 examples/gpt.py without dropout, so that eager and compiled draw no random numbers) in DDP and
@@ -12,9 +12,12 @@ step on, the buckets are resident before the step.
 
     python benchmarks/distributed.py --budgets 75% 50% --quick
     python benchmarks/distributed.py --budgets 75% 50% --quick --model gpt
+    python benchmarks/distributed.py --budgets 4MiB --quick --wrapper fsdp2
 
-Prints one line per rank and budget, and writes benchmarks/results/distributed.json (the MLP) or
-distributed_gpt.json.
+With ``--wrapper fsdp2``, FSDP2 instead of DDP: each block compiled, then sharded (torchtitan's
+order); a byte cap is then taken less FSDP2's buffers (``resident_before_bytes``). Prints one line
+per rank and budget, and writes benchmarks/results/distributed.json (the MLP under DDP), or
+distributed_gpt.json, distributed_fsdp2.json, distributed_gpt_fsdp2.json.
 """
 
 from __future__ import annotations
@@ -69,7 +72,45 @@ CASES = {"mlp": mlp_case, "gpt": gpt_case}
 def step(model, x, loss_fn) -> tuple[float, list]:
     loss = loss_fn(model(x))
     loss.backward()
-    return loss.item(), [p.grad.clone() for p in model.parameters()]
+    grads = (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for p in model.parameters())
+    return loss.item(), [g.clone() for g in grads]
+
+
+def ddp_wrapped(base: torch.nn.Module, options: dict) -> tuple:
+    """(uncompiled DDP, DDP over the remat-compiled model, what ``remat.reports`` reads)."""
+    plain = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+    compiled = torch.compile(base, backend="remat", options=options)
+    return plain, torch.nn.parallel.DistributedDataParallel(compiled), compiled
+
+
+def fsdp2_wrapped(base: torch.nn.Module, options: dict) -> tuple:
+    """(uncompiled FSDP2, FSDP2 over blocks compiled first, as torchtitan does, a compiled block)."""
+    plain = sharded(copy.deepcopy(base))
+    model = sharded(base, lambda block: torch.compile(block, backend="remat", options=options))
+    container, indices = blocks_of(model)
+    return plain, model, container[indices[0]]
+
+
+def blocks_of(model: torch.nn.Module) -> tuple:
+    """(the container of the model's blocks, their indices): GPT's ``blocks``, or an MLP's layers but the head."""
+    if hasattr(model, "blocks"):
+        return model.blocks, range(len(model.blocks))
+    return model, range(len(model) - 1)
+
+
+def sharded(model: torch.nn.Module, compile_block: Callable | None = None) -> torch.nn.Module:
+    """FSDP2 per block (each compiled first when asked) and at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    container, indices = blocks_of(model)
+    for i in indices:
+        if compile_block is not None:
+            container[i] = compile_block(container[i])
+        fully_shard(container[i])
+    return fully_shard(model)
+
+
+WRAPPERS = {"ddp": ddp_wrapped, "fsdp2": fsdp2_wrapped}
 
 
 def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
@@ -77,19 +118,18 @@ def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
     from remat.measure import measure_step
 
     base, x, loss_fn = CASES[args.model](rank, args)
-    plain = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(base))
-    compiled = torch.compile(base, backend="remat", options={"memory_budget": budget})
-    ddp = torch.nn.parallel.DistributedDataParallel(compiled)
+    plain, model, compiled = WRAPPERS[args.wrapper](base, {"memory_budget": budget})
     start = time.perf_counter()
-    loss, grads = step(ddp, x, loss_fn)
+    loss, grads = step(model, x, loss_fn)
     compile_s = time.perf_counter() - start
     plain_loss, plain_grads = step(plain, x, loss_fn)
-    second, third = (measure_step(lambda: loss_fn(ddp(x)).backward()).peak_bytes for _ in range(2))
+    second, third = (measure_step(lambda: loss_fn(model(x)).backward()).peak_bytes for _ in range(2))
     reports = remat.reports(compiled)
-    return {"rank": rank, "model": args.model, "budget": budget, "loss_diff": abs(loss - plain_loss),
+    return {"rank": rank, "model": args.model, "wrapper": args.wrapper, "budget": budget, "loss_diff": abs(loss - plain_loss),
             "grad_diff": max((g - p).abs().max().item() for g, p in zip(grads, plain_grads, strict=True)),
             "hashes": [r.plan.digest() for r in reports], "compile_s": round(compile_s, 2),
             "cap_bytes": [r.budget_bytes for r in reports], "inductor_peak_bytes": [r.inductor_peak_bytes for r in reports],
+            "resident_before_bytes": [r.resident_before_bytes for r in reports],
             "second_step_peak_bytes": second, "measured_peak_bytes": third}
 
 
@@ -124,6 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", default=["75%", "50%"])
     parser.add_argument("--model", choices=sorted(CASES), default="mlp")
+    parser.add_argument("--wrapper", choices=sorted(WRAPPERS), default="ddp",
+                        help="ddp: DDP over the compiled model; fsdp2: each block compiled, then fully_shard per block "
+                             "and at the root (a byte cap takes FSDP2's buffers off: remat.outside_memory)")
     parser.add_argument("--quick", action="store_true",
                         help="small shapes: MLP width 128, depth 4, 1024 rows; GPT d 64, 2 layers, 2 heads, "
                              "vocab 256, seq 64, batch 4")
@@ -141,7 +184,8 @@ def main() -> None:
         print(json.dumps(row))
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
-    name = "distributed.json" if args.model == "mlp" else f"distributed_{args.model}.json"
+    suffix = "".join(f"_{part}" for part in (args.model, args.wrapper) if part not in ("mlp", "ddp"))
+    name = f"distributed{suffix}.json"
     (results / name).write_text(json.dumps(rows, indent=1))
 
 
