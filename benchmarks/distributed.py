@@ -125,10 +125,12 @@ def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
     plain_loss, plain_grads = step(plain, x, loss_fn)
     second, third = (measure_step(lambda: loss_fn(model(x)).backward()).peak_bytes for _ in range(2))
     reports = remat.reports(compiled)
-    return {"rank": rank, "model": args.model, "wrapper": args.wrapper, "budget": budget, "loss_diff": abs(loss - plain_loss),
+    return {"rank": rank, "model": args.model, "wrapper": args.wrapper, "budget": budget,
+            "loss_diff": abs(loss - plain_loss),
             "grad_diff": max((g - p).abs().max().item() for g, p in zip(grads, plain_grads, strict=True)),
             "hashes": [r.plan.digest() for r in reports], "compile_s": round(compile_s, 2),
-            "cap_bytes": [r.budget_bytes for r in reports], "inductor_peak_bytes": [r.inductor_peak_bytes for r in reports],
+            "cap_bytes": [r.budget_bytes for r in reports],
+            "inductor_peak_bytes": [r.inductor_peak_bytes for r in reports],
             "resident_before_bytes": [r.resident_before_bytes for r in reports],
             "second_step_peak_bytes": second, "measured_peak_bytes": third}
 

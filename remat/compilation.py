@@ -113,8 +113,8 @@ class Compilation:
         """Bytes resident outside graph ``key`` while it runs: what the graphs first compiled
         before it keep (``kept_before``) and what the step allocates outside the graphs
         (``outside``, found now: call it while the graph compiles)."""
-        outside = self._outside_option
-        found = OutsideMemory((("given", outside),), "outside_bytes option") if outside is not None else outside_memory()
+        given = self._outside_option
+        found = outside_memory() if given is None else OutsideMemory((("given", given),), "outside_bytes option")
         with self._lock:
             self._outside[key] = found
         return self.kept_before(key) + found.nbytes
@@ -188,8 +188,8 @@ class Compilation:
         fix = f" (memory_budget={self._byte_cap - excess} instead of {self._byte_cap})" if fits else ""
         log.warning(
             "remat[%s]: when its backward started, %d calls of this compilation's graphs kept %s until their backward "
-            "(this graph ran %d times), where one run of it and of each graph compiled before it keeps %s: the step can "
-            "peak %s over the cap. A graph that runs several times per step (one compiled block for every layer, a "
+            "(this graph ran %d times), where one run of it and of each graph compiled before it keeps %s: the step "
+            "can peak %s over the cap. A graph that runs several times per step (one compiled block for every layer, a "
             "loop over a graph break) is planned as if it ran once; lower the cap by %s%s",
             self._names.get(key, key), len(pending), fmt_bytes(sum(n for _, n in pending)), runs, fmt_bytes(planned),
             fmt_bytes(excess), fmt_bytes(excess), fix)
