@@ -91,6 +91,7 @@ class Compilation:
 
         compile_id = CompileContext.current_compile_id()
         frame = getattr(compile_id, "frame_id", None)
+        self._compiling.key = None
         if frame is None:
             return None
         with self._lock:
