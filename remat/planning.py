@@ -265,7 +265,8 @@ def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof
     ranges = {str(s): r for s, r in proof.box.items()}
     worst = ", ".join(f"{s}={v}" for s, v in proof.worst.items())
     largest = buckets.fits_up_to if buckets is not None else proof.largest_fit
-    fit = (f"the largest {proof.symbol} that fits is {largest}" if largest is not None
+    found = "" if buckets is None or buckets.exact else " remat found"  # K + 1 not proven infeasible
+    fit = (f"the largest {proof.symbol}{found} that fits is {largest}" if largest is not None
            else f"not even {proof.symbol}={proof.box[proof.symbol][0]} fits")
     if buckets is not None:
         fit += (f"; {proof.symbol}={sizes.hints[proof.symbol]} was traced, and only the sizes up to {largest} "
