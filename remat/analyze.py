@@ -90,7 +90,7 @@ def analyze(model, example_inputs, memory_budget=None, loss_fn=None, **options) 
 def mark_ranges(model: Callable, example_inputs: tuple, dynamic_range: tuple | None) -> tuple:
     """``example_inputs`` with each dimension that ``dynamic_range`` names (``"x.0"``: parameter
     ``x`` of the model's forward, or ``"0.0"``: the first input) marked dynamic over its range,
-    on a shallow copy of the input (the caller's tensor keeps no mark). ConfigError for a bare
+    on a detached alias of the input (the caller's tensor keeps no mark). ConfigError for a bare
     pair (offline, remat must be told which dimension changes), a name that is no input, or an
     example size outside its range."""
     from .config import ALL_SIZES
