@@ -373,9 +373,10 @@ class Structure:
         consumer comes after its inputs)."""
         cs = self.cands
         need, S, ln = list(self._jit_start[0]), list(self._jit_start[1]), list(self._jit_start[2])
+        window = self.window if self.kernels else None
         for j in np.flatnonzero(np.asarray(codes) == REC)[::-1].tolist():
             if need[j]:
-                lo, hi = self.window(j, S[j])
+                lo, hi = window(j, S[j]) if window else (S[j], S[j])
                 for x in cs[j].all_inputs:
                     need[x] = True
                     if S[x] < 0 or lo < S[x]:

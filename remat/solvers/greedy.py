@@ -152,13 +152,16 @@ class _State:
                     pen += int(self.bytes[i])
         return members, int(self.bytes[a]) - pen, cost
 
-    def cleanup(self, cap: int) -> None:
-        """Put switches back to STORE, most expensive first, while the cap still holds."""
+    def cleanup(self, cap: int, deadline: float | None = None) -> None:
+        """Put switches back to STORE, most expensive first, while the cap still holds (until
+        ``deadline``)."""
         ids = [int(k) for k in np.flatnonzero((self.codes == REC) | (self.codes == OFF))]
         cost = {k: (self.time[k] if self.codes[k] == REC else self.exposed[k]) for k in ids}
         ids.sort(key=lambda k: -cost[k])
         for k in ids:
             d = int(self.codes[k])
+            if _past(deadline):
+                return
             if d not in (REC, OFF):
                 continue
             snap = (self.codes.copy(), self.mem, self.need, self.S, self.ln)
@@ -168,13 +171,18 @@ class _State:
                 self.codes, self.mem, self.need, self.S, self.ln = snap
 
 
-def run_greedy(st: Structure, cap: int):
-    """(decisions, peak, best peak seen); decisions meet ``cap`` iff peak <= cap."""
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def run_greedy(st: Structure, cap: int, deadline: float | None = None):
+    """(decisions, peak, best peak seen); decisions meet ``cap`` iff peak <= cap. Past
+    ``deadline`` (``time.perf_counter()``) no more moves are made and the cleanup stops."""
     s = _State(st)
     best_peak = int(s.mem.max()) if st.n else 0
     best_codes = s.codes.copy()
     guard = 3 * len(st.cands) + 8
-    while st.n and guard > 0:
+    while st.n and guard > 0 and not _past(deadline):
         guard -= 1
         t = int(np.argmax(s.mem))
         peak = int(s.mem[t])
@@ -198,7 +206,7 @@ def run_greedy(st: Structure, cap: int):
     peak = int(s.mem.max()) if st.n else 0
     best_peak = min(best_peak, peak)
     if peak <= cap:
-        s.cleanup(cap)
+        s.cleanup(cap, deadline)
         peak = int(s.mem.max()) if st.n else 0
     dec = st.normalize({c.name: int(s.codes[c.idx]) for c in st.cands if s.codes[c.idx] != NONE})
     return dec, peak, best_peak

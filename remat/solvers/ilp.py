@@ -733,6 +733,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
 
 
 LAYER_MODES = ("auto", "mix", "tie", "free")
+GREEDY_SHARE = 0.25  # of the time limit, for the greedy plan before the models (it stops there)
 PENDING_ROWS = 64  # live-segment rows of one candidate above which they go through pending variables
 AUTO_MIX_LAYERS = 8  # "auto" runs "mix" when a layer class has at least this many layers, else "free"
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
@@ -782,7 +783,7 @@ def ilp(
         max_fixed = int(st.fixed.max())
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
         _raise_infeasible(st, budget, deadline, backend, why)
-    greedy_plan, greedy_cost = _greedy_plan(st, budget)
+    greedy_plan, greedy_cost = _greedy_plan(st, budget, t0 + GREEDY_SHARE * time_limit)
     ties = tie_map(st, problem.layers) if problem.layers else {}
     mode = _mode(layers, problem.layers) if ties else "free"
     warm = warm_start == "force" or (bool(warm_start) and backend == "cbc")  # see _free
@@ -984,9 +985,10 @@ def _left(deadline: float) -> float:
     return max(0.1, deadline - time.perf_counter())
 
 
-def _greedy_plan(st: Structure, budget: int) -> tuple[dict | None, float]:
-    """The greedy plan (warm start and fallback) and its cost; (None, inf) when it misses the cap."""
-    gdec, gpeak, _ = run_greedy(st, budget)
+def _greedy_plan(st: Structure, budget: int, deadline: float) -> tuple[dict | None, float]:
+    """The greedy plan (warm start and fallback) made by ``deadline``, and its cost; (None, inf)
+    when it misses the cap by then."""
+    gdec, gpeak, _ = run_greedy(st, budget, deadline)
     plan = st.normalize(gdec) if gpeak <= budget else None
     if plan is not None and (st.peak(plan) > budget or st.violations(plan)):
         plan = None  # (cannot happen: greedy's windows hold for every subset of copies)
