@@ -19,7 +19,15 @@ Just-in-time semantics (``remat.problem``); per candidate ``v`` (see ``_core.Str
   (``1 - rec*[t < d] + st(t) - off*[out_end < t < back_start]``); past ``D`` (and for case B in
   backward) a continuous ``y[v,j]`` per segment on which the form is constant, with
   ``y >= started(t) + rec_c - st[c, t-1] - 1`` for each consumer ``c`` (``v`` is live while
-  started and some recomputed consumer still has to start).
+  started and some recomputed consumer still has to start); a value with many consumers and
+  segments (dropout seeds read by every layer) gets the same bound through a non-increasing
+  ``pending[v,j]`` with rows only where a consumer's term changes (``Model._pending_rows``).
+
+Repeated layers (``Problem.layers``): a tied model shares the binaries and, where they
+correspond, the continuous variables of corresponding activations and writes each row once; the
+two-level "mix" model writes a layer's binaries (and the indicators of its closed activations)
+as sums of per-layer menu choices (``remat.solvers.layered``). Models are handed to HiGHS by
+``remat.solvers._highs``.
 
 Memory rows: on each slot range where every candidate's contribution is one fixed linear form,
 only the slot with the largest ``fixed_bytes`` can peak; then rows that another row dominates
@@ -27,7 +35,8 @@ for every plan (``row_i(plan) <= row_j(plan)`` via a per-activation bound over i
 states) are dropped. The rest become ``fixed + sum(form) <= budget``.
 
 The answer is normalised to the needed set, its peak and time recomputed exactly, and compared
-with the greedy plan (used as warm start and fallback): the better plan under the cap wins.
+with the greedy plan (made first, within ``GREEDY_SHARE`` of the time limit; warm start and
+fallback): the better plan under the cap wins.
 """
 
 from __future__ import annotations
