@@ -142,9 +142,12 @@ def extern_signature(kernel, sizes: dict[str, int] | None = None) -> OpSignature
 
 
 def _origin_call(kernel):
-    """The graph node whose op the extern kernel calls (None when there is not exactly one)."""
+    """The graph node whose op the extern kernel calls (None when there is not exactly one, or the
+    kernel calls no op: a tuple element)."""
     import torch
 
+    if getattr(kernel, "op_overload", None) is None:
+        return None
     node = getattr(kernel, "origin_node", None)
     if node is not None and isinstance(node.target, torch._ops.OpOverload):
         return node
