@@ -85,17 +85,20 @@ _lib.define("dropout_mask(Tensor state, SymInt[] size, SymInt[] stride, ScalarTy
 
 def _dropout_mask(state, size, stride, dtype, device, p):
     """The mask of ``native_dropout(x, p, True)`` for an ``x`` laid out as (size, stride, dtype,
-    device) drawn from generator state ``state``, without ``x``; the generator is left as it was.
-    The CPU's dropout draws its mask as ``bernoulli_(1 - p)`` of a bool tensor like ``x``; CUDA's
-    fused kernel is run on an uninitialised ``x`` (its mask does not read the values)."""
+    device) drawn from generator state ``state``, without ``x``; the default generator is left as
+    it was. The CPU's dropout draws its mask as ``bernoulli_(1 - p)`` of a bool tensor like ``x``
+    (here from a private generator: no copy of the default one's state is allocated); CUDA's
+    fused kernel draws from the default generator and is run on an uninitialised ``x`` (its mask
+    does not read the values)."""
+    if device.type != "cuda":
+        gen = torch.Generator(device)
+        gen.set_state(state)
+        return torch.empty_strided(size, stride, dtype=torch.bool, device=device).bernoulli_(1 - p, generator=gen)
     gen = _generator(device)
     before = gen.get_state()
     gen.set_state(state)
     try:
-        if device.type == "cuda":
-            x = torch.empty_strided(size, stride, dtype=dtype, device=device)
-            return torch.ops.aten.native_dropout.default(x, p, True)[1]
-        return torch.empty_strided(size, stride, dtype=torch.bool, device=device).bernoulli_(1 - p)
+        return torch.ops.aten.native_dropout.default(torch.empty_strided(size, stride, dtype=dtype, device=device), p, True)[1]
     finally:
         gen.set_state(before)
 
@@ -134,10 +137,11 @@ def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node
     """Rewrite each training ``native_dropout`` of the forward into a replay from the generator
     state saved just before it, and its mask into ``dropout_mask`` of that state (which does not
     read the dropout's input: recomputing a mask needs only the state). In place: the nodes keep
-    their names and users. Returns the new state nodes (forward ops)."""
+    their names and users. Returns the new state nodes (forward ops). Dropouts of a symbolic
+    size are left as they are."""
     states = set()
     for n in list(joint.graph.nodes):
-        if n in forward and n.target is torch.ops.aten.native_dropout.default and _training(n):
+        if n in forward and n.target is torch.ops.aten.native_dropout.default and _training(n) and _static(n.args[0]):
             x, p = n.args[0], n.args[1]
             with joint.graph.inserting_before(n):
                 state = joint.graph.call_function(RNG_STATE, (x,), name=f"{n.name}_rng_state")
@@ -150,6 +154,13 @@ def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node
     if states:
         joint.recompile()
     return states
+
+
+def _static(x: fx.Node) -> bool:
+    """Whether ``x``'s layout is plain ints (a mask's layout is an argument of ``dropout_mask``;
+    under dynamic shapes the dropout stays as it is and its mask is stored)."""
+    v = x.meta["val"]
+    return all(type(d) is int for d in (*v.shape, *v.stride()))
 
 
 def _training(n: fx.Node) -> bool:

@@ -107,3 +107,9 @@ def test_replaying_masks_lowers_the_floor_below_storing_them(fallback_random, mo
     assert any(decisions.get(m) == "recompute" for m in masks), decisions
     mask = 2048 * 256  # one bool mask
     assert replayed <= stored - mask // 2, (replayed, stored)
+
+
+def test_a_dropout_of_symbolic_size_is_left_as_it_is():
+    gm = make_fx(lambda x: torch.ops.aten.native_dropout(x, 0.5, True), tracing_mode="symbolic")(torch.rand(6, 4))
+    assert replay_dropouts(gm, set(gm.graph.nodes)) == set()
+    assert any(n.target is torch.ops.aten.native_dropout.default for n in gm.graph.nodes)
