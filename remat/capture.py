@@ -13,6 +13,8 @@ Parameters and inputs are resident and cost nothing.
 
 ``capture`` is a pipeline of the steps below, each a function over plain data:
 
+0. ``rng_replay.replay_dropouts``  (in place) each training dropout replays the generator state
+                          saved before it, so that its mask is recomputable (``remat.passes.rng_replay``)
 1. ``graph_facts``        the joint graph's phases (``split_phases``), the node owning each
                           tensor's memory (``storage_owners``: views alias their base), the
                           resident inputs, the tangents and the outputs' storages (``pinned_storages``)
