@@ -478,7 +478,7 @@ class Model:
         """One row per kept slot of ``rows``: fixed bytes plus the live form stay under the cap
         (or under ``peak``), in units of ``unit`` bytes. A row with no variable over the cap sets
         ``infeasible_row``."""
-        V, u = self.V, self.unit
+        u = self.unit
         self.infeasible_row = None
         self.num_rows = self.nnz = 0
         self._capped: list = []  # (row, its constant bytes) of each row under the cap
