@@ -125,7 +125,7 @@ def remat_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: di
                         "or grad mode is off): there is no backward to plan, memory_budget has no effect",
                         comp.next_graph_name())
             return compile_fx(gm, example_inputs)
-        compiled = _compile_planned(gm, example_inputs, cfg, comp)
+        compiled = comp.counted(_compile_planned(gm, example_inputs, cfg, comp))
         warn_at_recompile_limit(comp)
         return compiled
     except Exception as e:
@@ -167,7 +167,7 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     from torch._inductor.compile_fx import compile_fx
 
     name, key = comp.next_graph_name(), comp.graph_key()
-    resident = comp.resident_before(key)
+    resident = _taken_off_cap(cfg, comp.resident_before(key), comp.outside(key).nbytes)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = plain[1] if plain is not None else None
     if not cfg.inductor_check:
@@ -190,6 +190,17 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         _refuse_over_cap(cfg, report, estimate)
     _record(comp, [report], cfg.verbose, key)
     return compiled
+
+
+def _taken_off_cap(cfg: RematConfig, resident: int, outside: int) -> int:
+    """The bytes this graph's cap gives up to memory held while it runs: under a byte cap (the
+    step's) all of ``resident`` (earlier graphs' kept bytes and ``outside``: buffers the step
+    allocates outside the graphs, e.g. FSDP2's); under a ratio only ``outside`` (a ratio is of this
+    graph's own plain-compile peak); under "min" nothing (the floor is the floor)."""
+    budget = cfg.memory_budget
+    if budget.bytes is not None:
+        return resident
+    return 0 if budget.minimum else outside
 
 
 def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,
@@ -330,6 +341,8 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
             r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
+        outside = comp.outside(key)
+        r.outside_bytes, r.outside = outside.nbytes, outside.describe()
         comp.add(r)
         comp.keep(key, r.kept_bytes)
         log.info("%s", summary_line(r))

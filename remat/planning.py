@@ -67,9 +67,13 @@ class GraphReport:
     # the peak a ratio budget is a fraction of: plain torch.compile's (see ``reference_peak``)
     reference_peak_bytes: int | None = None
     reference: str = ""  # where it comes from: "plain torch.compile (compiled)", "... (modelled)"
-    # under a byte cap, what the graphs compiled before this one keep while it runs: budget_bytes
-    # is this graph's share of the step's cap (step_cap_bytes), 0 for ratio and "min" budgets
+    # what is held outside this graph while it runs, taken off its cap (budget_bytes is this
+    # graph's share of step_cap_bytes): under a byte cap what the graphs compiled before it keep
+    # and ``outside``; under a ratio ``outside`` only; 0 under "min"
     resident_before_bytes: int = 0
+    # buffers the step allocates outside the graphs (remat.outside_memory): bytes and description
+    outside_bytes: int = 0
+    outside: str = ""
     # what this graph keeps until its backward runs (saved activations, gradients of its outputs):
     # read from its compiled backward's inputs, else the plan's live bytes at the end of forward
     kept_bytes: int | None = None
@@ -97,7 +101,8 @@ def plan_joint_graph(
     the last plan over; ``offline``: planned by ``remat.analyze``, on fake tensors; ``plain_peak``:
     plain torch.compile's peak on this graph, read from its compiled code, when the backend has it;
     ``kernel_groups``: the kernels Inductor generated for this graph under the last plan;
-    ``resident``: bytes that earlier graphs of the step keep, taken off a byte cap)."""
+    ``resident``: bytes held outside this graph while it runs, taken off its cap: what earlier
+    graphs of the step keep and buffers allocated outside the graphs, see ``backend._taken_off_cap``)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     _refuse_meta(joint, name)
@@ -121,10 +126,9 @@ def plan_joint_graph(
         captured.problem = problem = sizes.problem_at(problem, corner)
         plain_peak = None
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
-    resident = resident if _is_byte_cap(cfg) else 0
     make_plan = functools.partial(cap_and_plan, cfg, captured, box, corner, reference or store_all_peak(problem),
                                   lower_by, resident, cfg.inductor_check and not offline)
-    budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan)
+    budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan, cfg.ranks)
     if ranged is not None:  # the plan's bucket of the range: its report is at the bucket's top
         box, corner = ranged.box, ranged.corner
         captured.problem = problem = sizes.problem_at(problem, corner)
@@ -363,16 +367,11 @@ def _refuse_meta(joint: fx.GraphModule, name: str) -> None:
             "memory to plan; trace on a real device, or on fake tensors (torch._subclasses.FakeTensorMode)")
 
 
-def _is_byte_cap(cfg: RematConfig) -> bool:
-    """A cap in bytes: the only budget that the graphs of a step share (a ratio is per graph)."""
-    return cfg.memory_budget is not None and cfg.memory_budget.bytes is not None
-
-
 def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int,
                    resident: int = 0) -> tuple[int | None, int | None]:
     """The cap in bytes (None: no cap) and the peak that plans aim for (the cap less the reserve,
     less ``lower_by``). ``memory_budget="min"`` caps at the smallest peak that any plan reaches.
-    A byte cap is the step's: this graph gets it less ``resident``, what earlier graphs keep."""
+    The cap is taken less ``resident``, what is held outside this graph while it runs."""
     budget = cfg.memory_budget
     if budget is None:
         return None, None
@@ -381,7 +380,7 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int,
 
         floor = min_peak(problem, time_limit=cfg.time_limit)
         return floor, floor - lower_by
-    cap = budget.resolve(baseline) - (resident if budget.bytes is not None else 0)
+    cap = budget.resolve(baseline) - resident
     return cap, cfg.planning_target(cap) - lower_by
 
 
@@ -453,6 +452,15 @@ def forward_nodes(joint: fx.GraphModule, info: Any) -> set:
     return fwd | {n for n in joint.graph.nodes if n.target is operator.getitem and n.args[0] in fwd}
 
 
+def _held_outside(r: GraphReport) -> str:
+    """What a graph's cap gave up: e.g. "1.50 MiB kept by earlier graphs, 0.32 MiB FSDP2 buffers (...)"."""
+    from .errors import fmt_bytes
+
+    kept = r.resident_before_bytes - r.outside_bytes
+    parts = [f"{fmt_bytes(kept)} kept by earlier graphs"] if kept > 0 else []
+    return ", ".join(parts + ([r.outside] if r.outside else []))
+
+
 def summary_line(r: GraphReport) -> str:
     from .errors import fmt_bytes
 
@@ -460,7 +468,7 @@ def summary_line(r: GraphReport) -> str:
     counts = ", ".join(f"{len(p.names(d))} {d.value}" for d in Decision)
     cap = fmt_bytes(r.budget_bytes) if r.budget_bytes is not None else "none"
     if r.resident_before_bytes and r.budget_bytes is not None:
-        cap += f" (step cap {fmt_bytes(r.step_cap_bytes)} less {fmt_bytes(r.resident_before_bytes)} kept by earlier graphs)"
+        cap += f" (step cap {fmt_bytes(r.step_cap_bytes)} less {_held_outside(r)})"
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
