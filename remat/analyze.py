@@ -25,17 +25,10 @@ from .backend import RematPartitioner, _Stop
 from .planning import GraphReport
 from .config import RematConfig
 from .errors import RematError
+from .measure import default_loss
 from .report import Report, load, load_plan
 
 __all__ = ["Report", "analyze", "capture_step", "default_loss", "load", "load_plan"]
-
-
-def default_loss(outputs: Any) -> torch.Tensor:
-    """Sum of every floating-point tensor in the model's outputs."""
-    leaves = [t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if not leaves:
-        raise TypeError("the model returned no floating-point tensor; pass loss_fn=")
-    return sum(t.sum() for t in leaves)
 
 
 def capture_step(model: Callable, example_inputs: Any, loss_fn: Callable | None, partitioner: RematPartitioner) -> GraphReport:

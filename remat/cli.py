@@ -322,7 +322,8 @@ def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report:
     """Compile and run real steps at the report's cap and with plain torch.compile: each figure of
     the peak named once, which one the cap was checked against, and both step times."""
     from .errors import fmt_bytes
-    from .measure import measure_compiled, measure_plain_compile
+    from .compilation import measure_compiled
+    from .measure import measure_plain_compile
     from .report import peak_figures
 
     cap = report.budget_bytes

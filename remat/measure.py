@@ -3,8 +3,8 @@
 CPU: torch.profiler's allocation events, summed in order; the peak of the running sum is the
 step's peak of tensor memory above what was allocated before it (frees of older tensors count
 as negative). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
-``measure_compiled`` compiles model+loss with backend "remat" and measures one of its steps;
-``measure_plain_compile`` does the same with plain ``torch.compile``, for comparison;
+``measure_plain_compile`` compiles model+loss with plain ``torch.compile`` and measures one of its
+steps (``remat.compilation.measure_compiled`` does the same under backend "remat");
 ``matmul_flops`` times ``torch.mm`` per dtype (this machine's matmul rate, for ``remat profile``).
 """
 
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -94,6 +94,14 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def default_loss(outputs: Any) -> torch.Tensor:
+    """Sum of every floating-point tensor in the model's outputs."""
+    leaves = [t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not leaves:
+        raise TypeError("the model returned no floating-point tensor; pass loss_fn=")
+    return sum(t.sum() for t in leaves)
+
+
 def measure_step(step: Callable[[], object], device: str = "cpu") -> StepMeasurement:
     """Run ``step()`` once and return its peak memory above what was allocated before it (on the
     CPU also the op that reached it and that op's scratch memory there)."""
@@ -133,8 +141,6 @@ class _CompiledStep:
     options); calling it runs one training step (forward and backward), gradients cleared first."""
 
     def __init__(self, model, example_inputs, loss_fn, **compile_kw) -> None:
-        from .analyze import default_loss
-
         self.inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         loss_of = loss_fn or default_loss
         self.compiled = torch.compile(lambda *xs: loss_of(model(*xs)), **compile_kw)
@@ -155,30 +161,6 @@ def _measured(step: _CompiledStep, repeats: int) -> StepMeasurement:
     seconds = median_seconds(step, repeats) if repeats > 0 else None
     step.clear_grads()
     return replace(m, step_s=seconds)
-
-
-def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, repeats: int = 3, **options):
-    """Compile model+loss with backend "remat", run one warm-up step, then measure one step
-    (and time ``repeats`` unprofiled ones).
-
-    Returns ``(StepMeasurement, [GraphReport, ...])``: the measured peak above the memory
-    allocated before the step, and what the backend planned for each graph.
-    """
-    from .compilation import reports as reports_of
-    import torch._functorch.config as fconfig
-
-    opts = dict(options)
-    if memory_budget is not None:
-        opts["memory_budget"] = memory_budget
-    torch._dynamo.reset()
-    step = _CompiledStep(model, example_inputs, loss_fn, backend="remat", options=opts)
-    # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
-    with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
-        step()  # compiles: the backend plans and reports
-        reports = reports_of(step.compiled)
-        m = _measured(step, repeats)
-    torch._dynamo.reset()
-    return m, reports
 
 
 def measure_plain_compile(model, example_inputs, loss_fn=None, repeats: int = 3) -> StepMeasurement:
