@@ -16,8 +16,9 @@ two ways on torch 2.13:
   default generator. ``replay_dropouts`` rewrites each one (with ``train=True``) into
   ``state = remat.rng_state(x)`` (the default generator's state of ``x``'s device, as
   ``torch.utils.checkpoint`` saves it: 5,056 bytes on the CPU, 16 on CUDA),
-  ``remat.replay_dropout(state, x, p)`` (``native_dropout`` from that state: eager's output, and
-  the generator moves on as in eager; it runs once, in the forward) and its mask into
+  ``remat.replay_dropout(state, x, p, stride)`` (``native_dropout`` from that state on ``x`` in
+  eager's layout: eager's output, and the generator moves on as in eager; it runs once, in the
+  forward) and its mask into
   ``remat.dropout_mask(state, ...)``, which draws the same mask from the state without reading
   ``x`` and puts the generator back: a recomputed mask needs only the state, and leaves the
   stream of the next step untouched. The dropout's output is not recomputed (that would need its
@@ -66,16 +67,22 @@ def _state_numel(device: torch.device) -> int:
 # Tagged as seeded, like the op it replaces: torch's own passes keep it where it is (never dropped,
 # duplicated or timed on made-up inputs). It moves the generator, so it runs once, in the forward.
 @torch.library.custom_op("remat::replay_dropout", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float, stride: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``aten.native_dropout(x, p, True)`` drawn from generator state ``state`` (the state just
-    read by ``rng_state``: the draw and the generator after it are eager's)."""
+    read by ``rng_state``: the draw and the generator after it are eager's) with ``x`` laid out
+    as eager had it (``stride``): the mask is drawn in memory order, and Inductor may hand ``x``
+    over in another layout (a transposed value made contiguous). Results in ``x``'s layout."""
     _generator(x.device).set_state(state)
-    return torch.ops.aten.native_dropout.default(x, p, True)
+    if list(x.stride()) == list(stride):
+        return torch.ops.aten.native_dropout.default(x, p, True)
+    eager_x = torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device).copy_(x)
+    out, mask = torch.ops.aten.native_dropout.default(eager_x, p, True)
+    return torch.empty_like(x).copy_(out), torch.empty_like(x, dtype=torch.bool).copy_(mask)
 
 
 @replay_dropout.register_fake
-def _(state: torch.Tensor, x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ops.aten.native_dropout.default(x, p, True)
+def _(state: torch.Tensor, x: torch.Tensor, p: float, stride: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
 _lib = torch.library.Library("remat", "FRAGMENT")
@@ -146,7 +153,7 @@ def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node
             with joint.graph.inserting_before(n):
                 state = joint.graph.call_function(RNG_STATE, (x,), name=f"{n.name}_rng_state")
             state.meta["val"] = _cpu_bytes_like(x, _state_numel(x.meta["val"].device))
-            n.target, n.args, n.kwargs = REPLAY_DROPOUT, (state, x, p), {}
+            n.target, n.args, n.kwargs = REPLAY_DROPOUT, (state, x, p, list(x.meta["val"].stride())), {}
             for mask in [u for u in n.users if u.target is operator.getitem and u.args[1] == 1]:
                 v = x.meta["val"]
                 mask.target, mask.args = DROPOUT_MASK, (state, list(v.shape), list(v.stride()), v.dtype, v.device, p)

@@ -22,7 +22,7 @@ def test_replay_dropout_draws_as_eager_and_its_mask_replays_without_moving_the_g
 
     torch.manual_seed(7)
     state = rng_replay.rng_state(x)
-    out, mask = rng_replay.replay_dropout(state, x, 0.3)
+    out, mask = rng_replay.replay_dropout(state, x, 0.3, list(x.stride()))
     assert torch.equal(out, eager) and torch.equal(mask, eager_mask)
     assert torch.equal(torch.get_rng_state(), eager_after)  # the forward moves the stream as eager does
 
@@ -113,3 +113,15 @@ def test_a_dropout_of_symbolic_size_is_left_as_it_is():
     gm = make_fx(lambda x: torch.ops.aten.native_dropout(x, 0.5, True), tracing_mode="symbolic")(torch.rand(6, 4))
     assert replay_dropouts(gm, set(gm.graph.nodes)) == set()
     assert any(n.target is torch.ops.aten.native_dropout.default for n in gm.graph.nodes)
+
+
+def test_replay_draws_in_eager_layout_whatever_layout_it_is_handed():
+    """Inductor may pass a transposed value made contiguous: the mask is still eager's (drawn in
+    eager's memory order) and so equal to ``dropout_mask``'s replay of the same state."""
+    x = torch.randn(8, 4).t()  # eager's layout: stride (1, 4)
+    state = rng_replay.rng_state(x)
+    eager_out, eager_mask = torch.ops.aten.native_dropout.default(x, 0.3, True)
+    out, mask = rng_replay.replay_dropout(state, x.contiguous(), 0.3, list(x.stride()))
+    assert torch.equal(mask, eager_mask) and torch.equal(out, eager_out)
+    replayed = DROPOUT_MASK(state, list(x.shape), list(x.stride()), x.dtype, x.device, 0.3)
+    assert torch.equal(replayed, eager_mask)
