@@ -69,10 +69,17 @@ def _state_numel(device: torch.device) -> int:
 @torch.library.custom_op("remat::replay_dropout", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float, stride: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``aten.native_dropout(x, p, True)`` drawn from generator state ``state`` (the state just
-    read by ``rng_state``: the draw and the generator after it are eager's) with ``x`` laid out
-    as eager had it (``stride``): the mask is drawn in memory order, and Inductor may hand ``x``
-    over in another layout (a transposed value made contiguous). Results in ``x``'s layout."""
+    read by ``rng_state``: the draw and the generator after it are eager's) for ``x`` laid out as
+    eager had it (``stride``): the mask is drawn in memory order, and Inductor may hand ``x`` over
+    in another layout (a transposed value made contiguous). On the CPU the mask is drawn as
+    native_dropout draws it, in that layout, with no copy of ``x``."""
     _generator(x.device).set_state(state)
+    if x.device.type != "cuda":
+        mask = torch.empty_strided(x.shape, stride, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+        scale = 0.0 if p == 1 else 1.0 / (1 - p)
+        # as native_dropout's x * mask * scale, with the mask converted in place of the result
+        # (x.mul(mask) would convert it in a temporary the size of x)
+        return torch.empty_like(x).copy_(mask).mul_(x).mul_(scale), mask
     if list(x.stride()) == list(stride):
         return torch.ops.aten.native_dropout.default(x, p, True)
     eager_x = torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device).copy_(x)
@@ -82,6 +89,8 @@ def replay_dropout(state: torch.Tensor, x: torch.Tensor, p: float, stride: list[
 
 @replay_dropout.register_fake
 def _(state: torch.Tensor, x: torch.Tensor, p: float, stride: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.device.type != "cuda":
+        return torch.empty_like(x), torch.empty_strided(x.shape, stride, dtype=torch.bool, device=x.device)
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
