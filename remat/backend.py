@@ -237,7 +237,7 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
         improved = best is None or estimate < best[0]
         if best is None or estimate <= best[0]:  # on a tie, the later plan: its model saw the kernels
             best = (estimate, compiled, report)
-        # Inductor does not see op workspaces either: its estimate must leave the reserve free too
+        # the reserve stays free in the code too, for what its walk cannot see (the caller's loss, unmeasured scratch)
         over = estimate - cfg.planning_target(report.budget_bytes)
         lower = over > 0 or (cfg.memory_budget.minimum and kernels is not None)
         if not lower or not improved:

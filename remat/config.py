@@ -200,8 +200,9 @@ class RematConfig:
         so True on a CPU graph is a ConfigError unless ``device`` names a GPU cost model).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 25e9 for h100/h200: half the measured PCIe rate).
-    reserve: fraction of the cap kept free for memory the model does not see (workspaces that
-        ops allocate inside, such as convolution and attention scratch): plans target
+    reserve: fraction of the cap kept free for memory that neither the model nor Inductor's code
+        shows (what the caller holds across the backward, workspaces that could not be
+        measured; extern kernels' scratch is measured and counted by the check): plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
         the cap; Inductor's estimate after fusion must leave it free too (else the graph is
         planned again, lower). 0 plans right up to the cap.
