@@ -253,9 +253,9 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
 
 def min_cap(cfg: RematConfig, code_peak: int) -> int:
     """The cap that "min" reports: the smallest peak reached, as Inductor's code allocates it, with
-    the reserve on top. The code does not show extern kernels' workspaces, nor what the caller
-    holds across the backward (a loss computed outside the graph and the gradient that seeds its
-    backward: 8 B on a scalar fp32 loss), so the code's peak alone is no guarantee."""
+    the reserve on top. The code does not show what the caller holds across the backward (a loss
+    computed outside the graph and the gradient that seeds its backward: 8 B on a scalar fp32
+    loss) nor scratch that could not be measured, so the code's peak alone is no guarantee."""
     return math.ceil(code_peak / (1 - cfg.reserve))
 
 

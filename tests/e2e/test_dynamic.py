@@ -38,20 +38,24 @@ def grads(model):
     return out
 
 
+def check_step(step, model, reference, x, cap):
+    """One compiled step on ``x``: gradients equal the eager reference's, measured peak <= ``cap``."""
+    step(x).backward()
+    loss_fn(reference(x)).backward()
+    got, want = grads(model), grads(reference)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+    measured = measure_step(lambda: step(x).backward())
+    model.zero_grad(set_to_none=True)
+    assert measured.peak_bytes <= cap, (x.shape[0], measured.peak_bytes)
+
+
 def test_one_plan_over_a_range_matches_eager_and_meets_the_cap_at_each_size():
     model = mlp()
     reference = copy.deepcopy(model)
     step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", options={"memory_budget": CAP})
     for rows in (256, 1024, 640):
-        x = batch(rows)
-        step(x).backward()
-        loss_fn(reference(x)).backward()
-        got, want = grads(model), grads(reference)
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
-        measured = measure_step(lambda: step(x).backward())
-        model.zero_grad(set_to_none=True)
-        assert measured.peak_bytes <= CAP, (rows, measured.peak_bytes)
+        check_step(step, model, reference, batch(rows), CAP)
     (report,) = remat.reports(step)  # one compile, one plan, for every size
     d = report.dynamic
     assert list(d.ranges.values()) == [(128, 1024)] and list(d.planned_at.values()) == [1024]
@@ -89,15 +93,7 @@ def test_a_range_that_no_plan_covers_is_split_into_buckets_with_a_plan_each():
     step = torch.compile(lambda x: loss_fn(model(x)), backend="remat", dynamic=True,
                          options={"memory_budget": cap, "dynamic_range": {"x.0": (128, 1024)}})
     for rows in (200, 900, 300):  # the lower bucket, the upper one, the lower one again: two compiles
-        x = torch.randn(rows, 64)
-        step(x).backward()
-        loss_fn(reference(x)).backward()
-        got, want = grads(model), grads(reference)
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
-        measured = measure_step(lambda: step(x).backward())
-        model.zero_grad(set_to_none=True)
-        assert measured.peak_bytes <= cap, (rows, measured.peak_bytes)
+        check_step(step, model, reference, torch.randn(rows, 64), cap)
     low, high = remat.reports(step)
     buckets = low.dynamic.buckets
     assert buckets is not None and high.dynamic.buckets == buckets and len(buckets.bounds) == 2
