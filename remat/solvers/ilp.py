@@ -749,6 +749,7 @@ MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make th
 MENU_GAP = 0.05  # MIP gap of the tied solves at the other menu caps
 CAP_SHARE = 0.3  # of the time left, for the tied solve at the cap itself (the fallback)
 MIX_ROUNDS = 1  # rounds of "mix" mode: a two-level solve, then a tied solve regrouped by its answer
+AUTO_MIX_SHARE = 0.5  # "auto" goes on from tied to mix when _mix_estimate fits in this share of the time left
 
 
 def ilp(
@@ -771,7 +772,10 @@ def ilp(
     at a few caps make a menu of layer plans, then each layer picks one item), "tie" (one
     decision per position of identical layers), "free" (every activation on its own, with the
     tied plan as one more fallback), "auto" ("mix" when a class has ``AUTO_MIX_LAYERS`` layers or
-    more, else "free": on short stacks the free model is small, exact and as fast). ``time_limit`` bounds the whole planning: greedy, model
+    more, else "free": on short stacks the free model is small, exact and as fast; a "mix" of
+    "auto" keeps the tied plan and stops after the tied solve at the cap when that solve's build
+    and solve times say that the rest would not fit in ``AUTO_MIX_SHARE`` of the time left,
+    ``_mix_estimate``: deep stacks whose tied model is slow to solve, Evoformer's). ``time_limit`` bounds the whole planning: greedy, model
     building and every solve share one deadline.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
@@ -850,6 +854,8 @@ def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
     caps = _menu_caps(solve["budget"], st.lower_bound_peak(), st.peak(st.store_all()))
     steps = len(caps) + 2 * MIX_ROUNDS
     found, plans = _tied_at_caps(st, ties, caps, steps, solve, info)
+    if info.get("mix_skipped"):
+        return found, (None, pulp.LpStatusNotSolved, None, None)
     if len(plans) < 2 and greedy_plan is not None:  # too few items: the greedy plan's too
         plans.append(greedy_plan)
     solved = (None, pulp.LpStatusNotSolved)
@@ -875,12 +881,23 @@ def _mix(st: Structure, layers, ties: dict, greedy_plan, solve: dict, info: dict
 
 def _tied_at_caps(st: Structure, ties: dict, caps: list[int], steps: int, solve: dict, info: dict):
     """(found plans, menu plans): one tied model, moved to each cap in turn and solved (the
-    first cap is the cap itself: its answer is a plan under it)."""
+    first cap is the cap itself: its answer is a plan under it). Under "auto", when the tied
+    model's build and solve at the cap say that the rest of "mix" would not fit in
+    ``AUTO_MIX_SHARE`` of the time left (``_mix_fits``), it stops there: ``info["mix_skipped"]``
+    says why and ``info["layers_mode"]`` becomes "tie"."""
+    t0 = time.perf_counter()
     tied = _build(st, dict(ties=ties), solve, info, "tied")
+    build_s = time.perf_counter() - t0
     found, plans = [], []
     for i, cap in enumerate(caps):
         if i and _spent(solve):
             break
+        if i == 1 and info["layers"] == "auto":
+            estimate = _mix_estimate(build_s, info.get("tied_ilp_s", 0.0), len(caps))
+            if estimate > AUTO_MIX_SHARE * (solve["deadline"] - time.perf_counter()):
+                info["mix_skipped"] = f"the rest of mix would take about {estimate:.1f} s"
+                info["layers_mode"] = "tie"
+                break
         tied.set_budget(cap)
         at = solve if i == 0 else dict(solve, gap=max(solve["gap"], MENU_GAP))  # menu items only
         share = CAP_SHARE if i == 0 else 1 / (steps - i)
@@ -892,6 +909,13 @@ def _tied_at_caps(st: Structure, ties: dict, caps: list[int], steps: int, solve:
 
 
 _MODES = {"free": _free, "tie": _tie, "mix": _mix}
+
+
+def _mix_estimate(build_s: float, solve_s: float, caps: int) -> float:
+    """Seconds that "mix" would take after the tied solve at the cap, from that solve's build and
+    solve times: the tied solves at the other menu caps (on the model held), then per round a
+    two-level and a regrouped model, each built and solved once."""
+    return (caps - 1) * solve_s + 2 * MIX_ROUNDS * (build_s + solve_s)
 
 
 def _spent(solve: dict) -> bool:

@@ -254,3 +254,17 @@ def test_auto_mixes_long_stacks_and_frees_short_ones():
         check(p, plan, cap)
         assert plan.info["layers"] == "auto" and plan.info["layers_mode"] == mode
         assert ("mix_num_binaries" in plan.info) == (mode == "mix")
+
+
+def test_auto_keeps_the_tied_plan_when_mix_would_not_fit(monkeypatch):
+    from remat.solvers import ilp
+
+    p = with_layers(chain_problem(layers=24))  # eight layers: "auto" starts "mix"
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+    monkeypatch.setattr(ilp, "AUTO_MIX_SHARE", 0.0)  # no time left for the rest of mix
+    plan, tied = solve(p, cap), solve(p, cap, layers="tie")
+    check(p, plan, cap)
+    assert plan.info["layers_mode"] == "tie" and "mix_skipped" in plan.info
+    assert "mix_num_binaries" not in plan.info and "menu_items" not in plan.info
+    assert plan.objective <= tied.objective + 1e-12
+    assert solve(p, cap, layers="mix").info["layers_mode"] == "mix"  # asked for: never skipped
