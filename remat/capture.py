@@ -652,7 +652,8 @@ def _kernel_time(flops: int, moved: int, group: int | None, measured: float | No
     """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, for a fused group (``group``:
     its pointwise element ops) the longer of its traffic at the measured bandwidth and its element
     ops at the measured rate, and a launch; the op's ``measured`` time for a kernel of one op;
-    else, or without a measurement, the roofline."""
+    else, or without a measurement, the roofline (a fused group's element ops at the spec's
+    elementwise rate, when it has one, included)."""
     if costs is not None:
         if group is not None:
             traffic = costs.fused_time(moved, group)
@@ -660,7 +661,7 @@ def _kernel_time(flops: int, moved: int, group: int | None, measured: float | No
                 return traffic + spec.launch_overhead
         elif measured is not None:
             return measured
-    return op_time(flops, moved, spec)
+    return op_time(flops, moved, spec, group or 0)
 
 
 def recomputable(c: fx.Node) -> bool:
@@ -678,14 +679,19 @@ def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], ow
                    costs: MeasuredCosts | None = None) -> float:
     """Seconds to recompute forward value ``s``: its op alone plus each folded value computed
     inside it, priced alone. With ``costs``, a value with folded values is one fused kernel: what
-    it reads through them and its result, at the measured bandwidth, plus a launch."""
+    it reads through them and its result at the measured bandwidth, or its pointwise element ops
+    at the measured elementwise rate, whichever is longer, plus a launch. On the roofline, an op
+    alone takes at least its element ops at the spec's elementwise rate (a profiled spec has one)."""
     c, through = compute_node(s), folding.through[s]
+    chain = [c, *map(compute_node, through)]
     if costs is not None and through:
         moved = read_bytes(c, owner, set(through)) + _flops_and_written(c)[1]
-        traffic = costs.fused_time(moved, pointwise_flops([c, *map(compute_node, through)]))
+        traffic = costs.fused_time(moved, pointwise_flops(chain))
         if traffic is not None:
             return traffic + spec.launch_overhead
-    return alone[c] + sum(alone[compute_node(f)] for f in through)
+    if costs is None:
+        return sum(max(alone[x], op_time(0, 0, spec, pointwise_flops([x]))) for x in chain)
+    return sum(alone[x] for x in chain)
 
 
 _DYNAMO_ROOT = re.compile(r"^[LG]\[(['\"])[^'\"]*\1\]\.?")  # L['self']. / G['model'].

@@ -413,14 +413,21 @@ def _fmt_rate(rate: float, unit: str) -> str:
 
 
 def cmd_profile(args) -> int:
-    """Measure this machine's rates (matmul FLOP/s per dtype, memory bandwidth, host link on CUDA),
-    print them and keep them in the profile cache that compiles read."""
+    """Measure this machine's rates (matmul FLOP/s per dtype, memory bandwidth, elementwise rate,
+    host link on CUDA), print them and keep them in the profile cache that compiles read: measured
+    costs use them, and so does the CPU's roofline (``remat.profile.profiled_spec``)."""
     import torch
 
+    from .cost import DEVICES
     from .measure import matmul_flops
-    from .profile import BANDWIDTH_KEY, ProfileCache, measure_bandwidth, measure_link
+    from .profile import (BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, measure_bandwidth, measure_elementwise_rate,
+                          measure_link, profiled_spec)
 
     device = args.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"bad --threads {args.threads}: give a number of threads >= 1")
+        torch.set_num_threads(args.threads)  # a CPU profile holds for one thread count
     try:
         sizes = tuple(int(n) for n in args.sizes.split(","))
     except ValueError:
@@ -433,10 +440,15 @@ def cmd_profile(args) -> int:
     cached = " (from the cache)" if cache.get(BANDWIDTH_KEY) is not None else ""
     bandwidth = measure_bandwidth(device, cache, nbytes=args.copy_bytes)
     print(f"  memory bandwidth  {_fmt_rate(bandwidth, 'B/s')}  (copy, read + write){cached}")
+    cached = " (from the cache)" if cache.get(ELEMENTWISE_KEY) is not None else ""
+    elementwise = measure_elementwise_rate(device, cache)
+    print(f"  elementwise       {_fmt_rate(elementwise, 'op/s')}  (sigmoid, exp, tanh, mul, add in cache){cached}")
     link = measure_link(device, cache, nbytes=args.copy_bytes or 1 << 28)
     if link is not None:
         print(f"  host link         {_fmt_rate(link.to_host, 'B/s')} to host, {_fmt_rate(link.to_device, 'B/s')} to device (pinned)")
     print(f"cache: {cache.path}" if cache.path is not None else "cache: off (memory only)")
+    if cache.path is not None and not device.startswith("cuda"):
+        print(f"roofline of device='auto' at {torch.get_num_threads()} threads: {profiled_spec(DEVICES['cpu'], device).rates_note()}")
     return 0
 
 
@@ -513,11 +525,14 @@ def _table_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_profile(sub) -> None:
-    p = sub.add_parser("profile", help="measure this machine's matmul FLOP/s, memory bandwidth and host link; cache them")
+    p = sub.add_parser("profile", help="measure this machine's matmul FLOP/s, memory bandwidth, elementwise rate and host "
+                                       "link; cache them (measured costs and the CPU's roofline use them)")
     p.add_argument("--device", dest="device_name", default=None, help="cpu or cuda[:N] (default: cuda when present)")
     p.add_argument("--sizes", default="512,1024,2048", help="square matmul sizes to time (default 512,1024,2048)")
     p.add_argument("--copy-bytes", type=int, default=None, help="bytes copied to time bandwidth and link (default: the device's)")
     p.add_argument("--min-time", type=float, default=0.1, help="seconds of timing per matmul size (default 0.1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads to measure at (default: torch's); a CPU profile serves processes with as many")
     p.add_argument("--no-cache", action="store_true", help="measure without reading or writing the profile cache")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     p.set_defaults(func=cmd_profile)

@@ -8,6 +8,11 @@ traffic at the device's bandwidth and its elementwise ops at the device's elemen
 per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
 ``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
 the measured costs of ``remat.profile``.
+
+The CPU's constants are an order of magnitude, never calibrated. Where ``remat profile`` has
+cached this machine's rates (for this process's thread count), ``device="auto"`` on the CPU gives a
+spec with them instead (``remat.profile.profiled_spec``): its fp32 matmul FLOP/s, copy bandwidth
+and elementwise rate; ``DeviceSpec.rates`` says which were used. Named devices keep their figures.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ class DeviceSpec:
     bandwidth: float  # device memory bytes/s
     host_bandwidth: float  # device<->host bytes/s per direction (0: no offload target)
     launch_overhead: float = 5e-6  # seconds per kernel
+    elementwise_rate: float = 0.0  # element ops/s of pointwise work in cache; 0: unknown (not priced)
+    rates: str = "constants"  # where the rates come from: "constants", or "profile <its file>"
+
+    def rates_note(self) -> str:
+        """The rates and where they come from, for reports: 'constants', or the profiled rates."""
+        if self.rates == "constants":
+            return "constants"
+        return (f"{self.rates}: matmul {self.peak_flops / 1e9:.1f} GFLOP/s, {self.bandwidth / 1e9:.2f} GB/s, "
+                f"elementwise {self.elementwise_rate / 1e9:.2f} G op/s")
 
 
 DEVICES = {
@@ -73,9 +87,9 @@ def device_spec(device: Any = "auto") -> DeviceSpec:
     return DEVICES[key]
 
 
-
-
 def _detect() -> DeviceSpec:
+    """The spec of this process's device: a GPU's by its name; the CPU's with the rates that
+    ``remat profile`` cached for it, when it did."""
     import torch
 
     if torch.cuda.is_available():
@@ -84,7 +98,9 @@ def _detect() -> DeviceSpec:
             if key in name:
                 return DEVICES[key]
         return DEVICES["a100"]
-    return DEVICES["cpu"]
+    from .profile import profiled_spec  # imported here: remat.profile imports this module
+
+    return profiled_spec(DEVICES["cpu"])
 
 
 def hint(x: Any) -> int:
@@ -140,9 +156,11 @@ def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
     return 0
 
 
-def op_time(flops: float, bytes_moved: float, spec: DeviceSpec) -> float:
-    """Roofline time in seconds of a kernel."""
-    return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth) + spec.launch_overhead
+def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, elementwise_ops: float = 0.0) -> float:
+    """Roofline time in seconds of a kernel; with ``elementwise_ops`` (its pointwise element ops)
+    and a spec that knows its elementwise rate, at least the time of those ops at that rate."""
+    compute = elementwise_ops / spec.elementwise_rate if spec.elementwise_rate > 0 else 0.0
+    return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth, compute) + spec.launch_overhead
 
 
 def fused_time(bytes_moved: float, elementwise_ops: float, bandwidth: float, elementwise_rate: float = 0.0) -> float:

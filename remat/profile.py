@@ -16,7 +16,10 @@ measured bandwidth and its elementwise ops at the measured elementwise rate (``r
 it runs inside another kernel, so it has no launch of its own).
 Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
 
-Cache: one JSON file per device and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
+``profiled_spec`` gives the roofline of ``remat.cost`` the rates that ``remat profile`` cached for
+this machine (matmul FLOP/s, bandwidth, elementwise rate).
+
+Cache: one JSON file per device, thread count and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/remat``, else ``~/.cache/remat``; ``REMAT_CACHE=0`` turns it off. A write takes
 a lock, merges with what is on disk and replaces the file atomically, so compiles that run at
 once all keep what they measured. Such a file is also a saved profile (``MeasuredCosts.load``).
@@ -33,14 +36,14 @@ import platform
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx
 
-from .cost import fused_time
+from .cost import DeviceSpec, fused_time
 from .errors import ConfigError
 
 log = logging.getLogger("remat")
@@ -554,6 +557,34 @@ def measure_link(
     rates = LinkRates(to_host, to_device)
     cache.put(LINK_KEY, [rates.to_host, rates.to_device])
     return rates
+
+
+# ---- this machine's roofline --------------------------------------------------------------------
+
+
+def matmul_rates(cache: ProfileCache) -> dict[str, float]:
+    """Matmul FLOP/s by dtype name that ``remat profile`` cached (``remat.measure.matmul_flops``'s
+    'matmul_flops DTYPE n=SIZES' entries): the best over the size sets measured."""
+    rates: dict[str, float] = {}
+    for key, value in cache.entries.items():
+        parts = key.split(" ")
+        if len(parts) == 3 and parts[0] == "matmul_flops" and isinstance(value, (int, float)):
+            rates[parts[1]] = max(rates.get(parts[1], 0.0), float(value))
+    return rates
+
+
+def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> DeviceSpec:
+    """``spec`` with the rates that ``remat profile`` cached for ``device`` at this process's
+    thread count: its fp32 matmul FLOP/s, copy bandwidth and (when cached) elementwise rate, and
+    ``rates`` naming the file; ``spec`` itself when the cache is off or lacks either of the first two."""
+    if not cache_enabled():
+        return spec
+    cache = ProfileCache.for_device(device)
+    flops, bandwidth = matmul_rates(cache).get("float32"), cache.get(BANDWIDTH_KEY)
+    if not flops or not bandwidth:
+        return spec
+    return replace(spec, peak_flops=flops, bandwidth=float(bandwidth), rates=f"profile {cache.path}",
+                               elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0))
 
 
 # ---- budgets and the capture stage's view --------------------------------------------------------

@@ -1,0 +1,126 @@
+"""The roofline's rates: the constants on an unprofiled machine, this machine's rates where
+``remat profile`` cached them (for this thread count), and the elementwise rate in the prices.
+
+Nothing here times anything except the small ``remat profile`` run of the last test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from remat.capture import capture
+from remat.cli import main
+from remat.cost import DEVICES, DeviceSpec, device_spec, op_time
+from remat.profile import BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, matmul_rates
+
+from .test_capture import scaled_exp, trace_joint
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("REMAT_CACHE", raising=False)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cache_rates(**entries) -> ProfileCache:
+    """This process's CPU cache (this thread count) with ``entries`` written to its file."""
+    cache = ProfileCache.for_device("cpu")
+    for key, value in entries.items():
+        cache.put(key, value)
+    return cache
+
+
+PROFILE = {"matmul_flops float32 n=512": 2e10, "matmul_flops float32 n=64": 5e9, "matmul_flops bfloat16 n=512": 3e11,
+           BANDWIDTH_KEY: 3e9, ELEMENTWISE_KEY: 1e9}
+
+
+def test_an_unprofiled_cpu_keeps_the_constants():
+    spec = device_spec("auto")
+    assert spec == DEVICES["cpu"] and spec.rates_note() == "constants"
+
+
+def test_a_cached_profile_supplies_the_cpu_rooflines_rates(one_thread):
+    cache = cache_rates(**PROFILE)
+    spec = device_spec("auto")
+    assert (spec.peak_flops, spec.bandwidth, spec.elementwise_rate) == (2e10, 3e9, 1e9)  # fp32: best of its sizes
+    assert spec.name == "cpu" and spec.rates == f"profile {cache.path}"
+    assert "20.0 GFLOP/s" in spec.rates_note() and "3.00 GB/s" in spec.rates_note()
+    assert device_spec("cpu") == DEVICES["cpu"]  # a named device keeps its figures
+
+
+def test_matmul_rates_by_dtype_are_the_best_of_the_sizes_measured():
+    cache = cache_rates(**PROFILE)
+    assert matmul_rates(cache) == {"float32": 2e10, "bfloat16": 3e11}
+
+
+@pytest.mark.parametrize("missing", ["matmul_flops float32", BANDWIDTH_KEY])
+def test_a_profile_without_fp32_matmul_or_bandwidth_keeps_the_constants(missing, one_thread):
+    cache_rates(**{k: v for k, v in PROFILE.items() if not k.startswith(missing)})
+    assert device_spec("auto") == DEVICES["cpu"]
+
+
+def test_a_profile_without_elementwise_rate_leaves_it_unknown(one_thread):
+    cache_rates(**{k: v for k, v in PROFILE.items() if k != ELEMENTWISE_KEY})
+    spec = device_spec("auto")
+    assert spec.bandwidth == 3e9 and spec.elementwise_rate == 0.0
+
+
+def test_the_cache_turned_off_keeps_the_constants(one_thread, monkeypatch):
+    cache_rates(**PROFILE)
+    monkeypatch.setenv("REMAT_CACHE", "0")
+    assert device_spec("auto") == DEVICES["cpu"]
+
+
+def test_a_profile_of_another_thread_count_is_not_used():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cache_rates(**PROFILE)
+        assert device_spec("auto").rates != "constants"
+        torch.set_num_threads(1)
+        assert device_spec("auto") == DEVICES["cpu"]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_op_time_prices_elementwise_ops_only_at_a_known_rate():
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0)
+    assert op_time(1e3, 1e3, spec, elementwise_ops=1e9) == pytest.approx(1e-6)  # rate unknown: not priced
+    slow = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0, elementwise_rate=1e6)
+    assert op_time(1e3, 1e3, slow, elementwise_ops=1e3) == pytest.approx(1e-3)
+    assert op_time(1e3, 1e6, slow, elementwise_ops=1e3) == pytest.approx(1e-3)  # traffic: 1e-3 too
+    assert op_time(1e3, 1e7, slow, elementwise_ops=1e3) == pytest.approx(1e-2)
+
+
+def test_a_profiled_elementwise_rate_prices_a_recomputed_pointwise_chain():
+    torch.manual_seed(0)
+    joint, fwd, n = trace_joint(scaled_exp, torch.randn(8, 4), torch.randn(4, 16, requires_grad=True),
+                                torch.randn(16, 4, requires_grad=True))
+    bytes_only = DeviceSpec("b", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
+    slow_elementwise = DeviceSpec("b", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0,
+                                  elementwise_rate=1e-3)
+    plain = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=bytes_only).problem.activation("exp")
+    priced = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=slow_elementwise).problem.activation("exp")
+    elements = 8 * 16
+    assert plain.compute_time == 4 * 4 * elements  # mul and exp alone: each reads and writes 4-byte elements
+    assert priced.compute_time == pytest.approx(2 * elements / 1e-3)  # mul's and exp's elements at the rate
+
+
+def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, capsys):
+    code = main(["profile", "--device", "cpu", "--threads", "1", "--sizes", "32,64", "--copy-bytes", "65536",
+                 "--min-time", "0.01"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "elementwise" in out and "roofline of device='auto' at 1 threads: profile" in out
+    spec = device_spec("auto")
+    cache = ProfileCache.for_device("cpu")
+    assert spec.peak_flops == matmul_rates(cache)["float32"] and spec.bandwidth == cache.get(BANDWIDTH_KEY)
+    assert spec.elementwise_rate == cache.get(ELEMENTWISE_KEY) > 0
