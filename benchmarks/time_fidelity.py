@@ -1,19 +1,29 @@
 """Time fidelity: remat's predicted added step time vs the measured one, per cost model.
 
     python benchmarks/time_fidelity.py --quick                  # mlp, gpt, cnn, evoformer, small sizes
-    python benchmarks/time_fidelity.py --models gpt --cost-models measured
+    python benchmarks/time_fidelity.py --models gpt --cost-models profiled,measured --rounds 20
 
-For each model and cost model (``roofline`` at 2 threads, ``measured`` at 1 thread: on 2 shared
-cores, op timings at 2 threads measure scheduling contention), plain torch.compile and remat at
-75 %, 50 % and the floor ("min") each run in a fresh process (``benchmarks/_run_config.py``, as
-``benchmarks/compare.py`` runs them). Measured added time = remat's median step minus plain
-compile's median step of the same run; predicted = the plan's added time (sum over graphs). Both
-are shown as a share of plain compile's step; "rank ok" says whether the measured step times of
-the caps order as their predicted added times do. Measured costs are cached in a fresh
-``REMAT_CACHE_DIR`` per run, so the first remat configuration of a model measures and the later
-ones read the cache. Writes ``benchmarks/results/time_fidelity.{md,json}`` (``_quick`` with --quick,
-then ``--tag``). ``--threads 1`` runs both cost models at one thread: at two threads on a busy 2-core
-machine, whole runs fall into a slow mode (OpenMP threads waiting for cores) that no median removes.
+Cost models: ``roofline`` (the CPU's constants, ``device="cpu"``), ``profiled`` (the roofline with
+this machine's rates: ``remat profile`` runs first, into the run's cache) and ``measured``.
+
+A measurement meant to survive a busy machine. For each model, plain torch.compile and remat at
+75 %, 50 % and the floor ("min") under each cost model each compile in a process of their own, one
+after the other, at a fixed thread count (``--threads``, default 1: at two threads on 2 shared cores
+whole runs fall into a slow mode, OpenMP threads waiting for cores, that no median removes). The
+processes then stay up and run their steps **interleaved**: in each round every configuration
+runs a few steps (about ``--round-ms`` of work; the order rotates from round to round), so that
+all of them see the same contention. A configuration's figure is the **median over rounds of its
+step time divided by plain compile's step time in the same round**; next to it, the min-based
+figure (its fastest step over compile's fastest) and the spread of the per-round ratios
+(25th..75th percentile). Predicted added time = the plan's added time (sum over graphs); both are
+shown as a share of plain compile's step. "rank" counts the pairs of plans whose predicted added
+times differ by more than 5 % and whose measured ratios order the same way.
+
+Step times are ``time.perf_counter`` around each step, not ``torch.utils.benchmark.Timer``: its
+``timeit`` runs warm-up calls at every call, which would double the cost of a round of two steps.
+Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too), so
+the first measured configuration of a model measures and the later ones read the cache. Writes
+``benchmarks/results/time_fidelity.{md,json}`` (``time_fidelity_quick`` with --quick; ``--out STEM``).
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,148 +45,289 @@ sys.path.insert(0, str(HERE))
 import _run_config  # noqa: E402
 from compare import RESULTS, fmt_mib  # noqa: E402
 
-CONFIGS = ("compile", "remat_75", "remat_50", "remat_min")
-COST_MODELS = ("roofline", "measured")
-THREADS = {"roofline": 2, "measured": 1}
+REMAT_CONFIGS = ("remat_75", "remat_50", "remat_min")
+COST_OPTIONS = {  # remat's options per cost model of this benchmark
+    "roofline": {"cost_model": "roofline", "device": "cpu"},  # the CPU's constants
+    "profiled": {"cost_model": "roofline"},  # device "auto": the rates that `remat profile` cached
+    "measured": {"cost_model": "measured"},
+}
+RANK_MARGIN = 0.05  # predictions closer than this (relative) do not order two plans
 
 
-def worker(args: argparse.Namespace) -> int:
-    """One configuration in this process: ``_run_config.run`` with the cost model added to remat's
-    options and the thread count fixed (run() sets 2 threads and knows no cost_model)."""
+# ---- one configuration, in its own process -----------------------------------------------------
+
+
+def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.Namespace):
+    """(step, info): ``step()`` runs one training step of ``config``, compiled by its warm-up run;
+    ``info`` holds the plan's figures, or the error that refused the cap."""
+    import torch
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+
+    fconfig.enable_autograd_cache = False  # every configuration compiles, and remat plans, from scratch
+    iconfig.fx_graph_cache = False
+    model, inputs, loss_fn, sizes = _run_config.load_example(model_name, args.quick)
+    plain = lambda *xs: loss_fn(model(*xs))  # noqa: E731
+    if config == "compile":
+        fn = torch.compile(plain)
+    else:
+        level = config.removeprefix("remat_")
+        budget = "min" if level == "min" else f"{level}%"
+        options = {"memory_budget": budget, "time_limit": args.time_limit, **COST_OPTIONS[cost_model]}
+        fn = torch.compile(plain, backend="remat", options=options)
+
+    def step():
+        _run_config._zero(model)
+        fn(*inputs).backward()
+
+    info = {"model": model_name, "config": config, "cost_model": cost_model, "sizes": sizes}
+    t0 = time.perf_counter()
+    try:
+        step()
+    except Exception as e:
+        err = _run_config._remat_error(e)
+        if err is None:
+            raise
+        return None, {**info, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                      "budget_bytes": getattr(err, "budget_bytes", None)}
+    info["first_step_s"] = time.perf_counter() - t0
+    return step, {**info, **plan_figures(fn, config)}
+
+
+def plan_figures(fn, config: str) -> dict:
+    """Predicted added time, cap, predicted peak and cost-model notes of a remat configuration."""
+    if config == "compile":
+        return {}
+    from remat import reports
+
+    rs = reports(fn)
+    return {"predicted_added_s": sum(r.timeline.added_time for r in rs),
+            "budget_bytes": sum(r.budget_bytes or 0 for r in rs) or None,
+            "predicted_peak_bytes": sum(r.timeline.peak_bytes for r in rs),
+            "cost_notes": [r.cost_model for r in rs]}
+
+
+def serve(args: argparse.Namespace) -> int:
+    """A worker: compile one configuration, print its figures as a JSON line, then answer
+    ``steps K`` lines on stdin with the K step times (a JSON list) until stdin closes."""
     import torch
 
-    compile_, set_threads = torch.compile, torch.set_num_threads
+    from remat.measure import measure_step
 
-    def compile_with_cost_model(fn, *a, backend="inductor", options=None, **kw):
-        if backend == "remat":
-            options = {**(options or {}), "cost_model": args.cost_model}
-        return compile_(fn, *a, backend=backend, options=options, **kw)
-
-    torch.compile = compile_with_cost_model
-    torch.set_num_threads = lambda _n: set_threads(args.threads)
-    out = _run_config.run(args.model, args.config, args.quick, args.steps, args.time_limit, args.min_time)
-    out.update(cost_model=args.cost_model, threads=torch.get_num_threads())  # cost_notes: from run()
-    print(json.dumps(out), flush=True)
+    torch.set_num_threads(args.threads)
+    step, info = compiled_step(args.config, args.model, args.cost_model, args)
+    if step is not None:
+        info["measured_peak_bytes"] = int(measure_step(step).peak_bytes)
+    info["threads"] = torch.get_num_threads()
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line.split()[1])):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(times), flush=True)
     return 0
 
 
-def run_one(model: str, config: str, cost_model: str, threads: int, args: argparse.Namespace, env: dict) -> dict:
-    """One configuration in a fresh process (``compare.run_one``'s protocol: the last JSON line)."""
-    import subprocess
+# ---- the coordinator ---------------------------------------------------------------------------
 
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--config", config, "--cost-model", cost_model,
-           "--threads", str(threads), "--steps", str(args.steps), "--min-time", str(args.min_time),
-           "--time-limit", str(args.time_limit)] + (["--quick"] if args.quick else [])
+
+class Worker:
+    """A configuration's process: started, compiled, then asked for steps."""
+
+    def __init__(self, model: str, config: str, cost_model: str, args: argparse.Namespace, env: dict) -> None:
+        cmd = [sys.executable, __file__, "--serve", "--model", model, "--config", config, "--cost-model", cost_model,
+               "--threads", str(args.threads), "--time-limit", str(args.time_limit)] + (["--quick"] if args.quick else [])
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, env=env, cwd=HERE.parent)
+        self.info = self._reply() or {"model": model, "config": config, "cost_model": cost_model,
+                                      "error": f"worker exited: {self._log_tail()}"}
+        self.times: list[list[float]] = []  # per round
+
+    def ready(self) -> bool:
+        return "error" not in self.info
+
+    def run_steps(self, k: int) -> None:
+        self.proc.stdin.write(f"steps {k}\n")
+        self.proc.stdin.flush()
+        self.times.append(self._reply())
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line.startswith(("{", "[")) else None
+
+    def _log_tail(self) -> str:
+        self.proc.wait(timeout=60)
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+        return lines[-1][:300]
+
+
+def interleaved(workers: list[Worker], rounds: int, round_s: float) -> None:
+    """``rounds`` rounds; in each, every ready worker runs steps worth about ``round_s`` seconds
+    (from its first round's step time), in an order that rotates from round to round."""
+    ready = [w for w in workers if w.ready()]
+    per_round = {id(w): 1 for w in ready}
+    for r in range(rounds):
+        order = ready[r % len(ready):] + ready[:r % len(ready)] if ready else []
+        for w in order:
+            w.run_steps(per_round[id(w)])
+        if r == 0:
+            per_round = {id(w): max(1, min(20, round(round_s / max(w.times[0][0], 1e-6)))) for w in ready}
+
+
+def ratio_figures(w: Worker, ref: Worker) -> dict:
+    """Per-round ratios of ``w``'s median step to ``ref``'s: their median and quartiles; the
+    min-based ratio; the medians of all steps (the first round, a warm-up, left out)."""
+    pairs = list(zip(w.times, ref.times))[1:] or list(zip(w.times, ref.times))
+    ratios = sorted(statistics.median(a) / statistics.median(b) for a, b in pairs)
+    mine, theirs = [t for ts, _ in pairs for t in ts], [t for _, ts in pairs for t in ts]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"rounds": len(pairs), "ratio_median": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+            "ratio_min_based": min(mine) / min(theirs), "step_median_s": statistics.median(mine),
+            "compile_step_median_s": statistics.median(theirs), "steps": len(mine), "compile_steps": len(theirs)}
+
+
+def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, env: dict) -> list[dict]:
+    """Plain compile and remat's caps under each cost model, compiled one by one, then interleaved."""
+    workers = [Worker(model, "compile", "-", args, env)]
+    workers += [Worker(model, config, cost_model, args, env) for cost_model in cost_models for config in REMAT_CONFIGS]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=HERE.parent)
-    except subprocess.TimeoutExpired:
-        return {"model": model, "config": config, "cost_model": cost_model, "error": f"timed out after {args.timeout} s"}
-    for line in reversed(p.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"model": model, "config": config, "cost_model": cost_model, "error": f"exited {p.returncode}: {tail}"[:300]}
+        interleaved(workers, args.rounds, args.round_ms / 1e3)
+    finally:
+        for w in workers:
+            w.close()
+    ref = workers[0]
+    rows = []
+    for w in workers:
+        row = dict(w.info)
+        if w.ready() and ref.ready():
+            row.update(ratio_figures(w, ref))
+            row["step_times_s"] = w.times
+        rows.append(row)
+    return rows
+
+
+# ---- figures -----------------------------------------------------------------------------------
 
 
 def fidelity_rows(rows: list[dict]) -> list[dict]:
-    """Per remat row: predicted and measured added time, as ms and as a share of compile's step."""
+    """The remat rows with predicted and measured added time as a share of compile's step."""
     out = []
     for r in rows:
-        ref = next((c for c in rows if c["config"] == "compile" and c["model"] == r["model"]
-                    and c["cost_model"] == r["cost_model"] and c.get("step_time_s")), None)
-        if r["config"] == "compile" or ref is None:
+        if r["config"] == "compile":
             continue
-        row = {k: r.get(k) for k in ("model", "cost_model", "config", "budget_bytes", "measured_peak_bytes",
-                                      "predicted_added_s", "step_time_s", "error", "cost_notes", "decisions")}
-        row["compile_step_s"] = ref["step_time_s"]
-        if r.get("step_time_s") and r.get("predicted_added_s") is not None:
-            row["measured_added_s"] = r["step_time_s"] - ref["step_time_s"]
-            row["predicted_pct"] = 100 * r["predicted_added_s"] / ref["step_time_s"]
-            row["measured_pct"] = 100 * row["measured_added_s"] / ref["step_time_s"]
+        row = {k: v for k, v in r.items() if k != "step_times_s"}
+        if r.get("ratio_median") is not None and r.get("predicted_added_s") is not None:
+            row["predicted_pct"] = 100 * r["predicted_added_s"] / r["compile_step_median_s"]
+            row["measured_pct"] = 100 * (r["ratio_median"] - 1)
+            row["measured_min_pct"] = 100 * (r["ratio_min_based"] - 1)
         out.append(row)
     return out
 
 
-def rank_agrees(rows: list[dict]) -> bool | None:
-    """Whether the measured step times of one model's caps order as their predicted added times."""
+def rank_pairs(rows: list[dict]) -> tuple[int, int]:
+    """(agreeing, compared): pairs of plans whose predicted added times differ by more than
+    RANK_MARGIN, and how many of them the measured median ratios order the same way."""
     done = [r for r in rows if r.get("measured_pct") is not None]
-    if len(done) < 2:
-        return None
-    by_pred = [r["config"] for r in sorted(done, key=lambda r: r["predicted_added_s"])]
-    by_meas = [r["config"] for r in sorted(done, key=lambda r: r["step_time_s"])]
-    return by_pred == by_meas
+    agree = compared = 0
+    for i, a in enumerate(done):
+        for b in done[i + 1:]:
+            pa, pb = a["predicted_added_s"], b["predicted_added_s"]
+            if abs(pa - pb) <= RANK_MARGIN * max(pa, pb):
+                continue
+            compared += 1
+            agree += (pa < pb) == (a["ratio_median"] < b["ratio_median"])
+    return agree, compared
 
 
 def table(fid: list[dict]) -> str:
-    lines = ["| model | cost model | config | cap MiB | measured peak MiB | compile step ms | predicted +ms "
-             "| measured +ms | predicted % | measured % | diff pp | rank ok | costs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| model | cost model | config | cap MiB | measured peak MiB | compile step ms | rounds | predicted % "
+             "| measured % (median of rounds) | q1..q3 % | min-based % | diff pp | rank | costs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in fid:
         groups.setdefault((r["model"], r["cost_model"]), []).append(r)
     for (model, cost_model), rows in groups.items():
-        ok = rank_agrees(rows)
+        agree, compared = rank_pairs(rows)
         for r in rows:
-            done = r.get("measured_pct") is not None
-            note = _short_error(r) or "; ".join(sorted(set(r.get("cost_notes") or [])))
-            lines.append("| " + " | ".join([
-                model, cost_model, r["config"], fmt_mib(r.get("budget_bytes")), fmt_mib(r.get("measured_peak_bytes")),
-                f"{1e3 * r['compile_step_s']:.1f}",
-                f"{1e3 * r['predicted_added_s']:.1f}" if r.get("predicted_added_s") is not None else "-",
-                f"{1e3 * r['measured_added_s']:.1f}" if done else "-",
-                f"{r['predicted_pct']:.1f}" if done else "-", f"{r['measured_pct']:.1f}" if done else "-",
-                f"{r['measured_pct'] - r['predicted_pct']:+.1f}" if done else "-",
-                "-" if ok is None else ("yes" if ok else "no"), note.replace("|", "/"),
-            ]) + " |")
+            lines.append("| " + " | ".join([model, cost_model, r["config"], fmt_mib(r.get("budget_bytes")),
+                                            fmt_mib(r.get("measured_peak_bytes"))] + _measured_cells(r)
+                                           + [f"{agree}/{compared}" if compared else "-", _note(r)]) + " |")
     return "\n".join(lines)
 
 
-def _short_error(r: dict) -> str:
-    """An error for a table cell: a cap under the floor as "infeasible", others cut short."""
+def _measured_cells(r: dict) -> list[str]:
+    if r.get("measured_pct") is None:
+        return ["-"] * 7
+    return [f"{1e3 * r['compile_step_median_s']:.1f}", str(r["rounds"]), f"{r['predicted_pct']:.1f}",
+            f"{r['measured_pct']:.1f}", f"{100 * (r['ratio_q1'] - 1):.1f}..{100 * (r['ratio_q3'] - 1):.1f}",
+            f"{r['measured_min_pct']:.1f}", f"{r['measured_pct'] - r['predicted_pct']:+.1f}"]
+
+
+def _note(r: dict) -> str:
+    """The error for a table cell (a cap under the floor as "infeasible"), else the cost notes."""
     err = r.get("error") or ""
     if err.startswith("InfeasibleBudgetError"):
         return "infeasible: the cap is under the smallest reachable peak"
-    return err[:80]
+    return (err[:80] or "; ".join(sorted(set(r.get("cost_notes") or [])))).replace("|", "/")
+
+
+def write_results(rows: list[dict], stem: str, settings: dict) -> None:
+    """The rows so far as ``<stem>.json`` and the table as ``<stem>.md`` (after every group, so
+    that a run stopped early keeps what it measured)."""
+    fid = fidelity_rows(rows)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": settings, "rows": rows, "fidelity": fid}, indent=1))
+    head = ", ".join(f"{k} {v}" for k, v in settings.items())
+    (RESULTS / f"{stem}.md").write_text(f"Settings: {head}.\n\n{table(fid)}\n")
+
+
+def profile_machine(threads: int, env: dict) -> str:
+    """Run ``remat profile`` at ``threads`` into the run's cache; its line on the roofline's rates."""
+    cmd = [sys.executable, "-m", "remat.cli", "profile", "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent, check=True).stdout
+    return next((line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("roofline of")), out.strip())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mlp,gpt,cnn,evoformer")
-    ap.add_argument("--cost-models", default=",".join(COST_MODELS))
+    ap.add_argument("--cost-models", default=",".join(COST_OPTIONS), help="of " + ", ".join(COST_OPTIONS))
     ap.add_argument("--quick", action="store_true", help="the small sizes of _run_config.SIZES")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--min-time", type=float, default=2.0)
-    ap.add_argument("--time-limit", type=float, default=30.0)
-    ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--threads", type=int, help="torch threads of every run (default: roofline 2, measured 1)")
-    ap.add_argument("--tag", default="", help="suffix of the result files' names")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds (the first is a warm-up)")
+    ap.add_argument("--round-ms", type=float, default=300.0, help="step time per configuration and round")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every configuration (default 1)")
+    ap.add_argument("--time-limit", type=float, default=30.0, help="remat's planning time limit (s)")
+    ap.add_argument("--out", help="stem of the result files (default time_fidelity, time_fidelity_quick with --quick)")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--cost-model", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        return worker(args)
+    if args.serve:
+        return serve(args)
     env = {**os.environ, "REMAT_CACHE_DIR": tempfile.mkdtemp(prefix="remat-profile-")}
+    cost_models = args.cost_models.split(",")
+    settings = {"threads": args.threads, "rounds": args.rounds, "round ms": args.round_ms, "quick": args.quick}
+    if "profiled" in cost_models:
+        settings["profiled rates"] = profile_machine(args.threads, env)
     rows: list[dict] = []
     for model in args.models.split(","):
-        for cost_model in args.cost_models.split(","):
-            for config in CONFIGS:
-                rows.append(run_one(model, config, cost_model, args.threads or THREADS[cost_model], args, env))
-                print(json.dumps({k: rows[-1].get(k) for k in ("model", "cost_model", "config", "step_time_s",
-                                                               "predicted_added_s", "error")}), flush=True)
-                write_results(rows, ("time_fidelity_quick" if args.quick else "time_fidelity") + args.tag)
+        rows += measure_model(model, cost_models, args, env)
+        for r in rows[-1 - len(cost_models) * len(REMAT_CONFIGS):]:
+            print(json.dumps({k: r.get(k) for k in ("model", "cost_model", "config", "ratio_median",
+                                                    "predicted_added_s", "error")}), flush=True)
+        write_results(rows, args.out or ("time_fidelity_quick" if args.quick else "time_fidelity"), settings)
     print(table(fidelity_rows(rows)))
     return 0
-
-
-def write_results(rows: list[dict], stem: str) -> None:
-    """The rows so far as ``<stem>.json`` and the fidelity table as ``<stem>.md`` (after every
-    configuration, so that a run stopped early keeps what it measured)."""
-    fid = fidelity_rows(rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows, "fidelity": fid}, indent=1))
-    (RESULTS / f"{stem}.md").write_text(table(fid) + "\n")
 
 
 if __name__ == "__main__":
