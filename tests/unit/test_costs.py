@@ -137,6 +137,16 @@ def test_a_recomputation_with_folded_values_is_one_fused_kernel(tmp_path):
     assert got.problem.activation("exp").compute_time == pytest.approx(2 * exp_bytes / 2.0)
 
 
+def test_a_fused_recomputation_costs_its_elementwise_ops_at_the_measured_rate(tmp_path):
+    torch.manual_seed(0)
+    joint, fwd, n = trace_joint(scaled_exp, torch.randn(8, 4), torch.randn(4, 16, requires_grad=True),
+                                torch.randn(16, 4, requires_grad=True))
+    costs = saved_costs(tmp_path, {"bandwidth": 1e30, "elementwise_rate": 1.0})  # traffic free, ops slow
+    got = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=BYTES_SPEC, costs=costs)
+    assert got.folded == ["mul"]
+    assert got.problem.activation("exp").compute_time == pytest.approx(2 * 8 * 16)  # mul's and exp's elements
+
+
 # ---- backend wiring ------------------------------------------------------------------------------
 
 

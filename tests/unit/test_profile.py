@@ -248,6 +248,18 @@ def test_elementwise_rate_measured_once_then_cached():
     assert measure_elementwise_rate("cpu") == rate
 
 
+def test_rates_are_kept_per_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ProfileCache.for_device("cpu").put("bandwidth", 5e9)
+        torch.set_num_threads(1)
+        one = ProfileCache.for_device("cpu")
+        assert "x1 threads" in one.device and one.get("bandwidth") is None  # a 2-thread rate misprices 1 thread
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_fused_chain_costs_its_traffic_or_its_elementwise_ops_whichever_is_longer(tmp_path):
     costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, "elementwise_rate": 1e9}))
     assert costs.fused_time(1e9) == pytest.approx(0.1)  # no ops given: traffic alone
