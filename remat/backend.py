@@ -162,14 +162,16 @@ def _needs_backward(example_inputs: Sequence[Any]) -> bool:
 def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: RematConfig, comp: Compilation):
     """Compile one graph under a plan (``_compile_checked_plans``); when no plan's code meets the
     cap but plain torch.compile's does, plain torch.compile is what runs (remat never refuses a
-    cap that plain Inductor meets), and the report says so. A byte cap is the step's: this graph
-    is planned under it less what the graphs compiled before it keep (``Compilation.resident_before``)."""
+    cap that plain Inductor meets), and the report says so. A cap is the step's: this graph is
+    planned under it less what is held outside it while it runs (``_taken_off_cap``); a ratio is
+    of plain torch.compile's step as far as this graph (``Compilation.plain_step_peak``)."""
     from torch._inductor.compile_fx import compile_fx
 
     name, key = comp.next_graph_name(), comp.graph_key()
-    resident = _taken_off_cap(cfg, comp.resident_before(key), comp.outside(key).nbytes)
+    resident_before = comp.resident_before(key)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
-    plain_peak = plain[1] if plain is not None else None
+    plain_peak = comp.plain_step_peak(key, *plain[1:]) if plain is not None else None
+    resident = _taken_off_cap(cfg, resident_before, comp.outside(key).nbytes, step_reference=plain_peak is not None)
     if not cfg.inductor_check:
         partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
@@ -192,15 +194,17 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     return compiled
 
 
-def _taken_off_cap(cfg: RematConfig, resident: int, outside: int) -> int:
+def _taken_off_cap(cfg: RematConfig, resident: int, outside: int, step_reference: bool = False) -> int:
     """The bytes this graph's cap gives up to memory held while it runs: under a byte cap (the
     step's) all of ``resident`` (earlier graphs' kept bytes and ``outside``: buffers the step
-    allocates outside the graphs, e.g. FSDP2's); under a ratio only ``outside`` (a ratio is of this
-    graph's own plain-compile peak); under "min" nothing (the floor is the floor)."""
+    allocates outside the graphs, e.g. FSDP2's); under a ratio of plain torch.compile's step
+    (``step_reference``, ``Compilation.plain_step_peak``) all of it too; under a ratio of this graph's own
+    modelled plain peak (over a range of sizes, or ``inductor_check=False``) only ``outside``;
+    under "min" nothing (each graph's floor is its own)."""
     budget = cfg.memory_budget
-    if budget.bytes is not None:
-        return resident
-    return 0 if budget.minimum else outside
+    if budget.minimum:
+        return 0
+    return resident if budget.bytes is not None or step_reference else outside
 
 
 def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,

@@ -20,7 +20,9 @@ one frame's graph into several, ``graph_key``), in the order they were first com
 of a frame replaces its figures (never counted twice); ``resident_before(key)`` sums the figures
 of the graphs first compiled before it, and adds what the step allocates outside the graphs while
 this one runs (``outside(key)``: the option ``outside_bytes``, else found from the module being
-compiled, ``remat.outside_memory``: FSDP2's buffers).
+compiled, ``remat.outside_memory``: FSDP2's buffers). A ratio budget is of plain torch.compile's
+step: ``plain_step_peak(key, ...)`` records what plain's partition of each graph keeps and gives
+the plain step's peak as far as graph ``key`` (its code's peak on top of what plain holds outside it).
 
 A graph can run several times per step (one compiled block called for every layer, a loop over a
 graph break): each call keeps its saved bytes until its backward, while the plans counted them
@@ -63,6 +65,7 @@ class Compilation:
         self._lock = threading.Lock()
         self._reports: list = []
         self._kept: dict[Key, int] = {}  # graph key -> bytes it keeps, in first-compile order
+        self._plain_kept: dict[Key, int] = {}  # graph key -> bytes plain torch.compile's partition keeps
         self._graphs_of: dict[Key, int] = {}  # (frame id, frame compile id) -> graphs so far
         self._outside: dict[Key | None, OutsideMemory] = {}
         self._compiling = threading.local()  # .key: the graph this thread compiles now
@@ -110,6 +113,33 @@ class Compilation:
             self._kept[key] = int(nbytes)
             self._names[key] = f"graph{len(self._reports) - 1}"  # the report added last (``add``)
 
+    def keep_plain(self, key: Key | None, nbytes: int | None) -> None:
+        """Plain torch.compile's partition of graph ``key`` keeps ``nbytes`` until its backward runs
+        (read from its compiled backward; None: not read, nothing recorded)."""
+        if key is not None and nbytes is not None:
+            with self._lock:
+                self._plain_kept[key] = int(nbytes)
+
+    def plain_step_peak(self, key: Key | None, peak: int | None, kept: int | None) -> int | None:
+        """The peak that a ratio budget on graph ``key`` is a fraction of: plain torch.compile's
+        step as far as this graph, from plain's code of it (``peak``: its code's peak P, None when
+        not read; ``kept``: what plain's partition of it keeps until its backward, recorded for the
+        graphs after it): P plus what plain would hold outside it (``plain_resident_before``).
+        Each graph g is then capped at ratio x (P_g + Rplain_g) - R_g, R_g what remat holds outside
+        it (``resident_before``), so the step's peak, the largest R_g + peak_g, is at most ratio x
+        the largest P_g + Rplain_g: ratio x plain torch.compile's step peak."""
+        self.keep_plain(key, kept)
+        return None if peak is None else peak + self.plain_resident_before(key)
+
+    def plain_resident_before(self, key: Key | None) -> int:
+        """What plain torch.compile would hold outside graph ``key`` while it runs: its partitions
+        of the graphs first compiled before it keep (a graph whose plain partition was not read
+        counts with remat's figure), and the buffers outside the graphs (``outside(key)``)."""
+        earlier = self._earlier(key)
+        with self._lock:
+            kept = sum(self._plain_kept.get(k, self._kept[k]) for k in earlier)
+        return kept + self.outside(key).nbytes
+
     def resident_before(self, key: tuple[int, int] | None) -> int:
         """Bytes resident outside graph ``key`` while it runs: what the graphs first compiled
         before it keep (``kept_before``) and what the step allocates outside the graphs
@@ -123,15 +153,17 @@ class Compilation:
     def kept_before(self, key: tuple[int, int] | None) -> int:
         """Bytes that the graphs first compiled before ``key`` keep while it runs (all recorded
         graphs for one not compiled yet; 0 outside Dynamo)."""
-        if key is None:
-            return 0
+        earlier = self._earlier(key)
         with self._lock:
-            total = 0
-            for other, nbytes in self._kept.items():
-                if other == key:
-                    break
-                total += nbytes
-            return total
+            return sum(self._kept[k] for k in earlier)
+
+    def _earlier(self, key: Key | None) -> list[Key]:
+        """The recorded graphs first compiled before ``key`` (none outside Dynamo, ``key=None``)."""
+        if key is None:
+            return []
+        with self._lock:
+            keys = list(self._kept)
+        return keys[:keys.index(key)] if key in keys else keys
 
     def outside(self, key: tuple[int, int] | None) -> OutsideMemory:
         """What ``resident_before(key)`` found outside the graphs (nothing before it was called)."""
