@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -219,39 +220,137 @@ def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] 
 
 def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None,
                            resident: int = 0):
-    """Plan and compile; plan again (at most MAX_PLANS times) while Inductor's code leaves less than
-    the reserve free: first with the kernels that Inductor generated (the model then places each
-    kernel's ops as one), then, if the model still falls short, lower by the excess. Under "min",
-    plan again with the kernels while that lowers the code's peak (the model's floor is not the
-    code's), and report the code's floor (``min_cap``). Returns the compiled graph, its report and
-    its code's peak, for the plan with the lowest peak.
-    ``resident``: what earlier graphs of the step keep (``plan_joint_graph``)."""
-    lower_by, groups, best = 0, None, None  # best: (estimate, compiled, report)
-    for attempt in range(1, MAX_PLANS + 1):
+    """Plan and compile, then plan again (``MAX_PLANS`` compiles in all) as the code's peak says:
+    while Inductor's code leaves less than the reserve free under the cap, first with the kernels
+    that Inductor generated (the model then places each kernel's ops as one), then lower by the
+    excess; while it leaves more than ``RAISE_AT`` reserves free, higher by that slack (fewer
+    recomputations), between the plans tried. The plan kept is the one with the least predicted
+    added time among those whose code leaves the reserve free, else the one whose code peaks
+    lowest. Under "min", plan again with the kernels of the last compile while that lowers the
+    code's peak (the model's floor depends on them), keep the lowest, and run plain torch.compile
+    instead when its code peaks lower still (``_lowest_of_min``). Returns the compiled graph, its
+    report and its code's peak. ``resident``: what earlier graphs of the step keep (``plan_joint_graph``)."""
+    tried: list[_Compiled] = []
+    lower_by, groups = 0, None
+    while len(tried) < MAX_PLANS:
         try:
             compiled, report, estimate, kernels = _compile_checked(
                 gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident)
         except Exception as e:
-            if best is not None and _caused_by(e, InfeasibleBudgetError):
+            if tried and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
             raise
         if report is None or estimate is None or report.budget_bytes is None:
-            return compiled, report, estimate
-        report.inductor_peak_bytes, report.plans_made = estimate, attempt
-        improved = best is None or estimate < best[0]
-        if best is None or estimate <= best[0]:  # on a tie, the later plan: its model saw the kernels
-            best = (estimate, compiled, report)
-        # the reserve stays free in the code too, for what its walk cannot see (the caller's loss, unmeasured scratch)
-        over = estimate - cfg.planning_target(report.budget_bytes)
-        lower = over > 0 or (cfg.memory_budget.minimum and kernels is not None)
-        if not lower or not improved:
+            if not tried:
+                return compiled, report, estimate
             break
-        if groups is not None or kernels is None:  # the model saw the kernels and still fell short
-            lower_by += max(over, 0) + report.budget_bytes // 100  # the estimate moves less than the plan
-        groups = kernels if kernels is not None else groups
-    estimate, compiled, report = best
-    if cfg.memory_budget.minimum:  # not the model's floor: the code's, which may be under it
-        report.budget_bytes = min_cap(cfg, estimate)
+        report.inductor_peak_bytes, report.plans_made = estimate, len(tried) + 1
+        tried.append(_Compiled(compiled, report, estimate, kernels, lower_by, groups))
+        step = _next_plan(cfg, tried)
+        if step is None:
+            break
+        lower_by, groups = step
+    kept = _kept(cfg, tried)
+    if cfg.memory_budget.minimum:
+        return _lowest_of_min(gm, example_inputs, cfg, kept)
+    return kept.compiled, kept.report, kept.estimate
+
+
+@dataclass
+class _Compiled:
+    """One plan compiled by the check loop: the compiled graph, its report, its code's peak, the
+    kernels Inductor generated, and what it was planned with (``lower_by``, the kernels ``groups``)."""
+
+    compiled: Any
+    report: GraphReport
+    estimate: int
+    kernels: KernelGroups | None
+    lower_by: int
+    groups: KernelGroups | None
+
+    @property
+    def key(self) -> tuple:
+        return self.lower_by, self.groups.key() if self.groups is not None else None
+
+
+def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGroups | None] | None:
+    """What to plan next (``lower_by``, the kernels to plan with) after the plans ``tried``, or None
+    to stop: a plan already tried, a code peak that stopped improving, a move under 1 % of the cap."""
+    last = tried[-1]
+    groups = last.kernels if last.kernels is not None else last.groups
+    if cfg.memory_budget.minimum:
+        improved = all(last.estimate < t.estimate for t in tried[:-1])
+        step = (0, groups) if improved and last.kernels is not None else None
+    else:
+        step = _next_under_cap(cfg, tried, groups)
+    keys = {t.key for t in tried}
+    if step is None or (step[0], step[1].key() if step[1] is not None else None) in keys:
+        return None
+    return step
+
+
+def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None):
+    """The next plan under a cap: over the target (the cap less the reserve), the same target with
+    Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
+    improves (or until a plan tried meets the target); under it by more than ``RAISE_AT``
+    reserves, higher by the slack, while the plan recomputes something (not over a range of sizes:
+    a plan there is proven at the model's cap). A move never passes a plan tried on the other side
+    of the target: it goes halfway to it; a move under 1 % of the cap is not made."""
+    last = tried[-1]
+    cap = last.report.budget_bytes
+    target = cfg.planning_target(cap)
+    over = last.estimate - target
+    if over > 0:
+        if last.groups is None and last.kernels is not None:
+            return last.lower_by, groups
+        met = any(t.estimate <= target for t in tried)
+        if not met and any(t.estimate <= last.estimate for t in tried[:-1]):
+            return None
+        lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
+    else:
+        slack = cap - last.estimate > RAISE_AT * cfg.reserve * cap
+        if not slack or last.report.dynamic is not None or last.report.timeline.added_time <= 0:
+            return None
+        lower_by = _toward(tried, last.lower_by + over, cfg)
+    return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
+
+
+def _toward(tried: list[_Compiled], lower_by: int, cfg: RematConfig) -> int:
+    """``lower_by``, or halfway from the last plan's to the nearest plan tried beyond it on the
+    other side of the target (code over it when raising, under it when lowering)."""
+    last = tried[-1]
+    target = cfg.planning_target(last.report.budget_bytes)
+    raising = lower_by < last.lower_by
+    beyond = [t.lower_by for t in tried if (t.estimate > target) == raising
+              and (lower_by <= t.lower_by < last.lower_by if raising else last.lower_by < t.lower_by <= lower_by)]
+    if not beyond:
+        return lower_by
+    nearest = max(beyond) if raising else min(beyond)
+    return (last.lower_by + nearest) // 2
+
+
+def _kept(cfg: RematConfig, tried: list[_Compiled]) -> _Compiled:
+    """The plan to run: under a cap, the least predicted added time among the plans whose code
+    leaves the reserve free (then the lower code peak), else the lowest code peak; under "min" the
+    lowest code peak. On a tie, the later plan: its model saw more of Inductor's kernels."""
+    lowest = min(reversed(tried), key=lambda t: t.estimate)
+    if cfg.memory_budget.minimum:
+        return lowest
+    meets = [t for t in reversed(tried) if t.estimate <= cfg.planning_target(t.report.budget_bytes)]
+    return min(meets, key=lambda t: (t.report.timeline.added_time, t.estimate)) if meets else lowest
+
+
+def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled):
+    """"min"'s result: ``kept``, or plain torch.compile where its code peaks lower (remat's floor
+    is never above what plain Inductor allocates); the report's cap is that peak with the
+    reserve (``min_cap``). Returns (compiled, report, its code's peak)."""
+    report, compiled, estimate = kept.report, kept.compiled, kept.estimate
+    sizes = report.dynamic.planned_at if report.dynamic is not None else None
+    plain, plain_peak, plain_kept = plain_compile(gm, example_inputs, sizes)
+    if plain_peak is not None and plain_peak < estimate:
+        compiled, estimate = plain, plain_peak
+        report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", plain_peak, plain_kept
+    report.budget_bytes = min_cap(cfg, estimate)
     return compiled, report, estimate
 
 
@@ -354,7 +453,8 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
             print(summary_line(r))
 
 
-MAX_PLANS = 3  # plans per graph: the first, and two more when Inductor's estimate is over the cap
+MAX_PLANS = 4  # compiles per graph in the check loop (``_compile_checked_plans``), plain torch.compile aside
+RAISE_AT = 2  # plan again higher when the code's peak leaves more than this many reserves of the cap free
 
 
 def _backward_compiled_now():

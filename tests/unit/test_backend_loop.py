@@ -1,0 +1,107 @@
+"""The check loop's decisions (``remat.backend._next_plan``, ``_kept``) on plans made up of their
+figures: a cap of 1,000,000 B with the default 5 % reserve (the target is 950,000 B), so a code
+peak under 900,000 B leaves more than two reserves free. No compiles; the loop itself, on real
+graphs, is in ``tests/e2e/test_compile.py``."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from remat.backend import MAX_PLANS, RAISE_AT, _Compiled, _kept, _next_plan
+from remat.config import RematConfig
+from remat.kernel_groups import KernelGroups
+
+CAP = 1_000_000
+KERNELS = KernelGroups(backward=(frozenset({"mm_1", "relu"}),))
+
+
+def plan(estimate: int, added_ms: float, lower_by: int = 0, groups=KERNELS, cap: int | None = CAP,
+         dynamic=None) -> _Compiled:
+    """A compiled plan as the loop sees it: its code's peak and its predicted added time."""
+    report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=SimpleNamespace(added_time=added_ms / 1e3))
+    return _Compiled(compiled=f"plan at {estimate}", report=report, estimate=estimate, kernels=KERNELS,
+                     lower_by=lower_by, groups=groups)
+
+
+def capped() -> RematConfig:
+    return RematConfig(memory_budget=CAP)
+
+
+def test_a_plan_over_the_target_is_planned_again_with_its_kernels_at_the_same_target():
+    assert _next_plan(capped(), [plan(960_000, 5.0, groups=None)]) == (0, KERNELS)
+
+
+def test_a_plan_over_the_target_with_kernels_is_planned_lower_by_the_excess_and_one_percent():
+    assert _next_plan(capped(), [plan(970_000, 5.0)]) == (20_000 + CAP // 100, KERNELS)
+
+
+def test_lowering_stops_when_the_code_peak_stops_improving():
+    tried = [plan(970_000, 5.0), plan(975_000, 7.0, lower_by=30_000)]
+    assert _next_plan(capped(), tried) is None
+
+
+def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
+    assert RAISE_AT == 2
+    lower_by, groups = _next_plan(capped(), [plan(800_000, 9.0)])
+    assert (lower_by, groups) == (-150_000, KERNELS)  # the target, 950,000 B, less the code's peak
+
+
+def test_a_first_plan_without_kernels_is_raised_with_them():
+    assert _next_plan(capped(), [plan(800_000, 9.0, groups=None)]) == (-150_000, KERNELS)
+
+
+@pytest.mark.parametrize("estimate, added_ms, dynamic", [
+    (910_000, 9.0, None),  # 9 % of the cap free: under two reserves
+    (800_000, 0.0, None),  # recomputes nothing: nothing to gain
+    (800_000, 9.0, "a range"),  # a plan over a range is proven at the model's cap
+])
+def test_no_raise(estimate, added_ms, dynamic):
+    assert _next_plan(capped(), [plan(estimate, added_ms, dynamic=dynamic)]) is None
+
+
+def test_a_raise_that_went_over_comes_back_by_the_excess():
+    tried = [plan(800_000, 9.0), plan(990_000, 4.0, lower_by=-150_000)]
+    assert _next_plan(capped(), tried) == (-150_000 + 40_000 + CAP // 100, KERNELS)
+
+
+def test_coming_back_never_passes_a_plan_that_met_the_target_it_goes_halfway():
+    tried = [plan(800_000, 9.0), plan(1_100_000, 4.0, lower_by=-150_000)]
+    assert _next_plan(capped(), tried) == (-75_000, KERNELS)
+
+
+def test_a_raise_never_passes_a_plan_that_was_over():
+    tried = [plan(990_000, 4.0, lower_by=-100_000), plan(700_000, 9.0, lower_by=0)]
+    assert _next_plan(capped(), tried) == (-50_000, KERNELS)
+
+
+def test_a_plan_already_tried_is_not_made_again():
+    tried = [plan(800_000, 9.0, lower_by=-150_000), plan(800_000, 9.0, lower_by=0)]
+    assert _next_plan(capped(), tried) is None
+
+
+def test_the_plan_kept_is_the_fastest_whose_code_leaves_the_reserve_free():
+    tried = [plan(800_000, 9.0), plan(990_000, 2.0, lower_by=-150_000), plan(930_000, 5.0, lower_by=-75_000)]
+    assert _kept(capped(), tried) is tried[2]
+
+
+def test_with_no_plan_under_the_target_the_lowest_code_peak_is_kept():
+    tried = [plan(990_000, 2.0), plan(970_000, 5.0, lower_by=30_000), plan(980_000, 6.0, lower_by=60_000)]
+    assert _kept(capped(), tried) is tried[1]
+
+
+def test_min_plans_again_with_the_last_kernels_while_the_code_peak_falls():
+    cfg = RematConfig(memory_budget="min")
+    first, lower, higher = plan(900, 5.0, groups=None), plan(800, 6.0), plan(850, 7.0)
+    assert _next_plan(cfg, [first]) == (0, KERNELS)
+    assert _next_plan(cfg, [first, lower]) is None  # the same kernels again: a plan already tried
+    other = KernelGroups(backward=(frozenset({"mm_2"}),))
+    lower.kernels = other
+    assert _next_plan(cfg, [first, lower]) == (0, other)
+    assert _next_plan(cfg, [first, lower, higher]) is None
+    assert _kept(cfg, [first, lower, higher]) is lower
+
+
+def test_the_loop_is_bounded():
+    assert 2 <= MAX_PLANS <= 4
