@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.fx as fx
+from torch._prims_common import is_expandable_to
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
 from .kernel_groups import KernelGroups
@@ -283,15 +284,65 @@ def _unemitted_inputs(n: fx.Node, bwd: set, done: set, index: dict) -> list[fx.N
 
 
 def build_schedule(g: GraphFacts) -> Schedule:
-    """Slots: the forward ops in graph order, then the backward ops in autograd order; the
+    """Slots: the forward ops in graph order, then the backward ops in autograd order, each
+    ``mm`` that Inductor turns into an ``addmm`` moved to its add (``mms_at_their_adds``); the
     elements of a tuple op share its slot."""
-    fwd_order = [n for n in g.nodes if n in g.forward and takes_slot(n)]
-    bwd_order = [n for n in autograd_order(g.nodes, g.index, g.backward, g.tangents) if takes_slot(n)]
+    fwd_order = mms_at_their_adds([n for n in g.nodes if n in g.forward and takes_slot(n)])
+    bwd_order = mms_at_their_adds([n for n in autograd_order(g.nodes, g.index, g.backward, g.tangents) if takes_slot(n)])
     slot_of = {n: i for i, n in enumerate(fwd_order + bwd_order)}
     for n in g.nodes:
         if n.target is operator.getitem and n.args[0] in slot_of:
             slot_of[n] = slot_of[n.args[0]]
     return Schedule(fwd_order, bwd_order, slot_of)
+
+
+def addmm_add(n: fx.Node) -> fx.Node | None:
+    """The add that Inductor's post-grad pattern folds ``mm`` ``n`` into (``add(inp, mm(a, b))``
+    -> ``addmm(inp, a, b)``), or None. The addmm runs where the add was: the mm's inputs live
+    until then, and its result is the add's."""
+    if n.target is not aten.mm.default or len(n.users) != 1:
+        return None
+    add = next(iter(n.users))
+    return add if _folded_mm(add) is n else None
+
+
+def _folded_mm(add: fx.Node) -> fx.Node | None:
+    """The mm that ``add`` takes into an addmm: its second argument if that fits
+    (``_fits_addmm``), else its first (the order in which Inductor tries its two patterns)."""
+    if add.target is not aten.add.Tensor or add.kwargs or len(add.args) != 2:
+        return None
+    return next((mm for mm, inp in ((add.args[1], add.args[0]), (add.args[0], add.args[1]))
+                 if _fits_addmm(mm, inp, add)), None)
+
+
+def _fits_addmm(mm: Any, inp: Any, add: fx.Node) -> bool:
+    """Whether ``add(inp, mm)`` becomes ``addmm``: ``mm`` an mm read only by the add, ``inp`` a
+    tensor of the mm's dtype that broadcasts to its shape; not on a GPU when every reader of the
+    add is pointwise (Inductor keeps them apart there)."""
+    if not (isinstance(mm, fx.Node) and mm.target is aten.mm.default and len(mm.users) == 1):
+        return False
+    if not (isinstance(inp, fx.Node) and _is_tensor(inp)):
+        return False
+    val = mm.meta["val"]
+    if {i.meta["val"].dtype for i in (inp, *mm.args)} != {val.dtype} or not is_expandable_to(inp.meta["val"].shape, val.shape):
+        return False
+    gpu = val.device.type not in ("cpu", "meta")
+    return not (gpu and all(_pointwise(u) for u in add.users))
+
+
+def mms_at_their_adds(order: list[fx.Node]) -> list[fx.Node]:
+    """``order`` with each ``mm`` that becomes an ``addmm`` (``addmm_add``) just before its add."""
+    in_order = set(order)
+    moved = {n: add for n in order if (add := addmm_add(n)) is not None and add in in_order}
+    before: dict[fx.Node, list[fx.Node]] = {}
+    for mm, add in moved.items():
+        before.setdefault(add, []).append(mm)
+    out = []
+    for n in order:
+        if n not in moved:
+            out.extend(before.get(n, ()))
+            out.append(n)
+    return out
 
 
 @dataclass

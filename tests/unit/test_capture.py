@@ -18,6 +18,7 @@ from remat.cost import DeviceSpec, tensor_bytes
 from remat.capture import (
     ActivationFacts,
     activation_inputs,
+    addmm_add,
     autograd_order,
     backward_relevant,
     broadcast_copies,
@@ -151,6 +152,39 @@ def test_build_schedule_slots_forward_then_backward_views_take_none(mlp_steps):
     assert sched.num_forward == 5 and sched.last == 10
     assert sched.slot_of[n["getitem_1"]] == sched.slot_of[n["native_dropout"]] == 2  # at its op's slot
     assert n["detach"] not in sched.slot_of and n["t"] not in sched.slot_of
+
+
+def selected_tied(x, w):
+    return ((x * w[0]).tanh() @ w).tanh().sum()  # w's gradient: mm_1 (early) + select_backward (last)
+
+
+def test_an_mm_that_inductor_folds_into_addmm_runs_at_its_add():
+    # Inductor's post-grad pattern turns add(mm_1, select_backward) into addmm(select_backward, ...)
+    # (measured: its code runs the addmm last and frees tanh_backward's buffer only after it)
+    joint, fwd, n = trace_joint(selected_tied, torch.randn(256, 64), torch.randn(64, 64, requires_grad=True))
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    assert names(sched.order)[-3:] == ["select_backward", "mm_1", "add"]
+    by = by_name(g)
+    assert addmm_add(by["mm_1"]) is by["add"] and addmm_add(by["mm_2"]) is None  # mm_2 feeds tanh_backward_1
+    fused = fused_values(g)
+    life = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused)
+    made = sched.slot_of[by["tanh_backward"]]
+    assert (made, sched.slot_of[by["mm_1"]], by["tanh_backward"].meta["val"]) in life.intervals  # read by the addmm
+    assert (sched.last - 1, sched.last - 1, by["mm_1"].meta["val"]) in life.intervals  # the add writes into it
+
+
+def test_addmm_add_needs_one_reader_and_a_tensor_of_its_dtype():
+    def two_readers(x, w):
+        y = x @ w
+        return (y + x).sum() + y.sum()
+
+    def scalar(x, w):
+        return ((x @ w) + 1.0).sum()
+
+    for fn in (two_readers, scalar):
+        joint, fwd, n = trace_joint(fn, torch.randn(8, 8), torch.randn(8, 8, requires_grad=True))
+        assert not any(addmm_add(m) for m in joint.graph.nodes), fn.__name__
 
 
 def test_slot_readers_count_reads_through_views(mlp_steps):
