@@ -6,7 +6,8 @@ RECOMPUTE (bytes freed at ``t`` minus the bytes of inputs it newly keeps live th
 recompute) or to OFFLOAD (bytes per exposed second) is best. When no single switch frees anything
 at ``t`` (a chain of pointwise ops, each one's input as large as itself), a chain move recomputes
 an activation together with the inputs it would otherwise keep live at ``t``. Every move is
-applied and evaluated exactly (just-in-time starts and last needs, ``Structure.evaluate``); an
+applied and evaluated exactly (just-in-time starts and last needs, ``Structure.evaluate``'s
+figures, kept up to date move by move by ``_evaluation.Evaluation``); an
 OFFLOAD input that a move would need before its prefetch goes back to STORE. A last pass puts back
 to STORE, most expensive first, every switch the cap no longer needs.
 """
@@ -22,15 +23,17 @@ from remat.plan import Plan
 from remat.problem import Problem
 
 from ._core import NONE, OFF, REC, STORE, Structure, make_plan
+from ._evaluation import Evaluation
 
 
 class _State:
     """Decision codes of a greedy plan and its exact evaluation."""
 
-    def __init__(self, st: Structure) -> None:
+    def __init__(self, st: Structure, codes: np.ndarray | None = None) -> None:
         self.st = st
         cs = st.cands
-        self.codes = np.array([STORE if c.d >= 0 else NONE for c in cs], dtype=np.int64)
+        if codes is None:
+            codes = np.array([STORE if c.d >= 0 else NONE for c in cs], dtype=np.int64)
         self.lfu = np.array([c.lfu for c in cs], dtype=np.int64)
         self.d = np.array([c.d for c in cs], dtype=np.int64)
         self.bytes = np.array([c.bytes for c in cs], dtype=np.int64)
@@ -49,24 +52,29 @@ class _State:
                     dst.append(k)
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
-        self.refresh()
+        self.ev = Evaluation(st, codes)
+        self.apply({})
 
-    def refresh(self) -> None:
-        st = self.st
+    codes = property(lambda self: self.ev.codes)
+    need = property(lambda self: self.ev.need)
+    S = property(lambda self: self.ev.S)
+    ln = property(lambda self: self.ev.ln)
+
+    def apply(self, changes: dict[int, int]) -> None:
+        """Set the codes of ``changes``, then send back to STORE the activations that would start
+        outside their kept slots (the ILP's model) or before an OFFLOAD's prefetch (``S`` does not
+        depend on their own decision); unneeded ones take no code, needed ones at least STORE."""
+        ev = self.ev
         while True:
-            mem, need, S, ln = st.evaluate(self.codes)
-            self.need = np.array(need, dtype=bool)
-            self.S = np.array(S, dtype=np.int64)
-            self.ln = np.array(ln, dtype=np.int64)
-            self.codes[~self.need] = NONE
-            self.codes[self.need & (self.codes == NONE)] = STORE
-            # starts outside the kept slots (the ILP's model) or before an OFFLOAD's prefetch:
-            # those activations go back to STORE (S does not depend on their own decision)
-            bad = ((self.codes == OFF) & (self.S < self.d)) | ((self.codes == REC) & (self.S < self.kmin))
+            ev.set(changes)
+            codes = ev.codes
+            codes[~ev.need] = NONE  # neither changes what any activation needs nor the profile
+            codes[ev.need & (codes == NONE)] = STORE
+            bad = ((codes == OFF) & (ev.S < self.d)) | ((codes == REC) & (ev.S < self.kmin))
             if not bad.any():
                 break
-            self.codes[bad] = STORE
-        self.mem = mem
+            changes = {int(k): STORE for k in np.flatnonzero(bad)}
+        self.mem = ev.profile()
 
     def live_at(self, t: int) -> np.ndarray:
         c, S, ln, lfu = self.codes, self.S, self.ln, self.lfu
@@ -113,44 +121,43 @@ class _State:
 
     def chain_move(self, t: int, limit: int = 32):
         """Best RECOMPUTE of a live-at-t activation together with the inputs that it would keep
-        live at ``t`` and that can be recomputed after ``t`` too. Returns the members or None."""
+        live at ``t`` and that can be recomputed after ``t`` too. Returns the members or None.
+        Activations are tried by the ratio that their chain cannot beat (``_chain_bounds``) and
+        the search stops where that falls below the best chain's ratio."""
         live = self.live_at(t)
         m = self.rec_ok & live & (self.codes != REC) & (self.S > t) & (self.kmin <= self.S)
+        ids = np.flatnonzero(m)
+        bound = self._chain_bounds(ids, t, live, limit)
+        view = _ChainView(self, t, live)
         best = None
-        for a in np.flatnonzero(m):
-            members, net, cost = self._chain(int(a), t, live, limit)
+        for j in np.lexsort((ids, -bound)).tolist():
+            if bound[j] <= 0 or (best is not None and bound[j] < best[1][0]):
+                break
+            a = int(ids[j])
+            members, net, cost = view.chain(a, limit)
             if len(members) < 2 or net <= 0:
                 continue
-            ratio = net / max(cost, 1e-30)
-            if best is None or (ratio, net) > best[1]:
-                best = (members, (ratio, net))
+            key = (net / max(cost, 1e-30), net, -a)
+            if best is None or key > best[1]:
+                best = (members, key)
         return None if best is None else best[0]
 
-    def _chain(self, a: int, t: int, live: np.ndarray, limit: int):
-        """(members, bytes freed at ``t``, added seconds) of recomputing ``a`` with the inputs
-        that it would keep live at ``t``: each such input joins when it can be recomputed where
-        its member consumer starts (or earlier, where it is needed anyway), after ``t``; the
-        others count against the bytes freed."""
-        cs, codes, S = self.st.cands, self.codes, self.S
-        members, start = [a], {a: int(S[a])}
-        cost = self.time[a] - (self.exposed[a] if codes[a] == OFF else 0.0)
-        pen = 0
-        stack = [a]
-        while stack:
-            x = stack.pop()
-            for i in cs[x].inputs:
-                if i in start:
-                    continue
-                start[i] = si = min(int(S[i]), start[x]) if S[i] >= 0 else start[x]
-                if live[i] or codes[i] == REC or self.lfu[i] >= t:
-                    continue  # live at t anyway, or started after t, or not live before t
-                if self.rec_ok[i] and si > t and self.kmin[i] <= si and len(members) < limit:
-                    members.append(i)
-                    cost += self.time[i]
-                    stack.append(i)
-                else:
-                    pen += int(self.bytes[i])
-        return members, int(self.bytes[a]) - pen, cost
+    def _chain_bounds(self, ids: np.ndarray, t: int, live: np.ndarray, limit: int) -> np.ndarray:
+        """Per activation of ``ids``: a ratio (bytes freed per second) that its chain at ``t``
+        does not exceed, from its direct inputs (``_ChainView.chain`` takes them first): those
+        that join add their time, the others that become live at ``t`` take their bytes off; 0
+        when no input joins (no chain)."""
+        s, d, S, m = self.src, self.dst, self.S, len(self.codes)
+        start = np.where(S[d] >= 0, np.minimum(S[d], S[s]), S[s])
+        dead = ~live[d] & (self.codes[d] != REC) & (self.lfu[d] < t)
+        joins = dead & self.rec_ok[d] & (start > t) & (self.kmin[d] <= start)
+        count = np.bincount(s[joins], minlength=m)[ids]
+        added = np.bincount(s[joins], weights=self.time[d][joins], minlength=m)[ids]
+        pen = np.bincount(s[dead & ~joins], weights=self.bytes[d][dead & ~joins], minlength=m)[ids]
+        own = self.time[ids] - np.where(self.codes[ids] == OFF, self.exposed[ids], 0.0)
+        cost = own + np.where(count < limit, added, 0.0)
+        bound = (self.bytes[ids] - pen) / np.maximum(cost, 1e-30) * (1 + 1e-9)  # rounding of the sums
+        return np.where((count > 0) & (self.bytes[ids] > pen), bound, 0.0)
 
     def cleanup(self, cap: int, deadline: float | None = None) -> None:
         """Put switches back to STORE, most expensive first, while the cap still holds (until
@@ -164,11 +171,47 @@ class _State:
                 return
             if d not in (REC, OFF):
                 continue
-            snap = (self.codes.copy(), self.mem, self.need, self.S, self.ln)
-            self.codes[k] = STORE
-            self.refresh()
+            snap = (self.ev.snapshot(), self.mem)
+            self.apply({k: STORE})
             if int(self.mem.max()) > cap:  # undo: the state before, as it was evaluated
-                self.codes, self.mem, self.need, self.S, self.ln = snap
+                self.ev.restore(snap[0])
+                self.mem = snap[1]
+
+
+class _ChainView:
+    """What ``_State.chain_move`` reads at slot ``t``, as Python lists (read one by one)."""
+
+    def __init__(self, s: _State, t: int, live: np.ndarray) -> None:
+        self.t, self.cands = t, s.st.cands
+        self.live, self.codes, self.S, self.lfu = live.tolist(), s.codes.tolist(), s.S.tolist(), s.lfu.tolist()
+        self.rec_ok, self.kmin, self.time, self.bytes = s.rec_ok.tolist(), s.kmin.tolist(), s.time.tolist(), s.bytes.tolist()
+        self.exposed = s.exposed
+
+    def chain(self, a: int, limit: int):
+        """(members, bytes freed at ``t``, added seconds) of recomputing ``a`` with the inputs
+        that it would keep live at ``t``: each such input joins when it can be recomputed where
+        its member consumer starts (or earlier, where it is needed anyway), after ``t``; the
+        others count against the bytes freed."""
+        t, codes, S = self.t, self.codes, self.S
+        members, start = [a], {a: S[a]}
+        cost = self.time[a] - (float(self.exposed[a]) if codes[a] == OFF else 0.0)
+        pen = 0
+        stack = [a]
+        while stack:
+            x = stack.pop()
+            for i in self.cands[x].inputs:
+                if i in start:
+                    continue
+                start[i] = si = min(S[i], start[x]) if S[i] >= 0 else start[x]
+                if self.live[i] or codes[i] == REC or self.lfu[i] >= t:
+                    continue  # live at t anyway, or started after t, or not live before t
+                if self.rec_ok[i] and si > t and self.kmin[i] <= si and len(members) < limit:
+                    members.append(i)
+                    cost += self.time[i]
+                    stack.append(i)
+                else:
+                    pen += self.bytes[i]
+        return members, self.bytes[a] - pen, cost
 
 
 def _past(deadline: float | None) -> bool:
@@ -192,17 +235,14 @@ def run_greedy(st: Structure, cap: int, deadline: float | None = None):
             break
         mv = s.best_move(t)
         if mv is not None:
-            s.codes[mv[0]] = mv[1]
+            s.apply({mv[0]: mv[1]})
         else:
             cm = s.chain_move(t)
             if cm is None:
                 break
-            for k in cm:
-                s.codes[k] = REC
-        s.refresh()
+            s.apply({k: REC for k in cm})
     if st.n and int(s.mem.max()) > best_peak:  # the last moves did not help: keep the best plan
-        s.codes = best_codes
-        s.refresh()
+        s = _State(st, best_codes)
     peak = int(s.mem.max()) if st.n else 0
     best_peak = min(best_peak, peak)
     if peak <= cap:
