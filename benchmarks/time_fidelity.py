@@ -12,7 +12,8 @@ after the other, at a fixed thread count (``--threads``, default 1: at two threa
 whole runs fall into a slow mode, OpenMP threads waiting for cores, that no median removes). The
 processes then stay up and run their steps **interleaved**: in each round every configuration
 runs a few steps (about ``--round-ms`` of work; the order rotates from round to round), so that
-all of them see the same contention. A configuration's figure is the **median over rounds of its
+all of them see the same contention. A second plain-compile process, the control, runs too: its
+ratio to the first (ideally 0 %) is the noise between processes. A configuration's figure is the **median over rounds of its
 step time divided by plain compile's step time in the same round**; next to it, the min-based
 figure (its fastest step over compile's fastest) and the spread of the per-round ratios
 (25th..75th percentile). Predicted added time = the plan's added time (sum over graphs); both are
@@ -196,8 +197,10 @@ def ratio_figures(w: Worker, ref: Worker) -> dict:
 
 
 def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, env: dict) -> list[dict]:
-    """Plain compile and remat's caps under each cost model, compiled one by one, then interleaved."""
-    workers = [Worker(model, "compile", "-", args, env)]
+    """Plain compile, a second plain compile (the control: its ratio to the first is the noise
+    between processes), and remat's caps under each cost model; compiled one by one, then
+    interleaved."""
+    workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env)]
     workers += [Worker(model, config, cost_model, args, env) for cost_model in cost_models for config in REMAT_CONFIGS]
     try:
         interleaved(workers, args.rounds, args.round_ms / 1e3)
@@ -207,7 +210,7 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
     ref = workers[0]
     rows = []
     for w in workers:
-        row = dict(w.info)
+        row = dict(w.info, **({"predicted_added_s": 0.0} if w.info["cost_model"] == "control" else {}))
         if w.ready() and ref.ready():
             row.update(ratio_figures(w, ref))
             row["step_times_s"] = w.times
@@ -222,7 +225,7 @@ def fidelity_rows(rows: list[dict]) -> list[dict]:
     """The remat rows with predicted and measured added time as a share of compile's step."""
     out = []
     for r in rows:
-        if r["config"] == "compile":
+        if r["cost_model"] == "-":  # the reference
             continue
         row = {k: v for k, v in r.items() if k != "step_times_s"}
         if r.get("ratio_median") is not None and r.get("predicted_added_s") is not None:
@@ -322,7 +325,7 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for model in args.models.split(","):
         rows += measure_model(model, cost_models, args, env)
-        for r in rows[-1 - len(cost_models) * len(REMAT_CONFIGS):]:
+        for r in rows[-2 - len(cost_models) * len(REMAT_CONFIGS):]:
             print(json.dumps({k: r.get(k) for k in ("model", "cost_model", "config", "ratio_median",
                                                     "predicted_added_s", "error")}), flush=True)
         write_results(rows, args.out or ("time_fidelity_quick" if args.quick else "time_fidelity"), settings)
