@@ -157,8 +157,12 @@ def _verified_classes(g: nx.DiGraph, layers: list[list[str]]) -> list[tuple[tupl
     """Group proposed layers by WL hash, then split each group into classes whose layers
     correspond to the class's first layer; classes of at least two layers."""
     groups: dict[str, list[list[str]]] = defaultdict(list)
+    hashes: dict[tuple, str] = {}  # a layer with another's labels and inner edges, in order, has its hash
     for layer in layers:
-        groups[_wl_hash(g.subgraph(layer))].append(layer)
+        key = (tuple(g.nodes[n]["label"] for n in layer), frozenset(_inner_edges(g, layer)))
+        if key not in hashes:
+            hashes[key] = _wl_hash(g.subgraph(layer))
+        groups[hashes[key]].append(layer)
     classes: list[list[list[str]]] = []
     for group in groups.values():
         mine: list[list[list[str]]] = []

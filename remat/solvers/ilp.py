@@ -310,6 +310,11 @@ class Model:
         Under ties, a row already written (same terms over the shared variables, same sense and
         right-hand side) or one without terms that holds is left out."""
         V = self.V
+        if self._written is not None:  # the same row in the same order (a tied copy): cheap test
+            raw = (tuple((id(V[key]), cf) for key, cf in terms if key in V), sense, rhs)
+            if raw in self._written:
+                return
+            self._written.add(raw)
         coefs = _coefficients((V[key], cf) for key, cf in terms if key in V)
         if self._written is not None:
             key = (frozenset((id(v), cf) for v, cf in coefs.items()), sense, rhs)
@@ -742,7 +747,7 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
 
 
 LAYER_MODES = ("auto", "mix", "tie", "free")
-GREEDY_SHARE = 0.25  # of the time limit, for the greedy plan before the models (it stops there)
+GREEDY_SHARE = 0.1  # of the time limit, for the greedy plan before the models (it stops there)
 PENDING_ROWS = 64  # live-segment rows of one candidate above which they go through pending variables
 AUTO_MIX_LAYERS = 8  # "auto" runs "mix" when a layer class has at least this many layers, else "free"
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
