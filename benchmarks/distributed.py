@@ -132,6 +132,7 @@ def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
             "cap_bytes": [r.budget_bytes for r in reports],
             "inductor_peak_bytes": [r.inductor_peak_bytes for r in reports],
             "resident_before_bytes": [r.resident_before_bytes for r in reports],
+            "outside": [r.outside for r in reports], "kept_bytes": [r.kept_bytes for r in reports],
             "second_step_peak_bytes": second, "measured_peak_bytes": third}
 
 
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small shapes: MLP width 128, depth 4, 1024 rows; GPT d 64, 2 layers, 2 heads, "
                              "vocab 256, seq 64, batch 4")
+    parser.add_argument("--tag", default="", help="appended to the results file's name (e.g. _s6)")
     args = parser.parse_args()
     args.vocab, args.seq, args.heads = (256, 64, 2) if args.quick else (512, 128, 4)
     if args.model == "gpt":
@@ -187,7 +189,7 @@ def main() -> None:
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     suffix = "".join(f"_{part}" for part in (args.model, args.wrapper) if part not in ("mlp", "ddp"))
-    name = f"distributed{suffix}.json"
+    name = f"distributed{args.tag}{suffix}.json"
     (results / name).write_text(json.dumps(rows, indent=1))
 
 

@@ -20,6 +20,7 @@ Dynamo's recompile limit allows warns (``warn_at_recompile_limit``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -169,6 +170,7 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     from torch._inductor.compile_fx import compile_fx
 
     name, key = comp.next_graph_name(), comp.graph_key()
+    record = functools.partial(_record, comp, verbose=cfg.verbose, key=key, grad_outputs=grad_output_bytes(gm))
     resident_before = comp.resident_before(key)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = comp.plain_step_peak(key, *plain[1:]) if plain is not None else None
@@ -176,11 +178,14 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     if not cfg.inductor_check:
         partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
-        _record(comp, partitioner.reports, cfg.verbose, key)
+        record(partitioner.reports)
         return compiled
     compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak, resident)
+    if report is not None and not cfg.memory_budget.minimum:
+        compiled, report, estimate = _plan_for_runs(gm, example_inputs, cfg, comp, key, plain_peak, resident,
+                                                    (compiled, report, estimate))
     if report is None or report.budget_bytes is None or estimate is None:
-        _record(comp, [report] if report is not None else [], cfg.verbose, key)
+        record([report] if report is not None else [])
         return compiled
     if estimate > report.budget_bytes:
         sizes = report.dynamic.planned_at if report.dynamic is not None else None
@@ -188,11 +193,52 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
-            _record(comp, [report], cfg.verbose, key)
+            record([report])
             return fallback[0]
         _refuse_over_cap(cfg, report, estimate)
-    _record(comp, [report], cfg.verbose, key)
+    record([report])
     return compiled
+
+
+def _plan_for_runs(gm, example_inputs, cfg: RematConfig, comp: Compilation, key, plain_peak: int | None,
+                   resident: int, first: tuple):
+    """A graph that runs n times per step (``Compilation.more_runs_bytes``; ``first``: its compile
+    planned as if it ran once) keeps n - 1 runs' bytes more while one runs. A plan fits when its
+    code's peak and n - 1 times what it keeps fit this graph's share of the cap; while the last
+    plan does not, plan again with n - 1 times its kept bytes taken off the share (at most
+    MAX_REPLANS times: a lower cap keeps fewer bytes). Returns the fitting plan, else the one
+    closest to fitting, with its report's cap and ``resident_before_bytes`` moved by what its
+    other runs keep (``Compilation.plan_repeats`` records it; the caller refuses a plan over its cap)."""
+    share = first[1].budget_bytes
+    if share is None or first[2] is None or comp.outside(key).runs < 2:
+        return first
+    tried, needs = [first], set()
+    while len(tried) <= MAX_REPLANS and not _fits_with_runs(comp, key, tried[-1], share):
+        need = comp.more_runs_bytes(key, tried[-1][1].kept_bytes or 0)
+        if need in needs:  # planned with that already
+            break
+        needs.add(need)
+        try:
+            tried.append(_compile_checked_plans(gm, example_inputs, cfg, first[1].problem.name, plain_peak,
+                                                resident + need))
+        except Exception as e:
+            if _caused_by(e, InfeasibleBudgetError) is None:
+                raise
+            break
+    best = min(tried, key=lambda t: t[2] + comp.more_runs_bytes(key, t[1].kept_bytes or 0))
+    need = comp.more_runs_bytes(key, best[1].kept_bytes or 0)
+    best[1].budget_bytes, best[1].resident_before_bytes = share - need, resident + need
+    comp.plan_repeats(key, need)
+    return best
+
+
+def _fits_with_runs(comp: Compilation, key, compiled: tuple, share: int) -> bool:
+    """Whether a compile's code peak and its other runs' kept bytes fit ``share``."""
+    report, estimate = compiled[1], compiled[2]
+    return estimate is not None and estimate + comp.more_runs_bytes(key, report.kept_bytes or 0) <= share
+
+
+MAX_REPLANS = 3  # plans of a graph that runs several times per step, after the one made as if it ran once
 
 
 def _taken_off_cap(cfg: RematConfig, resident: int, outside: int, step_reference: bool = False) -> int:
@@ -438,19 +484,50 @@ def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
     return {"custom_partitioner_fn": partitioner, "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
 
 
-def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: tuple[int, int] | None = None) -> None:
+def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: tuple[int, int] | None = None,
+            grad_outputs: int = 0) -> None:
     """Keep a graph's final report in its compilation, with the bytes it keeps under its graph
-    ``key`` (``kept_bytes``, ``Compilation.graph_key``), and log its summary line."""
+    ``key`` (``kept_bytes``, ``Compilation.graph_key``), what its cap gave up outside it (buffers,
+    its other runs per step), and log its summary line; warn when a loss computed outside from
+    its outputs (``grad_outputs``: bytes of the outputs that need a gradient) can exceed the cap."""
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
             r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
-        outside = comp.outside(key)
-        r.outside_bytes, r.outside = outside.nbytes, outside.describe()
+        outside, repeated = comp.outside(key), comp.repeated(key)
+        runs = f"{outside.runs - 1} more runs of this graph per step keep {fmt_bytes(repeated)}" if repeated else ""
+        r.outside_bytes, r.outside = outside.nbytes + repeated, ", ".join(filter(None, (outside.describe(), runs)))
         comp.add(r)
         comp.keep(key, r.kept_bytes)
         log.info("%s", summary_line(r))
         if verbose:
             print(summary_line(r))
+        _warn_loss_outside(r, grad_outputs)
+
+
+def _warn_loss_outside(r: GraphReport, grad_outputs: int) -> None:
+    """Warn when a loss computed outside the graph from its outputs can take the step over the cap.
+    Such a loss runs its forward and backward between this graph's forward and backward, while
+    everything the graph keeps is live (``kept_bytes``, with the gradient of its outputs); a loss
+    like cross-entropy allocates about two output-sized buffers more there (its softmax, and the
+    gradient of that), which no graph shows. Returns nothing; the figure is in the warning."""
+    cap = r.step_cap_bytes
+    if cap is None or not grad_outputs:
+        return
+    excess = r.resident_before_bytes + r.kept_bytes + 2 * grad_outputs - cap
+    if excess > 0:
+        log.warning("remat[%s]: if a loss is computed outside the compiled graph from its outputs (%s that need a "
+                    "gradient), it allocates about %s more (an output-sized intermediate and its gradient) while this "
+                    "graph keeps %s and %s is held outside it: up to %s over the cap of %s. Compute the loss inside "
+                    "the compiled function, or pass outside_bytes=%d (taken off the cap)", graph_label(r),
+                    fmt_bytes(grad_outputs), fmt_bytes(2 * grad_outputs), fmt_bytes(r.kept_bytes),
+                    fmt_bytes(r.resident_before_bytes), fmt_bytes(excess), fmt_bytes(cap), 2 * grad_outputs)
+
+
+def grad_output_bytes(gm: fx.GraphModule) -> int:
+    """Bytes of a Dynamo graph's outputs that need a gradient (what a caller's loss reads)."""
+    outputs = gm.graph.output_node().args[0]
+    values = [n.meta.get("example_value") for n in outputs if isinstance(n, fx.Node)]
+    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor) and v.requires_grad)
 
 
 MAX_PLANS = 4  # compiles per graph in the check loop (``_compile_checked_plans``), plain torch.compile aside

@@ -20,13 +20,16 @@ one frame's graph into several, ``graph_key``), in the order they were first com
 of a frame replaces its figures (never counted twice); ``resident_before(key)`` sums the figures
 of the graphs first compiled before it, and adds what the step allocates outside the graphs while
 this one runs (``outside(key)``: the option ``outside_bytes``, else found from the module being
-compiled, ``remat.outside_memory``: FSDP2's buffers). A ratio budget is of plain torch.compile's
+compiled, ``remat.outside_memory``: FSDP2's buffers). A graph known to run n times per step
+(FSDP2's blocks of one class and shapes) keeps its saved bytes n times: the backend plans it again
+with ``more_runs_bytes`` (n - 1 runs' kept bytes) taken off its cap, and records that figure
+(``plan_repeats``). A ratio budget is of plain torch.compile's
 step: ``plain_step_peak(key, ...)`` records what plain's partition of each graph keeps and gives
 the plain step's peak as far as graph ``key`` (its code's peak on top of what plain holds outside it).
 
 A graph can run several times per step (one compiled block called for every layer, a loop over a
-graph break): each call keeps its saved bytes until its backward, while the plans counted them
-once. ``counted(compiled)`` wraps what Inductor made for a graph so that every call is watched at
+graph break): each call keeps its saved bytes until its backward, while a plan made without
+knowing the runs counted them once. ``counted(compiled)`` wraps what Inductor made for a graph so that every call is watched at
 run time: when a backward starts, the calls whose backward has not started yet keep more than the
 plan of that graph counted (what earlier graphs keep, and itself once), a warning (logger ``remat``)
 names the figures and the byte cap that keeps the step under the cap given. A call whose backward
@@ -66,6 +69,7 @@ class Compilation:
         self._reports: list = []
         self._kept: dict[Key, int] = {}  # graph key -> bytes it keeps, in first-compile order
         self._plain_kept: dict[Key, int] = {}  # graph key -> bytes plain torch.compile's partition keeps
+        self._repeated: dict[Key | None, int] = {}  # graph key -> bytes its plan gave to its other runs per step
         self._graphs_of: dict[Key, int] = {}  # (frame id, frame compile id) -> graphs so far
         self._outside: dict[Key | None, OutsideMemory] = {}
         self._compiling = threading.local()  # .key: the graph this thread compiles now
@@ -129,7 +133,26 @@ class Compilation:
         it (``resident_before``), so the step's peak, the largest R_g + peak_g, is at most ratio x
         the largest P_g + Rplain_g: ratio x plain torch.compile's step peak."""
         self.keep_plain(key, kept)
-        return None if peak is None else peak + self.plain_resident_before(key)
+        if peak is None:
+            return None
+        return peak + self.plain_resident_before(key) + self.more_runs_bytes(key, kept or 0)
+
+    def more_runs_bytes(self, key: Key | None, kept: int) -> int:
+        """What the other runs of graph ``key`` in one step keep while one of them runs, when each
+        keeps ``kept`` bytes until its backward: (runs - 1) x ``kept``, with the runs per step found
+        outside the graphs (``OutsideMemory.runs``: FSDP2's blocks of one class and shapes)."""
+        return (self.outside(key).runs - 1) * kept
+
+    def plan_repeats(self, key: Key | None, nbytes: int) -> None:
+        """Graph ``key``'s plan was made with ``nbytes`` taken off its cap for its other runs per
+        step (``more_runs_bytes``; the watch, ``counted``, then expects them)."""
+        with self._lock:
+            self._repeated[key] = int(nbytes)
+
+    def repeated(self, key: Key | None) -> int:
+        """Bytes graph ``key``'s plan gave to its other runs per step (``plan_repeats``; 0: none)."""
+        with self._lock:
+            return self._repeated.get(key, 0)
 
     def plain_resident_before(self, key: Key | None) -> int:
         """What plain torch.compile would hold outside graph ``key`` while it runs: its partitions
@@ -176,7 +199,7 @@ class Compilation:
         starts (see the module docstring). Inductor's calling convention (``_boxed_call``) is kept."""
         key = key if key is not None else getattr(self._compiling, "key", None)
         kept = self._kept.get(key, 0) if key is not None else 0
-        planned = self.kept_before(key) + kept
+        planned = self.kept_before(key) + kept + self.repeated(key)
 
         @functools.wraps(compiled)
         def run(*args: Any) -> Any:
@@ -222,8 +245,9 @@ class Compilation:
         log.warning(
             "remat[%s]: when its backward started, %d calls of this compilation's graphs kept %s until their backward "
             "(this graph ran %d times), where one run of it and of each graph compiled before it keeps %s: the step "
-            "can peak %s over the cap. A graph that runs several times per step (one compiled block for every layer, a "
-            "loop over a graph break) is planned as if it ran once; lower the cap by %s%s",
+            "can peak %s over the cap. A graph that runs several times per step is planned for its runs only where "
+            "remat finds them when it compiles (FSDP2's blocks); else (one compiled block for every layer without "
+            "FSDP2, a loop over a graph break) as if it ran once: lower the cap by %s%s",
             self._names.get(key, key), len(pending), fmt_bytes(sum(n for _, n in pending)), runs, fmt_bytes(planned),
             fmt_bytes(excess), fmt_bytes(excess), fix)
 

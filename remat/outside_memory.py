@@ -20,6 +20,9 @@ runs it on the call stack):
   While a block's graph runs: its own gathered parameters, the largest other group's (prefetch),
   the largest other group's reduce-scatter buffer, and every group's sharded gradients (``fsdp2``).
   The sum is the backward's; the forward holds less (its own parameters only): a safe figure.
+  Blocks of one class and parameter shapes, each compiled, run one compiled graph, once per block
+  per step (``fsdp2_runs``; ``OutsideMemory.runs``): each run keeps its saved bytes until its
+  backward, which the backend plans for (``Compilation.repeats``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OutsideMemory", "fsdp2", "outside_memory"]
+__all__ = ["OutsideMemory", "fsdp2", "fsdp2_runs", "outside_memory"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class OutsideMemory:
 
     parts: tuple[tuple[str, int], ...] = ()
     source: str = ""
+    runs: int = 1  # times per step the graph being compiled runs, where known (``fsdp2_runs``)
 
     @property
     def nbytes(self) -> int:
@@ -91,7 +95,30 @@ def fsdp2(module: Any) -> OutsideMemory:
         ("reduce-scatter buffer", max((_reduce_scatter_bytes(g) for g in others), default=0)),
         ("sharded gradients", sum(_sharded_grad_bytes(g) for g in everyone)),
     )
-    return OutsideMemory(parts, "FSDP2")
+    return OutsideMemory(parts, "FSDP2", fsdp2_runs(module))
+
+
+def fsdp2_runs(module: Any) -> int:
+    """How many FSDP2 modules of ``module``'s root run the same compiled code as it does: those
+    compiled with torch.compile whose original module has its class and its parameters' shapes
+    and dtypes (the blocks of a model compiled block by block, which Dynamo compiles once, for
+    the first block to run, and reuses for every block whose guards pass)."""
+    state = module._get_fsdp_state()
+    own = _block_signature(module, state)
+    if own is None:
+        return 1
+    everyone = state._state_ctx.all_states or [state]
+    return max(1, sum(_block_signature(m, s) == own for s in everyone for m in s._modules))
+
+
+def _block_signature(module: Any, state: Any) -> tuple | None:
+    """(class of the compiled module's original, its parameters' (shape, dtype)); None when
+    ``module`` is not a torch.compile'd module."""
+    original = getattr(module, "_orig_mod", None)
+    if original is None:
+        return None
+    params = tuple((tuple(p._orig_size), p.sharded_param.dtype) for g in state._fsdp_param_groups for p in g.fsdp_params)
+    return type(original), params
 
 
 def _gathered_bytes(group: Any) -> int:

@@ -417,17 +417,20 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
 
 def _infeasible(graph: str, budget: int, floor: int, resident: int = 0) -> InfeasibleBudgetError:
     """The error for a cap below the floor: names the graph, the option and what to do. With
-    ``resident`` (what earlier graphs keep; ``budget`` is this graph's share) it names the step's
-    cap and the smallest cap for the whole step."""
+    ``resident`` (what is held outside the graph while it runs: what earlier graphs of the step
+    keep, buffers outside the graphs, its own other runs per step; ``budget`` is this graph's
+    share) it names the step's cap and the smallest cap for the whole step."""
     what_to_do = "or pass memory_budget='min' (plan at the smallest peak) or on_infeasible='min'"
     if not resident:
         return InfeasibleBudgetError(budget, floor, detail=(
             f"graph {graph}; raise memory_budget to at least {fmt_bytes(floor)}, {what_to_do}"))
     step_floor = resident + floor
     return InfeasibleBudgetError(budget + resident, step_floor, detail=(
-        f"{graph} needs {fmt_bytes(floor)}; earlier graphs keep {fmt_bytes(resident)}; the smallest cap for "
-        f"the whole step is {fmt_bytes(resident)} + {fmt_bytes(floor)} = {fmt_bytes(step_floor)}: raise "
-        f"memory_budget to at least that, {what_to_do}"))
+        f"{graph} needs {fmt_bytes(floor)}; {fmt_bytes(resident)} is held outside it while it runs (what earlier "
+        f"graphs of the step keep until their backward, buffers allocated outside the graphs, its other runs in "
+        f"the step); the smallest cap for the whole step is "
+        f"{fmt_bytes(resident)} + {fmt_bytes(floor)} = {fmt_bytes(step_floor)}: raise memory_budget to at least "
+        f"that, {what_to_do}"))
 
 
 def _on_cuda(joint: fx.GraphModule) -> bool:

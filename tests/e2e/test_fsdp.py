@@ -175,3 +175,22 @@ def test_fsdp2_buffers_outside_the_graphs_are_found_from_its_parameter_groups():
                                  "reduce-scatter buffer": head, "sharded gradients": sharded}
     assert found.nbytes == block + 2 * head + sharded and found.source == "FSDP2"
     assert outside_memory().nbytes == 0  # no FSDP2 module on the stack (DDP: nothing either)
+
+
+def test_fsdp2_blocks_of_one_class_and_shapes_count_as_runs_of_one_graph():
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from remat.outside_memory import fsdp2, fsdp2_runs
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=WORLD)
+    try:
+        model = blocks()  # 2 identical blocks and a head
+        model.append(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)))
+        model = sharded(model, lambda b: torch.compile(b, backend="remat", options={"memory_budget": "1MiB"}))
+        model._get_fsdp_state()._lazy_init()  # what the root's first forward does: every state knows the others
+        # the blocks but the last, compiled: 2 run one graph; the third has other shapes; the head is not compiled
+        assert [fsdp2_runs(model[i]) for i in range(4)] == [2, 2, 1, 1]
+        assert fsdp2(model[0]).runs == 2
+    finally:
+        dist.destroy_process_group()

@@ -1,5 +1,5 @@
-"""One byte cap for the whole step across graph breaks: a graph is planned under the cap less
-what the graphs compiled before it keep until their backward runs."""
+"""One cap for the whole step across graph breaks: a graph is planned under the cap less what the
+graphs compiled before it keep until their backward runs; a ratio is of plain compile's step."""
 
 import copy
 
@@ -74,6 +74,21 @@ def test_second_graph_is_planned_under_the_cap_less_what_the_first_keeps():
     assert measure_step(step).peak_bytes <= cap
 
 
+def test_a_ratio_is_of_plain_compiles_step_and_the_second_graph_gives_up_what_the_first_keeps():
+    # 85 %: each half's floor is about 80 % of its plain peak (50 % is refused for graph0)
+    model, ratio = Broken(), 0.85
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": f"{ratio:.0%}"}, dynamic=False)
+    step = step_of(model, compiled, batch())
+    step()
+    first, second = remat.reports(compiled)
+    assert first.resident_before_bytes == 0 and second.resident_before_bytes == first.kept_bytes > 0
+    # the second graph's reference is plain compile's step: its own code's peak on top of what plain's first graph keeps
+    assert second.reference_peak_bytes > first.reference_peak_bytes + first.kept_bytes
+    for r in (first, second):
+        assert r.step_cap_bytes == int(ratio * r.reference_peak_bytes)
+    assert measure_step(step).peak_bytes <= second.step_cap_bytes
+
+
 def test_a_recompile_replaces_its_frames_bytes_instead_of_adding_them():
     model, options = Broken(), {"memory_budget": 6 * MiB}
     compiled = torch.compile(model, backend="remat", options=options, dynamic=False)
@@ -97,7 +112,7 @@ def test_a_second_graph_that_cannot_fit_names_the_smallest_cap_for_the_step():
     assert err.budget_bytes == cap and err.min_peak_bytes > cap
     message = str(err)
     assert "graph1 needs" in message and "the smallest cap for the whole step" in message
-    assert f"earlier graphs keep {fmt_bytes(first.kept_bytes)}" in message
+    assert f"{fmt_bytes(first.kept_bytes)} is held outside it while it runs" in message
 
 
 def watched(comp, kept: int, key=(7, 0)):

@@ -46,3 +46,92 @@ def test_a_recompile_replaces_plain_figures_too():
 def test_what_a_graphs_cap_gives_up(budget, step_reference, expected):
     cfg = RematConfig.from_options({"memory_budget": budget})
     assert _taken_off_cap(cfg, resident=1000 + 300, outside=300, step_reference=step_reference) == expected
+
+
+def graph_report(kept: int, resident: int, budget: int):
+    """The figures of a GraphReport that the check of a caller's loss reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(kept_bytes=kept, resident_before_bytes=resident, step_cap_bytes=budget + resident,
+                           dynamic=None, problem=SimpleNamespace(name="graph0"))
+
+
+def test_a_loss_outside_the_graph_that_can_exceed_the_cap_is_warned_of(caplog):
+    from remat.backend import _warn_loss_outside
+
+    with caplog.at_level("WARNING", logger="remat"):
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1400), grad_outputs=300)
+    assert "remat[graph0]" in caplog.text and "outside_bytes=600" in caplog.text
+    assert "up to 200 B over the cap of 1.56 KiB" in caplog.text  # 200 + 1000 + 2 x 300 - (1400 + 200)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="remat"):
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=2200), grad_outputs=300)
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1000), grad_outputs=0)  # the loss is inside
+    assert not caplog.text
+
+
+def test_the_outputs_a_loss_reads_are_those_that_need_a_gradient():
+    import torch
+
+    from remat.backend import grad_output_bytes
+
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    weight = torch.nn.Parameter(torch.randn(16, 8))
+    compiled = torch.compile(lambda x: (x @ weight, x.sum(), (x @ weight).detach()), backend=keep_graph)
+    compiled(torch.randn(4, 16))
+    assert grad_output_bytes(graphs[0]) == 4 * 8 * 4  # the product only: the sum needs no gradient, nor the copy
+
+
+def compile_result(kept: int, estimate: int, budget: int):
+    """What ``backend._compile_checked_plans`` returns: (compiled, report, its code's peak)."""
+    from types import SimpleNamespace
+
+    report = SimpleNamespace(kept_bytes=kept, budget_bytes=budget, resident_before_bytes=0,
+                             problem=SimpleNamespace(name="graph0"))
+    return f"compiled keeping {kept}", report, estimate
+
+
+def four_runs_per_step(monkeypatch, replans):
+    """A compilation whose graph FIRST runs 4 times per step, and a backend whose compiles return
+    ``replans`` in turn (recording the bytes taken off each)."""
+    from remat import backend
+    from remat.outside_memory import OutsideMemory
+
+    comp = Compilation({"memory_budget": "4MiB"})
+    comp._outside[FIRST] = OutsideMemory((("gathered parameters", 320),), "FSDP2", runs=4)
+    calls = []
+
+    def compile_checked(gm, inputs, cfg, name, plain_peak, resident):
+        calls.append(resident)
+        return replans[len(calls) - 1]
+
+    monkeypatch.setattr(backend, "_compile_checked_plans", compile_checked)
+    return comp, calls
+
+
+def test_a_graph_run_four_times_per_step_is_planned_again_with_three_runs_kept_off_its_cap(monkeypatch):
+    from remat.backend import _plan_for_runs
+
+    # the first plan stores all (keeps 1000); planned without 3 x 1000 it recomputes and keeps 500
+    comp, calls = four_runs_per_step(monkeypatch, [compile_result(kept=500, estimate=1000, budget=680)])
+    first = compile_result(kept=1000, estimate=1000, budget=3680)
+    compiled, report, estimate = _plan_for_runs(None, None, None, comp, FIRST, None, 320, first)
+    assert calls == [320 + 3000]
+    assert compiled == "compiled keeping 500" and estimate + 3 * 500 <= 3680
+    assert report.budget_bytes == 3680 - 1500 and report.resident_before_bytes == 320 + 1500
+    assert comp.repeated(FIRST) == 1500
+
+
+def test_a_graph_whose_runs_fit_no_plan_keeps_the_closest_with_its_cap_below_its_peak(monkeypatch):
+    from remat.backend import _plan_for_runs
+
+    comp, calls = four_runs_per_step(monkeypatch, [compile_result(kept=1000, estimate=1000, budget=680)])
+    first = compile_result(kept=1000, estimate=1000, budget=3680)
+    compiled, report, estimate = _plan_for_runs(None, None, None, comp, FIRST, None, 320, first)
+    assert calls == [320 + 3000]  # the same kept bytes again: no third plan
+    assert report.budget_bytes == 680 < estimate  # the backend then refuses it, naming the step's floor
