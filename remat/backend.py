@@ -314,10 +314,6 @@ class _Compiled:
     lower_by: int
     groups: KernelGroups | None
 
-    @property
-    def key(self) -> tuple:
-        return self.lower_by, self.groups.key() if self.groups is not None else None
-
 
 def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGroups | None] | None:
     """What to plan next (``lower_by``, the kernels to plan with) after the plans ``tried``, or None
@@ -329,8 +325,7 @@ def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGro
         step = (0, groups) if improved and last.kernels is not None else None
     else:
         step = _next_under_cap(cfg, tried, groups)
-    keys = {t.key for t in tried}
-    if step is None or (step[0], step[1].key() if step[1] is not None else None) in keys:
+    if step is None or any(step[0] == t.lower_by and _same(step[1], t.groups) for t in tried):
         return None
     return step
 
@@ -341,24 +336,34 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
     improves (or until a plan tried meets the target); under it by more than ``RAISE_AT``
     reserves, higher by the slack, while the plan recomputes something (not over a range of sizes:
     a plan there is proven at the model's cap). A move never passes a plan tried on the other side
-    of the target: it goes halfway to it; a move under 1 % of the cap is not made."""
+    of the target: it goes halfway to it; a move under 1 % of the cap is not made. A plan made at
+    the model's floor (over the target asked) is raised from that floor, and is not lowered with
+    the same kernels (the model's floor, hence the plan, would be the same)."""
     last = tried[-1]
     cap = last.report.budget_bytes
     target = cfg.planning_target(cap)
     over = last.estimate - target
+    at_floor = last.report.plan.budget_bytes > target - last.lower_by  # planned at the model's floor, over its target
     if over > 0:
         if last.groups is None and last.kernels is not None:
             return last.lower_by, groups
         met = any(t.estimate <= target for t in tried)
         if not met and any(t.estimate <= last.estimate for t in tried[:-1]):
             return None
+        if at_floor and _same(groups, last.groups):  # the same model's floor again: the same plan
+            return None
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
     else:
         slack = cap - last.estimate > RAISE_AT * cfg.reserve * cap
         if not slack or last.report.dynamic is not None or last.report.timeline.added_time <= 0:
             return None
-        lower_by = _toward(tried, last.lower_by + over, cfg)
+        # higher than the target the plan was made at (the model's floor, when that was over the target asked)
+        lower_by = _toward(tried, target - last.report.plan.budget_bytes + over, cfg)
     return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
+
+
+def _same(a: KernelGroups | None, b: KernelGroups | None) -> bool:
+    return (a.key() if a is not None else None) == (b.key() if b is not None else None)
 
 
 def _toward(tried: list[_Compiled], lower_by: int, cfg: RematConfig) -> int:

@@ -18,9 +18,12 @@ KERNELS = KernelGroups(backward=(frozenset({"mm_1", "relu"}),))
 
 
 def plan(estimate: int, added_ms: float, lower_by: int = 0, groups=KERNELS, cap: int | None = CAP,
-         dynamic=None) -> _Compiled:
-    """A compiled plan as the loop sees it: its code's peak and its predicted added time."""
-    report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=SimpleNamespace(added_time=added_ms / 1e3))
+         dynamic=None, floor: int = 0) -> _Compiled:
+    """A compiled plan as the loop sees it: its code's peak and its predicted added time; planned
+    at the cap less the reserve less ``lower_by``, or at the model's ``floor`` when that is higher."""
+    planned_at = max(floor, int(0.95 * cap) - lower_by) if cap is not None else None
+    report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=SimpleNamespace(added_time=added_ms / 1e3),
+                             plan=SimpleNamespace(budget_bytes=planned_at))
     return _Compiled(compiled=f"plan at {estimate}", report=report, estimate=estimate, kernels=KERNELS,
                      lower_by=lower_by, groups=groups)
 
@@ -46,6 +49,19 @@ def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
     assert RAISE_AT == 2
     lower_by, groups = _next_plan(capped(), [plan(800_000, 9.0)])
     assert (lower_by, groups) == (-150_000, KERNELS)  # the target, 950,000 B, less the code's peak
+
+
+def test_a_plan_at_the_models_floor_is_raised_from_that_floor():
+    # planned at a model floor of 1,050,000 B (target 950,000 B); its code peaks at 800,000 B
+    assert _next_plan(capped(), [plan(800_000, 9.0, floor=1_050_000)]) == (-250_000, KERNELS)
+
+
+def test_a_plan_at_the_models_floor_is_not_lowered_with_the_same_kernels():
+    tried = [plan(990_000, 5.0, groups=None), plan(980_000, 4.0, floor=1_050_000)]
+    tried[-1].kernels = KERNELS  # Inductor generated the kernels the plan was made with
+    assert _next_plan(capped(), tried) is None
+    tried[-1].kernels = KernelGroups(backward=(frozenset({"mm_2"}),))
+    assert _next_plan(capped(), tried) == (30_000 + CAP // 100, tried[-1].kernels)
 
 
 def test_a_first_plan_without_kernels_is_raised_with_them():
@@ -105,3 +121,18 @@ def test_min_plans_again_with_the_last_kernels_while_the_code_peak_falls():
 
 def test_the_loop_is_bounded():
     assert 2 <= MAX_PLANS <= 4
+
+
+@pytest.mark.parametrize("plain_peak, runs", [(700, "plain torch.compile"), (900, "remat plan")])
+def test_min_runs_plain_compile_where_its_code_peaks_lower(monkeypatch, plain_peak, runs):
+    import remat.backend as backend
+
+    monkeypatch.setattr(backend, "plain_compile", lambda gm, inputs, sizes=None: ("plain", plain_peak, 300))
+    kept = plan(800, 6.0)
+    kept.report.compiled_with, kept.report.kept_bytes = "remat plan", 500
+    cfg = RematConfig(memory_budget="min")
+    compiled, report, peak = backend._lowest_of_min(None, (), cfg, kept)
+    assert (report.compiled_with, peak) == (runs, min(plain_peak, 800))
+    assert compiled == ("plain" if plain_peak < 800 else kept.compiled)
+    assert report.kept_bytes == (300 if plain_peak < 800 else 500)
+    assert report.budget_bytes == backend.min_cap(cfg, peak) > peak
