@@ -170,7 +170,9 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     from torch._inductor.compile_fx import compile_fx
 
     name, key = comp.next_graph_name(), comp.graph_key()
-    record = functools.partial(_record, comp, verbose=cfg.verbose, key=key, grad_outputs=grad_output_bytes(gm))
+    grad_outputs = grad_output_bytes(gm)
+    comp.graph_io(key, grad_outputs, made_input_bytes(example_inputs))
+    record = functools.partial(_record, comp, verbose=cfg.verbose, key=key, grad_outputs=grad_outputs)
     resident_before = comp.resident_before(key)
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = comp.plain_step_peak(key, *plain[1:]) if plain is not None else None
@@ -498,9 +500,11 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
             r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
-        outside, repeated = comp.outside(key), comp.repeated(key)
+        outside, repeated, made = comp.outside(key), comp.repeated(key), comp.made_inputs(key)
         runs = f"{outside.runs - 1} more runs of this graph per step keep {fmt_bytes(repeated)}" if repeated else ""
-        r.outside_bytes, r.outside = outside.nbytes + repeated, ", ".join(filter(None, (outside.describe(), runs)))
+        inputs = f"{fmt_bytes(made)} of its inputs made earlier in the step" if made else ""
+        r.outside_bytes = outside.nbytes + repeated + made
+        r.outside = ", ".join(filter(None, (outside.describe(), inputs, runs)))
         comp.add(r)
         comp.keep(key, r.kept_bytes)
         log.info("%s", summary_line(r))
@@ -526,6 +530,13 @@ def _warn_loss_outside(r: GraphReport, grad_outputs: int) -> None:
                     "the compiled function, or pass outside_bytes=%d (taken off the cap)", graph_label(r),
                     fmt_bytes(grad_outputs), fmt_bytes(2 * grad_outputs), fmt_bytes(r.kept_bytes),
                     fmt_bytes(r.resident_before_bytes), fmt_bytes(excess), fmt_bytes(cap), 2 * grad_outputs)
+
+
+def made_input_bytes(example_inputs: Sequence[Any]) -> int:
+    """Bytes of a graph's inputs made earlier in the step: tensors that need a gradient and are
+    no leaf (an earlier graph's or block's output; parameters and data are leaves)."""
+    return sum(t.numel() * t.element_size() for t in example_inputs
+               if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf)
 
 
 def grad_output_bytes(gm: fx.GraphModule) -> int:

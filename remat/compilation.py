@@ -70,6 +70,8 @@ class Compilation:
         self._kept: dict[Key, int] = {}  # graph key -> bytes it keeps, in first-compile order
         self._plain_kept: dict[Key, int] = {}  # graph key -> bytes plain torch.compile's partition keeps
         self._repeated: dict[Key | None, int] = {}  # graph key -> bytes its plan gave to its other runs per step
+        self._grad_outputs: dict[Key | None, int] = {}  # graph key -> bytes of its outputs that need a gradient
+        self._made_inputs: dict[Key | None, int] = {}  # graph key -> bytes of its inputs made earlier in the step
         self._graphs_of: dict[Key, int] = {}  # (frame id, frame compile id) -> graphs so far
         self._outside: dict[Key | None, OutsideMemory] = {}
         self._compiling = threading.local()  # .key: the graph this thread compiles now
@@ -108,21 +110,45 @@ class Compilation:
         self._compiling.key = (frame, index)
         return frame, index
 
+    def graph_io(self, key: Key | None, grad_outputs: int, made_inputs: int) -> None:
+        """Graph ``key``'s outputs that need a gradient take ``grad_outputs`` bytes; its inputs made
+        earlier in the step (activations: they need a gradient and are no leaf) ``made_inputs``
+        bytes. Call before ``resident_before`` and ``keep``."""
+        with self._lock:
+            self._grad_outputs[key], self._made_inputs[key] = int(grad_outputs), int(made_inputs)
+
+    def made_inputs(self, key: Key | None) -> int:
+        """Bytes of graph ``key``'s inputs made earlier in the step (``graph_io``): no graph's code
+        counts them (its own reads them as resident inputs), and it may save them for its backward."""
+        with self._lock:
+            return self._made_inputs.get(key, 0)
+
+    def held_until_backward(self, key: Key | None, kept: int) -> int:
+        """What graph ``key`` holds from its forward until its backward starts, when its compiled
+        backward receives ``kept`` bytes: those less the gradients of its outputs, which exist only
+        once its backward starts (the caller's loss, or the graph after it, makes them), and its
+        inputs made earlier in the step, which the code does not count (counted as saved)."""
+        with self._lock:
+            return max(0, int(kept) - self._grad_outputs.get(key, 0)) + self._made_inputs.get(key, 0)
+
     def keep(self, key: tuple[int, int] | None, nbytes: int) -> None:
-        """The graph ``key`` keeps ``nbytes`` until its backward runs (replaces the figure of an
-        earlier compile of its frame; nothing is recorded outside Dynamo, ``key=None``)."""
+        """The graph ``key``'s compiled backward receives ``nbytes``: it holds ``held_until_backward``
+        of them while later graphs run (replaces the figure of an earlier compile of its frame;
+        nothing is recorded outside Dynamo, ``key=None``)."""
         if key is None:
             return
+        held = self.held_until_backward(key, nbytes)
         with self._lock:
-            self._kept[key] = int(nbytes)
+            self._kept[key] = held
             self._names[key] = f"graph{len(self._reports) - 1}"  # the report added last (``add``)
 
     def keep_plain(self, key: Key | None, nbytes: int | None) -> None:
         """Plain torch.compile's partition of graph ``key`` keeps ``nbytes`` until its backward runs
         (read from its compiled backward; None: not read, nothing recorded)."""
         if key is not None and nbytes is not None:
+            held = self.held_until_backward(key, nbytes)
             with self._lock:
-                self._plain_kept[key] = int(nbytes)
+                self._plain_kept[key] = held
 
     def plain_step_peak(self, key: Key | None, peak: int | None, kept: int | None) -> int | None:
         """The peak that a ratio budget on graph ``key`` is a fraction of: plain torch.compile's
@@ -138,10 +164,11 @@ class Compilation:
         return peak + self.plain_resident_before(key) + self.more_runs_bytes(key, kept or 0)
 
     def more_runs_bytes(self, key: Key | None, kept: int) -> int:
-        """What the other runs of graph ``key`` in one step keep while one of them runs, when each
-        keeps ``kept`` bytes until its backward: (runs - 1) x ``kept``, with the runs per step found
-        outside the graphs (``OutsideMemory.runs``: FSDP2's blocks of one class and shapes)."""
-        return (self.outside(key).runs - 1) * kept
+        """What the other runs of graph ``key`` in one step hold while one of them runs, when its
+        compiled backward receives ``kept`` bytes: (runs - 1) x ``held_until_backward``, with the
+        runs per step found outside the graphs (``OutsideMemory.runs``: FSDP2's blocks of one
+        class and shapes)."""
+        return (self.outside(key).runs - 1) * self.held_until_backward(key, kept)
 
     def plan_repeats(self, key: Key | None, nbytes: int) -> None:
         """Graph ``key``'s plan was made with ``nbytes`` taken off its cap for its other runs per
@@ -155,23 +182,24 @@ class Compilation:
             return self._repeated.get(key, 0)
 
     def plain_resident_before(self, key: Key | None) -> int:
-        """What plain torch.compile would hold outside graph ``key`` while it runs: its partitions
-        of the graphs first compiled before it keep (a graph whose plain partition was not read
-        counts with remat's figure), and the buffers outside the graphs (``outside(key)``)."""
+        """What plain torch.compile would hold outside graph ``key``'s code while it runs: its
+        partitions of the graphs first compiled before it keep (a graph whose plain partition was
+        not read counts with remat's figure), the buffers outside the graphs (``outside(key)``)
+        and the graph's inputs made earlier in the step."""
         earlier = self._earlier(key)
         with self._lock:
             kept = sum(self._plain_kept.get(k, self._kept[k]) for k in earlier)
-        return kept + self.outside(key).nbytes
+        return kept + self.outside(key).nbytes + self.made_inputs(key)
 
     def resident_before(self, key: tuple[int, int] | None) -> int:
-        """Bytes resident outside graph ``key`` while it runs: what the graphs first compiled
-        before it keep (``kept_before``) and what the step allocates outside the graphs
-        (``outside``, found now: call it while the graph compiles)."""
+        """Bytes resident outside graph ``key``'s code while it runs: what the graphs first compiled
+        before it keep (``kept_before``), what the step allocates outside the graphs (``outside``,
+        found now: call it while the graph compiles) and its inputs made earlier in the step."""
         given = self._outside_option
         found = outside_memory() if given is None else OutsideMemory((("given", given),), "outside_bytes option")
         with self._lock:
             self._outside[key] = found
-        return self.kept_before(key) + found.nbytes
+        return self.kept_before(key) + found.nbytes + self.made_inputs(key)
 
     def kept_before(self, key: tuple[int, int] | None) -> int:
         """Bytes that the graphs first compiled before ``key`` keep while it runs (all recorded
@@ -259,7 +287,7 @@ class Compilation:
 
     @property
     def kept_bytes(self) -> dict[tuple[int, int], int]:
-        """Bytes each graph keeps, by ``graph_key``, in first-compile order."""
+        """Bytes each graph holds until its backward (``keep``), by ``graph_key``, in first-compile order."""
         with self._lock:
             return dict(self._kept)
 

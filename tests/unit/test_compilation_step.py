@@ -27,6 +27,17 @@ def test_a_ratio_refers_to_plain_compiles_step_as_far_as_each_graph():
     assert comp.plain_step_peak(THIRD, peak=None, kept=100) is None  # no code read: no reference
 
 
+def test_a_graph_holds_its_saved_bytes_and_inputs_made_earlier_not_its_outputs_gradients():
+    comp = Compilation({"memory_budget": "6MiB"})
+    comp.graph_io(FIRST, grad_outputs=400, made_inputs=0)
+    planned(comp, FIRST, 1000)  # its backward receives 600 saved bytes and 400 of gradients
+    comp.graph_io(SECOND, grad_outputs=0, made_inputs=300)  # it reads 300 bytes that the first one made
+    assert comp.resident_before(SECOND) == 600 + 300
+    assert comp.plain_step_peak(SECOND, peak=100, kept=None) == 100 + 600 + 300
+    planned(comp, SECOND, 50)  # its code does not count the input it saves: held until its backward
+    assert comp.kept_bytes == {FIRST: 600, SECOND: 50 + 300}
+
+
 def test_a_recompile_replaces_plain_figures_too():
     comp = Compilation({"memory_budget": "50%"})
     comp.plain_step_peak(FIRST, peak=5000, kept=1500)
