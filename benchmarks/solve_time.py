@@ -16,8 +16,11 @@ Models, each at every depth of ``--layers``:
 Each model is traced once (Dynamo + AOTAutograd on fake tensors, no step runs; ``--cache``
 keeps the Problem as JSON); its repeated layers are found (``remat.structure``), then each solver
 is timed on the same Problem: the ILP in each ``layers`` mode ("mix": two levels, "tie", "free";
-"auto", the default, is "mix" from 8 layers per class) and the greedy. "partition" is layer
-finding plus planning plus the simulator's check; "RSS" is the process's peak resident memory
+"auto", the default, is "mix" from 8 layers per class, kept at the tied plan when the rest of
+mix would not fit in half the time left) and the greedy. "partition" is layer
+finding plus planning plus the simulator's check (wall seconds; "CPU s": the process's CPU
+seconds over it, HiGHS's threads included, which a busy machine does not inflate; "load": the
+1-minute load average after it); "RSS" is the process's peak resident memory
 after that row (run with ``--cache`` on traced Problems to see the planner's alone). Prints a
 markdown table and writes ``--out`` (default benchmarks/results/solve_time.json).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -143,7 +147,7 @@ def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> 
     from remat.solvers import get_solver
     from remat.structure import with_layers
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     p = with_layers(problem) if layers else problem
     find_s = time.perf_counter() - t0
     kw = {"layers": layers} if solver == "ilp" else {}
@@ -153,7 +157,8 @@ def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> 
         return dict(solver=solver, layers=layers, cap=cap, error=str(e))
     tl = check(p, plan, cap)
     return dict(solver=solver, layers=layers, cap=cap, predicted_peak=tl.peak_bytes, added_ms=tl.added_time * 1e3,
-                find_s=find_s, partition_s=time.perf_counter() - t0, status=plan.status, gap=plan.gap,
+                find_s=find_s, partition_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                load=os.getloadavg()[0], status=plan.status, gap=plan.gap, layers_mode=plan.info.get("layers_mode", ""),
                 source=plan.info.get("source", ""), classes=[len(c) for c in p.layers],
                 recompute=len(plan.names(remat.Decision.RECOMPUTE)), store=len(plan.names(remat.Decision.STORE)))
 
@@ -161,16 +166,16 @@ def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> 
 def print_table(rows: list[dict]) -> None:
     from remat.errors import fmt_bytes
 
-    print("| layers | budget | solver | tie | cap | predicted peak | added time | partition s | status | gap | source | RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| layers | budget | solver | tie | cap | predicted peak | added time | partition s | CPU s | load | status | gap | source | RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         head = f"| {r['depth']} | {r['budget']} | {r['solver']} | {r['layers']} | {fmt_bytes(r['cap'])} |"
         if "error" in r:
-            print(head + " infeasible | | | | | | |")
+            print(head + " infeasible | | | | | | | | |")
             continue
         gap = "" if r["gap"] is None else f"{r['gap']:.2%}"
         print(f"{head} {fmt_bytes(r['predicted_peak'])} | {r['added_ms']:.1f} ms | {r['partition_s']:.2f} | "
-              f"{r['status']} | {gap} | {r['source']} | {r['rss_mib']:.0f} MiB |")
+              f"{r['cpu_s']:.2f} | {r['load']:.1f} | {r['status']} | {gap} | {r['source']} | {r['rss_mib']:.0f} MiB |")
 
 
 def main(argv=None) -> None:

@@ -125,10 +125,12 @@ class Rows:
             return None
         gij = int(st.fixed[i]) - int(st.fixed[j])
         gji = -gij
+        cands = st.cands
         for k in dict.fromkeys(self._bp_act[a:b]):
-            c = st.cands[k]
-            mi = st.mask_at(c, i)
-            mj = st.mask_at(c, j)
+            c = cands[k]
+            bps, masks = c.bps, c.masks
+            x, y = bisect_right(bps, i) - 1, bisect_right(bps, j) - 1  # Structure.mask_at, inlined
+            mi, mj = (masks[x] if x >= 0 else 0), (masks[y] if y >= 0 else 0)
             gij += c.bytes * _gmax(mi, mj, c.full)
             gji += c.bytes * _gmax(mj, mi, c.full)
         return gij, gji
