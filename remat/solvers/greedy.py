@@ -3,9 +3,11 @@
 Each step looks at the slot ``t`` where memory peaks, and among the STORE (or OFFLOAD)
 activations live there whose start ``S(v)`` comes after ``t`` picks the one whose switch to
 RECOMPUTE (bytes freed at ``t`` minus the bytes of inputs it newly keeps live there, per second of
-recompute) or to OFFLOAD (bytes per exposed second) is best. When no single switch frees anything
-at ``t`` (a chain of pointwise ops, each one's input as large as itself), a chain move recomputes
-an activation together with the inputs it would otherwise keep live at ``t``. Every move is
+recompute) or to OFFLOAD (bytes per exposed second) is best, unless a chain move frees more per
+second: it recomputes an activation together with the inputs that it would otherwise keep live
+at ``t`` (a chain of pointwise ops, each one's input as large as itself, frees nothing one by one;
+taken only when no single switch freed anything, the greedy recomputed Llama-7B's matmuls instead
+of its cheap pointwise chains, at 12x the ILP's added time). Every move is
 applied and evaluated exactly (just-in-time starts and last needs, ``Structure.evaluate``'s
 figures, kept up to date move by move by ``_evaluation.Evaluation``); an
 OFFLOAD input that a move would need before its prefetch goes back to STORE. A last pass puts back
@@ -87,7 +89,8 @@ class _State:
         return float(self.time[self.codes == REC].sum() + self.exposed[self.codes == OFF].sum())
 
     def best_move(self, t: int):
-        """(candidate, decision) with the best freed-bytes-at-t per added second, or None."""
+        """((candidate, decision), (ratio, bytes)) of the best freed-bytes-at-t per added second,
+        or (None, None)."""
         codes = self.codes
         live = self.live_at(t)
         best, best_key = None, None
@@ -116,14 +119,15 @@ class _State:
             j = int(np.lexsort((ben, ratio))[-1])
             key = (ratio[j], ben[j])
             if best_key is None or key > best_key:
-                best = (int(ids[j]), OFF)
-        return best
+                best, best_key = (int(ids[j]), OFF), key
+        return best, best_key
 
-    def chain_move(self, t: int, limit: int = 32):
+    def chain_move(self, t: int, beat: float = 0.0, limit: int = 32):
         """Best RECOMPUTE of a live-at-t activation together with the inputs that it would keep
-        live at ``t`` and that can be recomputed after ``t`` too. Returns the members or None.
-        Activations are tried by the ratio that their chain cannot beat (``_chain_bounds``) and
-        the search stops where that falls below the best chain's ratio."""
+        live at ``t`` and that can be recomputed after ``t`` too, when its ratio (bytes freed per
+        second) is above ``beat``: (members, ratio) or (None, None). Activations are tried by the
+        ratio that their chain cannot beat (``_chain_bounds``) and the search stops where that
+        falls to ``beat`` or below the best chain's ratio."""
         live = self.live_at(t)
         m = self.rec_ok & live & (self.codes != REC) & (self.S > t) & (self.kmin <= self.S)
         ids = np.flatnonzero(m)
@@ -131,16 +135,16 @@ class _State:
         view = _ChainView(self, t, live)
         best = None
         for j in np.lexsort((ids, -bound)).tolist():
-            if bound[j] <= 0 or (best is not None and bound[j] < best[1][0]):
+            if bound[j] <= beat or (best is not None and bound[j] < best[1][0]):
                 break
             a = int(ids[j])
             members, net, cost = view.chain(a, limit)
             if len(members) < 2 or net <= 0:
                 continue
             key = (net / max(cost, 1e-30), net, -a)
-            if best is None or key > best[1]:
+            if key[0] > beat and (best is None or key > best[1]):
                 best = (members, key)
-        return None if best is None else best[0]
+        return (None, None) if best is None else (best[0], best[1][0])
 
     def _chain_bounds(self, ids: np.ndarray, t: int, live: np.ndarray, limit: int) -> np.ndarray:
         """Per activation of ``ids``: a ratio (bytes freed per second) that its chain at ``t``
@@ -233,14 +237,14 @@ def run_greedy(st: Structure, cap: int, deadline: float | None = None):
             best_peak, best_codes = peak, s.codes.copy()
         if peak <= cap:
             break
-        mv = s.best_move(t)
-        if mv is not None:
+        mv, key = s.best_move(t)
+        cm, _ = s.chain_move(t, beat=key[0] if key is not None else 0.0)
+        if cm is not None:  # a chain frees more per second than any single switch
+            s.apply({k: REC for k in cm})
+        elif mv is not None:
             s.apply({mv[0]: mv[1]})
         else:
-            cm = s.chain_move(t)
-            if cm is None:
-                break
-            s.apply({k: REC for k in cm})
+            break
     if st.n and int(s.mem.max()) > best_peak:  # the last moves did not help: keep the best plan
         s = _State(st, best_codes)
     peak = int(s.mem.max()) if st.n else 0
