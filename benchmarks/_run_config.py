@@ -54,7 +54,7 @@ SIZES = {
     "gpt": ({}, {"batch": 4, "layers": 2, "seq": 64}),
     "evoformer": ({"residues": 48, "sequences": 16}, {"blocks": 1, "residues": 32, "sequences": 8}),
     "cnn": ({}, {"batch": 16, "stages": 2}),
-    "mlp": ({}, {"batch": 512}),  # the core issue's MLP (batch 4096 by default)
+    "mlp": ({}, {"batch": 2048, "d": 256, "hidden": 1024}),  # the core issue's MLP (batch 4096, d 1024, hidden 4096) by default; quick: activations over weights
 }
 SEED = 1234
 

@@ -416,38 +416,99 @@ def slot_readers(g: GraphFacts) -> dict[fx.Node, list[fx.Node]]:
     return uses
 
 
+# When Inductor stores a pointwise result instead of inlining it into each reader (torch 2.13:
+# ``ir.StorageBox.should_realize_on_reuse`` and ``has_exceeded_max_reads``, config defaults)
+_HEAVY_ON_CPU = frozenset({"exp", "log", "log10", "log1p", "log2", "sigmoid", "tanh"})
+_REUSED_READS = 4  # realize_reads_threshold: a result read by several kernels
+_READS = {"cpu": 12, "other": 8}  # realize_cpu_acc_reads_threshold, _realize_acc_reads_threshold_default
+_BODY_OPS = {"cpu": 50, "other": 30}  # realize_cpu_opcount_threshold, _realize_opcount_threshold_default
+_CONSTANTS = {aten.full.default, aten.scalar_tensor.default}  # inlined as values: no load
+
+
+@dataclass(frozen=True)
+class Inlined:
+    """What a pointwise result's code computes when Inductor inlines it into a reader: the
+    storages it loads (through the results inlined into it), whether a heavy op is among its ops
+    on the CPU, and its number of ops (each FX op and each load counts one: a proxy of
+    Inductor's loop-body op count)."""
+
+    reads: frozenset
+    heavy: bool
+    ops: int
+
+    def too_big(self, device: str) -> bool:
+        """Stored whatever its readers (``has_exceeded_max_reads``)."""
+        kind = "cpu" if device == "cpu" else "other"
+        return len(self.reads) > _READS[kind] or self.ops + len(self.reads) > _BODY_OPS[kind]
+
+
 def fused_values(g: GraphFacts) -> set[fx.Node]:
-    """Pointwise results that Inductor never allocates: read (through views) by exactly one
-    fusible kernel (pointwise or reduction) of their own phase, and not a graph output."""
+    """Pointwise results that Inductor never allocates (``_materialized``): it inlines them into
+    each fusible kernel (pointwise or reduction) of their own phase that reads them."""
     readers: dict[fx.Node, list[fx.Node]] = {}
     for n in g.nodes:
         for i in n.all_input_nodes:
             readers.setdefault(i, []).append(n)
-    storages = [n for n in g.nodes if g.owner.get(n) is n and n.op == "call_function"]
-    return {s for s in storages if not _materialized(s, g, readers)}
+    inlined: dict[fx.Node, Inlined] = {}
+    for s in (n for n in g.nodes if g.owner.get(n) is n and n.op == "call_function"):
+        code = inlined_code(s, g, inlined)
+        if not _materialized(s, g, readers, code):
+            inlined[s] = code
+    return set(inlined)
 
 
-def _materialized(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]]) -> bool:
-    """Whether storage ``s`` is a buffer: not pointwise, pinned, read by a graph output, by a
-    non-fusible op of its phase, or by several kernels."""
+def inlined_code(s: fx.Node, g: GraphFacts, inlined: dict[fx.Node, Inlined]) -> Inlined:
+    """``s``'s ``Inlined`` code, given those of the results inlined before it."""
+    reads, heavy, ops = set(), _is_tensor(s) and s.meta["val"].device.type == "cpu" and _op_name(s) in _HEAVY_ON_CPU, 1
+    for i in s.all_input_nodes:
+        o = g.owner.get(i)
+        if o in inlined:
+            reads |= inlined[o].reads
+            heavy, ops = heavy or inlined[o].heavy, ops + inlined[o].ops
+        elif o is not None and o.target not in _CONSTANTS:
+            reads.add(o)
+    return Inlined(frozenset(reads), heavy, ops)
+
+
+def _op_name(n: fx.Node) -> str:
+    return getattr(n.target, "_opname", "")
+
+
+def _materialized(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]], code: Inlined) -> bool:
+    """Whether storage ``s`` is a buffer: not pointwise, pinned, read by a graph output or by a
+    non-fusible op of its phase, or its code too big to inline (``Inlined.too_big``); read by
+    several kernels, when its code has a heavy op (CPU) or loads more than four storages, or
+    when backward reads it too (a forward value that a plan may store)."""
     if not _pointwise(s) or s in g.pinned:
         return True
+    found = _phase_readers(s, g, readers)
+    if found is None or code.too_big(s.meta["val"].device.type):
+        return True
+    kernels, read_elsewhere = found
+    if len(kernels) <= 1:
+        return False
+    return read_elsewhere or code.heavy or len(code.reads) > _REUSED_READS
+
+
+def _phase_readers(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]]) -> tuple[set, bool] | None:
+    """The fusible ops of ``s``'s phase that read it (through views) and whether an op of the
+    other phase reads it; None when an output or a non-fusible op of its phase reads it."""
     phase_nodes = g.forward if s in g.forward else g.backward
-    stack, kernels = [s], set()
+    stack, kernels, elsewhere = [s], set(), False
     while stack:
         v = stack.pop()
         for u in readers.get(v, ()):
             if u.op == "output":
-                return True
+                return None
             if u not in phase_nodes:
-                continue
-            if is_view(u):
+                elsewhere = True
+            elif is_view(u):
                 stack.append(u)
             elif not _fusible_consumer(u):
-                return True
+                return None
             else:
                 kernels.add(u)
-    return len(kernels) > 1
+    return kernels, elsewhere
 
 
 def effective_readers(g: GraphFacts, uses: dict, fused: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:

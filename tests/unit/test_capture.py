@@ -197,7 +197,7 @@ def test_slot_readers_count_reads_through_views(mlp_steps):
 
 def test_fused_values_single_fusible_reader_of_the_same_phase():
     def f(x):
-        a = x.sin()  # read by two kernels: a buffer
+        a = x.sin()  # read by one kernel (cos and exp end in relu): fused
         b = a.cos()  # read by one pointwise op: fused
         c = a.exp()  # read by one pointwise op: fused
         d = (b + c).relu()  # add: fused into relu; relu: read by mm (extern): a buffer
@@ -205,7 +205,22 @@ def test_fused_values_single_fusible_reader_of_the_same_phase():
 
     gm = make_fx(f, tracing_mode="fake")(torch.randn(4, 4))
     g = graph_facts(gm, set(gm.graph.nodes), 1)
-    assert {v.name for v in fused_values(g)} == {"cos", "exp", "add"}
+    assert {v.name for v in fused_values(g)} == {"sin", "cos", "exp", "add"}
+
+
+def test_fused_values_inline_a_cheap_result_into_each_reader_and_store_a_heavy_one():
+    # as Inductor's CPU code does: sin(x), read by two kernels, is computed in each (x stays live
+    # until the last); exp(x) is a heavy op on the CPU: stored; a sum of five loads: stored
+    def f(x, y, z, u, v):
+        a, e, s = x.sin(), x.exp(), x + y + z + u + v
+        return (a.cos() @ x, a.sum(0), e.cos() @ x, e.sum(0), s.cos() @ x, s.sum(0))
+
+    gm = make_fx(f, tracing_mode="fake")(*[torch.randn(4, 4) for _ in range(5)])
+    g = graph_facts(gm, set(gm.graph.nodes), 6)
+    fused = {v.name for v in fused_values(g)}
+    assert {"sin", "add", "add_1", "add_2"} <= fused and not {"exp", "add_3"} & fused
+    readers = effective_readers(g, slot_readers(g), fused_values(g))
+    assert "sum_1" in names(readers[by_name(g)["x_1"]])  # x is read until sin's last reader
 
 
 def test_fused_values_and_effective_readers_of_the_mlp(mlp_steps):
