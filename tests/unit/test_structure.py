@@ -244,7 +244,10 @@ def test_layer_groups_split_by_decisions_and_free_the_ends():
     assert layer_groups(st, p.layers, st.store_all()) == ((cls[1], cls[2], cls[3]),)
 
 
-def test_auto_mixes_long_stacks_and_frees_short_ones():
+def test_auto_mixes_long_stacks_and_frees_short_ones(monkeypatch):
+    from remat.solvers import ilp
+
+    monkeypatch.setattr(ilp, "_greedy_plan", lambda *a: (None, math.inf))  # no greedy plan to keep
     short = with_layers(chain_problem(layers=6))  # two layers of three chain links
     long = with_layers(chain_problem(layers=24))  # eight
     assert [len(c) for c in short.layers] == [2] and [len(c) for c in long.layers] == [8]
@@ -268,3 +271,12 @@ def test_auto_keeps_the_tied_plan_when_mix_would_not_fit(monkeypatch):
     assert "mix_num_binaries" not in plan.info and "menu_items" not in plan.info
     assert plan.objective <= tied.objective + 1e-12
     assert solve(p, cap, layers="mix").info["layers_mode"] == "mix"  # asked for: never skipped
+
+
+def test_auto_keeps_a_greedy_plan_as_cheap_as_the_tied_one():
+    p = with_layers(chain_problem(layers=24))
+    cap = max(min_peak(p), int(store_all_peak(p) * 0.6))
+    plan, tied, greedy = solve(p, cap), solve(p, cap, layers="tie"), solve(p, cap, solver="greedy")
+    assert greedy.objective <= tied.objective + 1e-12  # (this stack: the greedy finds the tied plan's cost)
+    assert plan.info["layers_mode"] == "tie" and plan.info["mix_skipped"].startswith("the greedy plan")
+    assert plan.objective <= greedy.objective + 1e-12
