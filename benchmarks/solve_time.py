@@ -3,6 +3,7 @@
     python benchmarks/solve_time.py [--model gpt2|llama7b|evoformer] [--layers 12,24,48]
                                     [--budgets 50%,30%] [--cache DIR]
                                     [--modes auto,mix,tie,free,greedy] [--time-limit 60]
+                                    [--models-only]
 
 Models, each at every depth of ``--layers``:
 
@@ -191,8 +192,14 @@ def main(argv=None) -> None:
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--cache", default=None, help="folder for traced Problems (JSON)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
+    ap.add_argument("--models-only", action="store_true",
+                    help="the ILP's modes without the greedy plan (each model's own answer)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.models_only:
+        from remat.solvers import ilp
+
+        ilp._greedy_plan = lambda *a: (None, float("inf"))  # the ILP keeps a cheaper greedy plan otherwise
     rows, models = [], []
     for depth in (int(x) for x in args.layers.split(",")):
         problem, trace_s = traced(depth, args.cache, args.model)
