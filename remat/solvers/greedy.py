@@ -188,7 +188,8 @@ class _ChainView:
     def __init__(self, s: _State, t: int, live: np.ndarray) -> None:
         self.t, self.cands = t, s.st.cands
         self.live, self.codes, self.S, self.lfu = live.tolist(), s.codes.tolist(), s.S.tolist(), s.lfu.tolist()
-        self.rec_ok, self.kmin, self.time, self.bytes = s.rec_ok.tolist(), s.kmin.tolist(), s.time.tolist(), s.bytes.tolist()
+        self.rec_ok, self.kmin = s.rec_ok.tolist(), s.kmin.tolist()
+        self.time, self.bytes = s.time.tolist(), s.bytes.tolist()
         self.exposed = s.exposed
 
     def chain(self, a: int, limit: int):

@@ -782,8 +782,9 @@ def ilp(
     more, else "free": on short stacks the free model is small, exact and as fast; a "mix" of
     "auto" stops after the tied solve at the cap, keeping the tied and the greedy plans, when
     the greedy plan is as cheap as the tied one or that solve's build and solve times say that
-    the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). ``time_limit`` bounds the whole planning: greedy, model
-    building and every solve share one deadline.
+    the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). ``time_limit``
+    bounds the whole planning: greedy (``GREEDY_SHARE`` of it at most), model building and every
+    solve share one deadline.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
     start and fallback); the models of the ``layers`` mode; the cheapest valid plan under the cap
