@@ -6,10 +6,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
+from remat.plan import Decision
+from remat.simulate import check, store_all_peak
+from remat.solvers import get_solver
 from remat.solvers._core import NONE, OFF, REC, STORE, Structure
 from remat.solvers._evaluation import Evaluation
 
-from .synthetic import fuzz_problem
+from .synthetic import Graph, fuzz_problem
 from .test_solver_fuzz import with_random_kernels
 
 
@@ -43,3 +46,23 @@ def test_incremental_evaluation_matches_the_full_one(rng, kernels):
         assert ev.S[ev.need].tolist() == np.array(S)[ev.need].tolist()
         assert ev.ln[ev.need].tolist() == np.array(ln)[ev.need].tolist()
         assert ev.profile().tolist() == mem.tolist()
+
+
+def test_greedy_takes_a_cheap_chain_over_an_expensive_single_switch():
+    """At the peak, recomputing ``m`` alone frees 100 bytes for 100 s; ``a2`` alone frees nothing
+    (``a1`` would stay live), but ``a0 -> a1 -> a2`` together free 100 bytes for 3 s. The greedy
+    takes the chain (it took ``m`` when chains were only a last resort)."""
+    g = Graph(base=20)
+    m = g.op("m", 100, 100.0)
+    a0 = g.op("a0", 100, 1.0)
+    a1 = g.op("a1", 100, 1.0, inputs=(a0,))
+    a2 = g.op("a2", 100, 1.0, inputs=(a1,))
+    c = g.op("c", 10, 1.0, inputs=(a2, m), saved=(a2, m), recomputable=False)
+    d = g.op("d", 300, 5.0, inputs=(c,), saved=(c,))
+    g.op("loss", 4, 0.1, inputs=(d,), saved=(d,))
+    p = g.problem("chain_or_matmul")
+    cap = store_all_peak(p) - 10
+    plan = get_solver("greedy")(p, cap)
+    check(p, plan, cap)
+    assert sorted(plan.names(Decision.RECOMPUTE)) == ["a0", "a1", "a2"]
+    assert plan.objective == get_solver("ilp")(p, cap).objective == 3.0
