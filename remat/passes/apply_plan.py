@@ -172,6 +172,7 @@ def apply_plan(
     bw.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure(impure_random=False))
     bw.recompile()
     rng_replay.check_backward(bw)
+    rng_replay.share_forward_masks(fw)
     if P.has_recomputable_ops(joint) and P.has_recomputable_rng_ops(joint):
         fw, bw = P.functionalize_rng_ops(joint, fw, bw, len(saved_sym))
     bw = P.reordering_to_mimic_autograd_engine(bw)  # each recomputation just before its first need

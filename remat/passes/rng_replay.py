@@ -25,7 +25,8 @@ two ways on torch 2.13:
   input and allocate a second mask). Other random ATen ops (``rand_like``, ``bernoulli``, ...)
   stay as they are: drawn once, never recomputed.
 
-``draws`` tells the ops that draw fresh numbers (never recomputed: their result is stored) from
+A mask that the forward keeps is the one its replay drew (``share_forward_masks``, on the
+forward graph of a plan). ``draws`` tells the ops that draw fresh numbers (never recomputed: their result is stored) from
 those that ``replays`` (deterministic given a saved seed or state: recomputable).
 ``check_backward`` refuses a backward graph that would draw fresh numbers.
 """
@@ -198,6 +199,29 @@ def forward_ops(joint: fx.GraphModule) -> set[fx.Node]:
     """The forward ops that ``replay_dropouts`` made in a joint graph: generator states and masks
     (a mask that only the backward reads is still a forward value, as the getitem it replaced)."""
     return {n for op in (RNG_STATE, DROPOUT_MASK) for n in joint.graph.find_nodes(op="call_function", target=op)}
+
+
+def share_forward_masks(fw: fx.GraphModule) -> None:
+    """In a forward graph, each mask that the forward keeps (a plan that stores it) takes the mask
+    that its ``replay_dropout`` drew, the same bits from the same state, instead of drawing it
+    again with ``dropout_mask`` (a second pass over the mask and a second mask allocated)."""
+    shared = False
+    for mask in list(fw.graph.find_nodes(op="call_function", target=DROPOUT_MASK)):
+        replay = next((u for u in mask.args[0].users if u.target is REPLAY_DROPOUT), None)
+        if replay is None or not _same_layout(replay.meta["val"][1], mask.meta["val"]):
+            continue
+        with fw.graph.inserting_after(replay):
+            drawn = fw.graph.call_function(operator.getitem, (replay, 1))
+        drawn.meta["val"] = replay.meta["val"][1]
+        mask.replace_all_uses_with(drawn)
+        fw.graph.erase_node(mask)
+        shared = True
+    if shared:
+        fw.recompile()
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype and a.device == b.device
 
 
 def check_backward(bw: fx.GraphModule) -> None:

@@ -77,6 +77,23 @@ def test_replay_dropouts_rewrites_a_training_dropout_in_place_and_keeps_eager_nu
     assert all(torch.equal(w, g) for w, g in zip(want, got))
 
 
+def test_a_kept_mask_is_the_one_its_replay_drew():
+    def f(x):
+        a, m = torch.ops.aten.native_dropout(x, 0.5, True)
+        return a, m
+
+    x = torch.rand(16, 16) + 0.5
+    gm = make_fx(f)(x)
+    replay_dropouts(gm, set(gm.graph.nodes))
+    torch.manual_seed(3)
+    want = gm(x)
+    rng_replay.share_forward_masks(gm)
+    assert not any(n.target is DROPOUT_MASK for n in gm.graph.nodes)  # one draw, not two
+    torch.manual_seed(3)
+    got = gm(x)
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
+
+
 class TwoDropouts(torch.nn.Module):
     """Activations far larger than the weights, so that masks weigh at the floor."""
 
