@@ -155,7 +155,20 @@ def table(summaries: list[dict]) -> str:
                       _ratio(r["measured_peak_bytes"], r["budget_bytes"]), _ratio(r["measured_peak_bytes"], s["plain_measured"])]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {s['model']} {c}: {e}" for s in summaries for c, e in s["errors"].items()]
-    return "\n".join(lines + ([""] + errors if errors else []))
+    return "\n".join(lines + ["", worst_gap(summaries)] + ([""] + errors if errors else []))
+
+
+def worst_gap(summaries: list[dict]) -> str:
+    """The row where the prediction is furthest from the measured peak, as |pred - meas| / meas."""
+    gaps = [(abs(s["plain_predicted"] - s["plain_measured"]) / s["plain_measured"], s["model"], "plain compile")
+            for s in summaries if s["plain_predicted"] and s["plain_measured"]]
+    gaps += [(abs(s[c]["predicted_peak_bytes"] - s[c]["measured_peak_bytes"]) / s[c]["measured_peak_bytes"], s["model"], c)
+             for s in summaries for c in CONFIGS[1:] if s[c]["predicted_peak_bytes"] and s[c]["measured_peak_bytes"]]
+    if not gaps:
+        return "No row has both a prediction and a measurement."
+    gap, model, config = max(gaps)
+    within = sum(g <= 0.03 for g, _, _ in gaps)
+    return f"|pred - meas| / meas: worst {gap:.1%} ({model}, {config}); {within} of {len(gaps)} rows within 3 %."
 
 
 def main(argv=None) -> int:
