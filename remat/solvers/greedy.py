@@ -260,7 +260,8 @@ def run_greedy(st: Structure, cap: int, deadline: float | None = None):
 def greedy(
     problem: Problem, budget_bytes: int | None, *, time_limit: float = 60.0, **kw
 ) -> Plan:
-    """Greedy plan under ``budget_bytes``; raises InfeasibleBudgetError when it cannot get there.
+    """Greedy plan under ``budget_bytes``, made within ``time_limit`` seconds (its moves and its
+    cleanup stop there); raises InfeasibleBudgetError when it cannot get there.
 
     The error's ``min_peak_bytes`` is the smallest peak the greedy reached (an upper bound on the
     true minimum; the ILP computes the exact one).
@@ -270,11 +271,14 @@ def greedy(
     if budget_bytes is None:
         return make_plan(st, st.store_all(), "greedy", None, status="heuristic",
                          solve_time_s=time.perf_counter() - t0)
-    dec, peak, best = run_greedy(st, int(budget_bytes))
+    deadline = t0 + time_limit
+    dec, peak, best = run_greedy(st, int(budget_bytes), deadline)
     if peak > budget_bytes:
+        stopped = f"; it stopped at the time limit ({time_limit:g} s)" if _past(deadline) else ""
         raise InfeasibleBudgetError(
             int(budget_bytes), best,
-            "greedy heuristic: smallest peak it reached; the true minimum may be lower (use the ilp solver)",
+            "greedy heuristic: smallest peak it reached; the true minimum may be lower (use the ilp solver)"
+            + stopped,
         )
     real = st.peak(dec)
     if real != peak:  # the evaluation must match the exact one

@@ -66,3 +66,20 @@ def test_greedy_takes_a_cheap_chain_over_an_expensive_single_switch():
     check(p, plan, cap)
     assert sorted(plan.names(Decision.RECOMPUTE)) == ["a0", "a1", "a2"]
     assert plan.objective == get_solver("ilp")(p, cap).objective == 3.0
+
+
+def test_greedy_stops_at_its_time_limit():
+    from remat.errors import InfeasibleBudgetError
+    from remat.solvers import min_peak
+
+    from .synthetic import transformer_problem
+
+    p = transformer_problem(layers=2, seq=32, hidden=32, heads=2)
+    cap = min_peak(p) + (store_all_peak(p) - min_peak(p)) // 4
+    get_solver("greedy")(p, cap)  # meets the cap with time
+    try:
+        get_solver("greedy")(p, cap, time_limit=0.0)
+    except InfeasibleBudgetError as e:
+        assert "time limit" in str(e)
+    else:
+        raise AssertionError("a greedy with no time made a plan under a cap below store-all")
