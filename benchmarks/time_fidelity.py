@@ -184,22 +184,27 @@ def interleaved(workers: list[Worker], rounds: int, round_s: float) -> None:
             per_round = {id(w): max(1, min(20, round(round_s / max(w.times[0][0], 1e-6)))) for w in ready}
 
 
-def ratio_figures(w: Worker, ref: Worker) -> dict:
-    """Per-round ratios of ``w``'s median step to ``ref``'s: their median and quartiles; the
-    min-based ratio; the medians of all steps (the first round, a warm-up, left out)."""
-    pairs = list(zip(w.times, ref.times))[1:] or list(zip(w.times, ref.times))
-    ratios = sorted(statistics.median(a) / statistics.median(b) for a, b in pairs)
-    mine, theirs = [t for ts, _ in pairs for t in ts], [t for _, ts in pairs for t in ts]
+def ratio_figures(times: list[list[float]], refs: list[list[list[float]]]) -> dict:
+    """Per-round ratios of a configuration's median step (``times``: its steps per round) to the
+    mean of the reference processes' median steps in the same round: their median and quartiles;
+    the min-based ratio (fastest step over the mean of the references' fastest); the medians of
+    all steps. The first round, a warm-up, is left out."""
+    rounds = list(zip(times, *refs))
+    rounds = rounds[1:] or rounds
+    ref_medians = [statistics.fmean(statistics.median(r) for r in rnd[1:]) for rnd in rounds]
+    ratios = sorted(statistics.median(rnd[0]) / m for rnd, m in zip(rounds, ref_medians))
+    mine = [t for rnd in rounds for t in rnd[0]]
+    theirs = [[t for rnd in rounds for t in rnd[i]] for i in range(1, len(refs) + 1)]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"rounds": len(pairs), "ratio_median": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
-            "ratio_min_based": min(mine) / min(theirs), "step_median_s": statistics.median(mine),
-            "compile_step_median_s": statistics.median(theirs), "steps": len(mine), "compile_steps": len(theirs)}
+    return {"rounds": len(rounds), "ratio_median": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+            "ratio_min_based": min(mine) / statistics.fmean(min(ts) for ts in theirs),
+            "step_median_s": statistics.median(mine), "compile_step_median_s": statistics.median(ref_medians),
+            "steps": len(mine)}
 
 
 def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, env: dict) -> list[dict]:
-    """Plain compile, a second plain compile (the control: its ratio to the first is the noise
-    between processes), and remat's caps under each cost model; compiled one by one, then
-    interleaved."""
+    """Plain compile twice (a reference and a control), and remat's caps under each cost model;
+    compiled one by one, then interleaved."""
     workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env)]
     workers += [Worker(model, config, cost_model, args, env) for cost_model in cost_models for config in REMAT_CONFIGS]
     try:
@@ -207,15 +212,41 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
     finally:
         for w in workers:
             w.close()
-    ref = workers[0]
-    rows = []
-    for w in workers:
-        row = dict(w.info, **({"predicted_added_s": 0.0} if w.info["cost_model"] == "control" else {}))
-        if w.ready() and ref.ready():
-            row.update(ratio_figures(w, ref))
-            row["step_times_s"] = w.times
-        rows.append(row)
-    return rows
+    rows = [dict(w.info, **({"step_times_s": w.times} if w.ready() else {})) for w in workers]
+    return scored(rows)
+
+
+def scored(rows: list[dict]) -> list[dict]:
+    """One model's rows with their ratio figures. The control's ratio is to the first plain compile
+    alone: the noise between two processes that run the same code. The others' are to the mean
+    of both plain compiles, so that neither process's luck biases every figure."""
+    ref, control = rows[0], rows[1]
+    both = [r["step_times_s"] for r in (ref, control) if r.get("step_times_s")]
+    out = []
+    for original in rows:
+        row = {k: v for k, v in original.items() if k not in _FIGURES}
+        refs = both[:1] if original is control else both
+        if original is not ref and row.get("step_times_s") and ref.get("step_times_s"):
+            row.update(ratio_figures(row["step_times_s"], refs))
+        if row["cost_model"] == "control":
+            row["predicted_added_s"] = 0.0
+        out.append(row)
+    return out
+
+
+_FIGURES = ("rounds", "ratio_median", "ratio_q1", "ratio_q3", "ratio_min_based", "step_median_s",
+            "compile_step_median_s", "steps", "compile_steps")
+
+
+def rescore(path: Path) -> None:
+    """Recompute the figures of a saved run (its per-round step times) and write its tables again."""
+    doc = json.loads(path.read_text())
+    by_model: dict[str, list[dict]] = {}
+    for row in doc["rows"]:
+        by_model.setdefault(row["model"], []).append(row)
+    rows = [r for model_rows in by_model.values() for r in scored(model_rows)]
+    settings = {**doc["settings"], "reference": "mean of 2 plain-compile processes (control: the first alone)"}
+    write_results(rows, path.stem, settings)
 
 
 # ---- figures -----------------------------------------------------------------------------------
@@ -310,6 +341,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every configuration (default 1)")
     ap.add_argument("--time-limit", type=float, default=30.0, help="remat's planning time limit (s)")
     ap.add_argument("--out", help="stem of the result files (default time_fidelity, time_fidelity_quick with --quick)")
+    ap.add_argument("--rescore", metavar="JSON", help="recompute the figures and tables of a saved run")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -317,6 +349,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.serve:
         return serve(args)
+    if args.rescore:
+        rescore(Path(args.rescore))
+        return 0
     env = {**os.environ, "REMAT_CACHE_DIR": tempfile.mkdtemp(prefix="remat-profile-")}
     cost_models = args.cost_models.split(",")
     settings = {"threads": args.threads, "rounds": args.rounds, "round ms": args.round_ms, "quick": args.quick}
