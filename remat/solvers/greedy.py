@@ -88,11 +88,10 @@ class _State:
     def cost(self) -> float:
         return float(self.time[self.codes == REC].sum() + self.exposed[self.codes == OFF].sum())
 
-    def best_move(self, t: int):
+    def best_move(self, t: int, live: np.ndarray):
         """((candidate, decision), (ratio, bytes)) of the best freed-bytes-at-t per added second,
-        or (None, None)."""
+        or (None, None); ``live``: ``live_at(t)``."""
         codes = self.codes
-        live = self.live_at(t)
         best, best_key = None, None
         # RECOMPUTE: frees t when S(v) > t; S(v) is the same whatever v's own decision
         m_rec = self.rec_ok & live & (codes != REC) & (self.S > t) & (self.kmin <= self.S)
@@ -122,20 +121,22 @@ class _State:
                 best, best_key = (int(ids[j]), OFF), key
         return best, best_key
 
-    def chain_move(self, t: int, beat: float = 0.0, limit: int = 32):
+    def chain_move(self, t: int, live: np.ndarray, beat: float = 0.0, limit: int = 32):
         """Best RECOMPUTE of a live-at-t activation together with the inputs that it would keep
         live at ``t`` and that can be recomputed after ``t`` too, when its ratio (bytes freed per
         second) is above ``beat``: (members, ratio) or (None, None). Activations are tried by the
-        ratio that their chain cannot beat (``_chain_bounds``) and the search stops where that
-        falls to ``beat`` or below the best chain's ratio."""
-        live = self.live_at(t)
+        ratio that their chain cannot beat (``_chain_bounds``), those above ``beat`` only, and the
+        search stops where that falls below the best chain's ratio. ``live``: ``live_at(t)``."""
         m = self.rec_ok & live & (self.codes != REC) & (self.S > t) & (self.kmin <= self.S)
         ids = np.flatnonzero(m)
         bound = self._chain_bounds(ids, t, live, limit)
+        ids, bound = ids[bound > beat], bound[bound > beat]
+        if not len(ids):
+            return None, None
         view = _ChainView(self, t, live)
         best = None
         for j in np.lexsort((ids, -bound)).tolist():
-            if bound[j] <= beat or (best is not None and bound[j] < best[1][0]):
+            if best is not None and bound[j] < best[1][0]:
                 break
             a = int(ids[j])
             members, net, cost = view.chain(a, limit)
@@ -238,8 +239,9 @@ def run_greedy(st: Structure, cap: int, deadline: float | None = None):
             best_peak, best_codes = peak, s.codes.copy()
         if peak <= cap:
             break
-        mv, key = s.best_move(t)
-        cm, _ = s.chain_move(t, beat=key[0] if key is not None else 0.0)
+        live = s.live_at(t)
+        mv, key = s.best_move(t, live)
+        cm, _ = s.chain_move(t, live, beat=key[0] if key is not None else 0.0)
         if cm is not None:  # a chain frees more per second than any single switch
             s.apply({k: REC for k in cm})
         elif mv is not None:
