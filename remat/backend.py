@@ -205,12 +205,13 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
 def _plan_for_runs(gm, example_inputs, cfg: RematConfig, comp: Compilation, key, plain_peak: int | None,
                    resident: int, first: tuple):
     """A graph that runs n times per step (``Compilation.more_runs_bytes``; ``first``: its compile
-    planned as if it ran once) keeps n - 1 runs' bytes more while one runs. A plan fits when its
-    code's peak and n - 1 times what it keeps fit this graph's share of the cap; while the last
-    plan does not, plan again with n - 1 times its kept bytes taken off the share (at most
-    MAX_REPLANS times: a lower cap keeps fewer bytes). Returns the fitting plan, else the one
-    closest to fitting, with its report's cap and ``resident_before_bytes`` moved by what its
-    other runs keep (``Compilation.plan_repeats`` records it; the caller refuses a plan over its cap)."""
+    planned as if it ran once): while one runs, the n - 1 others hold what they keep until their
+    backward (``Compilation.held_until_backward``). A plan fits when its code's peak and the other
+    runs' bytes fit this graph's share of the cap; while the last plan does not, plan again with
+    the other runs' bytes (by the last plan) taken off the share, at most MAX_REPLANS times (a
+    lower cap holds fewer bytes). Returns the fitting plan, else the one closest to fitting, with
+    its report's cap and ``resident_before_bytes`` moved by what its other runs hold
+    (``Compilation.plan_repeats`` records it; the caller refuses a plan over its cap)."""
     share = first[1].budget_bytes
     if share is None or first[2] is None or comp.outside(key).runs < 2:
         return first
@@ -221,12 +222,14 @@ def _plan_for_runs(gm, example_inputs, cfg: RematConfig, comp: Compilation, key,
             break
         needs.add(need)
         try:
-            tried.append(_compile_checked_plans(gm, example_inputs, cfg, first[1].problem.name, plain_peak,
-                                                resident + need))
+            again = _compile_checked_plans(gm, example_inputs, cfg, first[1].problem.name, plain_peak, resident + need)
         except Exception as e:
             if _caused_by(e, InfeasibleBudgetError) is None:
                 raise
             break
+        if again[1] is None or again[2] is None:  # no plan or no code read: nothing to compare
+            break
+        tried.append(again)
     best = min(tried, key=lambda t: t[2] + comp.more_runs_bytes(key, t[1].kept_bytes or 0))
     need = comp.more_runs_bytes(key, best[1].kept_bytes or 0)
     best[1].budget_bytes, best[1].resident_before_bytes = share - need, resident + need
@@ -235,7 +238,7 @@ def _plan_for_runs(gm, example_inputs, cfg: RematConfig, comp: Compilation, key,
 
 
 def _fits_with_runs(comp: Compilation, key, compiled: tuple, share: int) -> bool:
-    """Whether a compile's code peak and its other runs' kept bytes fit ``share``."""
+    """Whether a compile's code peak and what its other runs hold fit ``share``."""
     report, estimate = compiled[1], compiled[2]
     return estimate is not None and estimate + comp.more_runs_bytes(key, report.kept_bytes or 0) <= share
 
@@ -335,7 +338,7 @@ def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGro
 def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None):
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
-    improves (or until a plan tried meets the target); under it by more than ``RAISE_AT``
+    improves or some plan tried met the target; under it by more than ``RAISE_AT``
     reserves, higher by the slack, while the plan recomputes something (not over a range of sizes:
     a plan there is proven at the model's cap). A move never passes a plan tried on the other side
     of the target: it goes halfway to it; a move under 1 % of the cap is not made. A plan made at
