@@ -13,8 +13,6 @@ Parameters and inputs are resident and cost nothing.
 
 ``capture`` is a pipeline of the steps below, each a function over plain data:
 
-0. ``rng_replay.replay_dropouts``  (in place) each training dropout replays the generator state
-                          saved before it, so that its mask is recomputable (``remat.passes.rng_replay``)
 1. ``graph_facts``        the joint graph's phases (``split_phases``), the node owning each
                           tensor's memory (``storage_owners``: views alias their base), the
                           resident inputs, the tangents and the outputs' storages (``pinned_storages``)
@@ -863,10 +861,8 @@ def capture(
     """Build the Problem of a joint graph whose forward ops are ``forward_nodes``; op times from
     ``costs`` where measured, else from the roofline of ``spec``; with ``kernel_groups`` (the
     kernels Inductor generated for this graph last time), each kernel's ops allocate and free
-    as one. A training dropout of the forward is first rewritten to replay its generator state
-    (``rng_replay.replay_dropouts``, in place: the rewrite pass finds it in ``joint``)."""
-    rng_replay.replay_dropouts(joint, forward_nodes)
-    forward_nodes = forward_nodes | rng_replay.forward_ops(joint)  # this capture's or an earlier one's
+    as one. Training dropouts replay their generator state when the planner rewrote them before
+    (``rng_replay.replay_in_joint``, in ``remat.planning``)."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     fused = fused_values(g)

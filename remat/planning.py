@@ -343,8 +343,14 @@ def cost_model_note(costs: MeasuredCosts | None, before: ProfileStats | None) ->
 
 
 def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int] | None) -> tuple[fx.GraphModule, Any]:
-    """torch's own clean-up of a joint graph before partitioning, and its node classification."""
+    """torch's own clean-up of a joint graph before partitioning; each training dropout rewritten
+    to replay the generator state saved before it (``rng_replay.replay_in_joint``, in place: the
+    rewrite pass finds it in ``joint``); the node classification (the ops of that rewrite are
+    forward ops there: tagged as seeded, the forward's extraction keeps them even when only
+    backward reads them, as a mask)."""
     from torch._functorch import partitioners as P
+
+    from .passes import rng_replay
 
     joint.graph.eliminate_dead_code()
     joint.recompile()
@@ -353,6 +359,7 @@ def _prepare_joint(joint: fx.GraphModule, num_fwd_outputs: int, static: list[int
     P.force_save_collectives(joint)
     P.force_save_effectful_ops(joint)
     P.force_save_bw_mutation_src(joint)
+    rng_replay.replay_in_joint(joint)
     return joint, P.classify_nodes(joint, static or [], num_fwd_outputs)
 
 

@@ -158,7 +158,6 @@ def apply_plan(
     """Forward and backward GraphModules that realise ``plan`` (both pass ``graph.lint()``)."""
     from torch._functorch import partitioners as P
 
-    forward_nodes = forward_nodes | rng_replay.forward_ops(joint)
     saved, saved_sym = saved_nodes(joint, forward_nodes, plan, folded, num_fwd_outputs)
     fw, bw = P._extract_fwd_bwd_modules(
         joint,

@@ -173,6 +173,16 @@ def replay_dropouts(joint: fx.GraphModule, forward: set[fx.Node]) -> set[fx.Node
     return states
 
 
+def replay_in_joint(joint: fx.GraphModule) -> None:
+    """``replay_dropouts`` on the forward of a joint graph: the ops that no incoming gradient
+    reaches."""
+    backward = set()
+    for n in joint.graph.nodes:
+        if (n.op == "placeholder" and "tangents" in str(n.target)) or any(i in backward for i in n.all_input_nodes):
+            backward.add(n)
+    replay_dropouts(joint, set(joint.graph.nodes) - backward)
+
+
 def _static(x: fx.Node) -> bool:
     """Whether ``x``'s layout is plain ints (a mask's layout is an argument of ``dropout_mask``;
     under dynamic shapes the dropout stays as it is and its mask is stored)."""

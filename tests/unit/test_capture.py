@@ -14,6 +14,7 @@ from torch._functorch.aot_autograd import aot_function
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import remat
+from remat.passes.rng_replay import replay_in_joint
 from remat.cost import DeviceSpec, tensor_bytes
 from remat.capture import (
     ActivationFacts,
@@ -320,7 +321,9 @@ def test_kernel_reads_and_slot_times_follow_fused_kernels(mlp_steps):
 
 
 def test_capture_builds_activations_of_the_mlp():
-    joint, fwd, n = trace_joint(mlp, *_weights())  # capture rewrites the dropout in place: a graph of its own
+    joint, fwd, n = trace_joint(mlp, *_weights())  # the dropout is rewritten in place: a graph of its own
+    replay_in_joint(joint)  # as the planner does before it classifies the nodes (remat.planning)
+    fwd = set(P.classify_nodes(joint, [], n).required_fw_nodes)
     spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
     captured = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec, host_bandwidth=5.0, name="mlp")
     problem = captured.problem

@@ -9,7 +9,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import remat
 import remat.passes.rng_replay as rng_replay
 from remat.errors import PlanError
-from remat.passes.rng_replay import DROPOUT_MASK, REPLAY_DROPOUT, RNG_STATE, check_backward, draws, replay_dropouts, replays
+from remat.passes.rng_replay import (
+    DROPOUT_MASK, REPLAY_DROPOUT, RNG_STATE, check_backward, draws, replay_dropouts, replay_in_joint, replays,
+)
 
 prims = torch.ops.prims
 
@@ -75,6 +77,20 @@ def test_replay_dropouts_rewrites_a_training_dropout_in_place_and_keeps_eager_nu
     torch.manual_seed(3)
     got = gm(x)
     assert all(torch.equal(w, g) for w, g in zip(want, got))
+
+
+def test_replay_in_joint_rewrites_forward_dropouts_that_the_classification_keeps_in_forward():
+    from torch._functorch import partitioners as P
+    from tests.unit.test_capture import _weights, mlp, trace_joint
+
+    joint, fwd, n = trace_joint(mlp, *_weights())
+    replay_in_joint(joint)
+    made = rng_replay.forward_ops(joint)
+    assert {m.target for m in made} == {RNG_STATE, DROPOUT_MASK}
+    replay_in_joint(joint)
+    assert rng_replay.forward_ops(joint) == made  # idempotent: a second planning of the graph
+    # the state and the mask (read only by backward) are forward ops to the partitioner
+    assert made <= set(P.classify_nodes(joint, [], n).required_fw_nodes)
 
 
 def test_a_kept_mask_is_the_one_its_replay_drew():
