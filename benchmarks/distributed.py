@@ -17,7 +17,10 @@ step on, the buckets are resident before the step.
 With ``--wrapper fsdp2``, FSDP2 instead of DDP: each block compiled, then sharded (torchtitan's
 order); a byte cap is then taken less FSDP2's buffers (``resident_before_bytes``). Prints one line
 per rank and budget, and writes benchmarks/results/distributed.json (the MLP under DDP), or
-distributed_gpt.json, distributed_fsdp2.json, distributed_gpt_fsdp2.json.
+distributed_gpt.json, distributed_fsdp2.json, distributed_gpt_fsdp2.json (``--tag _s6``:
+distributed_s6.json, distributed_s6_gpt.json, ...). Each row names per graph what its cap gave up
+outside it (``outside``: FSDP2's buffers, inputs made earlier in the step, its other runs per step)
+and what its backward receives (``kept_bytes``).
 """
 
 from __future__ import annotations
