@@ -168,7 +168,8 @@ class Worker:
         self.proc.wait(timeout=60)
         self.log.seek(0)
         lines = self.log.read().decode(errors="replace").strip().splitlines() or ["no output"]
-        return lines[-1][:300]
+        errors = [line for line in lines if "Error" in line or "Exception" in line]  # not Dynamo's closing hint
+        return (errors or lines)[-1][:300]
 
 
 def interleaved(workers: list[Worker], rounds: int, round_s: float) -> None:
