@@ -178,10 +178,10 @@ def matmul_flops(
     device: str = "cpu", dtypes: tuple = (torch.float32, torch.bfloat16), sizes: tuple[int, ...] = (512, 1024, 2048),
     cache=None, min_run_time: float = 0.1,
 ) -> dict[str, float]:
-    """FLOP/s of ``torch.mm`` per dtype on ``device``: the best over square sizes of the median
-    time (``torch.utils.benchmark``). Kept in ``cache`` (a ``remat.profile.ProfileCache``) under
+    """FLOP/s of ``torch.mm`` per dtype on ``device``: the best over square sizes of the fastest
+    block of short timings (``remat.profile.fastest_seconds``: contention only lowers a rate). Kept in ``cache`` (a ``remat.profile.ProfileCache``) under
     'matmul_flops DTYPE n=SIZES', so a run with other sizes measures again."""
-    from torch.utils.benchmark import Timer
+    from .profile import fastest_seconds
 
     out = {}
     for dtype in dtypes:
@@ -193,8 +193,7 @@ def matmul_flops(
             for n in sizes:
                 a = torch.randn(n, n, device=device).to(dtype)
                 torch.mm(a, a)  # warm-up: thread pool, library caches
-                timer = Timer("torch.mm(a, a)", globals={"torch": torch, "a": a}, num_threads=torch.get_num_threads())
-                rates.append(2 * n**3 / timer.blocked_autorange(min_run_time=min_run_time).median)
+                rates.append(2 * n**3 / fastest_seconds("torch.mm(a, a)", {"torch": torch, "a": a}, min_run_time))
             known = max(rates)
             if cache is not None:
                 cache.put(key, known)

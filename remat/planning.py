@@ -109,11 +109,12 @@ def plan_joint_graph(
     on_cuda = _on_cuda(joint)
     costs = graph_costs(cfg, joint, on_cuda, offline)
     stats_before = replace(costs.stats) if costs is not None else None
+    spec = device_spec(cfg.device)
     captured = capture(
         joint,
         forward_nodes=forward_nodes(joint, info),
         num_fwd_outputs=num_fwd_outputs,
-        spec=device_spec(cfg.device),
+        spec=spec,
         host_bandwidth=host_bandwidth(cfg, on_cuda, costs),
         name=name,
         costs=costs,
@@ -133,7 +134,7 @@ def plan_joint_graph(
         box, corner = ranged.box, ranged.corner
         captured.problem = problem = sizes.problem_at(problem, corner)
     report = GraphReport(captured, plan, timeline, store_all_peak(problem), budget, time.perf_counter() - t0,
-                         cost_model=cost_model_note(costs, stats_before), reference_peak_bytes=reference,
+                         cost_model=cost_model_note(costs, stats_before, spec), reference_peak_bytes=reference,
                          reference=source, resident_before_bytes=resident)
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
@@ -330,11 +331,13 @@ def host_bandwidth(cfg: RematConfig, on_cuda: bool, costs: MeasuredCosts | None)
     return bandwidth
 
 
-def cost_model_note(costs: MeasuredCosts | None, before: ProfileStats | None) -> str:
-    """What priced one graph, for its report: "roofline", or the source of the measured costs
-    with the op lookups this graph made (measured now, from the cache, left to the roofline)."""
+def cost_model_note(costs: MeasuredCosts | None, before: ProfileStats | None, spec: Any = None) -> str:
+    """What priced one graph, for its report: "roofline" (with this machine's profiled rates when
+    ``spec`` has them), or the source of the measured costs with the op lookups this graph made
+    (measured now, from the cache, left to the roofline)."""
     if costs is None or before is None:
-        return "roofline"
+        profiled = spec is not None and spec.rates != "constants"
+        return f"roofline ({spec.rates_note()})" if profiled else "roofline"
     s = costs.stats
     measured, cached, fallbacks = s.measured - before.measured, s.cache_hits - before.cache_hits, s.fallbacks - before.fallbacks
     if costs.source == "measured":
