@@ -280,9 +280,12 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     added time among those whose code leaves the reserve free, else the one whose code peaks
     lowest. Under "min", plan again with the kernels of the last compile while that lowers the
     code's peak (the model's floor depends on them), keep the lowest, and run plain torch.compile
-    instead when its code peaks lower still (``_lowest_of_min``). Returns the compiled graph, its
-    report and its code's peak. ``resident``: what earlier graphs of the step keep (``plan_joint_graph``)."""
+    instead when its code peaks lower still (``_lowest_of_min``). A raise leaves room for a loss
+    computed outside the graph (``loss_room``), which a plan whose code left the slack free had.
+    Returns the compiled graph, its report and its code's peak. ``resident``: what earlier graphs
+    of the step keep (``plan_joint_graph``)."""
     tried: list[_Compiled] = []
+    room = loss_room(gm)
     lower_by, groups = 0, None
     while len(tried) < MAX_PLANS:
         try:
@@ -298,11 +301,11 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
             break
         report.inductor_peak_bytes, report.plans_made = estimate, len(tried) + 1
         tried.append(_Compiled(compiled, report, estimate, kernels, lower_by, groups))
-        step = _next_plan(cfg, tried)
+        step = _next_plan(cfg, tried, room)
         if step is None:
             break
         lower_by, groups = step
-    kept = _kept(cfg, tried)
+    kept = _kept(cfg, tried, room)
     if cfg.memory_budget.minimum:
         return _lowest_of_min(gm, example_inputs, cfg, kept)
     return kept.compiled, kept.report, kept.estimate
@@ -321,7 +324,7 @@ class _Compiled:
     groups: KernelGroups | None
 
 
-def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGroups | None] | None:
+def _next_plan(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> tuple[int, KernelGroups | None] | None:
     """What to plan next (``lower_by``, the kernels to plan with) after the plans ``tried``, or None
     to stop: a plan already tried, a code peak that stopped improving, a move under 1 % of the cap."""
     last = tried[-1]
@@ -330,17 +333,18 @@ def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGro
         improved = all(last.estimate < t.estimate for t in tried[:-1])
         step = (0, groups) if improved and last.kernels is not None else None
     else:
-        step = _next_under_cap(cfg, tried, groups)
+        step = _next_under_cap(cfg, tried, groups, room)
     if step is None or any(step[0] == t.lower_by and _same(step[1], t.groups) for t in tried):
         return None
     return step
 
 
-def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None):
+def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None, room: int = 0):
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
     improves or some plan tried met the target; under it by more than ``RAISE_AT``
-    reserves, higher by the slack, while the plan recomputes something (not over a range of sizes:
+    reserves (after ``room``, kept free for a loss computed outside), higher by the slack less
+    ``room``, while the plan recomputes something (not over a range of sizes:
     a plan there is proven at the model's cap). A move never passes a plan tried on the other side
     of the target: it goes halfway to it; a move under 1 % of the cap is not made. A plan made at
     the model's floor (over the target asked) is raised from that floor, and is not lowered with
@@ -360,11 +364,11 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
             return None
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
     else:
-        slack = cap - last.estimate > RAISE_AT * cfg.reserve * cap
+        slack = cap - last.estimate - room > RAISE_AT * cfg.reserve * cap
         if not slack or last.report.dynamic is not None or last.report.timeline.added_time <= 0:
             return None
         # higher than the target the plan was made at (the model's floor, when that was over the target asked)
-        lower_by = _toward(tried, target - last.report.plan.budget_bytes + over, cfg)
+        lower_by = _toward(tried, target - last.report.plan.budget_bytes + over + room, cfg)
     return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
 
 
@@ -386,15 +390,19 @@ def _toward(tried: list[_Compiled], lower_by: int, cfg: RematConfig) -> int:
     return (last.lower_by + nearest) // 2
 
 
-def _kept(cfg: RematConfig, tried: list[_Compiled]) -> _Compiled:
+def _kept(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> _Compiled:
     """The plan to run: under a cap, the least predicted added time among the plans whose code
-    leaves the reserve free (then the lower code peak), else the lowest code peak; under "min" the
-    lowest code peak. On a tie, the later plan: its model saw more of Inductor's kernels."""
+    leaves the reserve and ``room`` free (a loss computed outside), else the reserve alone (then
+    the lower code peak), else the lowest code peak; under "min" the lowest code peak. On a tie,
+    the later plan: its model saw more of Inductor's kernels."""
     lowest = min(reversed(tried), key=lambda t: t.estimate)
     if cfg.memory_budget.minimum:
         return lowest
-    meets = [t for t in reversed(tried) if t.estimate <= cfg.planning_target(t.report.budget_bytes)]
-    return min(meets, key=lambda t: (t.report.timeline.added_time, t.estimate)) if meets else lowest
+    for need in (room, 0):
+        meets = [t for t in reversed(tried) if t.estimate <= cfg.planning_target(t.report.budget_bytes) - need]
+        if meets:
+            return min(meets, key=lambda t: (t.report.timeline.added_time, t.estimate))
+    return lowest
 
 
 def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled):
@@ -541,6 +549,13 @@ def made_input_bytes(example_inputs: Sequence[Any]) -> int:
     no leaf (an earlier graph's or block's output; parameters and data are leaves)."""
     return sum(t.numel() * t.element_size() for t in example_inputs
                if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf)
+
+
+def loss_room(gm: fx.GraphModule) -> int:
+    """Bytes a loss computed outside the graph from its outputs allocates while the graph's saved
+    bytes are live: about two output-sized buffers (cross-entropy's log-softmax and its gradient;
+    ``_warn_loss_outside``). A scalar loss computed inside leaves a few bytes."""
+    return 2 * grad_output_bytes(gm)
 
 
 def grad_output_bytes(gm: fx.GraphModule) -> int:
