@@ -35,11 +35,11 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from ._version import __version__
 from .compilation import Compilation, compilation_for
 from .config import RematConfig
-from .cost import device_spec
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
+from .profile import machine_spec
 from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
 from .symbolic import guard_fit, has_range, no_guards
 from .wrapper_memory import collect_wrapper_code
@@ -105,7 +105,7 @@ class RematPartitioner(CustomPartitionerFn):
 
     def uuid(self) -> str:
         groups = self.kernel_groups.key() if self.kernel_groups is not None else None
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {device_spec(self.cfg.device)}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {machine_spec(self.cfg.device)}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -10,9 +10,9 @@ per element of each pointwise result, as ``op_flops`` counts them), with no laun
 the measured costs of ``remat.profile``.
 
 The CPU's constants are an order of magnitude, never calibrated. Where ``remat profile`` has
-cached this machine's rates (for this process's thread count), ``device="auto"`` on the CPU gives a
-spec with them instead (``remat.profile.profiled_spec``): its fp32 matmul FLOP/s, copy bandwidth
-and elementwise rate; ``DeviceSpec.rates`` says which were used. Named devices keep their figures.
+cached this machine's rates (for this process's thread count), planning with ``device="auto"`` on
+the CPU uses a spec with them instead (``remat.profile.machine_spec``): its fp32 matmul FLOP/s, copy
+bandwidth and elementwise rate; ``DeviceSpec.rates`` says which were used. Named devices keep their figures.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def device_spec(device: Any = "auto") -> DeviceSpec:
 
 
 def _detect() -> DeviceSpec:
-    """The spec of this process's device: a GPU's by its name; the CPU's with the rates that
-    ``remat profile`` cached for it, when it did."""
+    """The spec of this process's device: a GPU's by its name, else the CPU's constants
+    (``remat.profile.machine_spec`` adds the rates that ``remat profile`` cached)."""
     import torch
 
     if torch.cuda.is_available():
@@ -98,9 +98,7 @@ def _detect() -> DeviceSpec:
             if key in name:
                 return DEVICES[key]
         return DEVICES["a100"]
-    from .profile import profiled_spec  # imported here: remat.profile imports this module
-
-    return profiled_spec(DEVICES["cpu"])
+    return DEVICES["cpu"]
 
 
 def hint(x: Any) -> int:

@@ -179,10 +179,8 @@ def matmul_flops(
     cache=None, min_run_time: float = 0.1,
 ) -> dict[str, float]:
     """FLOP/s of ``torch.mm`` per dtype on ``device``: the best over square sizes of the fastest
-    block of short timings (``remat.profile.fastest_seconds``: contention only lowers a rate). Kept in ``cache`` (a ``remat.profile.ProfileCache``) under
+    block of short timings (``fastest_seconds``: contention only lowers a rate). Kept in ``cache`` (a ``remat.profile.ProfileCache``) under
     'matmul_flops DTYPE n=SIZES', so a run with other sizes measures again."""
-    from .profile import fastest_seconds
-
     out = {}
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
@@ -199,3 +197,23 @@ def matmul_flops(
                 cache.put(key, known)
         out[name] = float(known)
     return out
+
+
+def median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
+    """Seconds of one run of ``stmt``: the median of ``torch.utils.benchmark``'s blocked timings."""
+    return float(_timed_blocks(stmt, env, min_run_time).median)
+
+
+def fastest_seconds(stmt: str, env: dict, min_run_time: float, windows: int = 10) -> float:
+    """Seconds of one run of ``stmt``: the fastest block of ``windows`` short timings that take
+    ``min_run_time`` together. A machine's rate, which contention on shared cores only lowers and
+    does so for longer than one short timing: on 2 cores at load 16, one-thread element ops ran at
+    0.5 to 0.9 G op/s in most 20 ms windows and at 3.5 to 4.0 in one or two of ten."""
+    return float(min(min(_timed_blocks(stmt, env, min_run_time / windows).times) for _ in range(windows)))
+
+
+def _timed_blocks(stmt: str, env: dict, min_run_time: float):
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt, globals=env, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time)

@@ -27,10 +27,10 @@ import torch.fx as fx
 
 from .capture import Captured, capture
 from .config import RematConfig
-from .cost import device_spec
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups, with_kernels
 from .plan import Decision, Plan, status_words
+from .profile import machine_spec
 from .ranks import agree_across_ranks
 from .simulate import MemoryTimeline, check, store_all_peak, store_all_plan
 from .solvers import get_solver
@@ -109,7 +109,7 @@ def plan_joint_graph(
     on_cuda = _on_cuda(joint)
     costs = graph_costs(cfg, joint, on_cuda, offline)
     stats_before = replace(costs.stats) if costs is not None else None
-    spec = device_spec(cfg.device)
+    spec = machine_spec(cfg.device)
     captured = capture(
         joint,
         forward_nodes=forward_nodes(joint, info),

@@ -43,8 +43,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import fx
 
-from .cost import DeviceSpec, fused_time
+from .cost import DeviceSpec, device_spec, fused_time
 from .errors import ConfigError
+from .measure import fastest_seconds, median_seconds, measure_step
 
 log = logging.getLogger("remat")
 
@@ -189,7 +190,7 @@ def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_tim
         with _real_tensors(device):
             op, args, kwargs = _real_call(sig, torch.device(device))
             op(*args, **kwargs)  # warm-up: lazy initialisation, library caches
-            return _median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
+            return median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
     except Exception:  # any failure (no such device, bad random input, op error): price by roofline
         return None
 
@@ -200,7 +201,6 @@ def measure_workspace(sig: OpSignature, device: torch.device | str = "cpu") -> i
     peak allocated) less its results' storages, measured on the call after a warm-up (what a
     library allocates once and keeps is not scratch). None when the call fails, or when a profiler
     is already running (it cannot nest)."""
-    from .measure import measure_step
 
     if torch.autograd._profiler_enabled():
         return None
@@ -245,25 +245,6 @@ def _real_tensors(device: torch.device | str = "cpu") -> Iterator[None]:
     on_cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with _disable_current_modes(), torch.no_grad(), torch.random.fork_rng(devices=on_cuda):
         yield
-
-
-def _median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
-    return float(_blocks(stmt, env, min_run_time).median)
-
-
-def fastest_seconds(stmt: str, env: dict, min_run_time: float, windows: int = 10) -> float:
-    """Seconds of one run of ``stmt``: the fastest block of ``windows`` short timings that take
-    ``min_run_time`` together. A machine's rate, which contention on shared cores only lowers and
-    does so for longer than one short timing: on 2 cores at load 16, one-thread element ops ran at
-    0.5 to 0.9 G op/s in most 20 ms windows and at 3.5 to 4.0 in one or two of ten."""
-    return float(min(min(_blocks(stmt, env, min_run_time / windows).times) for _ in range(windows)))
-
-
-def _blocks(stmt: str, env: dict, min_run_time: float):
-    from torch.utils.benchmark import Timer
-
-    timer = Timer(stmt, globals=env, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time)
 
 
 def _resolve(name: str) -> torch._ops.OpOverload:
@@ -565,8 +546,8 @@ def measure_link(
         host = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
         dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
         env = {"host": host, "dev": dev}  # the Timer synchronises CUDA around each block
-        to_host = nbytes / _median_seconds("host.copy_(dev, non_blocking=True)", env, min_run_time=0.2)
-        to_device = nbytes / _median_seconds("dev.copy_(host, non_blocking=True)", env, min_run_time=0.2)
+        to_host = nbytes / median_seconds("host.copy_(dev, non_blocking=True)", env, min_run_time=0.2)
+        to_device = nbytes / median_seconds("dev.copy_(host, non_blocking=True)", env, min_run_time=0.2)
     rates = LinkRates(to_host, to_device)
     cache.put(LINK_KEY, [rates.to_host, rates.to_device])
     return rates
@@ -584,6 +565,14 @@ def matmul_rates(cache: ProfileCache) -> dict[str, float]:
         if len(parts) == 3 and parts[0] == "matmul_flops" and isinstance(value, (int, float)):
             rates[parts[1]] = max(rates.get(parts[1], 0.0), float(value))
     return rates
+
+
+def machine_spec(device: Any = "auto") -> DeviceSpec:
+    """The ``device`` option's spec (``remat.cost.device_spec``), with this machine's profiled rates
+    (``profiled_spec``) where it is "auto" on the CPU: the roofline that planning uses."""
+    spec = device_spec(device)
+    auto = isinstance(device, str) and device.lower() == "auto"
+    return profiled_spec(spec) if auto and spec.name == "cpu" else spec
 
 
 def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> DeviceSpec:

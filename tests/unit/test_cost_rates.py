@@ -11,7 +11,7 @@ import torch
 from remat.capture import capture
 from remat.cli import main
 from remat.cost import DEVICES, DeviceSpec, device_spec, op_time
-from remat.profile import BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, matmul_rates
+from remat.profile import BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, machine_spec, matmul_rates
 
 from .test_capture import scaled_exp, trace_joint
 
@@ -43,13 +43,13 @@ PROFILE = {"matmul_flops float32 n=512": 2e10, "matmul_flops float32 n=64": 5e9,
 
 
 def test_an_unprofiled_cpu_keeps_the_constants():
-    spec = device_spec("auto")
+    spec = machine_spec("auto")
     assert spec == DEVICES["cpu"] and spec.rates_note() == "constants"
 
 
 def test_a_cached_profile_supplies_the_cpu_rooflines_rates(one_thread):
     cache = cache_rates(**PROFILE)
-    spec = device_spec("auto")
+    spec = machine_spec("auto")
     assert (spec.peak_flops, spec.bandwidth, spec.elementwise_rate) == (2e10, 3e9, 1e9)  # fp32: best of its sizes
     assert spec.name == "cpu" and spec.rates == f"profile {cache.path}"
     assert "20.0 GFLOP/s" in spec.rates_note() and "3.00 GB/s" in spec.rates_note()
@@ -64,19 +64,19 @@ def test_matmul_rates_by_dtype_are_the_best_of_the_sizes_measured():
 @pytest.mark.parametrize("missing", ["matmul_flops float32", BANDWIDTH_KEY])
 def test_a_profile_without_fp32_matmul_or_bandwidth_keeps_the_constants(missing, one_thread):
     cache_rates(**{k: v for k, v in PROFILE.items() if not k.startswith(missing)})
-    assert device_spec("auto") == DEVICES["cpu"]
+    assert machine_spec("auto") == DEVICES["cpu"]
 
 
 def test_a_profile_without_elementwise_rate_leaves_it_unknown(one_thread):
     cache_rates(**{k: v for k, v in PROFILE.items() if k != ELEMENTWISE_KEY})
-    spec = device_spec("auto")
+    spec = machine_spec("auto")
     assert spec.bandwidth == 3e9 and spec.elementwise_rate == 0.0
 
 
 def test_the_cache_turned_off_keeps_the_constants(one_thread, monkeypatch):
     cache_rates(**PROFILE)
     monkeypatch.setenv("REMAT_CACHE", "0")
-    assert device_spec("auto") == DEVICES["cpu"]
+    assert machine_spec("auto") == DEVICES["cpu"]
 
 
 def test_a_profile_of_another_thread_count_is_not_used():
@@ -84,9 +84,9 @@ def test_a_profile_of_another_thread_count_is_not_used():
     try:
         torch.set_num_threads(2)
         cache_rates(**PROFILE)
-        assert device_spec("auto").rates != "constants"
+        assert machine_spec("auto").rates != "constants"
         torch.set_num_threads(1)
-        assert device_spec("auto") == DEVICES["cpu"]
+        assert machine_spec("auto") == DEVICES["cpu"]
     finally:
         torch.set_num_threads(before)
 
@@ -120,7 +120,7 @@ def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, 
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "elementwise" in out and "roofline of device='auto' at 1 threads: profile" in out
-    spec = device_spec("auto")
+    spec = machine_spec("auto")
     cache = ProfileCache.for_device("cpu")
     assert spec.peak_flops == matmul_rates(cache)["float32"] and spec.bandwidth == cache.get(BANDWIDTH_KEY)
     assert spec.elementwise_rate == cache.get(ELEMENTWISE_KEY) > 0
