@@ -59,17 +59,20 @@ class GraphReport:
     forward_code: str = ""  # the rewritten forward and backward graphs (filled by the backend)
     backward_code: str = ""
     inductor_peak_bytes: int | None = None  # Inductor's estimate after fusion (remat.inductor_check)
-    plans_made: int = 1  # 2 or 3 when Inductor's estimate was over the cap and the graph was planned lower
+    # the index of the plan kept among those the check loop compiled (lower when the code was over the
+    # cap, higher when it left slack; at most remat.backend.MAX_PLANS)
+    plans_made: int = 1
     # "remat plan", or "plain torch.compile": its partition met the cap where remat's plans did not
     compiled_with: str = "remat plan"
     # what priced the ops: "roofline", "measured (N ops measured, M cached, K roofline)", or a saved profile
     cost_model: str = "roofline"
-    # the peak a ratio budget is a fraction of: plain torch.compile's (see ``reference_peak``)
+    # the peak a ratio budget is a fraction of: plain torch.compile's step as far as this graph
+    # (its code's peak with what plain's earlier graphs hold; see ``reference_peak``)
     reference_peak_bytes: int | None = None
     reference: str = ""  # where it comes from: "plain torch.compile (compiled)", "... (modelled)"
     # what is held outside this graph while it runs, taken off its cap (budget_bytes is this
-    # graph's share of step_cap_bytes): under a byte cap what the graphs compiled before it keep
-    # and ``outside``; under a ratio ``outside`` only; 0 under "min"
+    # graph's share of step_cap_bytes): what the graphs compiled before it hold, ``outside``, its
+    # inputs made earlier in the step and its other runs per step; 0 under "min"
     resident_before_bytes: int = 0
     # buffers the step allocates outside the graphs (remat.outside_memory): bytes and description
     outside_bytes: int = 0
@@ -280,7 +283,7 @@ def _infeasible_over_range(graph: str, budget: int, floor: int, proof: PeakProof
         fit += (" (a range with mark_dynamic's min/max, as remat.analyze traces too, is one graph to Dynamo, "
                 "so remat cannot split it into buckets; under torch.compile the dynamic_range option, without "
                 "mark_dynamic's bounds, lets remat split it)")
-    step = f" (the step's cap less {fmt_bytes(resident)} kept by earlier graphs)" if resident else ""
+    step = f" (the step's cap less {fmt_bytes(resident)} held outside the graph while it runs)" if resident else ""
     return InfeasibleBudgetError(budget + resident, floor + resident, largest_fit=largest, detail=(
         f"graph {graph} over {describe_sizes(ranges, {str(s): v for s, v in sizes.sources.items()})}: the peak is "
         f"highest at {worst}{step}; {fit}: narrow the range (dynamic_range, or mark_dynamic's max) to that, "

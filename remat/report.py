@@ -337,7 +337,7 @@ def peak_figures(graph: GraphReport, measured_bytes: int | None = None) -> list[
     graph was compiled, measured when given) and one saying which the cap was checked against."""
     lines = [f"model prediction    {fmt_bytes(graph.timeline.peak_bytes):>12}  remat's simulation of the plan"]
     if graph.inductor_peak_bytes is not None:
-        again = f" (plan {graph.plans_made}: earlier ones were over)" if graph.plans_made > 1 else ""
+        again = f" (plan {graph.plans_made} of the check loop)" if graph.plans_made > 1 else ""
         lines.append(f"Inductor's estimate {fmt_bytes(graph.inductor_peak_bytes):>12}  after fusion{again}")
     if measured_bytes is not None:
         lines.append(f"measured            {fmt_bytes(measured_bytes):>12}  one real step, above resident memory")
