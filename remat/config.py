@@ -222,7 +222,10 @@ class RematConfig:
         busy 2-core machine), and in ``remat.analyze``, whose graph holds fake tensors (no step
         runs). Ops that cannot be timed fall back to the roofline.
     layers: how the ILP treats repeated layers (``Problem.layers``, found by ``remat.structure``):
-        "auto" (default) runs "mix" when a layer class has 8 or more layers, else "free"; "mix"
+        "auto" (default) runs "mix" when a layer class has 8 or more layers, else "free", and stops
+        that mix after its tied solve at the cap, keeping the tied and the greedy plans, when the
+        greedy plan is already as cheap as the tied one or the rest would not fit in half the time
+        left (``plan.info["mix_skipped"]``); "mix"
         plans one layer class at a few caps, lets an outer model pick one of those layer plans per
         layer under every memory row, then re-solves tied by that choice (first and last layer
         free): within 0.1 % of "free" at 12 and 24 GPT-2-small layers (benchmarks/solve_time.py);
