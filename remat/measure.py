@@ -199,7 +199,7 @@ def matmul_flops(
     return out
 
 
-def median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
+def median_statement_seconds(stmt: str, env: dict, min_run_time: float) -> float:
     """Seconds of one run of ``stmt``: the median of ``torch.utils.benchmark``'s blocked timings."""
     return float(_timed_blocks(stmt, env, min_run_time).median)
 

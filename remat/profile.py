@@ -45,7 +45,7 @@ from torch import fx
 
 from .cost import DeviceSpec, device_spec, fused_time
 from .errors import ConfigError
-from .measure import fastest_seconds, median_seconds, measure_step
+from .measure import fastest_seconds, measure_step, median_statement_seconds
 
 log = logging.getLogger("remat")
 
@@ -190,7 +190,7 @@ def measure_op(sig: OpSignature, device: torch.device | str = "cpu", min_run_tim
         with _real_tensors(device):
             op, args, kwargs = _real_call(sig, torch.device(device))
             op(*args, **kwargs)  # warm-up: lazy initialisation, library caches
-            return median_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
+            return median_statement_seconds("op(*args, **kwargs)", {"op": op, "args": args, "kwargs": kwargs}, min_run_time)
     except Exception:  # any failure (no such device, bad random input, op error): price by roofline
         return None
 
@@ -546,8 +546,8 @@ def measure_link(
         host = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
         dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
         env = {"host": host, "dev": dev}  # the Timer synchronises CUDA around each block
-        to_host = nbytes / median_seconds("host.copy_(dev, non_blocking=True)", env, min_run_time=0.2)
-        to_device = nbytes / median_seconds("dev.copy_(host, non_blocking=True)", env, min_run_time=0.2)
+        to_host = nbytes / median_statement_seconds("host.copy_(dev, non_blocking=True)", env, min_run_time=0.2)
+        to_device = nbytes / median_statement_seconds("dev.copy_(host, non_blocking=True)", env, min_run_time=0.2)
     rates = LinkRates(to_host, to_device)
     cache.put(LINK_KEY, [rates.to_host, rates.to_device])
     return rates
