@@ -306,7 +306,7 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     Returns the compiled graph, its report and its code's peak. ``resident``: what earlier graphs
     of the step keep (``plan_joint_graph``)."""
     tried: list[_Compiled] = []
-    room = loss_room(gm)
+    room = loss_room(grad_output_bytes(gm))
     lower_by, groups = 0, None
     while len(tried) < MAX_PLANS:
         try:
@@ -549,20 +549,21 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
 def _warn_loss_outside(r: GraphReport, grad_outputs: int) -> None:
     """Warn when a loss computed outside the graph from its outputs can take the step over the cap.
     Such a loss runs its forward and backward between this graph's forward and backward, while
-    everything the graph keeps is live (``kept_bytes``, with the gradient of its outputs); a loss
-    like cross-entropy allocates about two output-sized buffers more there (its softmax, and the
-    gradient of that), which no graph shows. Returns nothing; the figure is in the warning."""
+    everything the graph keeps is live (``kept_bytes``, with the gradient of its outputs), and
+    allocates ``loss_room`` more there, which no graph shows. Returns nothing; the figure is in
+    the warning."""
     cap = r.step_cap_bytes
     if cap is None or not grad_outputs:
         return
-    excess = r.resident_before_bytes + r.kept_bytes + 2 * grad_outputs - cap
+    room = loss_room(grad_outputs)
+    excess = r.resident_before_bytes + r.kept_bytes + room - cap
     if excess > 0:
         log.warning("remat[%s]: if a loss is computed outside the compiled graph from its outputs (%s that need a "
                     "gradient), it allocates about %s more (an output-sized intermediate and its gradient) while this "
                     "graph keeps %s and %s is held outside it: up to %s over the cap of %s. Compute the loss inside "
                     "the compiled function, or pass outside_bytes=%d (taken off the cap)", graph_label(r),
-                    fmt_bytes(grad_outputs), fmt_bytes(2 * grad_outputs), fmt_bytes(r.kept_bytes),
-                    fmt_bytes(r.resident_before_bytes), fmt_bytes(excess), fmt_bytes(cap), 2 * grad_outputs)
+                    fmt_bytes(grad_outputs), fmt_bytes(room), fmt_bytes(r.kept_bytes),
+                    fmt_bytes(r.resident_before_bytes), fmt_bytes(excess), fmt_bytes(cap), room)
 
 
 def made_input_bytes(example_inputs: Sequence[Any]) -> int:
@@ -572,11 +573,13 @@ def made_input_bytes(example_inputs: Sequence[Any]) -> int:
                if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf)
 
 
-def loss_room(gm: fx.GraphModule) -> int:
-    """Bytes a loss computed outside the graph from its outputs allocates while the graph's saved
-    bytes are live: about two output-sized buffers (cross-entropy's log-softmax and its gradient;
-    ``_warn_loss_outside``). A scalar loss computed inside leaves a few bytes."""
-    return 2 * grad_output_bytes(gm)
+def loss_room(grad_outputs: int) -> int:
+    """Bytes a loss computed outside the graph from its outputs (``grad_outputs``: bytes of those
+    that need a gradient) allocates while the graph's saved bytes are live: about two output-sized
+    buffers (cross-entropy's log-softmax and its gradient). A scalar loss computed inside leaves a
+    few bytes. The check loop keeps this room free when it raises a plan; ``_warn_loss_outside``
+    warns when the cap cannot hold it."""
+    return 2 * grad_outputs
 
 
 def grad_output_bytes(gm: fx.GraphModule) -> int:
