@@ -9,6 +9,8 @@ eager          the model as written
 checkpoint     eager with ``torch.utils.checkpoint`` (non-reentrant) around every block
 compile        plain ``torch.compile`` (Inductor's default partitioner)
 amb_0.5 ...    ``torch._functorch.config.activation_memory_budget`` = 0.5 / 0.2 / 0
+remat_100      remat's store-all plan (``solver="store_all"`` under a cap no model here reaches): remat
+               recomputes nothing; its step is the baseline of remat's predicted added time
 remat_75 ...   ``torch.compile(backend="remat")`` with a cap of 75 / 50 / 35 % of plain torch.compile's peak
 remat_300MiB   remat at an absolute cap (any size with a unit)
 remat_min      remat at memory_budget="min": the smallest peak it reaches, as Inductor's code allocates it
@@ -46,7 +48,7 @@ MODELS = ("gpt", "evoformer", "cnn", "mlp")
 HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral")  # benchmarks/hf_models.py
 CONFIGS = (
     "eager", "checkpoint", "compile", "amb_0.5", "amb_0.2", "amb_0",
-    "remat_75", "remat_50", "remat_35", "remat_min",
+    "remat_100", "remat_75", "remat_50", "remat_35", "remat_min",
 )
 # factory keyword arguments: default sizes (a CPU step takes well under a second to a few
 # seconds) and --quick sizes (compilation dominates; everything is smaller)
@@ -57,6 +59,7 @@ SIZES = {
     "mlp": ({}, {"batch": 2048, "d": 256, "hidden": 1024}),  # the core issue's MLP (batch 4096, d 1024, hidden 4096) by default; quick: activations over weights
 }
 SEED = 1234
+STORE_ALL_CAP = "1TiB"  # remat_100's cap: above any store-all peak of these models, so no plan is lowered
 
 
 def valid_config(name: str) -> bool:
@@ -75,6 +78,18 @@ def valid_config(name: str) -> bool:
         return parse_budget(name[6:]).bytes is not None
     except ConfigError:
         return False
+
+
+def remat_options(level: str) -> dict:
+    """remat's memory options for a configuration named ``remat_<level>``: "100" (the store-all
+    plan), "min", a percentage of plain torch.compile's peak, or a cap with a unit."""
+    if level == "100":
+        return {"memory_budget": STORE_ALL_CAP, "solver": "store_all"}
+    if level == "min":
+        return {"memory_budget": "min"}  # remat plans at its floor, as Inductor's code allocates it
+    if level.isdigit():
+        return {"memory_budget": f"{int(level)}%"}
+    return {"memory_budget": level}  # an absolute cap such as remat_300MiB
 
 
 def load_example(name: str, quick: bool):
@@ -142,7 +157,8 @@ def _zero(model):
         p.grad = None
 
 
-def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float, min_time: float = 2.0) -> dict:
+def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float, min_time: float = 2.0,
+        threads: int = 2) -> dict:
     import torch
     import torch._functorch.config as fconfig
     import torch._inductor.config as iconfig
@@ -150,7 +166,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     from remat import reports as reports_of
     from remat.measure import measure_step
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     # every configuration compiles from scratch (the Inductor kernel cache on disk is shared):
     # no FX-graph or AOTAutograd cache, so remat's partitioner always runs and reports
     fconfig.enable_autograd_cache = False
@@ -187,16 +203,10 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
         fn = torch.compile(plain)
     elif config.startswith("remat_"):
         level, _, costs = config[6:].partition("@")
-        options = {"time_limit": time_limit}
+        options = {"time_limit": time_limit, **remat_options(level)}
         if costs:
             options["cost_model"] = costs
             out["profile_cache"] = _profile_cache_state()
-        if level == "min":
-            options["memory_budget"] = "min"  # remat plans at its floor, as Inductor's code allocates it
-        elif level.isdigit():
-            options["memory_budget"] = f"{int(level)}%"
-        else:  # an absolute cap such as remat_300MiB
-            options["memory_budget"] = level
         fn = torch.compile(plain, backend="remat", options=options)
     else:
         raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
@@ -287,11 +297,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="unprofiled steps to time at least (median)")
     ap.add_argument("--min-time", type=float, default=2.0, help="keep timing steps for this long (at most 50)")
     ap.add_argument("--time-limit", type=float, default=60.0, help="remat solver time limit (s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
     try:
-        out = run(args.model, args.config, args.quick, args.steps, args.time_limit, args.min_time)
+        out = run(args.model, args.config, args.quick, args.steps, args.time_limit, args.min_time, args.threads)
     except Exception as e:  # one JSON line whatever happens; the traceback goes to stderr
         traceback.print_exc()
         msg = str(e).strip().splitlines()

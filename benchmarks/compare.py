@@ -8,9 +8,12 @@ activation_memory_budget and remat at several caps, in one run, one fresh proces
 
 Columns: measured step peak (profiler allocation events on CPU, above the memory allocated before
 the step), remat's predicted peak, the peak read from Inductor's generated code, each of those two
-over the measured peak (summed over a step's graphs: the runner reports totals), step time (median of unprofiled steps) as a ratio to plain
-torch.compile, compile time (first step minus a normal step), remat's solve time, and the largest
-absolute gradient difference from eager with the same seed. With ``--equal-peak``, remat also runs
+over the measured peak (summed over a step's graphs: the runner reports totals), step time (median
+of unprofiled steps) as a ratio to plain torch.compile and, for remat's plans, measured and
+predicted as a ratio to remat's store-all plan (``remat_100``: the baseline of remat's predicted
+added time), compile time (first step minus a normal step), remat's solve time, and the largest
+absolute gradient difference from eager with the same seed. A configuration listed twice runs
+twice (``compile`` again at the end: the noise between two processes of the same code). With ``--equal-peak``, remat also runs
 at a cap equal to each ``amb_*`` row's measured peak (rows ``remat_<bytes>B``, note "= amb_0.5's
 peak"): the price of remat's plan against torch's at the same peak. Prints markdown tables, writes
 ``benchmarks/results/compare.json`` (``compare_quick.json`` with --quick), the tables as ``.md``
@@ -47,9 +50,10 @@ def fmt_mib(n) -> str:
 
 
 def run_one(model: str, config: str, quick: bool, steps: int, min_time: float, time_limit: float, timeout: float,
-            env: dict) -> dict:
+            env: dict, threads: int = 2) -> dict:
     cmd = [sys.executable, str(HERE / "_run_config.py"), "--model", model, "--config", config, "--steps", str(steps),
-           "--min-time", str(min_time), "--time-limit", str(time_limit)] + (["--quick"] if quick else [])
+           "--min-time", str(min_time), "--time-limit", str(time_limit), "--threads", str(threads)]
+    cmd += ["--quick"] if quick else []
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
@@ -68,10 +72,16 @@ def run_one(model: str, config: str, quick: bool, steps: int, min_time: float, t
 
 
 def add_ratios(rows: list[dict]) -> None:
+    """Each row's peak and step time over plain compile's; a remat plan's measured and predicted
+    added time over remat's store-all step (``remat_100``, the prediction's baseline)."""
     ref = next((r for r in rows if r["config"] == "compile" and r.get("step_time_s")), None)
+    store_all = next((r for r in rows if r["config"] == "remat_100" and r.get("step_time_s")), None)
     for r in rows:
         if ref and r.get("step_time_s"):
             r["step_time_ratio"] = r["step_time_s"] / ref["step_time_s"]
+        if store_all and r.get("step_time_s") and r.get("predicted_added_s") is not None:
+            r["over_store_all"] = r["step_time_s"] / store_all["step_time_s"]
+            r["predicted_over_store_all"] = 1 + r["predicted_added_s"] / store_all["step_time_s"]
         if ref and r.get("measured_peak_bytes") is not None and ref.get("measured_peak_bytes"):
             r["peak_ratio"] = r["measured_peak_bytes"] / ref["measured_peak_bytes"]
         for key in ("predicted", "inductor"):  # the model's and the code's figure against the measurement
@@ -89,6 +99,8 @@ def _note(r: dict) -> str:
         note = f"{d.get('recompute', 0)} recompute, {d.get('store', 0)} store"
         if d.get("offload"):
             note += f", {d['offload']} offload"
+        if "plain torch.compile" in (r.get("compiled_with") or []):
+            note += " (plan not run: plain torch.compile met the cap)"
     if r.get("profile_cache"):
         note = f"measured costs, {r['profile_cache']} profile cache; {note}"
     if r.get("equal_peak_of"):
@@ -102,14 +114,15 @@ def _ratio(x: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| config | measured peak MiB | vs compile | predicted peak MiB | Inductor code MiB | pred / meas "
-            "| code / meas | cap MiB | step ms (median) | best ms | step / compile | compile s | solve s "
-            "| grad err vs eager | note |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| code / meas | cap MiB | step ms (median) | best ms | step / compile | step / store-all "
+            "| predicted / store-all | compile s | solve s | grad err vs eager | note |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = r.get("grad_max_abs_err")
         note = _note(r)
         lines.append(
-            "| {config} | {mp} | {pr} | {pp} | {ip} | {pm} | {im} | {cap} | {st} | {best} | {ratio} | {ct} | {sv} | {ge} | {note} |".format(
+            "| {config} | {mp} | {pr} | {pp} | {ip} | {pm} | {im} | {cap} | {st} | {best} | {ratio} | {sa} | {psa} "
+            "| {ct} | {sv} | {ge} | {note} |".format(
                 config=r["config"],
                 mp=fmt_mib(r.get("measured_peak_bytes")),
                 pr=f"{r['peak_ratio']:.2f}" if r.get("peak_ratio") is not None else "-",
@@ -117,10 +130,12 @@ def table(rows: list[dict]) -> str:
                 ip=fmt_mib(r.get("inductor_peak_bytes")),
                 pm=_ratio(r.get("predicted_over_measured")),
                 im=_ratio(r.get("inductor_over_measured")),
-                cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") else "-",
+                cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") and r["config"] != "remat_100" else "-",
                 st=f"{1e3 * r['step_time_s']:.1f}" if r.get("step_time_s") else "-",
                 best=f"{1e3 * r['step_time_min_s']:.1f}" if r.get("step_time_min_s") else "-",
                 ratio=f"{r['step_time_ratio']:.2f}" if r.get("step_time_ratio") else "-",
+                sa=_ratio(r.get("over_store_all")),
+                psa=_ratio(r.get("predicted_over_store_all")),
                 ct=f"{r['compile_time_s']:.1f}" if r.get("compile_time_s") else "-",
                 sv=f"{r['solve_time_s']:.2f}" if r.get("solve_time_s") is not None else "-",
                 ge="-" if err is None else f"{err:.1e}",
@@ -140,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-time", type=float, default=None, help="time steps for at least this long (default 3 s, --quick 1.5 s)")
     ap.add_argument("--time-limit", type=float, default=None, help="remat solver time limit (default 60 s, --quick 30 s)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one configuration may take")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of every configuration (default 2)")
     ap.add_argument("--out", default=None,
                     help="JSON output path (default benchmarks/results/compare.json, --quick: compare_quick.json)")
     ap.add_argument("--no-plot", action="store_true")
@@ -159,13 +175,13 @@ def main(argv=None) -> int:
     time_limit = args.time_limit or (30.0 if args.quick else 60.0)
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "remat-bench-inductor"))
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", str(args.threads))
     env["PYTHONWARNINGS"] = "ignore"
     out_path = Path(args.out or RESULTS / ("compare_quick.json" if args.quick else "compare.json"))
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    results: dict = {"quick": args.quick, "steps": steps, "min_time": min_time, "time_limit": time_limit, "python": sys.version.split()[0],
+    results: dict = {"quick": args.quick, "threads": args.threads, "steps": steps, "min_time": min_time, "time_limit": time_limit, "python": sys.version.split()[0],
                      "models": {}}
     try:
         import torch
@@ -181,7 +197,7 @@ def main(argv=None) -> int:
             config, of = todo.pop(0)
             t0 = time.perf_counter()
             print(f"[{time.perf_counter() - started:6.0f} s] {model} / {config} ...", file=sys.stderr, flush=True)
-            row = run_one(model, config, args.quick, steps, min_time, time_limit, args.timeout, env)
+            row = run_one(model, config, args.quick, steps, min_time, time_limit, args.timeout, env, args.threads)
             if of:
                 row["equal_peak_of"] = of
             msg = row.get("error") or (f"peak {fmt_mib(row.get('measured_peak_bytes'))} MiB, "

@@ -13,12 +13,16 @@ whole runs fall into a slow mode, OpenMP threads waiting for cores, that no medi
 processes then stay up and run their steps **interleaved**: in each round every configuration
 runs a few steps (about ``--round-ms`` of work; the order rotates from round to round), so that
 all of them see the same contention. A second plain-compile process, the control, runs too: its
-ratio to the first (ideally 0 %) is the noise between processes. A configuration's figure is the **median over rounds of its
-step time divided by plain compile's step time in the same round**; next to it, the min-based
-figure (its fastest step over compile's fastest) and the spread of the per-round ratios
-(25th..75th percentile). Predicted added time = the plan's added time (sum over graphs); both are
-shown as a share of plain compile's step. "rank" counts the pairs of plans whose predicted added
-times differ by more than 5 % and whose measured ratios order the same way.
+ratio to the first (ideally 0 %) is the noise between processes. So does remat's store-all plan
+(``remat_100``: remat recomputes nothing), the step over which remat predicts its added time.
+A configuration's figure is the **median over rounds of its step time divided by plain compile's
+step time in the same round**; next to it, the min-based figure (its fastest step over compile's
+fastest) and the spread of the per-round ratios (25th..75th percentile). Predicted added time =
+the plan's added time (sum over graphs); both are shown as a share of plain compile's step, and
+again over the store-all step (the ratio per round to that process), which is what the
+prediction claims. A plan that plain torch.compile replaced (its code met the cap) is marked and
+left out of "rank", which counts the pairs of plans whose predicted added times differ by more
+than 5 % and whose measured ratios order the same way.
 
 Step times are ``time.perf_counter`` around each step, not ``torch.utils.benchmark.Timer``: its
 ``timeit`` runs warm-up calls at every call, which would double the cost of a round of two steps.
@@ -47,6 +51,7 @@ import _run_config  # noqa: E402
 from compare import RESULTS, fmt_mib  # noqa: E402
 
 REMAT_CONFIGS = ("remat_75", "remat_50", "remat_min")
+STORE_ALL = "remat_100"  # remat's store-all plan: the step over which remat predicts its added time
 COST_OPTIONS = {  # remat's options per cost model of this benchmark
     "roofline": {"cost_model": "roofline", "device": "cpu"},  # the CPU's constants
     "profiled": {"cost_model": "roofline"},  # device "auto": the rates that `remat profile` cached
@@ -72,9 +77,8 @@ def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.
     if config == "compile":
         fn = torch.compile(plain)
     else:
-        level = config.removeprefix("remat_")
-        budget = "min" if level == "min" else f"{level}%"
-        options = {"memory_budget": budget, "time_limit": args.time_limit, **COST_OPTIONS[cost_model]}
+        options = {"time_limit": args.time_limit, **_run_config.remat_options(config.removeprefix("remat_")),
+                   **COST_OPTIONS.get(cost_model, {})}
         fn = torch.compile(plain, backend="remat", options=options)
 
     def step():
@@ -100,11 +104,14 @@ def plan_figures(fn, config: str) -> dict:
     if config == "compile":
         return {}
     from remat import reports
+    from remat.plan import Decision
 
     rs = reports(fn)
     return {"predicted_added_s": sum(r.timeline.added_time for r in rs),
             "budget_bytes": sum(r.budget_bytes or 0 for r in rs) or None,
             "predicted_peak_bytes": sum(r.timeline.peak_bytes for r in rs),
+            "recomputed": sum(len(r.plan.names(Decision.RECOMPUTE)) for r in rs),
+            "compiled_with": sorted({r.compiled_with for r in rs}),
             "cost_notes": [r.cost_model for r in rs]}
 
 
@@ -206,7 +213,8 @@ def ratio_figures(times: list[list[float]], refs: list[list[list[float]]]) -> di
 def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, env: dict) -> list[dict]:
     """Plain compile twice (a reference and a control), and remat's caps under each cost model;
     compiled one by one, then interleaved."""
-    workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env)]
+    workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env),
+               Worker(model, STORE_ALL, "store all", args, env)]
     workers += [Worker(model, config, cost_model, args, env) for cost_model in cost_models for config in REMAT_CONFIGS]
     try:
         interleaved(workers, args.rounds, args.round_ms / 1e3)
@@ -223,20 +231,32 @@ def scored(rows: list[dict]) -> list[dict]:
     of both plain compiles, so that neither process's luck biases every figure."""
     ref, control = rows[0], rows[1]
     both = [r["step_times_s"] for r in (ref, control) if r.get("step_times_s")]
+    store_all = next((r["step_times_s"] for r in rows if r["config"] == STORE_ALL and r.get("step_times_s")), None)
     out = []
     for original in rows:
         row = {k: v for k, v in original.items() if k not in _FIGURES}
         refs = both[:1] if original is control else both
         if original is not ref and row.get("step_times_s") and ref.get("step_times_s"):
             row.update(ratio_figures(row["step_times_s"], refs))
+        if original["config"] not in ("compile", STORE_ALL) and row.get("step_times_s") and store_all:
+            row.update(store_all_figures(row["step_times_s"], store_all))
         if row["cost_model"] == "control":
             row["predicted_added_s"] = 0.0
         out.append(row)
     return out
 
 
+def store_all_figures(times: list[list[float]], store_all: list[list[float]]) -> dict:
+    """The per-round ratios to remat's store-all plan (``STORE_ALL``, the baseline of the predicted
+    added time): their median and quartiles, and that plan's median step."""
+    f = ratio_figures(times, [store_all])
+    return {"sa_ratio_median": f["ratio_median"], "sa_ratio_q1": f["ratio_q1"], "sa_ratio_q3": f["ratio_q3"],
+            "store_all_step_median_s": f["compile_step_median_s"]}
+
+
 _FIGURES = ("rounds", "ratio_median", "ratio_q1", "ratio_q3", "ratio_min_based", "step_median_s",
-            "compile_step_median_s", "steps", "compile_steps")
+            "compile_step_median_s", "steps", "compile_steps", "sa_ratio_median", "sa_ratio_q1", "sa_ratio_q3",
+            "store_all_step_median_s")
 
 
 def rescore(path: Path) -> None:
@@ -254,7 +274,8 @@ def rescore(path: Path) -> None:
 
 
 def fidelity_rows(rows: list[dict]) -> list[dict]:
-    """The remat rows with predicted and measured added time as a share of compile's step."""
+    """The remat rows with predicted and measured added time as a share of compile's step and, where
+    the store-all plan ran, of that plan's step (the prediction's own baseline)."""
     out = []
     for r in rows:
         if r["cost_model"] == "-":  # the reference
@@ -264,14 +285,22 @@ def fidelity_rows(rows: list[dict]) -> list[dict]:
             row["predicted_pct"] = 100 * r["predicted_added_s"] / r["compile_step_median_s"]
             row["measured_pct"] = 100 * (r["ratio_median"] - 1)
             row["measured_min_pct"] = 100 * (r["ratio_min_based"] - 1)
+        if r.get("sa_ratio_median") is not None and r.get("predicted_added_s") is not None:
+            row["predicted_sa_pct"] = 100 * r["predicted_added_s"] / r["store_all_step_median_s"]
+            row["measured_sa_pct"] = 100 * (r["sa_ratio_median"] - 1)
         out.append(row)
     return out
+
+
+def ran_plain(r: dict) -> bool:
+    """Whether plain torch.compile ran instead of every graph's plan (its prediction is not measured)."""
+    return "plain torch.compile" in (r.get("compiled_with") or [])
 
 
 def rank_pairs(rows: list[dict]) -> tuple[int, int]:
     """(agreeing, compared): pairs of plans whose predicted added times differ by more than
     RANK_MARGIN, and how many of them the measured median ratios order the same way."""
-    done = [r for r in rows if r.get("measured_pct") is not None]
+    done = [r for r in rows if r.get("measured_pct") is not None and not ran_plain(r)]
     agree = compared = 0
     for i, a in enumerate(done):
         for b in done[i + 1:]:
@@ -284,17 +313,22 @@ def rank_pairs(rows: list[dict]) -> tuple[int, int]:
 
 
 def table(fid: list[dict]) -> str:
-    lines = ["| model | cost model | config | cap MiB | measured peak MiB | compile step ms | rounds | predicted % "
-             "| measured % (median of rounds) | q1..q3 % | min-based % | diff pp | rank | costs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    """Predicted vs measured added time per model and cost model: over plain compile's step, then
+    over remat's store-all step (the prediction's baseline)."""
+    lines = ["| model | cost model | config | recomputed | cap MiB | measured peak MiB | compile step ms | rounds "
+             "| predicted % | measured % (median of rounds) | q1..q3 % | min-based % | diff pp "
+             "| store-all step ms | predicted % of store-all | measured % vs store-all | q1..q3 % | diff pp | rank | costs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in fid:
         groups.setdefault((r["model"], r["cost_model"]), []).append(r)
     for (model, cost_model), rows in groups.items():
         agree, compared = rank_pairs(rows)
         for r in rows:
-            lines.append("| " + " | ".join([model, cost_model, r["config"], fmt_mib(r.get("budget_bytes")),
+            recomputed = "-" if r.get("recomputed") is None else str(r["recomputed"])
+            lines.append("| " + " | ".join([model, cost_model, r["config"], recomputed, fmt_mib(r.get("budget_bytes")),
                                             fmt_mib(r.get("measured_peak_bytes"))] + _measured_cells(r)
+                                           + _store_all_cells(r)
                                            + [f"{agree}/{compared}" if compared else "-", _note(r)]) + " |")
     return "\n".join(lines)
 
@@ -307,11 +341,21 @@ def _measured_cells(r: dict) -> list[str]:
             f"{r['measured_min_pct']:.1f}", f"{r['measured_pct'] - r['predicted_pct']:+.1f}"]
 
 
+def _store_all_cells(r: dict) -> list[str]:
+    if r.get("measured_sa_pct") is None:
+        return ["-"] * 5
+    return [f"{1e3 * r['store_all_step_median_s']:.1f}", f"{r['predicted_sa_pct']:.1f}", f"{r['measured_sa_pct']:.1f}",
+            f"{100 * (r['sa_ratio_q1'] - 1):.1f}..{100 * (r['sa_ratio_q3'] - 1):.1f}",
+            f"{r['measured_sa_pct'] - r['predicted_sa_pct']:+.1f}"]
+
+
 def _note(r: dict) -> str:
     """The error for a table cell (a cap under the floor as "infeasible"), else the cost notes."""
     err = r.get("error") or ""
     if err.startswith("InfeasibleBudgetError"):
         return "infeasible: the cap is under the smallest reachable peak"
+    if ran_plain(r):
+        return "plain torch.compile ran (its code met the cap): the plan's prediction is not measured"
     return (err[:80] or "; ".join(sorted(set(r.get("cost_notes") or [])))).replace("|", "/")
 
 
@@ -361,7 +405,7 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for model in args.models.split(","):
         rows += measure_model(model, cost_models, args, env)
-        for r in rows[-2 - len(cost_models) * len(REMAT_CONFIGS):]:
+        for r in rows[-3 - len(cost_models) * len(REMAT_CONFIGS):]:
             print(json.dumps({k: r.get(k) for k in ("model", "cost_model", "config", "ratio_median",
                                                     "predicted_added_s", "error")}), flush=True)
         write_results(rows, args.out or ("time_fidelity_quick" if args.quick else "time_fidelity"), settings)

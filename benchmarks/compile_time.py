@@ -1,0 +1,101 @@
+"""Compile time of remat with measured op costs, cold and warm profile cache, vs plain torch.compile.
+
+    python benchmarks/compile_time.py --quick                       # mlp, evoformer, gpt, cnn
+    python benchmarks/compile_time.py --quick --models mlp --budget 75
+
+Per model, one fresh process each (``benchmarks/_run_config.py``), in this order: plain
+torch.compile; remat at ``--budget`` % with the default cost model (the roofline on the CPU);
+remat with ``cost_model="measured"`` and an empty profile cache (``REMAT_CACHE_DIR``, new per
+model: every op signature is timed); the same again with the cache the previous run filled (warm:
+nothing is timed). Every process gets an empty Inductor kernel cache (``TORCHINDUCTOR_CACHE_DIR``)
+and no FX-graph or AOTAutograd cache, so each compiles everything itself and no row borrows the
+kernels of the row before it. Compile time = first step minus a normal step; remat's planning time
+(``partition_time_s``: capture, costs, solves) and solve time are shown next to it. Writes
+``benchmarks/results/compile_time{,_quick}.{md,json}`` (``--out STEM``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _run_config import MODELS  # noqa: E402
+from compare import RESULTS, run_one  # noqa: E402
+
+
+def runs(budget: int) -> list[tuple[str, str, str]]:
+    """(label, configuration, profile cache) in the order they run; "fresh" empties the cache."""
+    return [("plain torch.compile", "compile", "fresh"), ("remat, roofline", f"remat_{budget}", "fresh"),
+            ("remat, measured, cold cache", f"remat_{budget}@measured", "fresh"),
+            ("remat, measured, warm cache", f"remat_{budget}@measured", "kept")]
+
+
+def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
+    """One model's rows, each compiled in a fresh process with an empty kernel cache."""
+    rows, profile_dir = [], None
+    for label, config, cache in runs(args.budget):
+        if cache == "fresh":
+            profile_dir = tempfile.mkdtemp(prefix="remat-profile-")
+        env = {**os.environ, "REMAT_CACHE_DIR": profile_dir, "PYTHONWARNINGS": "ignore",
+               "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="remat-inductor-"),
+               "OMP_NUM_THREADS": str(args.threads)}
+        row = run_one(model, config, args.quick, steps=3, min_time=0.5, time_limit=args.time_limit,
+                      timeout=args.timeout, env=env, threads=args.threads)
+        row["label"] = label
+        rows.append(row)
+        print(f"{model} / {label}: compile {row.get('compile_time_s', 0):.1f} s {row.get('error', '')}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Compile time per row and as a ratio to plain torch.compile's, per model."""
+    lines = ["| model | run | compile s | vs plain | remat planning s | solve s | recomputed | profile cache | note |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    plain = {r["model"]: r.get("compile_time_s") for r in rows if r["config"] == "compile"}
+    for r in rows:
+        ct, ref = r.get("compile_time_s"), plain.get(r["model"])
+        cells = [r["model"], r["label"], _fmt(ct, ".1f"), _fmt(ct / ref if ct and ref else None, ".2f"),
+                 _fmt(r.get("partition_time_s"), ".1f"), _fmt(r.get("solve_time_s"), ".2f"),
+                 _fmt((r.get("decisions") or {}).get("recompute"), "d"), r.get("profile_cache", "-"),
+                 (r.get("error") or "")[:100].replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mlp,evoformer,gpt,cnn", help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--budget", type=int, default=75, help="remat's cap, %% of plain torch.compile's peak")
+    ap.add_argument("--quick", action="store_true", help="the small sizes of _run_config.SIZES")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
+    ap.add_argument("--time-limit", type=float, default=30.0, help="remat's planning time limit (s)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds one process may take")
+    ap.add_argument("--out", help="stem of the result files (default compile_time, compile_time_quick with --quick)")
+    args = ap.parse_args(argv)
+    stem = args.out or ("compile_time_quick" if args.quick else "compile_time")
+    started, rows = time.perf_counter(), []
+    for model in args.models.split(","):
+        rows += measure_model(model, args)
+        settings = {"quick": args.quick, "threads": args.threads, "budget": f"{args.budget}%",
+                    "wall_s": round(time.perf_counter() - started), "load average": os.getloadavg()}
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+        (RESULTS / f"{stem}.md").write_text(f"Settings: {json.dumps(settings)}.\n\n{table(rows)}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
