@@ -159,11 +159,12 @@ def _zero(model):
 
 def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float, min_time: float = 2.0,
         threads: int = 2) -> dict:
+    """One configuration's record: compile (the first step), plan figures, measured peak, step
+    times and the gradient error from eager; or the remat error that refused the cap."""
     import torch
     import torch._functorch.config as fconfig
     import torch._inductor.config as iconfig
 
-    from remat import reports as reports_of
     from remat.measure import measure_step
 
     torch.set_num_threads(threads)
@@ -177,116 +178,139 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     model, inputs, loss_fn, sizes = load_example(model_name, quick)
     out["sizes"] = sizes
     out["parameters"] = sum(p.numel() for p in model.parameters())
+    ref = eager_grads(model, inputs, loss_fn)
+    fn = configured(config, model, loss_fn, time_limit, out)
+    step = lambda: fn(*inputs).backward()  # noqa: E731
 
-    # eager reference gradients, same seed
+    _zero(model)
+    t0 = time.perf_counter()
+    if not warmed_up(step, out):
+        return out
+    first = time.perf_counter() - t0
+    if config.startswith("remat"):
+        from remat import reports
+
+        out.update(plan_figures(reports(fn)))
+    _zero(model)
+    m = measure_step(step)  # the measured peak: one profiled step
+    out["measured_peak_bytes"] = int(m.peak_bytes)
+    out["profiled_step_s"] = m.seconds
+    out.update(step_times(step, model, steps, min_time))
+    out["compile_time_s"] = max(0.0, first - out["step_time_s"]) if config not in ("eager", "checkpoint") else 0.0
+    _zero(model)
+    torch.manual_seed(SEED)
+    step()
+    out["grad_max_abs_err"] = grad_error(ref, _grads(model))
+    return out
+
+
+def eager_grads(model, inputs, loss_fn) -> dict:
+    """The gradients of one eager step of a copy of ``model``, with the run's seed."""
+    import torch
+
     ref_model = copy.deepcopy(model)
     torch.manual_seed(SEED)
     loss_fn(ref_model(*inputs)).backward()
-    ref = _grads(ref_model)
-    del ref_model
+    return _grads(ref_model)
 
-    def step_of(fn):
-        return lambda: fn(*inputs).backward()
+
+def configured(config: str, model, loss_fn, time_limit: float, out: dict):
+    """The function ``config`` runs: model + loss, eager, checkpointed or compiled. A remat
+    configuration with measured costs records whether the profile cache was cold or warm in ``out``."""
+    import torch
+    import torch._functorch.config as fconfig
 
     plain = lambda *xs: loss_fn(model(*xs))  # noqa: E731
-    options = None
     if config == "eager":
-        fn = plain
-    elif config == "checkpoint":
+        return plain
+    if config == "checkpoint":
         for block in blocks_of(model):
             block.forward = _checkpointed(block.forward)
-        fn = plain
-    elif config == "compile":
-        fn = torch.compile(plain)
-    elif config.startswith("amb_"):
+        return plain
+    if config == "compile":
+        return torch.compile(plain)
+    if config.startswith("amb_"):
         fconfig.activation_memory_budget = float(config[4:])
-        fn = torch.compile(plain)
-    elif config.startswith("remat_"):
+        return torch.compile(plain)
+    if config.startswith("remat_"):
         level, _, costs = config[6:].partition("@")
         options = {"time_limit": time_limit, **remat_options(level)}
         if costs:
             options["cost_model"] = costs
             out["profile_cache"] = _profile_cache_state()
-        fn = torch.compile(plain, backend="remat", options=options)
-    else:
-        raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
+        return torch.compile(plain, backend="remat", options=options)
+    raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
 
-    # warm-up (compiles)
-    _zero(model)
-    t0 = time.perf_counter()
+
+def warmed_up(step, out: dict) -> bool:
+    """Run the first step (it compiles). A remat error (an infeasible cap...) goes into ``out``
+    and returns False; any other error propagates."""
+    from remat.errors import InfeasibleBudgetError
+
     try:
-        step_of(fn)()
+        step()
     except Exception as e:
         err = _remat_error(e)
-        from remat.errors import InfeasibleBudgetError
-
-        if err is not None:
-            out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-            if isinstance(err, InfeasibleBudgetError):
-                out["budget_bytes"] = err.budget_bytes
-                out["min_peak_bytes"] = err.min_peak_bytes
-            return out
-        else:
+        if err is None:
             raise
-    first = time.perf_counter() - t0
-    reports = reports_of(fn) if config.startswith("remat") else []
-    if reports:
-        out["predicted_peak_bytes"] = sum(r.timeline.peak_bytes for r in reports)
-        out["baseline_peak_bytes"] = sum(r.baseline_peak_bytes for r in reports)
-        out["budget_bytes"] = sum(r.budget_bytes for r in reports if r.budget_bytes is not None)
-        estimates = [r.inductor_peak_bytes for r in reports]
-        out["inductor_peak_bytes"] = sum(estimates) if None not in estimates else None
-        out["plans_made"] = max(r.plans_made for r in reports)
-        out["reference_peak_bytes"] = sum(r.reference_peak_bytes or 0 for r in reports) or None
-        out["compiled_with"] = sorted({r.compiled_with for r in reports})
-        out["cost_notes"] = [r.cost_model for r in reports]
-        out["solve_time_s"] = sum(r.plan.solve_time_s for r in reports)
-        out["partition_time_s"] = sum(r.partition_time_s for r in reports)
-        out["solver_status"] = ",".join(r.plan.status for r in reports)
-        out["predicted_added_s"] = sum(r.timeline.added_time for r in reports)
-        from remat.plan import Decision
+        out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        if isinstance(err, InfeasibleBudgetError):
+            out["budget_bytes"] = err.budget_bytes
+            out["min_peak_bytes"] = err.min_peak_bytes
+        return False
+    return True
 
-        out["decisions"] = {d.value: sum(len(r.plan.names(d)) for r in reports) for d in Decision}
-        out["graphs"] = len(reports)
-    if options and "memory_budget" in options and isinstance(options["memory_budget"], int):
-        out["budget_bytes"] = options["memory_budget"]
 
-    # measured peak of one profiled step
-    _zero(model)
-    m = measure_step(step_of(fn))
-    out["measured_peak_bytes"] = int(m.peak_bytes)
-    out["profiled_step_s"] = m.seconds
+def plan_figures(reports: list) -> dict:
+    """remat's figures summed over a step's graph reports: predicted and Inductor's peaks, cap,
+    decisions, predicted added time, solve and planning time; {} without reports."""
+    from remat.plan import Decision
 
-    # median of unprofiled steps: at least `steps`, more while they fit in ~min_time seconds
-    # (the machine may be shared: many samples keep the median away from bursts of contention)
+    if not reports:
+        return {}
+    estimates = [r.inductor_peak_bytes for r in reports]
+    return {
+        "predicted_peak_bytes": sum(r.timeline.peak_bytes for r in reports),
+        "baseline_peak_bytes": sum(r.baseline_peak_bytes for r in reports),
+        "budget_bytes": sum(r.budget_bytes for r in reports if r.budget_bytes is not None),
+        "inductor_peak_bytes": sum(estimates) if None not in estimates else None,
+        "plans_made": max(r.plans_made for r in reports),
+        "reference_peak_bytes": sum(r.reference_peak_bytes or 0 for r in reports) or None,
+        "compiled_with": sorted({r.compiled_with for r in reports}),
+        "cost_notes": [r.cost_model for r in reports],
+        "solve_time_s": sum(r.plan.solve_time_s for r in reports),
+        "partition_time_s": sum(r.partition_time_s for r in reports),
+        "solver_status": ",".join(r.plan.status for r in reports),
+        "predicted_added_s": sum(r.timeline.added_time for r in reports),
+        "decisions": {d.value: sum(len(r.plan.names(d)) for r in reports) for d in Decision},
+        "graphs": len(reports),
+    }
+
+
+def step_times(step, model, steps: int, min_time: float) -> dict:
+    """Unprofiled steps: at least ``steps``, more while they fit in ~``min_time`` seconds (at most
+    50; on a shared machine many samples keep the median away from bursts of contention)."""
     times = []
     t_start = time.perf_counter()
     while len(times) < steps or (time.perf_counter() - t_start < min_time and len(times) < 50):
         _zero(model)
         t0 = time.perf_counter()
-        step_of(fn)()
+        step()
         times.append(time.perf_counter() - t0)
-    out["step_times_s"] = times
-    out["step_time_s"] = statistics.median(times)
-    out["step_time_min_s"] = min(times)
-    out["compile_time_s"] = max(0.0, first - out["step_time_s"]) if config not in ("eager", "checkpoint") else 0.0
+    return {"step_times_s": times, "step_time_s": statistics.median(times), "step_time_min_s": min(times)}
 
-    # gradient error vs eager with the same seed
-    _zero(model)
-    torch.manual_seed(SEED)
-    step_of(fn)()
-    got = _grads(model)
+
+def grad_error(ref: dict, got: dict) -> float:
+    """The largest absolute difference between two gradient dicts (inf where only one has a gradient)."""
     err = 0.0
     for n, g in ref.items():
         h = got.get(n)
         if g is None and h is None:
             continue
         if g is None or h is None:
-            err = float("inf")
-            continue
+            return float("inf")
         err = max(err, (h - g).abs().max().item())
-    out["grad_max_abs_err"] = err
-    return out
+    return err
 
 
 def main(argv=None) -> int:
