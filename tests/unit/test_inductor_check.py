@@ -73,3 +73,23 @@ def test_extern_workspaces_bring_the_code_walk_to_the_measured_peak(case, tmp_pa
     code_alone = wrapper_peaks(peaks.codes, peaks.itemsizes, peaks.size_hints)
     assert max(w.peak_bytes for w in code_alone) + CALLER_BYTES < measured
     assert max(peaks.code_peaks) + CALLER_BYTES == measured
+
+
+def test_plain_compiles_code_walk_is_its_measured_peak_though_its_estimate_is_not():
+    """Plain torch.compile reorders its kernels for peak memory after the post-fusion pass (remat's
+    plans turn that off) and reuses freed buffers (``bufN = bufM; del bufM  # reuse``): on an MLP
+    the estimate made in the pass, of the order before the reorder, is over the measured backward
+    peak, and the walk of the generated code equals it (but for the caller's loss)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+                                  for _ in range(2)))
+    x = torch.randn(64, 8)
+    peaks = InductorPeaks()
+    with inductor_config.patch(fx_graph_cache=False, _post_fusion_custom_pass=peaks), \
+            functorch_config.patch(enable_autograd_cache=False), collect_wrapper_code() as peaks.codes:
+        step = torch.compile(lambda x: model(x).sum())
+        step(x).backward()
+    assert any("# reuse" in code for code in peaks.codes)
+    measured = measure_step(lambda: step(x).backward()).peak_bytes
+    assert max(peaks.code_peaks) + CALLER_BYTES == measured
+    assert max(peaks.peaks) > measured
