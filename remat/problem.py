@@ -37,6 +37,14 @@ the earliest start any plan can give ``v``; it does not depend on the plan and b
 Everything not listed in ``inputs`` (parameters, inputs, forward outputs) is resident and always
 available.
 
+Other runs. A graph that runs several times per step (FSDP2's blocks of one class share one
+compiled graph) is planned for its last run, while its ``other_runs`` earlier runs hold what they
+keep until their backward: the activations their plan STOREs (the same plan: every run runs the
+same code) and ``run_held_bytes`` that no decision changes (the graph's inputs made earlier in the
+step, which its backward reads). So every slot carries ``other_runs x (run_held_bytes + bytes of
+the needed STORE activations)`` on top of its own bytes (``other_runs_bytes``); OFFLOAD ones are
+on the host by then and RECOMPUTE ones are not kept.
+
 Bytes are per storage: views are folded into the storage they alias and never appear here.
 """
 
@@ -92,6 +100,9 @@ class Problem:
     # repeated layers (``remat.structure.find_layers``): classes of layers, each layer the ordered
     # names of its activations; activation k of one layer corresponds to activation k of another
     layers: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    # runs of this graph per step besides the one planned, each holding its kept bytes meanwhile
+    other_runs: int = 0
+    run_held_bytes: int = 0  # bytes each run holds until its backward whatever the plan
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "slots", tuple(self.slots))
@@ -121,6 +132,8 @@ class Problem:
                     raise ValueError(f"activation {a.name!r} reads {i!r}, which is created later")
         if self.host_bandwidth < 0:
             raise ValueError("host_bandwidth must be >= 0")
+        if self.other_runs < 0 or self.run_held_bytes < 0:
+            raise ValueError("other_runs and run_held_bytes must be >= 0")
         object.__setattr__(self, "layers", tuple(tuple(tuple(lay) for lay in cls) for cls in self.layers))
         self._check_layers(names)
 
@@ -187,6 +200,11 @@ class Problem:
             out.append(acc)
         return tuple(out)
 
+    def other_runs_bytes(self, stored_bytes: int) -> int:
+        """What the other runs hold while the planned one runs, when a plan STOREs ``stored_bytes``
+        of needed activations (see the module docstring): on top of every slot's own bytes."""
+        return self.other_runs * (self.run_held_bytes + stored_bytes)
+
     # ---- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -196,6 +214,8 @@ class Problem:
             "slots": [asdict(s) for s in self.slots],
             "activations": [asdict(a) for a in self.activations],
             "layers": [[list(lay) for lay in cls] for cls in self.layers],
+            "other_runs": self.other_runs,
+            "run_held_bytes": self.run_held_bytes,
         }
 
     @classmethod
@@ -213,6 +233,8 @@ class Problem:
             name=d.get("name", "problem"),
             metadata=dict(d.get("metadata", {})),
             layers=d.get("layers", ()),
+            other_runs=int(d.get("other_runs", 0)),
+            run_held_bytes=int(d.get("run_held_bytes", 0)),
         )
 
     def save(self, path: str | Path) -> None:

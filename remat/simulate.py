@@ -30,6 +30,10 @@ OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need``
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
 
+Other runs (``Problem.other_runs``): every slot also carries what the graph's other runs per step
+hold meanwhile, ``Problem.other_runs_bytes`` of the plan's needed STORE activations (an OFFLOAD that
+cannot happen counts as STORE here too).
+
 Cost is O(#slots + #activations + #backward uses + #inputs): intervals go into a difference array.
 """
 
@@ -76,6 +80,7 @@ class MemoryTimeline:
     last_needs: Mapping[str, int] = field(default_factory=dict)  # last need of every needed one
 
     transfers: Transfers | None = None  # the copy schedule of the plan's OFFLOAD activations
+    other_runs_bytes: int = 0  # what the graph's other runs per step hold, in every slot's device bytes
 
     @property
     def ok(self) -> bool:
@@ -194,6 +199,7 @@ class _Analysis:
         for name in self.needed:
             self._intervals(name)
         self._errors += self._read_errors()
+        self.stored_bytes = sum(problem.activation(n).bytes for n in self.needed if self._kept_on_device(n))
         self.transfer_time = self.transfers.exposed
         self.errors = tuple(self._errors)
 
@@ -252,6 +258,12 @@ class _Analysis:
         else:
             self.device[name] = [(a.last_forward_use + 1, last)]
         self._hand_over(a, last)
+
+    def _kept_on_device(self, name: str) -> bool:
+        """Whether the forward keeps ``name`` on the device for the backward: STORE, or an OFFLOAD
+        that cannot happen (counted as STORE)."""
+        d = self.decisions.get(name)
+        return d is Decision.STORE or (d is Decision.OFFLOAD and name not in self.transfers.free_after)
 
     def _hand_over(self, a: Activation, last: int) -> None:
         """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if
@@ -363,7 +375,8 @@ def simulate(problem: Problem, plan: Plan | Mapping[str, Decision]) -> MemoryTim
     an = _Analysis(problem, plan)
     n = len(problem.slots)
     extra = _sum_intervals(n, an.device, problem)
-    device = tuple(s.fixed_bytes + e for s, e in zip(problem.slots, extra))
+    others = problem.other_runs_bytes(an.stored_bytes)
+    device = tuple(s.fixed_bytes + e + others for s, e in zip(problem.slots, extra))
     host = tuple(_sum_intervals(n, an.host, problem))
     if device:
         peak = max(device)
@@ -384,6 +397,7 @@ def simulate(problem: Problem, plan: Plan | Mapping[str, Decision]) -> MemoryTim
         starts=an.starts,
         last_needs=an.last_needs,
         transfers=an.transfers,
+        other_runs_bytes=others,
     )
 
 

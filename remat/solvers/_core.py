@@ -17,6 +17,11 @@ a prefetch only starts later, when fewer copies share the link, so every plan ov
 windows holds under its own joint schedule, which ``evaluate`` and ``cost`` use (as the simulator
 does).
 
+Other runs (``Problem.other_runs``). Every slot also carries what the graph's other runs per step
+hold: ``Problem.other_runs_bytes`` of the needed STORE candidates (``other_runs_bytes``), the
+same at every slot. A RECOMPUTE that frees no slot of this run still lowers it, so recompute is
+kept for such candidates then (``_kept_starts``).
+
 Kernel facts. When the Problem carries the last compile's kernels (``remat.kernel_groups``:
 values recomputed inside a backward kernel, buffers a kernel took over), ``jit`` and ``evaluate``
 apply the simulator's rules exactly (a RECOMPUTE consumer reads its inputs over its kernel's
@@ -43,6 +48,9 @@ _DEC = {STORE: Decision.STORE, REC: Decision.RECOMPUTE, OFF: Decision.OFFLOAD}
 _CODE = {Decision.STORE: STORE, Decision.RECOMPUTE: REC, Decision.OFFLOAD: OFF}
 
 DEFAULT_K = 3  # kept start slots per activation (see the module docstring; chosen by measurement)
+# ... under other runs, where recomputing a whole block from its input can pay (synthetic chains and
+# residual blocks reached the exhaustive floor from 6 kept starts, at 3 they peaked up to 47 % higher)
+DEFAULT_K_RUNS = 8
 
 
 class Cand:
@@ -71,7 +79,7 @@ class Structure:
 
     def __init__(self, problem: Problem, k: int | None = None) -> None:
         self.problem = p = problem
-        self.k = DEFAULT_K if k is None else max(1, int(k))
+        self.k = (DEFAULT_K_RUNS if p.other_runs else DEFAULT_K) if k is None else max(1, int(k))
         self.n = len(p.slots)
         self.nf = p.num_forward
         self.fixed = np.array([s.fixed_bytes for s in p.slots], dtype=np.int64)
@@ -118,9 +126,14 @@ class Structure:
             oe, bs, ex = offload_window(p, a.name)
             c.out_end, c.back_start, c.exposed = oe, bs, float(ex)
             c.lone_gap = (oe + 1, bs - 1)  # off the device when copied alone: the widest gap
-            c.off_ok = bs - 1 >= oe + 1  # a lone copy frees at least one slot
+            c.off_ok = self._frees(oe, bs)
         self.cands.append(c)
         self.index[a.name] = c.idx
+
+    def _frees(self, out_end: int, back_start: int) -> bool:
+        """Whether an OFFLOAD copied out by ``out_end`` and back from ``back_start`` frees memory: a
+        slot between them, or, under other runs, their bytes (on the host until their backward)."""
+        return back_start - out_end >= (1 if self.problem.other_runs else 2)
 
     def _link_candidates(self) -> None:
         """Each candidate's candidate inputs (``inputs`` only when recomputable) and its
@@ -149,8 +162,8 @@ class Structure:
             if c.d >= 0:
                 pts = {b for b in pts if b <= c.d}
             kept = sorted(pts)[-self.k:]
-            if not kept or kept[-1] <= c.lfu + 1:
-                c.rec_ok = False
+            if not kept or (kept[-1] <= c.lfu + 1 and not self.problem.other_runs):
+                c.rec_ok = False  # frees nothing (unless other runs hold it: ``Problem.other_runs``)
             else:
                 c.kept = kept
                 c.top = c.d if c.d >= 0 else kept[-1]
@@ -202,7 +215,7 @@ class Structure:
         for c in offs:
             if c.idx in chosen:
                 c.out_end, c.back_start = sched.free_after[c.name], sched.prefetch_at[c.name]
-                c.off_ok = c.back_start - 1 >= c.out_end + 1
+                c.off_ok = self._frees(c.out_end, c.back_start)
             else:
                 c.off_ok = False
         self.offload_candidates = len(chosen)
@@ -428,7 +441,21 @@ class Structure:
         diff = np.zeros(self.n + 1, dtype=np.int64)
         np.add.at(diff, lo_all, b_all)
         np.add.at(diff, hi_all + 1, -b_all)
-        return self.fixed + np.cumsum(diff[:-1]), need, S, ln
+        return self.fixed + np.cumsum(diff[:-1]) + self.other_runs_bytes(code, need), need, S, ln
+
+    def other_runs_bytes(self, codes, need) -> int:
+        """What the other runs per step hold under decision codes (``Problem.other_runs_bytes``):
+        the needed candidates kept on the device for the backward (STORE, no code, or an OFFLOAD
+        that no copy takes), as ``remat.simulate`` counts them."""
+        if not self.problem.other_runs:
+            return 0
+        return self.problem.other_runs_bytes(self.stored_bytes(codes, need))
+
+    def stored_bytes(self, codes, need) -> int:
+        """Bytes of the needed candidates that decision codes keep on the device for the backward."""
+        code = np.asarray(codes)
+        kept = np.asarray(need, dtype=bool) & ((code == STORE) | (code == NONE) | ((code == OFF) & ~self._off_ok))
+        return int(self._bytes[kept].sum())
 
     def _intervals_one_by_one(self, ids: list[int], code, need, S, ln) -> tuple[list, list, list]:
         """(los, his, bytes) of the device intervals of needed candidates ``ids`` that are
@@ -471,6 +498,10 @@ class Structure:
     @cached_property
     def _lfu(self) -> np.ndarray:
         return np.array([c.lfu for c in self.cands], dtype=np.int64)
+
+    @cached_property
+    def _off_ok(self) -> np.ndarray:
+        return np.array([c.off_ok for c in self.cands], dtype=bool)
 
     @cached_property
     def _kernel_facts(self) -> np.ndarray:
@@ -523,7 +554,8 @@ class Structure:
         An OFFLOAD copied with fewer others is off the device longer than its window here (see
         the module docstring), so its lone-copy gap is taken out of what every plan keeps. A value
         that a kernel may inline or whose buffer a kernel takes over (``kernels``, ``handover``)
-        may take fewer bytes than its states say: it counts for nothing here."""
+        may take fewer bytes than its states say: it counts for nothing here. The other runs per
+        step hold at least what every plan stores (``always_stored_bytes``) everywhere."""
         if not self.n:
             return 0
         diff = np.zeros(self.n + 1, dtype=np.int64)
@@ -539,7 +571,14 @@ class Structure:
                         if a <= b:
                             diff[a] += c.bytes
                             diff[b + 1] -= c.bytes
-        return int((self.fixed + np.cumsum(diff[:-1])).max())
+        others = self.problem.other_runs_bytes(self.always_stored_bytes())
+        return int((self.fixed + np.cumsum(diff[:-1])).max()) + others
+
+    def always_stored_bytes(self) -> int:
+        """Bytes of the candidates that every plan STOREs: backward reads them, and they can be
+        neither recomputed nor offloaded."""
+        return sum(c.bytes for c in self.cands if c.d >= 0 and not c.rec_ok and not c.off_ok)
+
 
 def _outside(lo: int, hi: int, certain: tuple[int, int]) -> list[tuple[int, int]]:
     """The parts of ``lo..hi`` outside the inclusive range ``certain`` (maybe empty ranges)."""

@@ -8,7 +8,7 @@ consumers first, and its inputs are visited only when what they read from it cha
 is a needed RECOMPUTE, and its start). Stored and recomputed candidates keep one device interval
 each in a difference array of the profile; OFFLOAD candidates and those under kernel facts, whose
 intervals depend on the other copies or on kernels, are counted one by one at each ``profile``
-as ``Structure.evaluate`` does.
+as ``Structure.evaluate`` does, and so is what the graph's other runs hold (``Problem.other_runs``).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Evaluation:
             np.add.at(extra, np.array(los, dtype=np.int64), np.array(bs, dtype=np.int64))
             np.add.at(extra, np.array(his, dtype=np.int64) + 1, -np.array(bs, dtype=np.int64))
             mem = mem + np.cumsum(extra[:-1])
-        return mem
+        return mem + st.other_runs_bytes(self.codes, self.need)
 
     def snapshot(self) -> tuple:
         """The state, for ``restore`` (once)."""

@@ -12,6 +12,10 @@ applied and evaluated exactly (just-in-time starts and last needs, ``Structure.e
 figures, kept up to date move by move by ``_evaluation.Evaluation``); an
 OFFLOAD input that a move would need before its prefetch goes back to STORE. A last pass puts back
 to STORE, most expensive first, every switch the cap no longer needs.
+
+Other runs (``Problem.other_runs``): every slot also carries ``other_runs`` x the bytes a plan
+STOREs, so a switch away from STORE frees ``other_runs`` x its bytes at ``t`` wherever it lives,
+and an input that a recomputation newly needs (stored) adds as much.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class _State:
         self.rec_ok = np.array([c.rec_ok for c in cs], dtype=bool)
         self.off_ok = np.array([c.off_ok for c in cs], dtype=bool)
         self.kmin = np.array([c.kept[0] if c.rec_ok else 1 << 60 for c in cs], dtype=np.int64)
+        self.runs = st.problem.other_runs
         src, dst = [], []
         for c in cs:
             if c.rec_ok:
@@ -93,15 +98,18 @@ class _State:
         or (None, None); ``live``: ``live_at(t)``."""
         codes = self.codes
         best, best_key = None, None
+        stored = self.runs * self.bytes * (codes == STORE)  # what other runs stop holding
         # RECOMPUTE: frees t when S(v) > t; S(v) is the same whatever v's own decision
-        m_rec = self.rec_ok & live & (codes != REC) & (self.S > t) & (self.kmin <= self.S)
+        frees = live & (self.S > t)
+        m_rec = self.rec_ok & (frees | (stored > 0)) & (codes != REC) & (self.kmin <= self.S)
         if m_rec.any():
-            ben = self.bytes.astype(np.float64)
+            ben = (self.bytes * frees + stored).astype(np.float64)
             if len(self.src):
                 s, d = self.src, self.dst
                 # an input not live at t becomes live there when its last need extends over t
-                adds = ~live[d] & (self.lfu[d] < t) & ((codes[d] == NONE) | (codes[d] == STORE))
-                pen = np.bincount(s, weights=self.bytes[d] * adds, minlength=len(codes))
+                adds = ~live[d] & (self.lfu[d] < t) & (t <= self.S[s]) & ((codes[d] == NONE) | (codes[d] == STORE))
+                held = self.runs * (codes[d] == NONE)  # newly needed: stored, so other runs hold it
+                pen = np.bincount(s, weights=self.bytes[d] * (adds + held), minlength=len(codes))
                 ben = ben - pen
             ok = m_rec & (ben > 0)
             if ok.any():
@@ -110,10 +118,11 @@ class _State:
                 ratio = ben[ids] / np.maximum(cost, 1e-30)
                 j = int(np.lexsort((ben[ids], ratio))[-1])
                 best, best_key = (int(ids[j]), REC), (ratio[j], ben[ids][j])
-        m_off = (codes == STORE) & live & self.off_ok & (self.S >= self.d) & (self.out_end < t) & (t < self.back_start)
+        away = live & (self.out_end < t) & (t < self.back_start)  # off the device at t
+        m_off = (codes == STORE) & (away | (stored > 0)) & self.off_ok & (self.S >= self.d)
         if m_off.any():
             ids = np.flatnonzero(m_off)
-            ben = self.bytes[ids].astype(np.float64)
+            ben = (self.bytes * away + stored)[ids].astype(np.float64)
             ratio = ben / np.maximum(self.exposed[ids], 1e-30)
             j = int(np.lexsort((ben, ratio))[-1])
             key = (ratio[j], ben[j])
@@ -122,12 +131,14 @@ class _State:
         return best, best_key
 
     def chain_move(self, t: int, live: np.ndarray, beat: float = 0.0, limit: int = 32):
-        """Best RECOMPUTE of a live-at-t activation together with the inputs that it would keep
-        live at ``t`` and that can be recomputed after ``t`` too, when its ratio (bytes freed per
-        second) is above ``beat``: (members, ratio) or (None, None). Activations are tried by the
-        ratio that their chain cannot beat (``_chain_bounds``), those above ``beat`` only, and the
-        search stops where that falls below the best chain's ratio. ``live``: ``live_at(t)``."""
-        m = self.rec_ok & live & (self.codes != REC) & (self.S > t) & (self.kmin <= self.S)
+        """Best RECOMPUTE of a live-at-t activation (under other runs, or a stored one) together
+        with the inputs that it would keep live at ``t`` (or newly stored) and that can be
+        recomputed after ``t`` too, when its ratio (bytes freed per second) is above ``beat``:
+        (members, ratio) or (None, None). Activations are tried by the ratio that their chain's
+        direct inputs allow (``_chain_bounds``), those above ``beat`` only, and the search stops
+        where that falls below the best chain's ratio. ``live``: ``live_at(t)``."""
+        stored = (self.codes == STORE) & (self.runs > 0)
+        m = self.rec_ok & ((live & (self.S > t)) | stored) & (self.codes != REC) & (self.kmin <= self.S)
         ids = np.flatnonzero(m)
         bound = self._chain_bounds(ids, t, live, limit)
         ids, bound = ids[bound > beat], bound[bound > beat]
@@ -148,21 +159,26 @@ class _State:
         return (None, None) if best is None else (best[0], best[1][0])
 
     def _chain_bounds(self, ids: np.ndarray, t: int, live: np.ndarray, limit: int) -> np.ndarray:
-        """Per activation of ``ids``: a ratio (bytes freed per second) that its chain at ``t``
-        does not exceed, from its direct inputs (``_ChainView.chain`` takes them first): those
-        that join add their time, the others that become live at ``t`` take their bytes off; 0
-        when no input joins (no chain)."""
+        """Per activation of ``ids``: the ratio (bytes freed per second) of its chain at ``t``
+        over its direct inputs (``_ChainView.chain`` takes them first, by the same rule): those
+        that join add their time (and, stored, the bytes the other runs stop holding), the
+        others take off what keeping them costs; 0 when no input joins (no chain)."""
         s, d, S, m = self.src, self.dst, self.S, len(self.codes)
         start = np.where(S[d] >= 0, np.minimum(S[d], S[s]), S[s])
-        dead = ~live[d] & (self.codes[d] != REC) & (self.lfu[d] < t)
-        joins = dead & self.rec_ok[d] & (start > t) & (self.kmin[d] <= start)
+        codes, b = self.codes, self.bytes[d]
+        open_ = ~live[d] & (codes[d] != REC)  # neither live at t nor recomputed
+        keep = open_ * (b * ((self.lfu[d] < t) & (t <= S[s])) + self.runs * b * (codes[d] == NONE))
+        rejoin = b * ((start <= t) & (t <= S[s])) - self.runs * b * (codes[d] == STORE)
+        joins = (keep > 0) & self.rec_ok[d] & (self.kmin[d] <= start) & (rejoin < keep)
         count = np.bincount(s[joins], minlength=m)[ids]
         added = np.bincount(s[joins], weights=self.time[d][joins], minlength=m)[ids]
-        pen = np.bincount(s[dead & ~joins], weights=self.bytes[d][dead & ~joins], minlength=m)[ids]
-        own = self.time[ids] - np.where(self.codes[ids] == OFF, self.exposed[ids], 0.0)
+        pen = np.bincount(s, weights=np.where(joins, rejoin, keep), minlength=m)[ids]
+        own = self.time[ids] - np.where(codes[ids] == OFF, self.exposed[ids], 0.0)
         cost = own + np.where(count < limit, added, 0.0)
-        bound = (self.bytes[ids] - pen) / np.maximum(cost, 1e-30) * (1 + 1e-9)  # rounding of the sums
-        return np.where((count > 0) & (self.bytes[ids] > pen), bound, 0.0)
+        frees = self.bytes[ids] * (live[ids] & (S[ids] > t))
+        net = frees + self.runs * self.bytes[ids] * (codes[ids] == STORE) - pen
+        bound = net / np.maximum(cost, 1e-30) * (1 + 1e-9)  # rounding of the sums
+        return np.where((count > 0) & (net > 0), bound, 0.0)
 
     def cleanup(self, cap: int, deadline: float | None = None) -> None:
         """Put switches back to STORE, most expensive first, while the cap still holds (until
@@ -191,17 +207,19 @@ class _ChainView:
         self.live, self.codes, self.S, self.lfu = live.tolist(), s.codes.tolist(), s.S.tolist(), s.lfu.tolist()
         self.rec_ok, self.kmin = s.rec_ok.tolist(), s.kmin.tolist()
         self.time, self.bytes = s.time.tolist(), s.bytes.tolist()
-        self.exposed = s.exposed
+        self.exposed, self.runs = s.exposed, s.runs
 
     def chain(self, a: int, limit: int):
         """(members, bytes freed at ``t``, added seconds) of recomputing ``a`` with the inputs
-        that it would keep live at ``t``: each such input joins when it can be recomputed where
-        its member consumer starts (or earlier, where it is needed anyway), after ``t``; the
-        others count against the bytes freed."""
-        t, codes, S = self.t, self.codes, self.S
+        that keeping would cost bytes at ``t`` (dead there, then live again) or, under other
+        runs, newly stored: each such input joins when it can be recomputed where its member
+        consumer starts (or earlier, where it is needed anyway), after ``t`` when it is dead
+        there; the others count against the bytes freed. A stored member frees its bytes once
+        per other run (``Problem.other_runs``)."""
+        t, codes, S, runs = self.t, self.codes, self.S, self.runs
         members, start = [a], {a: S[a]}
         cost = self.time[a] - (float(self.exposed[a]) if codes[a] == OFF else 0.0)
-        pen = 0
+        net = (self.bytes[a] if self.live[a] and S[a] > t else 0) + (runs * self.bytes[a] if codes[a] == STORE else 0)
         stack = [a]
         while stack:
             x = stack.pop()
@@ -209,15 +227,21 @@ class _ChainView:
                 if i in start:
                     continue
                 start[i] = si = min(S[i], start[x]) if S[i] >= 0 else start[x]
-                if self.live[i] or codes[i] == REC or self.lfu[i] >= t:
-                    continue  # live at t anyway, or started after t, or not live before t
-                if self.rec_ok[i] and si > t and self.kmin[i] <= si and len(members) < limit:
+                if self.live[i] or codes[i] == REC:
+                    continue  # live at t anyway, or recomputed already
+                b, needed_until = self.bytes[i], start[x]
+                keep = b * (self.lfu[i] < t <= needed_until) + (runs * b if codes[i] == NONE else 0)
+                rejoin = b * (si <= t <= needed_until) - (runs * b if codes[i] == STORE else 0)
+                if not keep:
+                    continue  # kept at no cost: not live at t, stored already
+                if self.rec_ok[i] and self.kmin[i] <= si and len(members) < limit and rejoin < keep:
                     members.append(i)
                     cost += self.time[i]
+                    net -= rejoin
                     stack.append(i)
                 else:
-                    pen += self.bytes[i]
-        return members, self.bytes[a] - pen, cost
+                    net -= keep
+        return members, net, cost
 
 
 def _past(deadline: float | None) -> bool:

@@ -29,6 +29,10 @@ two-level "mix" model writes a layer's binaries (and the indicators of its close
 as sums of per-layer menu choices (``remat.solvers.layered``). Models are handed to HiGHS by
 ``remat.solvers._highs``.
 
+Other runs (``Problem.other_runs``): one continuous ``held`` (in row units) equals the bytes the
+plan STOREs, ``sum(bytes_v x keep_v)``, and every memory row adds ``other_runs x held`` and
+``other_runs x run_held_bytes``: the same at every slot, so it cancels in the dominance test.
+
 Memory rows: on each slot range where every candidate's contribution is one fixed linear form,
 only the slot with the largest ``fixed_bytes`` can peak; then rows that another row dominates
 for every plan (``row_i(plan) <= row_j(plan)`` via a per-activation bound over its possible
@@ -243,6 +247,7 @@ class Model:
         obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands
                if c.time and ("rec", c.idx) in self.V]
         obj += self._transfer_rows()
+        self._held_row()
         self.M = self._objective(budget, obj)
         self._memory_rows(budget)
         self.num_cons = self.num_other_rows + self.num_rows
@@ -472,6 +477,20 @@ class Model:
             self._row([((kind, s), 1), ((wait,), -1)], LE, slack(s) * ts, f"{wait}{s}")
             prev = s
 
+    def _held_row(self) -> None:
+        """Under other runs, ``held`` (row units) = the bytes the plan STOREs: ``keep_v`` of every
+        reachable candidate (``_keep_terms``) times its bytes."""
+        if not self.st.problem.other_runs:
+            return
+        self.V[("held",)] = self._var("held", 0, None, pulp.LpContinuous)
+        terms, const = [(("held",), 1.0)], 0.0
+        for c in self.st.cands:
+            if self.st.reach[c.idx] and c.bytes:
+                kt, kc = _keep_terms(c)
+                terms += [(key, -cf * c.bytes / self.unit) for key, cf in kt]
+                const += kc * c.bytes / self.unit
+        self._row(terms, pulp.LpConstraintEQ, const, "held")
+
     def _objective(self, budget: int | None, obj: list):
         """Minimise the added time under a cap; without one, a variable ``peak`` (returned)."""
         if budget is not None:
@@ -489,8 +508,11 @@ class Model:
         self.infeasible_row = None
         self.num_rows = self.nnz = 0
         self._capped: list = []  # (row, its constant bytes) of each row under the cap
+        runs = self.st.problem.other_runs
+        held = [(self.V[("held",)], float(runs))] if ("held",) in self.V else []
         for t, const, terms in self.rows.forms(self._targets):
-            expr = [(v, cf / u) for v, cf in terms.items()]
+            expr = [(v, cf / u) for v, cf in terms.items()] + held
+            const += self.st.problem.other_runs_bytes(0)
             if budget is None:
                 expr.append((self.M, -1.0))
                 rhs = -const / u
@@ -532,7 +554,9 @@ class Model:
             if isinstance(v, pulp.LpVariable):
                 v.setInitialValue(0)
         for key, v in V.items():
-            if key[0] in ("U", "W", "eout", "ein") or not isinstance(v, pulp.LpVariable):
+            if key[0] == "held":
+                v.setInitialValue(st.stored_bytes(codes, need) / self.unit)
+            if key[0] in ("U", "W", "eout", "ein", "held") or not isinstance(v, pulp.LpVariable):
                 continue  # continuous transfer sums (implied by the decisions) and menu sums
             kind, k = key[0], key[1]
             c = cs[k]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
@@ -27,11 +29,12 @@ def _random_changes(rng, st: Structure) -> dict[int, int]:
 
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(rng=hst.randoms(use_true_random=False), kernels=hst.booleans())
-def test_incremental_evaluation_matches_the_full_one(rng, kernels):
+@given(rng=hst.randoms(use_true_random=False), kernels=hst.booleans(), runs=hst.sampled_from([0, 0, 2]))
+def test_incremental_evaluation_matches_the_full_one(rng, kernels, runs):
     """After every change of a few codes (any order, undone too), ``need``, ``S``, ``last_need``
-    and the profile equal ``Structure.evaluate``'s for the same codes."""
-    p = fuzz_problem(rng)
+    and the profile equal ``Structure.evaluate``'s for the same codes (with other runs of the
+    graph holding what the codes store, ``runs``)."""
+    p = replace(fuzz_problem(rng), other_runs=runs, run_held_bytes=7 * runs)
     st = Structure(with_random_kernels(p, rng) if kernels else p)
     if not st.cands:
         return

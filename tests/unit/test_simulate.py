@@ -385,6 +385,36 @@ def test_problem_json_round_trip(tmp_path):
     assert simulate(q, plan) == simulate(p, plan)
 
 
+def test_other_runs_hold_what_the_plan_stores_at_every_slot():
+    # 3 other runs of the chain, each holding 5 B of inputs and what the plan STOREs
+    p = chain(other_runs=3, run_held_bytes=5)
+    alone = simulate(chain(), {"a": S, "b": S, "c": S})
+    tl = simulate(p, {"a": S, "b": S, "c": S})
+    assert tl.other_runs_bytes == 3 * (5 + 4 + 8 + 16)
+    assert tl.device_bytes == tuple(b + 99 for b in alone.device_bytes)
+    # recomputing b and c: the other runs hold only a (b's input) and the inputs
+    tl = simulate(p, {"a": S, "b": R, "c": R})
+    assert tl.other_runs_bytes == 3 * (5 + 4) and tl.ok
+    assert tl.peak_bytes == simulate(chain(), {"a": S, "b": R, "c": R}).peak_bytes + 27
+    assert Structure(p).profile({"a": S, "b": R, "c": R}).tolist() == list(tl.device_bytes)
+
+
+def test_other_runs_do_not_hold_what_is_offloaded():
+    p = Problem(offload_problem().slots, offload_problem().activations, host_bandwidth=10.0, other_runs=2)
+    tl = simulate(p, {"o": O, "e": S})
+    assert tl.other_runs_bytes == 2 * 30
+    assert tl.device_bytes == tuple(b + 60 for b in simulate(offload_problem(), {"o": O, "e": S}).device_bytes)
+    assert Structure(p).profile({"o": O, "e": S}).tolist() == list(tl.device_bytes)
+
+
+def test_other_runs_survive_json_and_must_not_be_negative():
+    p = chain(other_runs=3, run_held_bytes=5)
+    q = Problem.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert (q.other_runs, q.run_held_bytes) == (3, 5) and q == p
+    with pytest.raises(ValueError, match="other_runs"):
+        chain(other_runs=-1)
+
+
 def test_plan_json_round_trip(tmp_path):
     plan = Plan(
         {"a": S, "b": R, "c": O},

@@ -92,6 +92,26 @@ def test_solvers_on_random_problems(rng, frac):
     assert solver_failures(p, frac) == []
 
 
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0), runs=hst.integers(1, 3))
+def test_solvers_on_random_problems_under_other_runs(rng, frac, runs):
+    """The same properties when ``runs`` other runs of the graph hold what each plan stores."""
+    p = replace(fuzz_problem(rng), other_runs=runs, run_held_bytes=rng.randint(0, 64))
+    assert solver_failures(p, frac) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layer_modes_under_other_runs(seed):
+    """Tied and mixed layer plans honour other runs too (the simulator accepts them)."""
+    rng = random.Random(seed)
+    p = replace(_random_stack(rng), other_runs=2)
+    floor = min_peak(p)
+    cap = floor + int(rng.random() * (store_all_peak(p) - floor))
+    for mode in ("mix", "tie"):
+        assert not _plan_failures(p, solve(p, cap, layers=mode), cap, mode)
+
+
 # (seed, max_acts) of problems that benchmarks/fuzz_solvers.py found failing, now fixed:
 # 100814: lower_bound_peak counted an OFFLOAD as live through its all-copies window, above the
 # true floor, so ilp raised "cap 4359 cannot be met: the smallest peak is 4359"
