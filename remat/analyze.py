@@ -9,6 +9,10 @@ memory is allocated.
 
 The ``Report`` (explanation, timeline plot, JSON) lives in ``remat.report``, the sweep of caps in
 ``remat.pareto``; ``Report``, ``load`` and ``load_plan`` are importable from here too.
+
+``measure_peaks`` then runs the step for real (``remat analyze --measure``): compiled with backend
+remat and with plain torch.compile, each graph's peak as remat's model predicts it, as Inductor's
+generated code allocates it (``remat.wrapper_memory``) and as measured, side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import inspect
 import sys
 import types
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -28,7 +33,8 @@ from .errors import RematError
 from .measure import default_loss
 from .report import Report, load, load_plan
 
-__all__ = ["Report", "analyze", "capture_step", "default_loss", "load", "load_plan"]
+__all__ = ["MeasuredPeaks", "PeakRow", "Report", "analyze", "capture_step", "default_loss", "load", "load_plan",
+           "measure_peaks"]
 
 
 def capture_step(model: Callable, example_inputs: Any, loss_fn: Callable | None, partitioner: RematPartitioner) -> GraphReport:
@@ -115,6 +121,91 @@ def _input_names(model: Callable, count: int) -> list[str]:
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:count]
+
+
+@dataclass(frozen=True)
+class PeakRow:
+    """One compiled graph's or step's peak, in bytes above what was resident before the step: as
+    remat's model predicts it, as Inductor's generated code allocates it, as measured; None where
+    there is no such figure (plain torch.compile's partition is modelled only for a ratio budget,
+    its code read only for one graph, a graph of several measured only as part of its step)."""
+
+    label: str
+    predicted_bytes: int | None
+    code_bytes: int | None
+    measured_bytes: int | None = None
+
+    def ratio(self, figure: int | None) -> float | None:
+        """``figure`` over the measured peak (None when either is missing)."""
+        return figure / self.measured_bytes if figure is not None and self.measured_bytes else None
+
+
+@dataclass(frozen=True)
+class MeasuredPeaks:
+    """What ``measure_peaks`` ran: remat's graphs (each with what the step holds outside it while it
+    runs), remat's step, plain torch.compile's step, the cap and both step times."""
+
+    graphs: tuple[PeakRow, ...]
+    remat: PeakRow
+    plain: PeakRow
+    cap_bytes: int | None
+    reports: tuple[GraphReport, ...]
+    remat_step_s: float | None
+    plain_step_s: float | None
+
+
+def measure_peaks(model, example_inputs, loss_fn=None, memory_budget=None, plain_predicted: int | None = None,
+                  repeats: int = 3, **options) -> MeasuredPeaks:
+    """Compile model+loss with backend remat (``memory_budget``, ``options``) and with plain
+    torch.compile, measure one real step of each (``remat.measure``; ``repeats`` unprofiled steps
+    time them) and read each compiled graph's peak from its generated code. ``plain_predicted``:
+    remat's model of plain torch.compile's peak, when the caller has it (``remat.analyze`` under a
+    ratio budget: ``Report.graph.reference_peak_bytes``)."""
+    from .compilation import measure_compiled
+
+    measured, graphs = measure_compiled(model, example_inputs, loss_fn, memory_budget=memory_budget,
+                                        repeats=repeats, **options)
+    rows = tuple(_graph_row(g) for g in graphs)
+    step = PeakRow("step", _largest(r.predicted_bytes for r in rows), _largest(r.code_bytes for r in rows),
+                   measured.peak_bytes)
+    plain, plain_code = _plain_measured(model, example_inputs, loss_fn, repeats)
+    cap = graphs[0].step_cap_bytes if graphs else None
+    return MeasuredPeaks(rows, step, PeakRow("plain torch.compile", plain_predicted, plain_code, plain.peak_bytes),
+                         cap, tuple(graphs), measured.step_s, plain.step_s)
+
+
+def _graph_row(g: GraphReport) -> PeakRow:
+    """A remat graph's figures with what the step holds outside it; under plain torch.compile's
+    partition (``compiled_with``) remat predicted nothing that ran."""
+    held = g.resident_before_bytes
+    predicted = g.timeline.peak_bytes + held if g.compiled_with == "remat plan" else None
+    code = g.inductor_peak_bytes + held if g.inductor_peak_bytes is not None else None
+    return PeakRow(f"{g.problem.name} ({g.compiled_with})", predicted, code)
+
+
+def _largest(figures) -> int | None:
+    """The largest of ``figures``; None when any is missing."""
+    figures = list(figures)
+    return None if not figures or any(f is None for f in figures) else max(figures)
+
+
+def _plain_measured(model, example_inputs, loss_fn, repeats: int):
+    """Plain torch.compile's measured step (``remat.measure.measure_plain_compile``) and its peak
+    read from the code it generated (None unless it compiled one forward and one backward)."""
+    from torch._functorch import config as functorch_config
+
+    from .backend import _backward_compiled_now
+    from .inductor_check import InductorPeaks
+    from .measure import measure_plain_compile
+    from .wrapper_memory import collect_wrapper_code
+
+    peaks = InductorPeaks()
+    with torch._inductor.config.patch(fx_graph_cache=False, _post_fusion_custom_pass=peaks), \
+            functorch_config.patch(enable_autograd_cache=False), _backward_compiled_now(), \
+            collect_wrapper_code() as peaks.codes:
+        measured = measure_plain_compile(model, example_inputs, loss_fn, repeats)
+    code = peaks.code_peaks
+    return measured, max(code) if code and len(code) == 2 else None
 
 
 # ``remat.analyze`` is both this module and (in ``remat/__init__``) the function: importing the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -258,7 +259,7 @@ def cmd_analyze(args) -> int:
     _write_outputs(report, args)
     if args.measure:
         print()
-        print("\n".join(_measured_lines(model, inputs, loss_fn, report, opts)))
+        print("\n".join(_measured_lines(model, inputs, loss_fn, report, budget, opts)))
     return 0
 
 
@@ -318,30 +319,55 @@ def _write_outputs(report: Any, args) -> None:
         print(f"wrote {path} (open it at https://pytorch.org/memory_viz)")
 
 
-def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report: Any, opts: dict[str, Any]) -> list[str]:
-    """Compile and run real steps at the report's cap and with plain torch.compile: each figure of
-    the peak named once, which one the cap was checked against, and both step times."""
+def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report: Any, budget: str | None,
+                    opts: dict[str, Any]) -> list[str]:
+    """Compile and run a real step with backend remat at ``budget`` (as the user gave it: a ratio
+    is then of plain torch.compile's compiled code) and with plain torch.compile: per graph, the
+    predicted, code and measured peaks side by side with their ratios to the measured one, the cap
+    and what it was checked against, and both step times."""
+    from .analyze import measure_peaks
     from .errors import fmt_bytes
-    from .compilation import measure_compiled
-    from .measure import measure_plain_compile
     from .report import peak_figures
 
-    cap = report.budget_bytes
-    m, graphs = measure_compiled(model, inputs, loss_fn, memory_budget=cap, **opts)
-    plain = measure_plain_compile(model, inputs, loss_fn)
-    lines = ["compiled with backend remat at the same cap (the plan that runs; the offline plan above "
-             "has no Inductor estimate):"]
-    if graphs:
-        lines += ["  " + line for line in peak_figures(graphs[0], m.peak_bytes)]
-        if len(graphs) > 1:
-            lines.append(f"  ({len(graphs)} graphs; figures of the first)")
-    if cap is not None:
-        ok = m.peak_bytes <= cap
-        lines.append(f"  {'OK' if ok else 'OVER'}: the measured peak is {'within' if ok else 'over'} the cap")
-    lines.append(f"plain torch.compile: measured peak {fmt_bytes(plain.peak_bytes)}, step {_fmt_time(plain.step_s)}; "
-                 f"remat: measured peak {fmt_bytes(m.peak_bytes)}, step {_fmt_time(m.step_s)} "
-                 f"(medians of unprofiled steps)")
+    plain_model = report.graph.reference_peak_bytes if "modelled" in report.graph.reference else None
+    peaks = measure_peaks(model, inputs, loss_fn, memory_budget=budget, plain_predicted=plain_model, **opts)
+    lines = [f"measured: one real step compiled with backend remat (memory_budget={budget}) and one with plain "
+             "torch.compile; peaks above what was resident before the step:", ""]
+    lines += _peak_table(peaks)
+    if peaks.reports:
+        lines += ["", peak_figures(peaks.reports[0])[-1]]
+    if plain_model is not None and report.budget_bytes != peaks.cap_bytes:
+        lines.append(f"(the offline plan above was capped at {fmt_bytes(report.budget_bytes)}: there the ratio is of "
+                     "remat's model of plain torch.compile, here of its compiled code)")
+    m, plain = peaks.remat.measured_bytes, peaks.plain.measured_bytes
+    if peaks.cap_bytes is not None:
+        ok = m <= peaks.cap_bytes
+        lines.append(f"{'OK' if ok else 'OVER'}: the measured peak is {'within' if ok else 'over'} the cap "
+                     f"({m / peaks.cap_bytes:.3f} of it)")
+    lines.append(f"remat's measured peak is {m / plain:.3f} of plain torch.compile's ({fmt_bytes(m)} / {fmt_bytes(plain)}); "
+                 f"step: plain torch.compile {_fmt_time(peaks.plain_step_s)}, remat {_fmt_time(peaks.remat_step_s)} "
+                 "(medians of unprofiled steps)")
     return lines
+
+
+def _peak_table(peaks: Any) -> list[str]:
+    """Rows: each remat graph (with what the step holds outside it), remat's step when it has
+    several graphs, plain torch.compile; columns: predicted, code, measured, ratios to measured."""
+    from .errors import fmt_bytes
+
+    rows = list(peaks.graphs) + ([peaks.remat] if len(peaks.graphs) != 1 else []) + [peaks.plain]
+    if len(peaks.graphs) == 1:
+        rows[0] = dataclasses.replace(rows[0], measured_bytes=peaks.remat.measured_bytes)
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else fmt_bytes(v)
+
+    head = ["", "predicted", "Inductor's code", "measured", "predicted/measured", "code/measured"]
+    body = [[r.label, cell(r.predicted_bytes), cell(r.code_bytes), cell(r.measured_bytes),
+             cell(r.ratio(r.predicted_bytes)), cell(r.ratio(r.code_bytes))] for r in rows]
+    widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
+    return ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in [head] + body]
 
 
 def cmd_pareto(args) -> int:
@@ -489,7 +515,8 @@ def _add_analyze(sub) -> None:
                         "0.1: dimension 1 of the first input); repeatable. Prints the peak as a formula and at the ends")
     p.add_argument("--plot-sizes", metavar="PATH", help="with --range: write the predicted peak vs the size (PNG)")
     p.add_argument("--measure", action="store_true",
-                   help="also run one real step compiled with backend remat and print its measured peak")
+                   help="also run one real step compiled with backend remat at the budget and one with plain "
+                        "torch.compile: per graph, the predicted, Inductor's code and measured peaks side by side")
     _table_arguments(p)
     p.add_argument("--memory-snapshot", metavar="PATH",
                    help="write the predicted memory timeline as a torch.cuda.memory snapshot (pickle) for pytorch.org/memory_viz")
