@@ -183,3 +183,22 @@ def test_analyze_over_a_range_prints_the_peak_as_a_formula_and_at_the_ends(capsy
     base = re.search(rf"peak \(no remat\): (\d+)\*{s} \+ \d+ bytes", out)
     assert base and int(base.group(1)) > slope and "added time: +" in out  # the plan recomputes
     assert png.read_bytes()[:8] == PNG
+
+
+def test_peak_table_measures_the_step_of_several_graphs_and_a_single_graph_itself():
+    from remat.analyze import MeasuredPeaks, PeakRow
+    from remat.cli import _peak_table
+
+    def cells(peaks):
+        return [re.split(r"\s{2,}", ln.strip()) for ln in _peak_table(peaks)[1:]]
+
+    plain = PeakRow("plain torch.compile", None, 1000, 1000)
+    graphs = (PeakRow("graph0 (remat plan)", 600, 500), PeakRow("graph1 (remat plan)", 700, 640))
+    two = cells(MeasuredPeaks(graphs, PeakRow("step", 700, 640, 640), plain, 800, (), None, None))
+    assert [row[0] for row in two] == ["graph0 (remat plan)", "graph1 (remat plan)", "step", "plain torch.compile"]
+    assert two[0][3:] == ["-", "-", "-"]  # a graph of several is measured only as part of its step
+    assert two[2][3:] == ["640 B", "1.094", "1.000"]
+    assert two[3][1:] == ["-", "1000 B", "1000 B", "-", "1.000"]
+    one = cells(MeasuredPeaks(graphs[:1], PeakRow("step", 600, 500, 480), plain, 800, (), None, None))
+    assert [row[0] for row in one] == ["graph0 (remat plan)", "plain torch.compile"]
+    assert one[0][3:] == ["480 B", "1.250", "1.042"]  # a single graph is the step
