@@ -10,13 +10,14 @@ resident inputs (parameters and batch, ``primals_*``), which Inductor never free
 with the cap and plans again, lower, when it is over (``remat.backend.remat_backend``).
 
 That planner still misses what code generation decides (a fused kernel allocates all of its outputs
-before it runs; which results really reuse an input in place), and the pass runs before Inductor's
-own reordering for peak memory and its reuse of freed buffers, which plain torch.compile does
-(remat's plans turn both off): on the MLP example at quick sizes plain compile's backward is
-estimated at 63.0 MiB where its code allocates 57.0, as measured. So when the backend also hands over
-the generated wrapper code of the graphs (``remat.wrapper_memory.collect_wrapper_code``), the peak is
-read from that code instead (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and
-extern results taken from the graph recorded here. The pass also records the ops of each kernel
+before it runs; which results really reuse an input in place), and the pass runs before Inductor
+reorders the kernels for peak memory, which plain torch.compile does (remat's plans turn it off):
+on the MLP example at quick sizes plain compile's backward is estimated at 63.0 MiB, the order
+before the reorder, where its code allocates 57.0, as measured (63.0 with the reorder off). So
+when the backend also hands over the generated wrapper code of the graphs
+(``remat.wrapper_memory.collect_wrapper_code``), the peak is read from that code instead
+(``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and extern results taken from
+the graph recorded here. The pass also records the ops of each kernel
 (``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``).
 
 Neither the code nor the planner shows the scratch memory that an extern kernel allocates while it

@@ -79,7 +79,7 @@ def test_plain_compiles_code_walk_is_its_measured_peak_though_its_estimate_is_no
     """Plain torch.compile reorders its kernels for peak memory after the post-fusion pass (remat's
     plans turn that off) and reuses freed buffers (``bufN = bufM; del bufM  # reuse``): on an MLP
     the estimate made in the pass, of the order before the reorder, is over the measured backward
-    peak, and the walk of the generated code equals it (but for the caller's loss)."""
+    peak, and the walk of the generated code, reordered, equals it (but for the caller's loss)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
                                   for _ in range(2)))
