@@ -551,7 +551,7 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         if s in g.forward:
             _forward_lifetime(s, g, sched, made, read_at, fused, life)
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
-            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, inplaced), val))
+            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, fused, inplaced), val))
     return life
 
 
@@ -571,14 +571,37 @@ def _read_slots(u: fx.Node, sched: Schedule, kernels: KernelSpans) -> tuple[int,
 
 
 def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_at: list,
-                spans: dict[fx.Node, tuple[int, int]], inplaced: set) -> int:
-    """Last slot of backward buffer ``s``: the step's end if pinned, else its last read; a slot
-    earlier when Inductor writes the pointwise result of its last reader into it. Not inside a
-    generated kernel of several ops, whose other ops may still read ``s``."""
-    end = sched.last if s in g.pinned else max([t for _, t in read_at] + [created])
-    if end > created and sched.order[end] not in spans and _writes_in_place(sched.order[end], s, inplaced):
-        end -= 1  # Inductor writes the pointwise result into this dying buffer
+                spans: dict[fx.Node, tuple[int, int]], fused: set[fx.Node], inplaced: set) -> int:
+    """Last slot of backward buffer ``s``: the step's end if pinned, else its last read; earlier
+    when Inductor writes the pointwise result of its last reader into it: the slot before that
+    reader's, or, for a reader in a generated kernel of several ops (``_kernel_taker``), the slot
+    before the kernel's first, where the result's buffer starts."""
+    if s in g.pinned:
+        return sched.last
+    end = max([t for _, t in read_at] + [created])
+    if end == created:
+        return end
+    if sched.order[end] not in spans:
+        return end - 1 if _writes_in_place(sched.order[end], s, inplaced) else end
+    taker = _kernel_taker(s, read_at, end, spans, fused)
+    if taker is not None and _writes_in_place(taker, s, inplaced):
+        return max(created, spans[taker][0] - 1)
     return end
+
+
+def _kernel_taker(s: fx.Node, read_at: list, end: int, spans: dict[fx.Node, tuple[int, int]],
+                  fused: set[fx.Node]) -> fx.Node | None:
+    """The op of a generated kernel ending at ``end`` that may write its result in place of
+    ``s``: the one op of that kernel that reads ``s`` and is not inlined into another (Inductor's
+    ``decide_inplace_update``: the input's only remaining user, in a kernel other than its maker's)."""
+    takers = {u for u, t in read_at if t == end and u not in fused}
+    if len(takers) != 1:
+        return None
+    taker = takers.pop()
+    kernel = spans.get(taker)
+    if kernel is None or kernel[1] != end or spans.get(compute_node(s)) == kernel:
+        return None
+    return taker
 
 
 def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, read_at: list,
