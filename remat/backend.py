@@ -33,7 +33,7 @@ import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
 from ._version import __version__
-from .compilation import Compilation, compilation_for
+from .compilation import NO_RUNS, Compilation, Runs, compilation_for
 from .config import RematConfig
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
@@ -65,8 +65,9 @@ class RematPartitioner(CustomPartitionerFn):
 
     def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
                  plain_peak: int | None = None, kernel_groups: KernelGroups | None = None,
-                 resident: int = 0, peaks: InductorPeaks | None = None) -> None:
+                 resident: int = 0, peaks: InductorPeaks | None = None, runs: Runs = NO_RUNS) -> None:
         self.cfg = cfg
+        self.runs = runs  # the graph's other runs per step (``Compilation.runs``), planned for
         self.peaks = peaks  # the check after fusion: reads a dynamic graph's code at the sizes planned for
         self.resident = resident  # bytes earlier graphs of the step keep (taken off a byte cap)
         self.analyze_only = analyze_only
@@ -82,7 +83,8 @@ class RematPartitioner(CustomPartitionerFn):
         with no_guards(gm):  # planning reads sizes; a plan's rewrite holds for every size
             report, (joint, info) = plan_joint_graph(
                 gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
-                plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident)
+                plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident,
+                other_runs=(self.runs.others, self.runs.held_inputs))
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -105,7 +107,7 @@ class RematPartitioner(CustomPartitionerFn):
 
     def uuid(self) -> str:
         groups = self.kernel_groups.key() if self.kernel_groups is not None else None
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {machine_spec(self.cfg.device)}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {self.runs} {machine_spec(self.cfg.device)}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -178,28 +180,26 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = comp.plain_step_peak(key, *plain[1:]) if plain is not None else None
     resident = _taken_off_cap(cfg, resident_before, comp.outside(key).nbytes, step_reference=plain_peak is not None)
+    runs = _plan_for_runs(cfg, comp, key)
     if not cfg.inductor_check:
-        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident)
+        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident, runs=runs)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
         record(partitioner.reports)
         return compiled
-    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak, resident)
-    if report is not None and not cfg.memory_budget.minimum:
-        compiled, report, estimate = _plan_for_runs(gm, example_inputs, cfg, comp, key, plain_peak, resident,
-                                                    (compiled, report, estimate))
+    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, cfg, name, plain_peak, resident, runs)
     if report is None or report.budget_bytes is None or estimate is None:
         record([report] if report is not None else [])
         return compiled
     if estimate > report.budget_bytes:
         sizes = report.dynamic.planned_at if report.dynamic is not None else None
         # a dynamic graph's plain code is read again at the sizes planned for (``plain`` was read at the hints)
-        fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes)
+        fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes, runs)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             record([report])
             return fallback[0]
         _refuse_over_cap(cfg, report, estimate)
-    faster = None if comp.repeated(key) else _plain_if_it_fits(gm, example_inputs, cfg, plain, report)
+    faster = _plain_if_it_fits(gm, example_inputs, cfg, plain, report, runs)
     if faster is not None:
         report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *faster[1:]
         record([report])
@@ -211,7 +211,8 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
 PLAIN_BAND = 1.5  # under a byte cap, plain torch.compile is tried when the model's store-all peak is within this factor of the cap
 
 
-def _plain_if_it_fits(gm, example_inputs, cfg: RematConfig, plain: tuple | None, report: GraphReport):
+def _plain_if_it_fits(gm, example_inputs, cfg: RematConfig, plain: tuple | None, report: GraphReport,
+                      runs: Runs = NO_RUNS):
     """Plain torch.compile (compiled, its code's peak, the bytes its backward receives) when remat's
     plan adds time and plain's code leaves the reserve free under this graph's cap: it adds none.
     The model can over-predict plain's peak (+37 % on hf_llama, where remat recomputed 11-13
@@ -221,51 +222,17 @@ def _plain_if_it_fits(gm, example_inputs, cfg: RematConfig, plain: tuple | None,
         return None  # "min" compared plain torch.compile already (``_lowest_of_min``)
     if plain is None and report.baseline_peak_bytes > PLAIN_BAND * report.budget_bytes:
         return None
-    return _plain_within(gm, example_inputs, plain, cfg.planning_target(report.budget_bytes))
+    return _plain_within(gm, example_inputs, plain, cfg.planning_target(report.budget_bytes), runs=runs)
 
 
-def _plan_for_runs(gm, example_inputs, cfg: RematConfig, comp: Compilation, key, plain_peak: int | None,
-                   resident: int, first: tuple):
-    """A graph that runs n times per step (``Compilation.more_runs_bytes``; ``first``: its compile
-    planned as if it ran once): while one runs, the n - 1 others hold what they keep until their
-    backward (``Compilation.held_until_backward``). A plan fits when its code's peak and the other
-    runs' bytes fit this graph's share of the cap; while the last plan does not, plan again with
-    the other runs' bytes (by the last plan) taken off the share, at most MAX_REPLANS times (a
-    lower cap holds fewer bytes). Returns the fitting plan, else the one closest to fitting, with
-    its report's cap and ``resident_before_bytes`` moved by what its other runs hold
-    (``Compilation.plan_repeats`` records it; the caller refuses a plan over its cap)."""
-    share = first[1].budget_bytes
-    if share is None or first[2] is None or comp.outside(key).runs < 2:
-        return first
-    tried, needs = [first], set()
-    while len(tried) <= MAX_REPLANS and not _fits_with_runs(comp, key, tried[-1], share):
-        need = comp.more_runs_bytes(key, tried[-1][1].kept_bytes or 0)
-        if need in needs:  # planned with that already
-            break
-        needs.add(need)
-        try:
-            again = _compile_checked_plans(gm, example_inputs, cfg, first[1].problem.name, plain_peak, resident + need)
-        except Exception as e:
-            if _caused_by(e, InfeasibleBudgetError) is None:
-                raise
-            break
-        if again[1] is None or again[2] is None:  # no plan or no code read: nothing to compare
-            break
-        tried.append(again)
-    best = min(tried, key=lambda t: t[2] + comp.more_runs_bytes(key, t[1].kept_bytes or 0))
-    need = comp.more_runs_bytes(key, best[1].kept_bytes or 0)
-    best[1].budget_bytes, best[1].resident_before_bytes = share - need, resident + need
-    comp.plan_repeats(key, need)
-    return best
-
-
-def _fits_with_runs(comp: Compilation, key, compiled: tuple, share: int) -> bool:
-    """Whether a compile's code peak and what its other runs hold fit ``share``."""
-    report, estimate = compiled[1], compiled[2]
-    return estimate is not None and estimate + comp.more_runs_bytes(key, report.kept_bytes or 0) <= share
-
-
-MAX_REPLANS = 3  # plans of a graph that runs several times per step, after the one made as if it ran once
+def _plan_for_runs(cfg: RematConfig, comp: Compilation, key) -> Runs:
+    """The other runs per step that graph ``key`` is planned for (``Compilation.runs``: FSDP2's
+    blocks of one class and shapes run one graph). While its last run runs, the others hold what
+    they keep until their backward: the planner counts that in every slot (``Problem.other_runs``)
+    and trades it against recomputation, and the check loop adds it to the code's peak, by the
+    compiled backward's inputs (``_compile_checked``), so a plan whose code is over with them is
+    planned again lower like any other. None under "min" (each graph's floor is its own)."""
+    return NO_RUNS if cfg.memory_budget.minimum else comp.runs(key)
 
 
 def _taken_off_cap(cfg: RematConfig, resident: int, outside: int, step_reference: bool = False) -> int:
@@ -282,17 +249,21 @@ def _taken_off_cap(cfg: RematConfig, resident: int, outside: int, step_reference
 
 
 def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,
-                  cap: int, sizes: dict[str, int] | None = None) -> tuple[Any, int, int | None] | None:
-    """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak is under
-    ``cap``: (compiled, its peak, the bytes its backward receives). ``sizes``: the values of a
-    dynamic graph's size symbols at which its code is read (default: their hints)."""
+                  cap: int, sizes: dict[str, int] | None = None, runs: Runs = NO_RUNS) -> tuple[Any, int, int | None] | None:
+    """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak, with what
+    its other runs per step hold (``runs``), is under ``cap``: (compiled, that peak, the bytes its
+    backward receives). ``sizes``: the values of a dynamic graph's size symbols at which its code
+    is read (default: their hints)."""
     if plain is None:
         plain = plain_compile(gm, example_inputs, sizes)
-    return plain if plain[1] is not None and plain[1] <= cap else None
+    if plain[1] is None:
+        return None
+    peak = plain[1] + runs.held_bytes(plain[2] or 0)
+    return (plain[0], peak, plain[2]) if peak <= cap else None
 
 
 def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None,
-                           resident: int = 0):
+                           resident: int = 0, runs: Runs = NO_RUNS):
     """Plan and compile, then plan again (``MAX_PLANS`` compiles in all) as the code's peak says:
     while Inductor's code leaves less than the reserve free under the cap, first with the kernels
     that Inductor generated (the model then places each kernel's ops as one), then lower by the
@@ -304,14 +275,15 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     instead when its code peaks lower still (``_lowest_of_min``). A raise leaves room for a loss
     computed outside the graph (``loss_room``), which a plan whose code left the slack free had.
     Returns the compiled graph, its report and its code's peak. ``resident``: what earlier graphs
-    of the step keep (``plan_joint_graph``)."""
+    of the step keep (``plan_joint_graph``); ``runs``: the graph's other runs per step, planned
+    for, and counted in each code's peak (``_compile_checked``)."""
     tried: list[_Compiled] = []
     room = loss_room(grad_output_bytes(gm))
     lower_by, groups = 0, None
     while len(tried) < MAX_PLANS:
         try:
             compiled, report, estimate, kernels = _compile_checked(
-                gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident)
+                gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident, runs)
         except Exception as e:
             if tried and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
@@ -452,29 +424,36 @@ def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> No
     """No plan's code (nor plain torch.compile's) meets the cap: the cap cannot be met, and the
     smallest peak named is the code's (``on_infeasible="min"``: run the lowest plan, with a warning)."""
     if cfg.on_infeasible != "min":
-        raise _infeasible(graph_label(report), report.budget_bytes, estimate, report.resident_before_bytes)
+        raise _infeasible(graph_label(report), report.budget_bytes, estimate, report.resident_before_bytes,
+                          report.problem.other_runs)
     log.warning("remat[%s]: memory_budget %s cannot be met; planned at the smallest peak, %s as Inductor's code "
                 "allocates it, after %d plans (on_infeasible='min')", graph_label(report),
                 fmt_bytes(report.budget_bytes), fmt_bytes(estimate), report.plans_made)
 
 
 def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
-                     groups: KernelGroups | None = None, resident: int = 0):
+                     groups: KernelGroups | None = None, resident: int = 0, runs: Runs = NO_RUNS):
     """One compile with both graphs compiled now, planned with the kernels ``groups`` of the last
     compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated).
-    The report's ``kept_bytes`` is read from the compiled backward."""
+    The report's ``kept_bytes`` is read from the compiled backward; the estimate is the code's
+    peak with what the graph's other runs per step hold by it (``runs``, the report's
+    ``other_runs_bytes``)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
-                                   resident=resident, peaks=peaks)
+                                   resident=resident, peaks=peaks, runs=runs)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
+    estimate = peaks.peak_bytes
     if report is not None:
         report.kept_bytes = backward_start_bytes(peaks)
         _warn_unsized(graph_label(report), peaks.walks)
-    return compiled, report, peaks.peak_bytes, peaks.kernel_groups
+        if runs.others and report.kept_bytes is not None and estimate is not None:
+            report.other_runs_bytes = runs.held_bytes(report.kept_bytes)
+            estimate += report.other_runs_bytes
+    return compiled, report, estimate, peaks.kernel_groups
 
 
 def _warn_unsized(label: str, walks: list | None) -> None:
@@ -532,12 +511,15 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
     its outputs (``grad_outputs``: bytes of the outputs that need a gradient) can exceed the cap."""
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
-            r.kept_bytes = r.timeline.device_bytes[r.problem.num_forward - 1] if r.problem.num_forward else 0
-        outside, repeated, made = comp.outside(key), comp.repeated(key), comp.made_inputs(key)
-        runs = f"{outside.runs - 1} more runs of this graph per step keep {fmt_bytes(repeated)}" if repeated else ""
+            nf = r.problem.num_forward
+            r.kept_bytes = r.timeline.device_bytes[nf - 1] - r.timeline.other_runs_bytes if nf else 0
+        if r.problem.other_runs:  # by the bytes its backward receives (the plain fallback's too)
+            r.other_runs_bytes = comp.more_runs_bytes(key, r.kept_bytes)
+        outside, made = comp.outside(key), comp.made_inputs(key)
         inputs = f"{fmt_bytes(made)} of its inputs made earlier in the step" if made else ""
-        r.outside_bytes = outside.nbytes + repeated + made
-        r.outside = ", ".join(filter(None, (outside.describe(), inputs, runs)))
+        r.outside_bytes = outside.nbytes + made
+        r.outside = ", ".join(filter(None, (outside.describe(), inputs)))
+        comp.plan_repeats(key, r.other_runs_bytes if r.problem.other_runs else 0)
         comp.add(r)
         comp.keep(key, r.kept_bytes)
         log.info("%s", summary_line(r))
@@ -556,14 +538,14 @@ def _warn_loss_outside(r: GraphReport, grad_outputs: int) -> None:
     if cap is None or not grad_outputs:
         return
     room = loss_room(grad_outputs)
-    excess = r.resident_before_bytes + r.kept_bytes + room - cap
+    excess = r.resident_before_bytes + r.other_runs_bytes + r.kept_bytes + room - cap
     if excess > 0:
         log.warning("remat[%s]: if a loss is computed outside the compiled graph from its outputs (%s that need a "
                     "gradient), it allocates about %s more (an output-sized intermediate and its gradient) while this "
                     "graph keeps %s and %s is held outside it: up to %s over the cap of %s. Compute the loss inside "
                     "the compiled function, or pass outside_bytes=%d (taken off the cap)", graph_label(r),
                     fmt_bytes(grad_outputs), fmt_bytes(room), fmt_bytes(r.kept_bytes),
-                    fmt_bytes(r.resident_before_bytes), fmt_bytes(excess), fmt_bytes(cap), room)
+                    fmt_bytes(r.resident_before_bytes + r.other_runs_bytes), fmt_bytes(excess), fmt_bytes(cap), room)
 
 
 def made_input_bytes(example_inputs: Sequence[Any]) -> int:

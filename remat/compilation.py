@@ -21,9 +21,10 @@ of a frame replaces its figures (never counted twice); ``resident_before(key)`` 
 of the graphs first compiled before it, and adds what the step allocates outside the graphs while
 this one runs (``outside(key)``: the option ``outside_bytes``, else found from the module being
 compiled, ``remat.outside_memory``: FSDP2's buffers). A graph known to run n times per step
-(FSDP2's blocks of one class and shapes) keeps its saved bytes n times: the backend plans it again
-with ``more_runs_bytes`` (n - 1 runs' kept bytes) taken off its cap, and records that figure
-(``plan_repeats``). A ratio budget is of plain torch.compile's
+(FSDP2's blocks of one class and shapes) keeps its saved bytes n times: ``runs(key)`` says what
+its n - 1 other runs hold while the last one runs (``Runs``), which the backend puts in the graph's
+``Problem`` (the planner trades them against recomputation) and adds to its code's peak, and
+records the figure of the plan kept (``plan_repeats``). A ratio budget is of plain torch.compile's
 step: ``plain_step_peak(key, ...)`` records what plain's partition of each graph keeps and gives
 the plain step's peak as far as graph ``key`` (its code's peak on top of what plain holds outside it).
 
@@ -43,15 +44,36 @@ import logging
 import sys
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import fmt_bytes
 from .outside_memory import NOTHING, OutsideMemory, outside_memory
 
-__all__ = ["Compilation", "compilation_for", "reports"]
+__all__ = ["Compilation", "Runs", "compilation_for", "reports"]
 
 log = logging.getLogger("remat")
 Key = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Runs:
+    """What a graph's other runs per step hold while its last run runs: each keeps what its
+    backward reads until that backward starts. ``others``: runs besides the one planned;
+    ``held_inputs``: bytes of the graph's inputs made earlier in the step (its backward reads
+    them; no decision changes them); ``grad_outputs``: bytes of its outputs' gradients, which its
+    compiled backward receives but which exist only once that backward starts."""
+
+    others: int = 0
+    held_inputs: int = 0
+    grad_outputs: int = 0
+
+    def held_bytes(self, kept: int) -> int:
+        """What the other runs hold when the compiled backward receives ``kept`` bytes."""
+        return self.others * (max(0, int(kept) - self.grad_outputs) + self.held_inputs)
+
+
+NO_RUNS = Runs()
 
 
 class Compilation:
@@ -163,16 +185,22 @@ class Compilation:
             return None
         return peak + self.plain_resident_before(key) + self.more_runs_bytes(key, kept or 0)
 
+    def runs(self, key: Key | None) -> Runs:
+        """Graph ``key``'s other runs per step (``Runs``), with the runs per step found outside
+        the graphs (``OutsideMemory.runs``: FSDP2's blocks of one class and shapes; call after
+        ``resident_before`` and ``graph_io``)."""
+        with self._lock:
+            made, grads = self._made_inputs.get(key, 0), self._grad_outputs.get(key, 0)
+        return Runs(self.outside(key).runs - 1, made, grads)
+
     def more_runs_bytes(self, key: Key | None, kept: int) -> int:
         """What the other runs of graph ``key`` in one step hold while one of them runs, when its
-        compiled backward receives ``kept`` bytes: (runs - 1) x ``held_until_backward``, with the
-        runs per step found outside the graphs (``OutsideMemory.runs``: FSDP2's blocks of one
-        class and shapes)."""
-        return (self.outside(key).runs - 1) * self.held_until_backward(key, kept)
+        compiled backward receives ``kept`` bytes: (runs - 1) x ``held_until_backward``."""
+        return self.runs(key).held_bytes(kept)
 
     def plan_repeats(self, key: Key | None, nbytes: int) -> None:
-        """Graph ``key``'s plan was made with ``nbytes`` taken off its cap for its other runs per
-        step (``more_runs_bytes``; the watch, ``counted``, then expects them)."""
+        """Graph ``key``'s plan kept counts ``nbytes`` held by its other runs per step
+        (``more_runs_bytes``; the watch, ``counted``, then expects them)."""
         with self._lock:
             self._repeated[key] = int(nbytes)
 

@@ -83,6 +83,10 @@ class GraphReport:
     # dynamic shapes: the sizes the plan was made for and proven over, its symbolic peak
     # (``remat.symbolic.DynamicPlan``); None when every size is static
     dynamic: DynamicPlan | None = None
+    # what this graph's other runs per step hold while its last run runs (``Problem.other_runs``),
+    # in the predicted peak and in ``inductor_peak_bytes``: by its compiled backward's inputs once
+    # read (the backend), else by the plan (``timeline.other_runs_bytes``)
+    other_runs_bytes: int = 0
 
     @property
     def problem(self):
@@ -97,7 +101,7 @@ class GraphReport:
 def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
     lower_by: int = 0, name: str = "graph0", offline: bool = False, plain_peak: int | None = None,
-    kernel_groups: KernelGroups | None = None, resident: int = 0,
+    kernel_groups: KernelGroups | None = None, resident: int = 0, other_runs: tuple[int, int] = (0, 0),
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
     with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
@@ -105,7 +109,9 @@ def plan_joint_graph(
     plain torch.compile's peak on this graph, read from its compiled code, when the backend has it;
     ``kernel_groups``: the kernels Inductor generated for this graph under the last plan;
     ``resident``: bytes held outside this graph while it runs, taken off its cap: what earlier
-    graphs of the step keep and buffers allocated outside the graphs, see ``backend._taken_off_cap``)."""
+    graphs of the step keep and buffers allocated outside the graphs, see ``backend._taken_off_cap``;
+    ``other_runs``: (runs of this graph per step besides the one planned, bytes each holds whatever
+    the plan), ``Problem.other_runs`` and ``run_held_bytes``)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     _refuse_meta(joint, name)
@@ -123,7 +129,7 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
-    captured.problem = problem = with_layers(with_kernels(captured.problem, kernel_groups))
+    captured.problem = problem = with_runs(with_layers(with_kernels(captured.problem, kernel_groups)), *other_runs)
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint
@@ -138,10 +144,17 @@ def plan_joint_graph(
         captured.problem = problem = sizes.problem_at(problem, corner)
     report = GraphReport(captured, plan, timeline, store_all_peak(problem), budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before, spec), reference_peak_bytes=reference,
-                         reference=source, resident_before_bytes=resident)
+                         reference=source, resident_before_bytes=resident,
+                         other_runs_bytes=timeline.other_runs_bytes)
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
+
+
+def with_runs(problem: Any, others: int, held: int) -> Any:
+    """``problem`` with ``others`` other runs per step, each holding ``held`` bytes whatever the plan
+    and what the plan stores (``Problem.other_runs``, ``run_held_bytes``)."""
+    return replace(problem, other_runs=others, run_held_bytes=held) if others else problem
 
 
 def planning_sizes(cfg: RematConfig, problem: Any, sizes: SymbolicSizes | None, name: str) -> tuple[Box | None, dict]:
@@ -418,7 +431,8 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
         floor = e.min_peak_bytes
         over_cap = budget is None or floor > budget
         if over_cap and not checked_later and cfg.on_infeasible != "min":
-            raise _infeasible(problem.name, budget if budget is not None else target, floor, resident) from None
+            cap = budget if budget is not None else target
+            raise _infeasible(problem.name, cap, floor, resident, problem.other_runs) from None
         if over_cap and not checked_later:
             log.warning("remat[%s]: memory_budget %s cannot be met; planning at the smallest peak, %s "
                         "(on_infeasible='min')", problem.name, fmt_bytes(budget), fmt_bytes(floor))
@@ -428,20 +442,23 @@ def solve_within(cfg: RematConfig, problem: Any, budget: int | None, target: int
         return plan, floor
 
 
-def _infeasible(graph: str, budget: int, floor: int, resident: int = 0) -> InfeasibleBudgetError:
+def _infeasible(graph: str, budget: int, floor: int, resident: int = 0, other_runs: int = 0) -> InfeasibleBudgetError:
     """The error for a cap below the floor: names the graph, the option and what to do. With
     ``resident`` (what is held outside the graph while it runs: what earlier graphs of the step
-    keep, buffers outside the graphs, its own other runs per step; ``budget`` is this graph's
-    share) it names the step's cap and the smallest cap for the whole step."""
+    keep, buffers outside the graphs, its inputs made earlier; ``budget`` is this graph's share)
+    it names the step's cap and the smallest cap for the whole step. ``other_runs``: the floor
+    counts what that many other runs of the graph per step hold (``Problem.other_runs``)."""
     what_to_do = "or pass memory_budget='min' (plan at the smallest peak) or on_infeasible='min'"
+    runs = f" with what its {other_runs} other runs per step hold until their backward" if other_runs else ""
+    needs = f"{graph} needs {fmt_bytes(floor)}{runs}"
     if not resident:
         return InfeasibleBudgetError(budget, floor, detail=(
-            f"graph {graph}; raise memory_budget to at least {fmt_bytes(floor)}, {what_to_do}"))
+            f"graph {graph}{runs}; raise memory_budget to at least {fmt_bytes(floor)}, {what_to_do}"))
     step_floor = resident + floor
     return InfeasibleBudgetError(budget + resident, step_floor, detail=(
-        f"{graph} needs {fmt_bytes(floor)}; {fmt_bytes(resident)} is held outside it while it runs (what earlier "
-        f"graphs of the step keep until their backward, buffers allocated outside the graphs, its other runs in "
-        f"the step); the smallest cap for the whole step is "
+        f"{needs}; {fmt_bytes(resident)} is held outside it while it runs (what earlier "
+        f"graphs of the step keep until their backward, buffers allocated outside the graphs, its inputs made "
+        f"earlier in the step); the smallest cap for the whole step is "
         f"{fmt_bytes(resident)} + {fmt_bytes(floor)} = {fmt_bytes(step_floor)}: raise memory_budget to at least "
         f"that, {what_to_do}"))
 
@@ -485,9 +502,11 @@ def summary_line(r: GraphReport) -> str:
     cap = fmt_bytes(r.budget_bytes) if r.budget_bytes is not None else "none"
     if r.resident_before_bytes and r.budget_bytes is not None:
         cap += f" (step cap {fmt_bytes(r.step_cap_bytes)} less {_held_outside(r)})"
+    runs = r.problem.other_runs
+    held = f" with {runs} more runs of this graph per step holding {fmt_bytes(r.other_runs_bytes)}" if runs else ""
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
-        f"predicted {fmt_bytes(r.timeline.peak_bytes)}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
+        f"predicted {fmt_bytes(r.timeline.peak_bytes)}{held}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "
         f"{p.solver}: {status_words(p, 0.01)} in {p.solve_time_s:.2f} s, plan {p.digest()}; costs {r.cost_model}{offload_note(r)}{_inductor_note(r)}"
         f"{dynamic_note(r)}"
     )

@@ -1,5 +1,8 @@
-"""A step's accounting across its graphs (``remat.compilation.Compilation``), without compiling:
-what earlier graphs keep, and the plain-compile step that a ratio budget refers to."""
+"""A step's accounting across its graphs (``remat.compilation.Compilation``), mostly without
+compiling: what earlier graphs keep, the plain-compile step that a ratio budget refers to, and a
+graph's other runs per step (one small compile plans them)."""
+
+import dataclasses
 
 import pytest
 
@@ -64,7 +67,7 @@ def graph_report(kept: int, resident: int, budget: int):
     from types import SimpleNamespace
 
     return SimpleNamespace(kept_bytes=kept, resident_before_bytes=resident, step_cap_bytes=budget + resident,
-                           dynamic=None, problem=SimpleNamespace(name="graph0"))
+                           dynamic=None, problem=SimpleNamespace(name="graph0"), other_runs_bytes=0)
 
 
 def test_a_loss_outside_the_graph_that_can_exceed_the_cap_is_warned_of(caplog):
@@ -98,51 +101,59 @@ def test_the_outputs_a_loss_reads_are_those_that_need_a_gradient():
     assert grad_output_bytes(graphs[0]) == 4 * 8 * 4  # the product only: the sum needs no gradient, nor the copy
 
 
-def compile_result(kept: int, estimate: int, budget: int):
-    """What ``backend._compile_checked_plans`` returns: (compiled, report, its code's peak)."""
-    from types import SimpleNamespace
-
-    report = SimpleNamespace(kept_bytes=kept, budget_bytes=budget, resident_before_bytes=0,
-                             problem=SimpleNamespace(name="graph0"))
-    return f"compiled keeping {kept}", report, estimate
-
-
-def four_runs_per_step(monkeypatch, replans):
-    """A compilation whose graph FIRST runs 4 times per step, and a backend whose compiles return
-    ``replans`` in turn (recording the bytes taken off each)."""
-    from remat import backend
+def test_a_graph_run_four_times_per_step_counts_what_three_other_runs_hold():
+    from remat.backend import _plan_for_runs
+    from remat.compilation import NO_RUNS, Runs
     from remat.outside_memory import OutsideMemory
 
     comp = Compilation({"memory_budget": "4MiB"})
+    comp.graph_io(FIRST, grad_outputs=100, made_inputs=300)
     comp._outside[FIRST] = OutsideMemory((("gathered parameters", 320),), "FSDP2", runs=4)
-    calls = []
-
-    def compile_checked(gm, inputs, cfg, name, plain_peak, resident):
-        calls.append(resident)
-        return replans[len(calls) - 1]
-
-    monkeypatch.setattr(backend, "_compile_checked_plans", compile_checked)
-    return comp, calls
+    assert comp.runs(FIRST) == Runs(others=3, held_inputs=300, grad_outputs=100)
+    # a backward that receives 1100 bytes: 1000 saved, 100 of output gradients (not held yet)
+    assert comp.more_runs_bytes(FIRST, 1100) == 3 * (1000 + 300) == Runs(3, 300, 100).held_bytes(1100)
+    assert _plan_for_runs(RematConfig.from_options({"memory_budget": "4MiB"}), comp, FIRST) == comp.runs(FIRST)
+    assert _plan_for_runs(RematConfig.from_options({"memory_budget": "min"}), comp, FIRST) == NO_RUNS
 
 
-def test_a_graph_run_four_times_per_step_is_planned_again_with_three_runs_kept_off_its_cap(monkeypatch):
-    from remat.backend import _plan_for_runs
+def test_plain_compile_replaces_a_plan_only_when_its_code_fits_with_its_other_runs():
+    from remat.backend import _plain_within
+    from remat.compilation import Runs
 
-    # the first plan stores all (keeps 1000); planned without 3 x 1000 it recomputes and keeps 500
-    comp, calls = four_runs_per_step(monkeypatch, [compile_result(kept=500, estimate=1000, budget=680)])
-    first = compile_result(kept=1000, estimate=1000, budget=3680)
-    compiled, report, estimate = _plan_for_runs(None, None, None, comp, FIRST, None, 320, first)
-    assert calls == [320 + 3000]
-    assert compiled == "compiled keeping 500" and estimate + 3 * 500 <= 3680
-    assert report.budget_bytes == 3680 - 1500 and report.resident_before_bytes == 320 + 1500
-    assert comp.repeated(FIRST) == 1500
+    plain = ("plain compiled", 1000, 1100)  # its code peaks at 1000, its backward receives 1100
+    runs = Runs(others=3, held_inputs=300, grad_outputs=100)
+    assert _plain_within(None, None, plain, cap=4900, runs=runs) == ("plain compiled", 1000 + 3900, 1100)
+    assert _plain_within(None, None, plain, cap=4899, runs=runs) is None
+    assert _plain_within(None, None, plain, cap=1000) == plain
 
 
-def test_a_graph_whose_runs_fit_no_plan_keeps_the_closest_with_its_cap_below_its_peak(monkeypatch):
-    from remat.backend import _plan_for_runs
+@pytest.mark.parametrize("checked", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_a_compiled_graph_that_runs_four_times_is_planned_with_its_other_runs(monkeypatch, checked):
+    """Told that its graph runs 4 times per step (as FSDP2's blocks of one class do), the backend
+    plans it with the 3 other runs in the Problem: at a cap that storing everything meets for one
+    run (0.96 MiB measured), it recomputes (2.62 MiB if it stored all), and its code's peak with what
+    the other runs hold meets the cap (``checked``: read from Inductor's code, 2 compiles, about 25 s
+    on 2 idle cores; else the model's)."""
+    import torch
 
-    comp, calls = four_runs_per_step(monkeypatch, [compile_result(kept=1000, estimate=1000, budget=680)])
-    first = compile_result(kept=1000, estimate=1000, budget=3680)
-    compiled, report, estimate = _plan_for_runs(None, None, None, comp, FIRST, None, 320, first)
-    assert calls == [320 + 3000]  # the same kept bytes again: no third plan
-    assert report.budget_bytes == 680 < estimate  # the backend then refuses it, naming the step's floor
+    import remat
+    from remat import compilation
+    from remat.outside_memory import OutsideMemory
+    from remat.plan import Decision
+    from remat.simulate import store_all_peak
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    x = torch.randn(256, 64, requires_grad=True)
+    monkeypatch.setattr(compilation, "outside_memory", lambda: OutsideMemory(runs=4))
+    four = torch.compile(model, backend="remat", options={"memory_budget": "1.5MiB", "inductor_check": checked})
+    four(x * 1).sum().backward()  # an input made earlier in the step: every run holds it
+    report = remat.reports(four)[0]
+    assert report.problem.other_runs == 3 and report.problem.run_held_bytes == 256 * 64 * 4
+    assert store_all_peak(dataclasses.replace(report.problem, other_runs=0)) <= report.budget_bytes
+    assert store_all_peak(report.problem) > report.budget_bytes and report.plan.names(Decision.RECOMPUTE)
+    assert report.other_runs_bytes >= 3 * 256 * 64 * 4
+    assert report.timeline.peak_bytes <= report.budget_bytes
+    if checked:
+        assert report.inductor_peak_bytes <= report.budget_bytes  # the code's peak with the other runs'
+    assert "3 more runs of this graph per step holding" in remat.planning.summary_line(report)
