@@ -19,8 +19,10 @@ order); a byte cap is then taken less FSDP2's buffers (``resident_before_bytes``
 per rank and budget, and writes benchmarks/results/distributed.json (the MLP under DDP), or
 distributed_gpt.json, distributed_fsdp2.json, distributed_gpt_fsdp2.json (``--tag _s6``:
 distributed_s6.json, distributed_s6_gpt.json, ...). Each row names per graph what its cap gave up
-outside it (``outside``: FSDP2's buffers, inputs made earlier in the step, its other runs per step)
-and what its backward receives (``kept_bytes``).
+outside it (``outside``: FSDP2's buffers, inputs made earlier in the step), what its backward
+receives (``kept_bytes``), its other runs per step (FSDP2's blocks of one class share one graph)
+and what they hold while the last one runs (``other_runs``, ``other_runs_bytes``: in its predicted
+and Inductor peaks), and its predicted peak.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ WRAPPERS = {"ddp": ddp_wrapped, "fsdp2": fsdp2_wrapped}
 def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
     import remat
     from remat.measure import measure_step
+    from remat.plan import Decision
 
     base, x, loss_fn = CASES[args.model](rank, args)
     plain, model, compiled = WRAPPERS[args.wrapper](base, {"memory_budget": budget})
@@ -136,6 +139,10 @@ def one_budget(rank: int, budget: str, args: argparse.Namespace) -> dict:
             "inductor_peak_bytes": [r.inductor_peak_bytes for r in reports],
             "resident_before_bytes": [r.resident_before_bytes for r in reports],
             "outside": [r.outside for r in reports], "kept_bytes": [r.kept_bytes for r in reports],
+            "other_runs": [r.problem.other_runs for r in reports],
+            "other_runs_bytes": [r.other_runs_bytes for r in reports],
+            "predicted_peak_bytes": [r.timeline.peak_bytes for r in reports],
+            "recomputed": [len(r.plan.names(Decision.RECOMPUTE)) for r in reports],
             "second_step_peak_bytes": second, "measured_peak_bytes": third}
 
 

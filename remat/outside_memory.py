@@ -22,7 +22,7 @@ runs it on the call stack):
   The sum is the backward's; the forward holds less (its own parameters only): a safe figure.
   Blocks of one class and parameter shapes, each compiled, run one compiled graph, once per block
   per step (``fsdp2_runs``; ``OutsideMemory.runs``): each run keeps its saved bytes until its
-  backward, which the backend plans for (``Compilation.repeats``).
+  backward: the planner counts what the other runs hold (``Compilation.runs``, ``Problem.other_runs``).
 """
 
 from __future__ import annotations
