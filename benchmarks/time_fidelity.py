@@ -2,6 +2,7 @@
 
     python benchmarks/time_fidelity.py --quick                  # mlp, gpt, cnn, evoformer, small sizes
     python benchmarks/time_fidelity.py --models gpt --cost-models profiled,measured --rounds 20
+    python benchmarks/time_fidelity.py --quick --models mlp --price  # + activation_memory_budget rows
 
 Cost models: ``roofline`` (the CPU's constants, ``device="cpu"``), ``profiled`` (the roofline with
 this machine's rates: ``remat profile`` runs first, into the run's cache) and ``measured``.
@@ -23,6 +24,11 @@ again over the store-all step (the ratio per round to that process), which is wh
 prediction claims. A plan that plain torch.compile replaced (its code met the cap) is marked and
 left out of "rank", which counts the pairs of plans whose predicted added times differ by more
 than 5 % and whose measured ratios order the same way.
+
+``--price`` adds torch's ``activation_memory_budget`` 0.5 / 0.2 / 0 (compiled first) and remat,
+default cost model, at a byte cap equal to each one's measured peak, to the same rounds: a second
+table gives their peaks and steps over plain compile's and remat's step over that row's in the
+same round (the price of remat's plan at torch's peak, with the machine's noise shared).
 
 Step times are ``time.perf_counter`` around each step, not ``torch.utils.benchmark.Timer``: its
 ``timeit`` runs warm-up calls at every call, which would double the cost of a round of two steps.
@@ -52,6 +58,8 @@ from compare import RESULTS, fmt_mib  # noqa: E402
 
 REMAT_CONFIGS = ("remat_75", "remat_50", "remat_min")
 STORE_ALL = "remat_100"  # remat's store-all plan: the step over which remat predicts its added time
+AMB_CONFIGS = ("amb_0.5", "amb_0.2", "amb_0")  # --price: torch's activation_memory_budget ...
+TORCH, DEFAULT = "torch", "default"  # ... (cost model column "torch") and remat at their peaks ("default" costs)
 COST_OPTIONS = {  # remat's options per cost model of this benchmark
     "roofline": {"cost_model": "roofline", "device": "cpu"},  # the CPU's constants
     "profiled": {"cost_model": "roofline"},  # device "auto": the rates that `remat profile` cached
@@ -73,19 +81,18 @@ def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.
     fconfig.enable_autograd_cache = False  # every configuration compiles, and remat plans, from scratch
     iconfig.fx_graph_cache = False
     model, inputs, loss_fn, sizes = _run_config.load_example(model_name, args.quick)
-    plain = lambda *xs: loss_fn(model(*xs))  # noqa: E731
-    if config == "compile":
-        fn = torch.compile(plain)
-    else:
+    info = {"model": model_name, "config": config, "cost_model": cost_model, "sizes": sizes}
+    if config.startswith("remat_"):
         options = {"time_limit": args.time_limit, **_run_config.remat_options(config.removeprefix("remat_")),
                    **COST_OPTIONS.get(cost_model, {})}
-        fn = torch.compile(plain, backend="remat", options=options)
+        fn = torch.compile(lambda *xs: loss_fn(model(*xs)), backend="remat", options=options)
+    else:  # plain compile, activation_memory_budget, checkpoint: as compare.py runs them
+        fn = _run_config.configured(config, model, loss_fn, args.time_limit, info)
 
     def step():
         _run_config._zero(model)
         fn(*inputs).backward()
 
-    info = {"model": model_name, "config": config, "cost_model": cost_model, "sizes": sizes}
     t0 = time.perf_counter()
     try:
         step()
@@ -215,6 +222,7 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
     compiled one by one, then interleaved."""
     workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env),
                Worker(model, STORE_ALL, "store all", args, env)]
+    workers += price_workers(model, args, env) if args.price else []
     workers += [Worker(model, config, cost_model, args, env) for cost_model in cost_models for config in REMAT_CONFIGS]
     try:
         interleaved(workers, args.rounds, args.round_ms / 1e3)
@@ -223,6 +231,17 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
             w.close()
     rows = [dict(w.info, **({"step_times_s": w.times} if w.ready() else {})) for w in workers]
     return scored(rows)
+
+
+def price_workers(model: str, args: argparse.Namespace, env: dict) -> list[Worker]:
+    """torch's activation_memory_budget rows, then remat (default cost model) at a byte cap equal to
+    each of their measured peaks (``equal_peak_of`` names the row)."""
+    ambs = [Worker(model, config, TORCH, args, env) for config in AMB_CONFIGS]
+    remats = []
+    for amb in (a for a in ambs if a.ready()):
+        remats.append(Worker(model, f"remat_{amb.info['measured_peak_bytes']}B", DEFAULT, args, env))
+        remats[-1].info["equal_peak_of"] = amb.info["config"]
+    return ambs + remats
 
 
 def scored(rows: list[dict]) -> list[dict]:
@@ -238,8 +257,12 @@ def scored(rows: list[dict]) -> list[dict]:
         refs = both[:1] if original is control else both
         if original is not ref and row.get("step_times_s") and ref.get("step_times_s"):
             row.update(ratio_figures(row["step_times_s"], refs))
-        if original["config"] not in ("compile", STORE_ALL) and row.get("step_times_s") and store_all:
+        if original["cost_model"] != TORCH and original["config"] not in ("compile", STORE_ALL) \
+                and row.get("step_times_s") and store_all:
             row.update(store_all_figures(row["step_times_s"], store_all))
+        of = next((r for r in rows if r["config"] == original.get("equal_peak_of") and r.get("step_times_s")), None)
+        if of is not None and row.get("step_times_s"):
+            row.update(price_figures(row["step_times_s"], of["step_times_s"]))
         if row["cost_model"] == "control":
             row["predicted_added_s"] = 0.0
         out.append(row)
@@ -254,7 +277,13 @@ def store_all_figures(times: list[list[float]], store_all: list[list[float]]) ->
             "store_all_step_median_s": f["compile_step_median_s"]}
 
 
-_FIGURES = ("rounds", "ratio_median", "ratio_q1", "ratio_q3", "ratio_min_based", "step_median_s",
+def price_figures(times: list[list[float]], amb: list[list[float]]) -> dict:
+    """The per-round ratios of remat at an activation_memory_budget row's peak to that row."""
+    f = ratio_figures(times, [amb])
+    return {"price_ratio_median": f["ratio_median"], "price_ratio_q1": f["ratio_q1"], "price_ratio_q3": f["ratio_q3"]}
+
+
+_FIGURES = ("price_ratio_median", "price_ratio_q1", "price_ratio_q3", "rounds", "ratio_median", "ratio_q1", "ratio_q3", "ratio_min_based", "step_median_s",
             "compile_step_median_s", "steps", "compile_steps", "sa_ratio_median", "sa_ratio_q1", "sa_ratio_q3",
             "store_all_step_median_s")
 
@@ -278,7 +307,7 @@ def fidelity_rows(rows: list[dict]) -> list[dict]:
     the store-all plan ran, of that plan's step (the prediction's own baseline)."""
     out = []
     for r in rows:
-        if r["cost_model"] == "-":  # the reference
+        if r["cost_model"] in ("-", TORCH):  # the reference, torch's rows (the price table's)
             continue
         row = {k: v for k, v in r.items() if k != "step_times_s"}
         if r.get("ratio_median") is not None and r.get("predicted_added_s") is not None:
@@ -359,6 +388,36 @@ def _note(r: dict) -> str:
     return (err[:80] or "; ".join(sorted(set(r.get("cost_notes") or [])))).replace("|", "/")
 
 
+def price_table(rows: list[dict]) -> str:
+    """--price: torch's activation_memory_budget rows and remat at each one's measured peak, their
+    peaks and steps over plain compile's, and remat's step over that row's in the same round."""
+    lines = ["| model | config | recomputed | measured peak MiB | peak / compile | step / compile (median of rounds) "
+             "| q1..q3 | remat / amb row (median of rounds) | q1..q3 | predicted % of store-all | note |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|"]
+    peaks = {r["model"]: r.get("measured_peak_bytes") for r in rows if r["cost_model"] == "-"}
+    for r in (r for r in rows if r["cost_model"] in (TORCH, DEFAULT)):
+        peak, ref = r.get("measured_peak_bytes"), peaks.get(r["model"])
+        cells = [r["model"], r["config"], "-" if r.get("recomputed") is None else str(r["recomputed"]), fmt_mib(peak),
+                 f"{peak / ref:.3f}" if peak and ref else "-",
+                 *_spread(r, "ratio"), *_spread(r, "price_ratio"),
+                 _pct(r.get("predicted_added_s"), r.get("store_all_step_median_s")),
+                 "; ".join(filter(None, [f"cap = {r['equal_peak_of']}'s peak" if r.get("equal_peak_of") else "",
+                                         _note(r)]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(part: float | None, whole: float | None) -> str:
+    return "-" if part is None or not whole else f"{100 * part / whole:.1f}"
+
+
+def _spread(r: dict, key: str) -> list[str]:
+    """A ratio's median and quartiles as two cells, or dashes."""
+    if r.get(f"{key}_median") is None:
+        return ["-", "-"]
+    return [f"{r[f'{key}_median']:.3f}", f"{r[f'{key}_q1']:.3f}..{r[f'{key}_q3']:.3f}"]
+
+
 def write_results(rows: list[dict], stem: str, settings: dict) -> None:
     """The rows so far as ``<stem>.json`` and the table as ``<stem>.md`` (after every group, so
     that a run stopped early keeps what it measured)."""
@@ -366,7 +425,9 @@ def write_results(rows: list[dict], stem: str, settings: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": settings, "rows": rows, "fidelity": fid}, indent=1))
     head = ", ".join(f"{k} {v}" for k, v in settings.items())
-    (RESULTS / f"{stem}.md").write_text(f"Settings: {head}.\n\n{table(fid)}\n")
+    price = any(r["cost_model"] == TORCH for r in rows)
+    prices = f"\n## Price: remat at each activation_memory_budget row's peak\n\n{price_table(rows)}\n" if price else ""
+    (RESULTS / f"{stem}.md").write_text(f"Settings: {head}.\n\n{table(fid)}\n{prices}")
 
 
 def profile_machine(threads: int, env: dict) -> str:
@@ -386,6 +447,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every configuration (default 1)")
     ap.add_argument("--time-limit", type=float, default=30.0, help="remat's planning time limit (s)")
     ap.add_argument("--out", help="stem of the result files (default time_fidelity, time_fidelity_quick with --quick)")
+    ap.add_argument("--price", action="store_true",
+                    help="also torch's activation_memory_budget 0.5 / 0.2 / 0 and remat at each one's measured peak")
     ap.add_argument("--rescore", metavar="JSON", help="recompute the figures and tables of a saved run")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -402,12 +465,14 @@ def main(argv=None) -> int:
     settings = {"threads": args.threads, "rounds": args.rounds, "round ms": args.round_ms, "quick": args.quick}
     if "profiled" in cost_models:
         settings["profiled rates"] = profile_machine(args.threads, env)
+    settings["price"] = args.price
     rows: list[dict] = []
     for model in args.models.split(","):
-        rows += measure_model(model, cost_models, args, env)
-        for r in rows[-3 - len(cost_models) * len(REMAT_CONFIGS):]:
+        model_rows = measure_model(model, cost_models, args, env)
+        for r in model_rows:
             print(json.dumps({k: r.get(k) for k in ("model", "cost_model", "config", "ratio_median",
                                                     "predicted_added_s", "error")}), flush=True)
+        rows += model_rows
         write_results(rows, args.out or ("time_fidelity_quick" if args.quick else "time_fidelity"), settings)
     print(table(fidelity_rows(rows)))
     return 0
