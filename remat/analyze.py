@@ -160,23 +160,27 @@ def measure_peaks(model, example_inputs, loss_fn=None, memory_budget=None, plain
     torch.compile, measure one real step of each (``remat.measure``; ``repeats`` unprofiled steps
     time them) and read each compiled graph's peak from its generated code. ``plain_predicted``:
     remat's model of plain torch.compile's peak, when the caller has it (``remat.analyze`` under a
-    ratio budget: ``Report.graph.reference_peak_bytes``)."""
+    ratio budget: ``Report.graph.reference_peak_bytes``). "min" plans each of several graphs on
+    its own, counting nothing held outside it: their step then has no predicted, code or cap figure."""
     from .compilation import measure_compiled
+    from .config import parse_budget
 
     measured, graphs = measure_compiled(model, example_inputs, loss_fn, memory_budget=memory_budget,
                                         repeats=repeats, **options)
     rows = tuple(_graph_row(g) for g in graphs)
-    step = PeakRow("step", _largest(r.predicted_bytes for r in rows), _largest(r.code_bytes for r in rows),
-                   measured.peak_bytes)
+    on_its_own = len(graphs) > 1 and memory_budget is not None and parse_budget(memory_budget).minimum
+    step = PeakRow("step", None if on_its_own else _largest(r.predicted_bytes for r in rows),
+                   None if on_its_own else _largest(r.code_bytes for r in rows), measured.peak_bytes)
     plain, plain_code = _plain_measured(model, example_inputs, loss_fn, repeats)
-    cap = graphs[0].step_cap_bytes if graphs else None
+    cap = graphs[0].step_cap_bytes if graphs and not on_its_own else None
     return MeasuredPeaks(rows, step, PeakRow("plain torch.compile", plain_predicted, plain_code, plain.peak_bytes),
                          cap, tuple(graphs), measured.step_s, plain.step_s)
 
 
 def _graph_row(g: GraphReport) -> PeakRow:
-    """A remat graph's figures with what the step holds outside it; under plain torch.compile's
-    partition (``compiled_with``) remat predicted nothing that ran."""
+    """A remat graph's figures with what remat counted as held outside it while it runs
+    (``resident_before_bytes``); under plain torch.compile's partition (``compiled_with``) remat
+    predicted nothing that ran."""
     held = g.resident_before_bytes
     predicted = g.timeline.peak_bytes + held if g.compiled_with == "remat plan" else None
     code = g.inductor_peak_bytes + held if g.inductor_peak_bytes is not None else None
