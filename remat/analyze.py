@@ -127,8 +127,9 @@ def _input_names(model: Callable, count: int) -> list[str]:
 class PeakRow:
     """One compiled graph's or step's peak, in bytes above what was resident before the step: as
     remat's model predicts it, as Inductor's generated code allocates it, as measured; None where
-    there is no such figure (plain torch.compile's partition is modelled only for a ratio budget,
-    its code read only for one graph, a graph of several measured only as part of its step)."""
+    there is no such figure (plain torch.compile's partition is modelled only for a ratio budget;
+    its code's step is read for one graph, or for several under a ratio budget, whose reference
+    the backend read from plain's code; a graph of several is measured only as part of its step)."""
 
     label: str
     predicted_bytes: int | None
@@ -160,8 +161,10 @@ def measure_peaks(model, example_inputs, loss_fn=None, memory_budget=None, plain
     torch.compile, measure one real step of each (``remat.measure``; ``repeats`` unprofiled steps
     time them) and read each compiled graph's peak from its generated code. ``plain_predicted``:
     remat's model of plain torch.compile's peak, when the caller has it (``remat.analyze`` under a
-    ratio budget: ``Report.graph.reference_peak_bytes``). "min" plans each of several graphs on
-    its own, counting nothing held outside it: their step then has no predicted, code or cap figure."""
+    ratio budget: ``Report.graph.reference_peak_bytes``). The step's cap is the largest graph's
+    share with what is held outside it (under a ratio each graph's differs); "min" plans each of
+    several graphs on its own, counting nothing held outside it: their step then has no
+    predicted, code or cap figure."""
     from .compilation import measure_compiled
     from .config import parse_budget
 
@@ -171,8 +174,9 @@ def measure_peaks(model, example_inputs, loss_fn=None, memory_budget=None, plain
     on_its_own = len(graphs) > 1 and memory_budget is not None and parse_budget(memory_budget).minimum
     step = PeakRow("step", None if on_its_own else _largest(r.predicted_bytes for r in rows),
                    None if on_its_own else _largest(r.code_bytes for r in rows), measured.peak_bytes)
-    plain, plain_code = _plain_measured(model, example_inputs, loss_fn, repeats)
-    cap = graphs[0].step_cap_bytes if graphs and not on_its_own else None
+    plain, walked = _plain_measured(model, example_inputs, loss_fn, repeats)
+    plain_code = walked if walked is not None else _plain_step_reference(graphs)
+    cap = None if on_its_own else _largest(g.step_cap_bytes for g in graphs)
     return MeasuredPeaks(rows, step, PeakRow("plain torch.compile", plain_predicted, plain_code, plain.peak_bytes),
                          cap, tuple(graphs), measured.step_s, plain.step_s)
 
@@ -185,6 +189,14 @@ def _graph_row(g: GraphReport) -> PeakRow:
     predicted = g.timeline.peak_bytes + held if g.compiled_with == "remat plan" else None
     code = g.inductor_peak_bytes + held if g.inductor_peak_bytes is not None else None
     return PeakRow(f"{g.problem.name} ({g.compiled_with})", predicted, code)
+
+
+def _plain_step_reference(graphs: list[GraphReport]) -> int | None:
+    """Plain torch.compile's step peak as the backend read it from plain's code of each graph under
+    a ratio budget (``reference_peak_bytes``: its code's peak with what plain's earlier graphs
+    hold); None when any graph's reference was not read from code."""
+    read = [g.reference_peak_bytes if "compiled code" in g.reference else None for g in graphs]
+    return _largest(read)
 
 
 def _largest(figures) -> int | None:

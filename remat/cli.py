@@ -334,9 +334,12 @@ def _measured_lines(model: Any, inputs: tuple, loss_fn: Callable | None, report:
     lines = [f"measured: one real step compiled with backend remat (memory_budget={budget}) and one with plain "
              "torch.compile; peaks above what was resident before the step:", ""]
     lines += _peak_table(peaks)
-    if peaks.cap_bytes is not None:
+    if len(peaks.reports) == 1:
         lines += ["", peak_figures(peaks.reports[0])[-1]]
-    elif len(peaks.reports) > 1:
+    elif peaks.cap_bytes is not None:
+        lines += ["", f"cap {fmt_bytes(peaks.cap_bytes)} on the step; each graph planned under its share, less what is "
+                      "held outside it while it runs"]
+    elif peaks.reports:
         lines += ["", "'min' planned each graph at its own floor, counting nothing held outside it: no cap on the step"]
     if plain_model is not None and report.budget_bytes != peaks.cap_bytes:
         lines.append(f"(the offline plan above was capped at {fmt_bytes(report.budget_bytes)}: there the ratio is of "
