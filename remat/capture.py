@@ -56,7 +56,7 @@ import torch.fx as fx
 from torch._prims_common import is_expandable_to
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
-from .kernel_groups import KernelGroups
+from .kernel_groups import KERNEL_STARTS, KernelGroups
 from .passes import rng_replay
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
@@ -377,6 +377,13 @@ def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> K
     return spans
 
 
+def kernel_starts(spans: KernelSpans) -> dict:
+    """The Problem metadata that says where the kernel of each grouped slot op starts
+    (``remat.kernel_groups.KERNEL_STARTS``: slot name -> its kernel's first slot); empty without
+    kernels."""
+    return {KERNEL_STARTS: {u.name: lo for u, (lo, _) in spans.ops.items()}} if spans.ops else {}
+
+
 def _run_after_kernels(sched: Schedule, ops: dict[fx.Node, tuple[int, int]], owner: dict) -> dict[fx.Node, int]:
     """Backward slot ops outside every kernel that lie inside a kernel's span and read what it
     makes (or what such an op makes): Inductor runs them after that kernel, so they act at the
@@ -572,36 +579,57 @@ def _read_slots(u: fx.Node, sched: Schedule, kernels: KernelSpans) -> tuple[int,
 
 def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_at: list,
                 spans: dict[fx.Node, tuple[int, int]], fused: set[fx.Node], inplaced: set) -> int:
-    """Last slot of backward buffer ``s``: the step's end if pinned, else its last read; earlier
-    when Inductor writes the pointwise result of its last reader into it: the slot before that
-    reader's, or, for a reader in a generated kernel of several ops (``_kernel_taker``), the slot
-    before the kernel's first, where the result's buffer starts."""
+    """Last slot of backward buffer ``s``: the step's end if pinned, else its last read, or
+    earlier where a result takes its buffer (``_in_place_end``)."""
     if s in g.pinned:
         return sched.last
     end = max([t for _, t in read_at] + [created])
+    return _in_place_end(s, g, sched, created, end, read_at, spans, fused, inplaced)
+
+
+def _in_place_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, end: int, read_at: list,
+                  spans: dict[fx.Node, tuple[int, int]], fused: set[fx.Node], inplaced: set) -> int:
+    """``end``, the last read of ``s`` (made at ``created``), or earlier when Inductor writes the
+    pointwise result of its last reader into its buffer: the slot before that reader's, or, for a
+    reader in a generated kernel of several ops (``_kernel_taker``), the slot before the kernel's
+    first, where the result's buffer starts."""
     if end == created:
         return end
     if sched.order[end] not in spans:
         return end - 1 if _writes_in_place(sched.order[end], s, inplaced) else end
-    taker = _kernel_taker(s, read_at, end, spans, fused)
+    taker = _kernel_taker(s, g, read_at, end, spans, fused)
     if taker is not None and _writes_in_place(taker, s, inplaced):
         return max(created, spans[taker][0] - 1)
     return end
 
 
-def _kernel_taker(s: fx.Node, read_at: list, end: int, spans: dict[fx.Node, tuple[int, int]],
+def _kernel_taker(s: fx.Node, g: GraphFacts, read_at: list, end: int, spans: dict[fx.Node, tuple[int, int]],
                   fused: set[fx.Node]) -> fx.Node | None:
     """The op of a generated kernel ending at ``end`` that may write its result in place of
-    ``s``: the one op of that kernel that reads ``s`` and is not inlined into another (Inductor's
-    ``decide_inplace_update``: the input's only remaining user, in a kernel other than its maker's)."""
-    takers = {u for u, t in read_at if t == end and u not in fused}
-    if len(takers) != 1:
+    ``s``: the last op of that kernel that reads ``s`` and is not inlined into another, when the
+    kernel's other such ops are its ancestors (Inductor's ``decide_inplace_update``: the input's
+    only remaining user once ancestors are discounted, in a kernel other than its maker's)."""
+    readers = {u for u, t in read_at if t == end and u not in fused}
+    if not readers:
         return None
-    taker = takers.pop()
+    taker = max(readers, key=g.index.__getitem__)
     kernel = spans.get(taker)
     if kernel is None or kernel[1] != end or spans.get(compute_node(s)) == kernel:
         return None
-    return taker
+    floor = min(g.index[u] for u in readers)
+    return taker if readers - {taker} <= _ancestors(taker, floor, g.index) else None
+
+
+def _ancestors(n: fx.Node, floor: int, index: dict[fx.Node, int]) -> set[fx.Node]:
+    """The nodes that ``n`` reads, transitively, at graph positions from ``floor`` on."""
+    found: set[fx.Node] = set()
+    stack = [n]
+    while stack:
+        for i in stack.pop().all_input_nodes:
+            if i not in found and index[i] >= floor:
+                found.add(i)
+                stack.append(i)
+    return found
 
 
 def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, read_at: list,
@@ -890,7 +918,8 @@ def capture(
     sched = build_schedule(g)
     fused = fused_values(g)
     readers = effective_readers(g, slot_readers(g), fused)
-    life = storage_lifetimes(g, sched, readers, fused, kernel_spans(sched, kernel_groups, g.owner))
+    spans = kernel_spans(sched, kernel_groups, g.owner)
+    life = storage_lifetimes(g, sched, readers, fused, spans)
     intervals = life.intervals + broadcast_copies(sched)
     fixed = fixed_bytes(intervals, sched.last + 1)
     folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
@@ -906,7 +935,7 @@ def capture(
     ]
     problem = Problem(
         slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,
-        metadata={"device": spec.name, "num_nodes": len(g.nodes)},
+        metadata={"device": spec.name, "num_nodes": len(g.nodes), **kernel_starts(spans)},
     )
     return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
                     sorted(f.name for f in folding.folded), symbolic_sizes(joint, intervals, sched.last + 1, relevant))

@@ -29,11 +29,12 @@ import re
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs", "scheduler_groups",
-    "with_kernels",
+    "KERNEL_STARTS", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs",
+    "scheduler_groups", "with_kernels",
 ]
 
 RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"  # the Problem.metadata keys
+KERNEL_STARTS = "kernel_starts"  # written by ``remat.capture``: slot name -> the first slot of its kernel
 _REUSE = re.compile(r"^\s*\w+ = (\w+); del \1\s*# reuse$", re.MULTILINE)
 
 
@@ -114,8 +115,10 @@ def _recomputed_in(problem, groups: KernelGroups) -> dict[str, list[int]]:
 
 def _handed_over(problem, groups: KernelGroups) -> dict[str, int]:
     """Reused activation -> the first slot of the kernel of its last backward read (that read's
-    own slot when no kernel of several ops holds it)."""
+    own slot when no kernel of several ops holds it): where the capture started that kernel
+    (``KERNEL_STARTS``: after the ops that make what it reads), else its first op's slot."""
     first = {problem.slots[t].name: slots[0] for _, slots in _backward_kernels(problem, groups) for t in slots}
+    first.update(problem.metadata.get(KERNEL_STARTS, {}))
     return {a.name: first.get(problem.slots[a.backward_uses[-1]].name, a.backward_uses[-1])
             for a in problem.activations if a.name in groups.reused and a.backward_uses}
 
