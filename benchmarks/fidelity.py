@@ -6,9 +6,11 @@
 For each model, four configurations, each in a fresh process (``benchmarks/_run_config.py``'s
 ``run``, which loads the examples and the transformers models of ``benchmarks/hf_models.py``):
 
-compile    plain ``torch.compile``: measured peak; Inductor's own estimate (both graphs); remat's
-           predicted peak of the store-all plan and of plain compile's min-cut partition
-           (``remat.baseline``), both on the same captured Problem
+compile    plain ``torch.compile``: measured peak; Inductor's own estimate (both graphs) and the peak
+           read from its code; remat's predicted peak of the store-all plan and of plain compile's
+           min-cut partition (``remat.baseline``), both on the same captured Problem; and that
+           partition's peak predicted by the model told plain compile's kernels, as the check loop
+           tells it the last compile's (recomputations inlined in a kernel, buffers taken over)
 remat_75   remat at a cap of 75 % / 50 % of plain torch.compile's peak (read from its code): cap,
 remat_50   predicted peak, the peak of Inductor's code (``GraphReport.inductor_peak_bytes``), measured
 remat_min  remat at memory_budget="min": the same figures at the smallest peak it reaches
@@ -48,23 +50,43 @@ MODELS = _run_config.MODELS + _run_config.HF_MODELS
 # ---- worker: one configuration of one model, in this process ----------------------------------
 
 
-def plain_compile_predictions(name: str, quick: bool) -> dict:
+def plain_compile_predictions(name: str, quick: bool, kernel_groups=None) -> dict:
     """remat's predicted peaks of store-all and of plain compile's min-cut plan (one graph,
-    traced on fake tensors, stopped after planning)."""
+    traced on fake tensors, stopped after planning): the model alone, and, given
+    ``kernel_groups`` (the kernels of plain compile's code), the model told those kernels as the
+    check loop tells it the last compile's (``remat.kernel_groups``)."""
+    model, inputs, loss_fn, _ = _run_config.load_example(name, quick)
+    t0 = time.perf_counter()
+    rep = _plain_plan_report(model, inputs, loss_fn, None)
+    info = rep.plan.info
+    out = {"store_all_predicted_bytes": rep.baseline_peak_bytes, "plain_predicted_bytes": rep.timeline.peak_bytes,
+           "plain_plan_errors": list(rep.timeline.errors[:3]), "plain_plan_s": time.perf_counter() - t0,
+           "min_cut_saved_not_activations": info["saved_not_activations"],
+           "min_cut_saved_not_activations_bytes": info["saved_not_activations_bytes"]}
+    if kernel_groups is not None:
+        told = _plain_plan_report(model, inputs, loss_fn, kernel_groups)
+        out["plain_predicted_with_kernels_bytes"] = told.timeline.peak_bytes
+        out["plain_with_kernels_errors"] = list(told.timeline.errors[:3])
+    return out
+
+
+def _plain_plan_report(model, inputs, loss_fn, kernel_groups):
+    """The GraphReport of plain compile's min-cut plan on the model's captured Problem (with
+    ``kernel_groups`` told to the capture and the simulator when given)."""
     from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
     from remat.analyze import capture_step
     from remat.backend import _Stop
-    from remat.planning import GraphReport, plan_joint_graph
     from remat.baseline import plain_compile_plan
     from remat.config import RematConfig
+    from remat.planning import GraphReport, plan_joint_graph
     from remat.simulate import simulate
 
     class PlainCompilePlanner(CustomPartitionerFn):
         def __call__(self, gm, joint_inputs, **kw):
             n, static = kw["num_fwd_outputs"], kw.get("static_lifetime_input_indices")
             cfg = RematConfig.from_options({"solver": "store_all"})
-            report, (joint, _) = plan_joint_graph(gm, n, static, cfg)
+            report, (joint, _) = plan_joint_graph(gm, n, static, cfg, kernel_groups=kernel_groups)
             plan = plain_compile_plan(joint, report.captured, n, static)
             timeline = simulate(report.captured.problem, plan)
             raise _Stop(GraphReport(report.captured, plan, timeline, report.baseline_peak_bytes, None))
@@ -72,14 +94,7 @@ def plain_compile_predictions(name: str, quick: bool) -> dict:
         def uuid(self):
             return None
 
-    model, inputs, loss_fn, _ = _run_config.load_example(name, quick)
-    t0 = time.perf_counter()
-    rep = capture_step(model, inputs, loss_fn, PlainCompilePlanner())
-    info = rep.plan.info
-    return {"store_all_predicted_bytes": rep.baseline_peak_bytes, "plain_predicted_bytes": rep.timeline.peak_bytes,
-            "plain_plan_errors": list(rep.timeline.errors[:3]), "plain_plan_s": time.perf_counter() - t0,
-            "min_cut_saved_not_activations": info["saved_not_activations"],
-            "min_cut_saved_not_activations_bytes": info["saved_not_activations_bytes"]}
+    return capture_step(model, inputs, loss_fn, PlainCompilePlanner())
 
 
 def worker(name: str, config: str, quick: bool) -> dict:
@@ -87,14 +102,18 @@ def worker(name: str, config: str, quick: bool) -> dict:
     import torch._inductor.config as iconfig
 
     from remat.inductor_check import InductorPeaks
+    from remat.wrapper_memory import collect_wrapper_code
 
     peaks = InductorPeaks()
     iconfig._post_fusion_custom_pass = peaks  # plain compile's estimate; remat patches its own
-    out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
+    with collect_wrapper_code() as codes:
+        out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
     iconfig._post_fusion_custom_pass = None
     if config == "compile":
-        out["inductor_peak_bytes"] = peaks.peak_bytes
-        out.update(plain_compile_predictions(name, quick))
+        out["inductor_peak_bytes"] = peaks.peak_bytes  # the scheduler's estimate
+        peaks.codes = codes[-2:]  # plain compile's forward and backward: the inputs a kernel took over
+        out["plain_code_peak_bytes"] = peaks.peak_bytes  # read from the code
+        out.update(plain_compile_predictions(name, quick, peaks.kernel_groups))
     return out  # remat configurations: _run_config records Inductor's peak and the reference
 
 
@@ -126,7 +145,8 @@ def summary_row(name: str, rows: dict) -> dict:
     c = rows.get("compile", {})
     out = {"model": name, "plain_measured": c.get("measured_peak_bytes"),
            "plain_inductor": c.get("inductor_peak_bytes"), "store_all_predicted": c.get("store_all_predicted_bytes"),
-           "plain_predicted": c.get("plain_predicted_bytes"), "errors": {}}
+           "plain_predicted": c.get("plain_predicted_bytes"), "plain_code": c.get("plain_code_peak_bytes"),
+           "plain_predicted_with_kernels": c.get("plain_predicted_with_kernels_bytes"), "errors": {}}
     for config in CONFIGS[1:]:
         r = rows.get(config, {})
         if r.get("error"):
@@ -139,15 +159,17 @@ def summary_row(name: str, rows: dict) -> dict:
 
 
 def table(summaries: list[dict]) -> str:
-    head = ("| model | plain meas. | plain Ind. est. | store-all pred. | plain pred. | plain pred/meas "
+    head = ("| model | plain meas. | plain Ind. est. | plain code | store-all pred. | plain pred. | plain pred/meas "
+            "| plain pred. told its kernels | pred/meas "
             + "".join(f"| {c[6:]}%: cap | pred. | Ind. est. | meas. | pred/meas | meas/cap | meas/plain meas " for c in CONFIGS[1:])
             + "|")
     lines = ["All peaks in MiB above what was resident before the step; caps are % of plain torch.compile's peak (read from its compiled code).",
-             "", head, "|---" * (6 + 7 * len(CONFIGS[1:])) + "|"]
+             "", head, "|---" * (9 + 7 * len(CONFIGS[1:])) + "|"]
     for s in summaries:
-        cells = [s["model"], fmt_mib(s["plain_measured"]), fmt_mib(s["plain_inductor"]),
+        cells = [s["model"], fmt_mib(s["plain_measured"]), fmt_mib(s["plain_inductor"]), fmt_mib(s.get("plain_code")),
                  fmt_mib(s["store_all_predicted"]), fmt_mib(s["plain_predicted"]),
-                 _ratio(s["plain_predicted"], s["plain_measured"])]
+                 _ratio(s["plain_predicted"], s["plain_measured"]), fmt_mib(s.get("plain_predicted_with_kernels")),
+                 _ratio(s.get("plain_predicted_with_kernels"), s["plain_measured"])]
         for config in CONFIGS[1:]:
             r = s[config]
             cells += [fmt_mib(r["budget_bytes"]), fmt_mib(r["predicted_peak_bytes"]), fmt_mib(r["inductor_peak_bytes"]),
@@ -160,8 +182,10 @@ def table(summaries: list[dict]) -> str:
 
 def worst_gap(summaries: list[dict]) -> str:
     """The row where the prediction is furthest from the measured peak, as |pred - meas| / meas."""
-    gaps = [(abs(s["plain_predicted"] - s["plain_measured"]) / s["plain_measured"], s["model"], "plain compile")
-            for s in summaries if s["plain_predicted"] and s["plain_measured"]]
+    gaps = [(abs(s[k] - s["plain_measured"]) / s["plain_measured"], s["model"], row)
+            for s in summaries for k, row in (("plain_predicted", "plain compile"),
+                                              ("plain_predicted_with_kernels", "plain compile, told its kernels"))
+            if s.get(k) and s["plain_measured"]]
     gaps += [(abs(s[c]["predicted_peak_bytes"] - s[c]["measured_peak_bytes"]) / s[c]["measured_peak_bytes"], s["model"], c)
              for s in summaries for c in CONFIGS[1:] if s[c]["predicted_peak_bytes"] and s[c]["measured_peak_bytes"]]
     if not gaps:
