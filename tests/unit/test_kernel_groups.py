@@ -148,3 +148,27 @@ def test_a_handover_starts_where_the_capture_starts_its_kernel():
     problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec, kernel_groups=groups).problem
     assert problem.metadata["kernel_starts"] == {"tanh_backward": 8, "threshold_backward": 8}
     assert handovers(with_kernels(problem, groups)) == {"relu": 8}
+
+
+def test_a_kernel_result_takes_its_input_when_the_inputs_other_readers_are_its_ancestors():
+    # a backward log-softmax in one kernel: amax and sum read x too, but sub_2, the kernel's
+    # result, reads them: Inductor discounts a taker's ancestors among the input's users and
+    # writes the result in x's buffer (measured on Llama's loss: ``buf58 = buf54; del buf54  # reuse``)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def log_softmax_backward(w, tangents_1):
+        x = tangents_1 @ w
+        m = x.amax(-1, keepdim=True)
+        s = (x - m).exp().sum(-1, keepdim=True)
+        return ((x - m - s.log()) @ w,)
+
+    gm = make_fx(log_softmax_backward, tracing_mode="fake")(torch.randn(8, 8), torch.randn(4, 8))
+    g = graph_facts(gm, set(), 1)  # every op is a backward op
+    sched, fused = build_schedule(g), fused_values(g)
+    kernel = frozenset({"amax", "sub", "exp", "sum_1", "sub_1", "log", "sub_2"})
+    spans = kernel_spans(sched, KernelGroups(backward=(kernel,)), g.owner)
+    life = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused, spans)
+    by = {n.name: n for n in g.nodes}
+    ends = {id(v): (a, b) for a, b, v in life.intervals}
+    assert spans.ops[by["sub_2"]] == (1, 7)
+    assert ends[id(by["mm"].meta["val"])] == (0, 0) and ends[id(by["sub_2"].meta["val"])] == (1, 8)
