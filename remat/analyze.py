@@ -165,11 +165,12 @@ def measure_peaks(model, example_inputs, loss_fn=None, memory_budget=None, plain
     share with what is held outside it (under a ratio each graph's differs); "min" plans each of
     several graphs on its own, counting nothing held outside it: their step then has no
     predicted, code or cap figure."""
-    from .compilation import measure_compiled
+    from .compilation import reports
     from .config import parse_budget
 
-    measured, graphs = measure_compiled(model, example_inputs, loss_fn, memory_budget=memory_budget,
-                                        repeats=repeats, **options)
+    options = {**options, "memory_budget": memory_budget} if memory_budget is not None else options
+    measured, compiled = _measured_compile(model, example_inputs, loss_fn, repeats, backend="remat", options=options)
+    graphs = reports(compiled)
     rows = tuple(_graph_row(g) for g in graphs)
     on_its_own = len(graphs) > 1 and memory_budget is not None and parse_budget(memory_budget).minimum
     step = PeakRow("step", None if on_its_own else _largest(r.predicted_bytes for r in rows),
@@ -206,22 +207,41 @@ def _largest(figures) -> int | None:
 
 
 def _plain_measured(model, example_inputs, loss_fn, repeats: int):
-    """Plain torch.compile's measured step (``remat.measure.measure_plain_compile``) and its peak
-    read from the code it generated (None unless it compiled one forward and one backward)."""
-    from torch._functorch import config as functorch_config
-
+    """Plain torch.compile's measured step (``_measured_compile``) and its peak read from the code
+    it generated (None unless it compiled one forward and one backward)."""
     from .backend import _backward_compiled_now
     from .inductor_check import InductorPeaks
-    from .measure import measure_plain_compile
     from .wrapper_memory import collect_wrapper_code
 
     peaks = InductorPeaks()
-    with torch._inductor.config.patch(fx_graph_cache=False, _post_fusion_custom_pass=peaks), \
-            functorch_config.patch(enable_autograd_cache=False), _backward_compiled_now(), \
+    with torch._inductor.config.patch(_post_fusion_custom_pass=peaks), _backward_compiled_now(), \
             collect_wrapper_code() as peaks.codes:
-        measured = measure_plain_compile(model, example_inputs, loss_fn, repeats)
+        measured, _ = _measured_compile(model, example_inputs, loss_fn, repeats)
     code = peaks.code_peaks
     return measured, max(code) if code and len(code) == 2 else None
+
+
+def _measured_compile(model, example_inputs, loss_fn, repeats: int, **compile_kw):
+    """Compile model+loss (``torch.compile(**compile_kw)``, no FX-graph or AOTAutograd cache: the
+    partitioner runs and reports), run the step that compiles, then measure one step
+    (``remat.measure.measure_step``) and time ``repeats`` more. The gradients of the step before
+    are freed before the measured one: freed inside it, the profiler can count their frees (when
+    it tracked their addresses before) and the peak reads low by up to the gradients' bytes.
+    Returns (StepMeasurement, what torch.compile returned)."""
+    from torch._functorch import config as functorch_config
+
+    from .measure import _CompiledStep, measure_step, median_seconds
+
+    torch._dynamo.reset()
+    step = _CompiledStep(model, example_inputs, loss_fn, **compile_kw)
+    with functorch_config.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
+        step()
+        step.clear_grads()
+        measured = measure_step(step)
+        step_s = median_seconds(step, repeats) if repeats > 0 else None
+    step.clear_grads()
+    torch._dynamo.reset()
+    return dataclasses.replace(measured, step_s=step_s), step.compiled
 
 
 # ``remat.analyze`` is both this module and (in ``remat/__init__``) the function: importing the
