@@ -345,8 +345,8 @@ def peak_figures(graph: GraphReport, measured_bytes: int | None = None) -> list[
         return lines + ["no cap"]
     checked = "model prediction and Inductor's estimate" if graph.inductor_peak_bytes is not None else "model prediction"
     target = graph.plan.budget_bytes
-    lowered = ", lowered for Inductor's estimate" if graph.plans_made > 1 else ""
-    aim = f", planned at {fmt_bytes(target)} (the cap less the reserve{lowered})" if target is not None and target < graph.budget_bytes else ""
+    why = "set by the check loop from Inductor's estimates" if graph.plans_made > 1 else "the cap less the reserve"
+    aim = f", planned at {fmt_bytes(target)} ({why})" if target is not None and target < graph.budget_bytes else ""
     return lines + [f"cap {fmt_bytes(graph.budget_bytes)}{aim}; checked against the {checked}"]
 
 
