@@ -91,7 +91,7 @@ class Compilation:
         self._reports: list = []
         self._kept: dict[Key, int] = {}  # graph key -> bytes it keeps, in first-compile order
         self._plain_kept: dict[Key, int] = {}  # graph key -> bytes plain torch.compile's partition keeps
-        self._repeated: dict[Key | None, int] = {}  # graph key -> bytes its plan gave to its other runs per step
+        self._repeated: dict[Key | None, int] = {}  # graph key -> bytes its plan counts for its other runs per step
         self._grad_outputs: dict[Key | None, int] = {}  # graph key -> bytes of its outputs that need a gradient
         self._made_inputs: dict[Key | None, int] = {}  # graph key -> bytes of its inputs made earlier in the step
         self._graphs_of: dict[Key, int] = {}  # (frame id, frame compile id) -> graphs so far
@@ -205,7 +205,7 @@ class Compilation:
             self._repeated[key] = int(nbytes)
 
     def repeated(self, key: Key | None) -> int:
-        """Bytes graph ``key``'s plan gave to its other runs per step (``plan_repeats``; 0: none)."""
+        """Bytes graph ``key``'s plan counts for its other runs per step (``plan_repeats``; 0: none)."""
         with self._lock:
             return self._repeated.get(key, 0)
 
