@@ -108,7 +108,7 @@ def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.
 
 def plan_figures(fn, config: str) -> dict:
     """Predicted added time, cap, predicted peak and cost-model notes of a remat configuration."""
-    if config == "compile":
+    if not config.startswith("remat_"):
         return {}
     from remat import reports
     from remat.plan import Decision
@@ -355,7 +355,8 @@ def table(fid: list[dict]) -> str:
         agree, compared = rank_pairs(rows)
         for r in rows:
             recomputed = "-" if r.get("recomputed") is None else str(r["recomputed"])
-            lines.append("| " + " | ".join([model, cost_model, r["config"], recomputed, fmt_mib(r.get("budget_bytes")),
+            cap = fmt_mib(r.get("budget_bytes")) if r["config"] != STORE_ALL else "-"  # its cap binds nothing
+            lines.append("| " + " | ".join([model, cost_model, r["config"], recomputed, cap,
                                             fmt_mib(r.get("measured_peak_bytes"))] + _measured_cells(r)
                                            + _store_all_cells(r)
                                            + [f"{agree}/{compared}" if compared else "-", _note(r)]) + " |")
@@ -397,7 +398,8 @@ def price_table(rows: list[dict]) -> str:
     peaks = {r["model"]: r.get("measured_peak_bytes") for r in rows if r["cost_model"] == "-"}
     for r in (r for r in rows if r["cost_model"] in (TORCH, DEFAULT)):
         peak, ref = r.get("measured_peak_bytes"), peaks.get(r["model"])
-        cells = [r["model"], r["config"], "-" if r.get("recomputed") is None else str(r["recomputed"]), fmt_mib(peak),
+        recomputed = "-" if r.get("recomputed") is None or r["cost_model"] == TORCH else str(r["recomputed"])
+        cells = [r["model"], r["config"], recomputed, fmt_mib(peak),
                  f"{peak / ref:.3f}" if peak and ref else "-",
                  *_spread(r, "ratio"), *_spread(r, "price_ratio"),
                  _pct(r.get("predicted_added_s"), r.get("store_all_step_median_s")),
