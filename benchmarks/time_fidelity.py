@@ -218,8 +218,8 @@ def ratio_figures(times: list[list[float]], refs: list[list[list[float]]]) -> di
 
 
 def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, env: dict) -> list[dict]:
-    """Plain compile twice (a reference and a control), and remat's caps under each cost model;
-    compiled one by one, then interleaved."""
+    """Plain compile twice (a reference and a control), remat's store-all plan, the price rows
+    (``--price``) and remat's caps under each cost model; compiled one by one, then interleaved."""
     workers = [Worker(model, "compile", "-", args, env), Worker(model, "compile", "control", args, env),
                Worker(model, STORE_ALL, "store all", args, env)]
     workers += price_workers(model, args, env) if args.price else []
