@@ -41,12 +41,14 @@ _GLOO_GROUPS: dict[int, Any] = {}  # id(default group) -> a gloo group over the 
 
 def problem_digest(problem: Problem) -> str:
     """16 hex digits of the Problem's memory structure: slots, activations (bytes, where they
-    are made and read, what recomputing reads), layers, whether offload is on. Op times are left
+    are made and read, what recomputing reads), layers, whether offload is on, the other runs
+    of the graph in the step and what each holds. Op times are left
     out: ranks measure them apart, and rank 0's plan is valid for any rank with the same structure."""
     slots = [_without_times(asdict(s)) for s in problem.slots]
     acts = [_without_times(asdict(a)) for a in problem.activations]
     layers = [[list(layer) for layer in cls] for cls in problem.layers]
-    text = json.dumps([problem.name, problem.host_bandwidth > 0, slots, acts, layers], sort_keys=True)
+    runs = [problem.other_runs, problem.run_held_bytes]
+    text = json.dumps([problem.name, problem.host_bandwidth > 0, slots, acts, layers, runs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

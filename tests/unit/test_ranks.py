@@ -43,6 +43,13 @@ def test_digest_ignores_op_times_and_sees_bytes():
     assert problem_digest(problem) != problem_digest(chain_problem(layers=5))
 
 
+def test_digest_sees_the_other_runs_of_the_graph():
+    problem = chain_problem(layers=4)
+    more_runs = dataclasses.replace(problem, other_runs=3)
+    assert problem_digest(problem) != problem_digest(more_runs)
+    assert problem_digest(more_runs) != problem_digest(dataclasses.replace(more_runs, run_held_bytes=64))
+
+
 def test_without_distributed_it_just_plans():
     problem = chain_problem()
     plan = all_stored(problem, "local")
