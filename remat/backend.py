@@ -335,7 +335,8 @@ def _next_plan(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> tuple
 def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None, room: int = 0):
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
-    improves or some plan tried met the target; under it by more than ``RAISE_AT``
+    improves or some plan tried met the target; when it stops improving, once at the model's
+    floor with the last kernels (where "min" plans: its code can be far lower); under it by more than ``RAISE_AT``
     reserves (after ``room``, kept free for a loss computed outside), higher by the slack less
     ``room``, while the plan recomputes something (not over a range of sizes:
     a plan there is proven at the model's cap). A move never passes a plan tried on the other side
@@ -346,13 +347,14 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
     cap = last.report.budget_bytes
     target = cfg.planning_target(cap)
     over = last.estimate - target
-    at_floor = last.report.plan.budget_bytes > target - last.lower_by  # planned at the model's floor, over its target
+    at_floor = _at_model_floor(cfg, last)
     if over > 0:
         if last.groups is None and last.kernels is not None:
             return last.lower_by, groups
         met = any(t.estimate <= target for t in tried)
         if not met and any(t.estimate <= last.estimate for t in tried[:-1]):
-            return None
+            # not improving: the model's floor once, with the last kernels ("min"'s plan), then stop
+            return None if any(_at_model_floor(cfg, t) for t in tried) else (target, groups)
         if at_floor and _same(groups, last.groups):  # the same model's floor again: the same plan
             return None
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
@@ -363,6 +365,11 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
         # higher than the target the plan was made at (the model's floor, when that was over the target asked)
         lower_by = _toward(tried, target - last.report.plan.budget_bytes + over + room, cfg)
     return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
+
+
+def _at_model_floor(cfg: RematConfig, t: _Compiled) -> bool:
+    """Whether ``t`` was planned at the model's floor: its plan's target is over the one asked."""
+    return t.report.plan.budget_bytes > cfg.planning_target(t.report.budget_bytes) - t.lower_by
 
 
 def _same(a: KernelGroups | None, b: KernelGroups | None) -> bool:
