@@ -617,7 +617,23 @@ def _kernel_taker(s: fx.Node, g: GraphFacts, read_at: list, end: int, spans: dic
     if kernel is None or kernel[1] != end or spans.get(compute_node(s)) == kernel:
         return None
     floor = min(g.index[u] for u in readers)
-    return taker if readers - {taker} <= _ancestors(taker, floor, g.index) else None
+    if not _reads_elementwise(taker, s, fused) or not readers - {taker} <= _ancestors(taker, floor, g.index):
+        return None
+    return taker
+
+
+def _reads_elementwise(taker: fx.Node, s: fx.Node, fused: set[fx.Node]) -> bool:
+    """Whether ``taker`` reads ``s`` itself or through pointwise results inlined into it, not
+    through a view (Inductor's ``can_inplace``: the read's index must be the write's)."""
+    stack, seen = [taker], set()
+    while stack:
+        for i in stack.pop().all_input_nodes:
+            if i is s:
+                return True
+            if i in fused and i not in seen and not is_view(i):
+                seen.add(i)
+                stack.append(i)
+    return False
 
 
 def _ancestors(n: fx.Node, floor: int, index: dict[fx.Node, int]) -> set[fx.Node]:
