@@ -223,25 +223,20 @@ def _plain_measured(model, example_inputs, loss_fn, repeats: int):
 
 def _measured_compile(model, example_inputs, loss_fn, repeats: int, **compile_kw):
     """Compile model+loss (``torch.compile(**compile_kw)``, no FX-graph or AOTAutograd cache: the
-    partitioner runs and reports), run the step that compiles, then measure one step
-    (``remat.measure.measure_step``) and time ``repeats`` more. The gradients of the step before
-    are freed before the measured one: freed inside it, the profiler can count their frees (when
-    it tracked their addresses before) and the peak reads low by up to the gradients' bytes.
-    Returns (StepMeasurement, what torch.compile returned)."""
+    partitioner runs and reports), run the step that compiles, then measure one step and time
+    ``repeats`` more (``remat.measure._measured``). Returns (StepMeasurement, what torch.compile
+    returned)."""
     from torch._functorch import config as functorch_config
 
-    from .measure import _CompiledStep, measure_step, median_seconds
+    from .measure import _CompiledStep, _measured
 
     torch._dynamo.reset()
     step = _CompiledStep(model, example_inputs, loss_fn, **compile_kw)
     with functorch_config.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
         step()
-        step.clear_grads()
-        measured = measure_step(step)
-        step_s = median_seconds(step, repeats) if repeats > 0 else None
-    step.clear_grads()
+        measured = _measured(step, repeats)
     torch._dynamo.reset()
-    return dataclasses.replace(measured, step_s=step_s), step.compiled
+    return measured, step.compiled
 
 
 # ``remat.analyze`` is both this module and (in ``remat/__init__``) the function: importing the

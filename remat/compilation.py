@@ -408,29 +408,3 @@ def _options_of(compiled: Any) -> dict | None:
         if fn is None:
             return None
     return None
-
-
-def measure_compiled(model, example_inputs, loss_fn=None, memory_budget=None, repeats: int = 3, **options):
-    """Compile model+loss with backend "remat", run one warm-up step, then measure one step
-    (and time ``repeats`` unprofiled ones).
-
-    Returns ``(StepMeasurement, [GraphReport, ...])``: the measured peak above the memory
-    allocated before the step, and what the backend planned for each graph.
-    """
-    import torch
-    import torch._functorch.config as fconfig
-
-    from .measure import _CompiledStep, _measured
-
-    opts = dict(options)
-    if memory_budget is not None:
-        opts["memory_budget"] = memory_budget
-    torch._dynamo.reset()
-    step = _CompiledStep(model, example_inputs, loss_fn, backend="remat", options=opts)
-    # no AOTAutograd/FX-graph cache hit, so that the partitioner runs and reports (kernels may be cached)
-    with fconfig.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
-        step()  # compiles: the backend plans and reports
-        graphs = reports(step.compiled)
-        m = _measured(step, repeats)
-    torch._dynamo.reset()
-    return m, graphs

@@ -4,7 +4,7 @@ CPU: torch.profiler's allocation events, summed in order; the peak of the runnin
 step's peak of tensor memory above what was allocated before it (frees of older tensors count
 as negative). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
 ``measure_plain_compile`` compiles model+loss with plain ``torch.compile`` and measures one of its
-steps (``remat.compilation.measure_compiled`` does the same under backend "remat");
+steps (``remat.analyze.measure_peaks`` does the same under backend "remat" and plain);
 ``matmul_flops`` times ``torch.mm`` per dtype (this machine's matmul rate, for ``remat profile``).
 """
 
@@ -155,10 +155,21 @@ class _CompiledStep:
         self.compiled(*self.inputs).backward()
 
 
+WARM_UP_STEPS = 3  # steps after a compile run before the timed ones (the first few run slower)
+
+
 def _measured(step: _CompiledStep, repeats: int) -> StepMeasurement:
-    """One profiled step (its peak) and the median of ``repeats`` unprofiled ones (its time)."""
+    """One profiled step (its peak) and the median of ``repeats`` unprofiled ones (its time),
+    after ``WARM_UP_STEPS`` untimed ones. The gradients of the step before are freed before the
+    profiled one: freed inside it, the profiler can count their frees (when it tracked their
+    addresses before) and the peak reads low by up to the gradients' bytes."""
+    step.clear_grads()
     m = measure_step(step)
-    seconds = median_seconds(step, repeats) if repeats > 0 else None
+    seconds = None
+    if repeats > 0:
+        for _ in range(WARM_UP_STEPS):
+            step()
+        seconds = median_seconds(step, repeats)
     step.clear_grads()
     return replace(m, step_s=seconds)
 
