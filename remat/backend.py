@@ -526,7 +526,7 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
         inputs = f"{fmt_bytes(made)} of its inputs made earlier in the step" if made else ""
         r.outside_bytes = outside.nbytes + made
         r.outside = ", ".join(filter(None, (outside.describe(), inputs)))
-        comp.plan_repeats(key, r.other_runs_bytes if r.problem.other_runs else 0)
+        comp.plan_repeats(key, r.other_runs_bytes)
         comp.add(r)
         comp.keep(key, r.kept_bytes)
         log.info("%s", summary_line(r))

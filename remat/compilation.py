@@ -70,10 +70,16 @@ class Runs:
 
     def held_bytes(self, kept: int) -> int:
         """What the other runs hold when the compiled backward receives ``kept`` bytes."""
-        return self.others * (max(0, int(kept) - self.grad_outputs) + self.held_inputs)
+        return self.others * _held(kept, self.grad_outputs, self.held_inputs)
 
 
 NO_RUNS = Runs()
+
+
+def _held(kept: int, grad_outputs: int, made_inputs: int) -> int:
+    """What one run of a graph holds until its backward starts, when its compiled backward receives
+    ``kept`` bytes: those less its outputs' gradients, plus its inputs made earlier in the step."""
+    return max(0, int(kept) - grad_outputs) + made_inputs
 
 
 class Compilation:
@@ -151,7 +157,7 @@ class Compilation:
         once its backward starts (the caller's loss, or the graph after it, makes them), and its
         inputs made earlier in the step, which the code does not count (counted as saved)."""
         with self._lock:
-            return max(0, int(kept) - self._grad_outputs.get(key, 0)) + self._made_inputs.get(key, 0)
+            return _held(kept, self._grad_outputs.get(key, 0), self._made_inputs.get(key, 0))
 
     def keep(self, key: tuple[int, int] | None, nbytes: int) -> None:
         """The graph ``key``'s compiled backward receives ``nbytes``: it holds ``held_until_backward``
