@@ -16,7 +16,9 @@ the call. Conventions, as in remat's model: inputs named ``primals_*`` are resid
 except the copies that the forward saves under such a name (``saved_copies``); every
 other input (a saved activation, an incoming gradient) counts from the start until its ``del``;
 host copies made by ``torch.ops.remat.to_host`` are not device memory and ``torch.ops.remat.free_``
-frees its argument's device storage.
+frees its argument's device storage. On CUDA (a wrapper that allocates with ``empty_strided_cuda``
+or runs under ``torch.cuda._DeviceGuard``) each storage counts as the caching allocator counts it in
+``torch.cuda.max_memory_allocated``: rounded up to a multiple of ``CUDA_BLOCK_BYTES``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "save
 _ALLOCATORS = {"empty_strided_cpu", "empty_strided_cuda", "empty_strided_xpu", "empty_strided_mps", "empty_strided"}
 _HOST_RESULT = ("remat.to_host",)
 _FREES_ARGUMENT = ("remat.free_",)
+CUDA_BLOCK_BYTES = 512  # the CUDA caching allocator's smallest block: every allocation is a multiple of it
 
 
 @dataclass
@@ -50,7 +53,8 @@ class _Storages:
     """Device storages alive during the walk, each with the names that reference it (a tuple of
     extern results references the storage of every element)."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_bytes: int = 1) -> None:
+        self.block_bytes = block_bytes  # every storage is a multiple of it (``CUDA_BLOCK_BYTES`` on CUDA)
         self.refs: dict[int, set[str]] = {}
         self.size: dict[int, int] = {}
         self.of_name: dict[str, set[int]] = {}
@@ -60,6 +64,7 @@ class _Storages:
 
     def new(self, name: str, nbytes: int) -> int:
         self.drop(name)
+        nbytes = -(-nbytes // self.block_bytes) * self.block_bytes
         sid, self._next = self._next, self._next + 1
         self.refs[sid], self.size[sid] = set(), nbytes
         self.ref(name, sid)
@@ -215,13 +220,21 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict
     sizing = _Sizing(_asserted_sizes(stmts, sizes), dict(itemsizes or {}), sizes, _tuple_elements(stmts),
                      dict(workspaces or {}))
     _size_through_aliases(stmts, sizing)
-    st = _Storages()
+    st = _Storages(CUDA_BLOCK_BYTES if _on_cuda(body) else 1)
     _start_inputs(stmts, sizing, st, set(counted), saved or SavedLayout())
     start = st.live
     for s in stmts:
         _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
     return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+
+
+def _on_cuda(body: list[ast.stmt]) -> bool:
+    """Whether a wrapper's ``call`` runs on CUDA: it allocates with ``empty_strided_cuda`` or
+    guards a CUDA device."""
+    names = {n.id for s in body for n in ast.walk(s) if isinstance(n, ast.Name)}
+    names |= {n.attr for s in body for n in ast.walk(s) if isinstance(n, ast.Attribute)}
+    return bool(names & {"empty_strided_cuda", "_DeviceGuard"})
 
 
 def _start_inputs(stmts: list[ast.stmt], sizing: _Sizing, st: _Storages, counted: set[str],

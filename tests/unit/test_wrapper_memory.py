@@ -224,6 +224,23 @@ def test_unsized_results_are_named_in_a_warning(caplog):
     assert caplog.text == ""
 
 
+def test_on_cuda_each_storage_counts_as_the_caching_allocator_rounds_it():
+    body = """
+        assert_size_stride(saved_1, (10, 10), (10, 1), 'input')
+        buf0 = empty_strided_{dev}((100, ), (1, ), torch.float32)
+        buf1 = empty_strided_{dev}((1000, ), (1, ), torch.float32)
+        buf2 = empty_strided_{dev}((0, ), (1, ), torch.float32)
+        return (buf0, buf1, buf2)
+    """
+    cpu, cuda = (wrapper_peak(wrapper(body.format(dev=dev))) for dev in ("cpu", "cuda"))
+    assert (cpu.start_bytes, cpu.peak_bytes) == (400, 400 + 400 + 4000)
+    # 400 B -> 512, 4,000 B -> 4,096, nothing for an empty tensor (as torch.cuda.max_memory_allocated)
+    assert (cuda.start_bytes, cuda.peak_bytes) == (512, 512 + 512 + 4096)
+    guarded = wrapper("with torch.cuda._DeviceGuard(0):\n    buf0 = torch.ops.aten.some_op.default(saved_1)\n"
+                      "    assert_size_stride(buf0, (3, ), (1, ), 'op')\n    return (buf0, )\n")
+    assert wrapper_peak(guarded).peak_bytes == 512  # an extern result of 12 B, under a CUDA device guard
+
+
 def test_no_call_function_gives_none():
     assert wrapper_peak("x = 1\n") is None
     assert wrapper_peak("def call(:\n") is None
