@@ -184,7 +184,8 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
 
     _zero(model)
     t0 = time.perf_counter()
-    if not warmed_up(step, out):
+    if not (warmed_up(step, out) if config.startswith("remat") or config in ("eager", "checkpoint")
+            else warmed_up_reading_code(step, out)):
         return out
     first = time.perf_counter() - t0
     if config.startswith("remat"):
@@ -261,21 +262,55 @@ def warmed_up(step, out: dict) -> bool:
     return True
 
 
+def warmed_up_reading_code(step, out: dict) -> bool:
+    """``warmed_up``, reading the peak of the code that Inductor generates for the step (plain
+    torch.compile, activation_memory_budget) into ``out["inductor_peak_bytes"]``, as remat's
+    check reads it (backward compiled with the forward, extern kernels' scratch measured); not
+    recorded unless the step compiled exactly one forward and one backward graph."""
+    import torch
+
+    from remat.backend import _backward_compiled_now
+    from remat.inductor_check import InductorPeaks
+    from remat.wrapper_memory import collect_wrapper_code
+
+    peaks = InductorPeaks()
+    with torch._inductor.config.patch(_post_fusion_custom_pass=peaks), _backward_compiled_now(), \
+            collect_wrapper_code() as peaks.codes:
+        ok = warmed_up(step, out)
+    code = peaks.code_peaks
+    if ok and code and len(code) == 2:
+        out["inductor_peak_bytes"] = max(code)
+    return ok
+
+
+def step_peak(reports: list, figure) -> int | None:
+    """The step's peak of a per-graph ``figure`` (a report's own peak): the largest over graphs of
+    that peak with what is held outside the graph while it runs (``resident_before_bytes``: what
+    earlier graphs keep, buffers outside the graphs); None when any graph lacks the figure."""
+    peaks = [figure(r) for r in reports]
+    if not peaks or None in peaks:
+        return None
+    return max(p + r.resident_before_bytes for p, r in zip(peaks, reports))
+
+
 def plan_figures(reports: list) -> dict:
-    """remat's figures summed over a step's graph reports: predicted and Inductor's peaks, cap,
-    decisions, predicted added time, solve and planning time; {} without reports."""
+    """remat's figures of a step's graph reports: predicted, modelled store-all and Inductor's
+    peaks and the cap as the step's (``step_peak``; the cap: the largest graph's share with what
+    is held outside it), the reference peak (already the step's), decisions, predicted added
+    time, solve and planning time summed; {} without reports."""
     from remat.plan import Decision
 
     if not reports:
         return {}
-    estimates = [r.inductor_peak_bytes for r in reports]
+    caps = [r.step_cap_bytes for r in reports]
+    references = [r.reference_peak_bytes for r in reports]
     return {
-        "predicted_peak_bytes": sum(r.timeline.peak_bytes for r in reports),
-        "baseline_peak_bytes": sum(r.baseline_peak_bytes for r in reports),
-        "budget_bytes": sum(r.budget_bytes for r in reports if r.budget_bytes is not None),
-        "inductor_peak_bytes": sum(estimates) if None not in estimates else None,
+        "predicted_peak_bytes": step_peak(reports, lambda r: r.timeline.peak_bytes),
+        "baseline_peak_bytes": step_peak(reports, lambda r: r.baseline_peak_bytes),
+        "budget_bytes": max(caps) if None not in caps else None,
+        "inductor_peak_bytes": step_peak(reports, lambda r: r.inductor_peak_bytes),
         "plans_made": max(r.plans_made for r in reports),
-        "reference_peak_bytes": sum(r.reference_peak_bytes or 0 for r in reports) or None,
+        "reference_peak_bytes": max(references) if None not in references else None,
         "compiled_with": sorted({r.compiled_with for r in reports}),
         "cost_notes": [r.cost_model for r in reports],
         "solve_time_s": sum(r.plan.solve_time_s for r in reports),

@@ -15,7 +15,11 @@ added time), compile time (first step minus a normal step), remat's solve time, 
 absolute gradient difference from eager with the same seed. A configuration listed twice runs
 twice (``compile`` again at the end: the noise between two processes of the same code). With ``--equal-peak``, remat also runs
 at a cap equal to each ``amb_*`` row's measured peak (rows ``remat_<bytes>B``, note "= amb_0.5's
-peak"): the price of remat's plan against torch's at the same peak. Prints markdown tables, writes
+peak"): the price of remat's plan against torch's at the same peak. With ``--min-as-cap``, remat
+also runs at a byte cap equal to each ``remat_min`` row's reported cap (note "= remat_min's
+cap"): the floor that remat reports, used as a cap ("meas / cap" says how close the step comes to
+it). The ``compile`` and ``amb_*`` rows read their code's peak too, as remat's check reads it
+(backward compiled with the forward). Prints markdown tables, writes
 ``benchmarks/results/compare.json`` (``compare_quick.json`` with --quick), the tables as ``.md``
 and one PNG per model (``compare_<model>.png``: measured peak vs step time).
 
@@ -84,6 +88,8 @@ def add_ratios(rows: list[dict]) -> None:
             r["predicted_over_store_all"] = 1 + r["predicted_added_s"] / store_all["step_time_s"]
         if ref and r.get("measured_peak_bytes") is not None and ref.get("measured_peak_bytes"):
             r["peak_ratio"] = r["measured_peak_bytes"] / ref["measured_peak_bytes"]
+        if r.get("budget_bytes") and r.get("measured_peak_bytes") is not None and r["config"] != "remat_100":
+            r["measured_over_cap"] = r["measured_peak_bytes"] / r["budget_bytes"]
         for key in ("predicted", "inductor"):  # the model's and the code's figure against the measurement
             if r.get(f"{key}_peak_bytes") and r.get("measured_peak_bytes"):
                 r[f"{key}_over_measured"] = r[f"{key}_peak_bytes"] / r["measured_peak_bytes"]
@@ -105,6 +111,8 @@ def _note(r: dict) -> str:
         note = f"measured costs, {r['profile_cache']} profile cache; {note}"
     if r.get("equal_peak_of"):
         note = f"cap = {r['equal_peak_of']}'s measured peak; {note}"
+    if r.get("cap_of"):
+        note = f"cap = {r['cap_of']}'s cap; {note}"
     return note
 
 
@@ -114,14 +122,14 @@ def _ratio(x: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| config | measured peak MiB | vs compile | predicted peak MiB | Inductor code MiB | pred / meas "
-            "| code / meas | cap MiB | step ms (median) | best ms | step / compile | step / store-all "
+            "| code / meas | cap MiB | meas / cap | step ms (median) | best ms | step / compile | step / store-all "
             "| predicted / store-all | compile s | solve s | grad err vs eager | note |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         err = r.get("grad_max_abs_err")
         note = _note(r)
         lines.append(
-            "| {config} | {mp} | {pr} | {pp} | {ip} | {pm} | {im} | {cap} | {st} | {best} | {ratio} | {sa} | {psa} "
+            "| {config} | {mp} | {pr} | {pp} | {ip} | {pm} | {im} | {cap} | {mc} | {st} | {best} | {ratio} | {sa} | {psa} "
             "| {ct} | {sv} | {ge} | {note} |".format(
                 config=r["config"],
                 mp=fmt_mib(r.get("measured_peak_bytes")),
@@ -131,6 +139,7 @@ def table(rows: list[dict]) -> str:
                 pm=_ratio(r.get("predicted_over_measured")),
                 im=_ratio(r.get("inductor_over_measured")),
                 cap=fmt_mib(r.get("budget_bytes")) if r.get("budget_bytes") and r["config"] != "remat_100" else "-",
+                mc=_ratio(r.get("measured_over_cap")),
                 st=f"{1e3 * r['step_time_s']:.1f}" if r.get("step_time_s") else "-",
                 best=f"{1e3 * r['step_time_min_s']:.1f}" if r.get("step_time_min_s") else "-",
                 ratio=f"{r['step_time_ratio']:.2f}" if r.get("step_time_ratio") else "-",
@@ -161,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--equal-peak", action="store_true",
                     help="also run remat at a cap equal to each amb_* row's measured peak")
+    ap.add_argument("--min-as-cap", action="store_true",
+                    help="also run remat at a byte cap equal to each remat_min row's reported cap")
     args = ap.parse_args(argv)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -199,13 +210,16 @@ def main(argv=None) -> int:
             print(f"[{time.perf_counter() - started:6.0f} s] {model} / {config} ...", file=sys.stderr, flush=True)
             row = run_one(model, config, args.quick, steps, min_time, time_limit, args.timeout, env, args.threads)
             if of:
-                row["equal_peak_of"] = of
+                row["equal_peak_of" if of.startswith("amb_") else "cap_of"] = of
             msg = row.get("error") or (f"peak {fmt_mib(row.get('measured_peak_bytes'))} MiB, "
                                        f"step {1e3 * row.get('step_time_s', 0):.1f} ms")
             print(f"           {model} / {config}: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             rows.append(row)
             if args.equal_peak and config.startswith("amb_") and row.get("measured_peak_bytes"):
                 todo.append((f"remat_{row['measured_peak_bytes']}B", config))
+            if args.min_as_cap and config.split("@")[0] == "remat_min" and row.get("budget_bytes"):
+                costs = config.partition("@")[2]
+                todo.append((f"remat_{row['budget_bytes']}B" + (f"@{costs}" if costs else ""), config))
             add_ratios(rows)
             results["models"][model] = rows
             out_path.write_text(json.dumps(results, indent=1))  # partial results survive an interruption

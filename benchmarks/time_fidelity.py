@@ -107,19 +107,15 @@ def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.
 
 
 def plan_figures(fn, config: str) -> dict:
-    """Predicted added time, cap, predicted peak and cost-model notes of a remat configuration."""
+    """Predicted added time, the step's cap and predicted peak, values recomputed and cost-model
+    notes of a remat configuration (``_run_config.plan_figures``)."""
     if not config.startswith("remat_"):
         return {}
     from remat import reports
-    from remat.plan import Decision
 
-    rs = reports(fn)
-    return {"predicted_added_s": sum(r.timeline.added_time for r in rs),
-            "budget_bytes": sum(r.budget_bytes or 0 for r in rs) or None,
-            "predicted_peak_bytes": sum(r.timeline.peak_bytes for r in rs),
-            "recomputed": sum(len(r.plan.names(Decision.RECOMPUTE)) for r in rs),
-            "compiled_with": sorted({r.compiled_with for r in rs}),
-            "cost_notes": [r.cost_model for r in rs]}
+    figures = _run_config.plan_figures(reports(fn))
+    keys = ("predicted_added_s", "budget_bytes", "predicted_peak_bytes", "compiled_with", "cost_notes")
+    return {**{k: figures.get(k) for k in keys}, "recomputed": figures.get("decisions", {}).get("recompute")}
 
 
 def serve(args: argparse.Namespace) -> int:
