@@ -35,6 +35,7 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from ._version import __version__
 from .compilation import NO_RUNS, Compilation, Runs, compilation_for
 from .config import RematConfig
+from .deferred_kernels import deferred_kernel_builds
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks
 from .kernel_groups import KernelGroups
@@ -450,7 +451,7 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     peaks = InductorPeaks()
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
                                    resident=resident, peaks=peaks, runs=runs)
-    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
+    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     estimate = peaks.peak_bytes
