@@ -45,6 +45,13 @@ step, which its backward reads). So every slot carries ``other_runs x (run_held_
 the needed STORE activations)`` on top of its own bytes (``other_runs_bytes``); OFFLOAD ones are
 on the host by then and RECOMPUTE ones are not kept.
 
+Taken buffers. An activation whose only reader, forward and backward, is one pointwise consumer
+of the same bytes names it in ``taken_by``: Inductor writes the consumer's result into its buffer
+(``buf9 = buf8; del buf8  # reuse``). When both are RECOMPUTE, the taken value leaves the device
+the slot before its taker's result is counted (the taker's start; the value is then never counted
+when both start at the same slot, as they do without the last compile's kernels); it stays readable
+by its taker. A STORE value keeps its own interval.
+
 Bytes are per storage: views are folded into the storage they alias and never appear here.
 """
 
@@ -86,6 +93,7 @@ class Activation:
     shape: tuple[int, ...] = ()
     dtype: str = ""
     module: str = ""  # module path of the op that computes it (``nn_module_stack``), "" if unknown
+    taken_by: str = ""  # its only reader, which writes its result into this buffer ("" if none; see Problem)
 
 
 @dataclass(frozen=True)
@@ -130,12 +138,23 @@ class Problem:
                     raise ValueError(f"activation {a.name!r} reads unknown activation {i!r}")
                 if self.activation(i).created >= a.created:
                     raise ValueError(f"activation {a.name!r} reads {i!r}, which is created later")
+        self._check_takers()
         if self.host_bandwidth < 0:
             raise ValueError("host_bandwidth must be >= 0")
         if self.other_runs < 0 or self.run_held_bytes < 0:
             raise ValueError("other_runs and run_held_bytes must be >= 0")
         object.__setattr__(self, "layers", tuple(tuple(tuple(lay) for lay in cls) for cls in self.layers))
         self._check_layers(names)
+
+    def _check_takers(self) -> None:
+        """A taken activation has no backward use, its taker is its only consumer, of equal bytes."""
+        for a in self.activations:
+            if not a.taken_by:
+                continue
+            if a.backward_uses or set(self.consumers[a.name]) != {a.taken_by}:
+                raise ValueError(f"activation {a.name!r}: taken by {a.taken_by!r}, which must be its only reader")
+            if self.activation(a.taken_by).bytes != a.bytes:
+                raise ValueError(f"activation {a.name!r}: taken by {a.taken_by!r} of other bytes")
 
     def _check_layers(self, names: set[str]) -> None:
         """Each class holds at least two layers of one length; each name is known and in one layer."""

@@ -22,6 +22,9 @@ RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` ins
            backward uses, its needed RECOMPUTE consumers) is inside K (``v`` is never written to
            memory). A consumer ``c`` recomputed inside K reads its inputs over the same window,
            ``min(S(c), first(K)) .. max(S(c), last(K))``, which widens their starts and last needs.
+Taken      a RECOMPUTE value whose taker (``Activation.taken_by``) is RECOMPUTE too ends the slot
+           before the taker's first slot above (none when both start at the same slot); it stays
+           readable by its taker.
 Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
            (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
            result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
@@ -251,6 +254,7 @@ class _Analysis:
             if not a.recomputable:
                 self._errors.append(f"act {name!r} is RECOMPUTE but not recomputable")
             self._recompute_interval(a, last)
+            self._give_to_taker(a)
             self.recompute_time += a.compute_time
         elif d is Decision.OFFLOAD and name in self.transfers.free_after:
             self._offload_intervals(a, last)
@@ -285,6 +289,17 @@ class _Analysis:
             self.device[a.name] = []
         else:
             self.device[a.name] = interval
+
+    def _give_to_taker(self, a: Activation) -> None:
+        """End RECOMPUTE ``a`` the slot before its RECOMPUTE taker's result starts (the taker writes
+        into ``a``'s buffer); ``a`` stays readable until its last need."""
+        taker = a.taken_by
+        if not taker or self.decisions.get(taker) is not Decision.RECOMPUTE or not self.device[a.name]:
+            return
+        taker_start = _window(self.starts[taker], self.kernels.get(taker))[0]
+        (lo, hi), = self.device[a.name]
+        self.readable.setdefault(a.name, [(lo, hi)])
+        self.device[a.name] = [(lo, min(hi, taker_start - 1))] if lo <= taker_start - 1 else []
 
     def _inlined(self, a: Activation) -> bool:
         """Whether RECOMPUTE ``a`` is computed and read only inside its kernel: every backward use

@@ -28,6 +28,11 @@ apply the simulator's rules exactly (a RECOMPUTE consumer reads its inputs over 
 ``window``; a value lives across its kernel, or takes no bytes when only that kernel reads it; a
 handed-over buffer ends before that kernel). The ILP's pieces stay at or above that count
 (``_kernel_windows``, ``_handover_end``, ``_always_inlined``).
+
+Taken buffers (``Activation.taken_by``). A taken candidate is needed only when its taker is
+RECOMPUTE; RECOMPUTE, it ends the slot before its taker's start (``remat.simulate``), which
+without kernel facts is its own start: it takes no bytes. ``jit`` and ``evaluate`` count it so;
+the ILP's live indicators count only a kept one (``taker``), and so do its states (``_masks``).
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ class Structure:
         self.kernels: dict[int, RecomputeKernel] = {
             self.index[n]: k for n, k in recompute_kernels(p).items() if n in self.index}
         self.handover: dict[int, int] = {self.index[n]: h for n, h in handovers(p).items() if n in self.index}
+        self.taker: dict[int, int] = {  # taken candidate -> its taker (``Activation.taken_by``)
+            c.idx: self.index[a.taken_by] for c in self.cands
+            if (a := p.activation(c.name)).taken_by and a.taken_by in self.index}
         self.offload_candidates = 0
         self._offload_candidates()
         self._link_candidates()
@@ -326,7 +334,7 @@ class Structure:
             if c.rec_ok:
                 for s in c.kept:
                     if s <= ln:
-                        ivs.append([(s, ln)])
+                        ivs.append([] if c.idx in self.taker else [(s, ln)])
             if c.off_ok:
                 ivs.append([(lo0, c.out_end), (c.back_start, ln)])
         c.nstates = len(ivs)
@@ -404,10 +412,11 @@ class Structure:
         k = self.kernels.get(j)
         return (start, start) if k is None else (min(start, k.first), max(start, k.last))
 
-    def _kernel_interval(self, j: int, code: int, lo: int, hi: int, codes, need, S, ln) -> tuple[int, int]:
-        """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels,
-        as the simulator counts it: a RECOMPUTE one across its kernel, or none when only that
-        kernel reads it; a buffer handed to a kernel's result ends where that kernel starts."""
+    def _interval_under_facts(self, j: int, code: int, lo: int, hi: int, codes, need, S, ln) -> tuple[int, int]:
+        """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels
+        and its taker, as the simulator counts it: a RECOMPUTE one across its kernel, or none when
+        only that kernel reads it; a buffer handed to a kernel's result ends where that kernel
+        starts; a RECOMPUTE one ends before its RECOMPUTE taker's start."""
         c, k = self.cands[j], self.kernels.get(j)
         if code == REC and k is not None:
             lo, hi = min(lo, k.first), max(hi, k.last)
@@ -418,16 +427,19 @@ class Structure:
         h = self.handover.get(j)
         if h is not None and c.d >= 0 and ln[j] == c.D:
             hi = min(hi, h - 1)
+        t = self.taker.get(j)
+        if code == REC and t is not None and need[t] and codes[t] == REC:
+            hi = min(hi, self.window(t, S[t])[0] - 1)
         return lo, hi
 
     def evaluate(self, codes) -> tuple[np.ndarray, list[bool], list[int], list[int]]:
         """(profile, needed, S, last_need) for decision codes; codes of unneeded ones are ignored
         and needed ones without a code count as STORE. Stored and recomputed candidates are
-        counted as arrays; OFFLOAD ones and those under kernel facts one by one."""
+        counted as arrays; OFFLOAD ones and those under kernel facts or taken one by one."""
         need, S, ln = self.jit(codes)
         code = np.asarray(codes)
         live = np.array(need, dtype=bool) & (self._bytes > 0)
-        by_one = live & ((code == OFF) | self._kernel_facts)
+        by_one = live & ((code == OFF) | self._one_by_one)
         bulk = live & ~by_one
         lo = np.where(code == REC, np.array(S, dtype=np.int64), self._lfu + 1)[bulk]
         hi = np.array(ln, dtype=np.int64)[bulk]
@@ -459,7 +471,7 @@ class Structure:
 
     def _intervals_one_by_one(self, ids: list[int], code, need, S, ln) -> tuple[list, list, list]:
         """(los, his, bytes) of the device intervals of needed candidates ``ids`` that are
-        OFFLOAD (copied under the joint schedule, else kept) or under kernel facts."""
+        OFFLOAD (copied under the joint schedule, else kept), under kernel facts or taken."""
         cs = self.cands
         sched = self.transfers(code, need)
         los, his, bs = [], [], []
@@ -478,8 +490,8 @@ class Structure:
             else:
                 lo = c.lfu + 1
             hi = ln[j]
-            if not copied and (j in self.kernels or j in self.handover):
-                lo, hi = self._kernel_interval(j, d, lo, hi, code, need, S, ln)
+            if not copied and self._one_by_one[j]:
+                lo, hi = self._interval_under_facts(j, d, lo, hi, code, need, S, ln)
             if lo <= hi:
                 los.append(lo)
                 his.append(hi)
@@ -504,9 +516,11 @@ class Structure:
         return np.array([c.off_ok for c in self.cands], dtype=bool)
 
     @cached_property
-    def _kernel_facts(self) -> np.ndarray:
-        """Per candidate: whether a recompute kernel or a handover of the last compile covers it."""
-        return np.array([c.idx in self.kernels or c.idx in self.handover for c in self.cands], dtype=bool)
+    def _one_by_one(self) -> np.ndarray:
+        """Per candidate: whether its interval is counted one by one (``_interval_under_facts``):
+        a recompute kernel or a handover of the last compile covers it, or it is taken."""
+        facts = (self.kernels, self.handover, self.taker)
+        return np.array([any(c.idx in f for f in facts) for c in self.cands], dtype=bool)
 
     def transfers(self, codes, need=None):
         """The joint copy schedule of the needed OFFLOAD candidates that can be offloaded."""

@@ -6,9 +6,10 @@ codes re-derives ``need``, ``S`` and ``last_need`` only for the candidates whose
 reach: each is recomputed from its recomputable consumers (the same rules as ``Structure.jit``),
 consumers first, and its inputs are visited only when what they read from it changed (whether it
 is a needed RECOMPUTE, and its start). Stored and recomputed candidates keep one device interval
-each in a difference array of the profile; OFFLOAD candidates and those under kernel facts, whose
-intervals depend on the other copies or on kernels, are counted one by one at each ``profile``
-as ``Structure.evaluate`` does, and so is what the graph's other runs hold (``Problem.other_runs``).
+each in a difference array of the profile; OFFLOAD candidates, those under kernel facts and taken
+ones, whose intervals depend on the other copies, on kernels or on a taker, are counted one by one
+at each ``profile`` as ``Structure.evaluate`` does, and so is what the graph's other runs hold
+(``Problem.other_runs``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Evaluation:
         self.need = np.array(need, dtype=bool)
         self.S = np.array(S, dtype=np.int64)
         self.ln = np.array(ln, dtype=np.int64)
-        self._bulk_ok = (st._bytes > 0) & ~st._kernel_facts
+        self._bulk_ok = (st._bytes > 0) & ~st._one_by_one
         self._facts = bool(st.kernels or st.handover)
         m = len(st.cands)
         self.lo = np.zeros(m, dtype=np.int64)
@@ -85,7 +86,7 @@ class Evaluation:
 
     def _place(self, j: int) -> None:
         """Move ``j``'s interval in the difference array to where its state puts it (none when it is
-        not needed, takes no bytes, is OFFLOAD or under kernel facts)."""
+        not needed, takes no bytes, is OFFLOAD, under kernel facts or taken)."""
         lo, hi = 0, -1
         code = self.codes[j]
         if self.need[j] and self._bulk_ok[j] and code != OFF:
@@ -106,7 +107,7 @@ class Evaluation:
         """Device bytes at every slot (``Structure.evaluate``'s profile)."""
         st = self.st
         mem = st.fixed + np.cumsum(self.diff[:-1])
-        by_one = self.need & (st._bytes > 0) & ((self.codes == OFF) | st._kernel_facts)
+        by_one = self.need & (st._bytes > 0) & ((self.codes == OFF) | st._one_by_one)
         if by_one.any():
             los, his, bs = st._intervals_one_by_one(np.flatnonzero(by_one).tolist(), self.codes,
                                                     self.need, self.S, self.ln)

@@ -50,6 +50,7 @@ class _State:
         self.rec_ok = np.array([c.rec_ok for c in cs], dtype=bool)
         self.off_ok = np.array([c.off_ok for c in cs], dtype=bool)
         self.kmin = np.array([c.kept[0] if c.rec_ok else 1 << 60 for c in cs], dtype=np.int64)
+        self.taken = np.array([c.idx in st.taker for c in cs], dtype=bool)
         self.runs = st.problem.other_runs
         src, dst = [], []
         for c in cs:
@@ -86,7 +87,7 @@ class _State:
     def live_at(self, t: int) -> np.ndarray:
         c, S, ln, lfu = self.codes, self.S, self.ln, self.lfu
         stored = (c == STORE) & (lfu < t) & (t <= ln)
-        rec = (c == REC) & (S <= t) & (t <= ln)
+        rec = (c == REC) & (S <= t) & (t <= ln) & ~self.taken  # a taken one: its taker's buffer
         off = (c == OFF) & (((lfu < t) & (t <= self.out_end)) | ((self.back_start <= t) & (t <= ln)))
         return stored | rec | off
 

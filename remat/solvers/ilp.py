@@ -21,7 +21,9 @@ Just-in-time semantics (``remat.problem``); per candidate ``v`` (see ``_core.Str
   ``y >= started(t) + rec_c - st[c, t-1] - 1`` for each consumer ``c`` (``v`` is live while
   started and some recomputed consumer still has to start); a value with many consumers and
   segments (dropout seeds read by every layer) gets the same bound through a non-increasing
-  ``pending[v,j]`` with rows only where a consumer's term changes (``Model._pending_rows``).
+  ``pending[v,j]`` with rows only where a consumer's term changes (``Model._pending_rows``); a
+  taken ``v`` (``Activation.taken_by``) is "started" only when kept: recomputed, its recomputed
+  taker writes into its buffer, so it holds no bytes of its own.
 
 Repeated layers (``Problem.layers``): a tied model shares the binaries and, where they
 correspond, the continuous variables of corresponding activations and writes each row once; the
@@ -410,10 +412,11 @@ class Model:
 
     def _started_on_segment(self, c: Cand, s: int) -> tuple[list, int]:
         """(terms, const) of "``c`` holds its value at slot ``s``": 1 when backward reads it, else
-        kept or recomputed by ``s``."""
+        kept or recomputed by ``s``; a taken one only kept (recomputed, its taker takes it)."""
         if c.d >= 0:
             return [], 1
-        return [(("keep", c.idx), 1)] + (self._started(c, s) if c.rec_ok else []), 0
+        own = c.rec_ok and c.idx not in self.st.taker
+        return [(("keep", c.idx), 1)] + (self._started(c, s) if own else []), 0
 
     def _pending_rows(self, c: Cand) -> None:
         """The live-segment rows through ``pending[v,j]`` ("a recomputed consumer has yet to start
@@ -574,7 +577,7 @@ class Model:
                 val = any(need[x] and codes[x] == REC and S[x] > s - 1 for x in c.rcons)
             else:  # y: live on segment j
                 s = c.segs[key[2]][0]
-                started = codes[k] != REC or S[k] <= s
+                started = codes[k] != REC or (S[k] <= s and k not in st.taker)
                 val = on and started and ln[k] >= s
             v.setInitialValue(1 if val else 0)
         if self.M is not None:

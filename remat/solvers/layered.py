@@ -140,7 +140,7 @@ def _closed_indicators(st: Structure, ks: list[int | None], item: tuple[int, ...
             return None
         ones += [("st", k, b) for b in (c.sv if c.rec_ok else ()) if rec and S[k] <= b]
         ones += [("y", k, j) for j, (s, _) in enumerate(c.segs)
-                 if need[k] and (code != REC or S[k] <= s) and ln[k] >= s]
+                 if need[k] and (code != REC or (S[k] <= s and k not in st.taker)) and ln[k] >= s]
     return ones
 
 

@@ -377,3 +377,22 @@ def fuzz_problem(rng: random.Random, max_acts: int = 16) -> Problem:
     slots += [Slot(f"b{t}", BACKWARD, slot_time(), rng.randint(0, 200)) for t in range(nb)]
     bw = rng.choice([0.0, 0.0, 20.0, 200.0, 1e6])
     return Problem(slots=tuple(slots), activations=tuple(acts), host_bandwidth=bw, name="fuzz")
+
+
+def with_random_takers(p: Problem, rng: random.Random, share: float = 0.6) -> Problem:
+    """``p`` with ``taken_by`` set at random where legal (``Problem``): an activation with one
+    consumer becomes, at ``share``, taken by it; it loses its backward uses and takes its
+    taker's bytes, its forward slots' fixed bytes following."""
+    acts = {a.name: a for a in p.activations}
+    fixed = [s.fixed_bytes for s in p.slots]
+    for a in sorted(p.activations, key=lambda a: a.created, reverse=True):  # takers first
+        readers = set(p.consumers[a.name])
+        if len(readers) != 1 or rng.random() >= share:
+            continue
+        taker = readers.pop()
+        nbytes = acts[taker].bytes
+        for t in range(a.created, a.last_forward_use + 1):
+            fixed[t] += nbytes - a.bytes
+        acts[a.name] = replace(a, taken_by=taker, backward_uses=(), bytes=nbytes)
+    slots = tuple(replace(s, fixed_bytes=f) for s, f in zip(p.slots, fixed))
+    return replace(p, slots=slots, activations=tuple(acts[a.name] for a in p.activations))

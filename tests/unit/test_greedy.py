@@ -14,7 +14,7 @@ from remat.solvers import get_solver
 from remat.solvers._core import NONE, OFF, REC, STORE, Structure
 from remat.solvers._evaluation import Evaluation
 
-from .synthetic import Graph, fuzz_problem
+from .synthetic import Graph, fuzz_problem, with_random_takers
 from .test_solver_fuzz import with_random_kernels
 
 
@@ -29,12 +29,14 @@ def _random_changes(rng, st: Structure) -> dict[int, int]:
 
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(rng=hst.randoms(use_true_random=False), kernels=hst.booleans(), runs=hst.sampled_from([0, 0, 2]))
-def test_incremental_evaluation_matches_the_full_one(rng, kernels, runs):
+@given(rng=hst.randoms(use_true_random=False), kernels=hst.booleans(), runs=hst.sampled_from([0, 0, 2]),
+       takers=hst.booleans())
+def test_incremental_evaluation_matches_the_full_one(rng, kernels, runs, takers):
     """After every change of a few codes (any order, undone too), ``need``, ``S``, ``last_need``
     and the profile equal ``Structure.evaluate``'s for the same codes (with other runs of the
-    graph holding what the codes store, ``runs``)."""
+    graph holding what the codes store, ``runs``; with values taken by their readers, ``takers``)."""
     p = replace(fuzz_problem(rng), other_runs=runs, run_held_bytes=7 * runs)
+    p = with_random_takers(p, rng) if takers else p
     st = Structure(with_random_kernels(p, rng) if kernels else p)
     if not st.cands:
         return

@@ -699,3 +699,45 @@ def test_a_value_whose_buffer_a_kernel_takes_over_leaves_where_that_kernel_start
     assert tl.device_bytes[2:5] == (1011, 11, 11)  # the kernel's result, in fixed bytes, holds u's buffer
     assert live_intervals(p, {"u": S, "w": R})["u"] == [(2, 6)]  # needed later: no handover
     assert handovers(with_kernels(base, KernelGroups(reused=frozenset({"u"})))) == {"u": 4}  # no kernel: at the read
+
+
+# ---- a value taken by its recomputed reader (Activation.taken_by) ------------------------------
+# slots f0 f1 | b0 b1 b2 (2..4): x = addmm (f0) read only by y = tanh(x) (f1), which backward
+# reads at b2; Inductor writes a recomputed y into a recomputed x's buffer
+
+
+def taken_problem(taken_by="y", kernels=None):
+    from remat.kernel_groups import KernelGroups, with_kernels
+
+    p = Problem(slots=slots([10, 20], [100, 100, 90]), activations=(
+        act("x", 0, 1, 8, taken_by=taken_by), act("y", 1, 1, 8, uses=(4,), inputs=("x",))))
+    return with_kernels(p, KernelGroups(backward=tuple(frozenset(k) for k in (kernels or ()))))
+
+
+def test_a_recomputed_value_taken_by_its_recomputed_reader_ends_where_the_reader_starts():
+    both = {"x": R, "y": R}
+    assert simulate(taken_problem(""), both).device_bytes[2:] == (100, 100, 106)  # x and y at b2
+    tl = simulate(taken_problem(), both)
+    assert tl.ok and tl.device_bytes[2:] == (100, 100, 98) and tl.peak_bytes == 100
+    assert live_intervals(taken_problem(), both)["x"] == []
+    stored = {"x": S, "y": R}  # a stored x keeps its buffer to its last need, y's start
+    assert simulate(taken_problem(), stored).device_bytes == simulate(taken_problem(""), stored).device_bytes
+    assert live_intervals(taken_problem(), stored)["x"] == [(2, 4)]
+
+
+def test_a_taken_value_recomputed_in_a_kernel_before_its_reader_lives_until_the_reader_starts():
+    p = taken_problem(kernels=[{"b0", "b1", "x"}])  # x's kernel at b0..b1, y recomputed at b2
+    tl = simulate(p, {"x": R, "y": R})
+    assert tl.ok and live_intervals(p, {"x": R, "y": R})["x"] == [(2, 3)]
+    assert tl.device_bytes[2:] == (108, 108, 98)
+
+
+def test_a_taker_must_be_the_only_reader_of_equal_bytes():
+    with pytest.raises(ValueError, match="only reader"):
+        Problem(slots=slots([10, 20], [100, 100, 90]), activations=(
+            act("x", 0, 1, 8, uses=(2,), taken_by="y"), act("y", 1, 1, 8, uses=(4,), inputs=("x",))))
+    with pytest.raises(ValueError, match="other bytes"):
+        Problem(slots=slots([10, 20], [100, 100, 90]), activations=(
+            act("x", 0, 1, 4, taken_by="y"), act("y", 1, 1, 8, uses=(4,), inputs=("x",))))
+    p = taken_problem()
+    assert Problem.from_dict(json.loads(json.dumps(p.to_dict()))) == p

@@ -26,7 +26,7 @@ from remat.simulate import simulate, store_all_peak
 from remat.solvers import min_peak, solve
 from remat.structure import with_layers
 
-from .synthetic import Graph, chain_problem, fuzz_problem, residual_problem, transformer_problem
+from .synthetic import Graph, chain_problem, fuzz_problem, residual_problem, transformer_problem, with_random_takers
 
 
 def _plan_failures(p: Problem, plan, cap: int | None, who: str) -> list[str]:
@@ -241,4 +241,34 @@ def test_solvers_on_random_problems_with_kernels(rng, frac):
     """With random kernel metadata every solver's plan is one that the simulator accepts under
     the cap, and the ILP meets every cap from its floor up."""
     p = with_random_kernels(fuzz_problem(rng), rng)
+    assert solver_failures(p, frac, exact_ilp=False) == []
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_on_random_problems_with_takers(rng, frac):
+    """With values taken by their readers (``Activation.taken_by``, set at random where legal)
+    the solver properties hold, the ILP still exact (never dearer than the greedy)."""
+    p = with_random_takers(fuzz_problem(rng), rng)
+    assert solver_failures(p, frac) == []
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_evaluate_takers_with_kernels_as_the_simulator(rng, frac):
+    """Takers together with kernel metadata: the solvers' exact evaluation gives the simulator's
+    profile for random plans, and every solver's plan is valid under the cap."""
+    from remat.plan import Decision
+    from remat.solvers._core import Structure
+
+    p = with_random_kernels(with_random_takers(fuzz_problem(rng), rng), rng)
+    st = Structure(p)
+    for _ in range(3):
+        dec = {c.name: rng.choice(list(Decision)) for c in st.cands}
+        dec = st.normalize({k: v for k, v in dec.items()
+                            if v is not Decision.RECOMPUTE or p.activation(k).recomputable})
+        if not st.violations(dec):
+            assert tuple(int(x) for x in st.profile(dec)) == simulate(p, dec).device_bytes
     assert solver_failures(p, frac, exact_ilp=False) == []

@@ -35,6 +35,7 @@ from .synthetic import (
     random_problem,
     residual_problem,
     transformer_problem,
+    with_random_takers,
 )
 
 S, R, O = Decision.STORE, Decision.RECOMPUTE, Decision.OFFLOAD
@@ -424,6 +425,66 @@ def test_row_pruning_keeps_the_optimum():
             assert_valid(p, a, cap)
             assert close(a.objective, b.objective)
             assert a.info["constraint_slots_kept"] <= b.info["constraint_slots_kept"]
+
+
+# ---- values taken by their recomputed readers (Activation.taken_by) ------------------------------
+
+
+def _taken_chain(taken_by: str = "y") -> Problem:
+    """x (f0) read only by y (f1), which backward reads at b2 (slot 4); recomputing both frees
+    b0..b1 and, with y written into x's buffer, adds only y's 8 B at b2."""
+    sl = tuple(Slot(n, FORWARD if i < 2 else BACKWARD, 1.0, b)
+               for i, (n, b) in enumerate(zip(["f0", "f1", "b0", "b1", "b2"], [10, 20, 100, 100, 90])))
+    acts = (Activation("x", "addmm", 8, 1.0, 0, 1, taken_by=taken_by),
+            Activation("y", "tanh", 8, 1.0, 1, 1, (4,), ("x",)))
+    return Problem(sl, acts, name="taken")
+
+
+def test_ilp_and_greedy_plan_a_value_taken_by_its_recomputed_reader():
+    p, plain = _taken_chain(), _taken_chain("")
+    assert (min_peak(plain), min_peak(p)) == (106, 100)
+    for name in ("ilp", "greedy"):
+        plan = solve(p, 100, solver=name, gap=0.0)
+        assert_valid(p, plan, 100)
+        assert plan.decisions == {"x": R, "y": R}
+    with pytest.raises(InfeasibleBudgetError):
+        solve(plain, 100)
+
+
+def _with_takers(count: int) -> list[Problem]:
+    """``count`` small random problems with takers, each with a plan whose peak they lower."""
+    rng, out = random.Random(8), []
+    while len(out) < count:
+        p = with_random_takers(random_problem(rng, n_acts=rng.randint(3, 8)), rng, share=1.0)
+        if not any(a.taken_by for a in p.activations) or not 4 <= n_plans(p) <= 3000:
+            continue
+        untaken = dataclasses.replace(p, activations=tuple(dataclasses.replace(a, taken_by="") for a in p.activations))
+        if any(simulate(p, dec).peak_bytes < simulate(untaken, dec).peak_bytes for _, _, dec in brute_force(p)):
+            out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("p", _with_takers(8), ids=lambda p: f"taken-{len(p.activations)}")
+def test_ilp_matches_brute_force_with_takers(p):
+    plans = brute_force(p)
+    true_min = min(pk for pk, _, _ in plans)
+    assert min_peak(p) == true_min
+    for cap in caps_for(p, true_min, random.Random(3)):
+        plan = solve(p, cap, gap=0.0)
+        assert_valid(p, plan, cap)
+        assert close(plan.objective, bf_best(plans, cap)), (cap, plan.objective, plan.info)
+
+
+def test_row_pruning_keeps_the_optimum_with_takers():
+    p = with_random_takers(transformer_problem(layers=2, seq=64, hidden=32, heads=2, decompose=True),
+                           random.Random(0), share=0.5)
+    assert any(a.taken_by for a in p.activations)
+    sp, mp = store_all_peak(p), min_peak(p)
+    for frac in (0.8, 0.5):
+        cap = max(mp, int(sp * frac))
+        a, b = solve(p, cap, gap=0.0), solve(p, cap, gap=0.0, prune=False)
+        assert_valid(p, a, cap)
+        assert close(a.objective, b.objective)
 
 
 # ---- just-in-time recompute (what the old conflict rule forbade) --------------------------------
