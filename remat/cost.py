@@ -3,7 +3,9 @@
 time(op) = max(flops / peak_flops, bytes_moved / bandwidth) + launch overhead. FLOPs come from
 torch's flop-counter formulas evaluated on the node's fake-tensor metadata; the CPU attention op,
 which has no formula in torch, gets the standard attention count so attention never looks free.
-A pointwise chain fused into another kernel is priced by ``fused_time``: the longer of its memory
+``node_time`` prices a graph node alone (``remat.profile.MeasuredCosts`` skips timing the ops
+whose share of their graph's time it says is negligible). A pointwise chain fused into another
+kernel is priced by ``fused_time``: the longer of its memory
 traffic at the device's bandwidth and its elementwise ops at the device's elementwise rate (one op
 per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
 ``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
@@ -159,6 +161,25 @@ def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, elementwise_ops:
     and a spec that knows its elementwise rate, at least the time of those ops at that rate."""
     compute = elementwise_ops / spec.elementwise_rate if spec.elementwise_rate > 0 else 0.0
     return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth, compute) + spec.launch_overhead
+
+
+def node_time(node: Any, spec: DeviceSpec) -> float:
+    """Roofline seconds of a graph node's op run alone (``op_time``): its FLOPs (``op_flops``), its
+    tensor inputs read and its results written, from the nodes' ``meta["val"]``; 0 for what is not
+    an op call or has no such metadata."""
+    import torch
+
+    if getattr(node, "op", None) != "call_function":
+        return 0.0
+    val = lambda x: x.meta.get("val") if hasattr(x, "meta") else x  # noqa: E731
+    try:
+        args, kwargs = torch.utils._pytree.tree_map(val, (node.args, node.kwargs))
+        out = node.meta.get("val")
+        moved = sum(tensor_bytes(val(i)) for i in node.all_input_nodes)
+        moved += sum(tensor_bytes(o) for o in torch.utils._pytree.tree_leaves(out))
+        return op_time(op_flops(node.target, args, kwargs, out), moved, spec)
+    except Exception:  # metadata that the formulas cannot read
+        return 0.0
 
 
 def fused_time(bytes_moved: float, elementwise_ops: float, bandwidth: float, elementwise_rate: float = 0.0) -> float:

@@ -36,6 +36,7 @@ import platform
 import re
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -43,7 +44,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import fx
 
-from .cost import DeviceSpec, device_spec, fused_time
+from .cost import DeviceSpec, device_spec, fused_time, node_time
 from .errors import ConfigError
 from .measure import fastest_seconds, measure_step, median_statement_seconds
 
@@ -55,6 +56,7 @@ _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torc
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
 _REJECTED_TAGS = {torch.Tag.nondeterministic_seeded, torch.Tag.data_dependent_output}
+NEGLIGIBLE_SHARE = 1e-3  # an op under this share of its graph's roofline time is not timed (``MeasuredCosts.negligible``)
 
 
 # ---- signatures ----------------------------------------------------------------------------------
@@ -599,11 +601,12 @@ class ProfileStats:
     measured: int = 0
     cache_hits: int = 0
     fallbacks: int = 0
+    negligible: int = 0  # op lookups not measured: negligible in their graph (``MeasuredCosts.negligible``)
     seconds: float = 0.0  # spent measuring (ops, bandwidth, link)
 
     def summary(self) -> str:
-        return (f"{self.measured} measured, {self.cache_hits} cached, {self.fallbacks} roofline; "
-                f"{self.seconds:.1f} s measuring")
+        return (f"{self.measured} measured, {self.cache_hits} cached, {self.fallbacks} roofline "
+                f"({self.negligible} of them negligible ops, not timed); {self.seconds:.1f} s measuring")
 
 
 class Profiler:
@@ -620,9 +623,11 @@ class Profiler:
         self.stats = ProfileStats()
         self._failed: set[tuple[str, OpSignature]] = set()
 
-    def op_time(self, sig: OpSignature | None) -> float | None:
-        """Seconds of one call of ``sig``; None (a fallback) when unknown and not measurable."""
-        seconds = self._lookup("op ", sig, lambda: measure_op(sig, self.device, self.per_op_budget_s))
+    def op_time(self, sig: OpSignature | None, measure: bool = True) -> float | None:
+        """Seconds of one call of ``sig``; None (a fallback) when unknown and not measurable
+        (``measure=False``: the cache only)."""
+        timing = (lambda: measure_op(sig, self.device, self.per_op_budget_s)) if measure else None
+        seconds = self._lookup("op ", sig, timing)
         return None if seconds is None else float(seconds)
 
     def workspace(self, sig: OpSignature | None) -> int | None:
@@ -631,15 +636,15 @@ class Profiler:
         nbytes = self._lookup("workspace ", sig, lambda: measure_workspace(sig, self.device))
         return None if nbytes is None else int(nbytes)
 
-    def _lookup(self, kind: str, sig: OpSignature | None, measure: Callable[[], Any]) -> Any:
+    def _lookup(self, kind: str, sig: OpSignature | None, measure: Callable[[], Any] | None) -> Any:
         """The cached value of ``kind`` + ``sig``'s key, else ``measure()``'s while the total budget
-        lasts (kept in the cache); None when neither gives one."""
+        lasts (kept in the cache); None when neither gives one (``measure`` None: not measured)."""
         known = self.cache.get(kind + sig.key()) if sig is not None else None
         if known is not None:
             self.stats.cache_hits += 1
             return known
         failed = (kind, sig) in self._failed
-        if sig is None or failed or not self.measure or self.stats.seconds >= self.total_budget_s:
+        if sig is None or failed or not self.measure or measure is None or self.stats.seconds >= self.total_budget_s:
             self.stats.fallbacks += 1
             return None
         with self._timed():
@@ -693,6 +698,7 @@ class MeasuredCosts:
 
     def __init__(self, profiler: Profiler, source: str = "measured") -> None:
         self.profiler, self.source = profiler, source
+        self._graph_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> its ops' roofline seconds
 
     @classmethod
     def measure(cls, device: torch.device | str = "cpu", **profiler_options: Any) -> MeasuredCosts:
@@ -705,8 +711,26 @@ class MeasuredCosts:
         return cls(Profiler(cache=ProfileCache.load(path), measure=False), source=str(path))
 
     def op_time(self, node: fx.Node) -> float | None:
-        """Measured seconds of the node's op run as a kernel of its own; None: use the roofline."""
-        return self.profiler.op_time(signature_of(node))
+        """Measured seconds of the node's op run as a kernel of its own; None: use the roofline. An
+        op whose time is negligible in its graph (``negligible``) is not timed; a saved or
+        cached time still answers for it."""
+        sig = signature_of(node)
+        skip = sig is not None and self.profiler.measure and self.negligible(node)
+        self.stats.negligible += skip
+        return self.profiler.op_time(sig, measure=not skip)
+
+    def negligible(self, node: fx.Node) -> bool:
+        """Whether the node's op alone takes under ``NEGLIGIBLE_SHARE`` of its graph's ops alone,
+        both on the roofline (``remat.cost.node_time``, this machine's spec): a measurement costs
+        far more compile time (tens of ms) than a misprice of such an op can cost the step."""
+        total = self._graph_seconds.get(node.graph)
+        if total is None:
+            total = self._graph_seconds[node.graph] = sum(node_time(n, self._spec) for n in node.graph.nodes)
+        return node_time(node, self._spec) < NEGLIGIBLE_SHARE * total
+
+    @functools.cached_property
+    def _spec(self) -> DeviceSpec:
+        return machine_spec("auto")
 
     @functools.cached_property
     def bandwidth(self) -> float | None:

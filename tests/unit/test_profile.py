@@ -299,6 +299,20 @@ def test_measured_costs_of_graph_nodes(tmp_path):
     assert (costs.stats.measured, costs.stats.fallbacks) == (1, 1)
 
 
+def test_an_op_negligible_in_its_graph_is_not_timed_but_a_cached_time_answers(tmp_path):
+    """A 2-element add beside a 1024^3 matmul is under NEGLIGIBLE_SHARE of the graph's roofline
+    time: not measured (the roofline prices it); the matmul is measured; a time already in the
+    cache still answers for the add."""
+    nodes = op_nodes(lambda a, b, c: (a @ b, c + 1), torch.randn(1024, 1024), torch.randn(1024, 1024), torch.randn(2))
+    mm_node, add = nodes["aten.mm.default"], nodes["aten.add.Tensor"]
+    costs = MeasuredCosts.measure("cpu", per_op_budget_s=0.001, cache=ProfileCache(None, "cpu"))
+    assert costs.negligible(add) and not costs.negligible(mm_node)
+    assert costs.op_time(add) is None and costs.op_time(mm_node) > 0
+    assert (costs.stats.measured, costs.stats.fallbacks, costs.stats.negligible) == (1, 1, 1)
+    costs.profiler.cache.put("op " + signature_of(add).key(), 1e-6)
+    assert costs.op_time(add) == 1e-6
+
+
 @pytest.mark.parametrize("value, expected", [("measured", "measured"), ("ROOFLINE", "roofline"), ("auto", "auto")])
 def test_cost_model_names(value, expected):
     assert parse_cost_model(value) == expected
