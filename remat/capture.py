@@ -893,9 +893,35 @@ def module_path(n: fx.Node) -> str:
     return ""
 
 
-def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, compute_time: float) -> Activation:
+def taker_of(s: fx.Node, g: GraphFacts, relevant: set[fx.Node], fused: set[fx.Node]) -> str:
+    """The activation that Inductor writes into forward value ``s``'s buffer where both are
+    recomputed (``Activation.taken_by``; torch 2.13 ``decide_inplace_update``): ``s``'s only
+    reader in the whole step, through views or not, a pointwise op of its bytes and dtype that
+    reads it at the index it writes (``_reads_elementwise``) and writes a buffer of its own (not
+    inlined into its readers' kernels); "" if none. ``s`` is no tuple element (a multi-output
+    layout is never taken) and no graph output."""
+    readers, views = set(), [s]
+    while views:
+        for u in views.pop().users:
+            if is_view(u):
+                views.append(u)
+            else:
+                readers.add(u)
+    if s.target is operator.getitem or s in g.pinned or len(readers) != 1:
+        return ""
+    t = readers.pop()
+    if t not in relevant or t in fused or torch.Tag.pointwise not in _tags(t) or not _is_tensor(t):
+        return ""
+    a, b = t.meta["val"], s.meta["val"]
+    same = a.dtype == b.dtype and tensor_bytes(a) == tensor_bytes(b)
+    return t.name if same and _reads_elementwise(t, s, fused) else ""
+
+
+def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, compute_time: float,
+                    taken_by: str = "") -> Activation:
     """The Activation of forward value ``s``, which takes ``compute_time`` to recompute
-    (``recompute_time``); offloadable if contiguous, no tuple element, and worth two copies."""
+    (``recompute_time``) and whose buffer ``taken_by`` takes (``taker_of``); offloadable if
+    contiguous, no tuple element, and worth two copies."""
     c, val = compute_node(s), s.meta["val"]
     return Activation(
         name=s.name,
@@ -911,6 +937,7 @@ def make_activation(s: fx.Node, facts: ActivationFacts, folding: Folding, comput
         shape=tuple(int(x) if isinstance(x, int) else -1 for x in val.shape),
         dtype=str(val.dtype).replace("torch.", ""),
         module=module_path(c) or module_path(s),
+        taken_by=taken_by,
     )
 
 
@@ -946,7 +973,8 @@ def capture(
         for i, n in enumerate(sched.order)
     ]
     activations = [
-        make_activation(s, life.activations[s], folding, recompute_time(s, folding, alone, g.owner, spec, costs))
+        make_activation(s, life.activations[s], folding, recompute_time(s, folding, alone, g.owner, spec, costs),
+                        taker_of(s, g, relevant, fused))
         for s in sorted(relevant, key=g.index.__getitem__)
     ]
     problem = Problem(
