@@ -7,6 +7,7 @@ ranks="local") each rank plans its own graph, different or not."""
 
 import dataclasses
 import json
+import random
 
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -15,7 +16,7 @@ from remat.errors import InfeasibleBudgetError, RematError
 from remat.plan import Decision, Plan
 from remat.ranks import agree_across_ranks, problem_digest
 from tests.spawn import run_on_ranks
-from tests.unit.synthetic import chain_problem
+from tests.unit.synthetic import chain_problem, with_random_takers
 
 WORLD = 2
 
@@ -48,6 +49,12 @@ def test_digest_sees_the_other_runs_of_the_graph():
     more_runs = dataclasses.replace(problem, other_runs=3)
     assert problem_digest(problem) != problem_digest(more_runs)
     assert problem_digest(more_runs) != problem_digest(dataclasses.replace(more_runs, run_held_bytes=64))
+
+
+def test_digest_sees_which_values_their_readers_take():
+    taken = with_random_takers(chain_problem(), random.Random(0), share=1.0)
+    untaken = dataclasses.replace(taken, activations=tuple(dataclasses.replace(a, taken_by="") for a in taken.activations))
+    assert problem_digest(taken) != problem_digest(untaken)
 
 
 def test_without_distributed_it_just_plans():
