@@ -10,7 +10,9 @@ model: every op signature is timed); the same again with the cache the previous 
 nothing is timed). Every process gets an empty Inductor kernel cache (``TORCHINDUCTOR_CACHE_DIR``)
 and no FX-graph or AOTAutograd cache, so each compiles everything itself and no row borrows the
 kernels of the row before it. Compile time = first step minus a normal step; remat's planning time
-(``partition_time_s``: capture, costs, solves) and solve time are shown next to it. Writes
+(``partition_time_s``: capture, costs, solves), solve time, the plans the check loop compiled,
+what priced the ops (measured, cached, roofline) and the load average before and after each row
+are shown next to it. Writes
 ``benchmarks/results/compile_time{,_quick}.{md,json}`` (``--out STEM``).
 """
 
@@ -47,9 +49,10 @@ def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
         env = {**os.environ, "REMAT_CACHE_DIR": profile_dir, "PYTHONWARNINGS": "ignore",
                "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="remat-inductor-"),
                "OMP_NUM_THREADS": str(args.threads)}
+        load = os.getloadavg()[0]
         row = run_one(model, config, args.quick, steps=3, min_time=0.5, time_limit=args.time_limit,
                       timeout=args.timeout, env=env, threads=args.threads)
-        row["label"] = label
+        row["label"], row["load"] = label, (load, os.getloadavg()[0])
         rows.append(row)
         print(f"{model} / {label}: compile {row.get('compile_time_s', 0):.1f} s {row.get('error', '')}",
               file=sys.stderr, flush=True)
@@ -58,14 +61,17 @@ def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Compile time per row and as a ratio to plain torch.compile's, per model."""
-    lines = ["| model | run | compile s | vs plain | remat planning s | solve s | recomputed | profile cache | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| model | run | compile s | vs plain | remat planning s | solve s | plans compiled | recomputed | "
+             "profile cache | op costs | load before / after | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
     plain = {r["model"]: r.get("compile_time_s") for r in rows if r["config"] == "compile"}
     for r in rows:
         ct, ref = r.get("compile_time_s"), plain.get(r["model"])
         cells = [r["model"], r["label"], _fmt(ct, ".1f"), _fmt(ct / ref if ct and ref else None, ".2f"),
                  _fmt(r.get("partition_time_s"), ".1f"), _fmt(r.get("solve_time_s"), ".2f"),
-                 _fmt((r.get("decisions") or {}).get("recompute"), "d"), r.get("profile_cache", "-"),
+                 _fmt(r.get("plans_made"), "d"), _fmt((r.get("decisions") or {}).get("recompute"), "d"),
+                 r.get("profile_cache", "-"), "; ".join(r.get("cost_notes") or []) or "-",
+                 " / ".join(f"{x:.1f}" for x in r.get("load") or ()) or "-",
                  (r.get("error") or "")[:100].replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
