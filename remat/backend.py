@@ -443,6 +443,8 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
                      groups: KernelGroups | None = None, resident: int = 0, runs: Runs = NO_RUNS):
     """One compile with both graphs compiled now, planned with the kernels ``groups`` of the last
     compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated).
+    Its kernels are built when it first runs (``remat.deferred_kernels``): the check reads the
+    code alone, and the plans that the loop does not keep never build theirs.
     The report's ``kept_bytes`` is read from the compiled backward; the estimate is the code's
     peak with what the graph's other runs per step hold by it (``runs``, the report's
     ``other_runs_bytes``)."""
