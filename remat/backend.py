@@ -422,10 +422,15 @@ def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled):
 
 def min_cap(cfg: RematConfig, code_peak: int) -> int:
     """The cap that "min" reports: the smallest peak reached, as Inductor's code allocates it, with
-    the reserve on top. The code does not show what the caller holds across the backward (a loss
-    computed outside the graph and the gradient that seeds its backward: 8 B on a scalar fp32
-    loss) nor scratch that could not be measured, so the code's peak alone is no guarantee."""
-    return math.ceil(code_peak / (1 - cfg.reserve))
+    the reserve on top (default 1 %): the smallest cap whose target (``planning_target``) the
+    code's peak meets, so that this cap given as a byte cap is met by the same plan. The code does
+    not show what the caller holds across the backward (a loss computed outside the graph and the
+    gradient that seeds its backward: 8 B on a scalar fp32 loss) nor scratch that could not be
+    measured, so the code's peak alone is no guarantee."""
+    cap = math.ceil(code_peak / (1 - cfg.reserve))
+    while cfg.planning_target(cap) < code_peak:  # float rounding in the target
+        cap += 1
+    return cap
 
 
 def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> None:

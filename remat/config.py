@@ -200,15 +200,20 @@ class RematConfig:
         so True on a CPU graph is a ConfigError unless ``device`` names a GPU cost model).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 25e9 for h100/h200: half the measured PCIe rate).
-    reserve: fraction of the cap kept free for memory that neither the model nor Inductor's code
-        shows (what the caller holds across the backward, workspaces that could not be
-        measured; extern kernels' scratch is measured and counted by the check): plans target
+    reserve: fraction of the cap kept free for memory that Inductor's code does not show: what
+        the caller holds across the backward (a scalar loss computed outside and its seed: 8 B),
+        scratch of ops that cannot be timed on random inputs, and on CUDA what the caching
+        allocator holds beyond the 512 B rounding that the code walk counts (a cached block it does
+        not split). Extern kernels' scratch is measured and a loss computed outside from the
+        outputs is kept free apart (``remat.backend.loss_room``). On the CPU the code's peak is
+        the measured one within 8 B on every quick example, so the default is 0.01. Plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
-        the cap; Inductor's estimate after fusion must leave it free too (else the graph is
-        planned again, lower). 0 plans right up to the cap.
-    inductor_check: after fusion, compare Inductor's own peak estimate with the cap and plan a
-        graph again, lower, when it is over (``remat.inductor_check``); False skips the estimate
-        and the re-plans (the backward then compiles lazily, at the first backward call).
+        the cap; the code's peak must leave it free too (else the graph is planned again, lower),
+        and "min" reports its code's peak / (1 - reserve). 0 plans right up to the cap.
+    inductor_check: after fusion, read the peak that Inductor's generated code allocates
+        (``remat.inductor_check``) and plan a graph again: lower while it does not leave the reserve
+        free, higher while it leaves more than two reserves free (``remat.backend``); False skips
+        the check and the re-plans (the backward then compiles lazily, at the first backward call).
     on_infeasible: what a cap that no plan meets does: "error" (default) raises
         InfeasibleBudgetError naming the smallest reachable peak; "min" plans at that peak
         instead, with a warning naming both figures.
@@ -256,7 +261,7 @@ class RematConfig:
     gap: float = 0.01
     offload: bool | None = None
     host_bandwidth: float | None = None
-    reserve: float = 0.05
+    reserve: float = 0.01
     inductor_check: bool = True
     on_infeasible: str = "error"
     cost_model: str = "auto"
@@ -322,7 +327,7 @@ class RematConfig:
         return cls(**options)
 
     def planning_target(self, cap: int | None) -> int | None:
-        """The peak that plans aim for: the cap less the reserve."""
+        """The peak that plans aim for, and that Inductor's code must stay under: the cap less the reserve."""
         return None if cap is None else int(cap * (1 - self.reserve))
 
     def offload_bandwidth(self, on_cuda: bool) -> float:

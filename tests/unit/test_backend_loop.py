@@ -1,6 +1,6 @@
 """The check loop's decisions (``remat.backend._next_plan``, ``_kept``) on plans made up of their
-figures: a cap of 1,000,000 B with the default 5 % reserve (the target is 950,000 B), so a code
-peak under 900,000 B leaves more than two reserves free. No compiles; the loop itself, on real
+figures: a cap of 1,000,000 B with a 5 % reserve (the target is 950,000 B; the default is 1 %,
+tested on its own below), so a code peak under 900,000 B leaves more than two reserves free. No compiles; the loop itself, on real
 graphs, is in ``tests/e2e/test_compile.py``."""
 
 from __future__ import annotations
@@ -18,18 +18,41 @@ KERNELS = KernelGroups(backward=(frozenset({"mm_1", "relu"}),))
 
 
 def plan(estimate: int, added_ms: float, lower_by: int = 0, groups=KERNELS, cap: int | None = CAP,
-         dynamic=None, floor: int = 0) -> _Compiled:
+         dynamic=None, floor: int = 0, reserve: float = 0.05) -> _Compiled:
     """A compiled plan as the loop sees it: its code's peak and its predicted added time; planned
-    at the cap less the reserve less ``lower_by``, or at the model's ``floor`` when that is higher."""
-    planned_at = max(floor, int(0.95 * cap) - lower_by) if cap is not None else None
+    at the cap less the ``reserve`` less ``lower_by``, or at the model's ``floor`` when that is higher."""
+    planned_at = max(floor, int((1 - reserve) * cap) - lower_by) if cap is not None else None
     report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=SimpleNamespace(added_time=added_ms / 1e3),
                              plan=SimpleNamespace(budget_bytes=planned_at))
     return _Compiled(compiled=f"plan at {estimate}", report=report, estimate=estimate, kernels=KERNELS,
                      lower_by=lower_by, groups=groups)
 
 
-def capped() -> RematConfig:
-    return RematConfig(memory_budget=CAP)
+def capped(reserve: float = 0.05) -> RematConfig:
+    return RematConfig(memory_budget=CAP, reserve=reserve)
+
+
+def test_the_default_reserve_leaves_one_percent_of_the_cap():
+    default = RematConfig(memory_budget=CAP)
+    assert default.reserve == 0.01 and default.planning_target(CAP) == 990_000
+    # 3 % of the cap free: more than two default reserves, so the plan is raised by the slack
+    assert _next_plan(default, [plan(970_000, 9.0, reserve=0.01)]) == (-20_000, KERNELS)
+    assert _next_plan(capped(), [plan(970_000, 9.0)]) == (20_000 + CAP // 100, KERNELS)  # over 950,000: lowered
+    # the fastest plan whose code leaves 1 % free
+    kept = _kept(default, [plan(985_000, 9.0, reserve=0.01), plan(995_000, 2.0, lower_by=-10_000, reserve=0.01)])
+    assert kept.estimate == 985_000
+
+
+def test_min_reports_its_code_peak_with_the_reserve_on_top():
+    from remat.backend import min_cap
+
+    assert min_cap(RematConfig(memory_budget="min"), 990_000) == 1_000_000
+    assert min_cap(RematConfig(memory_budget="min", reserve=0.05), 950_000) == 1_000_000
+    assert min_cap(RematConfig(memory_budget="min", reserve=0.0), 950_000) == 950_000
+    # 1,023 / 0.93 is 1,100 exactly, but int(1,100 * 0.93) is 1,022 in floating point: the cap must
+    # be one whose target the code's peak meets, so that it is met when given as a byte cap
+    cfg = RematConfig(memory_budget="min", reserve=0.07)
+    assert cfg.planning_target(1_100) == 1_022 and min_cap(cfg, 1_023) == 1_101
 
 
 def test_a_plan_over_the_target_is_planned_again_with_its_kernels_at_the_same_target():
