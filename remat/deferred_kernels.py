@@ -10,7 +10,8 @@ as usual, but the module is not loaded: compile_fx gets a ``DeferredModule`` tha
 builds its kernels) at its first call. A plan that never runs never builds its kernels; the plan
 kept builds them at the first step, as a plain compile would have at compile time (kernels that
 an earlier plan shared are in Inductor's kernel cache by then). A kernel that fails to build fails
-at that first call instead of at compile time.
+at that first call instead of at compile time. ``REMAT_DEFER_KERNEL_BUILDS=0`` in the environment
+turns the deferral off: every plan's kernels are built at compile time, as Inductor does.
 
 Inductor internals this relies on (torch 2.13):
 
@@ -30,6 +31,7 @@ Inductor internals this relies on (torch 2.13):
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any, Callable, Iterator
 
@@ -92,10 +94,14 @@ class _DeferredRunner:
 def deferred_kernel_builds() -> Iterator[list[DeferredModule]]:
     """``with deferred_kernel_builds() as modules:``: every graph that Inductor compiles on this
     thread inside the block gets a ``DeferredModule`` (listed in ``modules``, in order) instead of
-    its loaded wrapper module. Blocks nest; the modules stay deferred after the block."""
+    its loaded wrapper module. Blocks nest; the modules stay deferred after the block. With
+    ``REMAT_DEFER_KERNEL_BUILDS=0`` in the environment nothing is deferred (``modules`` stays empty)."""
+    modules: list[DeferredModule] = []
+    if os.environ.get("REMAT_DEFER_KERNEL_BUILDS", "1") == "0":
+        yield modules
+        return
     _install()
     outer = getattr(_local, "sinks", ())
-    modules: list[DeferredModule] = []
     _local.sinks = (*outer, modules)
     try:
         yield modules

@@ -60,10 +60,10 @@ def test_a_deferred_compile_reads_the_same_code_and_builds_its_kernels_at_its_fi
         torch.testing.assert_close(a, b)
 
 
-def test_a_module_never_called_is_never_loaded():
+def test_the_environment_turns_the_deferral_off(monkeypatch):
+    monkeypatch.setenv("REMAT_DEFER_KERNEL_BUILDS", "0")
     model, x = _mlp()
     with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
-        deferred, peaks, modules = _compiled(model, deferred=True)
-        deferred(x)
-    assert [m.loaded for m in modules] == [True, False]
-    assert modules[1].__file__.endswith(".py")
+        compiled, peaks, modules = _compiled(model, deferred=True)
+        compiled(x).backward()
+    assert modules == [] and len(peaks.codes) == 2
