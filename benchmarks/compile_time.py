@@ -2,6 +2,7 @@
 
     python benchmarks/compile_time.py --quick                       # mlp, evoformer, gpt, cnn
     python benchmarks/compile_time.py --quick --models mlp --budget 75
+    python benchmarks/compile_time.py --quick --models mlp,evoformer --built-now   # + kernels of every plan built
 
 Per model, one fresh process each (``benchmarks/_run_config.py``), in this order: plain
 torch.compile; remat at ``--budget`` % with the default cost model (the roofline on the CPU);
@@ -33,22 +34,28 @@ from _run_config import MODELS  # noqa: E402
 from compare import RESULTS, run_one  # noqa: E402
 
 
-def runs(budget: int) -> list[tuple[str, str, str]]:
-    """(label, configuration, profile cache) in the order they run; "fresh" empties the cache."""
-    return [("plain torch.compile", "compile", "fresh"), ("remat, roofline", f"remat_{budget}", "fresh"),
+BUILT_NOW = "remat, roofline, every plan's kernels built"  # the row run with REMAT_DEFER_KERNEL_BUILDS=0
+
+
+def runs(budget: int, built_now: bool = False) -> list[tuple[str, str, str]]:
+    """(label, configuration, profile cache) in the order they run; "fresh" empties the cache.
+    ``built_now``: also remat with the roofline and every plan of the check loop built at compile
+    time (``remat.deferred_kernels`` off), as before kernel builds were deferred."""
+    rows = [("plain torch.compile", "compile", "fresh"), ("remat, roofline", f"remat_{budget}", "fresh"),
             ("remat, measured, cold cache", f"remat_{budget}@measured", "fresh"),
             ("remat, measured, warm cache", f"remat_{budget}@measured", "kept")]
+    return rows[:2] + [(BUILT_NOW, f"remat_{budget}", "fresh")] + rows[2:] if built_now else rows
 
 
 def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
     """One model's rows, each compiled in a fresh process with an empty kernel cache."""
     rows, profile_dir = [], None
-    for label, config, cache in runs(args.budget):
+    for label, config, cache in runs(args.budget, args.built_now):
         if cache == "fresh":
             profile_dir = tempfile.mkdtemp(prefix="remat-profile-")
         env = {**os.environ, "REMAT_CACHE_DIR": profile_dir, "PYTHONWARNINGS": "ignore",
                "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="remat-inductor-"),
-               "OMP_NUM_THREADS": str(args.threads)}
+               "OMP_NUM_THREADS": str(args.threads), "REMAT_DEFER_KERNEL_BUILDS": "0" if label == BUILT_NOW else "1"}
         load = os.getloadavg()[0]
         row = run_one(model, config, args.quick, steps=3, min_time=0.5, time_limit=args.time_limit,
                       timeout=args.timeout, env=env, threads=args.threads)
@@ -89,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
     ap.add_argument("--time-limit", type=float, default=30.0, help="remat's planning time limit (s)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one process may take")
+    ap.add_argument("--built-now", action="store_true",
+                    help="also run remat (roofline) with every check-loop plan's kernels built at compile time")
     ap.add_argument("--out", help="stem of the result files (default compile_time, compile_time_quick with --quick)")
     args = ap.parse_args(argv)
     stem = args.out or ("compile_time_quick" if args.quick else "compile_time")
