@@ -12,8 +12,9 @@ nothing is timed). Every process gets an empty Inductor kernel cache (``TORCHIND
 and no FX-graph or AOTAutograd cache, so each compiles everything itself and no row borrows the
 kernels of the row before it. Compile time = first step minus a normal step; remat's planning time
 (``partition_time_s``: capture, costs, solves), solve time, the plans the check loop compiled,
-what priced the ops (measured, cached, roofline) and the load average before and after each row
-are shown next to it. Writes
+what priced the ops (measured, cached, roofline), the C++ libraries that the row's kernel cache
+holds at its end (the kernels built, and Inductor's instruction-set probes: the same in every row)
+and the load average before and after each row are shown next to it. Writes
 ``benchmarks/results/compile_time{,_quick}.{md,json}`` (``--out STEM``).
 """
 
@@ -60,6 +61,7 @@ def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
         row = run_one(model, config, args.quick, steps=3, min_time=0.5, time_limit=args.time_limit,
                       timeout=args.timeout, env=env, threads=args.threads)
         row["label"], row["load"] = label, (load, os.getloadavg()[0])
+        row["libraries_built"] = sum(1 for _ in Path(env["TORCHINDUCTOR_CACHE_DIR"]).rglob("*.so"))
         rows.append(row)
         print(f"{model} / {label}: compile {row.get('compile_time_s', 0):.1f} s {row.get('error', '')}",
               file=sys.stderr, flush=True)
@@ -69,14 +71,15 @@ def measure_model(model: str, args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Compile time per row and as a ratio to plain torch.compile's, per model."""
     lines = ["| model | run | compile s | vs plain | remat planning s | solve s | plans compiled | recomputed | "
-             "profile cache | op costs | load before / after | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
+             "C++ libraries built | profile cache | op costs | load before / after | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
     plain = {r["model"]: r.get("compile_time_s") for r in rows if r["config"] == "compile"}
     for r in rows:
         ct, ref = r.get("compile_time_s"), plain.get(r["model"])
         cells = [r["model"], r["label"], _fmt(ct, ".1f"), _fmt(ct / ref if ct and ref else None, ".2f"),
                  _fmt(r.get("partition_time_s"), ".1f"), _fmt(r.get("solve_time_s"), ".2f"),
                  _fmt(r.get("plans_made"), "d"), _fmt((r.get("decisions") or {}).get("recompute"), "d"),
+                 _fmt(r.get("libraries_built"), "d"),
                  r.get("profile_cache", "-"), "; ".join(r.get("cost_notes") or []) or "-",
                  " / ".join(f"{x:.1f}" for x in r.get("load") or ()) or "-",
                  (r.get("error") or "")[:100].replace("|", "/")]
