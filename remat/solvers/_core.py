@@ -324,19 +324,22 @@ class Structure:
         return own + [(x, (self.kernels[x].first, self.kernels[x].last)) for x in c.rcons if x in self.kernels]
 
     def _masks(self, c: Cand) -> None:
-        """Live bitmask over the concrete states (decision, start, last need), by slot range."""
+        """Live bitmask over the concrete states (decision, start, last need), by slot range, as
+        the ILP's pieces count them (a handed-over buffer ends at ``_handover_end``, where a copied
+        OFFLOAD one keeps its buffer; kernel windows are left out)."""
         ivs: list[list[tuple[int, int]]] = []  # per state: device intervals
-        lo0 = c.lfu + 1
+        lo0, end = c.lfu + 1, self._handover_end(c)  # end < D only when every last need is D
         if c.d < 0:
             ivs.append([])  # not needed
         for ln in c.lns:
-            ivs.append([(lo0, ln)])
+            hi = end if ln == c.D else ln
+            ivs.append([(lo0, hi)])
             if c.rec_ok:
                 for s in c.kept:
                     if s <= ln:
-                        ivs.append([] if c.idx in self.taker else [(s, ln)])
+                        ivs.append([] if c.idx in self.taker else [(s, hi)])
             if c.off_ok:
-                ivs.append([(lo0, c.out_end), (c.back_start, ln)])
+                ivs.append([(lo0, c.out_end), (min(c.back_start, hi + 1), ln)])
         c.nstates = len(ivs)
         c.full = (1 << len(ivs)) - 1
         pts = sorted({lo for iv in ivs for lo, hi in iv if lo <= hi} | {hi + 1 for iv in ivs for lo, hi in iv if lo <= hi})

@@ -103,7 +103,7 @@ class Rows:
         self.segments = len(reps)
         self.ev = ev
         self.bounds = bl
-        self.reps = self._prune(reps) if prune and not (st.kernels or st.handover) else reps  # masks miss kernels
+        self.reps = self._prune(reps) if prune and not st.kernels else reps  # masks miss kernel windows
 
     # ---- dominance ----------------------------------------------------------------------
     def _prune(self, reps: list[int]) -> list[int]:

@@ -100,9 +100,9 @@ def build_menus(st: Structure, layers, plans: Sequence[Mapping[str, Decision]], 
 def closed_candidates(st: Structure, table, menus) -> set[int]:
     """Candidates of a layer whose consumers that may be recomputed (a menu item of their class
     recomputes them; any recomputable one outside the layers) are all closed candidates of the
-    same layer: settled in reverse creation order, consumers first. None under kernel facts,
-    which make a start depend on a kernel's span."""
-    if st.kernels or st.handover:
+    same layer: settled in reverse creation order, consumers first. None under recompute
+    kernels, which make a start depend on a kernel's span (a handover only ends a buffer early)."""
+    if st.kernels:
         return set()
     layer_of, may_rec = {}, set()
     for layer, (ci, ks) in enumerate(table):

@@ -272,3 +272,34 @@ def test_solvers_evaluate_takers_with_kernels_as_the_simulator(rng, frac):
         if not st.violations(dec):
             assert tuple(int(x) for x in st.profile(dec)) == simulate(p, dec).device_bytes
     assert solver_failures(p, frac, exact_ilp=False) == []
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(0.0, 1.0))
+def test_row_pruning_keeps_the_optimum_with_handovers_and_takers(rng, frac):
+    """Buffers handed to a kernel's result (no recompute kernels) and taken values leave the
+    row-dominance pruning on (``ilp.Rows``): it drops only rows that cannot change the optimum."""
+    p = with_random_kernels(with_random_takers(fuzz_problem(rng), rng), rng)
+    p = replace(p, metadata={**p.metadata, "recompute_kernels": {}})
+    floor = min_peak(p)
+    cap = floor + int(frac * (store_all_peak(p) - floor))
+    pruned, whole = solve(p, cap, gap=0.0, layers="free"), solve(p, cap, gap=0.0, layers="free", prune=False)
+    assert not _plan_failures(p, pruned, cap, "pruned")
+    assert pruned.objective == pytest.approx(whole.objective, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_layer_modes_with_handovers(seed):
+    """Handovers alone leave the closed activations of "mix" (``layered.closed_candidates``) and
+    the pruning on: every mode's plan is valid, free (exact at gap 0) <= mix <= tie."""
+    rng = random.Random(seed)
+    p = with_random_kernels(_random_stack(rng), rng)
+    p = replace(p, metadata={**p.metadata, "recompute_kernels": {}})
+    floor = min_peak(p)
+    cap = floor + int(rng.random() * (store_all_peak(p) - floor))
+    plans = {mode: solve(p, cap, gap=0.0, layers=mode) for mode in ("mix", "tie", "free")}
+    for mode, plan in plans.items():
+        assert not _plan_failures(p, plan, cap, mode)
+    eps = 1e-9 * max(1.0, plans["tie"].objective)
+    assert plans["free"].objective <= plans["mix"].objective + eps <= plans["tie"].objective + 2 * eps
