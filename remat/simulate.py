@@ -23,8 +23,8 @@ RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` ins
            memory). A consumer ``c`` recomputed inside K reads its inputs over the same window,
            ``min(S(c), first(K)) .. max(S(c), last(K))``, which widens their starts and last needs.
 Taken      a RECOMPUTE value whose taker (``Activation.taken_by``) is RECOMPUTE too ends the slot
-           before the taker's first slot above (none when both start at the same slot); it stays
-           readable by its taker.
+           before the taker's interval starts (``S(taker)``, or its kernel's first slot): no
+           bytes when both start at the same slot. It stays readable by its taker.
 Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
            (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
            result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
