@@ -56,7 +56,7 @@ _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torc
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
 _REJECTED_TAGS = {torch.Tag.nondeterministic_seeded, torch.Tag.data_dependent_output}
-NEGLIGIBLE_SHARE = 1e-3  # an op under this share of its graph's roofline time is not timed (``MeasuredCosts.negligible``)
+NEGLIGIBLE_SHARE = 5e-4  # an op under this share of its graph's roofline time is not timed (``MeasuredCosts.negligible``)
 
 
 # ---- signatures ----------------------------------------------------------------------------------
