@@ -40,7 +40,8 @@ Layers = tuple[tuple[tuple[str, ...], ...], ...]
 def signature(a: Activation) -> str:
     """The label that corresponding activations of identical layers share."""
     shape = "x".join(map(str, a.shape))
-    flags = f"{'r' if a.recomputable else '-'}{'o' if a.offloadable else '-'}{'b' if a.backward_uses else '-'}"
+    marks = (("r", a.recomputable), ("o", a.offloadable), ("b", a.backward_uses), ("t", bool(a.taken_by)))
+    flags = "".join(m if on else "-" for m, on in marks)
     return f"{a.op}|{shape}|{a.dtype}|{a.bytes}|{flags}"
 
 
