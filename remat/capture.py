@@ -46,6 +46,7 @@ the same intervals: ``remat.symbolic``).
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ import torch.fx as fx
 from torch._prims_common import is_expandable_to
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
-from .kernel_groups import KERNEL_STARTS, KernelGroups
+from .kernel_groups import HANDOVERS, KERNEL_STARTS, KernelGroups
 from .passes import rng_replay
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
@@ -186,6 +187,8 @@ class Lifetimes:
 
     intervals: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
     activations: dict[fx.Node, ActivationFacts] = field(default_factory=dict)
+    # forward value -> the slot from which its last backward reader's result holds its buffer
+    handovers: dict[fx.Node, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -384,6 +387,23 @@ def kernel_starts(spans: KernelSpans) -> dict:
     return {KERNEL_STARTS: {u.name: lo for u, (lo, _) in spans.ops.items()}} if spans.ops else {}
 
 
+def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:
+    """Whether a pointwise forward op reads ``s`` (through views): a plan may recompute it into the
+    backward kernel where ``s`` dies, which then reads ``s`` twice and takes nothing."""
+    def readers(n: fx.Node) -> list[fx.Node]:
+        return [r for u in n.users for r in (readers(u) if is_view(u) else [u])]
+
+    return any(c in g.forward and _pointwise(c) for c in readers(s))
+
+
+def predicted_handovers(life: Lifetimes, relevant: set[fx.Node]) -> dict:
+    """The Problem metadata that says which activations (``relevant``) a backward result takes over
+    as they die (``remat.kernel_groups.HANDOVERS``: name -> the slot its result starts); empty
+    when none does."""
+    found = {s.name: h for s, h in life.handovers.items() if s in relevant}
+    return {HANDOVERS: found} if found else {}
+
+
 def _run_after_kernels(sched: Schedule, ops: dict[fx.Node, tuple[int, int]], owner: dict) -> dict[fx.Node, int]:
     """Backward slot ops outside every kernel that lie inside a kernel's span and read what it
     makes (or what such an op makes): Inductor runs them after that kernel, so they act at the
@@ -556,9 +576,13 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         if compute_node(s) in spans:  # the kernel writes it while it runs
             read_at.append((compute_node(s), spans[compute_node(s)][1]))
         if s in g.forward:
-            _forward_lifetime(s, g, sched, made, read_at, fused, life)
+            _forward_lifetime(s, g, sched, made, read_at, fused, life, kernels, inplaced)
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
             life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, fused, inplaced), val))
+    for s, facts in life.activations.items():  # after the backward's own buffers: those are taken first
+        if facts.backward_uses:
+            read_at = [(u, t) for u in readers.get(s, []) if u in g.backward for t in _read_slots(u, sched, kernels)]
+            _predict_handover(s, g, sched, read_at, fused, life, kernels, inplaced)
     return life
 
 
@@ -590,13 +614,15 @@ def _buffer_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, read_a
 def _in_place_end(s: fx.Node, g: GraphFacts, sched: Schedule, created: int, end: int, read_at: list,
                   spans: dict[fx.Node, tuple[int, int]], fused: set[fx.Node], inplaced: set) -> int:
     """``end``, the last read of ``s`` (made at ``created``), or earlier when Inductor writes the
-    pointwise result of its last reader into its buffer: the slot before that reader's, or, for a
+    pointwise result of its last reader into its buffer (read at the index it writes,
+    ``_reads_elementwise``): the slot before that reader's, or, for a
     reader in a generated kernel of several ops (``_kernel_taker``), the slot before the kernel's
     first, where the result's buffer starts."""
     if end == created:
         return end
     if sched.order[end] not in spans:
-        return end - 1 if _writes_in_place(sched.order[end], s, inplaced) else end
+        last = sched.order[end]
+        return end - 1 if _reads_elementwise(last, s, fused) and _writes_in_place(last, s, inplaced) else end
     taker = _kernel_taker(s, g, read_at, end, spans, fused)
     if taker is not None and _writes_in_place(taker, s, inplaced):
         return max(created, spans[taker][0] - 1)
@@ -608,7 +634,10 @@ def _kernel_taker(s: fx.Node, g: GraphFacts, read_at: list, end: int, spans: dic
     """The op of a generated kernel ending at ``end`` that may write its result in place of
     ``s``: the last op of that kernel that reads ``s`` and is not inlined into another, when the
     kernel's other such ops are its ancestors (Inductor's ``decide_inplace_update``: the input's
-    only remaining user once ancestors are discounted, in a kernel other than its maker's)."""
+    only remaining user once ancestors are discounted, in a kernel other than its maker's), and
+    when it reads ``s`` through a view, the only such op (``single_index_in_fused_node``: a
+    reduction that reads the view indexes it otherwise; the Evoformer's softmax backward does not
+    take its bmm's buffer)."""
     readers = {u for u, t in read_at if t == end and u not in fused}
     if not readers:
         return None
@@ -619,21 +648,85 @@ def _kernel_taker(s: fx.Node, g: GraphFacts, read_at: list, end: int, spans: dic
     floor = min(g.index[u] for u in readers)
     if not _reads_elementwise(taker, s, fused) or not readers - {taker} <= _ancestors(taker, floor, g.index):
         return None
+    if readers != {taker} and any(a is not s for a in _accesses_of(s, taker, fused)):
+        return None  # read through a view by other ops of the kernel too (a reduction): not one index
     return taker
 
 
 def _reads_elementwise(taker: fx.Node, s: fx.Node, fused: set[fx.Node]) -> bool:
-    """Whether ``taker`` reads ``s`` itself or through pointwise results inlined into it, not
-    through a view (Inductor's ``can_inplace``: the read's index must be the write's)."""
+    """Whether ``taker`` reads ``s`` only at the index it writes (Inductor's ``can_inplace``: the
+    read's index is the write's): itself or through pointwise results inlined into it, or through
+    a view of ``s`` laid out as ``taker``'s result (``_result_strides``): a reshape of a contiguous
+    buffer, or a transpose that the result follows. A view of another layout blocks."""
+    accesses = _accesses_of(s, taker, fused)
+    if not accesses or not _is_tensor(taker):
+        return False
+    want = (tuple(taker.meta["val"].shape), _result_strides(taker, fused), 0)
+    return all(a is s or _layout(a) == want for a in accesses)
+
+
+def _accesses_of(s: fx.Node, taker: fx.Node, fused: set[fx.Node]) -> set:
+    """How ``taker`` and the pointwise results inlined into it (not through views) read ``s``:
+    ``s`` itself, or the view of ``s`` (a chain of views) that they read."""
+    return {i for i in _loads(taker, fused) if i is s or (is_view(i) and _viewed(i) is s)}
+
+
+def _loads(taker: fx.Node, fused: set[fx.Node]) -> list[fx.Node]:
+    """The tensors that ``taker``'s kernel loads: its inputs, and those of the pointwise results
+    inlined into it (not through views), each once."""
+    found: list[fx.Node] = []
     stack, seen = [taker], set()
     while stack:
         for i in stack.pop().all_input_nodes:
-            if i is s:
-                return True
-            if i in fused and i not in seen and not is_view(i):
-                seen.add(i)
-                stack.append(i)
-    return False
+            if i in fused and not is_view(i):
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+            elif _is_tensor(i) and i not in found and i.target not in _CONSTANTS:
+                found.append(i)
+    return found
+
+
+def _result_strides(taker: fx.Node, fused: set[fx.Node]) -> tuple:
+    """The strides (of the dimensions longer than one) that Inductor gives pointwise ``taker``'s
+    result: its loop order voted by the strides of what it loads (torch 2.13
+    ``ComputedBuffer.get_fill_order``, ``scheduler.pick_loop_order``: a dimension goes inside
+    another when more loads have it smaller, or broadcast the other; a tie keeps the later one
+    inside), laid out densely in that order."""
+    shape = list(taker.meta["val"].shape)
+    loads = [_broadcast_strides(i.meta["val"], shape) for i in _loads(taker, fused)]
+
+    def inner_first(a: int, b: int) -> int:
+        if shape[a] == 1 or shape[b] == 1:
+            return (shape[a] == 1) - (shape[b] == 1)
+        a_first = sum(sb == 0 or abs(sa) < abs(sb) for sa, sb in ((r[a], r[b]) for r in loads))
+        b_first = sum(sa == 0 or abs(sb) < abs(sa) for sa, sb in ((r[a], r[b]) for r in loads))
+        return -1 if a_first > b_first else 1 if b_first > a_first else (b > a) - (b < a)
+
+    order = sorted(reversed(range(len(shape))), key=functools.cmp_to_key(inner_first)) if loads else []
+    strides, step = [0] * len(shape), 1
+    for d in order or reversed(range(len(shape))):
+        strides[d], step = step, step * shape[d]
+    return tuple(st for sz, st in zip(shape, strides) if sz != 1)
+
+
+def _broadcast_strides(v: torch.Tensor, shape: list) -> list:
+    """The strides at which a load of tensor ``v`` walks a loop over ``shape`` (broadcast: 0)."""
+    lead = len(shape) - v.dim()
+    return [0 if d < lead or v.shape[d - lead] == 1 else v.stride()[d - lead] for d in range(len(shape))]
+
+
+def _viewed(v: fx.Node) -> fx.Node:
+    """The node that a chain of views ends at."""
+    while is_view(v) and isinstance(v.args[0], fx.Node):
+        v = v.args[0].args[0] if v.target is operator.getitem and is_view(v.args[0]) else v.args[0]
+    return v
+
+
+def _layout(n: fx.Node) -> tuple:
+    """The shape, the strides of the dimensions longer than one, and the storage offset of ``n``'s tensor."""
+    v = n.meta["val"]
+    return tuple(v.shape), tuple(st for sz, st in zip(v.shape, v.stride()) if sz != 1), v.storage_offset()
 
 
 def _ancestors(n: fx.Node, floor: int, index: dict[fx.Node, int]) -> set[fx.Node]:
@@ -649,19 +742,44 @@ def _ancestors(n: fx.Node, floor: int, index: dict[fx.Node, int]) -> set[fx.Node
 
 
 def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, read_at: list,
-                      fused: set[fx.Node], life: Lifetimes) -> None:
+                      fused: set[fx.Node], life: Lifetimes, kernels: KernelSpans, inplaced: set) -> None:
     """Record forward storage ``s``, allocated at slot ``made`` (its kernel's start, at or before
     its op's slot) and read at ``read_at`` (op, slot): pinned, live to the end; otherwise a
-    decision (an activation) whose forward part is live unless fused."""
+    decision (an activation) whose forward part is live unless fused. A value that no backward op
+    reads ends where its last forward reader writes its result in its buffer (``_in_place_end``:
+    a log-softmax over the logits); saved for a recomputation, it lives on from there."""
     created = sched.slot_of[s]
     lfu = max([t for u, t in read_at if u in g.forward] + [created])
     if s in g.pinned:
         life.intervals.append((made, sched.last, s.meta["val"]))
         return
-    if s not in fused:
-        life.intervals.append((made, lfu, s.meta["val"]))
     b_uses = sorted({t for u, t in read_at if u in g.backward})
+    if s not in fused:
+        if not b_uses:
+            lfu = _in_place_end(s, g, sched, created, lfu, read_at, kernels.ops, fused, inplaced)
+        life.intervals.append((made, lfu, s.meta["val"]))
     life.activations[s] = ActivationFacts(tensor_bytes(s.meta["val"]), created, lfu, b_uses)
+
+
+def _predict_handover(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list, fused: set[fx.Node],
+                      life: Lifetimes, kernels: KernelSpans, inplaced: set) -> None:
+    """Record where the result of forward value ``s``'s last backward reader takes its buffer
+    (``Lifetimes.handovers``; the simulator's handover, as ``remat.kernel_groups`` reads it from
+    the code): that reader is pointwise, reads ``s`` at the index it writes (``_reads_elementwise``)
+    and has its size; in a generated kernel, its result's buffer starts where the kernel starts.
+    Not when a pointwise forward op reads ``s`` (``_pointwise_forward_reader``: recomputed, it
+    would read ``s`` in that kernel too: SwiGLU's gate under its SiLU, its up projection under the
+    product); the last compile's code tells those (``remat.kernel_groups.reused_inputs``)."""
+    if _pointwise_forward_reader(s, g):
+        return
+    end = max(t for _, t in read_at)
+    taker = max((u for u, t in read_at if t == end and u not in fused), key=g.index.__getitem__, default=None)
+    if taker is None or taker in kernels.after or not _reads_elementwise(taker, s, fused):
+        return
+    if taker in kernels.ops:
+        taker = _kernel_taker(s, g, read_at, end, kernels.ops, fused)
+    if taker is not None and _writes_in_place(taker, s, inplaced):
+        life.handovers[s] = kernels.ops[taker][0] if taker in kernels.ops else sched.slot_of[taker]
 
 
 def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:
@@ -979,7 +1097,8 @@ def capture(
     ]
     problem = Problem(
         slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,
-        metadata={"device": spec.name, "num_nodes": len(g.nodes), **kernel_starts(spans)},
+        metadata={"device": spec.name, "num_nodes": len(g.nodes), **kernel_starts(spans),
+                  **predicted_handovers(life, relevant)},
     )
     return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
                     sorted(f.name for f in folding.folded), symbolic_sizes(joint, intervals, sched.last + 1, relevant))

@@ -20,7 +20,9 @@ plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by two fu
 * ``handovers``: a kernel may write a result into the buffer of a saved value that dies there
   (the backward's wrapper code says ``buf3 = div_1; del div_1  # reuse``; ``reused_inputs``,
   kept in ``KernelGroups.reused``): activation name -> the slot where the kernel of its last
-  backward read starts. The result's bytes count from there, so the value's own end there.
+  backward read starts. The result's bytes count from there, so the value's own end there. The
+  capture predicts them before any compile (``remat.capture.predicted_handovers``); the last
+  compile's are added to those.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ import re
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "KERNEL_STARTS", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs",
+    "HANDOVERS", "KERNEL_STARTS", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs",
     "scheduler_groups", "with_kernels",
 ]
 
-RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"  # the Problem.metadata keys
+# the Problem.metadata keys; ``remat.capture`` predicts handovers before any compile, and the
+# last compile's reused inputs are added to them
+RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"
 KERNEL_STARTS = "kernel_starts"  # written by ``remat.capture``: slot name -> the first slot of its kernel
-_REUSE = re.compile(r"^\s*\w+ = (\w+); del \1\s*# reuse$", re.MULTILINE)
+# ``buf3 = div_1; del div_1  # reuse``, or through a view: ``buf16 = reinterpret_tensor(mm_12, ...); del mm_12  # reuse``
+_REUSE = re.compile(r"^\s*\w+ = (?:reinterpret_tensor\()?(\w+)(?:, [^;]*\))?; del \1\s*# reuse$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,8 @@ def with_kernels(problem, groups: KernelGroups | None):
     buffers a kernel's result took over; unchanged when they tell nothing."""
     if groups is None:
         return problem
-    facts = {RECOMPUTE_KERNELS: _recomputed_in(problem, groups), HANDOVERS: _handed_over(problem, groups)}
+    facts = {RECOMPUTE_KERNELS: _recomputed_in(problem, groups),
+             HANDOVERS: {**handovers(problem), **_handed_over(problem, groups)}}
     facts = {k: v for k, v in facts.items() if v}
     return replace(problem, metadata={**problem.metadata, **facts}) if facts else problem
 
@@ -131,8 +137,9 @@ def recompute_kernels(problem) -> dict[str, RecomputeKernel]:
 
 def reused_inputs(code: str) -> set[str]:
     """Names whose buffer Inductor's wrapper ``code`` hands to a later result as it dies
-    (``buf3 = div_1; del div_1  # reuse``): the graph inputs among them are saved activations
-    that a backward kernel overwrites in place."""
+    (``buf3 = div_1; del div_1  # reuse``, or viewed: ``buf16 = reinterpret_tensor(mm_12, (4, 256,
+    512), (131072, 512, 1), 0); del mm_12  # reuse``): the graph inputs among them are saved
+    activations that a backward kernel overwrites in place."""
     return set(_REUSE.findall(code))
 
 

@@ -239,15 +239,15 @@ def test_storage_lifetimes_of_the_mlp(mlp_steps):
     life = storage_lifetimes(g, sched, readers, fused)
     mb = 8 * 16 * 4  # one [8, 16] float
     assert life.activations == {
-        n["mm"]: ActivationFacts(mb, 0, 1, []),
+        n["mm"]: ActivationFacts(mb, 0, 0, []),  # relu writes its result in mm's buffer
         n["relu"]: ActivationFacts(mb, 1, 2, [9]),
         n["getitem"]: ActivationFacts(mb, 2, 3, [6]),
         n["getitem_1"]: ActivationFacts(8 * 16, 2, 2, [8, 9]),  # the bool mask, read by the fused kernel
-        n["mm_1"]: ActivationFacts(128, 3, 4, []),
+        n["mm_1"]: ActivationFacts(128, 3, 3, []),  # tanh too (the forward's code: ``buf6 = buf5; del buf5  # reuse``)
     }
     assert sorted((a, b, tensor_bytes(v)) for a, b, v in life.intervals) == sorted([
         (5, 10, 128),  # tangent: through the whole backward
-        (0, 1, mb), (1, 2, mb), (2, 3, mb), (2, 2, 128), (3, 4, 128),  # forward values to last forward use
+        (0, 0, mb), (1, 2, mb), (2, 3, mb), (2, 2, 128), (3, 3, 128),  # forward values to last forward use, or taken
         (4, 10, 128),  # the output, pinned
         (5, 7, 128),  # tanh_backward to its last reader, mm_3
         (6, 10, 256), (10, 10, 256),  # gradients, pinned
@@ -419,3 +419,48 @@ def test_problem_layers_found_on_four_blocks():
     assert len(layers) == 4
     for i, layer in enumerate(layers):
         assert {tuple(problem.activation(name).module.split(".")[:2]) for name in layer} == {("blocks", str(i))}
+
+
+def _ends(fn, *inputs, backward: bool = True) -> dict[str, tuple[int, int]]:
+    """Each buffer's (first, last) slot in the graph of ``fn`` traced on fake tensors, every op in
+    the backward (or every op in the forward)."""
+    gm = make_fx(fn, tracing_mode="fake")(*inputs)
+    ops = set() if backward else set(gm.graph.nodes)
+    g = graph_facts(gm, ops, 1)
+    sched, fused = build_schedule(g), fused_values(g)
+    life = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused)
+    made = {id(n.meta["val"]): n.name for n in g.nodes if "val" in n.meta}
+    ends = {made[id(v)]: (a, b) for a, b, v in life.intervals}
+    ends.update({s.name: (f.created, f.last_forward_use) for s, f in life.activations.items()})
+    return ends
+
+
+def test_a_result_takes_a_buffer_it_reads_through_a_view_laid_out_as_itself():
+    # Inductor lays out a pointwise result as the loads of its kernel vote (``pick_loop_order``):
+    # a transpose read alone, or a reshape of a contiguous buffer, is read at the index the result
+    # is written at, and the result takes the buffer (measured on 64 x 64 fp32 with torch 2.13:
+    # ``buf1 = reinterpret_tensor(buf0, (64, 64), (1, 64), 0); del buf0  # reuse``); with a
+    # contiguous load beside the transpose the vote ties, the result is contiguous and the
+    # transposed read is not its index (``buf1 = empty_strided_cpu(...)``)
+    w, b, t = torch.randn(16, 16), torch.randn(16, 16), torch.randn(16, 16)
+    alone = _ends(lambda w, b, t: (((t @ w).t() * 2) @ w,), w, b, t)
+    reshaped = _ends(lambda w, b, t: (((t @ w).view(8, 32) * 2).view(16, 16) @ w,), w, b, t)
+    tie = _ends(lambda w, b, t: (((t @ w).t() * b) @ w,), w, b, t)
+    both = _ends(lambda w, b, t: (((t @ w).t() * b.t()) @ w,), w, b, t)
+    # slots: mm 0, mul 1, mm_1 2: mm ends at 0 when mul takes it, at 1 when it does not
+    assert alone["mm"] == reshaped["mm"] == both["mm"] == (0, 0)
+    assert tie["mm"] == (0, 1)
+
+
+def test_a_forward_value_that_backward_does_not_read_is_taken_by_its_last_reader():
+    # a log-softmax over the logits writes its result in the logits' buffer (Llama's forward:
+    # ``buf58 = buf54; del buf54  # reuse``): the logits end the slot before it
+    def log_softmax(w, x):
+        logits = x @ w
+        m = logits.amax(-1, keepdim=True)
+        s = (logits - m).exp().sum(-1, keepdim=True)
+        return ((logits - m - s.log()) @ w,)
+
+    ends = _ends(log_softmax, torch.randn(8, 8), torch.randn(4, 8), backward=False)
+    # slots: mm 0, amax 1, sub 2, exp 3, sum 4, sub_1 5, log 6, sub_2 7, mm_1 8
+    assert ends["mm"] == (0, 6)
