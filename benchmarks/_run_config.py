@@ -159,8 +159,9 @@ def _zero(model):
 
 def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float, min_time: float = 2.0,
         threads: int = 2) -> dict:
-    """One configuration's record: compile (the first step), plan figures, measured peak, step
-    times and the gradient error from eager; or the remat error that refused the cap."""
+    """One configuration's record: compile (the first step), plan figures (remat) or the code's
+    peak (plain torch.compile, activation_memory_budget), measured peak, step times and the
+    gradient error from eager; or the remat error that refused the cap."""
     import torch
     import torch._functorch.config as fconfig
     import torch._inductor.config as iconfig
