@@ -18,11 +18,13 @@ KERNELS = KernelGroups(backward=(frozenset({"mm_1", "relu"}),))
 
 
 def plan(estimate: int, added_ms: float, lower_by: int = 0, groups=KERNELS, cap: int | None = CAP,
-         dynamic=None, floor: int = 0, reserve: float = 0.05) -> _Compiled:
-    """A compiled plan as the loop sees it: its code's peak and its predicted added time; planned
-    at the cap less the ``reserve`` less ``lower_by``, or at the model's ``floor`` when that is higher."""
+         dynamic=None, floor: int = 0, reserve: float = 0.05, predicted: int | None = None) -> _Compiled:
+    """A compiled plan as the loop sees it: its code's peak, its predicted added time and peak
+    (default: the peak it was planned at); planned at the cap less the ``reserve`` less
+    ``lower_by``, or at the model's ``floor`` when that is higher."""
     planned_at = max(floor, int((1 - reserve) * cap) - lower_by) if cap is not None else None
-    report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=SimpleNamespace(added_time=added_ms / 1e3),
+    timeline = SimpleNamespace(added_time=added_ms / 1e3, peak_bytes=planned_at if predicted is None else predicted)
+    report = SimpleNamespace(budget_bytes=cap, dynamic=dynamic, timeline=timeline,
                              plan=SimpleNamespace(budget_bytes=planned_at))
     return _Compiled(compiled=f"plan at {estimate}", report=report, estimate=estimate, kernels=KERNELS,
                      lower_by=lower_by, groups=groups)
@@ -76,6 +78,14 @@ def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
     assert RAISE_AT == 2
     lower_by, groups = _next_plan(capped(), [plan(800_000, 9.0)])
     assert (lower_by, groups) == (-150_000, KERNELS)  # the target, 950,000 B, less the code's peak
+
+
+def test_a_plan_is_raised_by_what_the_model_over_predicted_only():
+    # the model predicted 900,000 B for a plan whose code peaks at 800,000 B: raised by 100,000 B
+    assert _next_plan(capped(), [plan(800_000, 9.0, predicted=900_000)]) == (-100_000, KERNELS)
+    # the model predicted the code (a coarse model: its next plan is over the target): no raise
+    assert _next_plan(capped(), [plan(800_000, 9.0, predicted=805_000)]) is None
+    assert _next_plan(capped(), [plan(800_000, 9.0, predicted=780_000)]) is None  # it under-predicted
 
 
 def test_a_plan_at_the_models_floor_is_raised_from_that_floor():
