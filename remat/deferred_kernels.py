@@ -36,6 +36,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 _local = threading.local()
+_install_lock = threading.Lock()
 
 
 class DeferredModule:
@@ -115,8 +116,15 @@ def _install() -> None:
     from torch._inductor.codecache import PyCodeCache
     from torch._inductor.graph import GraphLowering
 
-    if getattr(GraphLowering, "_remat_deferred", False):
-        return
+    with _install_lock:
+        if not getattr(GraphLowering, "_remat_deferred", False):
+            _wrap(GraphLowering, PyCodeCache)
+            GraphLowering._remat_deferred = True
+
+
+def _wrap(GraphLowering, PyCodeCache) -> None:
+    """Replace the two methods: the load that ``_compile_to_module_lines`` makes inside
+    ``deferred_kernel_builds`` (this thread) returns a DeferredModule; any other load is Inductor's."""
     compile_lines, load = GraphLowering._compile_to_module_lines, PyCodeCache.load_by_key_path.__func__
 
     def _compile_to_module_lines(self, wrapper_code):
@@ -138,7 +146,6 @@ def _install() -> None:
 
     GraphLowering._compile_to_module_lines = _compile_to_module_lines
     PyCodeCache.load_by_key_path = classmethod(load_by_key_path)
-    GraphLowering._remat_deferred = True
 
 
 def _defines_runner(path: str) -> bool:
