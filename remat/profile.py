@@ -10,7 +10,7 @@ scratch memory that a call allocates beyond its results (conv columns, attention
 which compiled code does not show (``remat.inductor_check`` adds it at each extern kernel's call).
 ``Profiler`` adds a per-op and a
 total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
-measured time, the measured copy bandwidth and host link, and ``fused_time``, the price of a
+measured time (not measured for an op under ``NEGLIGIBLE_SHARE`` of its graph's roofline time), the measured copy bandwidth and host link, and ``fused_time``, the price of a
 pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
 measured bandwidth and its elementwise ops at the measured elementwise rate (``remat.cost.fused_time``;
 it runs inside another kernel, so it has no launch of its own).
@@ -716,8 +716,9 @@ class MeasuredCosts:
         cached time still answers for it."""
         sig = signature_of(node)
         skip = sig is not None and self.profiler.measure and self.negligible(node)
-        self.stats.negligible += skip
-        return self.profiler.op_time(sig, measure=not skip)
+        seconds = self.profiler.op_time(sig, measure=not skip)
+        self.stats.negligible += skip and seconds is None
+        return seconds
 
     def negligible(self, node: fx.Node) -> bool:
         """Whether the node's op alone takes under ``NEGLIGIBLE_SHARE`` of its graph's ops alone,
