@@ -22,6 +22,7 @@ end. Peaks are above what was resident before the step (profiler allocation even
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -98,23 +99,38 @@ def _plain_plan_report(model, inputs, loss_fn, kernel_groups):
 
 
 def worker(name: str, config: str, quick: bool) -> dict:
-    """Run one configuration (``_run_config.run``) and add the figures this benchmark needs."""
-    import torch._inductor.config as iconfig
-
-    from remat.inductor_check import InductorPeaks
-    from remat.wrapper_memory import collect_wrapper_code
-
-    peaks = InductorPeaks()
-    iconfig._post_fusion_custom_pass = peaks  # plain compile's estimate; remat patches its own
-    with collect_wrapper_code() as codes:
+    """Run one configuration (``_run_config.run``) and add the figures this benchmark needs: for
+    plain compile, the scheduler's estimate, the code's peak and the kernels, from the
+    ``InductorPeaks`` that ``_run_config`` reads plain compile's code with (``_made_peaks``)."""
+    with _made_peaks() as made:
         out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
-    iconfig._post_fusion_custom_pass = None
     if config == "compile":
-        out["inductor_peak_bytes"] = peaks.peak_bytes  # the scheduler's estimate
-        peaks.codes = codes[-2:]  # plain compile's forward and backward: the inputs a kernel took over
-        out["plain_code_peak_bytes"] = peaks.peak_bytes  # read from the code
-        out.update(plain_compile_predictions(name, quick, peaks.kernel_groups))
+        peaks = next((p for p in reversed(made) if p.codes), None)
+        groups = peaks.kernel_groups if peaks is not None else None
+        out["plain_code_peak_bytes"] = peaks.peak_bytes if peaks is not None else None
+        out["inductor_peak_bytes"] = max(peaks.peaks) if peaks is not None and peaks.peaks else None
+        out.update(plain_compile_predictions(name, quick, groups))
     return out  # remat configurations: _run_config records Inductor's peak and the reference
+
+
+@contextlib.contextmanager
+def _made_peaks():
+    """The ``remat.inductor_check.InductorPeaks`` made while the block runs (``_run_config``'s
+    ``warmed_up_reading_code`` makes one for plain compile), in order."""
+    import remat.inductor_check as inductor_check
+
+    made, cls = [], inductor_check.InductorPeaks
+
+    class Recorded(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    inductor_check.InductorPeaks = Recorded
+    try:
+        yield made
+    finally:
+        inductor_check.InductorPeaks = cls
 
 
 # ---- parent: every configuration in a fresh process --------------------------------------------
