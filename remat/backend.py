@@ -509,11 +509,12 @@ def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any],
                   sizes: dict[str, int] | None = None) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
     now), its peak read from the generated code and the bytes its backward receives (None if
-    they cannot be read); a dynamic graph's code read at ``sizes`` (default: the hints)."""
+    they cannot be read); a dynamic graph's code read at ``sizes`` (default: the hints). Its
+    kernels are built at its first call (``deferred_kernel_builds``): only when it is the one run."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks(sizes)
-    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes:
+    with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
     return compiled, (peaks.peak_bytes if peaks.code_peaks else None), backward_start_bytes(peaks)
 
