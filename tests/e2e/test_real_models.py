@@ -167,8 +167,8 @@ def test_transformers_models_at_75_percent_and_min(name):
                                                options={"memory_budget": budget})
         except remat.InfeasibleBudgetError as e:  # refused: the floor it names is real
             assert budget == "75%" and e.min_peak_bytes > e.budget_bytes, str(e)
-            # "min" reports the floor with the reserve (default 5 %) on top (remat.backend.min_cap)
-            assert floor <= 1.01 * e.min_peak_bytes / 0.95, (floor, str(e))
+            # "min" reports the floor with the reserve (default 1 %) on top (remat.backend.min_cap)
+            assert floor <= 1.01 * e.min_peak_bytes / (1 - remat.RematConfig().reserve), (floor, str(e))
             print(f"| {name} | 75% | {e.budget_bytes} | refused: floor {e.min_peak_bytes} | | | | | |")
             continue
         reports = remat.reports(compiled)
