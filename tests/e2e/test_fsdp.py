@@ -6,8 +6,9 @@ whole FSDP2 model yields no graph, and the way that works is torchtitan's, each 
 own and then sharded. Its graphs then hold no collective; the all-gathered parameters are graph
 inputs. Three tests:
 
-- (slow) 2 spawned gloo ranks, FSDP2 over blocks compiled with backend remat at "80%" (of the
-  modelled plain compile): loss and gradients equal uncompiled FSDP2's, both ranks make the same plans, some values are recomputed,
+- (slow) 2 spawned gloo ranks, FSDP2 over blocks compiled with backend remat at "95%" (of the
+  modelled plain compile; the blocks' graph runs twice per step, and with its other run counted
+  the floor is 4.32 MiB, above "80%"'s 3.85 MiB since session 7): loss and gradients equal uncompiled FSDP2's, both ranks make the same plans, some values are recomputed,
   and no collective is in the rewritten graphs.
 - Collectives inside a graph (functional all-gather in forward, whose autograd is a reduce-scatter
   in backward, as FSDP's are), traced and run in one process under the fake process group at
@@ -72,7 +73,7 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
         base = blocks()
         plain = sharded(copy.deepcopy(base))
         # one dict: the blocks' graphs share one compilation
-        options = {"memory_budget": "80%", "inductor_check": False}
+        options = {"memory_budget": "95%", "inductor_check": False}
         model = sharded(base, lambda b: torch.compile(b, backend="remat", options=options))
         x = torch.randn(512, 64, generator=torch.Generator().manual_seed(rank))  # each rank its own batch
         loss, grads = train_step(model, x)
