@@ -69,7 +69,8 @@ def saved_nodes(
 
 
 def _is_forward_output(joint: fx.GraphModule, n: fx.Node) -> bool:
-    return any(u.op == "output" for u in n.users)
+    """Whether the forward returns ``n`` or a view of it (the caller then holds its storage)."""
+    return any(u.op == "output" or (is_view(u) and _is_forward_output(joint, u)) for u in n.users)
 
 
 def add_offload(fw: fx.GraphModule, bw: fx.GraphModule, plan: Plan, problem: Problem, transfers: Transfers) -> None:
