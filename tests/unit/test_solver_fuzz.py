@@ -225,12 +225,17 @@ def with_random_kernels(p: Problem, rng: random.Random) -> Problem:
 def test_solvers_evaluate_kernel_rules_as_the_simulator(rng):
     """With kernel metadata, the solvers' exact evaluation (``Structure``) gives the simulator's
     profile for random plans, and every plan that it calls valid is valid for the simulator."""
+    _assert_profiles_are_the_simulators(with_random_kernels(fuzz_problem(rng), rng), rng, plans=5)
+
+
+def _assert_profiles_are_the_simulators(p: Problem, rng: random.Random, plans: int) -> None:
+    """For ``plans`` random valid decisions, the solvers' exact evaluation (``Structure.profile``)
+    is the simulator's profile, and the simulator finds no error."""
     from remat.plan import Decision
     from remat.solvers._core import Structure
 
-    p = with_random_kernels(fuzz_problem(rng), rng)
     st = Structure(p)
-    for _ in range(5):
+    for _ in range(plans):
         dec = {c.name: rng.choice(list(Decision)) for c in st.cands}
         dec = st.normalize({k: v for k, v in dec.items()
                             if v is not Decision.RECOMPUTE or p.activation(k).recomputable})
@@ -266,17 +271,8 @@ def test_solvers_on_random_problems_with_takers(rng, frac):
 def test_solvers_evaluate_takers_with_kernels_as_the_simulator(rng, frac):
     """Takers together with kernel metadata: the solvers' exact evaluation gives the simulator's
     profile for random plans, and every solver's plan is valid under the cap."""
-    from remat.plan import Decision
-    from remat.solvers._core import Structure
-
     p = with_random_kernels(with_random_takers(fuzz_problem(rng), rng), rng)
-    st = Structure(p)
-    for _ in range(3):
-        dec = {c.name: rng.choice(list(Decision)) for c in st.cands}
-        dec = st.normalize({k: v for k, v in dec.items()
-                            if v is not Decision.RECOMPUTE or p.activation(k).recomputable})
-        if not st.violations(dec):
-            assert tuple(int(x) for x in st.profile(dec)) == simulate(p, dec).device_bytes
+    _assert_profiles_are_the_simulators(p, rng, plans=3)
     assert solver_failures(p, frac, exact_ilp=False) == []
 
 
