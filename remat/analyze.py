@@ -222,21 +222,14 @@ def _plain_measured(model, example_inputs, loss_fn, repeats: int):
 
 
 def _measured_compile(model, example_inputs, loss_fn, repeats: int, **compile_kw):
-    """Compile model+loss (``torch.compile(**compile_kw)``, no FX-graph or AOTAutograd cache: the
-    partitioner runs and reports), run the step that compiles, then measure one step and time
-    ``repeats`` more (``remat.measure._measured``). Returns (StepMeasurement, what torch.compile
-    returned)."""
+    """``remat.measure.measure_compiled_step`` without the FX-graph or AOTAutograd cache (the
+    partitioner runs and reports). Returns (StepMeasurement, what torch.compile returned)."""
     from torch._functorch import config as functorch_config
 
-    from .measure import _CompiledStep, _measured
+    from .measure import measure_compiled_step
 
-    torch._dynamo.reset()
-    step = _CompiledStep(model, example_inputs, loss_fn, **compile_kw)
     with functorch_config.patch(enable_autograd_cache=False), torch._inductor.config.patch(fx_graph_cache=False):
-        step()
-        measured = _measured(step, repeats)
-    torch._dynamo.reset()
-    return measured, step.compiled
+        return measure_compiled_step(model, example_inputs, loss_fn, repeats, **compile_kw)
 
 
 # ``remat.analyze`` is both this module and (in ``remat/__init__``) the function: importing the

@@ -390,10 +390,12 @@ def kernel_starts(spans: KernelSpans) -> dict:
 def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:
     """Whether a pointwise forward op reads ``s`` (through views): a plan may recompute it into the
     backward kernel where ``s`` dies, which then reads ``s`` twice and takes nothing."""
-    def readers(n: fx.Node) -> list[fx.Node]:
-        return [r for u in n.users for r in (readers(u) if is_view(u) else [u])]
+    return any(c in g.forward and _pointwise(c) for c in _readers_through_views(s))
 
-    return any(c in g.forward and _pointwise(c) for c in readers(s))
+
+def _readers_through_views(s: fx.Node) -> set[fx.Node]:
+    """The ops that read ``s``, itself or through a chain of views of it (the views left out)."""
+    return {r for u in s.users for r in (_readers_through_views(u) if is_view(u) else {u})}
 
 
 def predicted_handovers(life: Lifetimes, relevant: set[fx.Node]) -> dict:
@@ -1018,13 +1020,7 @@ def taker_of(s: fx.Node, g: GraphFacts, relevant: set[fx.Node], fused: set[fx.No
     reads it at the index it writes (``_reads_elementwise``) and writes a buffer of its own (not
     inlined into its readers' kernels); "" if none. ``s`` is no tuple element (a multi-output
     layout is never taken) and no graph output."""
-    readers, views = set(), [s]
-    while views:
-        for u in views.pop().users:
-            if is_view(u):
-                views.append(u)
-            else:
-                readers.add(u)
+    readers = _readers_through_views(s)
     if s.target is operator.getitem or s in g.pinned or len(readers) != 1:
         return ""
     t = readers.pop()

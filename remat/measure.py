@@ -3,8 +3,8 @@
 CPU: torch.profiler's allocation events, summed in order; the peak of the running sum is the
 step's peak of tensor memory above what was allocated before it (frees of older tensors count
 as negative). CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
-``measure_plain_compile`` compiles model+loss with plain ``torch.compile`` and measures one of its
-steps (``remat.analyze.measure_peaks`` does the same under backend "remat" and plain);
+``measure_compiled_step`` compiles model+loss with ``torch.compile`` and measures one of its
+steps (``measure_plain_compile``: plain Inductor; ``remat.analyze.measure_peaks``: backend "remat");
 ``matmul_flops`` times ``torch.mm`` per dtype (this machine's matmul rate, for ``remat profile``).
 """
 
@@ -177,12 +177,18 @@ def _measured(step: _CompiledStep, repeats: int) -> StepMeasurement:
 def measure_plain_compile(model, example_inputs, loss_fn=None, repeats: int = 3) -> StepMeasurement:
     """Plain ``torch.compile`` (Inductor's own partition, no remat) of model+loss: one warm-up
     step, one measured step (its peak) and the median time of ``repeats`` unprofiled steps."""
+    return measure_compiled_step(model, example_inputs, loss_fn, repeats)[0]
+
+
+def measure_compiled_step(model, example_inputs, loss_fn=None, repeats: int = 3, **compile_kw):
+    """``torch.compile(**compile_kw)`` of model+loss: the step that compiles, then one measured step
+    and ``repeats`` timed ones (``_measured``). Returns (StepMeasurement, what torch.compile returned)."""
     torch._dynamo.reset()
-    step = _CompiledStep(model, example_inputs, loss_fn)
+    step = _CompiledStep(model, example_inputs, loss_fn, **compile_kw)
     step()  # compiles
     m = _measured(step, repeats)
     torch._dynamo.reset()
-    return m
+    return m, step.compiled
 
 
 def matmul_flops(
