@@ -271,11 +271,11 @@ def warmed_up_reading_code(step, out: dict) -> bool:
     import torch
 
     from remat.backend import _backward_compiled_now
-    from remat.inductor_check import InductorPeaks
+    from remat.inductor_check import InductorPeaks, installed
     from remat.wrapper_memory import collect_wrapper_code
 
     peaks = InductorPeaks()
-    with torch._inductor.config.patch(_post_fusion_custom_pass=peaks), _backward_compiled_now(), \
+    with torch._inductor.config.patch(installed(peaks)), _backward_compiled_now(), \
             collect_wrapper_code() as peaks.codes:
         ok = warmed_up(step, out)
     code = peaks.code_peaks

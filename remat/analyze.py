@@ -210,11 +210,11 @@ def _plain_measured(model, example_inputs, loss_fn, repeats: int):
     """Plain torch.compile's measured step (``_measured_compile``) and its peak read from the code
     it generated (None unless it compiled one forward and one backward)."""
     from .backend import _backward_compiled_now
-    from .inductor_check import InductorPeaks
+    from .inductor_check import InductorPeaks, installed
     from .wrapper_memory import collect_wrapper_code
 
     peaks = InductorPeaks()
-    with torch._inductor.config.patch(_post_fusion_custom_pass=peaks), _backward_compiled_now(), \
+    with torch._inductor.config.patch(installed(peaks)), _backward_compiled_now(), \
             collect_wrapper_code() as peaks.codes:
         measured, _ = _measured_compile(model, example_inputs, loss_fn, repeats)
     code = peaks.code_peaks

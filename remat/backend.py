@@ -37,7 +37,7 @@ from .compilation import NO_RUNS, Compilation, Runs, compilation_for
 from .config import RematConfig
 from .deferred_kernels import deferred_kernel_builds
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
-from .inductor_check import InductorPeaks
+from .inductor_check import InductorPeaks, installed
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
 from .profile import machine_spec
@@ -467,7 +467,7 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
                                    resident=resident, peaks=peaks, runs=runs)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
-        compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, _post_fusion_custom_pass=peaks))
+        compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, **installed(peaks)))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     estimate = peaks.peak_bytes
     if report is not None:
@@ -515,7 +515,7 @@ def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any],
 
     peaks = InductorPeaks(sizes)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
-        compiled = compile_fx(gm, example_inputs, config_patches={"_post_fusion_custom_pass": peaks})
+        compiled = compile_fx(gm, example_inputs, config_patches=installed(peaks))
     return compiled, (peaks.peak_bytes if peaks.code_peaks else None), backward_start_bytes(peaks)
 
 

@@ -107,8 +107,10 @@ def hint(x: Any) -> int:
     """A concrete int for an int or SymInt: its hint under dynamic shapes, read without adding a
     guard (``int()`` of a SymInt would specialise the graph to that size)."""
     import torch
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
+    from torch.fx.experimental import symbolic_shapes
 
+    # torch 2.13's name; 2.11 (the GPU machines' image) has the same as ``size_hint``
+    optimization_hint = getattr(symbolic_shapes, "optimization_hint", None) or symbolic_shapes.size_hint
     if isinstance(x, torch.SymInt):
         from torch._inductor.config import unbacked_symint_fallback  # as Inductor sizes unbacked symbols
 

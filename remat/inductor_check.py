@@ -37,6 +37,13 @@ from .profile import OpSignature, Profiler, TensorMeta, signature_of, with_input
 log = logging.getLogger("remat")
 
 
+def installed(peaks: "InductorPeaks") -> dict:
+    """Inductor config patches that install ``peaks`` as the post-fusion pass. The FX graph cache is
+    off under it: torch 2.13 bypasses that cache for a pass that is not a ``CustomSchedulerPass``
+    anyway, and torch 2.11 (the GPU machines' image) pickles the pass into the cache key and fails."""
+    return {"_post_fusion_custom_pass": peaks, "fx_graph_cache": False}
+
+
 class InductorPeaks:
     """``torch._inductor.config._post_fusion_custom_pass`` that records each graph's estimated
     peak bytes in ``peaks``; it leaves the kernel order unchanged."""
