@@ -1,6 +1,6 @@
 """GPU check: measured vs predicted peak and step time, recompute-only vs offload, on one GPU.
 
-    python benchmarks/gpu_check.py [--caps 70%,50%] [--steps 10] [--models mlp,gpt] [--host-bandwidth measure]
+    python benchmarks/gpu_check.py [--caps 70%,50%] [--steps 10] [--models mlp,gpt,llama] [--no-offload] [--host-bandwidth measure]
 
 For a GPT-style model, the MLP of the core issue and a transformers Llama (``llama``, built from a
 config here): plain torch.compile, then at each cap remat recompute-only and remat with offload
@@ -202,6 +202,7 @@ def main(argv=None) -> int:
                     help="bytes/s, 'measure' (the pinned copy rate measured here) or 'product' (what remat "
                          "chooses: its measured and cached link rate under the measured cost model)")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-offload", action="store_true", help="recompute-only rows (no offload rows)")
     ap.add_argument("--models", default="mlp,gpt")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_check.json"))
     args = ap.parse_args(argv)
@@ -218,8 +219,9 @@ def main(argv=None) -> int:
     link = {"host_bandwidth": float(args.host_bandwidth)} if link is None else link
     configs = [("torch.compile", None)]
     for cap in args.caps.split(","):
-        configs += [(f"remat recompute {cap}", {"memory_budget": cap, "offload": False}),
-                    (f"remat offload {cap}", {"memory_budget": cap, "offload": True, **link})]
+        configs.append((f"remat recompute {cap}", {"memory_budget": cap, "offload": False}))
+        if not args.no_offload:
+            configs.append((f"remat offload {cap}", {"memory_budget": cap, "offload": True, **link}))
     rows = []
     for model_name in args.models.split(","):
         make = MODELS[model_name]
