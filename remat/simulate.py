@@ -28,7 +28,10 @@ Taken      a RECOMPUTE value whose taker (``Activation.taken_by``) is RECOMPUTE 
 Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
            (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
            result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
-           its last need is its last backward use; it stays readable until then.
+           the plan recomputes none of its consumers (then its last need is its last backward
+           use); it stays readable until then. A recomputed consumer breaks the handover: Inductor
+           may recompute it inside that very kernel, which then reads the value again and takes
+           nothing (hf_llama's ``mul_20 = div_1 * mm_12`` in its SwiGLU backward kernel).
 OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
@@ -261,7 +264,7 @@ class _Analysis:
             return
         else:
             self.device[name] = [(a.last_forward_use + 1, last)]
-        self._hand_over(a, last)
+        self._hand_over(a)
 
     def _kept_on_device(self, name: str) -> bool:
         """Whether the forward keeps ``name`` on the device for the backward: STORE, or an OFFLOAD
@@ -269,15 +272,20 @@ class _Analysis:
         d = self.decisions.get(name)
         return d is Decision.STORE or (d is Decision.OFFLOAD and name not in self.transfers.free_after)
 
-    def _hand_over(self, a: Activation, last: int) -> None:
-        """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if
-        nothing needs it after its last backward use; it stays readable to its last need."""
+    def _hand_over(self, a: Activation) -> None:
+        """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if the
+        plan recomputes none of its consumers; it stays readable to its last need."""
         h = self.handovers.get(a.name)
-        if h is None or not self.device[a.name] or not a.backward_uses or last != a.backward_uses[-1]:
+        if h is None or not self.device[a.name] or not a.backward_uses or self._consumer_recomputed(a):
             return
         (lo, hi), = self.device[a.name]
         self.readable.setdefault(a.name, [(lo, hi)])
         self.device[a.name] = [(lo, min(hi, h - 1))] if lo <= h - 1 else []
+
+    def _consumer_recomputed(self, a: Activation) -> bool:
+        """Whether the plan recomputes a consumer of ``a`` (a needed RECOMPUTE one)."""
+        return any(c in self.starts and self.decisions.get(c) is Decision.RECOMPUTE
+                   for c in self.problem.consumers[a.name])
 
     def _recompute_interval(self, a: Activation, last: int) -> None:
         """From ``S(v)`` to its last need, widened to the kernel that recomputes it; readable there

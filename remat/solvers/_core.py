@@ -29,6 +29,14 @@ apply the simulator's rules exactly (a RECOMPUTE consumer reads its inputs over 
 handed-over buffer ends before that kernel). The ILP's pieces stay at or above that count
 (``_kernel_windows``, ``_handover_end``, ``_always_inlined``).
 
+Conditional handovers. A handover holds only while the plan recomputes none of the value's
+consumers (``remat.simulate``: Inductor may recompute that consumer inside the taking kernel,
+which then reads the value again). For a candidate with recomputable consumers, the slots from
+the kernel's start to ``D`` (``Cand.tail``, split where its start indicators change) hold one
+continuous ``("h", idx, j)`` per piece, which the ILP bounds below by "a consumer is recomputed
+and the value holds its own buffer there" (``holds``); a copied OFFLOAD keeps its buffer
+whatever the consumers do.
+
 Taken buffers (``Activation.taken_by``). A taken candidate is needed only when its taker is
 RECOMPUTE; RECOMPUTE, it ends the slot before its taker's start (``remat.simulate``), which
 without kernel facts is its own start: it takes no bytes. ``jit`` and ``evaluate`` count it so;
@@ -64,7 +72,7 @@ class Cand:
     __slots__ = (
         "idx", "name", "bytes", "time", "lfu", "d", "D", "L", "rec_ok", "off_ok", "out_end",
         "back_start", "lone_gap", "exposed", "inputs", "all_inputs", "rcons", "rcons_all", "kept", "sv",
-        "top", "lns", "E", "segs", "pieces", "bps", "masks", "full", "nstates",
+        "top", "lns", "E", "segs", "tail", "pieces", "bps", "masks", "full", "nstates",
     )
 
     def __init__(self) -> None:
@@ -77,6 +85,7 @@ class Cand:
         self.lns: list[int] = []  # possible last needs (ascending)
         self.E = -1  # latest possible last need
         self.segs: list[tuple[int, int]] = []  # the ILP's "live" segments past the certain part
+        self.tail: list[tuple[int, int]] = []  # pieces of a conditional handover (see the module docstring)
 
 
 class Structure:
@@ -108,6 +117,7 @@ class Structure:
             self._last_needs(c)
             if self.reach[c.idx]:
                 self._segments(c)
+                self._tail(c)
         for c in self.cands:
             if self.reach[c.idx]:
                 self._pieces(c)
@@ -255,12 +265,44 @@ class Structure:
         st = sorted(starts)
         c.segs = [(s, (st[i + 1] - 1) if i + 1 < len(st) else c.E) for i, s in enumerate(st)]
 
+    def _tail(self, c: Cand) -> None:
+        """``c.tail``: the slots ``h..D`` of a handover that a recomputed consumer can break, cut
+        where ``st(c, .)`` changes (its kept starts below ``top``, and ``top``); [] otherwise."""
+        end = self._handover_end(c)
+        if not c.rcons or end >= c.D:
+            c.tail = []
+            return
+        cuts = sorted({end + 1} | {b for b in c.sv + [c.top] if c.rec_ok and end + 1 < b <= c.D})
+        c.tail = [(b, (cuts[i + 1] - 1) if i + 1 < len(cuts) else c.D) for i, b in enumerate(cuts)]
+
+    def holds(self, c: Cand, s: int) -> tuple[list, int]:
+        """(terms, const) of "``c`` holds its own buffer at backward slot ``s``" in the ILP's
+        variables (coefficients +-1): stored, or recomputed and started by ``s`` (never when its
+        kernel always inlines it); a copied OFFLOAD does not (its copy is never handed over)."""
+        terms = [(("off", c.idx), -1)] if c.off_ok else []
+        if c.rec_ok:
+            terms.append((("rec", c.idx), -1))
+            if not self._always_inlined(c):
+                terms += [(key, 1) for key in self.st(c, s)]
+        return terms, 1
+
+    def holds_under(self, j: int, code: int, S, s: int) -> bool:
+        """``holds`` for decision codes: STORE (or no code), or RECOMPUTE started by ``s``."""
+        if code == OFF:
+            return False
+        return code != REC or (S[j] <= s and not self._always_inlined(self.cands[j]))
+
+    def consumer_recomputed(self, j: int, codes, need) -> bool:
+        """Whether decision codes recompute a consumer of candidate ``j`` (which breaks a handover)."""
+        return any(need[x] and codes[x] == REC for x in self.cands[j].rcons_all)
+
     def _pieces(self, c: Cand) -> None:
         """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes.
 
         Case A (backward reads it: always needed, keep = 1 - rec - off): on lfu+1..D the form is
         1 - rec*[t < d] + st(t) - off*[out_end < t < back_start]; past D it is y_j per segment.
         Case B (needed only through recomputed consumers): keep on lfu+1..nf-1, y_j per segment.
+        A handed-over ``c`` ends at ``_handover_end``; past it, ``h_j`` per piece of ``c.tail``.
         """
         k = c.idx
         ev: dict[int, dict] = {}
@@ -288,21 +330,20 @@ class Structure:
             add(lo0, self.nf - 1, ("keep", k), 1)
         for j, (s, e) in enumerate(c.segs):
             add(s, e, ("y", k, j), 1)
+        for j, (s, e) in enumerate(c.tail):
+            add(s, e, ("h", k, j), 1)
+        certain = (max(lo0, c.d), c.D if c.tail else end) if c.d >= 0 else (1, 0)
         for x, (lo, hi) in self._kernel_windows(c, inlined):
-            for a, b in _outside(lo, hi, (max(lo0, c.d), end) if c.d >= 0 else (1, 0)):
+            for a, b in _outside(lo, hi, certain):
                 add(a, b, ("rec", x), 1)
         c.pieces = _pieces_of(ev)
 
     def _handover_end(self, c: Cand) -> int:
         """The last slot of ``c``'s certain part in the ILP's form: ``D``, or the slot before the
-        kernel that takes its buffer (``handover``) when nothing can read ``c`` after ``D`` (no
-        consumer starts later, no consumer's kernel ends later); STORE and RECOMPUTE end there."""
+        kernel that takes its buffer (``handover``); STORE and RECOMPUTE end there unless a
+        recomputed consumer breaks the handover (``c.tail``)."""
         h = self.handover.get(c.idx)
-        if h is None or c.d < 0 or c.E != c.D:
-            return c.D
-        if any(self.kernels[x].last > c.D for x in c.rcons if x in self.kernels):
-            return c.D
-        return min(c.D, h - 1)
+        return c.D if h is None or c.d < 0 else min(c.D, h - 1)
 
     def _always_inlined(self, c: Cand) -> bool:
         """Whether a RECOMPUTE ``c`` never takes bytes: its kernel holds every backward use and
@@ -324,22 +365,22 @@ class Structure:
         return own + [(x, (self.kernels[x].first, self.kernels[x].last)) for x in c.rcons if x in self.kernels]
 
     def _masks(self, c: Cand) -> None:
-        """Live bitmask over the concrete states (decision, start, last need), by slot range, as
-        the ILP's pieces count them (a handed-over buffer ends at ``_handover_end``, where a copied
-        OFFLOAD one keeps its buffer; kernel windows are left out)."""
+        """Live bitmask over the concrete states (decision, start, last need, whether a recomputed
+        consumer breaks its handover), by slot range, as the ILP's pieces count them (a handed-over
+        buffer ends at ``_handover_end``, where a copied OFFLOAD one keeps its buffer; kernel
+        windows are left out)."""
         ivs: list[list[tuple[int, int]]] = []  # per state: device intervals
-        lo0, end = c.lfu + 1, self._handover_end(c)  # end < D only when every last need is D
+        lo0, end = c.lfu + 1, self._handover_end(c)
         if c.d < 0:
             ivs.append([])  # not needed
         for ln in c.lns:
-            hi = end if ln == c.D else ln
-            ivs.append([(lo0, hi)])
-            if c.rec_ok:
-                for s in c.kept:
-                    if s <= ln:
-                        ivs.append([] if c.idx in self.taker else [(s, hi)])
+            ends = ([end, c.D] if c.tail else [end]) if ln == c.D else [ln]  # past D: a consumer is recomputed
+            for hi in ends:
+                ivs.append([(lo0, hi)])
+                if c.rec_ok:
+                    ivs += [[] if c.idx in self.taker else [(s, hi)] for s in c.kept if s <= ln]
             if c.off_ok:
-                ivs.append([(lo0, c.out_end), (min(c.back_start, hi + 1), ln)])
+                ivs.append([(lo0, c.out_end), (min(c.back_start, end + 1), ln)])
         c.nstates = len(ivs)
         c.full = (1 << len(ivs)) - 1
         pts = sorted({lo for iv in ivs for lo, hi in iv if lo <= hi} | {hi + 1 for iv in ivs for lo, hi in iv if lo <= hi})
@@ -419,7 +460,8 @@ class Structure:
         """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels
         and its taker, as the simulator counts it: a RECOMPUTE one across its kernel, or none when
         only that kernel reads it; a buffer handed to a kernel's result ends where that kernel
-        starts; a RECOMPUTE one ends before its RECOMPUTE taker's start."""
+        starts unless a consumer is recomputed; a RECOMPUTE one ends before its RECOMPUTE taker's
+        start."""
         c, k = self.cands[j], self.kernels.get(j)
         if code == REC and k is not None:
             lo, hi = min(lo, k.first), max(hi, k.last)
@@ -428,7 +470,7 @@ class Structure:
                     self.kernels.get(x) == k for x in readers):
                 return lo, lo - 1
         h = self.handover.get(j)
-        if h is not None and c.d >= 0 and ln[j] == c.D:
+        if h is not None and c.d >= 0 and not self.consumer_recomputed(j, codes, need):
             hi = min(hi, h - 1)
         t = self.taker.get(j)
         if code == REC and t is not None and need[t] and codes[t] == REC:

@@ -23,7 +23,11 @@ Just-in-time semantics (``remat.problem``); per candidate ``v`` (see ``_core.Str
   segments (dropout seeds read by every layer) gets the same bound through a non-increasing
   ``pending[v,j]`` with rows only where a consumer's term changes (``Model._pending_rows``); a
   taken ``v`` (``Activation.taken_by``) is "started" only when kept: recomputed, its recomputed
-  taker writes into its buffer, so it holds no bytes of its own.
+  taker writes into its buffer, so it holds no bytes of its own;
+* conditional handovers (``_core.Structure.holds``): a value whose buffer a kernel takes over
+  ends before that kernel unless a consumer is recomputed; ``brk[v] >= rec_c`` for each
+  recomputable consumer ``c`` (continuous), and on each piece ``j`` of ``h..D`` a continuous
+  ``h[v,j] >= brk[v] + holds(v, s_j) - 1``, which the memory rows count.
 
 Repeated layers (``Problem.layers``): a tied model shares the binaries and, where they
 correspond, the continuous variables of corresponding activations and writes each row once; the
@@ -245,6 +249,7 @@ class Model:
                     self._start_rows(c)
                 self._consumer_start_rows(c)
                 self._live_segment_rows(c)
+                self._handover_rows(c)
                 self._kernel_offload_rows(c)
         obj = [(self.V[("rec", c.idx)], c.time * self.tscale) for c in st.cands
                if c.time and ("rec", c.idx) in self.V]
@@ -280,12 +285,16 @@ class Model:
                 V[("st", k, b)] = V[("st", r, self.st.cands[r].sv[i])] if r is not None else var(f"s{k}_{b}", 0, 1, C)
             for j in range(len(c.segs)):
                 V[("y", k, j)] = V[("y", r, j)] if r is not None else var(f"y{k}_{j}", 0, 1, C)
+            if c.tail:
+                V[("brk", k)] = var(f"brk{k}", 0, 1, C)
+                V.update({("h", k, j): var(f"h{k}_{j}", 0, 1, C) for j in range(len(c.tail))})
         return V
 
     def _item_indicators(self, c: Cand) -> dict:
-        """A closed candidate's ``st`` and ``y`` as sums of the ``z`` whose item sets them to one
+        """A closed candidate's ``st``, ``y`` and ``h`` as sums of the ``z`` whose item sets them to one
         (``layered.Menus.closed``); none set: the key is left out (0)."""
         keys = [("st", c.idx, b) for b in (c.sv if c.rec_ok else ())] + [("y", c.idx, j) for j in range(len(c.segs))]
+        keys += [("h", c.idx, j) for j in range(len(c.tail))]
         setters = self.menus.setters
         return {key: _affine((self.Z[lm], 1) for lm in setters[key]) for key in keys if key in setters}
 
@@ -409,6 +418,19 @@ class Model:
                 terms = [(("y", k, j), 1)] + [(key, -cf) for key, cf in started]
                 terms += [(("rec", x), -1)] + self._started(xc, s - 1)
                 self._row(terms, GE, sc - 1, f"y{k}_{j}_{x}")
+
+    def _handover_rows(self, c: Cand) -> None:
+        """A recomputed consumer breaks ``c``'s handover (``brk >= rec_x``); then ``c`` counts on
+        each piece of its tail where it holds its own buffer (``h_j >= brk + holds(s_j) - 1``)."""
+        k = c.idx
+        if not c.tail:
+            return
+        for x in c.rcons:
+            self._row([(("brk", k), 1), (("rec", x), -1)], GE, 0, f"brk{k}_{x}")
+        for j, (s, _) in enumerate(c.tail):
+            terms, const = self.st.holds(c, s)
+            self._row([(("h", k, j), 1), (("brk", k), -1)] + [(key, -cf) for key, cf in terms], GE,
+                      const - 1, f"h{k}_{j}")
 
     def _started_on_segment(self, c: Cand, s: int) -> tuple[list, int]:
         """(terms, const) of "``c`` holds its value at slot ``s``": 1 when backward reads it, else
@@ -572,6 +594,11 @@ class Model:
                 val = on and codes[k] == STORE
             elif kind == "st":
                 val = on and codes[k] == REC and S[k] <= key[2]
+            elif kind == "brk":
+                val = st.consumer_recomputed(k, codes, need)
+            elif kind == "h":  # a broken handover, c holding its own buffer on tail piece j
+                s = c.tail[key[2]][0]
+                val = on and st.consumer_recomputed(k, codes, need) and st.holds_under(k, codes[k], S, s)
             elif kind == "p":  # a recomputed consumer starts after segment j begins
                 s = c.segs[key[2]][0]
                 val = any(need[x] and codes[x] == REC and S[x] > s - 1 for x in c.rcons)

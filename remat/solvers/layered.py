@@ -15,8 +15,8 @@ answer is never worse than that plan.
 decision could make and that reads them, directly or through other recomputed ones, lies in
 their own layer) start and live as their layer's item
 says, whatever the other layers take: their start and live indicators are read off the item
-(``setters`` of ``("st", k, b)`` and ``("y", k, j)``), so the outer model needs no variable and no
-row of their own, and a memory row holds one term per (layer, item) for them. An item that
+(``setters`` of ``("st", k, b)``, ``("y", k, j)`` and, for a handover that a recomputed consumer
+breaks, ``("h", k, j)``), so the outer model needs no variable and no row of their own, and a memory row holds one term per (layer, item) for them. An item that
 would give a closed activation a start the ILP does not model (not a kept slot, or an OFFLOAD
 needed before its prefetch in that layer) is not offered to that layer. Layers are free to differ: under a cap a stack mixes a
 storing item and a recomputing one (GPT-2-small, 12 layers at 50 %: nine and three), which one
@@ -42,10 +42,10 @@ class Menus:
     candidates whose binaries the choices control (``controlled``)."""
 
     choices: tuple[tuple[int, ...], ...]
-    setters: Mapping[tuple, tuple[tuple[int, int], ...]]  # also ("st", k, b) and ("y", k, j) keys
+    setters: Mapping[tuple, tuple[tuple[int, int], ...]]  # also ("st", k, b), ("y", k, j), ("h", k, j) keys
     controlled: frozenset[int]
     items: tuple[int, ...]  # menu size per class
-    closed: frozenset[int] = frozenset()  # candidates whose st / y the items set (see the docstring)
+    closed: frozenset[int] = frozenset()  # candidates whose st / y / h the items set (see the docstring)
 
 
 def layer_candidates(st: Structure, layers) -> list[tuple[int, list[int | None]]]:
@@ -121,9 +121,9 @@ def closed_candidates(st: Structure, table, menus) -> set[int]:
 
 
 def _closed_indicators(st: Structure, ks: list[int | None], item: tuple[int, ...], closed: set[int], base):
-    """The ``("st", k, b)`` and ``("y", k, j)`` keys that are one when this layer takes ``item``,
-    for its closed candidates (``Model.warm``'s values); None when the item gives one of them a
-    start outside its kept slots or an OFFLOAD needed before its prefetch."""
+    """The ``("st", k, b)``, ``("y", k, j)`` and ``("h", k, j)`` keys that are one when this layer
+    takes ``item``, for its closed candidates (``Model.warm``'s values); None when the item gives
+    one of them a start outside its kept slots or an OFFLOAD needed before its prefetch."""
     mine = [k for k in ks if k is not None and k in closed]
     if not mine:
         return []
@@ -141,6 +141,8 @@ def _closed_indicators(st: Structure, ks: list[int | None], item: tuple[int, ...
         ones += [("st", k, b) for b in (c.sv if c.rec_ok else ()) if rec and S[k] <= b]
         ones += [("y", k, j) for j, (s, _) in enumerate(c.segs)
                  if need[k] and (code != REC or (S[k] <= s and k not in st.taker)) and ln[k] >= s]
+        broken = need[k] and st.consumer_recomputed(k, codes, need)
+        ones += [("h", k, j) for j, (s, _) in enumerate(c.tail) if broken and st.holds_under(k, code, S, s)]
     return ones
 
 

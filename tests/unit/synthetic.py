@@ -396,3 +396,12 @@ def with_random_takers(p: Problem, rng: random.Random, share: float = 0.6) -> Pr
         acts[a.name] = replace(a, taken_by=taker, backward_uses=(), bytes=nbytes)
     slots = tuple(replace(s, fixed_bytes=f) for s, f in zip(p.slots, fixed))
     return replace(p, slots=slots, activations=tuple(acts[a.name] for a in p.activations))
+
+
+def with_random_handovers(p: Problem, rng: random.Random, share: float = 0.6) -> Problem:
+    """``p`` with buffers handed to a kernel's result (``remat.kernel_groups.handovers``): at
+    ``share``, an activation that backward reads and a recomputation may read too hands its buffer
+    over at a random backward slot up to its last backward use (a recomputed reader breaks it)."""
+    hand = {a.name: rng.randint(p.num_forward, a.backward_uses[-1]) for a in p.activations
+            if a.backward_uses and p.consumers[a.name] and rng.random() < share}
+    return replace(p, metadata={**p.metadata, "handovers": hand})

@@ -701,6 +701,27 @@ def test_a_value_whose_buffer_a_kernel_takes_over_leaves_where_that_kernel_start
     assert handovers(with_kernels(base, KernelGroups(reused=frozenset({"u"})))) == {"u": 4}  # no kernel: at the read
 
 
+def handover_problem() -> Problem:
+    """The smallest graph of a conditional handover. Slots f0 f1 | b0 b1 b2 b3 (2..5): ``a`` (f0,
+    1000 B, read by backward at b3) has its buffer taken by the kernel that starts at b1; ``c =
+    f(a)`` (f1, 100 B, read at b2) may be recomputed; b1 holds 2000 B of its own."""
+    acts = (act("a", 0, 1, 1000, uses=(5,), recomputable=False, offloadable=False),
+            act("c", 1, 1, 100, uses=(4,), inputs=("a",)))
+    return Problem(slots=slots([10, 10], [10, 2000, 10, 10]), activations=acts, metadata={"handovers": {"a": 3}})
+
+
+def test_a_recomputed_consumer_breaks_the_handover_of_its_input():
+    # hf_llama: recomputed inside the SwiGLU backward kernel, ``mul_20 = div_1 * mm_12`` reads
+    # both again there, and Inductor takes neither buffer (code 18.7 MB, model 15.0 MB)
+    p = handover_problem()
+    stored = simulate(p, {"a": S, "c": S})
+    assert live_intervals(p, {"a": S, "c": S})["a"] == [(2, 2)]
+    assert stored.device_bytes[2:] == (1110, 2100, 110, 10)
+    recomputed = simulate(p, {"a": S, "c": R})
+    assert live_intervals(p, {"a": S, "c": R})["a"] == [(2, 5)]  # to its last backward use
+    assert recomputed.ok and recomputed.device_bytes[2:] == (1010, 3000, 1110, 1010)
+
+
 # ---- a value taken by its recomputed reader (Activation.taken_by) ------------------------------
 # slots f0 f1 | b0 b1 b2 (2..4): x = addmm (f0) read only by y = tanh(x) (f1), which backward
 # reads at b2; Inductor writes a recomputed y into a recomputed x's buffer

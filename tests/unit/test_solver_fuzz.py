@@ -26,7 +26,8 @@ from remat.simulate import simulate, store_all_peak
 from remat.solvers import min_peak, solve
 from remat.structure import with_layers
 
-from .synthetic import Graph, chain_problem, fuzz_problem, residual_problem, transformer_problem, with_random_takers
+from .synthetic import (Graph, chain_problem, fuzz_problem, residual_problem, transformer_problem,
+                        with_random_handovers, with_random_takers)
 
 
 def _plan_failures(p: Problem, plan, cap: int | None, who: str) -> list[str]:
@@ -291,6 +292,22 @@ def test_row_pruning_keeps_the_optimum_with_handovers_and_takers(rng, frac):
     assert pruned.objective == pytest.approx(whole.objective, rel=1e-9, abs=1e-12)
 
 
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_on_random_problems_with_handovers(rng, frac):
+    """Handovers that a recomputed consumer breaks (no recompute kernels): the solvers' exact
+    evaluation is the simulator's, every plan is valid, the ILP is exact (never dearer than the
+    greedy) and its row pruning keeps the optimum."""
+    p = with_random_handovers(fuzz_problem(rng), rng)
+    _assert_profiles_are_the_simulators(p, rng, plans=3)
+    assert solver_failures(p, frac) == []
+    if frac >= 0:
+        cap = min_peak(p) + int(frac * (store_all_peak(p) - min_peak(p)))
+        pruned, whole = solve(p, cap, gap=0.0, layers="free"), solve(p, cap, gap=0.0, layers="free", prune=False)
+        assert pruned.objective == pytest.approx(whole.objective, rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", [0, 7])
 def test_layer_modes_with_handovers(seed):
     """Handovers alone leave the closed activations of "mix" (``layered.closed_candidates``) and
@@ -299,3 +316,4 @@ def test_layer_modes_with_handovers(seed):
     p = with_random_kernels(_random_stack(rng), rng)
     p = replace(p, metadata={**p.metadata, "recompute_kernels": {}})
     _assert_layer_modes_ordered(p, rng)
+    _assert_layer_modes_ordered(with_random_handovers(_random_stack(rng), rng, share=1.0), rng)

@@ -35,6 +35,7 @@ from .synthetic import (
     random_problem,
     residual_problem,
     transformer_problem,
+    with_random_handovers,
     with_random_takers,
 )
 
@@ -486,6 +487,64 @@ def test_row_pruning_keeps_the_optimum_with_takers():
         a, b = solve(p, cap, gap=0.0), solve(p, cap, gap=0.0, prune=False)
         assert_valid(p, a, cap)
         assert close(a.objective, b.objective)
+
+
+# ---- handovers that a recomputed consumer breaks (remat.simulate) --------------------------------
+
+
+def test_ilp_and_greedy_keep_a_handover_that_recomputing_a_consumer_would_break():
+    """Recomputing ``c`` would free b1 if ``a``'s buffer were still handed over there; it is not
+    (``c`` reads ``a`` again), so storing both is the floor and a lower cap is infeasible."""
+    from .test_simulate import handover_problem
+
+    p = handover_problem()
+    st = Structure(p)
+    for plan in ({"a": S, "c": S}, {"a": S, "c": R}):
+        assert tuple(int(x) for x in st.profile(plan)) == simulate(p, plan).device_bytes
+    assert min_peak(p) == 2100
+    for name in ("ilp", "greedy"):
+        assert solve(p, 2100, solver=name, gap=0.0).decisions == {"a": S, "c": S}
+        with pytest.raises(InfeasibleBudgetError):
+            solve(p, 2050, solver=name)
+
+
+def _unbroken_peak(p: Problem, dec: dict) -> int:
+    """The peak of ``dec`` if a recomputed consumer broke no handover (each handed-over value that
+    nothing needs after its last backward use ending before its kernel, as before session 9)."""
+    tl = simulate(p, dec)
+    device = list(tl.device_bytes)
+    for name, h in p.metadata["handovers"].items():
+        a = p.activation(name)
+        if name in tl.last_needs and tl.last_needs[name] == a.backward_uses[-1] and dec[name] is not O:
+            for t in range(max(h, a.last_forward_use + 1), a.backward_uses[-1] + 1):
+                device[t] -= a.bytes if (dec[name] is S or tl.starts[name] <= t) else 0
+    return max(device)
+
+
+def _with_handovers(count: int) -> list[Problem]:
+    """``count`` small random problems with handovers whose floor is higher than it would be if a
+    recomputed consumer broke no handover (about one in ten)."""
+    rng, out = random.Random(9), []
+    while len(out) < count:
+        p = with_random_handovers(random_problem(rng, n_acts=rng.randint(3, 8)), rng, share=1.0)
+        if not p.metadata["handovers"] or not 4 <= n_plans(p) <= 3000:
+            continue
+        plans = brute_force(p)
+        if min(_unbroken_peak(p, dec) for _, _, dec in plans) < min(pk for pk, _, _ in plans):
+            out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("p", _with_handovers(8), ids=lambda p: f"handed-{len(p.activations)}")
+def test_ilp_matches_brute_force_with_handovers(p):
+    plans = brute_force(p)
+    true_min = min(pk for pk, _, _ in plans)
+    assert min_peak(p) == true_min
+    for cap in caps_for(p, true_min, random.Random(4)):
+        plan = solve(p, cap, gap=0.0)
+        assert_valid(p, plan, cap)
+        assert close(plan.objective, bf_best(plans, cap)), (cap, plan.objective, plan.info)
+        assert close(solve(p, cap, gap=0.0, prune=False).objective, plan.objective)
 
 
 # ---- just-in-time recompute (what the old conflict rule forbade) --------------------------------
