@@ -1,7 +1,9 @@
 """Planning one joint graph: capture -> layers -> cap -> solve -> check, and its report.
 
 ``plan_joint_graph`` is what remat's partitioner runs on each joint graph (in the backend, and
-offline in ``remat.analyze``): it captures the ``Problem`` (``remat.capture``) with op times from
+offline in ``remat.analyze``): it orders the backward ops for a low peak (``order_for_peak``,
+``remat.passes.order_backward``: Inductor's own reordering is off under a plan), captures the
+``Problem`` (``remat.capture``) with op times from
 the ``cost_model`` option (the roofline, or measured costs from ``remat.profile``, built once per
 process per device, thread count and cost model: ``graph_costs``), finds the repeated layers
 (``remat.structure``), resolves the cap (``cap_and_target``: bytes, a ratio of plain
@@ -25,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from .capture import Captured, capture
+from .capture import Captured, capture, split_phases
 from .config import RematConfig
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups, with_kernels
+from .passes.order_backward import Ordered, order_backward
 from .plan import Decision, Plan, status_words
 from .profile import machine_spec
 from .ranks import agree_across_ranks
@@ -119,6 +122,7 @@ def plan_joint_graph(
     costs = graph_costs(cfg, joint, on_cuda, offline)
     stats_before = replace(costs.stats) if costs is not None else None
     spec = machine_spec(cfg.device)
+    ordered = order_for_peak(joint, forward_nodes(joint, info), num_fwd_outputs, spec)
     captured = capture(
         joint,
         forward_nodes=forward_nodes(joint, info),
@@ -130,6 +134,7 @@ def plan_joint_graph(
         kernel_groups=kernel_groups,
     )
     captured.problem = problem = with_runs(with_layers(with_kernels(captured.problem, kernel_groups)), *other_runs)
+    problem.metadata["backward_order"] = ordered.chosen
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint
@@ -149,6 +154,18 @@ def plan_joint_graph(
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
+
+
+def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, spec: Any) -> Ordered:
+    """Reorder the joint graph's backward ops (in place) to the candidate order with the lowest
+    simulated store-all peak (``remat.passes.order_backward``; scored by capture on the
+    roofline), so that capture, the solvers and the rewrite all see that order."""
+    _, backward = split_phases(list(joint.graph.nodes), forward)
+
+    def store_all() -> int:
+        return store_all_peak(capture(joint, forward_nodes=forward, num_fwd_outputs=num_fwd_outputs, spec=spec).problem)
+
+    return order_backward(joint, backward, store_all)
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:

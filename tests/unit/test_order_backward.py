@@ -1,0 +1,120 @@
+"""remat.passes.order_backward: the backward's order for a low peak, on the smallest graph it changes.
+
+``linear_joint``: the joint graph of ``w @ (2 * x)`` summed. Its backward reads the saved ``2 * x``
+(d x batch) only in the weight's gradient (``mm`` with it transposed). AOTAutograd's order makes the
+input's gradient first (a new d x batch buffer) while ``2 * x`` is still live; the weight's gradient
+first frees ``2 * x`` before that buffer is made: one d x batch buffer less at the peak.
+"""
+
+import torch
+from torch._functorch import partitioners as P
+from torch._functorch.aot_autograd import aot_function
+
+from remat.capture import capture, split_phases
+from remat.cost import DeviceSpec
+from remat.passes.order_backward import backward_dag, bfs_order, dfs_order, lpmf_order, order_backward
+from remat.planning import order_for_peak
+from remat.simulate import store_all_peak
+
+SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
+BATCH, D, N = 256, 32, 4
+ROW = BATCH * D * 4  # bytes of one d x batch fp32 buffer
+
+
+def trace_joint(fn, *inputs):
+    """(joint graph, the forward ops AOTAutograd's partitioner requires, number of forward outputs)."""
+    seen = {}
+
+    def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
+        seen["joint"], seen["n"] = joint, num_fwd_outputs
+        return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
+
+    aot_function(fn, fw_compiler=lambda gm, _: gm, partition_fn=partition)(*inputs)
+    joint, n = seen["joint"], seen["n"]
+    return joint, set(P.classify_nodes(joint, [], n).required_fw_nodes), n
+
+
+def linear(x, w):
+    return (w @ (2 * x)).sum()
+
+
+def linear_joint():
+    torch.manual_seed(0)
+    return trace_joint(linear, torch.randn(D, BATCH, requires_grad=True), torch.randn(N, D, requires_grad=True))
+
+
+def store_all(joint, fwd, n) -> int:
+    return store_all_peak(capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=SPEC).problem)
+
+
+def mm_order(joint, fwd) -> list[str]:
+    """The backward's matmuls by what they read: "weight" (the saved 2 * x) or "input" (w)."""
+    _, bwd = split_phases(list(joint.graph.nodes), fwd)
+    mms = [n for n in joint.graph.nodes if n in bwd and n.target is torch.ops.aten.mm.default]
+    return ["weight" if any(i.op != "placeholder" and i not in bwd for a in m.all_input_nodes
+                            for i in [a, *a.all_input_nodes]) else "input" for m in mms]
+
+
+def test_the_weight_gradient_first_frees_the_saved_input_before_the_input_gradient():
+    joint, fwd, n = linear_joint()
+    assert mm_order(joint, fwd) == ["input", "weight"]  # AOTAutograd's order
+    before = store_all(joint, fwd, n)
+    ordered = order_for_peak(joint, fwd, n, SPEC)
+    assert ordered.chosen != "graph" and ordered.peaks["graph"] == before
+    assert mm_order(joint, fwd) == ["weight", "input"]
+    after = store_all(joint, fwd, n)
+    assert after == ordered.peaks[ordered.chosen]
+    assert before - after == ROW  # one d x batch buffer less at the peak
+
+
+def test_the_reordered_joint_graph_computes_the_same_gradients():
+    joint, fwd, n = linear_joint()
+    primals, tangents = [torch.randn(D, BATCH), torch.randn(N, D)], [torch.ones(())]
+    expected = joint(primals, tangents)
+    assert order_for_peak(joint, fwd, n, SPEC).chosen != "graph"
+    for got, want in zip(joint(primals, tangents), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_each_greedy_order_is_a_topological_order_of_every_backward_op():
+    joint, fwd, _ = linear_joint()
+    nodes = list(joint.graph.nodes)
+    _, bwd = split_phases(nodes, fwd)
+    dag = backward_dag(nodes, bwd)
+    for order in (lpmf_order(dag), bfs_order(dag), dfs_order(dag)):
+        assert sorted(order, key=dag.index.__getitem__) == dag.ops
+        position = {op: k for k, op in enumerate(order)}
+        assert all(position[p] < position[op] for op in order for p in dag.preds[op])
+
+
+def test_lpmf_frees_the_saved_input_first():
+    joint, fwd, _ = linear_joint()
+    nodes = list(joint.graph.nodes)
+    _, bwd = split_phases(nodes, fwd)
+    mms = [n for n in lpmf_order(backward_dag(nodes, bwd)) if n.target is torch.ops.aten.mm.default]
+    joint_order = [n for n in nodes if n in mms]
+    assert mms == joint_order[::-1]
+
+
+def test_an_order_that_saves_nothing_keeps_the_graph_as_it_is():
+    joint, fwd, _ = linear_joint()
+    _, bwd = split_phases(list(joint.graph.nodes), fwd)
+    before = [n.name for n in joint.graph.nodes]
+    ordered = order_backward(joint, bwd, lambda: 1000)  # every order scores the same
+    assert ordered.chosen == "graph" and set(ordered.peaks) == {"graph", "lpmf", "bfs", "dfs"}
+    assert [n.name for n in joint.graph.nodes] == before
+
+
+def test_a_backward_with_side_effects_keeps_its_order():
+    joint, fwd, _ = linear_joint()
+    nodes = list(joint.graph.nodes)
+    _, bwd = split_phases(nodes, fwd)
+    grad = next(n for n in nodes if n in bwd and n.target is torch.ops.aten.mm.default)
+    with joint.graph.inserting_after(grad):
+        joint.graph.call_function(torch.ops.aten.copy_.default, (nodes[0], nodes[0]))
+    _, bwd = split_phases(list(joint.graph.nodes), fwd)
+    before = [n.name for n in joint.graph.nodes]
+    scores = iter([100, 1, 1, 1])
+    ordered = order_backward(joint, bwd, lambda: next(scores))
+    assert ordered.chosen == "graph" and ordered.peaks == {"graph": 100}
+    assert [n.name for n in joint.graph.nodes] == before
