@@ -203,6 +203,7 @@ def main(argv=None) -> int:
                          "chooses: its measured and cached link rate under the measured cost model)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-offload", action="store_true", help="recompute-only rows (no offload rows)")
+    ap.add_argument("--cost-model", default="auto", help="remat's cost_model option (default: measured on CUDA)")
     ap.add_argument("--models", default="mlp,gpt")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_check.json"))
     args = ap.parse_args(argv)
@@ -219,9 +220,10 @@ def main(argv=None) -> int:
     link = {"host_bandwidth": float(args.host_bandwidth)} if link is None else link
     configs = [("torch.compile", None)]
     for cap in args.caps.split(","):
-        configs.append((f"remat recompute {cap}", {"memory_budget": cap, "offload": False}))
+        common = {"memory_budget": cap, "cost_model": args.cost_model}
+        configs.append((f"remat recompute {cap}", {**common, "offload": False}))
         if not args.no_offload:
-            configs.append((f"remat offload {cap}", {"memory_budget": cap, "offload": True, **link}))
+            configs.append((f"remat offload {cap}", {**common, "offload": True, **link}))
     rows = []
     for model_name in args.models.split(","):
         make = MODELS[model_name]
