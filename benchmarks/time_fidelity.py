@@ -113,9 +113,11 @@ def plan_figures(fn, config: str) -> dict:
         return {}
     from remat import reports
 
-    figures = _run_config.plan_figures(reports(fn))
+    graphs = reports(fn)
+    figures = _run_config.plan_figures(graphs)
     keys = ("predicted_added_s", "budget_bytes", "predicted_peak_bytes", "compiled_with", "cost_notes")
-    return {**{k: figures.get(k) for k in keys}, "recomputed": figures.get("decisions", {}).get("recompute")}
+    return {**{k: figures.get(k) for k in keys}, "recomputed": figures.get("decisions", {}).get("recompute"),
+            "backward_order": [r.problem.metadata.get("backward_order", "graph") for r in graphs]}
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -400,9 +402,16 @@ def price_table(rows: list[dict]) -> str:
                  *_spread(r, "ratio"), *_spread(r, "price_ratio"),
                  _pct(r.get("predicted_added_s"), r.get("store_all_step_median_s")),
                  "; ".join(filter(None, [f"cap = {r['equal_peak_of']}'s peak" if r.get("equal_peak_of") else "",
-                                         _note(r)]))]
+                                         _order_note(r), _note(r)]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _order_note(r: dict) -> str:
+    """The backward order of a remat plan's graphs when one is not the graph's own
+    (``remat.passes.order_backward``), e.g. "backward order lpmf"; empty otherwise."""
+    orders = r.get("backward_order") or []
+    return f"backward order {','.join(orders)}" if any(o != "graph" for o in orders) else ""
 
 
 def _pct(part: float | None, whole: float | None) -> str:
