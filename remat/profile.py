@@ -56,6 +56,9 @@ _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torc
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
 _REJECTED_TAGS = {torch.Tag.nondeterministic_seeded, torch.Tag.data_dependent_output}
+# random-number state that the forward left (attention backward's dropout): random values do not
+# stand for it (the CUDA efficient-attention backward crashed the process on them, on an H200)
+_RNG_STATE_ARGS = {"philox_seed", "philox_offset", "rng_state", "seed", "offset"}
 NEGLIGIBLE_SHARE = 5e-4  # an op under this share of its graph's roofline time is not timed (``MeasuredCosts.negligible``)
 
 
@@ -142,6 +145,8 @@ def _timed_alone(op: torch._ops.OpOverload, seeded: bool = False) -> bool:
     if op.namespace in _COLLECTIVE_NAMESPACES or schema.is_mutable or rejected & set(op.tags):
         return False
     if any(r.alias_info is not None for r in schema.returns):  # a view of an input
+        return False
+    if any(a.name in _RNG_STATE_ARGS for a in schema.arguments):
         return False
     return op.overloadpacket.__name__ not in _RANDOM_PRIMS
 
