@@ -133,15 +133,32 @@ DROPOUT_MASK = torch.ops.remat.dropout_mask.default
 
 
 def draws(n: fx.Node) -> bool:
-    """Whether ``n`` draws fresh random numbers (run again, it would draw different ones)."""
+    """Whether ``n`` draws fresh random numbers (run again, it would draw different ones). An op
+    with a dropout probability of 0 (attention without dropout) draws none."""
     tags = getattr(n.target, "tags", ()) or ()
-    return n.op == "call_function" and torch.Tag.nondeterministic_seeded in tags and not replays(n)
+    random = n.op == "call_function" and torch.Tag.nondeterministic_seeded in tags
+    return random and not replays(n) and not _no_dropout(n)
+
+
+def _no_dropout(n: fx.Node) -> bool:
+    schema = getattr(n.target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    if "dropout_p" not in names:
+        return False
+    i = names.index("dropout_p")
+    p = n.kwargs["dropout_p"] if "dropout_p" in n.kwargs else (n.args[i] if i < len(n.args) else None)
+    return p == 0
 
 
 def replays(n: fx.Node) -> bool:
     """Whether ``n`` computes random numbers as a pure function of a seed or generator state that
-    the forward drew (so running it again gives the forward's numbers)."""
-    return n.op == "call_function" and (n.target is DROPOUT_MASK or str(n.target) in _SEEDED)
+    the forward drew (so running it again gives the forward's numbers): remat's and Inductor's
+    seeded ops, and ops that take the forward's philox seed and offset (CUDA attention backward)."""
+    if n.op != "call_function":
+        return False
+    schema = getattr(n.target, "_schema", None)
+    takes_seed = schema is not None and any(a.name == "philox_seed" for a in schema.arguments)
+    return n.target is DROPOUT_MASK or str(n.target) in _SEEDED or takes_seed
 
 
 def fusible(n: fx.Node) -> bool:

@@ -158,3 +158,27 @@ def test_replay_draws_in_eager_layout_whatever_layout_it_is_handed():
     assert torch.equal(mask, eager_mask) and torch.equal(out, eager_out)
     replayed = DROPOUT_MASK(state, list(x.shape), list(x.stride()), x.dtype, x.device, 0.3)
     assert torch.equal(replayed, eager_mask)
+
+
+def _call(op, *args, **kwargs) -> fx.Node:
+    g = fx.Graph()
+    q = g.placeholder("q")
+    return g.call_function(op, tuple(q if a is _Q else a for a in args), kwargs)
+
+
+_Q = object()  # stands for a tensor argument
+
+
+def test_attention_draws_only_with_dropout_and_its_backward_replays_the_forward_seed():
+    aten = torch.ops.aten
+    sdpa = aten._scaled_dot_product_efficient_attention.default
+    assert not rng_replay.draws(_call(sdpa, _Q, _Q, _Q, None, True, 0.0, True))  # no dropout: recomputable
+    assert rng_replay.draws(_call(sdpa, _Q, _Q, _Q, None, True, 0.1, True))
+    cpu = aten._scaled_dot_product_flash_attention_for_cpu.default
+    assert not rng_replay.draws(_call(cpu, _Q, _Q, _Q, dropout_p=0.0))
+    assert rng_replay.draws(_call(cpu, _Q, _Q, _Q, 0.2))
+    # CUDA's attention backward draws from the philox seed and offset the forward returned
+    backward = aten._scaled_dot_product_efficient_attention_backward.default
+    node = _call(backward, _Q, _Q, _Q, _Q, None, _Q, _Q, _Q, _Q, 0.1, [True] * 4, True)
+    assert rng_replay.replays(node) and not rng_replay.draws(node)
+    assert rng_replay.draws(_call(aten.native_dropout.default, _Q, 0.1, True))
