@@ -435,7 +435,7 @@ def _fuse_phase(order: list[fx.Node], owner: dict, fused: set[fx.Node]) -> list[
     kernels = [_Kernel([n], _loop_ranges(n, fused), torch.Tag.reduction in _tags(n), position[n], position[n],
                        set(ancestors[n])) for n in nodes if _loop_op(n)]
     for _ in range(_FUSION_ROUNDS):
-        merged = _fuse_round(kernels, owner, fused)
+        merged = _fuse_round(kernels, owner, fused, ancestors)
         if len(merged) == len(kernels):
             break
         kernels = merged
@@ -457,14 +457,15 @@ def _scheduler_ancestors(nodes: list[fx.Node], owner: dict, fused: set[fx.Node])
     return found
 
 
-def _fuse_round(kernels: list[_Kernel], owner: dict, fused: set[fx.Node]) -> list[_Kernel]:
+def _fuse_round(kernels: list[_Kernel], owner: dict, fused: set[fx.Node],
+                ancestors: dict[fx.Node, set[fx.Node]]) -> list[_Kernel]:
     """One round of ``Scheduler.fuse_nodes_once``: the pairs that may fuse, by shared bytes, each
-    fused while both are still whole."""
+    fused while both are still whole (``ancestors``: each scheduler op's, ``_scheduler_ancestors``)."""
     of = {n: k for k in kernels for n in k.ops}
     pairs = sorted(_candidate_pairs(kernels, owner, fused), key=lambda p: -p[0])
     for _, a, b in pairs:
         a, b = of[a.ops[0]], of[b.ops[0]]
-        if a is not b and _can_fuse(a, b, of):
+        if a is not b and _can_fuse(a, b, lambda c: of[c].ancestors if c in of else ancestors.get(c, set())):
             merged = _merged(a, b)
             for n in merged.ops:
                 of[n] = merged
@@ -487,14 +488,15 @@ def _candidate_pairs(kernels: list[_Kernel], owner: dict, fused: set[fx.Node]) -
     return [tuple(e) for e in shared.values()]
 
 
-def _can_fuse(a: _Kernel, b: _Kernel, of: dict) -> bool:
+def _can_fuse(a: _Kernel, b: _Kernel, ancestors_of: Callable[[fx.Node], set[fx.Node]]) -> bool:
     """Whether kernels ``a`` and ``b`` fuse: near each other, not too many ops, no op outside both
-    between them, and their loops agree (vertically when one reads the other)."""
+    between them (``ancestors_of``: an op's ancestors, its kernel's once fused), and their loops
+    agree (vertically when one reads the other)."""
     if a.first > b.first:
         a, b = b, a
     if max(abs(a.first - b.last), abs(b.first - a.last)) > _FUSION_DISTANCE:
         return False
-    if len(a.ops) + len(b.ops) > _FUSION_DISTANCE or _creates_cycle(a, b, of) or _creates_cycle(b, a, of):
+    if len(a.ops) + len(b.ops) > _FUSION_DISTANCE or _creates_cycle(a, b, ancestors_of) or _creates_cycle(b, a, ancestors_of):
         return False
     if any(n in b.ancestors for n in a.ops):
         return _loops_fuse(a, b, vertical=True)
@@ -503,15 +505,11 @@ def _can_fuse(a: _Kernel, b: _Kernel, of: dict) -> bool:
     return _loops_fuse(a, b, vertical=False)
 
 
-def _creates_cycle(a: _Kernel, b: _Kernel, of: dict) -> bool:
-    """Whether an op outside ``a`` and ``b`` reads what ``a`` makes and feeds ``b``."""
+def _creates_cycle(a: _Kernel, b: _Kernel, ancestors_of: Callable[[fx.Node], set[fx.Node]]) -> bool:
+    """Whether an op outside ``a`` and ``b`` (an extern kernel among them) reads what ``a``
+    makes and feeds ``b`` (``Scheduler.will_fusion_create_cycle``)."""
     inside = set(a.ops) | set(b.ops)
-    return any(set(a.ops) & _ancestors_of(c, of) for c in b.ancestors - inside)
-
-
-def _ancestors_of(c: fx.Node, of: dict) -> set[fx.Node]:
-    k = of.get(c)
-    return k.ancestors if k is not None else set()
+    return any(set(a.ops) & ancestors_of(c) for c in b.ancestors - inside)
 
 
 def _loops_fuse(first: _Kernel, second: _Kernel, vertical: bool) -> bool:

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import remat
-from remat.capture import build_schedule, capture, effective_readers, fused_values, graph_facts, kernel_spans, slot_readers, storage_lifetimes
+from remat.capture import (
+    _loop_ranges, build_schedule, capture, effective_readers, fused_values, graph_facts, kernel_spans, predicted_kernel_groups,
+    slot_readers, storage_lifetimes,
+)
 from remat.cost import DeviceSpec, tensor_bytes
-from remat.kernel_groups import KernelGroups, handovers, reused_inputs, scheduler_groups, with_kernels
+from remat.kernel_groups import KERNEL_STARTS, KernelGroups, handovers, recompute_kernels, reused_inputs, scheduler_groups, with_kernels
 from remat.measure import measure_step
 from remat.simulate import simulate
 from remat.wrapper_memory import collect_wrapper_code
@@ -198,3 +201,90 @@ def test_no_handover_is_predicted_for_a_saved_value_that_a_pointwise_op_reads_in
     assert handovers(problem) == {}
     told = with_kernels(problem, KernelGroups(reused=frozenset({"mm_1"})))
     assert handovers(told) == {"mm_1": 7}
+
+
+# ---- Inductor's kernels predicted before the first compile (``capture.predicted_kernel_groups``) ----
+# Each function's kernels were checked against Inductor's own (torch 2.13, CPU: plain torch.compile's
+# scheduler groups, the same functions under a module, slot ops of each phase).
+
+
+def gated(x, wa, wb, wo):
+    return (((x @ wa) * (x @ wb)) @ wo).sum()
+
+
+def rms(x, w, wo):
+    y = x @ w
+    return ((y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)) @ wo).sum()
+
+
+def sum_and_scale(x, w, wo):
+    y = x @ w
+    return ((y * 2) @ wo).sum() + y.sum(0).sum()
+
+
+def sin_through_matmuls(x, w, wo):
+    a = x @ w
+    return ((a.sin() @ wo) @ w + a.cos()).sum()
+
+
+def _inputs(weights=2):
+    torch.manual_seed(0)
+    shapes = [(16, 32)] * (weights - 1) + [(32, 16)]
+    return [torch.randn(64, 16)] + [torch.randn(*s, requires_grad=True) for s in shapes]
+
+
+def predicted(fn, *inputs):
+    """The predicted kernels of ``fn``'s joint graph: (forward, backward) sets of op-name sets, and the graph facts."""
+    joint, fwd, n = trace_joint(fn, *inputs)
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    groups = predicted_kernel_groups(g, sched, fused_values(g))
+    return {frozenset(k) for k in groups.forward}, {frozenset(k) for k in groups.backward}, (g, sched)
+
+
+def test_pointwise_ops_that_read_one_buffer_are_one_predicted_kernel():
+    # backward of (a * b) @ wo: gb = gy * a (mul_1) and ga = gy * b (mul_2) both read gy (mm_3)
+    # with the same loops: one kernel with two outputs, allocated together
+    forward, backward, _ = predicted(gated, *_inputs(3))
+    assert forward == set() and backward == {frozenset({"mul_1", "mul_2"})}
+    joint, fwd, n = trace_joint(gated, *_inputs(3))
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
+    problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec).problem
+    assert problem.metadata[KERNEL_STARTS] == {"mul_1": 7, "mul_2": 7}  # the first plan's model runs it as one
+
+
+def test_a_reduction_fuses_with_its_prologue_and_the_readers_that_share_its_outer_loop():
+    # RMSNorm: pow_1 (inlined into the mean: a pointwise loop over the reduction's whole range),
+    # the mean (rows x reduced columns), add and rsqrt (rows) and mul (rows x columns, loading
+    # rsqrt broadcast along the columns: the reduction's outer loop): one forward kernel; in the
+    # backward, the reduction sum_2 with its readers (Llama's RMSNorm backward is one kernel too)
+    forward, backward, (g, _) = predicted(rms, *_inputs())
+    assert forward == {frozenset({"pow_1", "mean", "add", "rsqrt", "mul"})}
+    (kernel,) = backward
+    assert {"sum_2", "mul_1", "mul_2", "div", "mul_5", "mul_6", "add_1"} <= kernel
+    by_name = {n.name: n for n in g.nodes}
+    fused = fused_values(g)
+    assert _loop_ranges(by_name["mean"], fused) == ((64,), (32,))
+    assert _loop_ranges(by_name["mul"], fused) == ((64, 32), ())  # rsqrt's broadcast keeps the two loops apart
+    # rsqrt, inlined into that backward kernel, is recomputed inside it by a plan that recomputes
+    # it: the simulator is told so before any compile (``with_kernels``), as after one
+    joint, fwd, n = trace_joint(rms, *_inputs())
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
+    problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec).problem
+    assert recompute_kernels(problem)["rsqrt"].slots == tuple(range(10, 21))  # mul_1 .. add_1
+
+
+def test_a_reduction_over_another_loop_than_a_pointwise_op_does_not_fuse_with_it():
+    # y.sum(0) (columns, reducing rows) and y * 2 (one flat loop: every load walks y's two
+    # dimensions as one) both read y: their loops agree in no way, two kernels
+    forward, _, (g, _) = predicted(sum_and_scale, *_inputs())
+    assert forward == set()
+    by_name = {n.name: n for n in g.nodes}
+    assert _loop_ranges(by_name["mul"], fused_values(g)) == ((64 * 32,), ())
+
+
+def test_no_predicted_kernel_holds_ops_that_an_extern_kernel_runs_between():
+    # a.sin() feeds two matmuls whose result the add reads, which also reads a (through cos):
+    # sin and the add share a, but fusing them would run the matmuls both before and after it
+    forward, _, _ = predicted(sin_through_matmuls, *_inputs())
+    assert forward == {frozenset({"add", "cos", "sum_1"})}
