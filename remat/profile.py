@@ -512,23 +512,33 @@ def measure_bandwidth(
     return rate
 
 
-# pointwise ops of a recomputed chain, on a tensor small enough to stay in cache: compute-bound
+# pointwise ops of a recomputed chain (on a CPU tensor small enough to stay in cache: compute-bound)
 _ELEMENTWISE_STMT = ("torch.sigmoid(x, out=y); torch.exp(x, out=y); torch.tanh(x, out=y); "
                      "torch.mul(x, x, out=y); torch.add(x, x, out=y)")
 _ELEMENTWISE_OPS = 5
 
 
+def elementwise_numel(device: torch.device | str) -> int:
+    """Elements per op of the elementwise-rate measurement: 64 K on the CPU (in cache); 16 M on a
+    GPU, where each op is a kernel launch of microseconds: at 64 K elements an H200 measured
+    5.6 G op/s, the launches' rate, and the roofline priced the GPT's pointwise ops 50x too high.
+    16 M makes the launches negligible; the rate is then at most the memory-bound one, a lower
+    bound of what a fused chain reaches."""
+    return 1 << 16 if torch.device(device).type == "cpu" else 1 << 24
+
+
 def measure_elementwise_rate(
-    device: torch.device | str = "cpu", cache: ProfileCache | None = None, numel: int = 1 << 16,
+    device: torch.device | str = "cpu", cache: ProfileCache | None = None, numel: int | None = None,
 ) -> float:
-    """Element ops per second of pointwise work whose data is in cache (sigmoid, exp, tanh, mul,
-    add on ``numel`` fp32 elements, at this process's thread count; ``fastest_seconds``), measured
-    once per device and kept in ``cache``: what a fused pointwise chain costs when it is not bound
-    by memory traffic."""
+    """Element ops per second of pointwise work (sigmoid, exp, tanh, mul, add on ``numel`` fp32
+    elements, default ``elementwise_numel``, at this process's thread count; ``fastest_seconds``),
+    measured once per device and kept in ``cache``: what a fused pointwise chain costs when it is
+    not bound by memory traffic."""
     cache = cache if cache is not None else ProfileCache.for_device(device)
     known = cache.get(ELEMENTWISE_KEY)
     if known is not None:
         return float(known)
+    numel = numel or elementwise_numel(device)
     with _real_tensors(device):
         x = torch.rand(numel, device=torch.device(device))
         env = {"torch": torch, "x": x, "y": torch.empty_like(x)}
