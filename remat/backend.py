@@ -523,7 +523,9 @@ def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
     """Inductor settings under a plan. Buffer reuse keeps a freed buffer allocated until a later
     same-sized allocation takes it, which can hold memory across the step's peak; the plan frees
     at last use. Peak-memory reordering counts host and device bytes alike (it pulls every
-    prefetch to the start of the backward); the plan already fixes the order."""
+    prefetch to the start of the backward), and the model would not know the order it picks:
+    remat orders the backward for peak memory itself, before capture
+    (``remat.passes.order_backward``), and Inductor keeps that order."""
     return {"custom_partitioner_fn": partitioner, "allow_buffer_reuse": False, "reorder_for_peak_memory": False, **extra}
 
 
