@@ -22,7 +22,7 @@ import torch.distributed as dist
 import remat
 from remat.measure import measure_step
 from remat.plan import Decision
-from tests.spawn import run_on_ranks
+from tests.spawn import join_group, run_on_ranks
 
 WORLD = 2
 MiB = 2**20
@@ -96,10 +96,10 @@ def ddp_compiled(rank: int) -> dict:
 SCENARIOS = {"inside": compiled_inside_ddp, "outside": ddp_compiled}
 
 
-def rank_main(rank: int, port: int, out_dir: str, scenario: str) -> None:
+def rank_main(rank: int, rendezvous: str, out_dir: str, scenario: str) -> None:
     torch.set_num_threads(1)
     torch._inductor.config.force_disable_caches = True  # plan in this process: its reports are read
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    join_group(rank, rendezvous, WORLD)
     try:
         result = SCENARIOS[scenario](rank)
         with open(f"{out_dir}/rank{rank}.json", "w") as f:

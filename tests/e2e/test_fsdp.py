@@ -31,7 +31,7 @@ import torch.distributed._functional_collectives as funcol
 import remat
 from remat.outside_memory import outside_memory
 from remat.plan import Decision
-from tests.spawn import run_on_ranks
+from tests.spawn import join_group, run_on_ranks
 
 WORLD = 2
 COLLECTIVES = "_c10d_functional"
@@ -65,10 +65,10 @@ def train_step(model, x) -> tuple[float, list]:
     return loss.item(), [p.grad.full_tensor() for p in model.parameters()]
 
 
-def rank_main(rank: int, port: int, out_dir: str) -> None:
+def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch._inductor.config.force_disable_caches = True  # plan in this process: its reports are read
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    join_group(rank, rendezvous, WORLD)
     try:
         base = blocks()
         plain = sharded(copy.deepcopy(base))

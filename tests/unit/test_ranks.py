@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from remat.errors import InfeasibleBudgetError, RematError
 from remat.plan import Decision, Plan
 from remat.ranks import agree_across_ranks, problem_digest
-from tests.spawn import run_on_ranks
+from tests.spawn import join_group, run_on_ranks
 from tests.unit.synthetic import chain_problem, with_random_takers
 
 WORLD = 2
@@ -84,8 +84,8 @@ def outcome(fn) -> dict:
         return {"error": type(e).__name__, "message": str(e), "min_peak": getattr(e, "min_peak_bytes", None)}
 
 
-def rank_main(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
+    join_group(rank, rendezvous, WORLD)
     try:
         calls = []
 
