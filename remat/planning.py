@@ -2,7 +2,7 @@
 
 ``plan_joint_graph`` is what remat's partitioner runs on each joint graph (in the backend, and
 offline in ``remat.analyze``): it orders the backward ops for a low peak when Inductor's code
-will be checked (``order_for_peak``, ``remat.passes.order_backward``: Inductor's own reordering
+will be checked and the sizes are static (``order_for_peak``, ``remat.passes.order_backward``: Inductor's own reordering
 is off under a plan), captures the
 ``Problem`` (``remat.capture``) with op times from
 the ``cost_model`` option (the roofline, or measured costs from ``remat.profile``, built once per
@@ -41,7 +41,7 @@ from .solvers import get_solver
 from .structure import with_layers
 from .symbolic import (
     Box, Buckets, DynamicPlan, PeakProof, SymbolicSizes, can_split, describe_sizes, dynamic_plan, largest_fit,
-    live_bytes, prove_peak, range_box, worst_corner,
+    live_bytes, prove_peak, range_box, shape_env_of, worst_corner,
 )
 
 if TYPE_CHECKING:
@@ -123,11 +123,12 @@ def plan_joint_graph(
     costs = graph_costs(cfg, joint, on_cuda, offline)
     stats_before = replace(costs.stats) if costs is not None else None
     spec = machine_spec(cfg.device)
-    # a new order only where Inductor's code is read after the plan compiles: it can meet fusions
-    # that the model does not see before it knows the kernels (a recomputation that a moved op
-    # reads, fused with a later reader of the same input, runs that op later: the MLP of tests/e2e
-    # at 70 % measured 10.5 % over its first plan's prediction); the check loop plans again with them
-    checked = cfg.inductor_check and not offline
+    # a new order only where Inductor's code is read after the plan compiles and the sizes are
+    # static: it can meet fusions that the model does not see before it knows the kernels (a
+    # recomputation that a moved op reads, fused with a later reader of the same input, runs that
+    # op later: the MLP of tests/e2e at 70 % measured 10.5 % over its first plan's prediction); the
+    # check loop plans again with them, where a plan proven over a range of sizes rests on the model
+    checked = cfg.inductor_check and not offline and shape_env_of(joint) is None
     order = order_for_peak(joint, forward_nodes(joint, info), num_fwd_outputs, spec).chosen if checked else "graph"
     captured = capture(
         joint,
