@@ -10,10 +10,11 @@ The candidates are the joint graph's own order (AOTAutograd's, which mimics the 
 and the three greedy topological orders of the backward ops that Inductor tries: LPMF (least
 peak memory first), BFS (ops whose inputs were made earliest first) and DFS (ops that read and
 write the fewest bytes first), computed here on the ATen ops with a simple memory model (an op
-allocates its result, a storage is freed after its last backward reader). ``peak_of`` scores
+allocates its result, a storage is freed after its last backward reader), each then with its
+tangent-independent ops just before their first reader (``just_in_time``). ``peak_of`` scores
 each candidate (the planner passes remat's simulated store-all peak, which knows fusion); the
-lowest wins where it saves more than ``MIN_GAIN`` of the graph's own order's peak. A backward with an op that has side effects keeps
-its order.
+lowest wins where it saves more than ``MIN_GAIN`` of the graph's own order's peak. A backward
+with an op that has side effects keeps its order.
 """
 
 from __future__ import annotations
