@@ -11,7 +11,10 @@ peak (``plain_compile_peak``) is the model's figure for plain ``torch.compile``.
 Approximate by construction: plain Inductor also reuses freed buffers and reorders kernels for
 peak memory, both of which remat turns off under a plan. What min-cut saves that the ``Problem``
 has no activation for (a fused pointwise value that remat folds into its readers) is left out of
-the plan: ``plan.info`` lists it and its bytes, which the simulated peak does not count.
+the plan: ``plan.info`` lists it and its bytes, which the simulated peak does not count. Under
+the backend the joint graph is in remat's backward order (``remat.passes.order_backward``), which
+plain torch.compile does not run: the figure is then 3.5 % under plain's code on the quick MLP,
+5.6 % under on the GPT.
 """
 
 from __future__ import annotations
