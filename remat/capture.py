@@ -18,7 +18,10 @@ Parameters and inputs are resident and cost nothing.
                           resident inputs, the tangents and the outputs' storages (``pinned_storages``)
 2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order;
                           ``kernel_spans``: given Inductor's kernels of the last compile
-                          (``remat.kernel_groups``), the first and last slot of each kernel
+                          (``remat.kernel_groups``), the first and last slot of each kernel;
+                          before any compile, ``predicted_kernel_groups`` predicts those kernels
+                          from the graph (Inductor's CPU fusion rules) for the recomputations
+                          they inline (the Problem's ``recompute_kernels``)
 3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
 4. ``effective_readers``  the slot ops that read each storage (``slot_readers``), seen through
                           fused readers: a storage lives until the kernel that inlines its reader
