@@ -7,32 +7,17 @@ first frees ``2 * x`` before that buffer is made: one d x batch buffer less at t
 """
 
 import torch
-from torch._functorch import partitioners as P
-from torch._functorch.aot_autograd import aot_function
 
 import remat
 from remat.capture import capture, split_phases
-from remat.cost import DeviceSpec
 from remat.passes.order_backward import backward_dag, bfs_order, dfs_order, lpmf_order, order_backward
 from remat.planning import order_for_peak
 from remat.simulate import store_all_peak
 
-SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)
+from .test_capture import BYTES_SPEC as SPEC
+from .test_capture import trace_joint
 BATCH, D, N = 256, 32, 4
 ROW = BATCH * D * 4  # bytes of one d x batch fp32 buffer
-
-
-def trace_joint(fn, *inputs):
-    """(joint graph, the forward ops AOTAutograd's partitioner requires, number of forward outputs)."""
-    seen = {}
-
-    def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
-        seen["joint"], seen["n"] = joint, num_fwd_outputs
-        return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
-
-    aot_function(fn, fw_compiler=lambda gm, _: gm, partition_fn=partition)(*inputs)
-    joint, n = seen["joint"], seen["n"]
-    return joint, set(P.classify_nodes(joint, [], n).required_fw_nodes), n
 
 
 def linear(x, w):

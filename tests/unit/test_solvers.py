@@ -467,13 +467,20 @@ def _with_takers(count: int) -> list[Problem]:
 
 @pytest.mark.parametrize("p", _with_takers(8), ids=lambda p: f"taken-{len(p.activations)}")
 def test_ilp_matches_brute_force_with_takers(p):
+    _assert_ilp_is_brute_force(p, random.Random(3))
+
+
+def _assert_ilp_is_brute_force(p, rng, unpruned_too: bool = False):
+    """The ILP's floor and its optimum at random caps equal brute force's (and without row pruning)."""
     plans = brute_force(p)
     true_min = min(pk for pk, _, _ in plans)
     assert min_peak(p) == true_min
-    for cap in caps_for(p, true_min, random.Random(3)):
+    for cap in caps_for(p, true_min, rng):
         plan = solve(p, cap, gap=0.0)
         assert_valid(p, plan, cap)
         assert close(plan.objective, bf_best(plans, cap)), (cap, plan.objective, plan.info)
+        if unpruned_too:
+            assert close(solve(p, cap, gap=0.0, prune=False).objective, plan.objective)
 
 
 def test_row_pruning_keeps_the_optimum_with_takers():
@@ -537,14 +544,7 @@ def _with_handovers(count: int) -> list[Problem]:
 
 @pytest.mark.parametrize("p", _with_handovers(8), ids=lambda p: f"handed-{len(p.activations)}")
 def test_ilp_matches_brute_force_with_handovers(p):
-    plans = brute_force(p)
-    true_min = min(pk for pk, _, _ in plans)
-    assert min_peak(p) == true_min
-    for cap in caps_for(p, true_min, random.Random(4)):
-        plan = solve(p, cap, gap=0.0)
-        assert_valid(p, plan, cap)
-        assert close(plan.objective, bf_best(plans, cap)), (cap, plan.objective, plan.info)
-        assert close(solve(p, cap, gap=0.0, prune=False).objective, plan.objective)
+    _assert_ilp_is_brute_force(p, random.Random(4), unpruned_too=True)
 
 
 # ---- just-in-time recompute (what the old conflict rule forbade) --------------------------------
