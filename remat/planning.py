@@ -163,16 +163,24 @@ def plan_joint_graph(
     return report, (joint, info)
 
 
-def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, spec: Any) -> Ordered:
+FLOOR_TIME_LIMIT = 10.0  # seconds for each floor ``order_for_peak`` compares
+
+
+def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, spec: Any,
+                   floor_time_limit: float = FLOOR_TIME_LIMIT) -> Ordered:
     """Reorder the joint graph's backward ops (in place) to the candidate order with the lowest
-    simulated store-all peak (``remat.passes.order_backward``; scored by capture on the
-    roofline), so that capture, the solvers and the rewrite all see that order."""
+    simulated store-all peak whose floor (the ILP's smallest peak, within ``floor_time_limit``
+    seconds) is not above the graph's own order's (``remat.passes.order_backward``; scored by
+    capture on the roofline), so that capture, the solvers and the rewrite all see that order."""
+    from .solvers import min_peak
+
     _, backward = split_phases(list(joint.graph.nodes), forward)
 
-    def store_all() -> int:
-        return store_all_peak(capture(joint, forward_nodes=forward, num_fwd_outputs=num_fwd_outputs, spec=spec).problem)
+    def problem():
+        return capture(joint, forward_nodes=forward, num_fwd_outputs=num_fwd_outputs, spec=spec).problem
 
-    return order_backward(joint, backward, store_all)
+    return order_backward(joint, backward, lambda: store_all_peak(problem()),
+                          lambda: min_peak(problem(), time_limit=floor_time_limit))
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:

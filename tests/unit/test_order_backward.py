@@ -117,3 +117,16 @@ def test_inductor_keeps_the_order_the_plan_was_made_in():
     # in AOTAutograd's order the saved 2 * x and the input's gradient are live at once: two buffers
     assert report.inductor_peak_bytes < 2 * ROW
     assert abs(report.inductor_peak_bytes - report.timeline.peak_bytes) <= 8  # the code's peak, as predicted
+
+
+def test_an_order_that_raises_the_floor_is_not_kept():
+    joint, fwd, n = linear_joint()
+    _, bwd = split_phases(list(joint.graph.nodes), fwd)
+
+    def floor_of():  # a floor that rises when the weight gradient runs first
+        return 2 if mm_order(joint, fwd) == ["weight", "input"] else 1
+
+    ordered = order_backward(joint, bwd, lambda: store_all(joint, fwd, n), floor_of)
+    assert ordered.chosen == "graph" and ordered.floors["graph"] == 1 and max(ordered.floors.values()) == 2
+    assert mm_order(joint, fwd) == ["input", "weight"]  # the graph's own order, put back
+    assert order_for_peak(joint, fwd, n, SPEC).chosen != "graph"  # the real floors allow the order
