@@ -129,10 +129,11 @@ def plan_joint_graph(
     # op later: the MLP of tests/e2e at 70 % measured 10.5 % over its first plan's prediction); the
     # check loop plans again with them, where a plan proven over a range of sizes rests on the model
     checked = cfg.inductor_check and not offline and shape_env_of(joint) is None
-    order = order_for_peak(joint, forward_nodes(joint, info), num_fwd_outputs, spec).chosen if checked else "graph"
+    forward = forward_nodes(joint, info)
+    order = order_for_peak(joint, forward, num_fwd_outputs, spec).chosen if checked else "graph"
     captured = capture(
         joint,
-        forward_nodes=forward_nodes(joint, info),
+        forward_nodes=forward,
         num_fwd_outputs=num_fwd_outputs,
         spec=spec,
         host_bandwidth=host_bandwidth(cfg, on_cuda, costs),

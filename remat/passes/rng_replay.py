@@ -140,9 +140,13 @@ def draws(n: fx.Node) -> bool:
     return random and not replays(n) and not _no_dropout(n)
 
 
-def _no_dropout(n: fx.Node) -> bool:
+def _argument_names(n: fx.Node) -> list[str]:
     schema = getattr(n.target, "_schema", None)
-    names = [a.name for a in schema.arguments] if schema is not None else []
+    return [a.name for a in schema.arguments] if schema is not None else []
+
+
+def _no_dropout(n: fx.Node) -> bool:
+    names = _argument_names(n)
     if "dropout_p" not in names:
         return False
     i = names.index("dropout_p")
@@ -154,11 +158,8 @@ def replays(n: fx.Node) -> bool:
     """Whether ``n`` computes random numbers as a pure function of a seed or generator state that
     the forward drew (so running it again gives the forward's numbers): remat's and Inductor's
     seeded ops, and ops that take the forward's philox seed and offset (CUDA attention backward)."""
-    if n.op != "call_function":
-        return False
-    schema = getattr(n.target, "_schema", None)
-    takes_seed = schema is not None and any(a.name == "philox_seed" for a in schema.arguments)
-    return n.target is DROPOUT_MASK or str(n.target) in _SEEDED or takes_seed
+    seeded = n.target is DROPOUT_MASK or str(n.target) in _SEEDED
+    return n.op == "call_function" and (seeded or "philox_seed" in _argument_names(n))
 
 
 def fusible(n: fx.Node) -> bool:
