@@ -20,6 +20,7 @@ is the plain record of one planned graph; ``summary_line`` prints it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -130,7 +131,7 @@ def plan_joint_graph(
     # check loop plans again with them, where a plan proven over a range of sizes rests on the model
     checked = cfg.inductor_check and not offline and shape_env_of(joint) is None
     forward = forward_nodes(joint, info)
-    order = order_for_peak(joint, forward, num_fwd_outputs, spec).chosen if checked else "graph"
+    order = order_for_peak(joint, forward, num_fwd_outputs, spec, ranks=cfg.ranks).chosen if checked else "graph"
     captured = capture(
         joint,
         forward_nodes=forward,
@@ -151,7 +152,8 @@ def plan_joint_graph(
     reference, source = reference_peak(cfg, joint, captured, num_fwd_outputs, static_lifetime_input_indices, plain_peak)
     make_plan = functools.partial(cap_and_plan, cfg, captured, box, corner, reference or store_all_peak(problem),
                                   lower_by, resident, cfg.inductor_check and not offline)
-    budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan, cfg.ranks)
+    asked = plan_request(lower_by, resident, reference, kernel_groups)
+    budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan, cfg.ranks, asked)
     if ranged is not None:  # the plan's bucket of the range: its report is at the bucket's top
         box, corner = ranged.box, ranged.corner
         captured.problem = problem = sizes.problem_at(problem, corner)
@@ -164,15 +166,26 @@ def plan_joint_graph(
     return report, (joint, info)
 
 
+def plan_request(lower_by: int, resident: int, reference: int | None, kernel_groups: KernelGroups | None) -> str:
+    """What a rank asks rank 0 to plan, beyond its Problem (``remat.ranks``: ranks must ask alike):
+    the offset below the target, the bytes held outside the graph, a ratio's reference peak and
+    the kernels of the last compile (a digest of them)."""
+    kernels = hashlib.sha256(kernel_groups.key().encode()).hexdigest()[:8] if kernel_groups is not None else "none"
+    return f"a plan {lower_by} B below the target, {resident} B held outside, reference {reference} B, kernels {kernels}"
+
+
 FLOOR_TIME_LIMIT = 10.0  # seconds for each floor ``order_for_peak`` compares
 
 
 def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, spec: Any,
-                   floor_time_limit: float = FLOOR_TIME_LIMIT) -> Ordered:
+                   floor_time_limit: float = FLOOR_TIME_LIMIT, ranks: str = "local") -> Ordered:
     """Reorder the joint graph's backward ops (in place) to the candidate order with the lowest
     simulated store-all peak whose floor (the ILP's smallest peak, within ``floor_time_limit``
     seconds) is not above the graph's own order's (``remat.passes.order_backward``; scored by
-    capture on the roofline), so that capture, the solvers and the rewrite all see that order."""
+    capture on the roofline), so that capture, the solvers and the rewrite all see that order.
+    Under torch.distributed with ``ranks="agree"`` (the option) rank 0 solves each floor and every
+    rank takes its figure (``remat.ranks``): a solve stopped by its time limit can end at another
+    incumbent on a busier rank, which would choose another order."""
     from .solvers import min_peak
 
     _, backward = split_phases(list(joint.graph.nodes), forward)
@@ -180,8 +193,12 @@ def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, sp
     def problem():
         return capture(joint, forward_nodes=forward, num_fwd_outputs=num_fwd_outputs, spec=spec).problem
 
-    return order_backward(joint, backward, lambda: store_all_peak(problem()),
-                          lambda: min_peak(problem(), time_limit=floor_time_limit))
+    def floor() -> int:
+        candidate = problem()
+        return agree_across_ranks(candidate, lambda: min_peak(candidate, time_limit=floor_time_limit), ranks,
+                                  asked="the floor of a backward order")
+
+    return order_backward(joint, backward, lambda: store_all_peak(problem()), floor)
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:

@@ -2,13 +2,22 @@
 
 Under ``torch.distributed`` each rank compiles its own copy of the model. If two ranks planned on
 their own they could decide differently (measured op times differ, a time-limited solve stops at a
-different incumbent), compile different graphs, and hang in a collective that only one of them
-runs. ``agree_across_ranks(problem, make_plan)`` is what the planner calls instead of planning
-directly: every rank first shares a digest of the ``Problem`` it captured (``problem_digest``:
-its memory structure, not its op times, which are measured per rank), and a rank whose Problem
-differs from rank 0's makes every rank raise a ``RematError`` naming the graph and both digests.
-Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the error it raised,
-which every rank raises in turn: a failure is an error on every rank, never a hang.
+different incumbent on a busier rank), compile different graphs, and hang in a collective that
+only one of them runs. ``agree_across_ranks(problem, make_plan)`` is what the planner calls instead
+of planning directly: every rank first shares a digest of the ``Problem`` it captured
+(``problem_digest``: its memory structure, not its op times, which are measured per rank), and a
+rank whose Problem differs from rank 0's makes every rank raise a ``RematError`` naming the graph
+and both digests. Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the
+error it raised, which every rank raises in turn: a failure is an error on every rank, never a hang.
+``decided_by_rank0`` does the same for any other decision that must be one for all ranks (the
+floors that choose the backward's order: ``planning.order_for_peak``).
+
+Every such agreement is a ``Turn``: its number among this process's agreements, the graph, what
+is asked (a plan at which offset below the cap, a floor...) and the digest. The ranks share their
+turns before rank 0 decides, and rank 0's turn travels with its answer: ranks that are out of step
+(one asks for a plan that another does not, or for another graph) raise a ``RematError`` on every
+rank naming each rank's turn, instead of pairing one rank's question with another's answer. With
+the ``remat`` logger at DEBUG, each rank logs every turn it enters and the answer it got.
 
 Ranks that compile different graphs (pipeline stages) pass ``mode="local"`` (the ``ranks`` option):
 each plans its own graphs, as without distributed.
@@ -17,26 +26,48 @@ Without ``torch.distributed`` (or with one process, or under the fake backend of
 ``torch.testing._internal.distributed.fake_pg``, which traces one process as one rank of many) it
 just runs ``make_plan()``. The objects go through the default process group when it is gloo, else
 through a gloo group made once for it (NCCL would need a device per rank for host data). Cost per
-graph: one all-gather of 16-digit digests and one broadcast of what ``make_plan`` returned (a plan
-and its timeline: KiB for small graphs, more for graphs of many thousand ops), whatever the number
-of ranks.
+decision: one all-gather of the turns (a few dozen bytes) and one broadcast of what rank 0 decided
+(a plan and its timeline: KiB for small graphs, more for graphs of many thousand ops), whatever the
+number of ranks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, TypeVar
 
 from .errors import RematError
 from .problem import Problem
 
-__all__ = ["agree_across_ranks", "problem_digest"]
+__all__ = ["Turn", "agree_across_ranks", "decided_by_rank0", "problem_digest"]
 
+log = logging.getLogger("remat")
 T = TypeVar("T")
 _TIMES = ("compute_time",)  # measured per rank: not part of what ranks must agree on
 _GLOO_GROUPS: dict[int, Any] = {}  # id(default group) -> a gloo group over the same ranks
+_TURNS = itertools.count(1)  # this process's agreements under several ranks, numbered from 1
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One rank's side of one agreement: its ``number`` among the agreements this process entered,
+    the ``graph``, what is ``asked`` of rank 0 and the ``digest`` of the Problem it is about."""
+
+    number: int
+    graph: str
+    asked: str
+    digest: str = ""
+
+    def describe(self) -> str:
+        return f"agreement {self.number}, graph {self.graph}: {self.asked}"
+
+    def in_step(self, other: Turn) -> bool:
+        """Whether ``other`` is the same agreement seen from another rank (the digest aside)."""
+        return (self.number, self.graph, self.asked) == (other.number, other.graph, other.asked)
 
 
 def problem_digest(problem: Problem) -> str:
@@ -56,39 +87,57 @@ def _without_times(fields: dict) -> dict:
     return {k: v for k, v in fields.items() if k not in _TIMES}
 
 
-def agree_across_ranks(problem: Problem, make_plan: Callable[[], T], mode: str = "agree") -> T:
+def agree_across_ranks(problem: Problem, make_plan: Callable[[], T], mode: str = "agree", asked: str = "a plan") -> T:
     """What rank 0's ``make_plan()`` returned, on every rank (rank 0 alone calls it). Raises a
-    RematError on every rank when a rank's Problem differs from rank 0's, and rank 0's error on
-    every rank when its ``make_plan()`` raised. Without distributed (``_several_ranks``), or with
-    ``mode="local"`` (each rank plans its own graphs): ``make_plan()``."""
+    RematError on every rank when a rank's Problem differs from rank 0's or the ranks are out of
+    step (``asked``: what ``make_plan`` makes from the Problem, e.g. the offset below the cap;
+    ranks must ask alike), and rank 0's error on every rank when its ``make_plan()`` raised.
+    Without distributed (``_several_ranks``), or with ``mode="local"`` (each rank plans its own
+    graphs): ``make_plan()``."""
+    return decided_by_rank0(problem.name, make_plan, mode, asked, digest=problem_digest(problem))
+
+
+def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", asked: str = "a decision",
+                     digest: str = "") -> T:
+    """What rank 0's ``decide()`` returned, on every rank (rank 0 alone calls it), for a decision
+    that every rank must take alike; ``graph``, ``asked`` and ``digest`` make this rank's ``Turn``.
+    Raises a RematError on every rank when the ranks are out of step or their digests differ, and
+    rank 0's error on every rank when ``decide()`` raised. Without several ranks, or with
+    ``mode="local"``: ``decide()``."""
     import torch.distributed as dist
 
     if mode == "local" or not _several_ranks():
-        return make_plan()
-    digests = _gathered(problem_digest(problem))
-    _refuse_mismatch(problem.name, digests)
+        return decide()
+    rank = dist.get_rank()
+    turn = Turn(next(_TURNS), graph, asked, digest)
+    log.debug("remat[%s]: rank %d enters %s (digest %s)", graph, rank, turn.describe(), digest or "none")
+    turns = _gathered(turn)
+    _refuse_out_of_step(turns, "before rank 0 decided")
+    _refuse_mismatch(graph, [t.digest for t in turns])
     result, error = None, None
-    if dist.get_rank() == 0:
+    if rank == 0:
         try:
-            result = make_plan()
+            result = decide()
         except Exception as e:  # every rank must reach the broadcast, then raise it
             error = e
-    payload = _from_rank0(_portable(result, error))
+    decider, payload = _from_rank0((turn, _portable(result, error)))
+    _refuse_out_of_step([decider, turn], "when rank 0's answer came")
+    log.debug("remat[%s]: rank %d has rank 0's answer to agreement %d (%s)", graph, rank, turn.number, payload[0])
     if error is not None:
         raise error
-    return _unpacked(payload, problem.name)
+    return _unpacked(payload, turn)
 
 
-def _gathered(digest: str) -> list:
-    """Every rank's digest, by rank. The planner runs inside Inductor's fake tensor mode: the
+def _gathered(turn: Turn) -> list:
+    """Every rank's turn, by rank. The planner runs inside Inductor's fake tensor mode: the
     collectives' own tensors must be real, so every dispatch mode is set aside while they run."""
     import torch.distributed as dist
     from torch.utils._python_dispatch import _disable_current_modes
 
-    digests: list = [None] * dist.get_world_size()
+    turns: list = [None] * dist.get_world_size()
     with _disable_current_modes():
-        dist.all_gather_object(digests, digest, group=_object_group())
-    return digests
+        dist.all_gather_object(turns, turn, group=_object_group())
+    return turns
 
 
 def _from_rank0(payload: Any) -> Any:
@@ -122,6 +171,21 @@ def _object_group() -> Any:
     return _GLOO_GROUPS[id(world)]
 
 
+def _refuse_out_of_step(turns: list, when: str) -> None:
+    """Raise on every rank when some rank's turn is not rank 0's (``turns[0]``): the ranks asked
+    for different decisions, so one rank's answer would be another's question."""
+    others = [(rank, t) for rank, t in enumerate(turns) if not t.in_step(turns[0])]
+    if not others:
+        return
+    named = "; ".join(f"rank {rank} is at its {t.describe()}" for rank, t in others[:4])
+    more = f" and {len(others) - 4} more ranks" if len(others) > 4 else ""
+    raise RematError(
+        f"{turns[0].graph}: the ranks are out of step {when} (rank 0 is at its {turns[0].describe()}; {named}{more}): "
+        "they compiled different graphs, or asked for different plans of one; every rank must compile the "
+        "same model, inputs' shapes and options (the remat logger at DEBUG logs each rank's agreements; ranks that "
+        "compile different graphs, such as pipeline stages, plan each their own with the option ranks='local')")
+
+
 def _refuse_mismatch(graph: str, digests: list) -> None:
     """Raise on every rank when some rank's Problem digest differs from rank 0's."""
     others = [(rank, d) for rank, d in enumerate(digests) if d != digests[0]]
@@ -146,7 +210,7 @@ def _portable(result: Any, error: Exception | None) -> tuple:
     return ("other error", None, f"{type(error).__name__}: {error}", {})
 
 
-def _unpacked(payload: tuple, graph: str) -> Any:
+def _unpacked(payload: tuple, turn: Turn) -> Any:
     """Rank 0's result, or its error raised here."""
     if payload[0] == "ok":
         return payload[1]
@@ -156,4 +220,4 @@ def _unpacked(payload: tuple, graph: str) -> Any:
         Exception.__init__(error, message)
         error.__dict__.update(state)
         raise error
-    raise RematError(f"{graph}: rank 0 failed to plan this graph ({message}); see rank 0's log")
+    raise RematError(f"{turn.graph}: rank 0 failed at its {turn.describe()} ({message}); see rank 0's log")

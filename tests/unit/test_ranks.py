@@ -3,7 +3,9 @@ its op times; without torch.distributed (or under the fake backend) agree_across
 plans; under 2 spawned gloo ranks rank 0 alone plans and both get its plan (also inside a fake
 tensor mode, as in Inductor), different problems raise on both ranks naming both digests and the
 graph, and rank 0's InfeasibleBudgetError is raised on both ranks; with mode="local" (the option
-ranks="local") each rank plans its own graph, different or not."""
+ranks="local") each rank plans its own graph, different or not. Ranks out of step (one asks for
+another plan of the same graph, or skips an agreement and asks about the next graph) raise a
+RematError on both ranks naming each rank's turn, and each rank logs its turns (tests/spawn.py)."""
 
 import dataclasses
 import json
@@ -14,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from remat.errors import InfeasibleBudgetError, RematError
 from remat.plan import Decision, Plan
-from remat.ranks import agree_across_ranks, problem_digest
+from remat.ranks import agree_across_ranks, decided_by_rank0, problem_digest
 from tests.spawn import join_group, run_on_ranks
 from tests.unit.synthetic import chain_problem, with_random_takers
 
@@ -106,12 +108,21 @@ def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
         calls.clear()
         local = outcome(lambda: agree_across_ranks(other, make_plan, mode="local"))  # a pipeline stage each
         result = {"agreed": agreed, "calls": agreed_calls, "local_calls": calls, "infeasible": infeasible, "mismatch": mismatch,
-                  "digest": problem_digest(other), "local": local}
+                  "digest": problem_digest(other), "local": local, "decided": decided_by_rank0("g", lambda: rank)}
+        result.update(out_of_step(rank, problem, make_plan))
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)
     finally:
         dist.destroy_process_group()
 
+
+def out_of_step(rank: int, problem, make_plan) -> dict:
+    """Two divergences: rank 1 asks for a plan at another offset below the cap; then rank 0 asks
+    for one more plan of ``problem`` while rank 1 has gone on to the next graph."""
+    asked = outcome(lambda: agree_across_ranks(problem, make_plan, asked=f"a plan {rank * 64} B below the target"))
+    following = dataclasses.replace(problem, name="graph1") if rank else problem
+    skipped = outcome(lambda: agree_across_ranks(following, make_plan))
+    return {"asked": asked, "skipped": skipped}
 
 
 def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
@@ -120,8 +131,16 @@ def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
     assert results[0]["calls"] == [0] and results[1]["calls"] == []  # rank 1 never planned
     assert [r["local_calls"] for r in results] == [[0], [1]]  # under ranks="local" each planned its own graph
     assert [r["local"] for r in results] == [{"solver": "rank0"}, {"solver": "rank1"}]
+    assert [r["decided"] for r in results] == [0] * WORLD
     for r in results:
         assert r["infeasible"]["error"] == "InfeasibleBudgetError" and r["infeasible"]["min_peak"] == 1234
         assert r["mismatch"]["error"] == "RematError"
         assert "chain" in r["mismatch"]["message"]
         assert results[0]["digest"] in r["mismatch"]["message"] and results[1]["digest"] in r["mismatch"]["message"]
+        assert r["asked"]["error"] == "RematError" and "out of step" in r["asked"]["message"]
+        assert "a plan 0 B below" in r["asked"]["message"] and "a plan 64 B below" in r["asked"]["message"]
+        assert r["skipped"]["error"] == "RematError" and "graph graph1" in r["skipped"]["message"]
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(WORLD)]
+    assert "rank 0 enters agreement 5, graph chain: a plan 0 B below the target" in logs[0]
+    assert "rank 1 enters agreement 5, graph chain: a plan 64 B below the target" in logs[1]
+    assert all(f"rank {rank} has rank 0's answer to agreement 1 (ok)" in log for rank, log in enumerate(logs))
