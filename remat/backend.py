@@ -41,6 +41,7 @@ from .inductor_check import InductorPeaks, installed
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
 from .profile import machine_spec
+from .ranks import decided_by_rank0
 from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
 from .symbolic import guard_fit, has_range, no_guards
 from .wrapper_memory import collect_wrapper_code
@@ -289,6 +290,9 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
             if tried and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
             raise
+        # every rank goes on as rank 0's code says: one count of plans, one plan kept (remat.ranks)
+        estimate, kernels = decided_by_rank0(name, lambda: (estimate, kernels), cfg.ranks,
+                                             asked=f"the code's peak of plan {len(tried) + 1}")
         if report is None or estimate is None or report.budget_bytes is None:
             if not tried:
                 return compiled, report, estimate

@@ -55,6 +55,14 @@ def join_group(rank: int, rendezvous: str, world: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=TIMEOUT)
 
 
+def turns_logged(out: Path, rank: int) -> list[str]:
+    """The agreements that rank ``rank`` entered, as its remat log names them (``remat.ranks``:
+    number, graph, what was asked, digest)."""
+    marker = f"rank {rank} enters "
+    lines = (Path(out) / f"rank{rank}.log").read_text().splitlines()
+    return [line.split(marker, 1)[1] for line in lines if marker in line]
+
+
 def ranks_failed(error: Exception, out: Path, world: int) -> AssertionError:
     """``error`` (a rank failed) followed by the last lines of each rank's log and the innermost
     frames of each thread of the ranks that wrote their stacks."""

@@ -1,7 +1,8 @@
 """DDP under remat, 2 ranks (gloo, CPU, spawned processes).
 
 - The module compiled with backend remat at "75%" and wrapped in DDP: loss and gradients equal
-  uncompiled DDP's, both ranks make the same plans, and the third step's measured peak is under the
+  uncompiled DDP's, both ranks make the same plans after the same agreements (their remat logs name
+  the same turns: ``remat.ranks``, ``tests/spawn.py``), and the third step's measured peak is under the
   cap (DDP's gradient buckets are resident before a step: ``remat.outside_memory``; the second step
   rebuilds them, which a profiler started before it reads too high).
 - (slow) ``torch.compile(DDP(model))``: DDP's optimizer (``torch._dynamo.config.optimize_ddp``, on by
@@ -22,7 +23,7 @@ import torch.distributed as dist
 import remat
 from remat.measure import measure_step
 from remat.plan import Decision
-from tests.spawn import join_group, run_on_ranks
+from tests.spawn import join_group, run_on_ranks, turns_logged
 
 WORLD = 2
 MiB = 2**20
@@ -108,7 +109,6 @@ def rank_main(rank: int, rendezvous: str, out_dir: str, scenario: str) -> None:
         dist.destroy_process_group()
 
 
-
 def on_two_ranks(scenario: str, out) -> list[dict]:
     return run_on_ranks(rank_main, out, scenario, world=WORLD)
 
@@ -120,6 +120,8 @@ def test_ddp_under_remat_matches_uncompiled_ddp_with_one_plan_on_both_ranks(tmp_
         assert r["hashes"] and r["recomputed"] > 0  # each rank planned, and the cap made it recompute
         assert r["peak"] <= min(r["caps"])  # DDP's buckets were allocated before the step
     assert results[0]["hashes"] == results[1]["hashes"]
+    turns = [turns_logged(tmp_path, rank) for rank in range(WORLD)]
+    assert turns[0] == turns[1] and len(turns[0]) >= 2  # a plan and its code's peak, per plan compiled
 
 
 @pytest.mark.slow  # about 30 s of CPU per rank: python -m pytest -m slow tests/e2e/test_ddp.py
