@@ -32,6 +32,11 @@ same round (the price of remat's plan at torch's peak, with the machine's noise 
 
 Step times are ``time.perf_counter`` around each step, not ``torch.utils.benchmark.Timer``: its
 ``timeit`` runs warm-up calls at every call, which would double the cost of a round of two steps.
+Each step's CPU time (``time.process_time``: every thread of the worker) is recorded too, and every
+ratio is also given on it (``cpu_`` figures; the tables' "CPU" columns): a process waiting for a
+core on a busy machine adds wall time but no CPU time, so at one thread the CPU-time ratios keep
+the cost of the code with far less of the other processes' noise (at several threads CPU time also
+counts OpenMP threads spinning at barriers).
 Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too), so
 the first measured configuration of a model measures and the later ones read the cache. Writes
 ``benchmarks/results/time_fidelity.{md,json}`` (``time_fidelity_quick`` with --quick; ``--out STEM``).
@@ -134,12 +139,13 @@ def serve(args: argparse.Namespace) -> int:
     info["threads"] = torch.get_num_threads()
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
-        times = []
+        wall, cpu = [], []
         for _ in range(int(line.split()[1])):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
-            times.append(time.perf_counter() - t0)
-        print(json.dumps(times), flush=True)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
     return 0
 
 
@@ -157,7 +163,8 @@ class Worker:
                                      text=True, env=env, cwd=HERE.parent)
         self.info = self._reply() or {"model": model, "config": config, "cost_model": cost_model,
                                       "error": f"worker exited: {self._log_tail()}"}
-        self.times: list[list[float]] = []  # per round
+        self.times: list[list[float]] = []  # wall seconds of its steps, per round
+        self.cpu_times: list[list[float]] = []  # CPU seconds of the same steps
 
     def ready(self) -> bool:
         return "error" not in self.info
@@ -165,7 +172,9 @@ class Worker:
     def run_steps(self, k: int) -> None:
         self.proc.stdin.write(f"steps {k}\n")
         self.proc.stdin.flush()
-        self.times.append(self._reply())
+        reply = self._reply()
+        self.times.append(reply["wall"])
+        self.cpu_times.append(reply["cpu"])
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -227,7 +236,8 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
     finally:
         for w in workers:
             w.close()
-    rows = [dict(w.info, **({"step_times_s": w.times} if w.ready() else {})) for w in workers]
+    rows = [dict(w.info, **({"step_times_s": w.times, "step_cpu_s": w.cpu_times} if w.ready() else {}))
+            for w in workers]
     return scored(rows)
 
 
@@ -242,29 +252,43 @@ def price_workers(model: str, args: argparse.Namespace, env: dict) -> list[Worke
     return ambs + remats
 
 
+STEP_TIMES = {"": "step_times_s", "cpu_": "step_cpu_s"}  # figure prefix: the rows' per-round wall / CPU seconds
+
+
 def scored(rows: list[dict]) -> list[dict]:
-    """One model's rows with their ratio figures. The control's ratio is to the first plain compile
-    alone: the noise between two processes that run the same code. The others' are to the mean
-    of both plain compiles, so that neither process's luck biases every figure."""
-    ref, control = rows[0], rows[1]
-    both = [r["step_times_s"] for r in (ref, control) if r.get("step_times_s")]
-    store_all = next((r["step_times_s"] for r in rows if r["config"] == STORE_ALL and r.get("step_times_s")), None)
+    """One model's rows with their ratio figures, from wall times and, prefixed ``cpu_``, from CPU
+    times (``STEP_TIMES``; rows of older runs have wall times alone). The control's ratio is to the
+    first plain compile alone: the noise between two processes that run the same code. The others'
+    are to the mean of both plain compiles, so that neither process's luck biases every figure."""
     out = []
     for original in rows:
         row = {k: v for k, v in original.items() if k not in _FIGURES}
-        refs = both[:1] if original is control else both
-        if original is not ref and row.get("step_times_s") and ref.get("step_times_s"):
-            row.update(ratio_figures(row["step_times_s"], refs))
-        if original["cost_model"] != TORCH and original["config"] not in ("compile", STORE_ALL) \
-                and row.get("step_times_s") and store_all:
-            row.update(store_all_figures(row["step_times_s"], store_all))
-        of = next((r for r in rows if r["config"] == original.get("equal_peak_of") and r.get("step_times_s")), None)
-        if of is not None and row.get("step_times_s"):
-            row.update(price_figures(row["step_times_s"], of["step_times_s"]))
+        for prefix, key in STEP_TIMES.items():
+            row.update({prefix + k: v for k, v in timed_figures(original, rows, key).items()})
         if row["cost_model"] == "control":
             row["predicted_added_s"] = 0.0
         out.append(row)
     return out
+
+
+def timed_figures(original: dict, rows: list[dict], key: str) -> dict:
+    """A row's ratios from the per-round step times under ``key`` of it and of its model's
+    ``rows``: to plain compile (``ratio_figures``), to the store-all plan and to the
+    activation_memory_budget row it shares a peak with; empty without such times."""
+    ref, control, mine = rows[0], rows[1], original.get(key)
+    if not mine:
+        return {}
+    both = [r[key] for r in (ref, control) if r.get(key)]
+    store_all = next((r[key] for r in rows if r["config"] == STORE_ALL and r.get(key)), None)
+    figures = {}
+    if original is not ref and ref.get(key):
+        figures.update(ratio_figures(mine, both[:1] if original is control else both))
+    if original["cost_model"] != TORCH and original["config"] not in ("compile", STORE_ALL) and store_all:
+        figures.update(store_all_figures(mine, store_all))
+    of = next((r for r in rows if r["config"] == original.get("equal_peak_of") and r.get(key)), None)
+    if of is not None:
+        figures.update(price_figures(mine, of[key]))
+    return figures
 
 
 def store_all_figures(times: list[list[float]], store_all: list[list[float]]) -> dict:
@@ -281,9 +305,10 @@ def price_figures(times: list[list[float]], amb: list[list[float]]) -> dict:
     return {"price_ratio_median": f["ratio_median"], "price_ratio_q1": f["ratio_q1"], "price_ratio_q3": f["ratio_q3"]}
 
 
-_FIGURES = ("price_ratio_median", "price_ratio_q1", "price_ratio_q3", "rounds", "ratio_median", "ratio_q1", "ratio_q3", "ratio_min_based", "step_median_s",
-            "compile_step_median_s", "steps", "compile_steps", "sa_ratio_median", "sa_ratio_q1", "sa_ratio_q3",
-            "store_all_step_median_s")
+_WALL_FIGURES = ("price_ratio_median", "price_ratio_q1", "price_ratio_q3", "rounds", "ratio_median", "ratio_q1",
+                 "ratio_q3", "ratio_min_based", "step_median_s", "compile_step_median_s", "steps", "compile_steps",
+                 "sa_ratio_median", "sa_ratio_q1", "sa_ratio_q3", "store_all_step_median_s")
+_FIGURES = _WALL_FIGURES + tuple("cpu_" + k for k in _WALL_FIGURES)
 
 
 def rescore(path: Path) -> None:
@@ -307,7 +332,7 @@ def fidelity_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["cost_model"] in ("-", TORCH):  # the reference, torch's rows (the price table's)
             continue
-        row = {k: v for k, v in r.items() if k != "step_times_s"}
+        row = {k: v for k, v in r.items() if k not in STEP_TIMES.values()}
         if r.get("ratio_median") is not None and r.get("predicted_added_s") is not None:
             row["predicted_pct"] = 100 * r["predicted_added_s"] / r["compile_step_median_s"]
             row["measured_pct"] = 100 * (r["ratio_median"] - 1)
@@ -315,6 +340,9 @@ def fidelity_rows(rows: list[dict]) -> list[dict]:
         if r.get("sa_ratio_median") is not None and r.get("predicted_added_s") is not None:
             row["predicted_sa_pct"] = 100 * r["predicted_added_s"] / r["store_all_step_median_s"]
             row["measured_sa_pct"] = 100 * (r["sa_ratio_median"] - 1)
+        for figure in ("ratio_median", "sa_ratio_median"):  # the same ratios on CPU time
+            if r.get("cpu_" + figure) is not None:
+                row[f"cpu_measured_{figure.removesuffix('ratio_median')}pct"] = 100 * (r["cpu_" + figure] - 1)
         out.append(row)
     return out
 
@@ -343,9 +371,10 @@ def table(fid: list[dict]) -> str:
     """Predicted vs measured added time per model and cost model: over plain compile's step, then
     over remat's store-all step (the prediction's baseline)."""
     lines = ["| model | cost model | config | recomputed | cap MiB | measured peak MiB | compile step ms | rounds "
-             "| predicted % | measured % (median of rounds) | q1..q3 % | min-based % | diff pp "
-             "| store-all step ms | predicted % of store-all | measured % vs store-all | q1..q3 % | diff pp | rank | costs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
+             "| predicted % | measured % (median of rounds) | q1..q3 % | min-based % | diff pp | CPU-time % "
+             "| store-all step ms | predicted % of store-all | measured % vs store-all | q1..q3 % | diff pp "
+             "| CPU-time % vs store-all | rank | costs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in fid:
         groups.setdefault((r["model"], r["cost_model"]), []).append(r)
@@ -363,18 +392,27 @@ def table(fid: list[dict]) -> str:
 
 def _measured_cells(r: dict) -> list[str]:
     if r.get("measured_pct") is None:
-        return ["-"] * 7
+        return ["-"] * 8
     return [f"{1e3 * r['compile_step_median_s']:.1f}", str(r["rounds"]), f"{r['predicted_pct']:.1f}",
             f"{r['measured_pct']:.1f}", f"{100 * (r['ratio_q1'] - 1):.1f}..{100 * (r['ratio_q3'] - 1):.1f}",
-            f"{r['measured_min_pct']:.1f}", f"{r['measured_pct'] - r['predicted_pct']:+.1f}"]
+            f"{r['measured_min_pct']:.1f}", f"{r['measured_pct'] - r['predicted_pct']:+.1f}",
+            _cpu_pct(r, "cpu_ratio")]
 
 
 def _store_all_cells(r: dict) -> list[str]:
     if r.get("measured_sa_pct") is None:
-        return ["-"] * 5
+        return ["-"] * 6
     return [f"{1e3 * r['store_all_step_median_s']:.1f}", f"{r['predicted_sa_pct']:.1f}", f"{r['measured_sa_pct']:.1f}",
             f"{100 * (r['sa_ratio_q1'] - 1):.1f}..{100 * (r['sa_ratio_q3'] - 1):.1f}",
-            f"{r['measured_sa_pct'] - r['predicted_sa_pct']:+.1f}"]
+            f"{r['measured_sa_pct'] - r['predicted_sa_pct']:+.1f}", _cpu_pct(r, "cpu_sa_ratio")]
+
+
+def _cpu_pct(r: dict, key: str) -> str:
+    """A CPU-time ratio (``key``: its figures' stem) as a percentage over its reference, with its
+    quartiles; "-" for a run without CPU times."""
+    if r.get(f"{key}_median") is None:
+        return "-"
+    return f"{100 * (r[f'{key}_median'] - 1):.1f} ({100 * (r[f'{key}_q1'] - 1):.1f}..{100 * (r[f'{key}_q3'] - 1):.1f})"
 
 
 def _note(r: dict) -> str:
@@ -391,15 +429,17 @@ def price_table(rows: list[dict]) -> str:
     """--price: torch's activation_memory_budget rows and remat at each one's measured peak, their
     peaks and steps over plain compile's, and remat's step over that row's in the same round."""
     lines = ["| model | config | recomputed | measured peak MiB | peak / compile | step / compile (median of rounds) "
-             "| q1..q3 | remat / amb row (median of rounds) | q1..q3 | predicted % of store-all | note |",
-             "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|"]
+             "| q1..q3 | remat / amb row (median of rounds) | q1..q3 | CPU time: step / compile | q1..q3 "
+             "| CPU time: remat / amb row | q1..q3 | predicted % of store-all | note |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|---|---:|---|"]
     peaks = {r["model"]: r.get("measured_peak_bytes") for r in rows if r["cost_model"] == "-"}
     for r in (r for r in rows if r["cost_model"] in (TORCH, DEFAULT)):
         peak, ref = r.get("measured_peak_bytes"), peaks.get(r["model"])
         recomputed = "-" if r.get("recomputed") is None or r["cost_model"] == TORCH else str(r["recomputed"])
         cells = [r["model"], r["config"], recomputed, fmt_mib(peak),
                  f"{peak / ref:.3f}" if peak and ref else "-",
-                 *_spread(r, "ratio"), *_spread(r, "price_ratio"),
+                 *_spread(r, "ratio"), *_spread(r, "price_ratio"), *_spread(r, "cpu_ratio"),
+                 *_spread(r, "cpu_price_ratio"),
                  _pct(r.get("predicted_added_s"), r.get("store_all_step_median_s")),
                  "; ".join(filter(None, [f"cap = {r['equal_peak_of']}'s peak" if r.get("equal_peak_of") else "",
                                          _order_note(r), _note(r)]))]
