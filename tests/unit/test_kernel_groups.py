@@ -10,12 +10,17 @@ import pytest
 import torch
 
 import remat
+import torch.nn.functional as F
+from functorch.compile import aot_function
+from torch._functorch import partitioners as P
+from torch._inductor.decomposition import select_decomp_table
+
 from remat.capture import (
     _loop_ranges, build_schedule, capture, effective_readers, fused_values, graph_facts, kernel_spans, predicted_kernel_groups,
-    slot_readers, storage_lifetimes,
+    row_reduction_kernels, slot_readers, storage_lifetimes,
 )
 from remat.cost import DeviceSpec, tensor_bytes
-from remat.kernel_groups import KernelGroups, handovers, recompute_kernels, reused_inputs, scheduler_groups, with_kernels
+from remat.kernel_groups import KERNEL_STARTS, KernelGroups, handovers, recompute_kernels, reused_inputs, scheduler_groups, with_kernels
 from remat.measure import measure_step
 from remat.simulate import simulate
 from remat.wrapper_memory import collect_wrapper_code
@@ -283,3 +288,47 @@ def test_no_predicted_kernel_holds_ops_that_an_extern_kernel_runs_between():
     # sin and the add share a, but fusing them would run the matmuls both before and after it
     forward, _, _ = predicted(sin_through_matmuls, *_inputs())
     assert forward == {frozenset({"add", "cos", "sum_1"})}
+
+
+def layer_norm(x, w, g, b, wo):
+    return (F.layer_norm((x @ w).view(4, 16, 32), (32,), g, b).view(64, 32) @ wo).sum()
+
+
+def trace_decomposed(fn, *inputs):
+    """``trace_joint`` with Inductor's decompositions: LayerNorm's backward as the ops Inductor fuses."""
+    seen = {}
+
+    def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
+        seen["joint"], seen["n"] = joint, num_fwd_outputs
+        return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
+
+    aot_function(fn, fw_compiler=lambda gm, _: gm, partition_fn=partition, decompositions=select_decomp_table())(*inputs)
+    return seen["joint"], set(P.classify_nodes(seen["joint"], [], seen["n"]).required_fw_nodes), seen["n"]
+
+
+def test_a_predicted_row_reduction_kernel_allocates_its_result_while_the_gradient_it_reads_lives():
+    # LayerNorm's backward: the row sums (sum_2, sum_3) and their readers are one kernel, which
+    # Inductor runs with its result (mul_7, the input's gradient) allocated and mm_3's gradient
+    # read to its end (plain torch.compile's code: ``buf8`` beside ``buf3``, no reuse). The weight
+    # and bias gradients (sum_4, sum_5: columns) and pointwise-only kernels keep their ops apart.
+    torch.manual_seed(0)
+    inputs = [torch.randn(64, 16)] + [torch.randn(*s, requires_grad=True) for s in ((16, 32), (32,), (32,), (32, 16))]
+    joint, fwd, n = trace_decomposed(layer_norm, *inputs)
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    rows = row_reduction_kernels(predicted_kernel_groups(g, sched, fused_values(g)), g)
+    (kernel,) = rows.backward
+    assert {"sum_2", "sum_3", "mul_7"} <= kernel and not {"sum_4", "sum_5"} & kernel
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
+    problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec).problem
+    starts = problem.metadata[KERNEL_STARTS]
+    first = starts["mul_7"]
+    backward_ops = [u for u in sched.backward if u.name in kernel]
+    assert first == starts["sum_2"] == sched.slot_of[backward_ops[0]] < sched.slot_of[backward_ops[-1]]
+    assert "sum_4" not in starts
+    grad = 64 * 32 * 4
+    assert problem.slots[first].fixed_bytes >= 2 * grad  # mm_3 and mul_7, both live as the kernel starts
+    assert problem.slots[first].fixed_bytes - problem.slots[first - 1].fixed_bytes < grad  # mm_3 made the slot before
+    gated_joint, gated_fwd, gated_n = trace_joint(gated, *_inputs(3))
+    gated_problem = capture(gated_joint, forward_nodes=gated_fwd, num_fwd_outputs=gated_n, spec=spec).problem
+    assert KERNEL_STARTS not in gated_problem.metadata
