@@ -168,10 +168,11 @@ def plan_joint_graph(
 
 def plan_request(lower_by: int, resident: int, reference: int | None, kernel_groups: KernelGroups | None) -> str:
     """What a rank asks rank 0 to plan, beyond its Problem (``remat.ranks``: ranks must ask alike):
-    the offset below the target, the bytes held outside the graph, a ratio's reference peak and
-    the kernels of the last compile (a digest of them)."""
+    the offset below the target, the bytes held outside the graph, a ratio's reference peak (when
+    the budget is a ratio) and the kernels of the last compile (a digest of them)."""
     kernels = hashlib.sha256(kernel_groups.key().encode()).hexdigest()[:8] if kernel_groups is not None else "none"
-    return f"a plan {lower_by} B below the target, {resident} B held outside, reference {reference} B, kernels {kernels}"
+    ratio = f", reference {reference} B" if reference is not None else ""
+    return f"a plan {lower_by} B below the target, {resident} B held outside{ratio}, kernels {kernels}"
 
 
 FLOOR_TIME_LIMIT = 10.0  # seconds for each floor ``order_for_peak`` compares
