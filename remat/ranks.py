@@ -16,8 +16,9 @@ Every such agreement is a ``Turn``: its number among this process's agreements, 
 is asked (a plan at which offset below the cap, a floor...) and the digest. The ranks share their
 turns before rank 0 decides, and rank 0's turn travels with its answer: ranks that are out of step
 (one asks for a plan that another does not, or for another graph) raise a ``RematError`` on every
-rank naming each rank's turn, instead of pairing one rank's question with another's answer. With
-the ``remat`` logger at DEBUG, each rank logs every turn it enters and the answer it got.
+rank naming each rank's turn, instead of pairing one rank's question with another's answer; a rank
+whose wait fails (the process group's timeout, a rank that left) raises a ``RematError`` naming its
+turn. With the ``remat`` logger at DEBUG, each rank logs every turn it enters and the answer it got.
 
 Ranks that compile different graphs (pipeline stages) pass ``mode="local"`` (the ``ranks`` option):
 each plans its own graphs, as without distributed.
@@ -33,6 +34,7 @@ number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -120,7 +122,7 @@ def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", a
             result = decide()
         except Exception as e:  # every rank must reach the broadcast, then raise it
             error = e
-    decider, payload = _from_rank0((turn, _portable(result, error)))
+    decider, payload = _from_rank0(turn, (turn, _portable(result, error)))
     _refuse_out_of_step([decider, turn], "when rank 0's answer came")
     log.debug("remat[%s]: rank %d has rank 0's answer to agreement %d (%s)", graph, rank, turn.number, payload[0])
     if error is not None:
@@ -129,26 +131,48 @@ def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", a
 
 
 def _gathered(turn: Turn) -> list:
-    """Every rank's turn, by rank. The planner runs inside Inductor's fake tensor mode: the
-    collectives' own tensors must be real, so every dispatch mode is set aside while they run."""
+    """Every rank's turn, by rank."""
     import torch.distributed as dist
-    from torch.utils._python_dispatch import _disable_current_modes
 
     turns: list = [None] * dist.get_world_size()
-    with _disable_current_modes():
+    with _collective(turn):
         dist.all_gather_object(turns, turn, group=_object_group())
     return turns
 
 
-def _from_rank0(payload: Any) -> Any:
-    """Rank 0's ``payload`` on every rank (outside any dispatch mode, as ``_gathered``)."""
+def _from_rank0(turn: Turn, payload: Any) -> Any:
+    """Rank 0's ``payload`` on every rank."""
     import torch.distributed as dist
-    from torch.utils._python_dispatch import _disable_current_modes
 
     box = [payload]
-    with _disable_current_modes():
+    with _collective(turn):
         dist.broadcast_object_list(box, src=0, group=_object_group())
     return box[0]
+
+
+@contextlib.contextmanager
+def _collective(turn: Turn):
+    """Run one collective of ``turn`` outside every dispatch mode (the planner runs inside
+    Inductor's fake tensor mode: the collectives' own tensors must be real); a wait that fails
+    (the group's timeout, a rank that left) raises a RematError naming this rank's turn."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    try:
+        with _disable_current_modes():
+            yield
+    except RuntimeError as e:
+        raise _not_joined(turn, e) from e
+
+
+def _not_joined(turn: Turn, error: RuntimeError) -> RematError:
+    import torch.distributed as dist
+
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RematError(
+        f"{turn.graph}: rank {dist.get_rank()} waited at its {turn.describe()} and not every rank joined it "
+        f"({reason}): a rank failed, compiled other graphs (a recompile or a graph break on some ranks only), or "
+        "took longer than the process group's timeout (rank 0 plans while the others wait); the remat logger at "
+        "DEBUG logs each rank's agreements")
 
 
 def _several_ranks() -> bool:

@@ -41,9 +41,9 @@ def run_on_ranks(rank_main: Callable[..., None], out: Path, *args: Any, world: i
     return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-def join_group(rank: int, rendezvous: str, world: int) -> None:
-    """This rank's gloo process group, met through the file ``rendezvous``, with its ``remat`` log
-    and its stacks before the timeout written beside it."""
+def join_group(rank: int, rendezvous: str, world: int, timeout: datetime.timedelta = TIMEOUT) -> None:
+    """This rank's gloo process group, met through the file ``rendezvous``, whose waits time out
+    after ``timeout``, with its ``remat`` log and its stacks before ``TIMEOUT`` written beside it."""
     out = Path(rendezvous).parent
     handler = logging.FileHandler(out / f"rank{rank}.log")
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s"))
@@ -52,7 +52,7 @@ def join_group(rank: int, rendezvous: str, world: int) -> None:
     logger.setLevel(logging.DEBUG)
     _OPEN.append(open(out / f"stacks{rank}.txt", "w"))
     faulthandler.dump_traceback_later(STACKS_AFTER.total_seconds(), file=_OPEN[-1])
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=TIMEOUT)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=timeout)
 
 
 def turns_logged(out: Path, rank: int) -> list[str]:

@@ -5,9 +5,12 @@ tensor mode, as in Inductor), different problems raise on both ranks naming both
 graph, and rank 0's InfeasibleBudgetError is raised on both ranks; with mode="local" (the option
 ranks="local") each rank plans its own graph, different or not. Ranks out of step (one asks for
 another plan of the same graph, or skips an agreement and asks about the next graph) raise a
-RematError on both ranks naming each rank's turn, and each rank logs its turns (tests/spawn.py)."""
+RematError on both ranks naming each rank's turn, and each rank logs its turns (tests/spawn.py);
+a rank that waits at an agreement no other rank joins raises a RematError naming it, not gloo's
+timeout."""
 
 import dataclasses
+import datetime
 import json
 import random
 
@@ -144,3 +147,21 @@ def test_two_ranks_share_rank0s_plan_and_its_errors(tmp_path):
     assert "rank 0 enters agreement 5, graph chain: a plan 0 B below the target" in logs[0]
     assert "rank 1 enters agreement 5, graph chain: a plan 64 B below the target" in logs[1]
     assert all(f"rank {rank} has rank 0's answer to agreement 1 (ok)" in log for rank, log in enumerate(logs))
+
+
+def lone_rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
+    """Rank 0 enters an agreement that rank 1, which leaves, never joins."""
+    join_group(rank, rendezvous, WORLD, timeout=datetime.timedelta(seconds=20))
+    try:
+        problem = chain_problem()
+        result = outcome(lambda: agree_across_ranks(problem, lambda: all_stored(problem, "rank0"))) if rank == 0 else {}
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_agreement_that_no_other_rank_joins_is_remats_error(tmp_path):
+    lone, _ = run_on_ranks(lone_rank_main, tmp_path, world=WORLD)
+    assert lone["error"] == "RematError"
+    assert "rank 0 waited at its agreement 1, graph chain: a plan" in lone["message"]
