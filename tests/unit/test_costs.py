@@ -207,3 +207,42 @@ def test_fused_time_is_the_longer_of_traffic_and_elementwise_ops():
     assert fused_time(4e9, 1e6, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(2.0)
     assert fused_time(4e9, 1e10, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(10.0)
     assert fused_time(4e9, 1e10, bandwidth=2e9) == pytest.approx(2.0)  # rate unknown: traffic alone
+
+
+class _Dropout(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.dropout(torch.tanh(self.a(x)), 0.5, True)).sum()
+
+
+def test_a_random_op_on_the_cpu_counts_what_drawing_its_numbers_takes():
+    import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_random)
+
+    from remat.cost import CPU_FLOPS_PER_RANDOM, op_flops, random_numbers
+    from remat.passes.rng_replay import DROPOUT_MASK, RNG_STATE
+
+    x, n = torch.empty(4, 64, 256), 4 * 64 * 256
+    for op, out in ((torch.ops.prims.inductor_random.default, x), (DROPOUT_MASK, x.bool()),
+                    (torch.ops.aten.native_dropout.default, (x, x.bool()))):
+        assert random_numbers(op, out) == n and op_flops(op, (), {}, out) == n * CPU_FLOPS_PER_RANDOM
+    assert random_numbers(RNG_STATE, torch.empty(5056, dtype=torch.uint8)) == 0  # copies a state, draws nothing
+    assert op_flops(torch.ops.aten.gt.Scalar, (x, 0.5), {}, x.bool()) == n  # a pointwise op: one an element
+    on_meta = x.to("meta")  # another device than the CPU: a number is one FLOP, as any pointwise element
+    assert op_flops(torch.ops.prims.inductor_random.default, (), {}, on_meta) == n
+
+
+def test_a_replayed_dropout_mask_is_priced_above_the_pointwise_op_it_masks():
+    """The quick GPT's plan at activation_memory_budget=0.5's peak recomputed 4 dropout masks priced
+    at 65 us each; Inductor's CPU code drew each in about 0.7 ms (a scalar Philox a number). The
+    mask replays Inductor's seed, or eager's generator state under ``fallback_random``."""
+    from remat.cost import CPU_FLOPS_PER_RANDOM, DEVICES
+
+    problem = remat.analyze(_Dropout(), torch.randn(256, 64), device="cpu", cost_model="roofline").problem
+    mask = next(a for a in problem.activations if a.dtype == "bool")
+    tanh = next(a for a in problem.activations if a.op == "tanh.default")
+    assert mask.recomputable
+    assert mask.compute_time >= 256 * 64 * CPU_FLOPS_PER_RANDOM / DEVICES["cpu"].peak_flops
+    assert mask.compute_time > 10 * tanh.compute_time  # a quarter of tanh's bytes, ten times its price
