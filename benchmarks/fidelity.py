@@ -15,6 +15,9 @@ remat_75   remat at a cap of 75 % / 50 % of plain torch.compile's peak (read fro
 remat_50   predicted peak, the peak of Inductor's code (``GraphReport.inductor_peak_bytes``), measured
 remat_min  remat at memory_budget="min": the same figures at the smallest peak it reaches
 
+For each remat configuration also the first plan of the check loop: its predicted peak over its
+code's (what the model alone, before any compile, gets right), and the plans kept / compiled.
+
 Writes ``benchmarks/results/fidelity.json`` after every configuration and ``fidelity.md`` at the
 end. Peaks are above what was resident before the step (profiler allocation events on the CPU).
 """
@@ -102,8 +105,12 @@ def worker(name: str, config: str, quick: bool) -> dict:
     """Run one configuration (``_run_config.run``) and add the figures this benchmark needs: for
     plain compile, the scheduler's estimate, the code's peak and the kernels, from the
     ``InductorPeaks`` that ``_run_config`` reads plain compile's code with (``_made_peaks``)."""
-    with _made_peaks() as made:
+    with _made_peaks() as made, _plans_tried() as tried:
         out = _run_config.run(name, config, quick, steps=1, time_limit=30.0, min_time=0.0)
+    if tried:  # the check loop's plans (of the step's first graph): the first plan's fidelity and the compiles
+        first = tried[0]
+        out.update(first_plan_predicted_bytes=first[0], first_plan_code_bytes=first[1],
+                   plans_compiled=sum(1 for t in tried if t[2] == first[2]))
     if config == "compile":
         peaks = next((p for p in reversed(made) if p.codes), None)
         groups = peaks.kernel_groups if peaks is not None else None
@@ -131,6 +138,28 @@ def _made_peaks():
         yield made
     finally:
         inductor_check.InductorPeaks = cls
+
+
+@contextlib.contextmanager
+def _plans_tried():
+    """(predicted peak, code's peak, graph name) of every plan that remat's check loop compiles
+    while the block runs (``remat.backend._compile_checked``), in order."""
+    import remat.backend as backend
+
+    tried, compile_checked = [], backend._compile_checked
+
+    def recorded(gm, example_inputs, cfg, name, *args, **kwargs):
+        out = compile_checked(gm, example_inputs, cfg, name, *args, **kwargs)
+        report, estimate = out[1], out[2]
+        if report is not None and estimate is not None:
+            tried.append((report.timeline.peak_bytes, estimate, name))
+        return out
+
+    backend._compile_checked = recorded
+    try:
+        yield tried
+    finally:
+        backend._compile_checked = compile_checked
 
 
 # ---- parent: every configuration in a fresh process --------------------------------------------
@@ -168,7 +197,8 @@ def summary_row(name: str, rows: dict) -> dict:
         if r.get("error"):
             out["errors"][config] = r["error"]
         out[config] = {k: r.get(k) for k in ("budget_bytes", "predicted_peak_bytes", "inductor_peak_bytes",
-                                             "measured_peak_bytes", "plans_made")}
+                                             "measured_peak_bytes", "plans_made", "first_plan_predicted_bytes",
+                                             "first_plan_code_bytes", "plans_compiled")}
     if c.get("error"):
         out["errors"]["compile"] = c["error"]
     return out
@@ -177,10 +207,11 @@ def summary_row(name: str, rows: dict) -> dict:
 def table(summaries: list[dict]) -> str:
     head = ("| model | plain meas. | plain Ind. est. | plain code | store-all pred. | plain pred. | plain pred/meas "
             "| plain pred. told its kernels | pred/meas "
-            + "".join(f"| {c[6:]}%: cap | pred. | Ind. est. | meas. | pred/meas | meas/cap | meas/plain meas " for c in CONFIGS[1:])
+            + "".join(f"| {c[6:]}%: cap | pred. | Ind. est. | meas. | pred/meas | meas/cap | meas/plain meas "
+                      "| 1st plan pred/code | plans kept/compiled " for c in CONFIGS[1:])
             + "|")
     lines = ["All peaks in MiB above what was resident before the step; caps are % of plain torch.compile's peak (read from its compiled code).",
-             "", head, "|---" * (9 + 7 * len(CONFIGS[1:])) + "|"]
+             "", head, "|---" * (9 + 9 * len(CONFIGS[1:])) + "|"]
     for s in summaries:
         cells = [s["model"], fmt_mib(s["plain_measured"]), fmt_mib(s["plain_inductor"]), fmt_mib(s.get("plain_code")),
                  fmt_mib(s["store_all_predicted"]), fmt_mib(s["plain_predicted"]),
@@ -190,7 +221,9 @@ def table(summaries: list[dict]) -> str:
             r = s[config]
             cells += [fmt_mib(r["budget_bytes"]), fmt_mib(r["predicted_peak_bytes"]), fmt_mib(r["inductor_peak_bytes"]),
                       fmt_mib(r["measured_peak_bytes"]), _ratio(r["predicted_peak_bytes"], r["measured_peak_bytes"]),
-                      _ratio(r["measured_peak_bytes"], r["budget_bytes"]), _ratio(r["measured_peak_bytes"], s["plain_measured"])]
+                      _ratio(r["measured_peak_bytes"], r["budget_bytes"]), _ratio(r["measured_peak_bytes"], s["plain_measured"]),
+                      _ratio(r.get("first_plan_predicted_bytes"), r.get("first_plan_code_bytes")),
+                      f"{r['plans_made'] or '-'}/{r.get('plans_compiled') or '-'}"]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {s['model']} {c}: {e}" for s in summaries for c, e in s["errors"].items()]
     return "\n".join(lines + ["", worst_gap(summaries)] + ([""] + errors if errors else []))
