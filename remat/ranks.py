@@ -14,11 +14,11 @@ floors that choose the backward's order: ``planning.order_for_peak``).
 
 Every such agreement is a ``Turn``: its number among this process's agreements, the graph, what
 is asked (a plan at which offset below the cap, a floor...) and the digest. The ranks share their
-turns before rank 0 decides, and rank 0's turn travels with its answer: ranks that are out of step
-(one asks for a plan that another does not, or for another graph) raise a ``RematError`` on every
-rank naming each rank's turn, instead of pairing one rank's question with another's answer; a rank
-whose wait fails (the process group's timeout, a rank that left) raises a ``RematError`` naming its
-turn. With the ``remat`` logger at DEBUG, each rank logs every turn it enters and the answer it got.
+turns before rank 0 decides: ranks that are out of step (one asks for a plan that another does
+not, or for another graph) raise a ``RematError`` on every rank naming each rank's turn, instead
+of pairing one rank's question with another's answer; a rank whose wait fails (the process group's
+timeout, a rank that left) raises a ``RematError`` naming its turn. With the ``remat`` logger at
+DEBUG, each rank logs every turn it enters and the answer it got.
 
 Ranks that compile different graphs (pipeline stages) pass ``mode="local"`` (the ``ranks`` option):
 each plans its own graphs, as without distributed.
@@ -104,8 +104,8 @@ def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", a
     """What rank 0's ``decide()`` returned, on every rank (rank 0 alone calls it), for a decision
     that every rank must take alike; ``graph``, ``asked`` and ``digest`` make this rank's ``Turn``.
     Raises a RematError on every rank when the ranks are out of step or their digests differ, and
-    rank 0's error on every rank when ``decide()`` raised. Without several ranks, or with
-    ``mode="local"``: ``decide()``."""
+    rank 0's error on every rank when ``decide()`` raised; a RematError on this rank when one of
+    its waits fails. Without several ranks, or with ``mode="local"``: ``decide()``."""
     import torch.distributed as dist
 
     if mode == "local" or not _several_ranks():
@@ -114,7 +114,7 @@ def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", a
     turn = Turn(next(_TURNS), graph, asked, digest)
     log.debug("remat[%s]: rank %d enters %s (digest %s)", graph, rank, turn.describe(), digest or "none")
     turns = _gathered(turn)
-    _refuse_out_of_step(turns, "before rank 0 decided")
+    _refuse_out_of_step(turns)
     _refuse_mismatch(graph, [t.digest for t in turns])
     result, error = None, None
     if rank == 0:
@@ -122,8 +122,7 @@ def decided_by_rank0(graph: str, decide: Callable[[], T], mode: str = "agree", a
             result = decide()
         except Exception as e:  # every rank must reach the broadcast, then raise it
             error = e
-    decider, payload = _from_rank0(turn, (turn, _portable(result, error)))
-    _refuse_out_of_step([decider, turn], "when rank 0's answer came")
+    payload = _from_rank0(turn, _portable(result, error))
     log.debug("remat[%s]: rank %d has rank 0's answer to agreement %d (%s)", graph, rank, turn.number, payload[0])
     if error is not None:
         raise error
@@ -195,7 +194,7 @@ def _object_group() -> Any:
     return _GLOO_GROUPS[id(world)]
 
 
-def _refuse_out_of_step(turns: list, when: str) -> None:
+def _refuse_out_of_step(turns: list) -> None:
     """Raise on every rank when some rank's turn is not rank 0's (``turns[0]``): the ranks asked
     for different decisions, so one rank's answer would be another's question."""
     others = [(rank, t) for rank, t in enumerate(turns) if not t.in_step(turns[0])]
@@ -204,7 +203,7 @@ def _refuse_out_of_step(turns: list, when: str) -> None:
     named = "; ".join(f"rank {rank} is at its {t.describe()}" for rank, t in others[:4])
     more = f" and {len(others) - 4} more ranks" if len(others) > 4 else ""
     raise RematError(
-        f"{turns[0].graph}: the ranks are out of step {when} (rank 0 is at its {turns[0].describe()}; {named}{more}): "
+        f"{turns[0].graph}: the ranks are out of step (rank 0 is at its {turns[0].describe()}; {named}{more}): "
         "they compiled different graphs, or asked for different plans of one; every rank must compile the "
         "same model, inputs' shapes and options (the remat logger at DEBUG logs each rank's agreements; ranks that "
         "compile different graphs, such as pipeline stages, plan each their own with the option ranks='local')")
