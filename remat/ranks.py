@@ -9,8 +9,10 @@ of planning directly: every rank first shares a digest of the ``Problem`` it cap
 rank whose Problem differs from rank 0's makes every rank raise a ``RematError`` naming the graph
 and both digests. Then rank 0 alone runs ``make_plan()`` and broadcasts what it returned, or the
 error it raised, which every rank raises in turn: a failure is an error on every rank, never a hang.
-``decided_by_rank0`` does the same for any other decision that must be one for all ranks (the
-floors that choose the backward's order: ``planning.order_for_peak``).
+``decided_by_rank0`` does the same for any other decision that must be one for all ranks: the
+floors that choose the backward's order (``planning.order_for_peak``) and the code's peak and
+kernels of each plan, which decide how often the check loop plans again and which plan it keeps
+(``backend._compile_checked_plans``).
 
 Every such agreement is a ``Turn``: its number among this process's agreements, the graph, what
 is asked (a plan at which offset below the cap, a floor...) and the digest. The ranks share their
