@@ -7,7 +7,8 @@ ranks="local") each rank plans its own graph, different or not. Ranks out of ste
 another plan of the same graph, or skips an agreement and asks about the next graph) raise a
 RematError on both ranks naming each rank's turn, and each rank logs its turns (tests/spawn.py);
 a rank that waits at an agreement no other rank joins raises a RematError naming it, not gloo's
-timeout."""
+timeout. The backward's order (planning.order_for_peak) follows rank 0's floors under "agree", where
+each rank's own floors would choose differently."""
 
 import dataclasses
 import datetime
@@ -165,3 +166,38 @@ def test_an_agreement_that_no_other_rank_joins_is_remats_error(tmp_path):
     lone, _ = run_on_ranks(lone_rank_main, tmp_path, world=WORLD)
     assert lone["error"] == "RematError"
     assert "rank 0 waited at its agreement 1, graph chain: a plan" in lone["message"]
+
+
+def order_rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
+    """Each rank's floors choose differently: rank 0's rise with the new order (it keeps the
+    graph's), rank 1's do not. Under "agree" rank 0 solves every floor; under "local" each rank its own."""
+    import remat.solvers
+    from remat.planning import order_for_peak
+    from tests.unit.test_order_backward import SPEC, linear_joint
+
+    join_group(rank, rendezvous, WORLD)
+    try:
+        floors = []
+
+        def floor(problem, time_limit):  # rank 0: 1 for the graph's order (asked first), then 2
+            floors.append(rank)
+            return len(floors) if rank == 0 else 1
+
+        remat.solvers.min_peak = floor
+        result = {}
+        for mode in ("agree", "local"):
+            floors.clear()
+            joint, fwd, n = linear_joint()
+            result[mode] = {"chosen": order_for_peak(joint, fwd, n, SPEC, ranks=mode).chosen, "floors": len(floors)}
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_backward_order_follows_rank0s_floors(tmp_path):
+    results = run_on_ranks(order_rank_main, tmp_path, world=WORLD)
+    agree, local = [r["agree"] for r in results], [r["local"] for r in results]
+    assert [a["chosen"] for a in agree] == ["graph"] * WORLD  # rank 0's floors keep the graph's order
+    assert [a["floors"] for a in agree] == [2, 0]  # rank 0 solved both floors, rank 1 none
+    assert local[0]["chosen"] == "graph" and local[1]["chosen"] != "graph"  # each its own: they differ
