@@ -341,7 +341,8 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
     improves or some plan tried met the target; when it stops improving, once at the model's
-    floor with the last kernels (where "min" plans: its code can be far lower). Under the target
+    floor with the last kernels (where "min" plans: its code can be far lower), and, while no plan
+    met the target, once at the model's floor told no kernels (``_bare_floor``). Under the target
     by more than ``RAISE_AT`` reserves (after ``room``, kept free for a loss computed outside),
     higher by the part of that slack that the model over-predicted (its predicted peak less the
     code's), less ``room``, while the plan recomputes something (not over a range of sizes: a
@@ -363,9 +364,9 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
         met = any(t.estimate <= target for t in tried)
         if not met and any(t.estimate <= last.estimate for t in tried[:-1]):
             # not improving: the model's floor once, with the last kernels ("min"'s plan), then stop
-            return None if any(_at_model_floor(cfg, t) for t in tried) else (target, groups)
+            return _bare_floor(cfg, tried, target) if any(_at_model_floor(cfg, t) for t in tried) else (target, groups)
         if at_floor and _same(groups, last.groups):  # the same model's floor again: the same plan
-            return None
+            return _bare_floor(cfg, tried, target)
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
     else:
         slack = cap - last.estimate - room > RAISE_AT * cfg.reserve * cap
@@ -378,6 +379,19 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
             return None
         lower_by = _toward(tried, target - last.report.plan.budget_bytes - raise_by, cfg)
     return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
+
+
+def _bare_floor(cfg: RematConfig, tried: list[_Compiled], target: int) -> tuple[int, None] | None:
+    """The model's floor told no kernels ("min"'s first plan), when no plan tried met the target
+    and that one was not tried; else None (stop). The kernels of a plan over the cap can raise the
+    model's floor above what another plan's code reaches: transformers Llama (quick) at a cap of
+    14.90 MiB, what "min" had reported and measured 14.8 MiB at, was refused at 16.96 MiB after
+    its first plan's kernels."""
+    if any(t.estimate <= target for t in tried):
+        return None
+    if any(t.groups is None and _at_model_floor(cfg, t) for t in tried):
+        return None
+    return target, None
 
 
 def _at_model_floor(cfg: RematConfig, t: _Compiled) -> bool:

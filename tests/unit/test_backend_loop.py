@@ -71,7 +71,17 @@ def test_lowering_that_stops_improving_tries_the_models_floor_once_then_stops():
     # was refused naming 4.03 MiB while "min"'s code peaked at 2.59 MiB)
     assert _next_plan(capped(), tried) == (950_000, KERNELS)
     at_floor = plan(990_000, 9.0, lower_by=950_000, floor=700_000)
-    assert _next_plan(capped(), tried + [at_floor]) is None
+    # then the model's floor told no kernels, "min"'s first plan (the last plan's kernels can raise
+    # the model's floor: transformers Llama quick at "min"'s own reported cap was refused), then stop
+    assert _next_plan(capped(), tried + [at_floor]) == (950_000, None)
+    bare = plan(985_000, 9.0, lower_by=950_000, floor=700_000, groups=None)
+    assert _next_plan(capped(), tried + [at_floor, bare]) is None
+
+
+def test_no_bare_floor_once_a_plan_met_the_target():
+    tried = [plan(940_000, 5.0), plan(975_000, 7.0, lower_by=30_000),
+             plan(990_000, 9.0, lower_by=950_000, floor=700_000)]
+    assert _next_plan(capped(), tried) is None
 
 
 def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
@@ -96,7 +106,9 @@ def test_a_plan_at_the_models_floor_is_raised_from_that_floor():
 def test_a_plan_at_the_models_floor_is_not_lowered_with_the_same_kernels():
     tried = [plan(990_000, 5.0, groups=None), plan(980_000, 4.0, floor=1_050_000)]
     tried[-1].kernels = KERNELS  # Inductor generated the kernels the plan was made with
-    assert _next_plan(capped(), tried) is None
+    assert _next_plan(capped(), tried) == (950_000, None)  # the model's floor told no kernels instead
+    tried[0] = plan(990_000, 5.0, groups=None, lower_by=950_000, floor=1_000_000)
+    assert _next_plan(capped(), tried) is None  # that one was tried
     tried[-1].kernels = KernelGroups(backward=(frozenset({"mm_2"}),))
     assert _next_plan(capped(), tried) == (30_000 + CAP // 100, tried[-1].kernels)
 
