@@ -22,7 +22,7 @@ Parameters and inputs are resident and cost nothing.
                           before any compile, ``predicted_kernel_groups`` predicts those kernels
                           from the graph (Inductor's CPU fusion rules) for the recomputations
                           they inline (the Problem's ``recompute_kernels``) and, for the backward
-                          kernels of a row reduction, their spans (``row_reduction_kernels``)
+                          kernels of LayerNorm's row sums, their spans (``row_reduction_kernels``)
 3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
 4. ``effective_readers``  the slot ops that read each storage (``slot_readers``), seen through
                           fused readers: a storage lives until the kernel that inlines its reader
@@ -431,17 +431,20 @@ def predicted_kernel_groups(g: GraphFacts, sched: Schedule, fused: set[fx.Node])
 
 
 def row_reduction_kernels(groups: KernelGroups, g: GraphFacts) -> KernelGroups:
-    """The predicted backward kernels of ``groups`` that hold a reduction over the trailing
-    dimensions of its input (a row: LayerNorm, RMSNorm, softmax backward), whose ops the capture
-    places as one (``kernel_spans``): their results allocated as the kernel starts while the
-    gradient they read, dying in it, lives to its end (the GPT example's first LayerNorm backward:
-    1 MiB over the model's peak, and two more compiles at 60 %). The other predicted kernels keep
-    their ops one by one: with the spans of BatchNorm backward kernels (batch and space reduced)
-    the e2e tests' CNN's modelled floor rose from 7.4 to 10.5 MB and its plan at 50 % measured
-    11 % under its prediction; with those of every backward kernel it took three compiles there
-    (the told-kernels model misses the max-pool backward's index copies)."""
+    """The predicted backward kernels of ``groups`` that hold two reductions over the trailing
+    dimensions of their inputs (rows: LayerNorm's backward sums the gradient and its product with
+    the normalised input), whose ops the capture places as one (``kernel_spans``): Inductor
+    allocates their result as the kernel starts while the gradient they read, dying in it, lives
+    to its end (the GPT example's first LayerNorm backward: 1 MiB over the model's peak, and two
+    more compiles at 60 %). The other predicted kernels keep their ops one by one: one row sum
+    (RMSNorm's backward) lets Inductor write the result over that gradient, as the op-by-op model
+    predicts (a span would count both: transformers Llama's "min" kept a plan 0.5 MiB higher); a
+    BatchNorm backward's (batch and space reduced) is not Inductor's (with its spans the e2e tests'
+    CNN's modelled floor rose from 7.4 to 10.5 MB and its plan at 50 % measured 11 % under its
+    prediction); with the spans of every backward kernel that CNN took three compiles at 50 % (the
+    told-kernels model misses the max-pool backward's index copies)."""
     by_name = {n.name: n for n in g.nodes}
-    rows = tuple(k for k in groups.backward if any(_row_reduction(by_name[x]) for x in k if x in by_name))
+    rows = tuple(k for k in groups.backward if sum(_row_reduction(by_name[x]) for x in k if x in by_name) >= 2)
     return KernelGroups(backward=rows)
 
 
@@ -1305,7 +1308,8 @@ def capture(
     kernels Inductor generated for this graph last time), each kernel's ops allocate and free
     as one; without them, the kernels predicted from the graph (``predicted_kernel_groups``) tell
     the simulator which recomputations run inside a backward kernel, and the predicted backward
-    kernels of a row reduction place their ops as one (``row_reduction_kernels``). Training dropouts replay their generator state when the planner rewrote them before
+    kernels of LayerNorm's row sums place their ops as one (``row_reduction_kernels``). Training
+    dropouts replay their generator state when the planner rewrote them before
     (``rng_replay.replay_in_joint``, in ``remat.planning``)."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)

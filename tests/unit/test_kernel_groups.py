@@ -307,7 +307,7 @@ def trace_decomposed(fn, *inputs):
 
 
 def test_a_predicted_row_reduction_kernel_allocates_its_result_while_the_gradient_it_reads_lives():
-    # LayerNorm's backward: the row sums (sum_2, sum_3) and their readers are one kernel, which
+    # LayerNorm's backward: the two row sums (sum_2, sum_3) and their readers are one kernel, which
     # Inductor runs with its result (mul_7, the input's gradient) allocated and mm_3's gradient
     # read to its end (plain torch.compile's code: ``buf8`` beside ``buf3``, no reuse). The weight
     # and bias gradients (sum_4, sum_5: columns) and pointwise-only kernels keep their ops apart.
@@ -332,3 +332,15 @@ def test_a_predicted_row_reduction_kernel_allocates_its_result_while_the_gradien
     gated_joint, gated_fwd, gated_n = trace_joint(gated, *_inputs(3))
     gated_problem = capture(gated_joint, forward_nodes=gated_fwd, num_fwd_outputs=gated_n, spec=spec).problem
     assert KERNEL_STARTS not in gated_problem.metadata
+
+
+def test_a_predicted_kernel_of_one_row_sum_keeps_its_ops_apart():
+    # RMSNorm's backward (one row sum, sum_2) is one predicted kernel, but Inductor writes its
+    # result over the gradient it reads (plain compile's code: ``buf5 = buf3; del buf3  # reuse``),
+    # as the op-by-op model predicts: no span
+    joint, fwd, n = trace_joint(rms, *_inputs())
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    predicted_groups = predicted_kernel_groups(g, sched, fused_values(g))
+    assert any("sum_2" in k for k in predicted_groups.backward)
+    assert row_reduction_kernels(predicted_groups, g).backward == ()
