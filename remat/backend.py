@@ -24,7 +24,7 @@ import functools
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +34,7 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
 from ._version import __version__
 from .compilation import NO_RUNS, Compilation, Runs, compilation_for
-from .config import RematConfig
+from .config import RematConfig, parse_budget
 from .deferred_kernels import deferred_kernel_builds
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks, installed
@@ -200,7 +200,11 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             record([report])
             return fallback[0]
-        _refuse_over_cap(cfg, report, estimate)
+        if report.dynamic is None:
+            compiled, report, estimate = _lower_of_min(gm, example_inputs, cfg, (compiled, report, estimate),
+                                                       name, plain_peak, resident, runs)
+        if estimate > report.budget_bytes:
+            _refuse_over_cap(cfg, report, estimate)
     faster = _plain_if_it_fits(gm, example_inputs, cfg, plain, report, runs)
     if faster is not None:
         report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *faster[1:]
@@ -208,6 +212,22 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         return faster[0]
     record([report])
     return compiled
+
+
+def _lower_of_min(gm, example_inputs, cfg: RematConfig, checked: tuple, name: str, plain_peak: int | None,
+                  resident: int, runs: Runs) -> tuple:
+    """Of ``checked`` (compiled, report, code peak: a capped loop's plan over its cap) and what
+    "min" compiles on this graph (its plans from the model's floor, each told the last compile's
+    kernels), the one whose code peaks lower, reported under the cap asked. A capped loop plans
+    from its target and the kernels of plans over it, which can leave the plan that "min" reaches,
+    and reports as its cap, untried: transformers Llama (quick) measured 14.76 MiB under "min",
+    and its reported cap, 14.90 MiB, given as a byte cap was refused at 16.96 MiB."""
+    floor_cfg = replace(cfg, memory_budget=parse_budget("min"))
+    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, floor_cfg, name, plain_peak, resident, runs)
+    if report is None or estimate is None or estimate >= checked[2]:
+        return checked
+    report.budget_bytes, report.plans_made = checked[1].budget_bytes, checked[1].plans_made + report.plans_made
+    return compiled, report, estimate
 
 
 PLAIN_BAND = 1.5  # under a byte cap, plain torch.compile is tried when the model's store-all peak is within this factor of the cap
@@ -341,8 +361,7 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
     improves or some plan tried met the target; when it stops improving, once at the model's
-    floor with the last kernels (where "min" plans: its code can be far lower), and, while no plan
-    met the target, once at the model's floor told no kernels (``_bare_floor``). Under the target
+    floor with the last kernels (where "min" plans: its code can be far lower). Under the target
     by more than ``RAISE_AT`` reserves (after ``room``, kept free for a loss computed outside),
     higher by the part of that slack that the model over-predicted (its predicted peak less the
     code's), less ``room``, while the plan recomputes something (not over a range of sizes: a
@@ -364,9 +383,9 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
         met = any(t.estimate <= target for t in tried)
         if not met and any(t.estimate <= last.estimate for t in tried[:-1]):
             # not improving: the model's floor once, with the last kernels ("min"'s plan), then stop
-            return _bare_floor(cfg, tried, target) if any(_at_model_floor(cfg, t) for t in tried) else (target, groups)
+            return None if any(_at_model_floor(cfg, t) for t in tried) else (target, groups)
         if at_floor and _same(groups, last.groups):  # the same model's floor again: the same plan
-            return _bare_floor(cfg, tried, target)
+            return None
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
     else:
         slack = cap - last.estimate - room > RAISE_AT * cfg.reserve * cap
@@ -379,19 +398,6 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
             return None
         lower_by = _toward(tried, target - last.report.plan.budget_bytes - raise_by, cfg)
     return (lower_by, groups) if abs(lower_by - last.lower_by) >= cap // 100 else None
-
-
-def _bare_floor(cfg: RematConfig, tried: list[_Compiled], target: int) -> tuple[int, None] | None:
-    """The model's floor told no kernels ("min"'s first plan), when no plan tried met the target
-    and that one was not tried; else None (stop). The kernels of a plan over the cap can raise the
-    model's floor above what another plan's code reaches: transformers Llama (quick) at a cap of
-    14.90 MiB, what "min" had reported and measured 14.8 MiB at, was refused at 16.96 MiB after
-    its first plan's kernels."""
-    if any(t.estimate <= target for t in tried):
-        return None
-    if any(t.groups is None and _at_model_floor(cfg, t) for t in tried):
-        return None
-    return target, None
 
 
 def _at_model_floor(cfg: RematConfig, t: _Compiled) -> bool:

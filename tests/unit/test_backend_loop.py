@@ -71,17 +71,7 @@ def test_lowering_that_stops_improving_tries_the_models_floor_once_then_stops():
     # was refused naming 4.03 MiB while "min"'s code peaked at 2.59 MiB)
     assert _next_plan(capped(), tried) == (950_000, KERNELS)
     at_floor = plan(990_000, 9.0, lower_by=950_000, floor=700_000)
-    # then the model's floor told no kernels, "min"'s first plan (the last plan's kernels can raise
-    # the model's floor: transformers Llama quick at "min"'s own reported cap was refused), then stop
-    assert _next_plan(capped(), tried + [at_floor]) == (950_000, None)
-    bare = plan(985_000, 9.0, lower_by=950_000, floor=700_000, groups=None)
-    assert _next_plan(capped(), tried + [at_floor, bare]) is None
-
-
-def test_no_bare_floor_once_a_plan_met_the_target():
-    tried = [plan(940_000, 5.0), plan(975_000, 7.0, lower_by=30_000),
-             plan(990_000, 9.0, lower_by=950_000, floor=700_000)]
-    assert _next_plan(capped(), tried) is None
+    assert _next_plan(capped(), tried + [at_floor]) is None
 
 
 def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
@@ -106,9 +96,7 @@ def test_a_plan_at_the_models_floor_is_raised_from_that_floor():
 def test_a_plan_at_the_models_floor_is_not_lowered_with_the_same_kernels():
     tried = [plan(990_000, 5.0, groups=None), plan(980_000, 4.0, floor=1_050_000)]
     tried[-1].kernels = KERNELS  # Inductor generated the kernels the plan was made with
-    assert _next_plan(capped(), tried) == (950_000, None)  # the model's floor told no kernels instead
-    tried[0] = plan(990_000, 5.0, groups=None, lower_by=950_000, floor=1_000_000)
-    assert _next_plan(capped(), tried) is None  # that one was tried
+    assert _next_plan(capped(), tried) is None
     tried[-1].kernels = KernelGroups(backward=(frozenset({"mm_2"}),))
     assert _next_plan(capped(), tried) == (30_000 + CAP // 100, tried[-1].kernels)
 
@@ -201,3 +189,28 @@ def test_the_plan_kept_leaves_room_for_the_loss_when_one_does():
     assert _kept(capped(), [first, raised], room=0) is raised
     # no plan leaves the room: the reserve alone decides, as without a loss
     assert _kept(capped(), [plan(900_000, 9.0), raised], room=80_000) is raised
+
+
+@pytest.mark.parametrize("min_peak", [900_000, 1_100_000, 2_000_000])
+def test_a_cap_no_plan_met_takes_what_min_compiles_when_its_code_peaks_lower(monkeypatch, min_peak):
+    import remat.backend as backend
+
+    asked = []
+
+    def min_loop(gm, inputs, cfg, name, plain_peak, resident, runs):
+        asked.append(cfg.memory_budget.minimum)
+        found = plan(min_peak, 9.0, cap=None)
+        found.report.plans_made = 2
+        return found.compiled, found.report, min_peak
+
+    monkeypatch.setattr(backend, "_compile_checked_plans", min_loop)
+    over = plan(1_500_000, 5.0)
+    over.report.plans_made = 4
+    compiled, report, peak = backend._lower_of_min(None, (), capped(), (over.compiled, over.report, 1_500_000),
+                                                   "graph0", None, 0, backend.NO_RUNS)
+    assert asked == [True]  # "min"'s loop, on the same graph
+    if min_peak < 1_500_000:  # under the cap (then run) or only lower (then the peak refused names)
+        assert (compiled, peak) == (f"plan at {min_peak}", min_peak)
+        assert report.budget_bytes == CAP and report.plans_made == 6  # the cap asked; every compile counted
+    else:
+        assert (compiled, peak, report) == (over.compiled, 1_500_000, over.report)
