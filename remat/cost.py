@@ -2,9 +2,7 @@
 
 time(op) = max(flops / peak_flops, bytes_moved / bandwidth) + launch overhead. FLOPs come from
 torch's flop-counter formulas evaluated on the node's fake-tensor metadata; the CPU attention op,
-which has no formula in torch, gets the standard attention count so attention never looks free;
-a random op on the CPU counts ``CPU_FLOPS_PER_RANDOM`` per number it draws (``random_numbers``:
-a replayed dropout mask costs what drawing it costs, 30 times a pointwise op's element).
+which has no formula in torch, gets the standard attention count so attention never looks free.
 ``node_time`` prices a graph node alone (``remat.profile.MeasuredCosts`` skips timing the ops
 whose share of their graph's time it says is negligible). A pointwise chain fused into another
 kernel is priced by ``fused_time``: the longer of its memory
@@ -139,42 +137,13 @@ def _attention_flops(q: Any, k: Any, v: Any) -> int:
     return 2 * b * h * sq * sk * d + 2 * b * h * sq * sk * dv
 
 
-# FLOPs that one random number counts on the CPU (``op_flops``): Inductor's CPU code draws each with
-# a scalar Philox4x32-10 (``normalized_rand_cpu``), not vectorised: compiled ``torch.rand_like`` of
-# 65,536 fp32 took 10.2 ns a number at one thread (dropout 10.9 ns; ``x * 2 + 1`` 0.36 ns an
-# element) on a machine whose fp32 matmul ran 142.6 GFLOP/s at one thread (``remat profile``):
-# 1,450 of its FLOPs. On a GPU a number is a few integer ops in a memory-bound kernel: one FLOP.
-CPU_FLOPS_PER_RANDOM = 1500
-# Inductor's seeded random prims (``remat.passes.rng_replay``), which carry no random tag
-_SEEDED_RANDOM = {"prims.inductor_random.default", "prims.inductor_randint.default"}
-_STATE_COPIES = {"remat.rng_state.default"}  # tagged random: copies a generator's state, draws nothing
-
-
-def random_numbers(target: Any, out: Any) -> int:
-    """Random numbers an op draws, or replays from a saved seed: the elements of its first result
-    for a random op (an ATen op tagged ``nondeterministic_seeded`` with a tensor result, Inductor's
-    ``inductor_random`` / ``inductor_randint``, remat's replayed dropout masks); 0 otherwise."""
-    import torch
-
-    tags = getattr(target, "tags", ()) or ()
-    tagged = torch.Tag.nondeterministic_seeded in tags and str(target) not in _STATE_COPIES
-    if not tagged and str(target) not in _SEEDED_RANDOM:
-        return 0
-    first = out[0] if isinstance(out, (tuple, list)) and out else out
-    return tensor_bytes(first) // max(first.element_size(), 1) if isinstance(first, torch.Tensor) else 0
-
-
 def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of one ATen op from torch's flop formulas (0 for ops without one); a random op on the
-    CPU: ``CPU_FLOPS_PER_RANDOM`` per number it draws (``random_numbers``)."""
+    """FLOPs of one ATen op from torch's flop formulas (0 for ops without one)."""
     import torch
     from torch.utils.flop_counter import flop_registry
 
     packet = getattr(target, "overloadpacket", None)
     name = str(packet) if packet is not None else ""
-    drawn = random_numbers(target, out)
-    if drawn and _first_device(out) == "cpu":
-        return drawn * CPU_FLOPS_PER_RANDOM
     if "scaled_dot_product" in name and "attention" in name and "for_cpu" in name:
         q, k, v = args[:3]
         fwd = _attention_flops(q, k, v)
@@ -187,14 +156,6 @@ def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
     if isinstance(out, torch.Tensor):  # pointwise and reductions: about one FLOP an element
         return tensor_bytes(out) // max(out.element_size(), 1)
     return 0
-
-
-def _first_device(out: Any) -> str:
-    """The device type of an op's (first) tensor result; "" when it has none."""
-    import torch
-
-    leaves = [x for x in torch.utils._pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
-    return leaves[0].device.type if leaves else ""
 
 
 def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, elementwise_ops: float = 0.0) -> float:
