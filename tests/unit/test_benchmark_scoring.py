@@ -69,6 +69,22 @@ def test_scored_ratios_control_store_all_and_price():
     assert "sa_ratio_median" not in by[tf.STORE_ALL + "store all"]
 
 
+def test_cpu_times_give_the_same_ratios_prefixed_cpu_and_rows_without_them_score_as_before():
+    wall = scored_rows()
+    rows = [dict(r, step_cpu_s=rounds(*[r["step_times_s"][1][0] / 2] * 4)) for r in (
+        row("compile", "-", 1.0), row("compile", "control", 1.2), row(tf.STORE_ALL, "store all", 1.1),
+        row("amb_0.5", tf.TORCH, 1.65),
+        row("remat_83886080B", tf.DEFAULT, 3.3, equal_peak_of="amb_0.5", compiled_with=["remat plan"]))]
+    rows[-1]["step_cpu_s"] = rounds(*[0.66] * 4)  # on CPU time the plan takes 0.8x amb's 0.825 s
+    by = {r["config"] + r["cost_model"]: r for r in tf.scored(rows)}
+    price = by["remat_83886080B" + tf.DEFAULT]
+    assert price["price_ratio_median"] == pytest.approx(2.0)  # wall time, as without CPU times
+    assert price["cpu_price_ratio_median"] == pytest.approx(0.8)
+    assert price["cpu_ratio_median"] == pytest.approx(0.66 / 0.55)  # over the mean of both plain compiles' CPU
+    assert price["cpu_sa_ratio_median"] == pytest.approx(0.66 / 0.55)  # over store-all's 0.55 s
+    assert not any(k.startswith("cpu_") for r in wall.values() for k in r)  # wall times alone: no CPU figures
+
+
 def test_fidelity_rows_give_predicted_and_measured_percentages():
     fid = {r["config"] + r["cost_model"]: r for r in tf.fidelity_rows(list(scored_rows().values()))}
     assert "compile-" not in fid and "amb_0.5" + tf.TORCH not in fid  # the reference and torch's rows
