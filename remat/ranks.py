@@ -202,10 +202,9 @@ def _refuse_out_of_step(turns: list) -> None:
     others = [(rank, t) for rank, t in enumerate(turns) if not t.in_step(turns[0])]
     if not others:
         return
-    named = "; ".join(f"rank {rank} is at its {t.describe()}" for rank, t in others[:4])
-    more = f" and {len(others) - 4} more ranks" if len(others) > 4 else ""
+    named = _first_ranks("; ".join(f"rank {rank} is at its {t.describe()}" for rank, t in others[:4]), others)
     raise RematError(
-        f"{turns[0].graph}: the ranks are out of step (rank 0 is at its {turns[0].describe()}; {named}{more}): "
+        f"{turns[0].graph}: the ranks are out of step (rank 0 is at its {turns[0].describe()}; {named}): "
         "they compiled different graphs, or asked for different plans of one; every rank must compile the "
         "same model, inputs' shapes and options (the remat logger at DEBUG logs each rank's agreements; ranks that "
         "compile different graphs, such as pipeline stages, plan each their own with the option ranks='local')")
@@ -216,13 +215,17 @@ def _refuse_mismatch(graph: str, digests: list) -> None:
     others = [(rank, d) for rank, d in enumerate(digests) if d != digests[0]]
     if not others:
         return
-    named = ", ".join(f"rank {rank} has {d}" for rank, d in others[:4])
-    more = f" and {len(others) - 4} more ranks" if len(others) > 4 else ""
+    named = _first_ranks(", ".join(f"rank {rank} has {d}" for rank, d in others[:4]), others)
     raise RematError(
-        f"{graph}: the ranks captured different problems (rank 0's digest {digests[0]}; {named}{more}), so "
+        f"{graph}: the ranks captured different problems (rank 0's digest {digests[0]}; {named}), so "
         "they cannot share one plan; every rank must compile the same model, inputs' shapes and options "
         "(ranks that compile different graphs, such as pipeline stages, plan each their own with the option "
         "ranks='local')")
+
+
+def _first_ranks(named: str, others: list) -> str:
+    """``named`` (the first four of ``others``, the ranks that differ from rank 0) and how many more."""
+    return named + (f" and {len(others) - 4} more ranks" if len(others) > 4 else "")
 
 
 def _portable(result: Any, error: Exception | None) -> tuple:
