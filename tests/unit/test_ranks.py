@@ -114,6 +114,9 @@ def rank_main(rank: int, rendezvous: str, out_dir: str) -> None:
         result = {"agreed": agreed, "calls": agreed_calls, "local_calls": calls, "infeasible": infeasible, "mismatch": mismatch,
                   "digest": problem_digest(other), "local": local, "decided": decided_by_rank0("g", lambda: rank)}
         result.update(out_of_step(rank, problem, make_plan))
+        # neither rank tears the group down while the other still reads the last all-gather (gloo
+        # aborts a rank whose peer closed the connection mid-collective: SIGABRT, 2 runs in 21)
+        dist.barrier()
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)
     finally:
