@@ -194,15 +194,17 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         return compiled
     if estimate > report.budget_bytes:
         sizes = report.dynamic.planned_at if report.dynamic is not None else None
+        if sizes is None and plain is None:  # compiled once for the fallback, "min"'s comparison and the last check
+            plain = plain_compile(gm, example_inputs)
         # a dynamic graph's plain code is read again at the sizes planned for (``plain`` was read at the hints)
         fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes, runs)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             record([report])
             return fallback[0]
-        if report.dynamic is None:
+        if sizes is None:
             compiled, report, estimate = _lower_of_min(gm, example_inputs, cfg, (compiled, report, estimate),
-                                                       name, plain_peak, resident, runs)
+                                                       name, plain_peak, resident, runs, plain)
         if estimate > report.budget_bytes:
             _refuse_over_cap(cfg, report, estimate)
     faster = _plain_if_it_fits(gm, example_inputs, cfg, plain, report, runs)
@@ -215,15 +217,17 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
 
 
 def _lower_of_min(gm, example_inputs, cfg: RematConfig, checked: tuple, name: str, plain_peak: int | None,
-                  resident: int, runs: Runs) -> tuple:
+                  resident: int, runs: Runs, plain: tuple | None = None) -> tuple:
     """Of ``checked`` (compiled, report, code peak: a capped loop's plan over its cap) and what
     "min" compiles on this graph (its plans from the model's floor, each told the last compile's
     kernels), the one whose code peaks lower, reported under the cap asked. A capped loop plans
     from its target and the kernels of plans over it, which can leave the plan that "min" reaches,
     and reports as its cap, untried: transformers Llama (quick) measured 14.76 MiB under "min",
-    and its reported cap, 14.90 MiB, given as a byte cap was refused at 16.96 MiB."""
+    and its reported cap, 14.90 MiB, given as a byte cap was refused at 16.96 MiB. ``plain``: plain
+    torch.compile's (compiled, code peak, bytes its backward receives), when compiled already."""
     floor_cfg = replace(cfg, memory_budget=parse_budget("min"))
-    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, floor_cfg, name, plain_peak, resident, runs)
+    compiled, report, estimate = _compile_checked_plans(gm, example_inputs, floor_cfg, name, plain_peak, resident, runs,
+                                                        plain=plain)
     if report is None or estimate is None or estimate >= checked[2]:
         return checked
     report.budget_bytes, report.plans_made = checked[1].budget_bytes, checked[1].plans_made + report.plans_made
@@ -285,7 +289,7 @@ def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] 
 
 
 def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plain_peak: int | None,
-                           resident: int = 0, runs: Runs = NO_RUNS):
+                           resident: int = 0, runs: Runs = NO_RUNS, *, plain: tuple | None = None):
     """Plan and compile, then plan again (``MAX_PLANS`` compiles in all) as the code's peak says:
     while Inductor's code leaves less than the reserve free under the cap, first with the kernels
     that Inductor generated (the model then places each kernel's ops as one), then lower by the
@@ -298,7 +302,8 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     computed outside the graph (``loss_room``), which a plan whose code left the slack free had.
     Returns the compiled graph, its report and its code's peak. ``resident``: what earlier graphs
     of the step keep (``plan_joint_graph``); ``runs``: the graph's other runs per step, planned
-    for, and counted in each code's peak (``_compile_checked``)."""
+    for, and counted in each code's peak (``_compile_checked``); ``plain``: plain torch.compile's
+    result when compiled already ("min" compares it)."""
     tried: list[_Compiled] = []
     room = loss_room(grad_output_bytes(gm))
     lower_by, groups = 0, None
@@ -325,7 +330,7 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
         lower_by, groups = step
     kept = _kept(cfg, tried, room)
     if cfg.memory_budget.minimum:
-        return _lowest_of_min(gm, example_inputs, cfg, kept)
+        return _lowest_of_min(gm, example_inputs, cfg, kept, plain)
     return kept.compiled, kept.report, kept.estimate
 
 
@@ -438,13 +443,13 @@ def _kept(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> _Compiled:
     return lowest
 
 
-def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled):
-    """"min"'s result: ``kept``, or plain torch.compile where its code peaks lower (remat's floor
-    is never above what plain Inductor allocates); the report's cap is that peak with the
-    reserve (``min_cap``). Returns (compiled, report, its code's peak)."""
+def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled, plain: tuple | None = None):
+    """"min"'s result: ``kept``, or plain torch.compile (compiled now unless ``plain`` holds it) where
+    its code peaks lower (remat's floor is never above what plain Inductor allocates); the report's
+    cap is that peak with the reserve (``min_cap``). Returns (compiled, report, its code's peak)."""
     report, compiled, estimate = kept.report, kept.compiled, kept.estimate
     sizes = report.dynamic.planned_at if report.dynamic is not None else None
-    plain, plain_peak, plain_kept = plain_compile(gm, example_inputs, sizes)
+    plain, plain_peak, plain_kept = plain if plain is not None else plain_compile(gm, example_inputs, sizes)
     if plain_peak is not None and plain_peak < estimate:
         compiled, estimate = plain, plain_peak
         report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", plain_peak, plain_kept

@@ -202,7 +202,7 @@ def _refuse_out_of_step(turns: list) -> None:
     others = [(rank, t) for rank, t in enumerate(turns) if not t.in_step(turns[0])]
     if not others:
         return
-    named = _first_ranks("; ".join(f"rank {rank} is at its {t.describe()}" for rank, t in others[:4]), others)
+    named = _first_ranks(others, lambda rank, t: f"rank {rank} is at its {t.describe()}", "; ")
     raise RematError(
         f"{turns[0].graph}: the ranks are out of step (rank 0 is at its {turns[0].describe()}; {named}): "
         "they compiled different graphs, or asked for different plans of one; every rank must compile the "
@@ -215,7 +215,7 @@ def _refuse_mismatch(graph: str, digests: list) -> None:
     others = [(rank, d) for rank, d in enumerate(digests) if d != digests[0]]
     if not others:
         return
-    named = _first_ranks(", ".join(f"rank {rank} has {d}" for rank, d in others[:4]), others)
+    named = _first_ranks(others, lambda rank, d: f"rank {rank} has {d}", ", ")
     raise RematError(
         f"{graph}: the ranks captured different problems (rank 0's digest {digests[0]}; {named}), so "
         "they cannot share one plan; every rank must compile the same model, inputs' shapes and options "
@@ -223,8 +223,10 @@ def _refuse_mismatch(graph: str, digests: list) -> None:
         "ranks='local')")
 
 
-def _first_ranks(named: str, others: list) -> str:
-    """``named`` (the first four of ``others``, the ranks that differ from rank 0) and how many more."""
+def _first_ranks(others: list, name: Callable[[int, Any], str], sep: str) -> str:
+    """The first four of ``others`` ((rank, what differs from rank 0)), each as ``name`` says, and
+    how many more."""
+    named = sep.join(name(rank, x) for rank, x in others[:4])
     return named + (f" and {len(others) - 4} more ranks" if len(others) > 4 else "")
 
 

@@ -197,7 +197,7 @@ def test_a_cap_no_plan_met_takes_what_min_compiles_when_its_code_peaks_lower(mon
 
     asked = []
 
-    def min_loop(gm, inputs, cfg, name, plain_peak, resident, runs):
+    def min_loop(gm, inputs, cfg, name, plain_peak, resident, runs, plain=None):
         asked.append(cfg.memory_budget.minimum)
         found = plan(min_peak, 9.0, cap=None)
         found.report.plans_made = 2
