@@ -24,7 +24,8 @@ import operator
 import torch
 import torch.fx as fx
 
-from .capture import Captured, is_view
+from .capture import Captured
+from .joint_graph import is_view
 from .cost import tensor_bytes
 from .plan import Decision, Plan
 from .simulate import simulate

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from .capture import Captured, capture, split_phases
+from .capture import Captured, capture
+from .joint_graph import split_phases
 from .config import RematConfig
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .kernel_groups import KernelGroups, with_kernels

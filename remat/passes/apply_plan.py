@@ -16,7 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..capture import is_view
+from ..joint_graph import is_view
 from . import offload_ops, rng_replay  # register torch.ops.remat.*, which the rewritten graphs call
 from ..errors import PlanError
 from ..plan import Decision, Plan

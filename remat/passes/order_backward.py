@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch.fx as fx
 
-from ..capture import is_view, storage_owners
+from ..joint_graph import is_view, storage_owners
 from ..cost import tensor_bytes
 
 # the share of the graph's own order's peak that another order must save to be kept: less is

@@ -17,29 +17,14 @@ import remat
 from remat.passes.rng_replay import replay_in_joint
 from remat.cost import DeviceSpec, tensor_bytes
 from remat.capture import (
-    ActivationFacts,
-    activation_inputs,
-    addmm_add,
-    autograd_order,
-    backward_relevant,
-    broadcast_copies,
-    build_schedule,
-    capture,
-    effective_readers,
-    fixed_bytes,
-    fold_fused_values,
-    fused_values,
-    graph_facts,
-    is_random,
-    kernel_reads,
-    module_path,
-    pinned_storages,
-    slot_readers,
-    slot_times,
-    split_phases,
-    storage_lifetimes,
-    storage_owners,
+    ActivationFacts, activation_inputs, backward_relevant, broadcast_copies, capture, effective_readers,
+    fixed_bytes, fold_fused_values, fused_values, module_path, storage_lifetimes,
 )
+from remat.joint_graph import (
+    addmm_add, autograd_order, build_schedule, graph_facts, is_random, kernel_reads, pinned_storages, slot_readers,
+    split_phases, storage_owners,
+)
+from remat.pricing import slot_times
 
 # bytes move at 1 B/s and flops are free: a kernel's time is the bytes it moves
 BYTES_SPEC = DeviceSpec("bytes", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0)

@@ -12,7 +12,9 @@ import torch
 
 import remat
 from remat import planning
-from remat.capture import capture, fused_values, graph_facts, read_bytes
+from remat.capture import capture, fused_values
+from remat.joint_graph import graph_facts
+from remat.pricing import read_bytes
 from remat.config import RematConfig
 from remat.cost import DeviceSpec, fused_time, tensor_bytes
 from remat.plan import Decision

@@ -15,10 +15,9 @@ from functorch.compile import aot_function
 from torch._functorch import partitioners as P
 from torch._inductor.decomposition import select_decomp_table
 
-from remat.capture import (
-    _loop_ranges, build_schedule, capture, effective_readers, fused_values, graph_facts, kernel_spans, predicted_kernel_groups,
-    row_reduction_kernels, slot_readers, storage_lifetimes,
-)
+from remat.capture import capture, effective_readers, fused_values, storage_lifetimes
+from remat.joint_graph import build_schedule, graph_facts, kernel_spans, slot_readers
+from remat.predicted_kernels import _loop_ranges, predicted_kernel_groups, row_reduction_kernels
 from remat.cost import DeviceSpec, tensor_bytes
 from remat.kernel_groups import KERNEL_STARTS, KernelGroups, handovers, recompute_kernels, reused_inputs, scheduler_groups, with_kernels
 from remat.measure import measure_step

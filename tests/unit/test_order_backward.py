@@ -9,7 +9,8 @@ first frees ``2 * x`` before that buffer is made: one d x batch buffer less at t
 import torch
 
 import remat
-from remat.capture import capture, split_phases
+from remat.capture import capture
+from remat.joint_graph import split_phases
 from remat.passes.order_backward import backward_dag, bfs_order, dfs_order, lpmf_order, order_backward
 from remat.planning import order_for_peak
 from remat.simulate import store_all_peak

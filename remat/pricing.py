@@ -1,0 +1,115 @@
+"""Seconds of the slot ops and of recomputations: each slot as Inductor's kernels run it
+(``slot_times``), each forward value's recompute price (``recompute_time``), from the roofline of
+``remat.cost`` or, given ``MeasuredCosts``, from measurements."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.fx as fx
+
+from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
+from .joint_graph import Schedule, compute_node, fake_value, is_random, kernel_inputs, kernel_reads, op_tags
+
+if TYPE_CHECKING:
+    from .capture import Folding
+    from .profile import MeasuredCosts
+
+aten = torch.ops.aten
+
+
+def pointwise_flops(ops) -> int:
+    """Element ops of the pointwise ops among ``ops`` (one FLOP an element, ``op_flops``): what
+    a fused chain computes, which ``MeasuredCosts.fused_time`` prices at the elementwise rate."""
+    return sum(_flops_and_written(x)[0] for x in ops if torch.Tag.pointwise in op_tags(x))
+
+
+def _flops_and_written(n: fx.Node) -> tuple[int, int]:
+    """FLOPs of op ``n`` and the bytes of its result(s)."""
+    args = torch.utils._pytree.tree_map(fake_value, n.args)
+    kwargs = torch.utils._pytree.tree_map(fake_value, n.kwargs)
+    out = n.meta.get("val")
+    written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
+    return op_flops(n.target, args, kwargs, out), written
+
+
+def read_bytes(n: fx.Node, owner: dict, fused: set[fx.Node]) -> int:
+    """Bytes that the kernel computing ``n`` reads from memory (``kernel_reads``)."""
+    return sum(tensor_bytes(fake_value(i)) for i in kernel_reads(n, owner, fused))
+
+
+def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSpec,
+               costs: MeasuredCosts | None = None) -> tuple[dict[fx.Node, float], dict[fx.Node, float]]:
+    """Seconds of each slot op as the step runs it, and as a kernel of its own (a recomputation's
+    conservative price: its inputs read, its result written). The step follows Inductor's
+    kernels: a fused op moves nothing of its own, and the op that materialises a kernel's
+    result reads what the whole kernel reads. With ``costs``, an op alone costs its measured
+    time, and so does a kernel that is one op; a fused group costs its traffic at the measured
+    bandwidth; the roofline prices the rest. Fused backward ops, whose time alone nothing
+    uses, are not measured."""
+    times: dict[fx.Node, float] = {}
+    alone: dict[fx.Node, float] = {}
+    for t, n in enumerate(sched.order):
+        flops, written = _flops_and_written(n)
+        wanted = costs is not None and not (n in fused and t >= sched.num_forward)
+        measured = costs.op_time(n) if wanted else None
+        if measured is not None:
+            alone[n] = measured
+        else:
+            alone[n] = op_time(flops, sum(tensor_bytes(fake_value(i)) for i in n.all_input_nodes) + written, spec)
+        if n in fused:  # runs inside its reader's kernel: no launch, no traffic of its own
+            times[n] = flops / spec.peak_flops
+            continue
+        moved = read_bytes(n, owner, fused) + written
+        inside = kernel_inputs(n, owner, fused)[1]
+        group = pointwise_flops([n, *map(compute_node, inside)]) if inside else None
+        times[n] = _kernel_time(flops, moved, group, measured, spec, costs)
+    return times, alone
+
+
+def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
+                 costs: MeasuredCosts | None) -> float:
+    """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, for a fused group (``group``:
+    its pointwise element ops) the longer of its traffic at the measured bandwidth and its element
+    ops at the measured rate, and a launch; the op's ``measured`` time for a kernel of one op;
+    else, or without a measurement, the roofline (a fused group's element ops at the spec's
+    elementwise rate, when it has one, included)."""
+    if costs is not None:
+        if group is not None:
+            traffic = costs.fused_time(moved, group)
+            if traffic is not None:
+                return traffic + spec.launch_overhead
+        elif measured is not None:
+            return measured
+    return op_time(flops, moved, spec, group or 0)
+
+
+def recomputable(c: fx.Node) -> bool:
+    """Whether op ``c`` may run again in the backward: not random, not impure, not forced into
+    the forward or marked must-save by the partitioner's tags."""
+    from torch._functorch.partitioners import _must_be_in_forward
+
+    return not (
+        is_random(c) or c.is_impure(impure_random=False) or _must_be_in_forward(c)
+        or c.meta.get("recompute") is not None and "MUST_SAVE" in str(c.meta.get("recompute"))
+    )
+
+
+def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], owner: dict, spec: DeviceSpec,
+                   costs: MeasuredCosts | None = None) -> float:
+    """Seconds to recompute forward value ``s``: its op alone plus each folded value computed
+    inside it, priced alone. With ``costs``, a value with folded values is one fused kernel: what
+    it reads through them and its result at the measured bandwidth, or its pointwise element ops
+    at the measured elementwise rate, whichever is longer, plus a launch. On the roofline, an op
+    alone takes at least its element ops at the spec's elementwise rate (a profiled spec has one)."""
+    c, through = compute_node(s), folding.through[s]
+    chain = [c, *map(compute_node, through)]
+    if costs is not None and through:
+        moved = read_bytes(c, owner, set(through)) + _flops_and_written(c)[1]
+        traffic = costs.fused_time(moved, pointwise_flops(chain))
+        if traffic is not None:
+            return traffic + spec.launch_overhead
+    if costs is None:
+        return sum(max(alone[x], op_time(0, 0, spec, pointwise_flops([x]))) for x in chain)
+    return sum(alone[x] for x in chain)
