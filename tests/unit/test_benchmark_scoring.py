@@ -69,20 +69,46 @@ def test_scored_ratios_control_store_all_and_price():
     assert "sa_ratio_median" not in by[tf.STORE_ALL + "store all"]
 
 
-def test_cpu_times_give_the_same_ratios_prefixed_cpu_and_rows_without_them_score_as_before():
-    wall = scored_rows()
-    rows = [dict(r, step_cpu_s=rounds(*[r["step_times_s"][1][0] / 2] * 4)) for r in (
-        row("compile", "-", 1.0), row("compile", "control", 1.2), row(tf.STORE_ALL, "store all", 1.1),
-        row("amb_0.5", tf.TORCH, 1.65),
-        row("remat_83886080B", tf.DEFAULT, 3.3, equal_peak_of="amb_0.5", compiled_with=["remat plan"]))]
-    rows[-1]["step_cpu_s"] = rounds(*[0.66] * 4)  # on CPU time the plan takes 0.8x amb's 0.825 s
-    by = {r["config"] + r["cost_model"]: r for r in tf.scored(rows)}
-    price = by["remat_83886080B" + tf.DEFAULT]
+def price_rows() -> list[dict]:
+    """Plain compile, the control, store-all, torch's amb_0.5 row and remat at amb_0.5's peak."""
+    return [row("compile", "-", 1.0), row("compile", "control", 1.2), row(tf.STORE_ALL, "store all", 1.1),
+            row("amb_0.5", tf.TORCH, 1.65),
+            row("remat_83886080B", tf.DEFAULT, 3.3, equal_peak_of="amb_0.5", compiled_with=["remat plan"])]
+
+
+def with_cpu(rows: list[dict]) -> list[dict]:
+    """``rows`` with CPU times: half their wall times, but 0.66 s for the last (0.8x amb's 0.825 s)."""
+    out = [dict(r, step_cpu_s=rounds(*[r["step_times_s"][1][0] / 2] * 4)) for r in rows]
+    out[-1]["step_cpu_s"] = rounds(*[0.66] * 4)
+    return out
+
+
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    return {r["config"] + r["cost_model"]: r for r in tf.scored(rows)}
+
+
+def test_rows_with_cpu_times_get_the_same_ratios_prefixed_cpu():
+    price = by_name(with_cpu(price_rows()))["remat_83886080B" + tf.DEFAULT]
     assert price["price_ratio_median"] == pytest.approx(2.0)  # wall time, as without CPU times
     assert price["cpu_price_ratio_median"] == pytest.approx(0.8)
     assert price["cpu_ratio_median"] == pytest.approx(0.66 / 0.55)  # over the mean of both plain compiles' CPU
     assert price["cpu_sa_ratio_median"] == pytest.approx(0.66 / 0.55)  # over store-all's 0.55 s
-    assert not any(k.startswith("cpu_") for r in wall.values() for k in r)  # wall times alone: no CPU figures
+
+
+def test_rows_without_cpu_times_score_as_before():
+    wall, both = by_name(price_rows()), by_name(with_cpu(price_rows()))
+    assert not any(k.startswith("cpu_") for r in wall.values() for k in r)
+    for name, r in both.items():  # CPU times change no wall figure
+        assert {k: v for k, v in r.items() if not k.startswith("cpu_") and k != "step_cpu_s"} == wall[name]
+
+
+def test_a_cpu_figure_needs_cpu_times_in_both_rows():
+    rows = with_cpu(price_rows())
+    del rows[3]["step_cpu_s"]  # torch's row measured wall time alone
+    price = by_name(rows)["remat_83886080B" + tf.DEFAULT]
+    assert "cpu_price_ratio_median" not in price and price["cpu_ratio_median"] == pytest.approx(0.66 / 0.55)
+    del rows[-1]["step_cpu_s"]
+    assert not any(k.startswith("cpu_") for k in by_name(rows)["remat_83886080B" + tf.DEFAULT])
 
 
 def test_fidelity_rows_give_predicted_and_measured_percentages():
