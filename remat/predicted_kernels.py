@@ -1,6 +1,8 @@
 """Inductor's fusion, predicted before the first compile: which ops of the joint graph
 Inductor's CPU scheduler fuses into one kernel (``predicted_kernel_groups``), and the backward
-kernels of LayerNorm's row sums whose spans the first plan models (``row_reduction_kernels``)."""
+kernels of LayerNorm's row sums whose spans the first plan models (``row_reduction_kernels``);
+and what a backward op that Inductor's scheduler may run after a kernel allocates and reads
+(``slot_buffers``: a reader of a value recomputed inside a kernel runs after it)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch._prims_common import is_expandable_to
 
 from .cost import tensor_bytes
 from .kernel_groups import KernelGroups
+from .simulate import SLOT_BUFFERS
 from .joint_graph import (
     GraphFacts, Schedule, broadcast_strides, compute_node, fake_value, is_fusible_consumer, is_tensor,
     kernel_inputs, kernel_loads, kernel_reads, op_tags,
@@ -256,3 +259,34 @@ def _named_groups(kernels: list[_Kernel], owner: dict, fused: set[fx.Node]) -> t
         if len(names) > 1:
             groups.append(frozenset(names))
     return tuple(groups)
+
+
+# ---- what a backward reader of an activation allocates and reads ---------------------------------
+
+
+def slot_buffers(sched: Schedule, owner: dict, readers: dict[fx.Node, list[fx.Node]],
+                 intervals: list[tuple[int, int, Any]], activations: dict[fx.Node, Any]) -> dict:
+    """The Problem metadata ``remat.simulate.SLOT_BUFFERS`` for each backward slot op that reads an
+    activation (``activations``: forward value -> its facts, with ``backward_uses``), which a plan
+    that recomputes that value inside a kernel runs after the kernel: the bytes of its result where
+    its buffer starts at its own slot (``intervals``: the fixed buffers' (first slot, last slot,
+    tensor)) and that buffer's last slot, and each fixed buffer it reads (``readers``: storage ->
+    the slot ops that read it) that ends before the step does: its name, bytes and last slot."""
+    span = {id(val): (lo, hi) for lo, hi, val in intervals}
+    reads: dict[fx.Node, list[fx.Node]] = {}
+    for s, users in readers.items():
+        for u in users:
+            reads.setdefault(u, []).append(s)
+    out = {}
+    for u in sorted({sched.order[t] for f in activations.values() for t in f.backward_uses}, key=sched.slot_of.get):
+        out[u.name] = [*_made_at(u, sched.slot_of[u], owner, span), [
+            [s.name, tensor_bytes(s.meta["val"]), span[id(s.meta["val"])][1]] for s in dict.fromkeys(reads.get(u, ()))
+            if s not in activations and id(s.meta.get("val")) in span and span[id(s.meta["val"])][1] < sched.last]]
+    return {SLOT_BUFFERS: out} if out else {}
+
+
+def _made_at(u: fx.Node, t: int, owner: dict, span: dict) -> tuple[int, int]:
+    """(bytes, last slot) of ``u``'s own buffer when it starts at slot ``t``, else (0, -1)."""
+    val = u.meta.get("val")
+    lo, hi = span.get(id(val), (None, -1))
+    return (tensor_bytes(val), hi) if owner.get(u) is u and is_tensor(u) and lo == t else (0, -1)

@@ -32,6 +32,15 @@ Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a 
            use); it stays readable until then. A recomputed consumer breaks the handover: Inductor
            may recompute it inside that very kernel, which then reads the value again and takes
            nothing (hf_llama's ``mul_20 = div_1 * mm_12`` in its SwiGLU backward kernel).
+Moved     a backward use ``u`` of RECOMPUTE ``v`` outside the kernel K that recomputes ``v`` and not
+           after it (``u`` not one of K's slots, ``u <= last(K)``) runs after K, which computes what
+           it reads (``moved_readers``: the MLP's weight gradient ``mm_9`` reads the GELU output that
+           Inductor recomputes inside GELU's backward kernel): ``u`` acts at ``a = last(K) + 1``.
+           ``v`` then counts from K (``u`` starts it at ``last(K)``) to ``a``; every other value
+           ``u`` reads lives until ``a`` (its start unchanged); and, from the Problem's
+           ``SLOT_BUFFERS`` (what ``u``'s op allocates and the buffers it reads, by slot name), its
+           result's bytes leave ``u .. a-1`` and the buffers it reads live until ``a``
+           (``moved_bytes``). Readers of a moved op's result do not move.
 OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
@@ -57,7 +66,10 @@ from remat.transfers import Transfers, schedule_transfers
 __all__ = [
     "MemoryTimeline",
     "check",
+    "SLOT_BUFFERS",
     "live_intervals",
+    "moved_bytes",
+    "moved_readers",
     "needed_activations",
     "recompute_starts",
     "simulate",
@@ -66,6 +78,9 @@ __all__ = [
 ]
 
 _MAX_READ_ERRORS = 50  # per timeline, so that a badly broken plan still gives a readable message
+# Problem.metadata key: backward slot name -> [bytes its op's result holds from that slot, the
+# result's last slot, [[buffer, bytes, last slot] of each fixed buffer the op reads]] (see "Moved")
+SLOT_BUFFERS = "slot_buffers"
 
 
 @dataclass(frozen=True)
@@ -145,11 +160,80 @@ def _window(start: int, kernel: RecomputeKernel | None) -> tuple[int, int]:
     return min(start, kernel.first), max(start, kernel.last)
 
 
+def held_back(uses: tuple[int, ...], kernel: RecomputeKernel) -> list[int]:
+    """The backward ``uses`` of a value that ``kernel`` recomputes which run after it ("Moved"):
+    outside it and not after it."""
+    inside = set(kernel.slots)
+    return [u for u in uses if u not in inside and u <= kernel.last]
+
+
+def moved_readers(
+    problem: Problem, decisions: Mapping[str, Decision], needed: set[str], kernels: Mapping[str, RecomputeKernel]
+) -> dict[int, int]:
+    """Backward slot -> the slot its op acts at instead ("Moved"): each use that a kernel
+    recomputing a needed RECOMPUTE value holds back (``held_back``) acts the slot after that
+    kernel's last (the latest such slot, when several kernels hold it back)."""
+    last_slot = len(problem.slots) - 1
+    moved: dict[int, int] = {}
+    for name in needed:
+        kernel = kernels.get(name)
+        if kernel is None or decisions.get(name) is not Decision.RECOMPUTE:
+            continue
+        after = min(kernel.last + 1, last_slot)
+        for u in held_back(problem.activation(name).backward_uses, kernel):
+            moved[u] = max(moved.get(u, u), after)
+    return moved
+
+
+def moved_bytes(problem: Problem, moved: Mapping[int, int]) -> list[int]:
+    """Per slot, what the ops of ``moved`` (slot -> the slot it acts at, ``moved_readers``) change
+    in the fixed bytes, from ``SLOT_BUFFERS``: an op's result leaves its slot up to the one before
+    it acts (never past the result's last slot); a buffer it reads lives until the latest slot
+    that a moved reader of it acts at."""
+    n = len(problem.slots)
+    facts = problem.metadata.get(SLOT_BUFFERS, {})
+    diff = [0] * (n + 1)
+    ends: dict[str, tuple[int, int, int]] = {}  # buffer -> (bytes, its last slot, the last slot now)
+    for u, at in moved.items():
+        fact = facts.get(problem.slots[u].name)
+        if fact is None:
+            continue
+        made, made_end, reads = fact
+        hi = min(at - 1, made_end)
+        if made and u <= hi:
+            diff[u] -= made
+            diff[hi + 1] += made
+        for buffer, nbytes, end in reads:
+            ends[buffer] = (nbytes, end, max(at, ends.get(buffer, (0, 0, end))[2]))
+    for nbytes, end, now in ends.values():
+        if now > end:
+            diff[end + 1] += nbytes
+            diff[now + 1] -= nbytes
+    out, acc = [], 0
+    for t in range(n):
+        acc += diff[t]
+        out.append(acc)
+    return out
+
+
+def _direct_reads(a: Activation, kernel: RecomputeKernel | None, moved: Mapping[int, int]) -> tuple[int, int]:
+    """(start, last slot) of ``a``'s own backward reads (it has some): a use that its ``kernel``
+    (given when ``a`` is RECOMPUTE) holds back starts it at the kernel's last slot; a moved use
+    reads it where it acts."""
+    uses = a.backward_uses
+    if not moved:
+        return uses[0], uses[-1]
+    back = set(held_back(uses, kernel)) if kernel is not None else set()
+    return min(kernel.last if u in back else u for u in uses), max(moved.get(u, u) for u in uses)
+
+
 def _starts_and_last_needs(
-    problem: Problem, needed: set[str], dec: Mapping[str, Decision], kernels: Mapping[str, RecomputeKernel]
+    problem: Problem, needed: set[str], dec: Mapping[str, Decision], kernels: Mapping[str, RecomputeKernel],
+    moved: Mapping[int, int],
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """``S(v)`` and ``last_need(v)`` of every needed activation (one reverse-creation sweep); a
-    needed RECOMPUTE consumer reads ``v`` over its window (``_window``).
+    """``S(v)`` and ``last_need(v)`` of every needed activation (one reverse-creation sweep): its
+    direct reads (``_direct_reads``, with the ``moved`` uses), and each needed RECOMPUTE consumer,
+    which reads ``v`` over its window (``_window``).
 
     A consumer is created strictly later than its inputs, so when ``v`` is reached every needed
     RECOMPUTE consumer already has its start.
@@ -162,8 +246,9 @@ def _starts_and_last_needs(
         name = a.name
         if name not in needed:
             continue
-        s = a.backward_uses[0] if a.backward_uses else None
-        ln = a.backward_uses[-1] if a.backward_uses else None
+        s = ln = None
+        if a.backward_uses:
+            s, ln = _direct_reads(a, kernels.get(name) if dec.get(name) is R else None, moved)
         for c in cons[name]:
             if c in needed and dec.get(c) is R and c in start:
                 lo, hi = _window(start[c], kernels.get(c))
@@ -179,7 +264,9 @@ def recompute_starts(problem: Problem, plan: Plan | Mapping[str, Decision]) -> d
     """``S(v)`` of every needed activation of ``plan``: where a RECOMPUTE one is recomputed (and
     by when an OFFLOAD one must be back)."""
     dec, _ = _coerce(_decisions_of(plan))
-    return _starts_and_last_needs(problem, _needed_set(problem, dec), dec, recompute_kernels(problem))[0]
+    needed, kernels = _needed_set(problem, dec), recompute_kernels(problem)
+    moved = moved_readers(problem, dec, needed, kernels)
+    return _starts_and_last_needs(problem, needed, dec, kernels, moved)[0]
 
 
 class _Analysis:
@@ -196,7 +283,9 @@ class _Analysis:
         self._decide(_decisions_of(plan))
         self.kernels = recompute_kernels(problem)
         self.handovers = handovers(problem)
-        self.starts, self.last_needs = _starts_and_last_needs(problem, set(self.needed), self.decisions, self.kernels)
+        self.moved = moved_readers(problem, self.decisions, set(self.needed), self.kernels)
+        self.starts, self.last_needs = _starts_and_last_needs(
+            problem, set(self.needed), self.decisions, self.kernels, self.moved)
         self.transfers = self._schedule()
         self.device: dict[str, list[tuple[int, int]]] = {}
         self.host: dict[str, list[tuple[int, int]]] = {}
@@ -354,8 +443,9 @@ class _Analysis:
                 continue  # already reported: no decision
             a = self.problem.activation(name)
             for u in a.backward_uses:
-                if not self._live(name, u):
-                    out.append(f"act {name!r} read at slot {u} but not live")
+                at = self.moved.get(u, u)
+                if not self._live(name, at):
+                    out.append(f"act {name!r} read at slot {at} but not live")
             if dec.get(name) is Decision.RECOMPUTE:
                 r = self.starts[name]
                 for i in a.inputs:  # (an input without a decision is reported as needed-but-undecided)
@@ -399,7 +489,8 @@ def simulate(problem: Problem, plan: Plan | Mapping[str, Decision]) -> MemoryTim
     n = len(problem.slots)
     extra = _sum_intervals(n, an.device, problem)
     others = problem.other_runs_bytes(an.stored_bytes)
-    device = tuple(s.fixed_bytes + e + others for s, e in zip(problem.slots, extra))
+    shifted = moved_bytes(problem, an.moved) if an.moved else [0] * n
+    device = tuple(s.fixed_bytes + e + m + others for s, e, m in zip(problem.slots, extra, shifted))
     host = tuple(_sum_intervals(n, an.host, problem))
     if device:
         peak = max(device)

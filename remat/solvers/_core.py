@@ -29,6 +29,15 @@ apply the simulator's rules exactly (a RECOMPUTE consumer reads its inputs over 
 handed-over buffer ends before that kernel). The ILP's pieces stay at or above that count
 (``_kernel_windows``, ``_handover_end``, ``_always_inlined``).
 
+Moved readers (``remat.simulate``, "Moved"). A RECOMPUTE candidate whose kernel holds back some
+of its backward uses (``movers``: outside the kernel and not after it) moves them, and what their
+ops allocate and read, to the slot after the kernel: ``jit`` and ``evaluate`` count that exactly
+(``moved``, ``remat.simulate.moved_bytes``). The ILP stays at or above that count
+(``move_terms``, linear in the mover's ``rec``): its own kernel window reaches the moved slot,
+each value and buffer a moved op reads lives until there (summed over movers), and a moved op's
+result leaves its slots only where one candidate alone can move it; it still counts the mover
+from its start before the kernel.
+
 Conditional handovers. A handover holds only while the plan recomputes none of the value's
 consumers (``remat.simulate``: Inductor may recompute that consumer inside the taking kernel,
 which then reads the value again). For a candidate with recomputable consumers, the slots from
@@ -54,6 +63,7 @@ import numpy as np
 from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
+from remat.simulate import SLOT_BUFFERS, held_back, moved_bytes
 from remat.transfers import offload_window, schedule_transfers
 
 STORE, REC, OFF, NONE = 0, 1, 2, -1
@@ -105,6 +115,7 @@ class Structure:
         self.kernels: dict[int, RecomputeKernel] = {
             self.index[n]: k for n, k in recompute_kernels(p).items() if n in self.index}
         self.handover: dict[int, int] = {self.index[n]: h for n, h in handovers(p).items() if n in self.index}
+        self.movers = self._movers()
         self.taker: dict[int, int] = {  # taken candidate -> its taker (``Activation.taken_by``)
             c.idx: self.index[a.taken_by] for c in self.cands
             if (a := p.activation(c.name)).taken_by and a.taken_by in self.index}
@@ -165,6 +176,28 @@ class Structure:
             for x in dict.fromkeys(p.consumers[c.name]):
                 if x in self.index and p.activation(x).recomputable:
                     c.rcons_all.append(self.index[x])
+
+    def _movers(self) -> dict[int, tuple[int, tuple[int, ...]]]:
+        """Candidate -> (the slot after its kernel, the backward uses its kernel holds back) for
+        each candidate whose kernel holds some back (``remat.simulate.held_back``): recomputed,
+        it moves them there."""
+        out = {}
+        for j, k in self.kernels.items():
+            back = held_back(self.problem.activation(self.cands[j].name).backward_uses, k)
+            if back:
+                out[j] = (min(k.last + 1, self.n - 1), tuple(back))
+        return out
+
+    @cached_property
+    def _slot_readers(self) -> dict[int, list[int]]:
+        """Each backward slot that a mover may move -> the candidates that it reads directly."""
+        slots = {u for _, back in self.movers.values() for u in back}
+        out: dict[int, list[int]] = {u: [] for u in slots}
+        for c in self.cands:
+            for u in self.problem.activation(c.name).backward_uses:
+                if u in out:
+                    out[u].append(c.idx)
+        return out
 
     def _kept_starts(self) -> None:
         """Kept start slots, consumers first: ``d`` and the consumers' kept slots up to ``d``, the
@@ -356,13 +389,39 @@ class Structure:
 
     def _kernel_windows(self, c: Cand, inlined: bool) -> list[tuple[int, tuple[int, int]]]:
         """(candidate whose RECOMPUTE keeps ``c`` live, slot range) under the last compile's
-        kernels: ``c`` itself across its kernel, and each consumer's kernel, which reads ``c``
-        from its first slot to its last. Counted on top of ``c``'s form (an over-count where that
+        kernels: ``c`` itself across its kernel (to the slot after it when it moves readers there),
+        and each consumer's kernel, which reads ``c`` from its first slot to its last. Counted on top of ``c``'s form (an over-count where that
         form already holds ``c``): the ILP's rows stay at or above the exact peak. An ``inlined``
         ``c`` takes no bytes of its own."""
         k = self.kernels.get(c.idx)
-        own = [(c.idx, (k.first, k.last))] if k is not None and c.rec_ok and not inlined else []
+        last = self.movers[c.idx][0] if c.idx in self.movers else k.last if k is not None else -1
+        own = [(c.idx, (k.first, last))] if k is not None and c.rec_ok and not inlined else []
         return own + [(x, (self.kernels[x].first, self.kernels[x].last)) for x in c.rcons if x in self.kernels]
+
+    @cached_property
+    def move_terms(self) -> list[tuple[int, int, int, tuple]]:
+        """(lo, hi, bytes, ("rec", j)): what the ILP's memory rows add on slots ``lo..hi`` when
+        mover ``j`` is RECOMPUTE (see the module docstring): each other candidate that a moved op
+        reads, past its last backward use, and each buffer it reads (``SLOT_BUFFERS``), past its
+        last slot, up to the slot after the kernel; a moved op's result leaves its slot until then
+        when no other candidate can move it (several movers' terms would subtract it twice)."""
+        movers_of: dict[int, list[int]] = {}
+        for j, (_, back) in self.movers.items():
+            for u in back if self.cands[j].rec_ok else ():
+                movers_of.setdefault(u, []).append(j)
+        facts = self.problem.metadata.get(SLOT_BUFFERS, {})
+        out: dict[tuple, tuple[int, int, int, tuple]] = {}
+        for u, js in movers_of.items():
+            made, made_end, reads = facts.get(self.problem.slots[u].name, (0, -1, ()))
+            for j in js:
+                after, var = self.movers[j][0], ("rec", j)
+                for x in (x for x in self._slot_readers[u] if x != j):  # j's own: ``_kernel_windows``
+                    out[(j, "c", x)] = (self.cands[x].D + 1, after, self.cands[x].bytes, var)
+                for buffer, nbytes, end in reads:
+                    out[(j, "b", buffer)] = (end + 1, after, nbytes, var)
+                if len(js) == 1:
+                    out[(j, "r", u)] = (u, min(after - 1, made_end), -made, var)
+        return [t for t in out.values() if t[0] <= t[1] and t[2]]
 
     def _masks(self, c: Cand) -> None:
         """Live bitmask over the concrete states (decision, start, last need, whether a recomputed
@@ -438,6 +497,9 @@ class Structure:
         consumer comes after its inputs)."""
         cs = self.cands
         need, S, ln = list(self._jit_start[0]), list(self._jit_start[1]), list(self._jit_start[2])
+        moved = self.moved(codes)
+        if moved:
+            self._move_reads(codes, moved, S, ln)
         window = self.window if self.kernels else None
         for j in np.flatnonzero(np.asarray(codes) == REC)[::-1].tolist():
             if need[j]:
@@ -449,6 +511,26 @@ class Structure:
                     if hi > ln[x]:
                         ln[x] = hi
         return need, S, ln
+
+    def moved(self, codes) -> dict[int, int]:
+        """Backward slot -> the slot its op acts at, for decision codes (``remat.simulate.moved_readers``)."""
+        out: dict[int, int] = {}
+        for j, (after, back) in self.movers.items():
+            if codes[j] == REC:
+                for u in back:
+                    out[u] = max(out.get(u, u), after)
+        return out
+
+    def _move_reads(self, codes, moved: dict[int, int], S: list[int], ln: list[int]) -> None:
+        """The direct reads under ``moved``: a moved op reads what it reads where it acts; a
+        RECOMPUTE mover starts at its kernel's last slot for the uses that kernel holds back."""
+        for u, at in moved.items():
+            for x in self._slot_readers.get(u, ()):
+                ln[x] = max(ln[x], at)
+        for j, (_, back) in self.movers.items():
+            if codes[j] == REC:
+                last = self.kernels[j].last
+                S[j] = min(last if u in back else u for u in self.problem.activation(self.cands[j].name).backward_uses)
 
     def window(self, j: int, start: int) -> tuple[int, int]:
         """The slots over which candidate ``j``, recomputed from ``start``, reads its inputs: that
@@ -498,7 +580,11 @@ class Structure:
         diff = np.zeros(self.n + 1, dtype=np.int64)
         np.add.at(diff, lo_all, b_all)
         np.add.at(diff, hi_all + 1, -b_all)
-        return self.fixed + np.cumsum(diff[:-1]) + self.other_runs_bytes(code, need), need, S, ln
+        profile = self.fixed + np.cumsum(diff[:-1]) + self.other_runs_bytes(code, need)
+        moved = self.moved(code) if self.movers else None
+        if moved:
+            profile = profile + np.array(moved_bytes(self.problem, moved), dtype=np.int64)
+        return profile, need, S, ln
 
     def other_runs_bytes(self, codes, need) -> int:
         """What the other runs per step hold under decision codes (``Problem.other_runs_bytes``):
@@ -614,7 +700,8 @@ class Structure:
         the module docstring), so its lone-copy gap is taken out of what every plan keeps. A value
         that a kernel may inline or whose buffer a kernel takes over (``kernels``, ``handover``)
         may take fewer bytes than its states say: it counts for nothing here. The other runs per
-        step hold at least what every plan stores (``always_stored_bytes``) everywhere."""
+        step hold at least what every plan stores (``always_stored_bytes``) everywhere. A moved op's
+        result may leave its slot (``_most_moved_results``)."""
         if not self.n:
             return 0
         diff = np.zeros(self.n + 1, dtype=np.int64)
@@ -631,7 +718,20 @@ class Structure:
                             diff[a] += c.bytes
                             diff[b + 1] -= c.bytes
         others = self.problem.other_runs_bytes(self.always_stored_bytes())
-        return int((self.fixed + np.cumsum(diff[:-1])).max()) + others
+        return int((self.fixed + np.cumsum(diff[:-1]) + self._most_moved_results()).max()) + others
+
+    def _most_moved_results(self) -> np.ndarray:
+        """Per slot, at most what moved ops' results leave there (<= 0; ``move_terms``): every
+        mover recomputed, the buffers they read not extended."""
+        out = np.zeros(self.n + 1, dtype=np.int64)
+        facts = self.problem.metadata.get(SLOT_BUFFERS, {})
+        moved = self.moved([REC] * len(self.cands))
+        for u, at in moved.items():
+            made, made_end, _ = facts.get(self.problem.slots[u].name, (0, -1, ()))
+            if made and u <= min(at - 1, made_end):
+                out[u] -= made
+                out[min(at - 1, made_end) + 1] += made
+        return np.cumsum(out[:-1])
 
     def always_stored_bytes(self) -> int:
         """Bytes of the candidates that every plan STOREs: backward reads them, and they can be

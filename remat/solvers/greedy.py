@@ -13,6 +13,10 @@ figures, kept up to date move by move by ``_evaluation.Evaluation``); an
 OFFLOAD input that a move would need before its prefetch goes back to STORE. A last pass puts back
 to STORE, most expensive first, every switch the cap no longer needs.
 
+A plan that moves backward readers after a kernel (``_core.Structure.movers``) takes its profile
+from ``Structure.evaluate``, which counts the moves (the incremental evaluation does not); the
+starts and last needs that choose the moves stay the incremental ones.
+
 Other runs (``Problem.other_runs``): every slot also carries ``other_runs`` x the bytes a plan
 STOREs, so a switch away from STORE frees ``other_runs`` x its bytes at ``t`` wherever it lives,
 and an input that a recomputation newly needs (stored) adds as much.
@@ -82,7 +86,7 @@ class _State:
             if not bad.any():
                 break
             changes = {int(k): STORE for k in np.flatnonzero(bad)}
-        self.mem = ev.profile()
+        self.mem = ev.profile() if not self.st.moved(ev.codes) else self.st.evaluate(ev.codes)[0]
 
     def live_at(self, t: int) -> np.ndarray:
         c, S, ln, lfu = self.codes, self.S, self.ln, self.lfu

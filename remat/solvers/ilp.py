@@ -97,6 +97,10 @@ class Rows:
                 for v, cf in terms.items():
                     ev[lo].append((v, cf * c.bytes))
                     ev[hi + 1].append((v, -cf * c.bytes))
+        for lo, hi, nbytes, v in st.move_terms:  # moved readers (``_core.Structure.move_terms``)
+            bounds.update((lo, hi + 1))
+            ev[lo].append((v, nbytes))
+            ev[hi + 1].append((v, -nbytes))
         self.base = st.fixed + np.cumsum(const)[:n] if n else st.fixed
         bl = sorted(b for b in bounds if 0 <= b < n)
         reps = []

@@ -650,8 +650,8 @@ def test_a_value_written_by_the_kernel_that_recomputes_it_lives_across_the_kerne
     kernel = simulate(kernel_problem((4, 6), [{"b1", "b2", "v"}]), {"u": S, "v": R})
     assert kernel.ok and kernel.device_bytes[2:] == (1010, 1110, 1110, 110, 110)  # from the kernel's start
     assert kernel.starts["v"] == 4
-    ends = live_intervals(kernel_problem((3, 4), [{"b2", "b3", "v"}]), {"u": S, "v": R})
-    assert ends["v"] == [(3, 5)] and ends["u"] == [(2, 5)]  # to the kernel's end, which reads u until then
+    ends = live_intervals(kernel_problem((4, 6), [{"b2", "b3", "v"}]), {"u": S, "v": R})
+    assert ends["v"] == [(4, 6)] and ends["u"] == [(2, 5)]  # to the kernel's end, which reads u until then
 
 
 def test_a_value_read_only_inside_the_kernel_that_recomputes_it_takes_no_memory():
