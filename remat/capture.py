@@ -32,6 +32,9 @@ Parameters and inputs are resident and cost nothing.
                           makes its result at the kernel's first slot and reads until its last
 6. ``fixed_bytes``        bytes live at each slot whatever the plan: those intervals plus the
                           copies of broadcast views that extern kernels read (``broadcast_copies``)
+                          and the copies that Inductor's channels-last layout makes
+                          (``remat.layouts``: of the inputs of convolutions, and of the views
+                          that extern kernels read and no channels-last strides express)
 7. ``fold_fused_values``  each value's inputs (``activation_inputs``), with the fused values that
                           backward never reads folded into their readers
 8. ``backward_relevant``  the forward values to decide about: read by backward, or by a recompute
@@ -68,6 +71,7 @@ from .joint_graph import (
     kernel_starts, op_tags, readers_through_views, slot_readers,
 )
 from .kernel_groups import HANDOVERS, KernelGroups, with_kernels
+from .layouts import channels_last_copies, channels_last_storages, view_copies
 from .predicted_kernels import predicted_kernel_groups, row_reduction_kernels
 from .pricing import recomputable, recompute_time, slot_times
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
@@ -172,8 +176,10 @@ class Inlined:
 
 
 def fused_values(g: GraphFacts) -> set[fx.Node]:
-    """Pointwise results that Inductor never allocates (``_materialized``): it inlines them into
-    each fusible kernel (pointwise or reduction) of their own phase that reads them."""
+    """Pointwise results and constants (``full``) that Inductor never allocates
+    (``_materialized``): it inlines them into each fusible kernel (pointwise or reduction) of their
+    own phase that reads them, and into the copy that an update of a copy makes of its first input
+    (``scatter_add`` of a ``full``: one buffer, ``_copies_into_its_result``)."""
     readers: dict[fx.Node, list[fx.Node]] = {}
     for n in g.nodes:
         for i in n.all_input_nodes:
@@ -204,11 +210,13 @@ def _op_name(n: fx.Node) -> str:
 
 
 def _materialized(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]], code: Inlined) -> bool:
-    """Whether storage ``s`` is a buffer: not pointwise, pinned, read by a graph output or by a
-    non-fusible op of its phase, or its code too big to inline (``Inlined.too_big``); read by
-    several kernels, when its code has a heavy op (CPU) or loads more than four storages, or
-    when backward reads it too (a forward value that a plan may store)."""
-    if not is_pointwise(s) or s in g.pinned:
+    """Whether storage ``s`` is a buffer: neither pointwise nor a constant (``full``), pinned,
+    read by a graph output or by a non-fusible op of its phase (other than as the input that an
+    update of a copy copies, ``_copies_into_its_result``), or its code too big to inline
+    (``Inlined.too_big``); read by several kernels, when its code has a heavy op (CPU) or loads
+    more than four storages, or when backward reads it too (a forward value that a plan may
+    store)."""
+    if not (is_pointwise(s) or s.target in INLINED_CONSTANTS) or s in g.pinned:
         return True
     found = _phase_readers(s, g, readers)
     if found is None or code.too_big(s.meta["val"].device.type):
@@ -233,11 +241,29 @@ def _phase_readers(s: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Nod
                 elsewhere = True
             elif is_view(u):
                 stack.append(u)
-            elif not is_fusible_consumer(u):
+            elif not (is_fusible_consumer(u) or _copies_into_its_result(u, v)):
                 return None
             else:
                 kernels.add(u)
     return kernels, elsewhere
+
+
+# ops that Inductor lowers as an in-place update of a copy of their first input
+# (``scatter_add(x, ...)`` -> ``scatter_add_(clone(x), ...)``, torch 2.13 lowering.py)
+_UPDATE_A_COPY = frozenset({
+    aten.scatter_add.default, aten.scatter.src, aten.scatter.value, aten.scatter_reduce.two, aten.index_put.default,
+    aten._unsafe_index_put.default,
+})
+
+
+def _copies_into_its_result(u: fx.Node, v: fx.Node) -> bool:
+    """Whether ``u`` reads ``v`` only as the first input that it copies into its result
+    (``_UPDATE_A_COPY``): the copy's kernel computes a pointwise ``v`` inside it."""
+    if u.target not in _UPDATE_A_COPY or u.args[0] is not v:
+        return False
+    others: list[fx.Node] = []
+    fx.node.map_arg((u.args[1:], u.kwargs), others.append)
+    return v not in others
 
 
 def effective_readers(g: GraphFacts, uses: dict, fused: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
@@ -639,7 +665,8 @@ def capture(
     predicted = predicted_kernel_groups(g, sched, fused) if kernel_groups is None else None
     spans = kernel_spans(sched, kernel_groups if predicted is None else row_reduction_kernels(predicted, g), g.owner)
     life = storage_lifetimes(g, sched, readers, fused, spans)
-    intervals = life.intervals + broadcast_copies(sched)
+    intervals = life.intervals + broadcast_copies(sched) + channels_last_copies(g, sched, readers)
+    intervals += view_copies(g, sched, channels_last_storages(g))
     fixed = fixed_bytes(intervals, sched.last + 1)
     folding = fold_fused_values(g, life.activations, activation_inputs(g, life.activations), fused)
     relevant = backward_relevant(g, life.activations, folding)

@@ -24,6 +24,7 @@ from remat.joint_graph import (
     addmm_add, autograd_order, build_schedule, graph_facts, is_random, kernel_reads, pinned_storages, slot_readers,
     split_phases, storage_owners,
 )
+from remat.layouts import channels_last_copies, channels_last_storages, copied_inputs, layout_optimized, view_copies
 from remat.pricing import slot_times
 
 # bytes move at 1 B/s and flops are free: a kernel's time is the bytes it moves
@@ -449,3 +450,76 @@ def test_a_forward_value_that_backward_does_not_read_is_taken_by_its_last_reader
     ends = _ends(log_softmax, torch.randn(8, 8), torch.randn(4, 8), backward=False)
     # slots: mm 0, amax 1, sub 2, exp 3, sum 4, sub_1 5, log 6, sub_2 7, mm_1 8
     assert ends["mm"] == (0, 6)
+
+
+def _conv_steps(fn, *inputs):
+    joint, fwd, n = trace_joint(fn, *inputs)
+    g = graph_facts(joint, fwd, n)
+    sched = build_schedule(g)
+    return g, sched, effective_readers(g, slot_readers(g), fused_values(g))
+
+
+def test_a_forward_conv_lays_out_its_resident_inputs_channels_last_until_their_last_read():
+    # Inductor's forward with a 2-D conv on the CPU is laid out channels-last: its code copies
+    # the batch and the weight first (``buf0 = empty_strided_cpu((16, 3, 3, 3), (27, 1, 9, 3))``,
+    # ``cpp_fused_0``) and the backward's convolution_backward receives the copies
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3, requires_grad=True)
+    g, sched, readers = _conv_steps(lambda x, w: F.conv2d(x, w).relu().sum(), x, w)
+    assert layout_optimized(g)
+    assert [n.meta["val"].shape for n in copied_inputs(g)] == [x.shape, w.shape]
+    conv_backward = next(t for t, n in enumerate(sched.order) if n.target is torch.ops.aten.convolution_backward.default)
+    assert [(a, b, tensor_bytes(v)) for a, b, v in channels_last_copies(g, sched, readers)] == [
+        (0, conv_backward, x.numel() * 4), (0, conv_backward, w.numel() * 4)]
+
+
+def test_no_channels_last_copy_without_a_2d_conv_or_for_an_input_laid_out_so():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    x_last = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    g, _, _ = _conv_steps(lambda x, w: F.conv2d(x, w).relu().sum(), x_last, w)
+    assert [n.meta["val"].shape for n in copied_inputs(g)] == [w.shape]
+    g, sched, readers = _conv_steps(lambda x, w: (x @ w).relu().sum(), torch.randn(4, 8), torch.randn(8, 4, requires_grad=True))
+    assert not layout_optimized(g) and channels_last_copies(g, sched, readers) == []
+    g, _, _ = _conv_steps(lambda x, w: F.conv1d(x, w).relu().sum(), torch.randn(2, 3, 8), torch.randn(4, 3, 3, requires_grad=True))
+    assert copied_inputs(g) == []
+
+
+def _fused_names(fn, *inputs) -> set[str]:
+    gm = make_fx(fn, tracing_mode="fake")(*inputs)
+    return {n.name for n in fused_values(graph_facts(gm, set(), 1))}
+
+
+def test_a_constant_is_inlined_into_the_copy_that_a_scatter_add_updates():
+    # Inductor lowers ``scatter_add(full, ...)`` as ``scatter_add_(clone(full), ...)``: one
+    # buffer, the zeros written by the kernel that makes the copy (the max-pool backward's
+    # ``buf13 = empty_strided_cpu((512, 1024))``, then ``aten.scatter_reduce_.two(buf13, ...)``)
+    idx, src, w = torch.randint(0, 16, (8, 4)), torch.randn(8, 4), torch.randn(16, 16)
+    scatter = _fused_names(lambda i, s, w: (torch.full((8, 16), 0.0).scatter_add(1, i, s) @ w,), idx, src, w)
+    assert "full" in scatter and "scatter_add" not in scatter
+    # scattered into (its source), or read by an extern kernel, a constant is a buffer
+    source = _fused_names(lambda i, s, w: (torch.zeros(8, 16).scatter_add(1, i, torch.full((8, 4), 1.0)) @ w,), idx, src, w)
+    assert "full" not in source
+    assert "full" not in _fused_names(lambda i, s, w: (torch.full((8, 16), 1.0) @ w,), idx, src, w)
+
+
+def test_an_extern_kernel_reads_a_copy_of_a_view_that_channels_last_strides_cannot_express():
+    # the max-pool backward's ``scatter_add`` reads ``view(indices, (512, 256))`` of a
+    # channels-last buffer: Inductor copies it first (``buf15 = empty_strided_cpu((512, 256),
+    # (1, 512), torch.int64)``); merging H and W of a channels-last tensor is a view
+    def f(x, w, i2, i3):
+        y = F.conv2d(x, w, padding=1)  # the forward: channels-last
+        g = y * 2  # a loop kernel of a channels-last load: channels-last
+        across = torch.zeros(8, 64).scatter_add(1, i2, g.view(8, 64))  # merges N and C: a copy
+        along = torch.zeros(2, 4, 64).scatter_add(2, i3, y.view(2, 4, 64))  # merges H and W: a view
+        return (across.sum() + along.sum(),)
+
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    gm = make_fx(f, tracing_mode="fake")(x, w, torch.randint(0, 64, (8, 64)), torch.randint(0, 64, (2, 4, 64)))
+    conv = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.convolution.default)
+    g = graph_facts(gm, {conv}, 1)
+    sched = build_schedule(g)
+    laid_out = channels_last_storages(g)
+    assert {"convolution", "mul"} <= {n.name for n in laid_out}
+    scatter = next(t for t, n in enumerate(sched.order) if n.target is torch.ops.aten.scatter_add.default)
+    assert [(a, b, tuple(v.shape)) for a, b, v in view_copies(g, sched, laid_out)] == [(scatter, scatter, (8, 64))]
