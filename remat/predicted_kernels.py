@@ -18,8 +18,8 @@ from .cost import tensor_bytes
 from .kernel_groups import KernelGroups
 from .simulate import SLOT_BUFFERS
 from .joint_graph import (
-    GraphFacts, Schedule, broadcast_strides, compute_node, fake_value, is_fusible_consumer, is_tensor,
-    kernel_inputs, kernel_loads, kernel_reads, op_tags,
+    GraphFacts, Schedule, broadcast_strides, compute_node, fake_value, is_fusible_consumer, is_pointwise, is_tensor,
+    kernel_inputs, kernel_loads, kernel_reads, op_tags, readers_through_views,
 )
 
 aten = torch.ops.aten
@@ -62,9 +62,51 @@ def predicted_kernel_groups(g: GraphFacts, sched: Schedule, fused: set[fx.Node])
     names them: each kernel's materialised results and the pointwise results inlined into them
     (``fused``). torch 2.13's rules on the CPU (``Scheduler.fuse_nodes``, ``CppScheduling``):
     two kernels that share a buffer, at most 64 ops apart, fuse when no op between them depends on
-    one and feeds the other, and their loops agree (``_loops_fuse``)."""
-    phases = (sched.forward, sched.backward)
-    return KernelGroups(*(_named_groups(_fuse_phase(ops, g.owner, fused), g.owner, fused) for ops in phases))
+    one and feeds the other, and their loops agree (``_loops_fuse``). A pointwise forward value
+    that a plan may recompute is named in the backward kernel it would fuse with
+    (``_recomputations_joined``)."""
+    backward = _fuse_phase(sched.backward, g.owner, fused)
+    return KernelGroups(_named_groups(_fuse_phase(sched.forward, g.owner, fused), g.owner, fused),
+                        _named_groups(backward, g.owner, fused, _recomputations_joined(backward, g, sched, fused)))
+
+
+def _recomputations_joined(kernels: list[_Kernel], g: GraphFacts, sched: Schedule,
+                           fused: set[fx.Node]) -> dict[int, set[fx.Node]]:
+    """Backward kernel (its index in ``kernels``) -> the forward values that Inductor would
+    compute inside it if a plan recomputed them: a pointwise forward buffer that backward reads,
+    recomputed just before its first backward reader, fuses with the kernel near there that
+    shares the most bytes with what it reads and writes, where their loops fuse (the MLP's GELU
+    output ``mul_2``, read by its weight gradient, joins GELU's backward kernel, which reads the
+    same ``addmm``)."""
+    ops = [n for n in sched.backward if n not in fused]
+    joined: dict[int, set[fx.Node]] = {}
+    for v in sched.forward:
+        if v in fused or not is_pointwise(v) or not is_tensor(v):
+            continue
+        readers = [sched.slot_of[u] for u in readers_through_views(v) if u in g.backward and u in sched.slot_of]
+        if not readers:
+            continue
+        at = sum(1 for n in ops if sched.slot_of[n] < min(readers))
+        alone = _Kernel([v], _loop_ranges(v, fused), False, at, at, set())
+        best = _best_partner(alone, kernels, kernel_reads(v, g.owner, fused) | {v}, g.owner, fused)
+        if best is not None:
+            joined.setdefault(best, set()).add(v)
+    return joined
+
+
+def _best_partner(alone: _Kernel, kernels: list[_Kernel], accessed: set[fx.Node], owner: dict,
+                  fused: set[fx.Node]) -> int | None:
+    """The index of the kernel within fusion distance of ``alone`` that shares the most bytes of
+    ``accessed`` (what ``alone`` reads and writes) and whose loops fuse with it; None if none."""
+    best, most = None, 0
+    for i, k in enumerate(kernels):
+        if max(abs(alone.first - k.last), abs(k.first - alone.last)) > _FUSION_DISTANCE:
+            continue
+        reads = set().union(*(kernel_reads(n, owner, fused) for n in k.ops))
+        shared = sum(tensor_bytes(fake_value(s)) for s in (reads | set(k.ops)) & accessed if is_tensor(s))
+        if shared > most and _loops_fuse(alone, k, vertical=alone.ops[0] in reads):
+            best, most = i, shared
+    return best
 
 
 def row_reduction_kernels(groups: KernelGroups, g: GraphFacts) -> KernelGroups:
@@ -250,12 +292,14 @@ def _merged_loops(shape: list, dims: list[int], walks: list[list[int]]) -> tuple
     return tuple(size for size, _ in loops)
 
 
-def _named_groups(kernels: list[_Kernel], owner: dict, fused: set[fx.Node]) -> tuple[frozenset[str], ...]:
-    """Each kernel of several ops as the names of its ops and of the pointwise results inlined into
-    them (``scheduler_groups``' naming)."""
+def _named_groups(kernels: list[_Kernel], owner: dict, fused: set[fx.Node],
+                  joined: dict[int, set[fx.Node]] | None = None) -> tuple[frozenset[str], ...]:
+    """Each kernel of several ops as the names of its ops, of the pointwise results inlined into
+    them (``scheduler_groups``' naming) and of the recomputations ``joined`` to it."""
     groups = []
-    for k in kernels:
+    for index, k in enumerate(kernels):
         names = {n.name for n in k.ops} | {i.name for n in k.ops for i in kernel_inputs(n, owner, fused)[1]}
+        names |= {v.name for v in (joined or {}).get(index, ())}
         if len(names) > 1:
             groups.append(frozenset(names))
     return tuple(groups)
