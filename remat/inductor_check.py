@@ -18,7 +18,8 @@ when the backend also hands over the generated wrapper code of the graphs
 (``remat.wrapper_memory.collect_wrapper_code``), the peak is read from that code instead
 (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and extern results taken from
 the graph recorded here. The pass also records the ops of each kernel
-(``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``).
+(``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``), and each
+extern kernel's scratch by the op it runs, which the next plan's model adds at that op's slot.
 
 Neither the code nor the planner shows the scratch memory that an extern kernel allocates while it
 runs (a CPU convolution's columns, the CPU attention backward's buffers): the pass measures it once
@@ -58,6 +59,7 @@ class InductorPeaks:
         self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
         self.groups: list[tuple[frozenset[str], ...]] = []  # per graph: its generated kernels' ops
         self.workspaces: list[dict[str, int]] = []  # per graph: extern kernel's name -> its scratch bytes
+        self.op_scratch: dict[str, int] = {}  # the same bytes by the name of the graph op the kernel runs
         self._profilers: dict[str, Profiler] = {}  # by device: measured workspaces, cached on disk
 
     def __call__(self, nodes: list) -> list:
@@ -80,7 +82,8 @@ class InductorPeaks:
 
     def _extern_workspaces(self, nodes: list) -> dict[str, int]:
         """Scratch bytes of each extern kernel in ``nodes`` that allocates any, by its buffer name
-        (the name the wrapper binds its result to, or passes as ``out=``)."""
+        (the name the wrapper binds its result to, or passes as ``out=``); also kept by the name
+        of the graph op it runs (``op_scratch``)."""
         from torch._inductor.scheduler import ExternKernelSchedulerNode
 
         out = {}
@@ -93,6 +96,7 @@ class InductorPeaks:
             nbytes = profiler.workspace(sig)
             if nbytes:
                 out[node.node.get_name()] = nbytes
+                self.op_scratch[_origin_call(node.node).name] = nbytes
         return out
 
     @property
@@ -103,7 +107,8 @@ class InductorPeaks:
         if len(self.groups) != 2:
             return None
         reused = frozenset(reused_inputs(self.codes[1])) if len(self.codes) == 2 else frozenset()
-        return KernelGroups(forward=self.groups[0], backward=self.groups[1], reused=reused)
+        return KernelGroups(forward=self.groups[0], backward=self.groups[1], reused=reused,
+                            scratch=tuple(sorted(self.op_scratch.items())))
 
     @property
     def walks(self) -> list | None:

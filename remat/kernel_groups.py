@@ -23,6 +23,13 @@ plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by two fu
   backward read starts. The result's bytes count from there, so the value's own end there. The
   capture predicts them before any compile (``remat.capture.predicted_handovers``); the last
   compile's are added to those.
+
+And one thing into the slots themselves: the scratch memory that an extern kernel of the last
+compile allocated while it ran (a CPU convolution's buffers, measured by
+``remat.inductor_check``; ``KernelGroups.scratch``) is added to the fixed bytes of the slot of
+the op it ran. On a small convolution it is several times the model's whole peak (a 3x16 conv
+net's step: 4.5 KiB modelled, 28 KiB in the code, 14 and 22 KiB of conv scratch). A recomputed
+op's scratch (its name is a forward slot's, its call in the backward) is not placed.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, replace
 
 __all__ = [
     "HANDOVERS", "KERNEL_STARTS", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs",
-    "scheduler_groups", "with_kernels",
+    "scheduler_groups", "with_kernels", "with_scratch",
 ]
 
 # the Problem.metadata keys; ``remat.capture`` predicts handovers before any compile, and the
@@ -50,11 +57,13 @@ class KernelGroups:
     forward: tuple[frozenset[str], ...] = ()
     backward: tuple[frozenset[str], ...] = ()
     reused: frozenset[str] = frozenset()  # backward inputs whose buffer a result took (``reused_inputs``)
+    scratch: tuple[tuple[str, int], ...] = ()  # (op name, bytes): an extern kernel's measured scratch
 
     def key(self) -> str:
-        """A stable text of the groups and the reused inputs, for cache keys."""
+        """A stable text of the groups, the reused inputs and the scratch, for cache keys."""
         phases = (self.forward, self.backward, (self.reused,))
-        return "|".join(";".join(sorted(",".join(sorted(g)) for g in groups)) for groups in phases)
+        groups = "|".join(";".join(sorted(",".join(sorted(g)) for g in groups)) for groups in phases)
+        return groups + "".join(f"|{name}:{nbytes}" for name, nbytes in sorted(self.scratch))
 
 
 def scheduler_groups(nodes: list) -> tuple[frozenset[str], ...]:
@@ -92,13 +101,24 @@ class RecomputeKernel:
 def with_kernels(problem, groups: KernelGroups | None):
     """``problem`` with what ``groups`` (the last compile's kernels) tell the simulator in its
     metadata: the backward kernels that recomputed its activations, and the activations whose
-    buffers a kernel's result took over; unchanged when they tell nothing."""
+    buffers a kernel's result took over; and in its slots, the extern kernels' scratch
+    (``with_scratch``); unchanged when they tell nothing."""
     if groups is None:
         return problem
+    problem = with_scratch(problem, dict(groups.scratch))
     facts = {RECOMPUTE_KERNELS: _recomputed_in(problem, groups),
              HANDOVERS: {**handovers(problem), **_handed_over(problem, groups)}}
     facts = {k: v for k, v in facts.items() if v}
     return replace(problem, metadata={**problem.metadata, **facts}) if facts else problem
+
+
+def with_scratch(problem, scratch: dict[str, int]):
+    """``problem`` with ``scratch`` (op name -> bytes its extern kernel allocated while it ran)
+    added to the fixed bytes of that op's slot; names of no slot are left out."""
+    if not any(s.name in scratch for s in problem.slots):
+        return problem
+    slots = [replace(s, fixed_bytes=s.fixed_bytes + scratch.get(s.name, 0)) for s in problem.slots]
+    return replace(problem, slots=slots)
 
 
 def _backward_kernels(problem, groups: KernelGroups) -> list[tuple[frozenset[str], list[int]]]:

@@ -93,3 +93,32 @@ def test_plain_compiles_code_walk_is_its_measured_peak_though_its_estimate_is_no
     measured = measure_step(lambda: step(x).backward()).peak_bytes
     assert max(peaks.code_peaks) + CALLER_BYTES == measured
     assert max(peaks.peaks) > measured
+
+
+def test_extern_scratch_reaches_the_next_plans_slots(tmp_path, monkeypatch):
+    """The conv's measured scratch is kept by the name of the graph op its kernel runs
+    (``KernelGroups.scratch``), and ``with_kernels`` adds it to the fixed bytes of that op's slot:
+    the store-all peak at a slot rises by exactly its scratch; a name of no slot changes nothing."""
+    from remat.kernel_groups import KernelGroups, with_kernels
+    from remat.simulate import simulate, store_all_plan
+
+    from .synthetic import chain_problem
+
+    monkeypatch.setenv("REMAT_CACHE_DIR", str(tmp_path))
+    fn, inputs = conv_case()
+    peaks = InductorPeaks()
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        compiled = torch.compile(fn, backend=lambda gm, ex: compile_fx(
+            gm, ex, config_patches={"_post_fusion_custom_pass": peaks}))
+        compiled(*inputs).sum().backward()
+    scratch = dict(peaks.kernel_groups.scratch)
+    assert set(scratch) == {"convolution_backward"} | ({"convolution"} & set(scratch))
+    assert sorted(scratch.values()) == sorted(v for w in peaks.workspaces for v in w.values())
+
+    p = chain_problem()
+    at = simulate(p, store_all_plan(p)).device_bytes
+    slot = p.slots[len(p.slots) - 2]
+    q = with_kernels(p, KernelGroups(scratch=((slot.name, 12345), ("no such op", 999))))
+    assert [b - a for a, b in zip(at, simulate(q, store_all_plan(q)).device_bytes)] == \
+        [12345 if s.name == slot.name else 0 for s in p.slots]
+    assert with_kernels(p, KernelGroups(scratch=(("no such op", 999),))) is p
