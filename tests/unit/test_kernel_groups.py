@@ -253,6 +253,34 @@ def test_pointwise_ops_that_read_one_buffer_are_one_predicted_kernel():
     assert forward == set() and backward == {frozenset({"mul", "mul_1", "mul_2"})}
 
 
+def test_the_weight_gradient_that_reads_a_recomputed_value_follows_the_kernel_that_recomputes_it():
+    # gated: wo's weight gradient mm_3 (slot 5) reads mul, which a plan that recomputes it computes
+    # inside the kernel of mul_1 and mul_2 (slots 7, 8): mm_3 runs after that kernel, and its
+    # 2 KiB result (kept to the end) leaves slots 5..8 (``slot_buffers``: what it allocates)
+    from dataclasses import replace
+
+    from remat.plan import Decision
+    from remat.predicted_kernels import slot_buffers
+    from remat.simulate import SLOT_BUFFERS
+
+    joint, fwd, n = trace_joint(gated, *_inputs(3))
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e11, host_bandwidth=1e10)
+    problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=spec).problem
+    assert recompute_kernels(problem)["mul"].slots == (7, 8)
+    g = graph_facts(joint, fwd, n)
+    sched, fused = build_schedule(g), fused_values(g)
+    readers = effective_readers(g, slot_readers(g), fused)
+    life = storage_lifetimes(g, sched, readers, fused)
+    buffers = slot_buffers(sched, g.owner, readers, life.intervals, life.activations)[SLOT_BUFFERS]
+    assert buffers["mm_3"] == [2048, 10, []]  # no buffer it reads ends before the step does
+    assert buffers["mul_1"] == [8192, 9, [["mm_4", 8192, 7]]]  # mm_4 ends where mul_2 writes into it
+    plan = {"mm": Decision.STORE, "mm_1": Decision.STORE, "mul": Decision.RECOMPUTE}
+    told = simulate(replace(problem, metadata={**problem.metadata, SLOT_BUFFERS: buffers}), plan)
+    untold = simulate(problem, plan)
+    assert told.ok and (told.starts["mul"], told.last_needs["mul"]) == (8, 9)  # written by the kernel, read after
+    assert [a - b for a, b in zip(told.device_bytes, untold.device_bytes)] == [0] * 5 + [-2048] * 4 + [0] * 2
+
+
 def test_a_reduction_fuses_with_its_prologue_and_the_readers_that_share_its_outer_loop():
     # RMSNorm: pow_1 (inlined into the mean: a pointwise loop over the reduction's whole range),
     # the mean (rows x reduced columns), add and rsqrt (rows) and mul (rows x columns, loading

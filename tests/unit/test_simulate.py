@@ -686,6 +686,36 @@ def test_recompute_kernels_survive_json_and_ignore_kernels_of_no_backward_slot()
     assert with_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
 
 
+def moved_problem(fixed_bwd=(17, 22, 15, 15, 15), buffers=None):
+    """v (recomputed from the stored u) and w are read at b1 (slot 3), outside the kernel that
+    would recompute v (b2, b3: slots 4, 5); b1's op allocates 5 bytes kept to the end (a weight
+    gradient) and reads the buffer g (7 bytes, from b0 to b1) of the fixed bytes."""
+    from dataclasses import replace
+
+    from remat.simulate import SLOT_BUFFERS
+
+    acts = (act("u", 0, 1, 1000, uses=(2,)), act("v", 1, 1, 100, uses=(3,), inputs=("u",)),
+            act("w", 0, 1, 50, uses=(3,)))
+    p = kernel_problem((3,), [{"b2", "b3", "v"}])
+    p = replace(p, slots=slots([10] * 2, list(fixed_bwd)), activations=acts)
+    return replace(p, metadata={**p.metadata, SLOT_BUFFERS: buffers or {"b1": [5, 6, [["g", 7, 3]]]}})
+
+
+def test_a_reader_of_a_value_recomputed_inside_a_kernel_acts_after_that_kernel():
+    """b1 reads v, which the kernel of b2, b3 recomputes, so Inductor runs b1 after that kernel:
+    its result's bytes start after it, g and w live until then, v lives from the kernel's start."""
+    p = moved_problem()
+    moved = simulate(p, {"u": S, "v": R, "w": S})
+    assert moved.ok and moved.starts["v"] == 5 and moved.last_needs["v"] == 6
+    assert live_intervals(p, {"u": S, "v": R, "w": S}) == {"u": [(2, 5)], "v": [(4, 6)], "w": [(2, 6)]}
+    # fixed 17 22 15 15 15 less b1's 5 on slots 3..5, plus g's 7 on 4..6
+    assert moved.device_bytes[2:] == (1067, 1067, 1167, 1167, 172)
+    stored = simulate(p, {"u": S, "v": S, "w": S})  # nothing recomputed: b1 stays where it is
+    assert stored.device_bytes[2:] == (1167, 172, 15, 15, 15)
+    bare = simulate(moved_problem(buffers={"b0": [1, 6, []]}), {"u": S, "v": R, "w": S})
+    assert bare.device_bytes[2:] == (1067, 1072, 1165, 1165, 165)  # b1's op unknown: its bytes stay
+
+
 def test_a_value_whose_buffer_a_kernel_takes_over_leaves_where_that_kernel_starts():
     from remat.kernel_groups import KernelGroups, handovers, with_kernels
 

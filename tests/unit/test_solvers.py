@@ -806,6 +806,25 @@ def test_greedy_recomputes_a_chain_through_unneeded_inputs():
     assert sorted(plan.names(R)) == ["a0", "a1", "a2"]
 
 
+def test_ilp_recomputes_a_value_to_move_its_reader_after_the_kernel():
+    """Recomputing v inside the kernel of b2, b3 moves its reader b1 (and b1's 400-byte result)
+    after that kernel, under b2's 300-byte temporary: the floor falls from 710 to 610. The
+    solvers' exact evaluation is the simulator's, and the ILP (moved readers in its rows) finds
+    the floor that brute force finds."""
+    from .test_simulate import moved_problem
+
+    p = moved_problem(fixed_bwd=(10, 410, 710, 410, 410), buffers={"b1": [400, 6, []]})
+    p = dataclasses.replace(p, activations=tuple(
+        dataclasses.replace(a, recomputable=a.name == "v", offloadable=False, bytes=100) for a in p.activations))
+    st = Structure(p)
+    for dec in ({"u": S, "v": S, "w": S}, {"u": S, "v": R, "w": S}):
+        assert tuple(int(x) for x in st.profile(dec)) == simulate(p, dec).device_bytes
+    assert simulate(p, {"u": S, "v": S, "w": S}).peak_bytes == 710
+    assert min(pk for pk, _, _ in brute_force(p)) == min_peak(p) == 610
+    plan = solve(p, 610, solver="ilp")
+    assert plan.decisions["v"] is R and check(p, plan, 610).peak_bytes == 610
+
+
 def test_ilp_plans_with_the_last_compiles_kernels():
     """Kernel facts (``remat.kernel_groups.with_kernels``) change the floor as the simulator counts
     it, and the ILP finds the plans they make possible: a value that its kernel recomputes and
