@@ -477,9 +477,11 @@ def _predict_handover(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list,
     and has its size; in a generated kernel, its result's buffer starts where the kernel starts.
     Not when a pointwise forward op reads ``s`` (``_pointwise_forward_reader``: recomputed, it
     would read ``s`` in that kernel too: SwiGLU's gate under its SiLU, its up projection under the
-    product); the last compile's code tells those (``remat.kernel_groups.reused_inputs``)."""
+    product); the last compile's code tells those (``remat.kernel_groups.reused_inputs``). The
+    backward kernels load the forward values they read (saved): ``s`` is read through none."""
     if _pointwise_forward_reader(s, g):
         return
+    fused = fused - g.forward
     end = max(t for _, t in read_at)
     taker = max((u for u, t in read_at if t == end and u not in fused), key=g.index.__getitem__, default=None)
     if taker is None or taker in kernels.after or not _reads_elementwise(taker, s, fused):

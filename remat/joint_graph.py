@@ -54,8 +54,18 @@ def is_pointwise(n: fx.Node) -> bool:
     return torch.Tag.pointwise in op_tags(n) or rng_replay.fusible(n)
 
 
+# ops that Inductor lowers to a pointwise loop of indirect loads (torch 2.13 lowering.py ``gather``,
+# ``embedding``, ``index_impl``, ``constant_pad_nd``): the pointwise results they read are inlined
+INDEXING_LOOPS = frozenset({
+    aten.gather.default, aten.embedding.default, aten.index.Tensor, aten._unsafe_index.Tensor,
+    aten.constant_pad_nd.default,
+})
+
+
 def is_fusible_consumer(n: fx.Node) -> bool:
-    return is_pointwise(n) or torch.Tag.reduction in op_tags(n)
+    """An op whose kernel inlines the pointwise results it reads: pointwise, a reduction, or an
+    indexing loop (``INDEXING_LOOPS``)."""
+    return is_pointwise(n) or torch.Tag.reduction in op_tags(n) or n.target in INDEXING_LOOPS
 
 
 def takes_slot(n: fx.Node) -> bool:

@@ -523,3 +523,29 @@ def test_an_extern_kernel_reads_a_copy_of_a_view_that_channels_last_strides_cann
     assert {"convolution", "mul"} <= {n.name for n in laid_out}
     scatter = next(t for t, n in enumerate(sched.order) if n.target is torch.ops.aten.scatter_add.default)
     assert [(a, b, tuple(v.shape)) for a, b, v in view_copies(g, sched, laid_out)] == [(scatter, scatter, (8, 64))]
+
+
+def test_a_pointwise_result_read_by_an_indexing_loop_is_inlined_into_it():
+    # Inductor lowers gather (the loss's pick of the log-softmax, hf_llama's ``sub_1``) and
+    # embedding to a pointwise loop with an indirect load: what they read is computed inside
+    x, i, w = torch.randn(8, 16), torch.randint(0, 16, (8, 1)), torch.randn(16, 16)
+    assert "mul" in _fused_names(lambda x, i, w: ((x * 2).gather(1, i),), x, i, w)
+    assert "mul" in _fused_names(lambda x, i, w: (F.embedding(i, w * 2),), x, i, w)
+    assert "mul" not in _fused_names(lambda x, i, w: ((x * 2) @ w,), x, i, w)
+
+
+def test_a_stored_value_inlined_into_a_forward_gather_is_handed_to_its_elementwise_backward_reader():
+    # hf_llama's loss: the log-softmax ``sub_1`` is inlined into the forward's gather and read
+    # by the backward's ``sub_2``, which writes its result in the saved value's buffer
+    def f(x, w, i, t):
+        s = x @ w - 1.0
+        return s.gather(1, i), (s.exp() * t - t) @ w
+
+    x, w, i, t = torch.randn(8, 16), torch.randn(16, 16), torch.randint(0, 16, (8, 1)), torch.randn(8, 16)
+    gm = make_fx(f, tracing_mode="fake")(x, w, i, t)
+    nodes = by_name(gm.graph)
+    g = graph_facts(gm, {nodes["mm"], nodes["sub"], nodes["gather"]}, 1)
+    sched, fused = build_schedule(g), fused_values(g)
+    life = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused)
+    assert nodes["sub"] in fused
+    assert life.handovers == {nodes["sub"]: sched.slot_of[nodes["sub_1"]]}
