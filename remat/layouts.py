@@ -8,6 +8,13 @@ resident input laid out otherwise (the batch, each weight) is copied. The forwar
 copies in its first kernel (``cpp_fused_0``), and the backward, which reads them for
 ``convolution_backward``, receives the copies in the inputs' place (``buf2`` returned where the
 backward takes ``primals_8``): each copy lives from the step's start to the last read of its input.
+
+The storages that Inductor lays out channels-last (``channels_last_storages``: the forward's that it
+prefers so, ``find_nodes_prefer_channels_last``; in the backward, what ``convolution_backward``
+makes from them and the loop kernels whose loads are mostly such storages) cannot always be viewed
+as the graph's contiguous fake tensors are: an extern kernel that reads such a view reads a copy
+(the max-pool backward's ``scatter_add`` reads ``view(indices, (512, 256))``: ``buf15 =
+empty_strided_cpu((512, 256), (1, 512), torch.int64)``; ``view_copies``).
 """
 
 from __future__ import annotations
