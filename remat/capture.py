@@ -8,7 +8,9 @@ size ops take no slot; their uses count as uses of the storage they alias.
 Memory follows Inductor, not eager: a pointwise result that only feeds fusible consumers
 (pointwise ops, reductions, views) of its own phase is fused into them and never allocated. Every
 other result is a buffer, live from its op's slot to its last use; graph outputs (forward outputs,
-gradients) and the incoming output gradients (tangents) stay live to the end of the step.
+gradients) stay live to the end of the step, and the incoming output gradients (tangents) from the
+backward's start to their last read (AOTAutograd hands them to the compiled backward, which frees
+them: with a loss computed outside the graph, an output-sized gradient).
 Parameters and inputs are resident and cost nothing.
 
 ``capture`` is a pipeline of the steps below, each a function over plain data:
@@ -295,8 +297,9 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
         if g.owner.get(s) is not s or s in g.resident:
             continue
         val = s.meta["val"]
-        if s in g.tangents:  # the autograd engine holds grad outputs until the backward returns
-            life.intervals.append((sched.num_forward, sched.last, val))
+        if s in g.tangents:  # the compiled backward takes its inputs over: it frees each after its last read
+            read = [t for u in readers.get(s, []) if u in sched.slot_of for t in _read_slots(u, sched, kernels)]
+            life.intervals.append((sched.num_forward, max(read, default=sched.num_forward), val))
             continue
         created = sched.slot_of.get(s)
         if created is None:

@@ -232,7 +232,7 @@ def test_storage_lifetimes_of_the_mlp(mlp_steps):
         n["mm_1"]: ActivationFacts(128, 3, 3, []),  # tanh too (the forward's code: ``buf6 = buf5; del buf5  # reuse``)
     }
     assert sorted((a, b, tensor_bytes(v)) for a, b, v in life.intervals) == sorted([
-        (5, 10, 128),  # tangent: through the whole backward
+        (5, 5, 128),  # tangent: from the backward's start to its last read, tanh_backward (the compiled backward frees it)
         (0, 0, mb), (1, 2, mb), (2, 3, mb), (2, 2, 128), (3, 3, 128),  # forward values to last forward use, or taken
         (4, 10, 128),  # the output, pinned
         (5, 7, 128),  # tanh_backward to its last reader, mm_3

@@ -62,9 +62,9 @@ def test_a_kernel_allocates_at_its_start_and_frees_at_its_end(mlp_facts):
     # the kernel starts after native_dropout_backward (slot 8), which makes what it reads
     assert spans == {"tanh_backward": (8, 9), "threshold_backward": (8, 9)}
     mb = 8 * 16 * 4
-    assert sorted(sized(before) - sized(after)) == [(5, 7, 128), (7, 8, mb), (9, 10, mb)]
+    assert sorted(sized(before) - sized(after)) == [(5, 5, 128), (5, 7, 128), (7, 8, mb), (9, 10, mb)]
     assert sorted(sized(after) - sized(before)) == [
-        (5, 9, 128),  # tanh_backward's result: written by the kernel, live until it ends
+        (5, 9, 128),  # tanh_backward's result, written by the kernel, and the tangent it reads: until it ends
         (7, 7, mb),  # mm_3's result: dies into the kernel (``test_a_kernel_result_takes_...``)
         (8, 10, mb),  # threshold_backward's result: allocated when the kernel starts
     ]
