@@ -40,7 +40,8 @@ Moved     a backward use ``u`` of RECOMPUTE ``v`` outside the kernel K that reco
            ``u`` reads lives until ``a`` (its start unchanged); and, from the Problem's
            ``SLOT_BUFFERS`` (what ``u``'s op allocates and the buffers it reads, by slot name), its
            result's bytes leave ``u .. a-1`` and the buffers it reads live until ``a``
-           (``moved_bytes``). Readers of a moved op's result do not move.
+           (``moved_bytes``). Only ops that ``SLOT_BUFFERS`` describes move (a Problem without it
+           keeps every op at its slot); readers of a moved op's result do not move.
 OFFLOAD    ``last_forward_use+1 .. free_after`` and ``prefetch_at .. last_need`` on the device, and
            ``free_after+1 .. last_need`` on the host, from ``schedule_transfers`` of every valid
            OFFLOAD of the plan; its ``exposed`` seconds are the plan's transfer time.
@@ -171,9 +172,11 @@ def moved_readers(
     problem: Problem, decisions: Mapping[str, Decision], needed: set[str], kernels: Mapping[str, RecomputeKernel]
 ) -> dict[int, int]:
     """Backward slot -> the slot its op acts at instead ("Moved"): each use that a kernel
-    recomputing a needed RECOMPUTE value holds back (``held_back``) acts the slot after that
-    kernel's last (the latest such slot, when several kernels hold it back)."""
+    recomputing a needed RECOMPUTE value holds back (``held_back``) and that ``SLOT_BUFFERS``
+    describes acts the slot after that kernel's last (the latest such slot, when several kernels
+    hold it back)."""
     last_slot = len(problem.slots) - 1
+    described = problem.metadata.get(SLOT_BUFFERS, {})
     moved: dict[int, int] = {}
     for name in needed:
         kernel = kernels.get(name)
@@ -181,7 +184,8 @@ def moved_readers(
             continue
         after = min(kernel.last + 1, last_slot)
         for u in held_back(problem.activation(name).backward_uses, kernel):
-            moved[u] = max(moved.get(u, u), after)
+            if problem.slots[u].name in described:
+                moved[u] = max(moved.get(u, u), after)
     return moved
 
 
@@ -223,7 +227,7 @@ def _direct_reads(a: Activation, kernel: RecomputeKernel | None, moved: Mapping[
     uses = a.backward_uses
     if not moved:
         return uses[0], uses[-1]
-    back = set(held_back(uses, kernel)) if kernel is not None else set()
+    back = {u for u in held_back(uses, kernel) if u in moved} if kernel is not None else set()
     return min(kernel.last if u in back else u for u in uses), max(moved.get(u, u) for u in uses)
 
 

