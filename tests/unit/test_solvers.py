@@ -27,8 +27,10 @@ from remat.solvers import SOLVERS, get_solver, min_peak, solve
 from remat.solvers.ilp import Model, Rows
 from remat.solvers._core import Structure
 
+from .test_solver_fuzz import _assert_profiles_are_the_simulators, solver_failures, with_random_kernels
 from .synthetic import (
     Graph,
+    fuzz_problem,
     all_small_problems,
     chain_problem,
     diamond_problem,
@@ -823,6 +825,26 @@ def test_ilp_recomputes_a_value_to_move_its_reader_after_the_kernel():
     assert min(pk for pk, _, _ in brute_force(p)) == min_peak(p) == 610
     plan = solve(p, 610, solver="ilp")
     assert plan.decisions["v"] is R and check(p, plan, 610).peak_bytes == 610
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_on_random_problems_with_moved_readers(rng, frac):
+    """Random kernel facts and random ``SLOT_BUFFERS`` (what backward ops allocate and read): the
+    solvers' exact evaluation is the simulator's, every solver's plan is valid under the cap,
+    and the ILP meets every cap from its floor up."""
+    from remat.simulate import SLOT_BUFFERS
+
+    p = with_random_kernels(fuzz_problem(rng), rng)
+    n, nf = len(p.slots), p.num_forward
+    described = {}
+    for u in (t for t in range(nf, n) if rng.random() < 0.5):
+        reads = [[f"g{rng.randrange(4)}", rng.randint(1, 50), rng.randint(u, n - 1)] for _ in range(rng.randint(0, 2))]
+        described[p.slots[u].name] = [rng.choice((0, rng.randint(1, 60))), rng.randint(u, n - 1), reads]
+    p = dataclasses.replace(p, metadata={**p.metadata, SLOT_BUFFERS: described})
+    _assert_profiles_are_the_simulators(p, rng, plans=3)
+    assert solver_failures(p, frac, exact_ilp=False) == []
 
 
 def test_ilp_plans_with_the_last_compiles_kernels():
