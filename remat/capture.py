@@ -68,7 +68,7 @@ import torch.fx as fx
 
 from .cost import DeviceSpec, tensor_bytes
 from .joint_graph import (
-    GraphFacts, INLINED_CONSTANTS, KernelSpans, Schedule, broadcast_strides, build_schedule, compute_node,
+    Folding, GraphFacts, INLINED_CONSTANTS, KernelSpans, Schedule, broadcast_strides, build_schedule, compute_node,
     graph_facts, is_fusible_consumer, is_pointwise, is_random, is_tensor, is_view, kernel_loads, kernel_spans,
     kernel_starts, op_tags, readers_through_views, slot_readers,
 )
@@ -121,15 +121,6 @@ class Lifetimes:
     activations: dict[fx.Node, ActivationFacts] = field(default_factory=dict)
     # forward value -> the slot from which its last backward reader's result holds its buffer
     handovers: dict[fx.Node, int] = field(default_factory=dict)
-
-
-@dataclass
-class Folding:
-    """Each forward value's inputs once folded values are replaced by their own inputs."""
-
-    inputs: dict[fx.Node, list[fx.Node]]
-    through: dict[fx.Node, list[fx.Node]]  # the folded values that each value recomputes inside it
-    folded: set[fx.Node]
 
 
 def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:

@@ -115,6 +115,15 @@ class Schedule:
         return len(self.forward) + len(self.backward) - 1
 
 
+@dataclass
+class Folding:
+    """Each forward value's inputs once folded values are replaced by their own inputs."""
+
+    inputs: dict[fx.Node, list[fx.Node]]
+    through: dict[fx.Node, list[fx.Node]]  # the folded values that each value recomputes inside it
+    folded: set[fx.Node]
+
+
 def split_phases(nodes: list[fx.Node], forward_nodes: set[fx.Node]) -> tuple[set[fx.Node], set[fx.Node]]:
     """Forward and backward ops. Elements of forward tuple ops are forward values, also those
     that only backward reads (a dropout mask); every other op is backward."""

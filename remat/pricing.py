@@ -10,10 +10,9 @@ import torch
 import torch.fx as fx
 
 from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
-from .joint_graph import Schedule, compute_node, fake_value, is_random, kernel_inputs, kernel_reads, op_tags
+from .joint_graph import Folding, Schedule, compute_node, fake_value, is_random, kernel_inputs, kernel_reads, op_tags
 
 if TYPE_CHECKING:
-    from .capture import Folding
     from .profile import MeasuredCosts
 
 aten = torch.ops.aten
