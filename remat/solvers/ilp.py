@@ -42,7 +42,9 @@ plan STOREs, ``sum(bytes_v x keep_v)``, and every memory row adds ``other_runs x
 Memory rows: on each slot range where every candidate's contribution is one fixed linear form,
 only the slot with the largest ``fixed_bytes`` can peak; then rows that another row dominates
 for every plan (``row_i(plan) <= row_j(plan)`` via a per-activation bound over its possible
-states) are dropped. The rest become ``fixed + sum(form) <= budget``.
+states) are dropped. The rest become ``fixed + sum(form) <= budget``; a backward op that a
+recomputation moves after its kernel adds terms in that candidate's ``rec`` to the forms
+(``_core.Structure.move_terms``: at or above the simulator's count).
 
 The answer is normalised to the needed set, its peak and time recomputed exactly, and compared
 with the greedy plan (made first, within ``GREEDY_SHARE`` of the time limit; warm start and
