@@ -74,7 +74,7 @@ from .joint_graph import (
 )
 from .kernel_groups import HANDOVERS, KernelGroups, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
-from .predicted_kernels import predicted_kernel_groups, row_reduction_kernels
+from .predicted_kernels import predicted_kernel_groups, row_reduction_kernels, slot_buffers
 from .pricing import recomputable, recompute_time, slot_times
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
@@ -651,7 +651,9 @@ def capture(
     kernels Inductor generated for this graph last time), each kernel's ops allocate and free
     as one; without them, the kernels predicted from the graph (``predicted_kernel_groups``) tell
     the simulator which recomputations run inside a backward kernel, and the predicted backward
-    kernels of LayerNorm's row sums place their ops as one (``row_reduction_kernels``). Training
+    kernels of LayerNorm's row sums place their ops as one (``row_reduction_kernels``). What each
+    backward op that reads an activation allocates and reads (``slot_buffers``) lets the simulator
+    run it after a kernel that recomputes that activation (static sizes only). Training
     dropouts replay their generator state when the planner rewrote them before
     (``rng_replay.replay_in_joint``, in ``remat.planning``)."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
@@ -676,15 +678,17 @@ def capture(
                         taker_of(s, g, relevant, fused))
         for s in sorted(relevant, key=g.index.__getitem__)
     ]
+    symbolic = symbolic_sizes(joint, intervals, sched.last + 1, relevant)
+    moved = {} if symbolic else slot_buffers(sched, g.owner, readers, intervals, life.activations)  # sized at hints
     problem = Problem(
         slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,
         metadata={"device": spec.name, "num_nodes": len(g.nodes), **kernel_starts(spans),
-                  **predicted_handovers(life, relevant)},
+                  **predicted_handovers(life, relevant), **moved},
     )
     if predicted is not None:  # the predicted kernels' recomputations, as the code's would tell them
         problem = with_kernels(problem, predicted)
     return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
-                    sorted(f.name for f in folding.folded), symbolic_sizes(joint, intervals, sched.last + 1, relevant))
+                    sorted(f.name for f in folding.folded), symbolic)
 
 
 def symbolic_sizes(joint: fx.GraphModule, intervals: list, num_slots: int, relevant: set[fx.Node]) -> SymbolicSizes | None:

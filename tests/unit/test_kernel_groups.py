@@ -277,11 +277,12 @@ def test_the_weight_gradient_that_reads_a_recomputed_value_follows_the_kernel_th
     buffers = slot_buffers(sched, g.owner, readers, life.intervals, life.activations)[SLOT_BUFFERS]
     assert buffers["mm_3"][:2] == [2048, 10]  # kept to the end
     assert buffers["mul_1"] == [8192, 9, [["mm_4", 8192, 7]]]  # mm_4 ends where mul_2 writes into it
+    assert problem.metadata[SLOT_BUFFERS] == buffers  # the capture describes them (static sizes)
     plan = {"mm": Decision.STORE, "mm_1": Decision.STORE, "mul": Decision.RECOMPUTE}
-    described = replace(problem, metadata={**problem.metadata, SLOT_BUFFERS: buffers})
-    told, untold = simulate(described, plan), simulate(problem, plan)  # untold: mm_3 stays at slot 5
+    bare = replace(problem, metadata={k: v for k, v in problem.metadata.items() if k != SLOT_BUFFERS})
+    told, untold = simulate(problem, plan), simulate(bare, plan)  # untold: mm_3 stays at slot 5
     assert told.ok and (told.starts["mul"], told.last_needs["mul"]) == (8, 9)  # written by the kernel, read after
-    assert live_intervals(described, plan)["mul"] == [(7, 9)] and live_intervals(problem, plan)["mul"] == [(5, 8)]
+    assert live_intervals(problem, plan)["mul"] == [(7, 9)] and live_intervals(bare, plan)["mul"] == [(5, 8)]
     assert [a - b for a, b in zip(told.device_bytes[5:7], untold.device_bytes[5:7])] == [-2048 - 8192] * 2
 
 
