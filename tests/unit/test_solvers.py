@@ -865,3 +865,21 @@ def test_ilp_plans_with_the_last_compiles_kernels():
     handed = with_kernels(base, KernelGroups(backward=(frozenset({"b2", "b3"}),), reused=frozenset({"u"})))
     assert (min_peak(base), min_peak(handed)) == (1500, 1010)  # u leaves before the kernel (slot 4) starts
     assert check(handed, solve(handed, 1010, solver="ilp"), 1010).ok
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pair_descent_lowers_a_stored_plans_peak_and_keeps_it_valid(seed):
+    """From store-all, the min-peak search's descent recomputes pairs of stored candidates while
+    the peak drops: its plan is valid, the simulator's peak is the one it reports, and on these
+    problems (where recomputing lowers the floor) it is under store-all's."""
+    from remat.simulate import store_all_plan
+    from remat.solvers.ilp import _pair_descent
+
+    p = random_problem(random.Random(seed), n_acts=8) if seed else chain_problem()
+    st = Structure(p)
+    start = st.normalize(store_all_plan(p))
+    dec, peak = _pair_descent(st, start, st.peak(start), st.lower_bound_peak(), time.perf_counter() + 30)
+    tl = simulate(p, dec)
+    assert tl.ok and tl.peak_bytes == peak <= st.peak(start)
+    if min_peak(p) < st.peak(start):
+        assert peak < st.peak(start)
