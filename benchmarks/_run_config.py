@@ -192,7 +192,7 @@ def run(model_name: str, config: str, quick: bool, steps: int, time_limit: float
     if config.startswith("remat"):
         from remat import reports
 
-        out.update(plan_figures(reports(fn)))
+        out.update(plan_figures(reports(getattr(fn, "compiled", fn))))
     _zero(model)
     m = measure_step(step)  # the measured peak: one profiled step
     out["measured_peak_bytes"] = int(m.peak_bytes)
@@ -219,7 +219,6 @@ def eager_grads(model, inputs, loss_fn) -> dict:
 def configured(config: str, model, loss_fn, time_limit: float, out: dict):
     """The function ``config`` runs: model + loss, eager, checkpointed or compiled. A remat
     configuration with measured costs records whether the profile cache was cold or warm in ``out``."""
-    import torch
     import torch._functorch.config as fconfig
 
     plain = lambda *xs: loss_fn(model(*xs))  # noqa: E731
@@ -230,18 +229,37 @@ def configured(config: str, model, loss_fn, time_limit: float, out: dict):
             block.forward = _checkpointed(block.forward)
         return plain
     if config == "compile":
-        return torch.compile(plain)
+        return _compiled(model, loss_fn)
     if config.startswith("amb_"):
         fconfig.activation_memory_budget = float(config[4:])
-        return torch.compile(plain)
+        return _compiled(model, loss_fn)
     if config.startswith("remat_"):
         level, _, costs = config[6:].partition("@")
         options = {"time_limit": time_limit, **remat_options(level)}
         if costs:
             options["cost_model"] = costs
             out["profile_cache"] = _profile_cache_state()
-        return torch.compile(plain, backend="remat", options=options)
+        return _compiled(model, loss_fn, backend="remat", options=options)
     raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
+
+
+# ``REMAT_BENCH_LOSS_OUTSIDE=1``: torch.compile the model alone and compute the loss after it, uncompiled
+# (as a training loop that takes the model's outputs does); by default model + loss compile together
+LOSS_OUTSIDE = os.environ.get("REMAT_BENCH_LOSS_OUTSIDE") == "1"
+
+
+def _compiled(model, loss_fn, **compile_kwargs):
+    """The step function of a compiled configuration: torch.compile of model + loss, or of the model
+    alone followed by the loss (``LOSS_OUTSIDE``); what torch.compile returned is its ``compiled``."""
+    import torch
+
+    if not LOSS_OUTSIDE:
+        step = torch.compile(lambda *xs: loss_fn(model(*xs)), **compile_kwargs)
+        return step
+    compiled = torch.compile(model, **compile_kwargs)
+    step = lambda *xs: loss_fn(compiled(*xs))  # noqa: E731
+    step.compiled = compiled
+    return step
 
 
 def warmed_up(step, out: dict) -> bool:

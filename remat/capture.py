@@ -58,6 +58,7 @@ the same intervals: ``remat.symbolic``).
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import re
 from dataclasses import dataclass, field
@@ -522,11 +523,7 @@ def fixed_bytes(intervals: list[tuple[int, int, torch.Tensor]], num_slots: int,
         if nbytes != 0 and a <= b:
             delta[a] += nbytes
             delta[b + 1] -= nbytes
-    fixed, acc = [], 0
-    for t in range(num_slots):
-        acc += delta[t]
-        fixed.append(acc)
-    return fixed
+    return list(itertools.accumulate(delta[:num_slots]))
 
 
 def activation_inputs(g: GraphFacts, acts: dict[fx.Node, ActivationFacts]) -> dict[fx.Node, list[fx.Node]]:

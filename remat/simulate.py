@@ -55,6 +55,7 @@ Cost is O(#slots + #activations + #backward uses + #inputs): intervals go into a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -213,11 +214,7 @@ def moved_bytes(problem: Problem, moved: Mapping[int, int]) -> list[int]:
         if now > end:
             diff[end + 1] += nbytes
             diff[now + 1] -= nbytes
-    out, acc = [], 0
-    for t in range(n):
-        acc += diff[t]
-        out.append(acc)
-    return out
+    return list(itertools.accumulate(diff[:n]))
 
 
 def _direct_reads(a: Activation, kernel: RecomputeKernel | None, moved: Mapping[int, int]) -> tuple[int, int]:
@@ -470,11 +467,7 @@ def _sum_intervals(n: int, intervals: Mapping[str, list[tuple[int, int]]], probl
             if lo <= hi:
                 diff[lo] += b
                 diff[hi + 1] -= b
-    out, acc = [], 0
-    for t in range(n):
-        acc += diff[t]
-        out.append(acc)
-    return out
+    return list(itertools.accumulate(diff[:n]))
 
 
 # ---- public API ------------------------------------------------------------------------------
