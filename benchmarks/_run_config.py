@@ -254,8 +254,7 @@ def _compiled(model, loss_fn, **compile_kwargs):
     import torch
 
     if not LOSS_OUTSIDE:
-        step = torch.compile(lambda *xs: loss_fn(model(*xs)), **compile_kwargs)
-        return step
+        return torch.compile(lambda *xs: loss_fn(model(*xs)), **compile_kwargs)
     compiled = torch.compile(model, **compile_kwargs)
     step = lambda *xs: loss_fn(compiled(*xs))  # noqa: E731
     step.compiled = compiled

@@ -190,11 +190,11 @@ def moved_readers(
     return moved
 
 
-def moved_bytes(problem: Problem, moved: Mapping[int, int]) -> list[int]:
+def moved_bytes(problem: Problem, moved: Mapping[int, int], reads: bool = True) -> list[int]:
     """Per slot, what the ops of ``moved`` (slot -> the slot it acts at, ``moved_readers``) change
     in the fixed bytes, from ``SLOT_BUFFERS``: an op's result leaves its slot up to the one before
-    it acts (never past the result's last slot); a buffer it reads lives until the latest slot
-    that a moved reader of it acts at."""
+    it acts (never past the result's last slot); with ``reads``, a buffer it reads lives until the
+    latest slot that a moved reader of it acts at."""
     n = len(problem.slots)
     facts = problem.metadata.get(SLOT_BUFFERS, {})
     diff = [0] * (n + 1)
@@ -203,12 +203,12 @@ def moved_bytes(problem: Problem, moved: Mapping[int, int]) -> list[int]:
         fact = facts.get(problem.slots[u].name)
         if fact is None:
             continue
-        made, made_end, reads = fact
+        made, made_end, read = fact
         hi = min(at - 1, made_end)
         if made and u <= hi:
             diff[u] -= made
             diff[hi + 1] += made
-        for buffer, nbytes, end in reads:
+        for buffer, nbytes, end in read if reads else ():
             ends[buffer] = (nbytes, end, max(at, ends.get(buffer, (0, 0, end))[2]))
     for nbytes, end, now in ends.values():
         if now > end:

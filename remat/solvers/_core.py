@@ -725,15 +725,8 @@ class Structure:
     def _most_moved_results(self) -> np.ndarray:
         """Per slot, at most what moved ops' results leave there (<= 0; ``move_terms``): every
         mover recomputed, the buffers they read not extended."""
-        out = np.zeros(self.n + 1, dtype=np.int64)
-        facts = self.problem.metadata.get(SLOT_BUFFERS, {})
         moved = self.moved([REC] * len(self.cands))
-        for u, at in moved.items():
-            made, made_end, _ = facts.get(self.problem.slots[u].name, (0, -1, ()))
-            if made and u <= min(at - 1, made_end):
-                out[u] -= made
-                out[min(at - 1, made_end) + 1] += made
-        return np.cumsum(out[:-1])
+        return np.array(moved_bytes(self.problem, moved, reads=False) if moved else [0] * self.n, dtype=np.int64)
 
     def always_stored_bytes(self) -> int:
         """Bytes of the candidates that every plan STOREs: backward reads them, and they can be

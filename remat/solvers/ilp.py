@@ -53,6 +53,7 @@ fallback): the better plan under the cap wins.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -825,14 +826,13 @@ def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float)
     while peak > lb and time.perf_counter() < deadline:
         stored = sorted((c for c in st.cands if c.rec_ok and dec.get(c.name) is Decision.STORE), key=lambda c: -c.bytes)
         best = None
-        for i, a in enumerate(stored):
-            for b in stored[i + 1:]:
-                if time.perf_counter() >= deadline:
-                    break
-                tried = st.normalize({**dec, a.name: Decision.RECOMPUTE, b.name: Decision.RECOMPUTE})
-                p = st.peak(tried)
-                if p < peak and (best is None or p < best[0]) and not st.violations(tried):
-                    best = (p, tried)
+        for a, b in itertools.combinations(stored, 2):
+            if time.perf_counter() >= deadline:
+                break
+            tried = st.normalize({**dec, a.name: Decision.RECOMPUTE, b.name: Decision.RECOMPUTE})
+            p = st.peak(tried)
+            if p < peak and (best is None or p < best[0]) and not st.violations(tried):
+                best = (p, tried)
         if best is None:
             return dec, peak
         peak, dec = best
