@@ -40,6 +40,7 @@ from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks, installed
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
+from .cost import hint
 from .profile import machine_spec
 from .ranks import decided_by_rank0
 from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
@@ -67,8 +68,10 @@ class RematPartitioner(CustomPartitionerFn):
 
     def __init__(self, cfg: RematConfig, analyze_only: bool = False, lower_by: int = 0, graph_name: str = "graph0",
                  plain_peak: int | None = None, kernel_groups: KernelGroups | None = None,
-                 resident: int = 0, peaks: InductorPeaks | None = None, runs: Runs = NO_RUNS) -> None:
+                 resident: int = 0, peaks: InductorPeaks | None = None, runs: Runs = NO_RUNS,
+                 loss_room: int = 0) -> None:
         self.cfg = cfg
+        self.loss_room = loss_room  # bytes a loss computed outside allocates after the forward (``loss_room``)
         self.runs = runs  # the graph's other runs per step (``Compilation.runs``), planned for
         self.peaks = peaks  # the check after fusion: reads a dynamic graph's code at the sizes planned for
         self.resident = resident  # bytes earlier graphs of the step keep (taken off a byte cap)
@@ -86,7 +89,7 @@ class RematPartitioner(CustomPartitionerFn):
             report, (joint, info) = plan_joint_graph(
                 gm, num_fwd_outputs, static, self.cfg, self.lower_by, self.graph_name, offline=self.analyze_only,
                 plain_peak=self.plain_peak, kernel_groups=self.kernel_groups, resident=self.resident,
-                other_runs=(self.runs.others, self.runs.held_inputs))
+                other_runs=(self.runs.others, self.runs.held_inputs), loss_room=self.loss_room)
         if self.analyze_only:
             raise _Stop(report)
         self.reports.append(report)
@@ -109,7 +112,7 @@ class RematPartitioner(CustomPartitionerFn):
 
     def uuid(self) -> str:
         groups = self.kernel_groups.key() if self.kernel_groups is not None else None
-        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {self.runs} {machine_spec(self.cfg.device)}"
+        key = f"remat {__version__} {_SOURCE_HASH} {self.cfg.key()} {self.analyze_only} {self.lower_by} {self.plain_peak} {groups} {self.resident} {self.runs} {self.loss_room} {machine_spec(self.cfg.device)}"
         return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -175,16 +178,18 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     from torch._inductor.compile_fx import compile_fx
 
     name, key = comp.next_graph_name(), comp.graph_key()
-    grad_outputs = grad_output_bytes(gm)
-    comp.graph_io(key, grad_outputs, made_input_bytes(example_inputs))
-    record = functools.partial(_record, comp, verbose=cfg.verbose, key=key, grad_outputs=grad_outputs)
+    room = loss_room(gm, cfg.loss_outside)
+    comp.graph_io(key, grad_output_bytes(gm), made_input_bytes(example_inputs))
+    record = functools.partial(_record, comp, verbose=cfg.verbose, key=key,
+                               unplanned_loss=outside_loss_bytes(_grad_outputs(gm)) - room)
     resident_before = comp.resident_before(key)
-    plain = plain_compile(gm, example_inputs) if _wants_plain_peak(cfg, example_inputs) else None
+    plain = plain_compile(gm, example_inputs, room=room) if _wants_plain_peak(cfg, example_inputs) else None
     plain_peak = comp.plain_step_peak(key, *plain[1:]) if plain is not None else None
     resident = _taken_off_cap(cfg, resident_before, comp.outside(key).nbytes, step_reference=plain_peak is not None)
     runs = _plan_for_runs(cfg, comp, key)
     if not cfg.inductor_check:
-        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident, runs=runs)
+        partitioner = RematPartitioner(cfg, graph_name=name, plain_peak=plain_peak, resident=resident, runs=runs,
+                                       loss_room=room)
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner))
         record(partitioner.reports)
         return compiled
@@ -195,9 +200,10 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
     if estimate > report.budget_bytes:
         sizes = report.dynamic.planned_at if report.dynamic is not None else None
         if sizes is None and plain is None:  # compiled once for the fallback, "min"'s comparison and the last check
-            plain = plain_compile(gm, example_inputs)
+            plain = plain_compile(gm, example_inputs, room=room)
         # a dynamic graph's plain code is read again at the sizes planned for (``plain`` was read at the hints)
-        fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes, runs)
+        fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes, runs,
+                                 room)
         if fallback is not None:
             report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
             record([report])
@@ -248,7 +254,8 @@ def _plain_if_it_fits(gm, example_inputs, cfg: RematConfig, plain: tuple | None,
         return None  # "min" compared plain torch.compile already (``_lowest_of_min``)
     if plain is None and report.baseline_peak_bytes > PLAIN_BAND * report.budget_bytes:
         return None
-    return _plain_within(gm, example_inputs, plain, cfg.planning_target(report.budget_bytes), runs=runs)
+    return _plain_within(gm, example_inputs, plain, cfg.planning_target(report.budget_bytes), runs=runs,
+                         room=loss_room(gm, cfg.loss_outside))
 
 
 def _plan_for_runs(cfg: RematConfig, comp: Compilation, key) -> Runs:
@@ -275,13 +282,14 @@ def _taken_off_cap(cfg: RematConfig, resident: int, outside: int, step_reference
 
 
 def _plain_within(gm, example_inputs, plain: tuple[Any, int | None, int | None] | None,
-                  cap: int, sizes: dict[str, int] | None = None, runs: Runs = NO_RUNS) -> tuple[Any, int, int | None] | None:
+                  cap: int, sizes: dict[str, int] | None = None, runs: Runs = NO_RUNS,
+                  room: int = 0) -> tuple[Any, int, int | None] | None:
     """Plain torch.compile (compiled now unless ``plain`` holds it) when its code's peak, with what
     its other runs per step hold (``runs``), is under ``cap``: (compiled, that peak, the bytes its
     backward receives). ``sizes``: the values of a dynamic graph's size symbols at which its code
-    is read (default: their hints)."""
+    is read (default: their hints); ``room``: what a loss computed outside allocates (``loss_room``)."""
     if plain is None:
-        plain = plain_compile(gm, example_inputs, sizes)
+        plain = plain_compile(gm, example_inputs, sizes, room)
     if plain[1] is None:
         return None
     peak = plain[1] + runs.held_bytes(plain[2] or 0)
@@ -298,19 +306,19 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
     added time among those whose code leaves the reserve free, else the one whose code peaks
     lowest. Under "min", plan again with the kernels of the last compile while that lowers the
     code's peak (the model's floor depends on them), keep the lowest, and run plain torch.compile
-    instead when its code peaks lower still (``_lowest_of_min``). A raise leaves room for a loss
-    computed outside the graph (``loss_room``), which a plan whose code left the slack free had.
+    instead when its code peaks lower still (``_lowest_of_min``). Each code's peak counts what a
+    loss computed outside the graph allocates after its forward (``loss_room``, ``_compile_checked``).
     Returns the compiled graph, its report and its code's peak. ``resident``: what earlier graphs
     of the step keep (``plan_joint_graph``); ``runs``: the graph's other runs per step, planned
     for, and counted in each code's peak (``_compile_checked``); ``plain``: plain torch.compile's
     result when compiled already ("min" compares it)."""
     tried: list[_Compiled] = []
-    room = loss_room(grad_output_bytes(gm))
+    room = loss_room(gm, cfg.loss_outside)
     lower_by, groups = 0, None
     while len(tried) < MAX_PLANS:
         try:
             compiled, report, estimate, kernels = _compile_checked(
-                gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident, runs)
+                gm, example_inputs, cfg, name, lower_by, plain_peak, groups, resident, runs, room)
         except Exception as e:
             if tried and _caused_by(e, InfeasibleBudgetError):
                 break  # cannot plan lower: keep the best plan so far
@@ -324,13 +332,13 @@ def _compile_checked_plans(gm, example_inputs, cfg: RematConfig, name: str, plai
             break
         report.inductor_peak_bytes, report.plans_made = estimate, len(tried) + 1
         tried.append(_Compiled(compiled, report, estimate, kernels, lower_by, groups))
-        step = _next_plan(cfg, tried, room)
+        step = _next_plan(cfg, tried)
         if step is None:
             break
         lower_by, groups = step
-    kept = _kept(cfg, tried, room)
+    kept = _kept(cfg, tried)
     if cfg.memory_budget.minimum:
-        return _lowest_of_min(gm, example_inputs, cfg, kept, plain)
+        return _lowest_of_min(gm, example_inputs, cfg, kept, plain, room)
     return kept.compiled, kept.report, kept.estimate
 
 
@@ -347,7 +355,7 @@ class _Compiled:
     groups: KernelGroups | None
 
 
-def _next_plan(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> tuple[int, KernelGroups | None] | None:
+def _next_plan(cfg: RematConfig, tried: list[_Compiled]) -> tuple[int, KernelGroups | None] | None:
     """What to plan next (``lower_by``, the kernels to plan with) after the plans ``tried``, or None
     to stop: a plan already tried, a code peak that stopped improving, a move under 1 % of the cap."""
     last = tried[-1]
@@ -356,20 +364,19 @@ def _next_plan(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> tuple
         improved = all(last.estimate < t.estimate for t in tried[:-1])
         step = (0, groups) if improved and last.kernels is not None else None
     else:
-        step = _next_under_cap(cfg, tried, groups, room)
+        step = _next_under_cap(cfg, tried, groups)
     if step is None or any(step[0] == t.lower_by and _same(step[1], t.groups) for t in tried):
         return None
     return step
 
 
-def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None, room: int = 0):
+def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGroups | None):
     """The next plan under a cap: over the target (the cap less the reserve), the same target with
     Inductor's kernels, then lower by the excess (and 1 % of the cap), while the code's peak
     improves or some plan tried met the target; when it stops improving, once at the model's
     floor with the last kernels (where "min" plans: its code can be far lower). Under the target
-    by more than ``RAISE_AT`` reserves (after ``room``, kept free for a loss computed outside),
-    higher by the part of that slack that the model over-predicted (its predicted peak less the
-    code's), less ``room``, while the plan recomputes something (not over a range of sizes: a
+    by more than ``RAISE_AT`` reserves, higher by the part of that slack that the model
+    over-predicted (its predicted peak less the code's), while the plan recomputes something (not over a range of sizes: a
     plan there is proven at the model's cap). Slack that the model's own prediction left free is
     not raised into: the plans it knows between its prediction and its target are over the
     target (MLP quick at 75 %: the next plan is 8 MiB up; raising there compiled 3 more plans to
@@ -393,12 +400,12 @@ def _next_under_cap(cfg: RematConfig, tried: list[_Compiled], groups: KernelGrou
             return None
         lower_by = _toward(tried, last.lower_by + over + cap // 100, cfg)
     else:
-        slack = cap - last.estimate - room > RAISE_AT * cfg.reserve * cap
+        slack = cap - last.estimate > RAISE_AT * cfg.reserve * cap
         if not slack or last.report.dynamic is not None or last.report.timeline.added_time <= 0:
             return None
         # higher than the target the plan was made at (the model's floor, when that was over the
         # target asked) by what the model over-predicted, at most the code's slack under the target
-        raise_by = min(-over, last.report.timeline.peak_bytes - last.estimate) - room
+        raise_by = min(-over, last.report.timeline.peak_bytes - last.estimate)
         if raise_by < cap // 100:
             return None
         lower_by = _toward(tried, target - last.report.plan.budget_bytes - raise_by, cfg)
@@ -428,28 +435,26 @@ def _toward(tried: list[_Compiled], lower_by: int, cfg: RematConfig) -> int:
     return (last.lower_by + nearest) // 2
 
 
-def _kept(cfg: RematConfig, tried: list[_Compiled], room: int = 0) -> _Compiled:
+def _kept(cfg: RematConfig, tried: list[_Compiled]) -> _Compiled:
     """The plan to run: under a cap, the least predicted added time among the plans whose code
-    leaves the reserve and ``room`` free (a loss computed outside), else the reserve alone (then
-    the lower code peak), else the lowest code peak; under "min" the lowest code peak. On a tie,
-    the later plan: its model saw more of Inductor's kernels."""
+    leaves the reserve free, else the lowest code peak; under "min" the lowest code peak. On a
+    tie, the later plan: its model saw more of Inductor's kernels."""
     lowest = min(reversed(tried), key=lambda t: t.estimate)
     if cfg.memory_budget.minimum:
         return lowest
-    for need in (room, 0):
-        meets = [t for t in reversed(tried) if t.estimate <= cfg.planning_target(t.report.budget_bytes) - need]
-        if meets:
-            return min(meets, key=lambda t: (t.report.timeline.added_time, t.estimate))
-    return lowest
+    meets = [t for t in reversed(tried) if t.estimate <= cfg.planning_target(t.report.budget_bytes)]
+    return min(meets, key=lambda t: (t.report.timeline.added_time, t.estimate)) if meets else lowest
 
 
-def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled, plain: tuple | None = None):
+def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled, plain: tuple | None = None,
+                   room: int = 0):
     """"min"'s result: ``kept``, or plain torch.compile (compiled now unless ``plain`` holds it) where
     its code peaks lower (remat's floor is never above what plain Inductor allocates); the report's
-    cap is that peak with the reserve (``min_cap``). Returns (compiled, report, its code's peak)."""
+    cap is that peak with the reserve (``min_cap``). ``room``: what a loss computed outside
+    allocates (``loss_room``). Returns (compiled, report, its code's peak)."""
     report, compiled, estimate = kept.report, kept.compiled, kept.estimate
     sizes = report.dynamic.planned_at if report.dynamic is not None else None
-    plain, plain_peak, plain_kept = plain if plain is not None else plain_compile(gm, example_inputs, sizes)
+    plain, plain_peak, plain_kept = plain if plain is not None else plain_compile(gm, example_inputs, sizes, room)
     if plain_peak is not None and plain_peak < estimate:
         compiled, estimate = plain, plain_peak
         report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", plain_peak, plain_kept
@@ -482,23 +487,24 @@ def _refuse_over_cap(cfg: RematConfig, report: GraphReport, estimate: int) -> No
 
 
 def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: int, plain: int | None,
-                     groups: KernelGroups | None = None, resident: int = 0, runs: Runs = NO_RUNS):
+                     groups: KernelGroups | None = None, resident: int = 0, runs: Runs = NO_RUNS, room: int = 0):
     """One compile with both graphs compiled now, planned with the kernels ``groups`` of the last
     compile: (compiled, its report or None, Inductor's estimate, the kernels Inductor generated).
     Its kernels are built when it first runs (``remat.deferred_kernels``): the check reads the
     code alone, and the plans that the loop does not keep never build theirs.
     The report's ``kept_bytes`` is read from the compiled backward; the estimate is the code's
-    peak with what the graph's other runs per step hold by it (``runs``, the report's
+    peak, or what it keeps with ``room`` (a loss computed outside, ``loss_room``) when higher
+    (``step_peak``), with what the graph's other runs per step hold by it (``runs``, the report's
     ``other_runs_bytes``)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
     partitioner = RematPartitioner(cfg, lower_by=lower_by, graph_name=name, plain_peak=plain, kernel_groups=groups,
-                                   resident=resident, peaks=peaks, runs=runs)
+                                   resident=resident, peaks=peaks, runs=runs, loss_room=room)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, **installed(peaks)))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
-    estimate = peaks.peak_bytes
+    estimate = step_peak(peaks.peak_bytes, backward_start_bytes(peaks), room)
     if report is not None:
         report.kept_bytes = backward_start_bytes(peaks)
         _warn_unsized(graph_label(report), peaks.walks)
@@ -534,18 +540,29 @@ def _wants_plain_peak(cfg: RematConfig, example_inputs: Sequence[Any]) -> bool:
     return ratio and not has_range(example_inputs, cfg.dynamic_range)
 
 
-def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any],
-                  sizes: dict[str, int] | None = None) -> tuple[Any, int | None, int | None]:
+def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], sizes: dict[str, int] | None = None,
+                  room: int = 0) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
-    now), its peak read from the generated code and the bytes its backward receives (None if
-    they cannot be read); a dynamic graph's code read at ``sizes`` (default: the hints). Its
-    kernels are built at its first call (``deferred_kernel_builds``): only when it is the one run."""
+    now), its peak read from the generated code, with ``room`` after its forward (a loss computed
+    outside, ``step_peak``), and the bytes its backward receives (None if they cannot be read); a
+    dynamic graph's code read at ``sizes`` (default: the hints). Its kernels are built at its
+    first call (``deferred_kernel_builds``): only when it is the one run."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks(sizes)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches=installed(peaks))
-    return compiled, (peaks.peak_bytes if peaks.code_peaks else None), backward_start_bytes(peaks)
+    kept = backward_start_bytes(peaks)
+    return compiled, (step_peak(peaks.peak_bytes, kept, room) if peaks.code_peaks else None), kept
+
+
+def step_peak(code_peak: int | None, kept: int | None, room: int) -> int | None:
+    """A graph's peak in the step: its code's peak, or, when higher, what it keeps from its forward
+    to its backward (``kept``, the bytes its compiled backward receives) with ``room``, what a loss
+    computed outside allocates in between (``loss_room``)."""
+    if code_peak is None or kept is None or not room:
+        return code_peak
+    return max(code_peak, kept + room)
 
 
 def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
@@ -559,11 +576,11 @@ def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
 
 
 def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: tuple[int, int] | None = None,
-            grad_outputs: int = 0) -> None:
+            unplanned_loss: int = 0) -> None:
     """Keep a graph's final report in its compilation, with the bytes it keeps under its graph
     ``key`` (``kept_bytes``, ``Compilation.graph_key``), what its cap gave up outside it (buffers,
     its other runs per step), and log its summary line; warn when a loss computed outside from
-    its outputs (``grad_outputs``: bytes of the outputs that need a gradient) can exceed the cap."""
+    its outputs can exceed the cap by what was not planned for (``unplanned_loss``)."""
     for r in reports:
         if r.kept_bytes is None:  # no code read: the plan's live bytes at the end of its forward
             nf = r.problem.num_forward
@@ -580,27 +597,27 @@ def _record(comp: Compilation, reports: list[GraphReport], verbose: bool, key: t
         log.info("%s", summary_line(r))
         if verbose:
             print(summary_line(r))
-        _warn_loss_outside(r, grad_outputs)
+        _warn_loss_outside(r, unplanned_loss)
 
 
-def _warn_loss_outside(r: GraphReport, grad_outputs: int) -> None:
+def _warn_loss_outside(r: GraphReport, unplanned: int) -> None:
     """Warn when a loss computed outside the graph from its outputs can take the step over the cap.
     Such a loss runs its forward and backward between this graph's forward and backward, while
-    everything the graph keeps is live (``kept_bytes``, with the gradient of its outputs), and
-    allocates ``loss_room`` more there, which no graph shows. Returns nothing; the figure is in
-    the warning."""
+    everything the graph keeps is live (``kept_bytes``), and allocates about two output-sized
+    buffers there (``outside_loss_bytes``), of which ``unplanned`` were not planned for
+    (``loss_room``: none when the graph returns a scalar that needs a gradient, or the option
+    ``loss_outside`` given lower). Returns nothing; the figure is in the warning."""
     cap = r.step_cap_bytes
-    if cap is None or not grad_outputs:
+    if cap is None or unplanned <= 0:
         return
-    room = loss_room(grad_outputs)
-    excess = r.resident_before_bytes + r.other_runs_bytes + r.kept_bytes + room - cap
+    excess = r.resident_before_bytes + r.other_runs_bytes + r.kept_bytes + unplanned - cap
     if excess > 0:
-        log.warning("remat[%s]: if a loss is computed outside the compiled graph from its outputs (%s that need a "
-                    "gradient), it allocates about %s more (an output-sized intermediate and its gradient) while this "
-                    "graph keeps %s and %s is held outside it: up to %s over the cap of %s. Compute the loss inside "
-                    "the compiled function, or pass outside_bytes=%d (taken off the cap)", graph_label(r),
-                    fmt_bytes(grad_outputs), fmt_bytes(room), fmt_bytes(r.kept_bytes),
-                    fmt_bytes(r.resident_before_bytes + r.other_runs_bytes), fmt_bytes(excess), fmt_bytes(cap), room)
+        log.warning("remat[%s]: if a loss is computed outside the compiled graph from its outputs, it allocates about "
+                    "%s more than planned for (an output-sized intermediate and its gradient) while this graph keeps "
+                    "%s and %s is held outside it: up to %s over the cap of %s. Compute the loss inside the compiled "
+                    "function, or pass loss_outside=%d", graph_label(r), fmt_bytes(unplanned),
+                    fmt_bytes(r.kept_bytes), fmt_bytes(r.resident_before_bytes + r.other_runs_bytes), fmt_bytes(excess),
+                    fmt_bytes(cap), unplanned + r.loss_room_bytes)
 
 
 def made_input_bytes(example_inputs: Sequence[Any]) -> int:
@@ -610,20 +627,34 @@ def made_input_bytes(example_inputs: Sequence[Any]) -> int:
                if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf)
 
 
-def loss_room(grad_outputs: int) -> int:
-    """Bytes a loss computed outside the graph from its outputs (``grad_outputs``: bytes of those
-    that need a gradient) allocates while the graph's saved bytes are live: about two output-sized
-    buffers (cross-entropy's log-softmax and its gradient). A scalar loss computed inside leaves a
-    few bytes. The check loop keeps this room free when it raises a plan; ``_warn_loss_outside``
-    warns when the cap cannot hold it."""
-    return 2 * grad_outputs
+def loss_room(gm: fx.GraphModule, option: str | int) -> int:
+    """Bytes a loss computed outside the graph allocates between its forward and its backward,
+    planned for (``option``: the config's ``loss_outside``): given, or for "auto" the
+    ``outside_loss_bytes`` of its outputs that need a gradient, unless one of them is a scalar (a
+    loss computed inside the graph: then none)."""
+    if option != "auto":
+        return option
+    outputs = _grad_outputs(gm)
+    return 0 if any(v.dim() == 0 for v in outputs) else outside_loss_bytes(outputs)
+
+
+def outside_loss_bytes(outputs: Sequence[torch.Tensor]) -> int:
+    """What a loss computed outside from ``outputs`` allocates while the graph's saved bytes are
+    live: two buffers the size of each non-scalar one (cross-entropy's log-softmax and its
+    gradient), at the traced sizes under dynamic shapes."""
+    return 2 * sum(hint(v.numel()) * v.element_size() for v in outputs if v.dim() > 0)
+
+
+def _grad_outputs(gm: fx.GraphModule) -> list[torch.Tensor]:
+    """A Dynamo graph's outputs that need a gradient (what a caller's loss reads), as fake tensors."""
+    outputs = gm.graph.output_node().args[0]
+    values = [n.meta.get("example_value") for n in outputs if isinstance(n, fx.Node)]
+    return [v for v in values if isinstance(v, torch.Tensor) and v.requires_grad]
 
 
 def grad_output_bytes(gm: fx.GraphModule) -> int:
-    """Bytes of a Dynamo graph's outputs that need a gradient (what a caller's loss reads)."""
-    outputs = gm.graph.output_node().args[0]
-    values = [n.meta.get("example_value") for n in outputs if isinstance(n, fx.Node)]
-    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor) and v.requires_grad)
+    """Bytes of a Dynamo graph's outputs that need a gradient."""
+    return sum(v.numel() * v.element_size() for v in _grad_outputs(gm))
 
 
 MAX_PLANS = 4  # compiles per graph in the check loop (``_compile_checked_plans``), plain torch.compile aside

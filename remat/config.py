@@ -132,17 +132,35 @@ OUTSIDE_BYTES_HELP = (
 def parse_outside_bytes(value: Any) -> int | None:
     """Validate ``outside_bytes``: None, an integer >= 0, or a string of bytes with a unit (ConfigError
     echoes ``value``; a ratio or "min" is not a number of bytes)."""
-    if value is None:
-        return None
+    return None if value is None else _parse_bytes(value, OUTSIDE_BYTES_HELP)
+
+
+LOSS_OUTSIDE_HELP = (
+    "loss_outside must be 'auto' (two buffers the size of the graph's outputs that need a gradient, none when "
+    "one of them is a scalar: a loss computed inside), or the bytes that a loss computed outside the compiled "
+    "graph allocates between its forward and its backward (an integer >= 0, or a string with a unit: '8MiB')"
+)
+
+
+def parse_loss_outside(value: Any) -> str | int:
+    """Validate ``loss_outside``: "auto", an integer >= 0, or a string of bytes with a unit."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _parse_bytes(value, LOSS_OUTSIDE_HELP)
+
+
+def _parse_bytes(value: Any, help_text: str) -> int:
+    """A number of bytes >= 0: an integer, or a string with a unit (ConfigError: ``help_text`` and
+    ``value``)."""
     if isinstance(value, str):
         m = _BUDGET_RE.match(value)
         unit = (m.group(2).lower() or "b") if m else ""
         if unit not in _UNITS:
-            raise ConfigError(f"{OUTSIDE_BYTES_HELP}; got {value!r}")
+            raise ConfigError(f"{help_text}; got {value!r}")
         return int(float(m.group(1)) * _UNITS[unit])
     number = _scalar(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 0:
-        raise ConfigError(f"{OUTSIDE_BYTES_HELP}; got {value!r}")
+        raise ConfigError(f"{help_text}; got {value!r}")
     return int(number)
 
 
@@ -247,6 +265,14 @@ class RematConfig:
         None (default): found from the module being run when it is an FSDP2 module (its all-gathered
         parameters, the next group's prefetch, a reduce-scatter buffer, sharded gradients); 0 for
         anything else (DDP's gradient buckets are allocated before the step: nothing to take off).
+    loss_outside: bytes that a loss computed outside the compiled graph, from its outputs, allocates
+        between the graph's forward and its backward, while everything the graph keeps is live
+        (``remat.backend.loss_room``): planned for at the end of the forward, and added to the
+        code's peak there, in the plans and in plain torch.compile's peak that a ratio refers to.
+        "auto" (default): two buffers the size of the outputs that need a gradient (cross-entropy's
+        log-softmax and its gradient: transformers Llama's logits, compiled alone, measured 3.7 MiB
+        over its graph's code for 2 MiB of logits), none when one of them is a scalar (a loss
+        computed inside the graph); 0 when nothing outside reads the outputs.
     ranks: under torch.distributed with several ranks: "agree" (default): every rank checks that it
         captured the same graph as rank 0, which plans for all (``remat.ranks``); "local": each rank
         plans its own graphs (pipeline stages, ranks that compile different graphs; measured op
@@ -268,6 +294,7 @@ class RematConfig:
     layers: str = "auto"
     dynamic_range: Any = None
     outside_bytes: Any = None
+    loss_outside: Any = "auto"
     ranks: str = "agree"
     verbose: bool = False
 
@@ -310,6 +337,7 @@ class RematConfig:
         device_spec(self.device)
         object.__setattr__(self, "dynamic_range", parse_dynamic_range(self.dynamic_range))
         object.__setattr__(self, "outside_bytes", parse_outside_bytes(self.outside_bytes))
+        object.__setattr__(self, "loss_outside", parse_loss_outside(self.loss_outside))
         if self.ranks not in RANK_MODES:
             raise ConfigError(
                 f"ranks must be 'agree' (rank 0 plans every graph for all ranks, which must capture the same "

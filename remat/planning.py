@@ -93,6 +93,9 @@ class GraphReport:
     # in the predicted peak and in ``inductor_peak_bytes``: by its compiled backward's inputs once
     # read (the backend), else by the plan (``timeline.other_runs_bytes``)
     other_runs_bytes: int = 0
+    # what a loss computed outside the graph allocates between its forward and its backward,
+    # planned for at the forward's last slot (``with_loss_room``; ``remat.backend.loss_room``)
+    loss_room_bytes: int = 0
 
     @property
     def problem(self):
@@ -108,6 +111,7 @@ def plan_joint_graph(
     joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None, cfg: RematConfig,
     lower_by: int = 0, name: str = "graph0", offline: bool = False, plain_peak: int | None = None,
     kernel_groups: KernelGroups | None = None, resident: int = 0, other_runs: tuple[int, int] = (0, 0),
+    loss_room: int = 0,
 ) -> tuple[GraphReport, Any]:
     """Capture the Problem of a joint graph, find its repeated layers, solve it and check the plan
     with the simulator (``lower_by``: bytes to plan below the usual target, after Inductor found
@@ -117,7 +121,8 @@ def plan_joint_graph(
     ``resident``: bytes held outside this graph while it runs, taken off its cap: what earlier
     graphs of the step keep and buffers allocated outside the graphs, see ``backend._taken_off_cap``;
     ``other_runs``: (runs of this graph per step besides the one planned, bytes each holds whatever
-    the plan), ``Problem.other_runs`` and ``run_held_bytes``)."""
+    the plan), ``Problem.other_runs`` and ``run_held_bytes``); ``loss_room``: bytes a loss computed
+    outside allocates between the forward and the backward (``with_loss_room``)."""
     t0 = time.perf_counter()
     joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
     _refuse_meta(joint, name)
@@ -143,7 +148,8 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
-    captured.problem = problem = with_runs(with_layers(with_kernels(captured.problem, kernel_groups)), *other_runs)
+    problem = with_loss_room(with_kernels(captured.problem, kernel_groups), loss_room)
+    captured.problem = problem = with_runs(with_layers(problem), *other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
@@ -161,7 +167,7 @@ def plan_joint_graph(
     report = GraphReport(captured, plan, timeline, store_all_peak(problem), budget, time.perf_counter() - t0,
                          cost_model=cost_model_note(costs, stats_before, spec), reference_peak_bytes=reference,
                          reference=source, resident_before_bytes=resident,
-                         other_runs_bytes=timeline.other_runs_bytes)
+                         other_runs_bytes=timeline.other_runs_bytes, loss_room_bytes=loss_room)
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
@@ -201,6 +207,18 @@ def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, sp
                                   asked="the floor of a backward order")
 
     return order_backward(joint, backward, lambda: store_all_peak(problem()), floor)
+
+
+def with_loss_room(problem: Any, room: int) -> Any:
+    """``problem`` with ``room`` more bytes live at its forward's last slot: a loss computed outside
+    the graph runs after the forward, while everything the plan keeps is live (the slot holds that
+    and the last op's inputs; a little more than the graph keeps, the safe side)."""
+    last = problem.num_forward - 1
+    if not room or last < 0:
+        return problem
+    slot = problem.slots[last]
+    return replace(problem, slots=(*problem.slots[:last], replace(slot, fixed_bytes=slot.fixed_bytes + room),
+                                   *problem.slots[last + 1:]))
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:
@@ -556,6 +574,8 @@ def summary_line(r: GraphReport) -> str:
         cap += f" (step cap {fmt_bytes(r.step_cap_bytes)} less {_held_outside(r)})"
     runs = r.problem.other_runs
     held = f" with {runs} more runs of this graph per step holding {fmt_bytes(r.other_runs_bytes)}" if runs else ""
+    if r.loss_room_bytes:
+        held += f" (with {fmt_bytes(r.loss_room_bytes)} after its forward for a loss computed outside)"
     return (
         f"remat[{r.problem.name}]: baseline {fmt_bytes(r.baseline_peak_bytes)}, cap {cap}, "
         f"predicted {fmt_bytes(r.timeline.peak_bytes)}{held}; {counts}; +{r.plan.objective * 1e3:.2f} ms, "

@@ -5,6 +5,7 @@ graph's other runs per step (one small compile plans them)."""
 import dataclasses
 
 import pytest
+import torch
 
 from remat.backend import _taken_off_cap
 from remat.compilation import Compilation
@@ -62,43 +63,66 @@ def test_what_a_graphs_cap_gives_up(budget, step_reference, expected):
     assert _taken_off_cap(cfg, resident=1000 + 300, outside=300, step_reference=step_reference) == expected
 
 
-def graph_report(kept: int, resident: int, budget: int):
+def graph_report(kept: int, resident: int, budget: int, room: int = 0):
     """The figures of a GraphReport that the check of a caller's loss reads."""
     from types import SimpleNamespace
 
     return SimpleNamespace(kept_bytes=kept, resident_before_bytes=resident, step_cap_bytes=budget + resident,
-                           dynamic=None, problem=SimpleNamespace(name="graph0"), other_runs_bytes=0)
+                           dynamic=None, problem=SimpleNamespace(name="graph0"), other_runs_bytes=0,
+                           loss_room_bytes=room)
 
 
-def test_a_loss_outside_the_graph_that_can_exceed_the_cap_is_warned_of(caplog):
+def test_a_loss_outside_the_graph_that_was_not_planned_for_and_can_exceed_the_cap_is_warned_of(caplog):
     from remat.backend import _warn_loss_outside
 
     with caplog.at_level("WARNING", logger="remat"):
-        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1400), grad_outputs=300)
-    assert "remat[graph0]" in caplog.text and "outside_bytes=600" in caplog.text
-    assert "up to 200 B over the cap of 1.56 KiB" in caplog.text  # 200 + 1000 + 2 x 300 - (1400 + 200)
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1400, room=100), unplanned=500)
+    assert "remat[graph0]" in caplog.text and "loss_outside=600" in caplog.text
+    assert "up to 100 B over the cap of 1.56 KiB" in caplog.text  # 200 + 1000 + 500 - (1400 + 200)
     caplog.clear()
     with caplog.at_level("WARNING", logger="remat"):
-        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=2200), grad_outputs=300)
-        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1000), grad_outputs=0)  # the loss is inside
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=2200), unplanned=500)
+        _warn_loss_outside(graph_report(kept=1000, resident=200, budget=1000), unplanned=0)  # all planned for
     assert not caplog.text
 
 
-def test_the_outputs_a_loss_reads_are_those_that_need_a_gradient():
-    import torch
-
-    from remat.backend import grad_output_bytes
-
+def _dynamo_graph(fn, *inputs):
     graphs = []
 
     def keep_graph(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
 
+    torch.compile(fn, backend=keep_graph)(*inputs)
+    return graphs[0]
+
+
+def test_the_outputs_a_loss_reads_are_those_that_need_a_gradient():
+    from remat.backend import grad_output_bytes
+
     weight = torch.nn.Parameter(torch.randn(16, 8))
-    compiled = torch.compile(lambda x: (x @ weight, x.sum(), (x @ weight).detach()), backend=keep_graph)
-    compiled(torch.randn(4, 16))
-    assert grad_output_bytes(graphs[0]) == 4 * 8 * 4  # the product only: the sum needs no gradient, nor the copy
+    graph = _dynamo_graph(lambda x: (x @ weight, x.sum(), (x @ weight).detach()), torch.randn(4, 16))
+    assert grad_output_bytes(graph) == 4 * 8 * 4  # the product only: the sum needs no gradient, nor the copy
+
+
+def test_a_loss_outside_is_planned_for_unless_the_graph_returns_a_scalar_that_needs_a_gradient():
+    from remat.backend import loss_room
+
+    weight = torch.nn.Parameter(torch.randn(16, 8))
+    logits = _dynamo_graph(lambda x: x @ weight, torch.randn(4, 16))
+    torch._dynamo.reset()
+    with_loss = _dynamo_graph(lambda x: ((x @ weight).sum(), x @ weight), torch.randn(4, 16))
+    assert loss_room(logits, "auto") == 2 * 4 * 8 * 4  # log-softmax and its gradient, each the logits' size
+    assert loss_room(with_loss, "auto") == 0  # the loss is computed inside
+    assert loss_room(logits, 0) == 0 and loss_room(with_loss, 1000) == 1000  # the option as given
+
+
+def test_a_graphs_step_peak_is_its_code_peak_or_what_it_keeps_with_the_loss_room():
+    from remat.backend import step_peak
+
+    assert step_peak(1000, 600, 300) == 1000  # the backward's peak is higher
+    assert step_peak(1000, 800, 300) == 1100  # the loss outside, after the forward, is the step's peak
+    assert step_peak(1000, None, 300) == 1000 and step_peak(None, 800, 300) is None  # nothing read
 
 
 def test_a_graph_run_four_times_per_step_counts_what_three_other_runs_hold():
@@ -157,3 +181,18 @@ def test_a_compiled_graph_that_runs_four_times_is_planned_with_its_other_runs(mo
     if checked:
         assert report.inductor_peak_bytes <= report.budget_bytes  # the code's peak with the other runs'
     assert "3 more runs of this graph per step holding" in remat.planning.summary_line(report)
+
+
+def test_a_loss_outside_is_live_with_everything_the_forward_keeps():
+    from remat.planning import with_loss_room
+    from remat.simulate import simulate, store_all_plan
+    from tests.unit.synthetic import chain_problem
+
+    problem = chain_problem(layers=4, width=100)
+    room = 1_000
+    roomy = with_loss_room(problem, room)
+    last = problem.num_forward - 1
+    before, after = (simulate(p, store_all_plan(p)).device_bytes for p in (problem, roomy))
+    assert after[last] == before[last] + room  # at the forward's last slot, over all it keeps
+    assert [a for i, a in enumerate(after) if i != last] == [b for i, b in enumerate(before) if i != last]
+    assert with_loss_room(problem, 0) is problem
