@@ -223,7 +223,7 @@ class RematConfig:
         scratch of ops that cannot be timed on random inputs, and on CUDA what the caching
         allocator holds beyond the 512 B rounding that the code walk counts (a cached block it does
         not split). Extern kernels' scratch is measured and a loss computed outside from the
-        outputs is kept free apart (``remat.backend.loss_room``). On the CPU the code's peak is
+        outputs is planned for apart (``loss_outside``). On the CPU the code's peak is
         the measured one within 8 B on every quick example, so the default is 0.01. Plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
         the cap; the code's peak must leave it free too (else the graph is planned again, lower),
