@@ -73,7 +73,7 @@ from .joint_graph import (
     graph_facts, is_fusible_consumer, is_pointwise, is_random, is_tensor, is_view, kernel_loads, kernel_spans,
     kernel_starts, op_tags, readers_through_views, slot_readers,
 )
-from .kernel_groups import HANDOVERS, KernelGroups, with_kernels
+from .kernel_groups import HANDOVERS, THROUGH, KernelGroups, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
 from .predicted_kernels import predicted_kernel_groups, row_reduction_kernels, slot_buffers
 from .pricing import recomputable, recompute_time, slot_times
@@ -122,6 +122,9 @@ class Lifetimes:
     activations: dict[fx.Node, ActivationFacts] = field(default_factory=dict)
     # forward value -> the slot from which its last backward reader's result holds its buffer
     handovers: dict[fx.Node, int] = field(default_factory=dict)
+    # handed-over forward value -> the consumers that hand it over when recomputed inside the taking
+    # kernel (``_pass_through``)
+    through: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
 
 
 def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:
@@ -132,10 +135,12 @@ def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:
 
 def predicted_handovers(life: Lifetimes, relevant: set[fx.Node]) -> dict:
     """The Problem metadata that says which activations (``relevant``) a backward result takes over
-    as they die (``remat.kernel_groups.HANDOVERS``: name -> the slot its result starts); empty
-    when none does."""
+    as they die (``remat.kernel_groups.HANDOVERS``: name -> the slot its result starts), and
+    through which recomputed consumers (``remat.kernel_groups.THROUGH``); empty when none does."""
     found = {s.name: h for s, h in life.handovers.items() if s in relevant}
-    return {HANDOVERS: found} if found else {}
+    through = {s.name: [c.name for c in cs if c in relevant] for s, cs in life.through.items() if s.name in found}
+    through = {name: cs for name, cs in through.items() if cs}
+    return {**({HANDOVERS: found} if found else {}), **({THROUGH: through} if through else {})}
 
 
 # When Inductor stores a pointwise result instead of inlining it into each reader (torch 2.13:
@@ -476,7 +481,7 @@ def _predict_handover(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list,
     backward kernels load the forward values they read (saved): ``s`` is read through none."""
     if _pointwise_forward_reader(s, g):
         return
-    fused = fused - g.forward
+    recomputed_fused, fused = fused, fused - g.forward
     end = max(t for _, t in read_at)
     taker = max((u for u, t in read_at if t == end and u not in fused), key=g.index.__getitem__, default=None)
     if taker is None or taker in kernels.after or not _reads_elementwise(taker, s, fused):
@@ -485,6 +490,27 @@ def _predict_handover(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list,
         taker = _kernel_taker(s, g, read_at, end, kernels.ops, fused)
     if taker is not None and _writes_in_place(taker, s, inplaced):
         life.handovers[s] = kernels.ops[taker][0] if taker in kernels.ops else sched.slot_of[taker]
+        _pass_through(s, life, recomputed_fused)
+
+
+def _pass_through(s: fx.Node, life: Lifetimes, fused: set[fx.Node]) -> None:
+    """Record that a plan recomputing forward value ``s`` inside the kernel that takes its buffer
+    hands over, instead, the buffer of an input ``v`` of ``s`` that ``s`` reads at the index it
+    writes (through the fused values it inlines), of ``s``'s size and dtype, that no backward op
+    reads from that kernel on and that has no handover of its own: the kernel then reads ``v``
+    only at the index it writes, and its result takes ``v``'s buffer (transformers Llama's
+    log-softmax backward recomputes ``sub_1 = mm_14 - amax - log`` and writes into ``mm_14``).
+    Inductor's rule (torch 2.13 ``decide_inplace_update``) also asks that every other reader of
+    ``v`` has run before; the simulator checks that against the plan."""
+    h = life.handovers[s]
+    for v in kernel_loads(s, fused):  # recomputed, ``s`` inlines the fused values it reads
+        facts = life.activations.get(v)
+        if facts is None or v in life.handovers or any(t >= h for t in facts.backward_uses):
+            continue
+        a, b = v.meta["val"], s.meta["val"]
+        if is_pointwise(s) and a.dtype == b.dtype and tensor_bytes(a) == tensor_bytes(b) and _reads_elementwise(s, v, fused):
+            life.handovers[v] = h
+            life.through.setdefault(v, []).append(s)
 
 
 def _writes_in_place(u: fx.Node, s: fx.Node, inplaced: set) -> bool:

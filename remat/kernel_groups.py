@@ -12,7 +12,7 @@ the joint nodes' names, recomputed ops included. Names that Inductor's own passe
 ``addmm`` from an ``mm`` and an ``add``) match no joint node and are ignored.
 
 What the simulator (``remat.simulate``) learns from the last compile, written into a Problem as
-plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by two functions:
+plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by these functions:
 
 * ``recompute_kernels``: a forward op's name in a backward kernel says that the last plan
   recomputed that value inside the kernel (activation name -> the backward slots of the kernel's
@@ -22,7 +22,9 @@ plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by two fu
   kept in ``KernelGroups.reused``): activation name -> the slot where the kernel of its last
   backward read starts. The result's bytes count from there, so the value's own end there. The
   capture predicts them before any compile (``remat.capture.predicted_handovers``); the last
-  compile's are added to those.
+  compile's are added to those. ``through``: a value that backward reads only through a consumer
+  recomputed inside that kernel is handed over too (activation name -> those consumers, predicted
+  by the capture): the recomputation reads it at the index the result writes.
 
 And one thing into the slots themselves: the scratch memory that an extern kernel of the last
 compile allocated while it ran (a CPU convolution's buffers, measured by
@@ -38,13 +40,13 @@ import re
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "HANDOVERS", "KERNEL_STARTS", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels", "reused_inputs",
-    "scheduler_groups", "with_kernels", "with_scratch",
+    "HANDOVERS", "KERNEL_STARTS", "THROUGH", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels",
+    "reused_inputs", "scheduler_groups", "through", "with_kernels", "with_scratch",
 ]
 
 # the Problem.metadata keys; ``remat.capture`` predicts handovers before any compile, and the
 # last compile's reused inputs are added to them
-RECOMPUTE_KERNELS, HANDOVERS = "recompute_kernels", "handovers"
+RECOMPUTE_KERNELS, HANDOVERS, THROUGH = "recompute_kernels", "handovers", "handed_through"
 KERNEL_STARTS = "kernel_starts"  # written by ``remat.capture``: slot name -> the first slot of its kernel
 # ``buf3 = div_1; del div_1  # reuse``, or through a view: ``buf16 = reinterpret_tensor(mm_12, ...); del mm_12  # reuse``
 _REUSE = re.compile(r"^\s*\w+ = (?:reinterpret_tensor\()?(\w+)(?:, [^;]*\))?; del \1\s*# reuse$", re.MULTILINE)
@@ -166,3 +168,9 @@ def reused_inputs(code: str) -> set[str]:
 def handovers(problem) -> dict[str, int]:
     """Activation name -> the slot from which a kernel's result holds its buffer (``with_kernels``)."""
     return dict(problem.metadata.get(HANDOVERS, {}))
+
+
+def through(problem) -> dict[str, tuple[str, ...]]:
+    """Handed-over activation -> its consumers that, recomputed inside the kernel that takes its
+    buffer, hand it over (``remat.capture``'s ``_pass_through``)."""
+    return {name: tuple(cs) for name, cs in problem.metadata.get(THROUGH, {}).items()}

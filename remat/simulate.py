@@ -28,10 +28,14 @@ Taken      a RECOMPUTE value whose taker (``Activation.taken_by``) is RECOMPUTE 
 Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
            (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
            result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
-           the plan recomputes none of its consumers (then its last need is its last backward
-           use); it stays readable until then. A recomputed consumer breaks the handover: Inductor
-           may recompute it inside that very kernel, which then reads the value again and takes
-           nothing (hf_llama's ``mul_20 = div_1 * mm_12`` in its SwiGLU backward kernel).
+           that kernel's result reads it (a backward use, or a consumer that hands it over,
+           ``remat.kernel_groups.through``, recomputed inside that kernel alone: hf_llama's
+           log-softmax backward recomputes ``sub_1`` from ``mm_14`` and writes into ``mm_14``) and
+           every other needed RECOMPUTE consumer reads it only before ``h`` (its window ends
+           there); it stays readable until its last need. Such a recomputation from ``h`` on breaks
+           the handover, as Inductor's ``decide_inplace_update`` takes a buffer only when its
+           other readers have run (hf_llama's ``mul_20 = div_1 * mm_12`` in its SwiGLU backward
+           kernel reads ``div_1`` beside the result that would take it).
 Moved     a backward use ``u`` of RECOMPUTE ``v`` outside the kernel K that recomputes ``v`` and not
            after it (``u`` not one of K's slots, ``u <= last(K)``) runs after K, which computes what
            it reads (``moved_readers``: the MLP's weight gradient ``mm_9`` reads the GELU output that
@@ -60,7 +64,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
-from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels
+from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels, through
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.transfers import Transfers, schedule_transfers
@@ -283,7 +287,7 @@ class _Analysis:
         self._errors: list[str] = []
         self._decide(_decisions_of(plan))
         self.kernels = recompute_kernels(problem)
-        self.handovers = handovers(problem)
+        self.handovers, self.through = handovers(problem), through(problem)
         self.moved = moved_readers(problem, self.decisions, set(self.needed), self.kernels)
         self.starts, self.last_needs = _starts_and_last_needs(
             problem, set(self.needed), self.decisions, self.kernels, self.moved)
@@ -363,19 +367,30 @@ class _Analysis:
         return d is Decision.STORE or (d is Decision.OFFLOAD and name not in self.transfers.free_after)
 
     def _hand_over(self, a: Activation) -> None:
-        """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), if the
-        plan recomputes none of its consumers; it stays readable to its last need."""
+        """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), when
+        the plan lets it (``_handover_holds``); it stays readable to its last need."""
         h = self.handovers.get(a.name)
-        if h is None or not self.device[a.name] or not a.backward_uses or self._consumer_recomputed(a):
+        if h is None or not self.device[a.name] or not self._handover_holds(a, h):
             return
         (lo, hi), = self.device[a.name]
         self.readable.setdefault(a.name, [(lo, hi)])
         self.device[a.name] = [(lo, min(hi, h - 1))] if lo <= h - 1 else []
 
-    def _consumer_recomputed(self, a: Activation) -> bool:
-        """Whether the plan recomputes a consumer of ``a`` (a needed RECOMPUTE one)."""
-        return any(c in self.starts and self.decisions.get(c) is Decision.RECOMPUTE
-                   for c in self.problem.consumers[a.name])
+    def _handover_holds(self, a: Activation, h: int) -> bool:
+        """Whether the kernel that starts at ``h`` takes ``a``'s buffer under the plan: its result
+        reads ``a`` (a backward use, or a consumer that hands ``a`` over, ``through``, recomputed
+        inside its kernel alone: ``_inlined``) and no other needed RECOMPUTE consumer reads ``a``
+        from ``h`` on (its window, ``_window``)."""
+        passing = self.through.get(a.name, ())
+        taken = bool(a.backward_uses)
+        for c in self.problem.consumers[a.name]:
+            if c not in self.starts or self.decisions.get(c) is not Decision.RECOMPUTE:
+                continue
+            if c in passing and self._inlined(self.problem.activation(c)):
+                taken = True
+            elif _window(self.starts[c], self.kernels.get(c))[1] >= h:
+                return False
+        return taken
 
     def _recompute_interval(self, a: Activation, last: int) -> None:
         """From ``S(v)`` to its last need, widened to the kernel that recomputes it; readable there

@@ -38,13 +38,16 @@ each value and buffer a moved op reads lives until there (summed over movers), a
 result leaves its slots only where one candidate alone can move it; it still counts the mover
 from its start before the kernel.
 
-Conditional handovers. A handover holds only while the plan recomputes none of the value's
-consumers (``remat.simulate``: Inductor may recompute that consumer inside the taking kernel,
-which then reads the value again). For a candidate with recomputable consumers, the slots from
+Conditional handovers. A handover holds only while no recomputed consumer reads the value from
+the taking kernel's start on, unless that consumer hands the value over itself, recomputed inside
+that kernel alone (``remat.simulate``; ``handover_holds``, exact, for ``jit`` and ``evaluate``).
+The ILP takes any recomputed consumer as breaking it (``consumer_recomputed``), which counts at
+or above that. For a candidate with recomputable consumers, the slots from
 the kernel's start to ``D`` (``Cand.tail``, split where its start indicators change) hold one
 continuous ``("h", idx, j)`` per piece, which the ILP bounds below by "a consumer is recomputed
 and the value holds its own buffer there" (``holds``); a copied OFFLOAD keeps its buffer
-whatever the consumers do.
+whatever the consumers do. A value that backward reads only through a consumer that hands it over
+(no backward use of its own) keeps its whole form in the ILP.
 
 Taken buffers (``Activation.taken_by``). A taken candidate is needed only when its taker is
 RECOMPUTE; RECOMPUTE, it ends the slot before its taker's start (``remat.simulate``), which
@@ -60,7 +63,7 @@ from functools import cached_property
 
 import numpy as np
 
-from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels
+from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels, through
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.simulate import SLOT_BUFFERS, held_back, moved_bytes
@@ -115,6 +118,8 @@ class Structure:
         self.kernels: dict[int, RecomputeKernel] = {
             self.index[n]: k for n, k in recompute_kernels(p).items() if n in self.index}
         self.handover: dict[int, int] = {self.index[n]: h for n, h in handovers(p).items() if n in self.index}
+        self.through: dict[int, set[int]] = {  # handed-over candidate -> consumers that hand it over
+            self.index[n]: {self.index[x] for x in xs if x in self.index} for n, xs in through(p).items() if n in self.index}
         self.movers = self._movers()
         self.taker: dict[int, int] = {  # taken candidate -> its taker (``Activation.taken_by``)
             c.idx: self.index[a.taken_by] for c in self.cands
@@ -328,8 +333,34 @@ class Structure:
         return code != REC or (S[j] <= s and not self._always_inlined(self.cands[j]))
 
     def consumer_recomputed(self, j: int, codes, need) -> bool:
-        """Whether decision codes recompute a consumer of candidate ``j`` (which breaks a handover)."""
+        """Whether decision codes recompute a consumer of candidate ``j`` (which may break a
+        handover: the ILP's view, at or above ``handover_holds``)."""
         return any(need[x] and codes[x] == REC for x in self.cands[j].rcons_all)
+
+    def handover_holds(self, j: int, codes, need, S) -> bool:
+        """Whether the kernel that takes candidate ``j``'s buffer (``handover``) takes it under
+        decision codes, as ``remat.simulate`` decides: it reads ``j`` (a backward use, or a consumer
+        that hands ``j`` over, ``through``, recomputed inside its kernel alone) and no other needed
+        RECOMPUTE consumer reads ``j`` from that kernel's start on."""
+        h, passing, taken = self.handover[j], self.through.get(j, ()), self.cands[j].d >= 0
+        for x in self.cands[j].rcons_all:
+            if not (need[x] and codes[x] == REC):
+                continue
+            if x in passing and self.inlined(x, codes, need):
+                taken = True
+            elif self.window(x, S[x])[1] >= h:
+                return False
+        return taken
+
+    def inlined(self, j: int, codes, need) -> bool:
+        """Whether RECOMPUTE candidate ``j`` takes no bytes: its kernel holds every backward use and
+        recomputes every needed RECOMPUTE consumer (``remat.simulate``)."""
+        k = self.kernels.get(j)
+        if k is None or codes[j] != REC:
+            return False
+        readers = (x for x in self.cands[j].rcons_all if need[x] and codes[x] == REC)
+        return set(self.problem.activation(self.cands[j].name).backward_uses) <= set(k.slots) and all(
+            self.kernels.get(x) == k for x in readers)
 
     def _pieces(self, c: Cand) -> None:
         """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes.
@@ -544,17 +575,15 @@ class Structure:
         """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels
         and its taker, as the simulator counts it: a RECOMPUTE one across its kernel, or none when
         only that kernel reads it; a buffer handed to a kernel's result ends where that kernel
-        starts unless a consumer is recomputed; a RECOMPUTE one ends before its RECOMPUTE taker's
-        start."""
-        c, k = self.cands[j], self.kernels.get(j)
+        starts when the plan lets it (``handover_holds``); a RECOMPUTE one ends before its
+        RECOMPUTE taker's start."""
+        k = self.kernels.get(j)
         if code == REC and k is not None:
             lo, hi = min(lo, k.first), max(hi, k.last)
-            readers = (x for x in c.rcons_all if need[x] and codes[x] == REC)
-            if set(self.problem.activation(c.name).backward_uses) <= set(k.slots) and all(
-                    self.kernels.get(x) == k for x in readers):
+            if self.inlined(j, codes, need):
                 return lo, lo - 1
         h = self.handover.get(j)
-        if h is not None and c.d >= 0 and not self.consumer_recomputed(j, codes, need):
+        if h is not None and self.handover_holds(j, codes, need, S):
             hi = min(hi, h - 1)
         t = self.taker.get(j)
         if code == REC and t is not None and need[t] and codes[t] == REC:

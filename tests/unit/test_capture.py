@@ -548,4 +548,7 @@ def test_a_stored_value_inlined_into_a_forward_gather_is_handed_to_its_elementwi
     sched, fused = build_schedule(g), fused_values(g)
     life = storage_lifetimes(g, sched, effective_readers(g, slot_readers(g), fused), fused)
     assert nodes["sub"] in fused
-    assert life.handovers == {nodes["sub"]: sched.slot_of[nodes["sub_1"]]}
+    h = sched.slot_of[nodes["sub_1"]]
+    # ``sub`` recomputed inside ``sub_1``'s kernel reads ``mm`` at the index it writes: ``mm`` then
+    assert life.handovers == {nodes["sub"]: h, nodes["mm"]: h}
+    assert life.through == {nodes["mm"]: [nodes["sub"]]}

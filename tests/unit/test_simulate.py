@@ -752,6 +752,42 @@ def test_a_recomputed_consumer_breaks_the_handover_of_its_input():
     assert recomputed.ok and recomputed.device_bytes[2:] == (1010, 3000, 1110, 1010)
 
 
+def through_problem(d_use: int = 4) -> Problem:
+    """The smallest graph of a handover through a recomputed consumer. Slots f0 f1 f2 | b0 b1 b2
+    (3..5): ``v`` (f0, 1000 B) has no backward use; ``c = v - m`` (f1, 1000 B, pointwise) is read
+    at b2 and recomputed, if the plan says so, inside the kernel of b1 and b2 (whose result, 1000 B
+    from b1, is in the fixed bytes): that kernel reads ``v`` at the index it writes and its result
+    takes ``v``'s buffer (hf_llama's log-softmax backward: ``sub_1`` from ``mm_14``). ``d = g(v)``
+    (f2, 10 B) is read at ``d_use``."""
+    from remat.kernel_groups import KernelGroups, with_kernels
+
+    acts = (act("v", 0, 2, 1000, recomputable=False, offloadable=False),
+            act("c", 1, 2, 1000, uses=(5,), inputs=("v",), offloadable=False),
+            act("d", 2, 2, 10, uses=(d_use,), inputs=("v",), offloadable=False))
+    p = Problem(slots=slots([10, 10, 10], [10, 1010, 1010]), activations=acts,
+                metadata={"handovers": {"c": 4, "v": 4}, "handed_through": {"v": ["c"]}})
+    return with_kernels(p, KernelGroups(backward=(frozenset({"b1", "b2", "c"}),)))
+
+
+def test_a_value_read_through_a_consumer_recomputed_in_the_taking_kernel_is_handed_over():
+    p = through_problem()
+    stored = simulate(p, {"c": S, "d": S})  # v is not needed: c's own buffer is taken
+    assert stored.ok and stored.device_bytes[3:] == (1020, 1020, 1010)
+    recomputed = simulate(p, {"v": S, "c": R, "d": S})  # c inlined: the kernel writes into v
+    assert live_intervals(p, {"v": S, "c": R, "d": S}) == {"v": [(3, 3)], "c": [], "d": [(3, 4)]}
+    assert recomputed.ok and recomputed.device_bytes[3:] == (1020, 1020, 1010)
+    # d recomputed at b1, inside the taking kernel's window: it reads v there, no handover
+    assert live_intervals(p, {"v": S, "c": R, "d": R})["v"] == [(3, 5)]
+    assert simulate(p, {"v": S, "c": R, "d": R}).device_bytes[3:] == (1010, 2020, 2010)
+
+
+def test_a_consumer_recomputed_before_the_taking_kernel_keeps_the_handover():
+    p = through_problem(d_use=3)  # d recomputed at b0: it has run when the kernel starts at b1
+    plan = {"v": S, "c": R, "d": R}
+    assert live_intervals(p, plan) == {"v": [(3, 3)], "c": [], "d": [(3, 3)]}
+    assert simulate(p, plan).device_bytes[3:] == (1020, 1010, 1010)
+
+
 # ---- a value taken by its recomputed reader (Activation.taken_by) ------------------------------
 # slots f0 f1 | b0 b1 b2 (2..4): x = addmm (f0) read only by y = tanh(x) (f1), which backward
 # reads at b2; Inductor writes a recomputed y into a recomputed x's buffer

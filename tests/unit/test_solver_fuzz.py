@@ -205,11 +205,13 @@ def test_pending_rows_solve_like_per_consumer_rows(seed, monkeypatch):
 def with_random_kernels(p: Problem, rng: random.Random) -> Problem:
     """``p`` with random kernel facts in its metadata (``remat.kernel_groups.with_kernels``):
     some recomputable activations recomputed inside a backward kernel of one to three slots near
-    their first read, and some saved buffers handed to a kernel that starts before their last use."""
+    their first read, some saved buffers handed to a kernel that starts before their last use, and
+    some handed over through a recomputed consumer (``handed_through``; with or without backward
+    uses of their own)."""
     nf, n = p.num_forward, len(p.slots)
     if n <= nf:
         return p
-    kernels, hand = {}, {}
+    kernels, hand, through = {}, {}, {}
     for a in p.activations:
         near = a.backward_uses[0] if a.backward_uses else rng.randrange(nf, n)
         if a.recomputable and rng.random() < 0.4:
@@ -217,7 +219,13 @@ def with_random_kernels(p: Problem, rng: random.Random) -> Problem:
             kernels[a.name] = sorted(rng.sample(range(lo, min(n, lo + 4)), rng.randint(1, min(3, n - lo))))
         if a.backward_uses and rng.random() < 0.3:
             hand[a.name] = rng.randint(nf, a.backward_uses[-1])
-    return replace(p, metadata={**p.metadata, "recompute_kernels": kernels, "handovers": hand})
+    for a in p.activations:
+        passing = [c for c in p.consumers[a.name] if c in kernels]
+        if passing and a.name not in hand and rng.random() < 0.5:
+            hand[a.name] = rng.choice(kernels[rng.choice(passing)])
+            through[a.name] = rng.sample(passing, rng.randint(1, len(passing)))
+    facts = {"recompute_kernels": kernels, "handovers": hand, "handed_through": through}
+    return replace(p, metadata={**p.metadata, **facts})
 
 
 @settings(max_examples=80, deadline=None, derandomize=True,

@@ -517,6 +517,25 @@ def test_ilp_and_greedy_keep_a_handover_that_recomputing_a_consumer_would_break(
             solve(p, 2050, solver=name)
 
 
+def test_solvers_count_a_handover_through_a_consumer_recomputed_in_the_taking_kernel():
+    """``v`` handed over through ``c``, recomputed inside the taking kernel (``remat.simulate``):
+    the solvers' exact evaluation is the simulator's on every plan, and both solvers' plans are
+    valid under the floor; the ILP counts ``v`` whole (at or above), so its floor may be higher."""
+    from .test_simulate import through_problem
+
+    for d_use in (3, 4):
+        p = through_problem(d_use)
+        st = Structure(p)
+        for c in (S, R):
+            for d in (S, R):
+                plan = st.normalize({"v": S, "c": c, "d": d})
+                assert tuple(int(x) for x in st.profile(plan)) == simulate(p, plan).device_bytes
+        floor = min_peak(p)
+        for name in ("ilp", "greedy"):
+            plan = solve(p, floor + 1000, solver=name, gap=0.0)
+            assert simulate(p, plan).ok and simulate(p, plan).peak_bytes <= floor + 1000
+
+
 def _unbroken_peak(p: Problem, dec: dict) -> int:
     """The peak of ``dec`` if a recomputed consumer broke no handover (each handed-over value that
     nothing needs after its last backward use ending before its kernel, as before session 9)."""
