@@ -37,8 +37,9 @@ ratio is also given on it (``cpu_`` figures; the tables' "CPU" columns): a proce
 core on a busy machine adds wall time but no CPU time, so at one thread the CPU-time ratios keep
 the cost of the code with far less of the other processes' noise (at several threads CPU time also
 counts OpenMP threads spinning at barriers).
-Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too), so
-the first measured configuration of a model measures and the later ones read the cache. Writes
+Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too; ``--cache
+DIR`` keeps one for several runs, which then plan with the same rates), so the first measured
+configuration of a model measures and the later ones read the cache. Writes
 ``benchmarks/results/time_fidelity.{md,json}`` (``time_fidelity_quick`` with --quick; ``--out STEM``).
 """
 
@@ -478,7 +479,14 @@ def write_results(rows: list[dict], stem: str, settings: dict) -> None:
 
 
 def profile_machine(threads: int, env: dict) -> str:
-    """Run ``remat profile`` at ``threads`` into the run's cache; its line on the roofline's rates."""
+    """Run ``remat profile`` at ``threads`` into the run's cache, unless that cache holds the rates
+    of this thread count already (``--cache``); the roofline's rates, as the report names them."""
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from remat.profile import machine_spec; "
+            "spec = machine_spec(); print(spec.rates_note() if spec.rates != 'constants' else '')")
+    cmd = [sys.executable, "-c", code, str(threads)]
+    note = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent, check=True).stdout.strip()
+    if note:
+        return note
     cmd = [sys.executable, "-m", "remat.cli", "profile", "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent, check=True).stdout
     return next((line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("roofline of")), out.strip())
@@ -497,6 +505,8 @@ def main(argv=None) -> int:
     ap.add_argument("--price", action="store_true",
                     help="also torch's activation_memory_budget 0.5 / 0.2 / 0 and remat at each one's measured peak")
     ap.add_argument("--rescore", metavar="JSON", help="recompute the figures and tables of a saved run")
+    ap.add_argument("--cache", metavar="DIR", help="REMAT_CACHE_DIR of the run, kept (default: a fresh one): "
+                    "runs that share it share one profile of the machine's rates and the measured op times")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -507,7 +517,7 @@ def main(argv=None) -> int:
     if args.rescore:
         rescore(Path(args.rescore))
         return 0
-    env = {**os.environ, "REMAT_CACHE_DIR": tempfile.mkdtemp(prefix="remat-profile-")}
+    env = {**os.environ, "REMAT_CACHE_DIR": args.cache or tempfile.mkdtemp(prefix="remat-profile-")}
     cost_models = args.cost_models.split(",")
     settings = {"threads": args.threads, "rounds": args.rounds, "round ms": args.round_ms, "quick": args.quick}
     if "profiled" in cost_models:
