@@ -71,17 +71,28 @@ class KernelGroups:
 def scheduler_groups(nodes: list) -> tuple[frozenset[str], ...]:
     """The FX node names of each kernel that Inductor generates, from its scheduler ``nodes``
     after fusion: fused and single kernels, not extern kernels (whose origins also name the
-    pointwise ops inlined into their inputs). A kernel's names include the ops inlined into it."""
+    pointwise ops inlined into their inputs). A kernel's names include the ops inlined into it,
+    not the op of an extern kernel whose input it lays out (the CNN's first BatchNorm backward
+    kernel writes the gradient that ``convolution_backward`` reads in channels-last order and
+    names that op: its span then reached past the convolution, keeping what it read alive there)."""
     from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
 
+    extern = {name for s in nodes if isinstance(s, ExternKernelSchedulerNode) for name in _called_ops(s.node)}
     groups = []
     for snode in nodes:
         if isinstance(snode, (ExternKernelSchedulerNode, NopKernelSchedulerNode)):
             continue
-        names = {o.name for n in snode.get_nodes() if n.node is not None for o in n.node.get_origins()}
+        names = {o.name for n in snode.get_nodes() if n.node is not None for o in n.node.get_origins()} - extern
         if len(names) > 1:
             groups.append(frozenset(names))
     return tuple(groups)
+
+
+def _called_ops(kernel) -> set[str]:
+    """The names of the graph nodes whose op an extern ``kernel`` calls (its origins of that op)."""
+    packet = getattr(getattr(kernel, "op_overload", None), "overloadpacket", None)
+    return {o.name for o in kernel.get_origins()
+            if packet is not None and getattr(o.target, "overloadpacket", None) == packet}
 
 
 @dataclass(frozen=True)

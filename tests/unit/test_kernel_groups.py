@@ -93,6 +93,22 @@ def test_an_activation_read_by_a_kernel_lives_until_the_kernel_ends(mlp_facts):
     assert changed == {"getitem": ([6], [6, 9])}  # mm_2 reads the dropout output; its kernel ends at 9
 
 
+def test_a_kernel_that_lays_out_an_extern_ops_input_does_not_name_that_op():
+    # Inductor's BatchNorm backward kernel writes the gradient that convolution_backward reads in
+    # channels-last order, and its origins name convolution_backward: the kernel's span would
+    # then reach the convolution's slot (the CNN example's first one kept conv_9 alive there)
+    recorded = []
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16))
+    record = lambda nodes: recorded.append(scheduler_groups(nodes)) or nodes  # noqa: E731
+    with torch._inductor.config.patch({"_post_fusion_custom_pass": record, "fx_graph_cache": False}):
+        torch.compile(lambda x: m(x).square().mean())(torch.randn(4, 8, 16, 16)).backward()
+    forward, backward = recorded
+    assert any({"sub", "mul"} & {n.rstrip("_0123456789") for n in g} for g in backward)  # BN backward kernels
+    assert not any(n.startswith("convolution") for g in forward + backward for n in g)
+
+
 def test_key_is_stable_and_tells_groups_apart():
     a = KernelGroups(backward=(frozenset({"b", "a"}), frozenset({"c", "d"})))
     b = KernelGroups(backward=(frozenset({"d", "c"}), frozenset({"a", "b"})))
