@@ -31,11 +31,12 @@ Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a 
            that kernel's result reads it (a backward use, or a consumer that hands it over,
            ``remat.kernel_groups.through``, recomputed inside that kernel alone: hf_llama's
            log-softmax backward recomputes ``sub_1`` from ``mm_14`` and writes into ``mm_14``) and
-           every other needed RECOMPUTE consumer reads it only before ``h`` (its window ends
-           there); it stays readable until its last need. Such a recomputation from ``h`` on breaks
-           the handover, as Inductor's ``decide_inplace_update`` takes a buffer only when its
-           other readers have run (hf_llama's ``mul_20 = div_1 * mm_12`` in its SwiGLU backward
-           kernel reads ``div_1`` beside the result that would take it).
+           the plan recomputes none of its other consumers; it stays readable until its last need.
+           Another recomputed consumer breaks the handover: Inductor may fuse its recomputation
+           into that very kernel, beside the result that would take the buffer, and its
+           ``decide_inplace_update`` takes a buffer only when its other readers have run or feed
+           that result (hf_llama's ``mul_20 = div_1 * mm_12``, recomputed inside its SwiGLU
+           backward kernel, though the model recomputes it two slots before that kernel).
 Moved     a backward use ``u`` of RECOMPUTE ``v`` outside the kernel K that recomputes ``v`` and not
            after it (``u`` not one of K's slots, ``u <= last(K)``) runs after K, which computes what
            it reads (``moved_readers``: the MLP's weight gradient ``mm_9`` reads the GELU output that
@@ -370,26 +371,24 @@ class _Analysis:
         """End ``a`` on the device where a kernel's result takes its buffer (``handovers``), when
         the plan lets it (``_handover_holds``); it stays readable to its last need."""
         h = self.handovers.get(a.name)
-        if h is None or not self.device[a.name] or not self._handover_holds(a, h):
+        if h is None or not self.device[a.name] or not self._handover_holds(a):
             return
         (lo, hi), = self.device[a.name]
         self.readable.setdefault(a.name, [(lo, hi)])
         self.device[a.name] = [(lo, min(hi, h - 1))] if lo <= h - 1 else []
 
-    def _handover_holds(self, a: Activation, h: int) -> bool:
-        """Whether the kernel that starts at ``h`` takes ``a``'s buffer under the plan: its result
-        reads ``a`` (a backward use, or a consumer that hands ``a`` over, ``through``, recomputed
-        inside its kernel alone: ``_inlined``) and no other needed RECOMPUTE consumer reads ``a``
-        from ``h`` on (its window, ``_window``)."""
+    def _handover_holds(self, a: Activation) -> bool:
+        """Whether the kernel that takes ``a``'s buffer takes it under the plan: its result reads
+        ``a`` (a backward use, or a consumer that hands ``a`` over, ``through``, recomputed inside
+        its kernel alone: ``_inlined``) and the plan recomputes no other consumer of ``a``."""
         passing = self.through.get(a.name, ())
         taken = bool(a.backward_uses)
         for c in self.problem.consumers[a.name]:
             if c not in self.starts or self.decisions.get(c) is not Decision.RECOMPUTE:
                 continue
-            if c in passing and self._inlined(self.problem.activation(c)):
-                taken = True
-            elif _window(self.starts[c], self.kernels.get(c))[1] >= h:
+            if c not in passing or not self._inlined(self.problem.activation(c)):
                 return False
+            taken = True
         return taken
 
     def _recompute_interval(self, a: Activation, last: int) -> None:

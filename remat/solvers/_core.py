@@ -38,11 +38,11 @@ each value and buffer a moved op reads lives until there (summed over movers), a
 result leaves its slots only where one candidate alone can move it; it still counts the mover
 from its start before the kernel.
 
-Conditional handovers. A handover holds only while no recomputed consumer reads the value from
-the taking kernel's start on, unless that consumer hands the value over itself, recomputed inside
-that kernel alone (``remat.simulate``; ``handover_holds``, exact, for ``jit`` and ``evaluate``).
-The ILP takes any recomputed consumer as breaking it (``consumer_recomputed``), which counts at
-or above that. For a candidate with recomputable consumers, the slots from
+Conditional handovers. A handover holds only while the plan recomputes none of the value's
+consumers, but one that hands the value over itself, recomputed inside the taking kernel alone
+(``remat.simulate``; ``handover_holds``, exact, for ``jit`` and ``evaluate``). The ILP takes any
+recomputed consumer as breaking it (``consumer_recomputed``), which counts at or above that.
+For a candidate with recomputable consumers, the slots from
 the kernel's start to ``D`` (``Cand.tail``, split where its start indicators change) hold one
 continuous ``("h", idx, j)`` per piece, which the ILP bounds below by "a consumer is recomputed
 and the value holds its own buffer there" (``holds``); a copied OFFLOAD keeps its buffer
@@ -337,19 +337,18 @@ class Structure:
         handover: the ILP's view, at or above ``handover_holds``)."""
         return any(need[x] and codes[x] == REC for x in self.cands[j].rcons_all)
 
-    def handover_holds(self, j: int, codes, need, S) -> bool:
+    def handover_holds(self, j: int, codes, need) -> bool:
         """Whether the kernel that takes candidate ``j``'s buffer (``handover``) takes it under
         decision codes, as ``remat.simulate`` decides: it reads ``j`` (a backward use, or a consumer
         that hands ``j`` over, ``through``, recomputed inside its kernel alone) and no other needed
-        RECOMPUTE consumer reads ``j`` from that kernel's start on."""
-        h, passing, taken = self.handover[j], self.through.get(j, ()), self.cands[j].d >= 0
+        consumer is RECOMPUTE."""
+        passing, taken = self.through.get(j, ()), self.cands[j].d >= 0
         for x in self.cands[j].rcons_all:
             if not (need[x] and codes[x] == REC):
                 continue
-            if x in passing and self.inlined(x, codes, need):
-                taken = True
-            elif self.window(x, S[x])[1] >= h:
+            if x not in passing or not self.inlined(x, codes, need):
                 return False
+            taken = True
         return taken
 
     def inlined(self, j: int, codes, need) -> bool:
@@ -583,7 +582,7 @@ class Structure:
             if self.inlined(j, codes, need):
                 return lo, lo - 1
         h = self.handover.get(j)
-        if h is not None and self.handover_holds(j, codes, need, S):
+        if h is not None and self.handover_holds(j, codes, need):
             hi = min(hi, h - 1)
         t = self.taker.get(j)
         if code == REC and t is not None and need[t] and codes[t] == REC:

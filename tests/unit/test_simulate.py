@@ -776,16 +776,20 @@ def test_a_value_read_through_a_consumer_recomputed_in_the_taking_kernel_is_hand
     recomputed = simulate(p, {"v": S, "c": R, "d": S})  # c inlined: the kernel writes into v
     assert live_intervals(p, {"v": S, "c": R, "d": S}) == {"v": [(3, 3)], "c": [], "d": [(3, 4)]}
     assert recomputed.ok and recomputed.device_bytes[3:] == (1020, 1020, 1010)
-    # d recomputed at b1, inside the taking kernel's window: it reads v there, no handover
+    # d recomputed too reads v again: no handover
     assert live_intervals(p, {"v": S, "c": R, "d": R})["v"] == [(3, 5)]
     assert simulate(p, {"v": S, "c": R, "d": R}).device_bytes[3:] == (1010, 2020, 2010)
 
 
-def test_a_consumer_recomputed_before_the_taking_kernel_keeps_the_handover():
-    p = through_problem(d_use=3)  # d recomputed at b0: it has run when the kernel starts at b1
+def test_a_consumer_recomputed_before_the_taking_kernel_still_breaks_the_handover():
+    # Inductor may fuse d's recomputation into the taking kernel, which then reads v beside the
+    # result (hf_llama's mul_20 = div_1 * mm_12: recomputed two slots before the SwiGLU backward
+    # kernel in the model, inside it in the code, which took neither buffer: code 22.7 MB, a
+    # model that kept the handovers 16.8 MB)
+    p = through_problem(d_use=3)
     plan = {"v": S, "c": R, "d": R}
-    assert live_intervals(p, plan) == {"v": [(3, 3)], "c": [], "d": [(3, 3)]}
-    assert simulate(p, plan).device_bytes[3:] == (1020, 1010, 1010)
+    assert live_intervals(p, plan) == {"v": [(3, 5)], "c": [], "d": [(3, 3)]}
+    assert simulate(p, plan).device_bytes[3:] == (1020, 2010, 2010)
 
 
 # ---- a value taken by its recomputed reader (Activation.taken_by) ------------------------------
