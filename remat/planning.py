@@ -33,7 +33,8 @@ from .capture import Captured, capture
 from .joint_graph import split_phases
 from .config import RematConfig
 from .errors import InfeasibleBudgetError, fmt_bytes
-from .kernel_groups import KernelGroups, with_kernels
+from .extern_scratch import predicted_scratch
+from .kernel_groups import KernelGroups, with_kernels, with_scratch
 from .passes.order_backward import Ordered, order_backward
 from .plan import Decision, Plan, status_words
 from .profile import machine_spec
@@ -148,7 +149,8 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
-    problem = with_loss_room(with_kernels(captured.problem, kernel_groups), loss_room)
+    problem = with_loss_room(with_kernels(captured.problem, kernel_groups) if kernel_groups is not None
+                             else with_scratch(captured.problem, first_scratch(joint)), loss_room)
     captured.problem = problem = with_runs(with_layers(problem), *other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
@@ -207,6 +209,17 @@ def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, sp
                                   asked="the floor of a backward order")
 
     return order_backward(joint, backward, lambda: store_all_peak(problem()), floor)
+
+
+def first_scratch(joint: fx.GraphModule) -> dict[str, int]:
+    """Extern kernels' scratch by op name for a plan made before any compile (later plans take the
+    scratch measured in the last compile's kernels, ``KernelGroups.scratch``); none where it
+    cannot be measured (``remat.extern_scratch``)."""
+    try:
+        return predicted_scratch(joint, _graph_device(joint))
+    except Exception as e:
+        log.debug("remat: no extern scratch before the first compile (%s: %s)", type(e).__name__, e)
+        return {}
 
 
 def with_loss_room(problem: Any, room: int) -> Any:
