@@ -285,3 +285,15 @@ def test_ranks_modes():
     assert RematConfig(ranks="local").key() != RematConfig().key()
     with pytest.raises(ConfigError, match=r"ranks must be 'agree' .* or 'local' .*got 'independent'"):
         RematConfig(ranks="independent")
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), (" AUTO ", "auto"), (0, 0), (4096, 4096),
+                                             ("8MiB", 8 * 2**20), ("2KB", 2000)])
+def test_loss_outside_is_auto_or_bytes(value, expected):
+    assert RematConfig(loss_outside=value).loss_outside == expected
+
+
+@pytest.mark.parametrize("bad", ["50%", "min", -1, 1.5, True, None, "lots"])
+def test_bad_loss_outside_echoes_what_was_written(bad):
+    with pytest.raises(ConfigError, match=r"loss_outside must be 'auto' .*got " + re.escape(repr(bad))):
+        RematConfig(loss_outside=bad)
