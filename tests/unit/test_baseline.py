@@ -78,3 +78,22 @@ def test_values_recomputed_are_those_not_saved(recorded):
     real = {storage_name(joint, s) for s in recorded["saved"]}
     read_by_backward = {a.name for a in problem.activations if a.backward_uses}
     assert set(plan.names(Decision.RECOMPUTE)) >= read_by_backward - real
+
+
+def test_a_folded_value_that_min_cut_saves_keeps_its_activation_inputs_stored():
+    """A linear head's log-softmax under a cross-entropy: min-cut saves ``log`` (of the sum of
+    exponentials), a pointwise value that remat folds into its readers; its inputs are stored."""
+    torch.manual_seed(0)
+    head, x, y = torch.nn.Linear(32, 64), torch.randn(256, 32), torch.randint(0, 64, (256,))
+    rec = _Recorder()
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True, custom_partitioner_fn=rec):
+        torch.compile(lambda x: torch.nn.functional.cross_entropy(head(x), y))(x).backward()
+    torch._dynamo.reset()
+    (seen,) = rec.seen
+    plan, problem = seen["plan"], seen["problem"]
+    folded_saved = set(plan.info["saved_not_activations"])
+    assert folded_saved, plan.info  # the case this test is about: min-cut saves a folded value
+    inputs = {a.name for a in problem.activations} & {
+        x.name for s in folded_saved for x in next(n for n in seen["joint"].graph.nodes if n.name == s).all_input_nodes}
+    assert inputs and all(plan.decisions[name] == Decision.STORE for name in inputs), (inputs, plan.info)
