@@ -783,49 +783,37 @@ def min_peak(problem: Problem, *, time_limit: float = 60.0, backend: str | None 
 
 
 def _min_peak(st: Structure, time_limit: float, backend: str):
-    """(peak, decisions reaching it, proven): the lower of the pair descents (``_pair_descent``)
-    from the greedy's plan and from the min-peak MIP's. The greedy's plan depends on prices (it
-    moves candidates by bytes freed per second), the MIP's does not (no bound from the greedy's
-    peak either); the MIP's rows over-count where kernels run recomputations, so its optimum is
-    not the floor: transformers GPT-2 (quick) in the graph's order, priced with fused
-    recomputations, greedy 31.26 MB, MIP optimal in its rows at 30.72, descended from the MIP's
-    plan 26.61 (from the greedy's 29.15). Proven: the MIP proved its optimum and no descent went
-    under it."""
+    """(peak, decisions reaching it, proven)."""
     if st.n == 0:
         return 0, {}, True
-    started, lb = time.perf_counter(), st.lower_bound_peak()
-    dec, _, _ = run_greedy(st, lb)
+    lb = st.lower_bound_peak()
+    dec, peak, _ = run_greedy(st, lb)
     dec = st.normalize(dec)
     peak = st.peak(dec)
     if peak <= lb:
         return peak, dec, True
-    starts = [(peak, dec)]
-    mip, proven = _min_peak_mip(st, lb, dec, (1 - DESCENT_SHARE) * time_limit, backend)
-    if mip is not None:
-        starts.append(mip)
-    left = time_limit - (time.perf_counter() - started)
-    share = min(DESCENT_SHARE * time_limit, left) / len(starts)
-    ends = [_pair_descent(st, d, p, lb, time.perf_counter() + share) for p, d in starts]
-    dec, peak = min(ends, key=lambda e: e[1])
-    return peak, dec, proven and mip is not None and peak >= mip[0]
-
-
-def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backend: str):
-    """((its peak, its decisions) or None, proven optimal): the MIP's plan of least peak in its
-    rows, at least ``lb``; None when it found no valid plan. CBC starts from the ``greedy`` plan."""
-    model = Model(st, Rows(st), None)
+    rows = Rows(st)
+    model = Model(st, rows, None)
     model.M.lowBound = lb / model.unit
+    model.M.upBound = peak / model.unit
     warm = backend == "cbc"  # HiGHS MIP starts are not safe (see _free)
     if warm:
-        model.warm(greedy)
-    status = _solve(model, backend, time_limit, 0.0, warm, None)[0]
-    if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        return None, False
-    dec = model.decisions()
-    return (None if st.violations(dec) else (st.peak(dec), dec)), status == pulp.LpSolutionOptimal
+        model.warm(dec)
+    started = time.perf_counter()
+    status, bound, mgap, _ = _solve(model, backend, time_limit, 0.0, warm, None)
+    proven = status == pulp.LpSolutionOptimal
+    if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        d2 = model.decisions()
+        p2 = st.peak(d2)
+        if p2 < peak and not st.violations(d2):
+            dec, peak = d2, p2
+    if not proven:
+        left = time_limit - (time.perf_counter() - started)
+        dec, peak = _pair_descent(st, dec, peak, lb, time.perf_counter() + min(DESCENT_SHARE * time_limit, left))
+    return peak, dec, proven
 
 
-DESCENT_SHARE = 0.1  # of the time limit, for the descents from the min-peak search's plans (the MIP has the rest)
+DESCENT_SHARE = 0.1  # of the time limit, for the descent from the min-peak search's plan
 
 
 def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float) -> tuple[dict, int]:
@@ -833,8 +821,8 @@ def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float)
     does, the peak is over ``lb`` and ``deadline`` has not passed (the largest candidates first).
     The greedy moves one candidate (or one chain) at a time, by bytes freed per second, so prices
     steer where it stops, and the min-peak MIP's rows over-count where kernels run recomputations
-    (its optimum is above plans it cannot express): transformers GPT-2 (quick) recomputes bmm_1
-    with clone_5, then bmm_3 with clone_11, each pair lowering the peak where neither alone is valid."""
+    (it may find nothing under the greedy's peak): transformers GPT-2 (quick) recomputes bmm_1 with
+    clone_5, then bmm_3 with clone_11, each pair lowering the peak where neither alone is valid."""
     while peak > lb and time.perf_counter() < deadline:
         stored = sorted((c for c in st.cands if c.rec_ok and dec.get(c.name) is Decision.STORE), key=lambda c: -c.bytes)
         best = None
