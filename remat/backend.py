@@ -35,12 +35,12 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 from ._version import __version__
 from .compilation import NO_RUNS, Compilation, Runs, compilation_for
 from .config import RematConfig, parse_budget
+from .cost import hint
 from .deferred_kernels import deferred_kernel_builds
 from .errors import InfeasibleBudgetError, RematError, fmt_bytes
 from .inductor_check import InductorPeaks, installed
 from .kernel_groups import KernelGroups
 from .passes.apply_plan import apply_plan
-from .cost import hint
 from .profile import machine_spec
 from .ranks import decided_by_rank0
 from .planning import GraphReport, _infeasible, forward_nodes, graph_label, plan_joint_graph, summary_line
@@ -504,9 +504,10 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, **installed(peaks)))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
-    estimate = step_peak(peaks.peak_bytes, backward_start_bytes(peaks), room)
+    kept = backward_start_bytes(peaks)
+    estimate = step_peak(peaks.peak_bytes, kept, room)
     if report is not None:
-        report.kept_bytes = backward_start_bytes(peaks)
+        report.kept_bytes = kept
         _warn_unsized(graph_label(report), peaks.walks)
         if runs.others and report.kept_bytes is not None and estimate is not None:
             report.other_runs_bytes = runs.held_bytes(report.kept_bytes)

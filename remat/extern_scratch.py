@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from types import SimpleNamespace
 
 import torch
 import torch.fx as fx
 
+from .layouts import laid_out_channels_last
 from .profile import OpSignature, Profiler, signature_of, with_inputs
 
 log = logging.getLogger("remat")
@@ -43,7 +43,7 @@ def predicted_scratch(joint: fx.GraphModule, device: torch.device | str) -> dict
     allocates any, by the op's name (a slot of the Problem). Ops with symbolic sizes, or that
     cannot run on random inputs, count as 0."""
     ops = extern_ops()
-    channels_last = _laid_out_channels_last(joint)
+    channels_last = laid_out_channels_last(list(joint.graph.nodes))
     profiler = Profiler(device)
     scratch = {}
     for node in joint.graph.nodes:
@@ -65,14 +65,6 @@ def predicted_scratch(joint: fx.GraphModule, device: torch.device | str) -> dict
 
 
 _CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
-
-
-def _laid_out_channels_last(joint: fx.GraphModule) -> bool:
-    """Whether Inductor lays ``joint``'s convolutions out channels-last (its own decision)."""
-    from torch._inductor.graph import GraphLowering
-
-    graph = SimpleNamespace(graph=SimpleNamespace(nodes=list(joint.graph.nodes)))
-    return GraphLowering.decide_layout_opt(graph, is_inference=False)
 
 
 def _channels_last_inputs(sig: OpSignature) -> OpSignature:

@@ -37,9 +37,14 @@ def layout_optimized(g: GraphFacts) -> bool:
     """Whether Inductor lays the forward graph of ``g`` out channels-last: its own decision
     (``decide_layout_opt``) on the forward's placeholders and ops, as the forward graph it compiles
     holds them."""
+    return laid_out_channels_last([n for n in g.nodes if n.op == "placeholder" or n in g.forward])
+
+
+def laid_out_channels_last(nodes: list[fx.Node]) -> bool:
+    """Inductor's own decision (``decide_layout_opt``) whether a graph of ``nodes`` is laid out
+    channels-last."""
     from torch._inductor.graph import GraphLowering
 
-    nodes = [n for n in g.nodes if n.op == "placeholder" or n in g.forward]
     return GraphLowering.decide_layout_opt(SimpleNamespace(graph=SimpleNamespace(nodes=nodes)), is_inference=False)
 
 

@@ -229,9 +229,7 @@ def with_loss_room(problem: Any, room: int) -> Any:
     last = problem.num_forward - 1
     if not room or last < 0:
         return problem
-    slot = problem.slots[last]
-    return replace(problem, slots=(*problem.slots[:last], replace(slot, fixed_bytes=slot.fixed_bytes + room),
-                                   *problem.slots[last + 1:]))
+    return with_scratch(problem, {problem.slots[last].name: room})
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:
