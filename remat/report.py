@@ -382,18 +382,18 @@ def layer_starts(problem: Problem) -> list[int]:
 def _live_blocks(problem: Problem, plan: Plan) -> list[tuple[str, int, int, int]]:
     """(label, bytes, first slot, last slot) of every device block of the plan: each activation's
     forward lifetime merged with its intervals on the device in backward, and the rest of each
-    slot's fixed bytes as one 'other' block per run of slots with equal bytes."""
+    slot's simulated bytes (fixed bytes, readers moved after a recomputing kernel, other runs of a
+    repeated graph) as one 'other' block per run of slots with equal bytes."""
     n = len(problem.slots)
+    device = simulate(problem, plan).device_bytes
+    backward = live_intervals(problem, plan)
     spans: dict[str, list[tuple[int, int]]] = {a.name: [(a.created, a.last_forward_use)] for a in problem.activations}
-    for name, ivs in live_intervals(problem, plan).items():
+    for name, ivs in backward.items():
         spans[name] = spans[name] + [tuple(iv) for iv in ivs]
-    rest = [s.fixed_bytes for s in problem.slots]
-    for a in problem.activations:
-        for t in range(a.created, a.last_forward_use + 1):
-            rest[t] -= a.bytes
+    rest = _bytes_outside(problem, device, spans)
     if min(rest, default=0) < 0:  # the capture shares some storages: keep fixed bytes whole
-        spans = {k: v[1:] for k, v in spans.items()}
-        rest = [s.fixed_bytes for s in problem.slots]
+        spans = {k: [tuple(iv) for iv in backward.get(k, ())] for k in spans}
+        rest = _bytes_outside(problem, device, spans)
     blocks = [(source_of(problem.activation(k)) + f" [{k}]", problem.activation(k).bytes, lo, hi)
               for k, ivs in spans.items() for lo, hi in _merged(ivs) if lo <= hi]
     t = 0
@@ -405,6 +405,17 @@ def _live_blocks(problem: Problem, plan: Plan) -> list[tuple[str, int, int, int]
             blocks.append(("other: temporaries, gradients, outputs (not decided)", rest[t], t, end))
         t = end + 1
     return blocks
+
+
+def _bytes_outside(problem: Problem, device: tuple[int, ...], spans: dict[str, list[tuple[int, int]]]) -> list[int]:
+    """Each slot's simulated bytes less the activations' blocks live there."""
+    rest = list(device)
+    for name, ivs in spans.items():
+        size = problem.activation(name).bytes
+        for lo, hi in _merged(ivs):
+            for t in range(max(lo, 0), min(hi, len(rest) - 1) + 1):
+                rest[t] -= size
+    return rest
 
 
 def _merged(ivs: list[tuple[int, int]]) -> list[tuple[int, int]]:

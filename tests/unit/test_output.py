@@ -152,6 +152,20 @@ def test_memory_snapshot_opens_with_torchs_reader(planned, tmp_path):
     assert _running_peak(base["device_traces"][0])[0] == rep.baseline_peak_bytes
 
 
+def test_memory_snapshot_holds_readers_moved_after_a_recomputing_kernel():
+    """A reader of a value recomputed inside a backward kernel runs after that kernel; what it
+    keeps live until then is the simulator's, not an activation's: the snapshot shows it."""
+    from remat.simulate import simulate
+
+    from .test_simulate import moved_problem
+
+    p = moved_problem()
+    plan = Plan(decisions={"u": Decision.STORE, "v": Decision.RECOMPUTE, "w": Decision.STORE}, solver="test")
+    tl = simulate(p, plan)
+    assert tl.peak_bytes > max(s.fixed_bytes for s in p.slots) + 1000
+    assert _running_peak(memory_snapshot(p, plan)["device_traces"][0]) == (tl.peak_bytes, 0)
+
+
 def test_show_reshows_a_pareto_sweep(planned, capsys, tmp_path):
     sweep = planned[1]
     path = tmp_path / "sweep.json"
