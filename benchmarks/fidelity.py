@@ -60,6 +60,8 @@ def plain_compile_predictions(name: str, quick: bool, kernel_groups=None) -> dic
     traced on fake tensors, stopped after planning): the model alone, and, given
     ``kernel_groups`` (the kernels of plain compile's code), the model told those kernels as the
     check loop tells it the last compile's (``remat.kernel_groups``)."""
+    from remat.solvers._core import Structure
+
     model, inputs, loss_fn, _ = _run_config.load_example(name, quick)
     t0 = time.perf_counter()
     rep = _plain_plan_report(model, inputs, loss_fn, None)
@@ -67,7 +69,8 @@ def plain_compile_predictions(name: str, quick: bool, kernel_groups=None) -> dic
     out = {"store_all_predicted_bytes": rep.baseline_peak_bytes, "plain_predicted_bytes": rep.timeline.peak_bytes,
            "plain_plan_errors": list(rep.timeline.errors[:3]), "plain_plan_s": time.perf_counter() - t0,
            "min_cut_saved_not_activations": info["saved_not_activations"],
-           "min_cut_saved_not_activations_bytes": info["saved_not_activations_bytes"]}
+           "min_cut_saved_not_activations_bytes": info["saved_not_activations_bytes"],
+           "any_plan_bound_bytes": Structure(rep.captured.problem).lower_bound_peak()}
     if kernel_groups is not None:
         told = _plain_plan_report(model, inputs, loss_fn, kernel_groups)
         out["plain_predicted_with_kernels_bytes"] = told.timeline.peak_bytes
@@ -192,7 +195,8 @@ def summary_row(name: str, rows: dict) -> dict:
     out = {"model": name, "plain_measured": c.get("measured_peak_bytes"),
            "plain_inductor": c.get("inductor_peak_bytes"), "store_all_predicted": c.get("store_all_predicted_bytes"),
            "plain_predicted": c.get("plain_predicted_bytes"), "plain_code": c.get("plain_code_peak_bytes"),
-           "plain_predicted_with_kernels": c.get("plain_predicted_with_kernels_bytes"), "errors": {}}
+           "plain_predicted_with_kernels": c.get("plain_predicted_with_kernels_bytes"),
+           "any_plan_bound": c.get("any_plan_bound_bytes"), "errors": {}}
     for config in CONFIGS[1:]:
         r = rows.get(config, {})
         if r.get("error"):
@@ -227,7 +231,17 @@ def table(summaries: list[dict]) -> str:
                       f"{r['plans_made'] or '-'}/{r.get('plans_compiled') or '-'}"]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {s['model']} {c}: {e}" for s in summaries for c, e in s["errors"].items()]
-    return "\n".join(lines + ["", worst_gap(summaries)] + ([""] + errors if errors else []))
+    return "\n".join(lines + ["", worst_gap(summaries), "", any_plan_bounds(summaries)] + ([""] + errors if errors else []))
+
+
+def any_plan_bounds(summaries: list[dict]) -> str:
+    """Each model's bound on the peak of any plan (``Structure.lower_bound_peak``: fixed bytes plus
+    what every plan keeps, at the worst slot) as a fraction of plain compile's measured peak: a
+    ratio cap under it is out of reach of any store / recompute / offload plan in the model."""
+    cells = [f"{s['model']} {_ratio(s.get('any_plan_bound'), s['plain_measured'])}" for s in summaries
+             if s.get("any_plan_bound")]
+    return ("No plan's peak can go under (the model's bound: fixed bytes plus what every plan keeps, / plain meas.): "
+            + ", ".join(cells) + ".") if cells else ""
 
 
 def worst_gap(summaries: list[dict]) -> str:
