@@ -53,6 +53,7 @@ fallback): the better plan under the cap wins.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -772,57 +773,78 @@ def _backend(name: str | None) -> str:
 
 def min_peak(problem: Problem, *, time_limit: float = 60.0, backend: str | None = None,
              starts: int | None = None, _structure: Structure | None = None) -> int:
-    """The smallest peak that any plan reaches (exact when the MIP is proven optimal in time).
-
-    Exact over the plans whose recompute starts are among each activation's ``starts`` latest
-    possible start slots (``_core.DEFAULT_K`` when None; see ``_core``): a larger value can only
-    lower it, and the plans it leaves out start a recomputation chain far from its use.
-    """
+    """The smallest peak that the min-peak search finds (``_min_peak``): the lower of the pair
+    descents from an unpriced greedy plan and from the min-peak MIP's plan. Prices do not move it
+    (but for which activations may offload, when some may). ``starts``: the recompute start
+    slots the MIP keeps per activation (``_core.DEFAULT_K`` when None, see ``_core``); the
+    descents evaluate plans exactly and are not bound to them."""
     st = _structure or Structure(problem, k=starts)
     return _min_peak(st, time_limit, _backend(backend))[0]
 
 
 def _min_peak(st: Structure, time_limit: float, backend: str):
-    """(peak, decisions reaching it, proven)."""
+    """(peak, decisions reaching it, proven): the lower of the pair descents (``_pair_descent``)
+    from the greedy's plan, made without prices (``_unpriced``), and from the min-peak MIP's
+    (no upper bound from the greedy's peak): neither start depends on prices. The MIP's optimum
+    is not the floor: its rows over-count a value recomputed inside a backward kernel whose
+    backward reader moves after that kernel, and keep only ``st.k`` start slots: transformers
+    GPT-2 (quick) in the graph's order, MIP optimal in its rows at 30.72 MB, descended from its
+    plan 26.61. Proven: the MIP proved its rows' optimum and no descent went under it (a proof
+    over the plans its rows hold). The MIP has all but ``DESCENT_SHARE`` of ``time_limit``."""
     if st.n == 0:
         return 0, {}, True
-    lb = st.lower_bound_peak()
-    dec, peak, _ = run_greedy(st, lb)
-    dec = st.normalize(dec)
+    started, lb = time.perf_counter(), st.lower_bound_peak()
+    dec = st.normalize(run_greedy(_unpriced(st), lb)[0])
     peak = st.peak(dec)
     if peak <= lb:
         return peak, dec, True
-    rows = Rows(st)
-    model = Model(st, rows, None)
+    starts = [(peak, dec)]
+    mip, proven = _min_peak_mip(st, lb, dec, (1 - DESCENT_SHARE) * time_limit, backend)
+    if mip is not None:
+        starts.append(mip)
+    left = time_limit - (time.perf_counter() - started)
+    share = min(DESCENT_SHARE * time_limit, left) / len(starts)
+    ends = [_pair_descent(st, d, p, lb, time.perf_counter() + share) for p, d in starts]
+    dec, peak = min(ends, key=lambda e: e[1])
+    return peak, dec, proven and mip is not None and peak >= mip[0]
+
+
+def _unpriced(st: Structure) -> Structure:
+    """``st`` with every recomputation priced alike (1 s), so that the greedy, which moves
+    candidates by bytes freed per second, is steered by bytes alone; ``st`` itself where
+    activations may offload (which ones may depends on prices: ``Structure._offload_candidates``)."""
+    p = st.problem
+    if p.host_bandwidth > 0:
+        return st
+    acts = tuple(dataclasses.replace(a, compute_time=1.0) for a in p.activations)
+    return Structure(dataclasses.replace(p, activations=acts), k=st.k)
+
+
+def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backend: str):
+    """((its peak, its decisions) or None, proven optimal): the MIP's plan of least peak in its
+    rows, at least ``lb``; None when it found no valid plan. CBC starts from the ``greedy`` plan."""
+    model = Model(st, Rows(st), None)
     model.M.lowBound = lb / model.unit
-    model.M.upBound = peak / model.unit
     warm = backend == "cbc"  # HiGHS MIP starts are not safe (see _free)
     if warm:
-        model.warm(dec)
-    started = time.perf_counter()
-    status, bound, mgap, _ = _solve(model, backend, time_limit, 0.0, warm, None)
-    proven = status == pulp.LpSolutionOptimal
-    if status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        d2 = model.decisions()
-        p2 = st.peak(d2)
-        if p2 < peak and not st.violations(d2):
-            dec, peak = d2, p2
-    if not proven:
-        left = time_limit - (time.perf_counter() - started)
-        dec, peak = _pair_descent(st, dec, peak, lb, time.perf_counter() + min(DESCENT_SHARE * time_limit, left))
-    return peak, dec, proven
+        model.warm(greedy)
+    status = _solve(model, backend, time_limit, 0.0, warm, None)[0]
+    if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return None, False
+    dec = model.decisions()
+    return (None if st.violations(dec) else (st.peak(dec), dec)), status == pulp.LpSolutionOptimal
 
 
-DESCENT_SHARE = 0.1  # of the time limit, for the descent from the min-peak search's plan
+DESCENT_SHARE = 0.1  # of the time limit, for the descents from the min-peak search's plans (the MIP has the rest)
 
 
 def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float) -> tuple[dict, int]:
     """From ``dec``, recompute the pair of stored candidates that lowers the peak most, while one
     does, the peak is over ``lb`` and ``deadline`` has not passed (the largest candidates first).
-    The greedy moves one candidate (or one chain) at a time, by bytes freed per second, so prices
-    steer where it stops, and the min-peak MIP's rows over-count where kernels run recomputations
-    (it may find nothing under the greedy's peak): transformers GPT-2 (quick) recomputes bmm_1 with
-    clone_5, then bmm_3 with clone_11, each pair lowering the peak where neither alone is valid."""
+    The greedy moves one candidate (or one chain) at a time, so it stops where no single move
+    lowers the peak, and the min-peak MIP's optimum is above plans its rows cannot hold
+    (``_min_peak``): transformers GPT-2 (quick) recomputes bmm_1 with clone_5, then bmm_3 with
+    clone_11, each pair lowering the peak where neither alone is valid."""
     while peak > lb and time.perf_counter() < deadline:
         stored = sorted((c for c in st.cands if c.rec_ok and dec.get(c.name) is Decision.STORE), key=lambda c: -c.bytes)
         best = None

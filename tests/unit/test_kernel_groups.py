@@ -115,42 +115,85 @@ def test_key_is_stable_and_tells_groups_apart():
     assert a.key() == b.key() != KernelGroups(forward=a.backward).key()
 
 
-def test_swiglu_planned_with_the_last_kernels_peaks_lower_and_meets_the_cap(monkeypatch):
+@pytest.fixture(scope="module")
+def swiglu_min():
+    """Two SwiGLU MLPs compiled under "min": (the kept report, the measured step's peak, per plan
+    compiled its report, its code's peak and the kernels Inductor generated for it)."""
+    import remat.backend as backend
     import remat.inductor_check as inductor_check
 
-    recorded = []
-    record = lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1]  # noqa: E731
-    monkeypatch.setattr(inductor_check, "scheduler_groups", record)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(SwiGLU(), SwiGLU())
-    x = torch.randn(512, 64)
-    step = torch.compile(lambda x: model(x).square().mean(), backend="remat", options={"memory_budget": "min"})
-    with collect_wrapper_code() as codes:
-        step(x).backward()
-    for p in model.parameters():
-        p.grad = None
-    measured = measure_step(lambda: step(x).backward()).peak_bytes
+    recorded, compiled = [], []
+    original = backend._compile_checked
+
+    def checked(*args, **kwargs):
+        out = original(*args, **kwargs)
+        compiled.append(out[1:3])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inductor_check, "scheduler_groups", lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1])
+        mp.setattr(backend, "_compile_checked", checked)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(SwiGLU(), SwiGLU())
+        x = torch.randn(512, 64)
+        step = torch.compile(lambda x: model(x).square().mean(), backend="remat", options={"memory_budget": "min"})
+        with collect_wrapper_code() as codes:
+            step(x).backward()
+        for p in model.parameters():
+            p.grad = None
+        measured = measure_step(lambda: step(x).backward()).peak_bytes
     (report,) = remat.reports(step)
-    assert report.plans_made == 1
+    # each compile records its forward's and its backward's groups and code
+    plans = [(r, est, KernelGroups(recorded[2 * i], recorded[2 * i + 1], frozenset(reused_inputs(codes[2 * i + 1]))))
+             for i, (r, est) in enumerate(compiled)]
+    return report, measured, plans
+
+
+def told_peak(report, kernels: KernelGroups) -> int:
+    """The simulator's peak of ``report``'s plan told the kernels that Inductor generated for it."""
+    told = simulate(with_kernels(report.problem, kernels), report.plan)
+    assert told.ok
+    return told.peak_bytes
+
+
+def test_swiglu_first_plan_predicts_the_kernels_that_recompute_its_pointwise_values(swiglu_min):
     # the first plan knows which backward kernels would recompute the pointwise values (the
-    # predicted kernels join them: ``_recomputations_joined``): its code peaks at 2.81 MiB, as the
-    # second plan did when only the first compile's kernels told it (the first, made without
-    # them, peaked at 3.31 MiB); a buffer that a kernel takes over (mm_4) is not predicted, so
-    # the prediction stays above the code: the capture does not predict it, as a pointwise op
-    # reads mm_4 in the forward (recomputed into that kernel, it would read mm_4 there too:
-    # ``_pointwise_forward_reader``)
-    assert report.inductor_peak_bytes < 3.0 * 2**20
+    # predicted kernels join them: ``_recomputations_joined``): told the kernels of its own
+    # compile, the model predicts the same peak
+    _, _, plans = swiglu_min
+    first, _, kernels = plans[0]
+    assert first.timeline.peak_bytes == told_peak(first, kernels)
+
+
+def test_swiglu_planned_with_the_last_kernels_peaks_lower_and_meets_the_cap(swiglu_min):
+    report, measured, plans = swiglu_min
+    # "min" keeps the plan whose code peaks lowest (on a tie the later: it saw more kernels):
+    # 2.81 MiB (a plan made without predicted kernels peaked at 3.31 MiB, session 10); a buffer
+    # that a kernel takes over (mm_4) is not predicted, so the prediction stays above the code:
+    # the capture does not predict it, as a pointwise op reads mm_4 in the forward (recomputed
+    # into that kernel, it would read mm_4 there too: ``_pointwise_forward_reader``)
+    assert report.inductor_peak_bytes == min(est for _, est, _ in plans) < 3.0 * 2**20
     assert report.inductor_peak_bytes <= report.timeline.peak_bytes <= 1.2 * report.inductor_peak_bytes
     assert measured <= report.budget_bytes
-    # told the compiled plan's own kernels, the simulator predicts the code's peak within 7 %
-    # (the buffer of the recomputed mm_4 that a kernel takes over is not among the code's reused
+    # told the kept plan's own kernels, the simulator predicts the code's peak within 7 % (the
+    # buffer of the recomputed mm_4 that a kernel takes over is not among the code's reused
     # inputs: +192 KiB; the second plan of session 10, which stored mm_4, was within 3 %)
-    # each compile records its forward's and its backward's groups and code; "min" may compile a
-    # third plan that it drops (no lower), so the kept one is the ``plans_made``-th
-    kept = 2 * (report.plans_made - 1)
-    final = KernelGroups(recorded[kept], recorded[kept + 1], frozenset(reused_inputs(codes[kept + 1])))
-    told = simulate(with_kernels(report.problem, final), report.plan)
-    assert told.ok and report.inductor_peak_bytes <= told.peak_bytes <= 1.07 * report.inductor_peak_bytes
+    kept, _, kernels = plans[report.plans_made - 1]
+    assert kept.plan == report.plan
+    assert report.inductor_peak_bytes <= told_peak(kept, kernels) <= 1.07 * report.inductor_peak_bytes
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 8: the model under-counts the first layer's fused silu-backward "
+                   "kernel when it reads two recomputed mm's (3014660 B told vs 3473408 B in the code)")
+def test_swiglu_first_plans_code_peaks_within_its_told_model(swiglu_min):
+    # the first plan (the model's floor with predicted kernels) recomputes mm and mm_1 for the
+    # first layer's backward kernel, which writes three outputs (mul recomputed, the gate's and
+    # the up projection's gradients) while its three inputs (mm, mm_1, the gradient) live: six
+    # 512 KiB buffers; the model, told those kernels, misses 448 KiB of them. "min" then plans
+    # twice more and keeps a plan whose code peaks at 2.81 MiB
+    _, _, plans = swiglu_min
+    first, code, kernels = plans[0]
+    assert code <= told_peak(first, kernels)
 
 
 def test_reused_inputs_are_the_buffers_the_wrapper_hands_over():
