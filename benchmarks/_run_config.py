@@ -243,8 +243,9 @@ def configured(config: str, model, loss_fn, time_limit: float, out: dict):
     raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
 
 
-# ``REMAT_BENCH_LOSS_OUTSIDE=1``: torch.compile the model alone and compute the loss after it, uncompiled
-# (as a training loop that takes the model's outputs does); by default model + loss compile together
+# ``REMAT_BENCH_LOSS_OUTSIDE=1``: torch.compile the model alone and compute the loss after it, uncompiled,
+# the outputs held through the backward (as a training loop that takes the model's outputs does); by
+# default model + loss compile together
 LOSS_OUTSIDE = os.environ.get("REMAT_BENCH_LOSS_OUTSIDE") == "1"
 
 
@@ -256,7 +257,13 @@ def _compiled(model, loss_fn, **compile_kwargs):
     if not LOSS_OUTSIDE:
         return torch.compile(lambda *xs: loss_fn(model(*xs)), **compile_kwargs)
     compiled = torch.compile(model, **compile_kwargs)
-    step = lambda *xs: loss_fn(compiled(*xs))  # noqa: E731
+
+    def step(*xs):
+        outputs = compiled(*xs)
+        loss = loss_fn(outputs)
+        loss.held_outputs = outputs  # until the backward ends, as a training loop's variable holds them
+        return loss
+
     step.compiled = compiled
     return step
 

@@ -493,8 +493,8 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     Its kernels are built when it first runs (``remat.deferred_kernels``): the check reads the
     code alone, and the plans that the loop does not keep never build theirs.
     The report's ``kept_bytes`` is read from the compiled backward; the estimate is the code's
-    peak, or what it keeps with ``room`` (a loss computed outside, ``loss_room``) when higher
-    (``step_peak``), with what the graph's other runs per step hold by it (``runs``, the report's
+    peak, or what it keeps with ``room`` (a loss computed outside, ``loss_room``) and the outputs
+    the caller holds, when higher (``step_peak``), with what the graph's other runs per step hold by it (``runs``, the report's
     ``other_runs_bytes``)."""
     from torch._inductor.compile_fx import compile_fx
 
@@ -505,7 +505,7 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
         compiled = compile_fx(gm, example_inputs, config_patches=_patches(partitioner, **installed(peaks)))
     report = partitioner.reports[-1] if partitioner.reports else None  # none on a cache hit
     kept = backward_start_bytes(peaks)
-    estimate = step_peak(peaks.peak_bytes, kept, room)
+    estimate = step_peak(peaks, room, held_output_bytes(gm, room))
     if report is not None:
         report.kept_bytes = kept
         _warn_unsized(graph_label(report), peaks.walks)
@@ -544,8 +544,8 @@ def _wants_plain_peak(cfg: RematConfig, example_inputs: Sequence[Any]) -> bool:
 def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], sizes: dict[str, int] | None = None,
                   room: int = 0) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
-    now), its peak read from the generated code, with ``room`` after its forward (a loss computed
-    outside, ``step_peak``), and the bytes its backward receives (None if they cannot be read); a
+    now), its peak read from the generated code, with ``room`` after its forward and its outputs held
+    through its backward (a loss computed outside, ``step_peak``), and the bytes its backward receives (None if they cannot be read); a
     dynamic graph's code read at ``sizes`` (default: the hints). Its kernels are built at its
     first call (``deferred_kernel_builds``): only when it is the one run."""
     from torch._inductor.compile_fx import compile_fx
@@ -553,17 +553,20 @@ def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], sizes: dict
     peaks = InductorPeaks(sizes)
     with _backward_compiled_now(), collect_wrapper_code() as peaks.codes, deferred_kernel_builds():
         compiled = compile_fx(gm, example_inputs, config_patches=installed(peaks))
-    kept = backward_start_bytes(peaks)
-    return compiled, (step_peak(peaks.peak_bytes, kept, room) if peaks.code_peaks else None), kept
+    peak = step_peak(peaks, room, held_output_bytes(gm, room)) if peaks.code_peaks else None
+    return compiled, peak, backward_start_bytes(peaks)
 
 
-def step_peak(code_peak: int | None, kept: int | None, room: int) -> int | None:
-    """A graph's peak in the step: its code's peak, or, when higher, what it keeps from its forward
-    to its backward (``kept``, the bytes its compiled backward receives) with ``room``, what a loss
-    computed outside allocates in between (``loss_room``)."""
+def step_peak(peaks: InductorPeaks, room: int, held: int = 0) -> int | None:
+    """A graph's peak in the step, read from its code (``peaks``): its code's peak, or, when higher,
+    what it keeps from its forward to its backward (the bytes its compiled backward receives) with
+    ``room``, what a loss computed outside allocates in between (``loss_room``), and with ``held``,
+    its outputs that the caller holds until the backward ends (``held_output_bytes``), there and
+    beside the backward's own peak. None when the code was not read."""
+    code_peak, kept = peaks.peak_bytes, backward_start_bytes(peaks)
     if code_peak is None or kept is None or not room:
         return code_peak
-    return max(code_peak, kept + room)
+    return max(code_peak, kept + room + held, peaks.walks[1].peak_bytes + held)
 
 
 def _patches(partitioner: RematPartitioner, **extra: Any) -> dict:
@@ -637,6 +640,13 @@ def loss_room(gm: fx.GraphModule, option: str | int) -> int:
         return option
     outputs = _grad_outputs(gm)
     return 0 if any(v.dim() == 0 for v in outputs) else outside_loss_bytes(outputs)
+
+
+def held_output_bytes(gm: fx.GraphModule, room: int) -> int:
+    """Bytes of the graph's non-scalar outputs that need a gradient when a loss is computed outside
+    from them (``room`` > 0): the caller holds them until its backward ends (``out = model(x);
+    loss_fn(out).backward()``), as the model keeps a graph's outputs to the step's end."""
+    return sum(hint(v.numel()) * v.element_size() for v in _grad_outputs(gm) if v.dim() > 0) if room else 0
 
 
 def outside_loss_bytes(outputs: Sequence[torch.Tensor]) -> int:

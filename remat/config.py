@@ -272,7 +272,8 @@ class RematConfig:
         "auto" (default): two buffers the size of the outputs that need a gradient (cross-entropy's
         log-softmax and its gradient: transformers Llama's logits, compiled alone, measured 3.7 MiB
         over its graph's code for 2 MiB of logits), none when one of them is a scalar (a loss
-        computed inside the graph); 0 when nothing outside reads the outputs.
+        computed inside the graph); 0 when nothing outside reads the outputs. With a loss
+        outside, the outputs are counted as held by the caller until the backward ends.
     ranks: under torch.distributed with several ranks: "agree" (default): every rank checks that it
         captured the same graph as rank 0, which plans for all (``remat.ranks``); "local": each rank
         plans its own graphs (pipeline stages, ranks that compile different graphs; measured op

@@ -121,11 +121,12 @@ class TinyLM(nn.Module):
         return self.head(h)
 
 
-@pytest.mark.parametrize("budget", ["min", "75%"])
+@pytest.mark.parametrize("budget", ["min", "90%"])
 def test_a_cross_entropy_computed_outside_the_compiled_model_stays_under_the_cap(budget):
     """The model compiled alone, the cross-entropy after it: the loss's log-softmax and its gradient
     (two logits-sized buffers) are allocated while the graph keeps everything for its backward;
-    remat plans for them ("auto") and the measured step stays under the cap it reports."""
+    remat plans for them ("auto") and for the logits the caller holds through the backward, and
+    the measured step stays under the cap it reports."""
     from remat.measure import measure_step
 
     torch.manual_seed(0)
@@ -135,9 +136,10 @@ def test_a_cross_entropy_computed_outside_the_compiled_model_stays_under_the_cap
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="remat", options={"memory_budget": budget})
 
-    def step():
+    def step():  # the logits held until the backward ends, as a training loop's variable holds them
         model.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(compiled(tokens).flatten(0, 1), targets.flatten()).backward()
+        logits = compiled(tokens)
+        nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
 
     step()  # compiles
     model.zero_grad(set_to_none=True)

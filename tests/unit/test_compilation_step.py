@@ -3,6 +3,7 @@ compiling: what earlier graphs keep, the plain-compile step that a ratio budget 
 graph's other runs per step (one small compile plans them)."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,12 +118,32 @@ def test_a_loss_outside_is_planned_for_unless_the_graph_returns_a_scalar_that_ne
     assert loss_room(logits, 0) == 0 and loss_room(with_loss, 1000) == 1000  # the option as given
 
 
-def test_a_graphs_step_peak_is_its_code_peak_or_what_it_keeps_with_the_loss_room():
+def _read_code(forward_peak: int, backward_peak: int, kept: int | None):
+    from remat.wrapper_memory import WrapperPeak
+
+    walks = [WrapperPeak(forward_peak, 0), WrapperPeak(backward_peak, kept)] if kept is not None else None
+    return SimpleNamespace(peak_bytes=max(forward_peak, backward_peak), walks=walks)
+
+
+def test_a_graphs_step_peak_is_its_code_peak_or_what_it_keeps_with_the_loss_room_and_its_held_outputs():
     from remat.backend import step_peak
 
-    assert step_peak(1000, 600, 300) == 1000  # the backward's peak is higher
-    assert step_peak(1000, 800, 300) == 1100  # the loss outside, after the forward, is the step's peak
-    assert step_peak(1000, None, 300) == 1000 and step_peak(None, 800, 300) is None  # nothing read
+    assert step_peak(_read_code(1000, 900, 600), 300) == 1000  # the forward's peak is higher
+    assert step_peak(_read_code(1000, 900, 800), 300) == 1100  # the loss outside, after the forward, is the step's peak
+    assert step_peak(_read_code(1000, 900, 600), 300, held=200) == 1100  # the outputs held beside the backward's peak
+    assert step_peak(_read_code(1000, 900, 800), 300, held=200) == 1300  # and beside the loss
+    assert step_peak(_read_code(1000, 900, 800), 0, held=200) == 1000  # no loss outside: nothing held
+    assert step_peak(_read_code(1000, 900, None), 300) == 1000  # the backward's inputs not read
+    assert step_peak(SimpleNamespace(peak_bytes=None, walks=None), 300) is None  # nothing read
+
+
+def test_the_outputs_held_are_those_a_loss_outside_reads():
+    from remat.backend import held_output_bytes
+
+    weight = torch.nn.Parameter(torch.randn(16, 8))
+    graph = _dynamo_graph(lambda x: (x @ weight, (x @ weight).sum(), x + 1), torch.randn(4, 16))
+    assert held_output_bytes(graph, room=1) == 4 * 8 * 4  # not the scalar, nor what needs no gradient
+    assert held_output_bytes(graph, room=0) == 0
 
 
 def test_a_graph_run_four_times_per_step_counts_what_three_other_runs_hold():
