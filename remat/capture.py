@@ -25,7 +25,8 @@ Parameters and inputs are resident and cost nothing.
                           before any compile, ``remat.predicted_kernels`` predicts those kernels
                           from the graph (Inductor's CPU fusion rules) for the recomputations
                           they inline (the Problem's ``recompute_kernels``) and, for the backward
-                          kernels of LayerNorm's row sums, their spans (``row_reduction_kernels``)
+                          kernels of LayerNorm's row sums and the pointwise ones that write
+                          several buffers, their spans (``spanned_kernels``)
 3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
 4. ``effective_readers``  the slot ops that read each storage (``slot_readers``), seen through
                           fused readers: a storage lives until the kernel that inlines its reader
@@ -75,7 +76,7 @@ from .joint_graph import (
 )
 from .kernel_groups import HANDOVERS, THROUGH, KernelGroups, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
-from .predicted_kernels import predicted_kernel_groups, row_reduction_kernels, slot_buffers
+from .predicted_kernels import predicted_kernel_groups, slot_buffers, spanned_kernels
 from .pricing import recomputable, recompute_time, slot_times
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
@@ -125,12 +126,6 @@ class Lifetimes:
     # handed-over forward value -> the consumers that hand it over when recomputed inside the taking
     # kernel (``_pass_through``)
     through: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
-
-
-def _pointwise_forward_reader(s: fx.Node, g: GraphFacts) -> bool:
-    """Whether a pointwise forward op reads ``s`` (through views): a plan may recompute it into the
-    backward kernel where ``s`` dies, which then reads ``s`` twice and takes nothing."""
-    return any(c in g.forward and is_pointwise(c) for c in readers_through_views(s))
 
 
 def predicted_handovers(life: Lifetimes, relevant: set[fx.Node]) -> dict:
@@ -309,10 +304,8 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
             _forward_lifetime(s, g, sched, made, read_at, fused, life, kernels, inplaced)
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
             life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, fused, inplaced), val))
-    for s, facts in life.activations.items():  # after the backward's own buffers: those are taken first
-        if facts.backward_uses:
-            read_at = [(u, t) for u in readers.get(s, []) if u in g.backward for t in _read_slots(u, sched, kernels)]
-            _predict_handover(s, g, sched, read_at, fused, life, kernels, inplaced)
+    # after the backward's own buffers: those are taken first
+    _predict_handovers(g, sched, readers, fused, life, kernels, inplaced)
     return life
 
 
@@ -469,28 +462,49 @@ def _forward_lifetime(s: fx.Node, g: GraphFacts, sched: Schedule, made: int, rea
     life.activations[s] = ActivationFacts(tensor_bytes(s.meta["val"]), created, lfu, b_uses)
 
 
-def _predict_handover(s: fx.Node, g: GraphFacts, sched: Schedule, read_at: list, fused: set[fx.Node],
-                      life: Lifetimes, kernels: KernelSpans, inplaced: set) -> None:
-    """Record where the result of forward value ``s``'s last backward reader takes its buffer
+def _predict_handovers(g: GraphFacts, sched: Schedule, readers: dict, fused: set[fx.Node], life: Lifetimes,
+                       kernels: KernelSpans, inplaced: set) -> None:
+    """Record where the result of each forward value's last backward reader takes its buffer
     (``Lifetimes.handovers``; the simulator's handover, as ``remat.kernel_groups`` reads it from
-    the code): that reader is pointwise, reads ``s`` at the index it writes (``_reads_elementwise``)
-    and has its size; in a generated kernel, its result's buffer starts where the kernel starts.
-    Not when a pointwise forward op reads ``s`` (``_pointwise_forward_reader``: recomputed, it
-    would read ``s`` in that kernel too: SwiGLU's gate under its SiLU, its up projection under the
-    product); the last compile's code tells those (``remat.kernel_groups.reused_inputs``). The
-    backward kernels load the forward values they read (saved): ``s`` is read through none."""
-    if _pointwise_forward_reader(s, g):
-        return
-    recomputed_fused, fused = fused, fused - g.forward
+    the code) and through which recomputed consumers (``_pass_through``). A result takes one
+    buffer: of the values that it could take (``_handover_taker``), the first that its kernel
+    loads (torch 2.13 ``decide_inplace_update`` walks its reads in load order: transformers
+    Llama's SwiGLU backward writes the gate's gradient over the up projection, loaded before the
+    gate). A plan that recomputes another consumer of a value breaks its handover (the
+    simulator's ``_handover_holds``: SwiGLU's gate and up projection, read again by the product
+    recomputed in that kernel)."""
+    backward_fused = fused - g.forward
+    found = {}
+    for s, facts in life.activations.items():
+        if facts.backward_uses:
+            read_at = [(u, t) for u in readers.get(s, []) if u in g.backward for t in _read_slots(u, sched, kernels)]
+            taker = _handover_taker(s, g, read_at, backward_fused, kernels)
+            if taker is not None:
+                found[s] = taker
+    for s in sorted(found, key=lambda s: _load_position(found[s], s, backward_fused)):
+        if _writes_in_place(found[s], s, inplaced):
+            life.handovers[s] = kernels.ops[found[s]][0] if found[s] in kernels.ops else sched.slot_of[found[s]]
+    for s in [s for s in life.activations if s in life.handovers]:
+        _pass_through(s, life, fused)
+
+
+def _handover_taker(s: fx.Node, g: GraphFacts, read_at: list, fused: set[fx.Node],
+                    kernels: KernelSpans) -> fx.Node | None:
+    """The last backward reader of forward value ``s`` (read at ``read_at``) whose result may take
+    its buffer: pointwise, reading ``s`` at the index it writes (``_reads_elementwise``), of its
+    size; in a generated kernel, as ``_kernel_taker`` finds it. The backward kernels load the
+    forward values they read (saved): ``s`` is read through none (``fused``: the backward's)."""
     end = max(t for _, t in read_at)
     taker = max((u for u, t in read_at if t == end and u not in fused), key=g.index.__getitem__, default=None)
     if taker is None or taker in kernels.after or not _reads_elementwise(taker, s, fused):
-        return
-    if taker in kernels.ops:
-        taker = _kernel_taker(s, g, read_at, end, kernels.ops, fused)
-    if taker is not None and _writes_in_place(taker, s, inplaced):
-        life.handovers[s] = kernels.ops[taker][0] if taker in kernels.ops else sched.slot_of[taker]
-        _pass_through(s, life, recomputed_fused)
+        return None
+    return _kernel_taker(s, g, read_at, end, kernels.ops, fused) if taker in kernels.ops else taker
+
+
+def _load_position(taker: fx.Node, s: fx.Node, fused: set[fx.Node]) -> int:
+    """Where ``taker``'s kernel first loads ``s`` (itself or a view of it) among its loads."""
+    loads = kernel_loads(taker, fused)
+    return next((k for k, i in enumerate(loads) if i is s or (is_view(i) and _viewed(i) is s)), len(loads))
 
 
 def _pass_through(s: fx.Node, life: Lifetimes, fused: set[fx.Node]) -> None:
@@ -674,7 +688,8 @@ def capture(
     kernels Inductor generated for this graph last time), each kernel's ops allocate and free
     as one; without them, the kernels predicted from the graph (``predicted_kernel_groups``) tell
     the simulator which recomputations run inside a backward kernel, and the predicted backward
-    kernels of LayerNorm's row sums place their ops as one (``row_reduction_kernels``). What each
+    kernels of LayerNorm's row sums and the pointwise ones that write several buffers place their
+    ops as one (``spanned_kernels``). What each
     backward op that reads an activation allocates and reads (``slot_buffers``) lets the simulator
     run it after a kernel that recomputes that activation (static sizes only). Training
     dropouts replay their generator state when the planner rewrote them before
@@ -684,7 +699,7 @@ def capture(
     fused = fused_values(g)
     readers = effective_readers(g, slot_readers(g), fused)
     predicted = predicted_kernel_groups(g, sched, fused) if kernel_groups is None else None
-    spans = kernel_spans(sched, kernel_groups if predicted is None else row_reduction_kernels(predicted, g), g.owner)
+    spans = kernel_spans(sched, kernel_groups if predicted is None else spanned_kernels(predicted, g, fused), g.owner)
     life = storage_lifetimes(g, sched, readers, fused, spans)
     intervals = life.intervals + broadcast_copies(sched) + channels_last_copies(g, sched, readers)
     intervals += view_copies(g, sched, channels_last_storages(g))

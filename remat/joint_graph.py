@@ -384,17 +384,20 @@ INLINED_CONSTANTS = {aten.full.default, aten.scalar_tensor.default}  # inlined a
 
 def kernel_loads(taker: fx.Node, fused: set[fx.Node]) -> list[fx.Node]:
     """The tensors that ``taker``'s kernel loads: its inputs, and those of the pointwise results
-    inlined into it (not through views), each once."""
+    inlined into it (not through views), each once, in the order its loop body loads them
+    (depth first, arguments left to right, as Inductor records a body's reads)."""
     found: list[fx.Node] = []
-    stack, seen = [taker], set()
+    stack, seen = [iter(taker.all_input_nodes)], set()
     while stack:
-        for i in stack.pop().all_input_nodes:
-            if i in fused and not is_view(i):
-                if i not in seen:
-                    seen.add(i)
-                    stack.append(i)
-            elif is_tensor(i) and i not in found and i.target not in INLINED_CONSTANTS:
-                found.append(i)
+        i = next(stack[-1], None)
+        if i is None:
+            stack.pop()
+        elif i in fused and not is_view(i):
+            if i not in seen:
+                seen.add(i)
+                stack.append(iter(i.all_input_nodes))
+        elif is_tensor(i) and i not in found and i.target not in INLINED_CONSTANTS:
+            found.append(i)
     return found
 
 

@@ -1,6 +1,7 @@
 """Inductor's fusion, predicted before the first compile: which ops of the joint graph
 Inductor's CPU scheduler fuses into one kernel (``predicted_kernel_groups``), and the backward
-kernels of LayerNorm's row sums whose spans the first plan models (``row_reduction_kernels``);
+kernels whose spans the first plan models (``spanned_kernels``: LayerNorm's row sums and the
+pointwise kernels that write several buffers);
 and what a backward op that Inductor's scheduler may run after a kernel allocates and reads
 (``slot_buffers``: a reader of a value recomputed inside a kernel runs after it)."""
 
@@ -20,7 +21,7 @@ from .kernel_groups import KernelGroups
 from .simulate import SLOT_BUFFERS
 from .joint_graph import (
     GraphFacts, Schedule, broadcast_strides, compute_node, fake_value, is_fusible_consumer, is_pointwise, is_tensor,
-    kernel_inputs, kernel_loads, kernel_reads, op_tags, readers_through_views,
+    kernel_inputs, kernel_loads, kernel_reads, op_tags, readers_through_views, takes_slot,
 )
 
 aten = torch.ops.aten
@@ -113,13 +114,39 @@ def _best_partner(alone: _Kernel, kernels: list[_Kernel], accessed: set[fx.Node]
     return best
 
 
+def spanned_kernels(groups: KernelGroups, g: GraphFacts, fused: set[fx.Node]) -> KernelGroups:
+    """The predicted backward kernels of ``groups`` whose ops the capture places as one before
+    the first compile (``kernel_spans``): those of LayerNorm's row sums (``row_reduction_kernels``)
+    and the pointwise kernels that write several buffers (``multi_output_kernels``)."""
+    rows, multi = row_reduction_kernels(groups, g), multi_output_kernels(groups, g, fused)
+    return KernelGroups(backward=rows.backward + multi.backward)
+
+
+def multi_output_kernels(groups: KernelGroups, g: GraphFacts, fused: set[fx.Node]) -> KernelGroups:
+    """The predicted backward kernels of ``groups`` whose backward ops are all pointwise and of
+    which two or more are buffers (not ``fused``): Inductor allocates every output of such a
+    kernel before it runs, beside the inputs that die in it, and an input that two of its ops
+    read is taken by neither (transformers Llama's SwiGLU backward writes the gradients of the
+    gate and of the up projection while it reads both projections and the incoming gradient:
+    six buffers at once, where its ops one by one held five, one of them written over the
+    gradient; its "min" plan of 13.6 MB peaked at 16.2 MB in the code). A buffer that only the
+    kernel's own ops read is never written (the SiLU's sigmoid)."""
+    by_name = {n.name: n for n in g.backward if takes_slot(n)}
+    multi = []
+    for k in groups.backward:
+        ops = [by_name[x] for x in k if x in by_name]
+        if all(is_pointwise(n) for n in ops) and sum(n not in fused for n in ops) >= 2:
+            multi.append(k)
+    return KernelGroups(backward=tuple(multi))
+
+
 def row_reduction_kernels(groups: KernelGroups, g: GraphFacts) -> KernelGroups:
     """The predicted backward kernels of ``groups`` that hold two reductions over the trailing
     dimensions of their inputs (rows: LayerNorm's backward sums the gradient and its product with
     the normalised input), whose ops the capture places as one (``kernel_spans``): Inductor
     allocates their result as the kernel starts while the gradient they read, dying in it, lives
     to its end (the GPT example's first LayerNorm backward: 1 MiB over the model's peak, and two
-    more compiles at 60 %). The other predicted kernels keep their ops one by one: one row sum
+    more compiles at 60 %). The other predicted kernels with reductions keep their ops one by one: one row sum
     (RMSNorm's backward) lets Inductor write the result over that gradient, as the op-by-op model
     predicts (a span would count both: transformers Llama's "min" kept a plan 0.5 MiB higher); a
     BatchNorm backward's (batch and space reduced) is not Inductor's (with its spans the e2e tests'
