@@ -790,7 +790,8 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     backward reader moves after that kernel, and keep only ``st.k`` start slots: transformers
     GPT-2 (quick) in the graph's order, MIP optimal in its rows at 30.72 MB, descended from its
     plan 26.61. Proven: the MIP proved its rows' optimum and no descent went under it (a proof
-    over the plans its rows hold). The MIP has all but ``DESCENT_SHARE`` of ``time_limit``."""
+    over the plans its rows hold). The MIP has all but ``DESCENT_SHARE`` of ``time_limit``, the
+    descents the rest, each an even share of what is left when it starts."""
     if st.n == 0:
         return 0, {}, True
     started, lb = time.perf_counter(), st.lower_bound_peak()
@@ -802,9 +803,10 @@ def _min_peak(st: Structure, time_limit: float, backend: str):
     mip, proven = _min_peak_mip(st, lb, dec, (1 - DESCENT_SHARE) * time_limit, backend)
     if mip is not None:
         starts.append(mip)
-    left = time_limit - (time.perf_counter() - started)
-    share = min(DESCENT_SHARE * time_limit, left) / len(starts)
-    ends = [_pair_descent(st, d, p, lb, time.perf_counter() + share) for p, d in starts]
+    deadline, ends = started + time_limit, []
+    for i, (p, d) in enumerate(reversed(starts)):  # the MIP's first: its descent is the quicker, most often the lower
+        share = (deadline - time.perf_counter()) / (len(starts) - i)  # what one left unused, the next may take
+        ends.append(_pair_descent(st, d, p, lb, time.perf_counter() + share))
     dec, peak = min(ends, key=lambda e: e[1])
     return peak, dec, proven and mip is not None and peak >= mip[0]
 
@@ -835,7 +837,7 @@ def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backe
     return (None if st.violations(dec) else (st.peak(dec), dec)), status == pulp.LpSolutionOptimal
 
 
-DESCENT_SHARE = 0.1  # of the time limit, for the descents from the min-peak search's plans (the MIP has the rest)
+DESCENT_SHARE = 0.1  # of the time limit, kept from the min-peak MIP for the descents (with what the MIP left)
 
 
 def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float) -> tuple[dict, int]:
