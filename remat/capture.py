@@ -317,10 +317,14 @@ def _inside_kernel(s: fx.Node, read_at: list, g: GraphFacts, spans: dict[fx.Node
 
 
 def _read_slots(u: fx.Node, sched: Schedule, kernels: KernelSpans) -> tuple[int, ...]:
-    """The slots at which op ``u`` reads its inputs: its own, and its kernel's last if grouped
-    (or only that kernel's last when ``u`` runs after it)."""
+    """The slots at which op ``u`` reads its inputs: its own, and its kernel's last if grouped,
+    or the slot after the kernel that ``u`` runs after. A recomputation that ``u`` reads still
+    runs at ``u``'s own slot, before that kernel: Inductor orders a pointwise op where a reader
+    first needs its buffer, so the kernel comes after what runs before that reader (the small
+    SwiGLU's second layer: its residual input, recomputed for the up projection's weight
+    gradient, runs before the SiLU-backward kernel, 128 KiB beside it)."""
     if u in kernels.after:
-        return (kernels.after[u],)
+        return (sched.slot_of[u], kernels.after[u])
     return (sched.slot_of[u], kernels.ops[u][1]) if u in kernels.ops else (sched.slot_of[u],)
 
 
