@@ -465,9 +465,18 @@ def cmd_profile(args) -> int:
         raise CLIError(f"bad --sizes {args.sizes!r}: give comma-separated integers such as 512,1024") from None
     cache = ProfileCache.for_device(device, enabled=not args.no_cache)
     print(f"device: {cache.device} (torch {torch.__version__})")
-    dtypes = (torch.float32, torch.bfloat16) + ((torch.float16,) if device.startswith("cuda") else ())
-    for name, rate in matmul_flops(device, dtypes, sizes, cache, min_run_time=args.min_time).items():
-        print(f"  matmul {name:<9}  {_fmt_rate(rate, 'FLOP/s')}  (torch.mm, best of n = {args.sizes})")
+    on_cuda = device.startswith("cuda")
+    # a CPU without bf16 units emulates it (this AMD EPYC at 1 thread: 0.3-0.5 GFLOP/s, 7 s a call at
+    # n=1024, about a minute at 2048); no CPU roofline reads it (``profiled_spec``: float32's), so
+    # a CPU times it at the smallest size only
+    low = ((torch.bfloat16, torch.float16), sizes) if on_cuda else ((torch.bfloat16,), (min(sizes),))
+    rates = {**matmul_flops(device, (torch.float32,), sizes, cache, min_run_time=args.min_time),
+             **matmul_flops(device, *low, cache, min_run_time=args.min_time)}
+    for name, rate in rates.items():
+        n = ",".join(map(str, sizes if name == "float32" else low[1]))
+        print(f"  matmul {name:<9}  {_fmt_rate(rate, 'FLOP/s')}  (torch.mm, best of n = {n})")
+    if not on_cuda:
+        print(f"  (on a CPU bfloat16 is timed at n = {low[1][0]} only: slow where emulated, and no CPU roofline reads it)")
     cached = " (from the cache)" if cache.get(BANDWIDTH_KEY) is not None else ""
     bandwidth = measure_bandwidth(device, cache, nbytes=args.copy_bytes)
     print(f"  memory bandwidth  {_fmt_rate(bandwidth, 'B/s')}  (copy, read + write){cached}")

@@ -205,3 +205,22 @@ def test_peak_table_measures_the_step_of_several_graphs_and_a_single_graph_itsel
     one = cells(MeasuredPeaks(graphs[:1], PeakRow("step", 600, 500, 480), plain, 800, (), None, None))
     assert [row[0] for row in one] == ["graph0 (remat plan)", "plain torch.compile"]
     assert one[0][3:] == ["480 B", "1.250", "1.042"]  # a single graph is the step
+
+
+def test_profile_on_a_cpu_times_bfloat16_at_the_smallest_size_only(capsys, monkeypatch):
+    import remat.measure
+    import remat.profile
+
+    asked = []
+
+    def rates(device, dtypes, sizes, cache=None, min_run_time=0.1):
+        asked.append(([str(d) for d in dtypes], tuple(sizes)))
+        return {str(d).removeprefix("torch."): 1e9 for d in dtypes}
+
+    monkeypatch.setattr(remat.measure, "matmul_flops", rates)
+    monkeypatch.setattr(remat.profile, "measure_bandwidth", lambda *a, **k: 1e10)
+    monkeypatch.setattr(remat.profile, "measure_elementwise_rate", lambda *a, **k: 1e9)
+    code, out, err = run(capsys, "profile", "--device", "cpu", "--no-cache", "--sizes", "1024,512")
+    assert code == 0, err
+    assert asked == [(["torch.float32"], (1024, 512)), (["torch.bfloat16"], (512,))]
+    assert "bfloat16 is timed at n = 512 only" in out
