@@ -231,7 +231,8 @@ def table(summaries: list[dict]) -> str:
                       f"{r['plans_made'] or '-'}/{r.get('plans_compiled') or '-'}"]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {s['model']} {c}: {e}" for s in summaries for c, e in s["errors"].items()]
-    return "\n".join(lines + ["", worst_gap(summaries), "", any_plan_bounds(summaries)] + ([""] + errors if errors else []))
+    notes = ["", worst_gap(summaries), "", any_plan_bounds(summaries)] + ([""] + errors if errors else [])
+    return "\n".join(lines + notes)
 
 
 def any_plan_bounds(summaries: list[dict]) -> str:

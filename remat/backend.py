@@ -494,8 +494,8 @@ def _compile_checked(gm, example_inputs, cfg: RematConfig, name: str, lower_by: 
     code alone, and the plans that the loop does not keep never build theirs.
     The report's ``kept_bytes`` is read from the compiled backward; the estimate is the code's
     peak, or what it keeps with ``room`` (a loss computed outside, ``loss_room``) and the outputs
-    the caller holds, when higher (``step_peak``), with what the graph's other runs per step hold by it (``runs``, the report's
-    ``other_runs_bytes``)."""
+    the caller holds, when higher (``step_peak``), with what the graph's other runs per step hold
+    by it (``runs``, the report's ``other_runs_bytes``)."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks()
@@ -544,10 +544,11 @@ def _wants_plain_peak(cfg: RematConfig, example_inputs: Sequence[Any]) -> bool:
 def plain_compile(gm: fx.GraphModule, example_inputs: Sequence[Any], sizes: dict[str, int] | None = None,
                   room: int = 0) -> tuple[Any, int | None, int | None]:
     """Plain torch.compile of this graph (Inductor's default partitioner, both graphs compiled
-    now), its peak read from the generated code, with ``room`` after its forward and its outputs held
-    through its backward (a loss computed outside, ``step_peak``), and the bytes its backward receives (None if they cannot be read); a
-    dynamic graph's code read at ``sizes`` (default: the hints). Its kernels are built at its
-    first call (``deferred_kernel_builds``): only when it is the one run."""
+    now), its peak read from the generated code, with ``room`` after its forward and its outputs
+    held through its backward (a loss computed outside, ``step_peak``), and the bytes its backward
+    receives (None if they cannot be read); a dynamic graph's code read at ``sizes`` (default: the
+    hints). Its kernels are built at its first call (``deferred_kernel_builds``): only when it is
+    the one run."""
     from torch._inductor.compile_fx import compile_fx
 
     peaks = InductorPeaks(sizes)
@@ -646,14 +647,19 @@ def held_output_bytes(gm: fx.GraphModule, room: int) -> int:
     """Bytes of the graph's non-scalar outputs that need a gradient when a loss is computed outside
     from them (``room`` > 0): the caller holds them until its backward ends (``out = model(x);
     loss_fn(out).backward()``), as the model keeps a graph's outputs to the step's end."""
-    return sum(hint(v.numel()) * v.element_size() for v in _grad_outputs(gm) if v.dim() > 0) if room else 0
+    return _non_scalar_bytes(_grad_outputs(gm)) if room else 0
 
 
 def outside_loss_bytes(outputs: Sequence[torch.Tensor]) -> int:
     """What a loss computed outside from ``outputs`` allocates while the graph's saved bytes are
     live: two buffers the size of each non-scalar one (cross-entropy's log-softmax and its
     gradient), at the traced sizes under dynamic shapes."""
-    return 2 * sum(hint(v.numel()) * v.element_size() for v in outputs if v.dim() > 0)
+    return 2 * _non_scalar_bytes(outputs)
+
+
+def _non_scalar_bytes(outputs: Sequence[torch.Tensor]) -> int:
+    """Bytes of the non-scalar ``outputs``, at the traced sizes under dynamic shapes."""
+    return sum(hint(v.numel()) * v.element_size() for v in outputs if v.dim() > 0)
 
 
 def _grad_outputs(gm: fx.GraphModule) -> list[torch.Tensor]:
