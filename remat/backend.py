@@ -465,10 +465,9 @@ def _lowest_of_min(gm, example_inputs, cfg: RematConfig, kept: _Compiled, plain:
 def min_cap(cfg: RematConfig, code_peak: int) -> int:
     """The cap that "min" reports: the smallest peak reached, as Inductor's code allocates it, with
     the reserve on top (default 1 %): the smallest cap whose target (``planning_target``) the
-    code's peak meets, so that this cap given as a byte cap is met by the same plan. The code does
-    not show what the caller holds across the backward (a loss computed outside the graph and the
-    gradient that seeds its backward: 8 B on a scalar fp32 loss) nor scratch that could not be
-    measured, so the code's peak alone is no guarantee."""
+    code's peak meets, so that this cap given as a byte cap is met by the same plan. The code's
+    peak counts what the caller holds across the backward (``step_peak``) but not scratch that
+    could not be measured, so it alone is no guarantee."""
     cap = math.ceil(code_peak / (1 - cfg.reserve))
     while cfg.planning_target(cap) < code_peak:  # float rounding in the target
         cap += 1
@@ -562,10 +561,11 @@ def step_peak(peaks: InductorPeaks, room: int, held: int = 0) -> int | None:
     """A graph's peak in the step, read from its code (``peaks``): its code's peak, or, when higher,
     what it keeps from its forward to its backward (the bytes its compiled backward receives) with
     ``room``, what a loss computed outside allocates in between (``loss_room``), and with ``held``,
-    its outputs that the caller holds until the backward ends (``held_output_bytes``), there and
-    beside the backward's own peak. None when the code was not read."""
+    what the caller holds until the backward ends (``held_output_bytes``: the loss, its seed
+    gradient, the outputs a loss outside reads), there and beside the backward's own peak. None
+    when the code was not read."""
     code_peak, kept = peaks.peak_bytes, backward_start_bytes(peaks)
-    if code_peak is None or kept is None or not room:
+    if code_peak is None or kept is None:
         return code_peak
     return max(code_peak, kept + room + held, peaks.walks[1].peak_bytes + held)
 
@@ -644,10 +644,18 @@ def loss_room(gm: fx.GraphModule, option: str | int) -> int:
 
 
 def held_output_bytes(gm: fx.GraphModule, room: int) -> int:
-    """Bytes of the graph's non-scalar outputs that need a gradient when a loss is computed outside
-    from them (``room`` > 0): the caller holds them until its backward ends (``out = model(x);
+    """Bytes the caller holds through the graph's backward that its code does not show: the loss
+    (``loss = f(x); loss.backward()``) and the seed gradient autograd makes for it, twice a scalar
+    output's bytes (8 B for an fp32 loss: measured steps were 8 B over the code's peak without
+    them); with a loss computed outside from the outputs (``room`` > 0), that loss at their widest
+    element and its seed, and the non-scalar outputs that need a gradient (``out = model(x);
     loss_fn(out).backward()``), as the model keeps a graph's outputs to the step's end."""
-    return _non_scalar_bytes(_grad_outputs(gm)) if room else 0
+    outputs = _grad_outputs(gm)
+    scalars = [v.element_size() for v in outputs if v.dim() == 0]
+    if room:
+        scalars.append(max((v.element_size() for v in outputs), default=0))
+        return 2 * sum(scalars) + _non_scalar_bytes(outputs)
+    return 2 * sum(scalars)
 
 
 def outside_loss_bytes(outputs: Sequence[torch.Tensor]) -> int:

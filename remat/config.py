@@ -218,13 +218,13 @@ class RematConfig:
         so True on a CPU graph is a ConfigError unless ``device`` names a GPU cost model).
     host_bandwidth: bytes/s of the device<->host link per direction for the cost model; None =
         the device spec's (e.g. 25e9 for h100/h200: half the measured PCIe rate).
-    reserve: fraction of the cap kept free for memory that Inductor's code does not show: what
-        the caller holds across the backward (a scalar loss computed outside and its seed: 8 B),
+    reserve: fraction of the cap kept free for memory that Inductor's code does not show:
         scratch of ops that cannot be timed on random inputs, and on CUDA what the caching
         allocator holds beyond the 512 B rounding that the code walk counts (a cached block it does
-        not split). Extern kernels' scratch is measured and a loss computed outside from the
-        outputs is planned for apart (``loss_outside``). On the CPU the code's peak is
-        the measured one within 8 B on every quick example, so the default is 0.01. Plans target
+        not split). Extern kernels' scratch is measured, the loss and its seed gradient that the
+        caller holds across the backward are counted beside the code, and a loss computed outside
+        from the outputs is planned for apart (``loss_outside``). On the CPU the step's peak so
+        read is the measured one within 8 B on every quick example, so the default is 0.01. Plans target
         cap * (1 - reserve), or the smallest reachable peak when that is higher but still under
         the cap; the code's peak must leave it free too (else the graph is planned again, lower),
         and "min" reports its code's peak / (1 - reserve). 0 plans right up to the cap.

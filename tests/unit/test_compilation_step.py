@@ -132,18 +132,21 @@ def test_a_graphs_step_peak_is_its_code_peak_or_what_it_keeps_with_the_loss_room
     assert step_peak(_read_code(1000, 900, 800), 300) == 1100  # the loss outside, after the forward, is the step's peak
     assert step_peak(_read_code(1000, 900, 600), 300, held=200) == 1100  # the outputs held beside the backward's peak
     assert step_peak(_read_code(1000, 900, 800), 300, held=200) == 1300  # and beside the loss
-    assert step_peak(_read_code(1000, 900, 800), 0, held=200) == 1000  # no loss outside: nothing held
+    assert step_peak(_read_code(1000, 900, 800), 0, held=8) == 1000  # the loss inside: only it and its seed held
+    assert step_peak(_read_code(1000, 995, 800), 0, held=8) == 1003  # beside the backward's peak
     assert step_peak(_read_code(1000, 900, None), 300) == 1000  # the backward's inputs not read
     assert step_peak(SimpleNamespace(peak_bytes=None, walks=None), 300) is None  # nothing read
 
 
-def test_the_outputs_held_are_those_a_loss_outside_reads():
+def test_the_bytes_held_are_the_loss_its_seed_and_the_outputs_a_loss_outside_reads():
     from remat.backend import held_output_bytes
 
     weight = torch.nn.Parameter(torch.randn(16, 8))
     graph = _dynamo_graph(lambda x: (x @ weight, (x @ weight).sum(), x + 1), torch.randn(4, 16))
-    assert held_output_bytes(graph, room=1) == 4 * 8 * 4  # not the scalar, nor what needs no gradient
-    assert held_output_bytes(graph, room=0) == 0
+    # the outputs a loss outside reads (not what needs no gradient), each loss (the scalar output and
+    # the one outside) and the seed gradient autograd makes for it
+    assert held_output_bytes(graph, room=1) == 4 * 8 * 4 + 2 * (4 + 4)
+    assert held_output_bytes(graph, room=0) == 2 * 4  # the loss inside and its seed
 
 
 def test_a_graph_run_four_times_per_step_counts_what_three_other_runs_hold():
