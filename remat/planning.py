@@ -151,6 +151,7 @@ def plan_joint_graph(
     )
     problem = with_loss_room(with_kernels(captured.problem, kernel_groups) if kernel_groups is not None
                              else with_scratch(captured.problem, first_scratch(joint)), loss_room)
+    problem = with_caller_held(problem, caller_held_bytes(joint, loss_room))
     captured.problem = problem = with_runs(with_layers(problem), *other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
@@ -230,6 +231,31 @@ def with_loss_room(problem: Any, room: int) -> Any:
     if not room or last < 0:
         return problem
     return with_scratch(problem, {problem.slots[last].name: room})
+
+
+def with_caller_held(problem: Any, held: int) -> Any:
+    """``problem`` with ``held`` more bytes at every backward slot: what the caller holds through
+    the backward beside the graph's own values (``caller_held_bytes``)."""
+    if not held:
+        return problem
+    nf = problem.num_forward
+    return replace(problem, slots=[replace(s, fixed_bytes=s.fixed_bytes + held) if t >= nf else s
+                                   for t, s in enumerate(problem.slots)])
+
+
+def caller_held_bytes(joint: fx.GraphModule, loss_room: int) -> int:
+    """Bytes the caller holds through a joint graph's backward that the graph does not show:
+    autograd's seed gradient of each scalar output (the loss; the compiled backward takes a copy of
+    it as its tangent, which the graph shows) and, with a loss computed outside (``loss_room`` > 0),
+    that loss and its seed, at the tangents' widest element. The step's peak read from the code
+    counts them too (``remat.backend.held_output_bytes``)."""
+    from torch._functorch.partitioners import _is_tangent
+
+    tangents = [n.meta["val"] for n in joint.graph.find_nodes(op="placeholder")
+                if _is_tangent(n) and isinstance(n.meta.get("val"), torch.Tensor)]
+    seeds = sum(t.element_size() for t in tangents if t.dim() == 0)
+    outside = 2 * max((t.element_size() for t in tangents), default=0) if loss_room else 0
+    return seeds + outside
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:
