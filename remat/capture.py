@@ -24,7 +24,9 @@ Parameters and inputs are resident and cost nothing.
                           (``remat.kernel_groups``), the first and last slot of each kernel;
                           before any compile, ``remat.predicted_kernels`` predicts those kernels
                           from the graph (Inductor's CPU fusion rules) for the recomputations
-                          they inline (the Problem's ``recompute_kernels``) and, for the backward
+                          they inline (the Problem's ``recompute_kernels``, with the backward
+                          values a recomputation makes Inductor store:
+                          ``realized_by_recomputation``) and, for the backward
                           kernels of LayerNorm's row sums and the pointwise ones that write
                           several buffers, their spans (``spanned_kernels``)
 3. ``fused_values``       pointwise results that Inductor fuses into their one reader kernel
@@ -168,22 +170,67 @@ class Inlined:
         kind = "cpu" if device == "cpu" else "other"
         return len(self.reads) > _READS[kind] or self.ops + len(self.reads) > _BODY_OPS[kind]
 
+    def recomputing(self, v: fx.Node, code: Inlined) -> Inlined:
+        """This code when the buffer ``v`` it loads is recomputed inline instead, by ``code``."""
+        return Inlined((self.reads - {v}) | code.reads, self.heavy or code.heavy, self.ops + code.ops)
+
 
 def fused_values(g: GraphFacts) -> set[fx.Node]:
     """Pointwise results and constants (``full``) that Inductor never allocates
     (``_materialized``): it inlines them into each fusible kernel (pointwise or reduction) of their
     own phase that reads them, and into the copy that an update of a copy makes of its first input
     (``scatter_add`` of a ``full``: one buffer, ``_copies_into_its_result``)."""
-    readers: dict[fx.Node, list[fx.Node]] = {}
-    for n in g.nodes:
-        for i in n.all_input_nodes:
-            readers.setdefault(i, []).append(n)
+    return set(inlined_codes(g))
+
+
+def inlined_codes(g: GraphFacts) -> dict[fx.Node, Inlined]:
+    """Each of the ``fused_values`` with its ``Inlined`` code."""
+    readers = _graph_readers(g)
     inlined: dict[fx.Node, Inlined] = {}
     for s in (n for n in g.nodes if g.owner.get(n) is n and n.op == "call_function"):
         code = inlined_code(s, g, inlined)
         if not _materialized(s, g, readers, code):
             inlined[s] = code
-    return set(inlined)
+    return inlined
+
+
+def _graph_readers(g: GraphFacts) -> dict[fx.Node, list[fx.Node]]:
+    readers: dict[fx.Node, list[fx.Node]] = {}
+    for n in g.nodes:
+        for i in n.all_input_nodes:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
+def realized_by_recomputation(g: GraphFacts, codes: dict[fx.Node, Inlined]) -> dict[fx.Node, fx.Node]:
+    """Forward buffer -> the first backward value (in graph order) that Inductor inlines into each
+    of several kernels (``codes``: ``inlined_codes``) but stores when a plan recomputes that
+    buffer: the recomputation's loads replace the buffer's in its code, which then loads more than
+    four storages or holds a heavy op (``_materialized``), unless the recomputation is a buffer
+    itself (``_recomputed_alone``). The recomputation runs in that value's kernel, whose result
+    its other readers then read (the e2e CNN's ReLU recomputed from its BatchNorm: the threshold
+    backward ``where_5``, read by both kernels of the BatchNorm backward; a LayerNorm input
+    recomputed: the normalised input of its backward)."""
+    readers = _graph_readers(g)
+    found: dict[fx.Node, fx.Node] = {}
+    for w, code in codes.items():
+        for v in code.reads if w in g.backward else ():
+            if v in found or v not in g.forward or not is_pointwise(v) or not is_tensor(v):
+                continue
+            mine = inlined_code(v, g, codes)
+            if not _recomputed_alone(v, g, readers, mine) and _materialized(w, g, readers, code.recomputing(v, mine)):
+                found[v] = w
+    return found
+
+
+def _recomputed_alone(v: fx.Node, g: GraphFacts, readers: dict[fx.Node, list[fx.Node]], code: Inlined) -> bool:
+    """Whether forward value ``v``, recomputed in backward by ``code``, is a buffer there: an extern
+    kernel reads it (Inductor realizes its inputs), or several ops do and its code is heavy or
+    loads more than four storages, or its code is too big to inline."""
+    direct = {u for u in readers_through_views(v) if u in g.backward}
+    if any(not is_fusible_consumer(u) for u in direct) or code.too_big(v.meta["val"].device.type):
+        return True
+    return len(direct) > 1 and (code.heavy or len(code.reads) > _REUSED_READS)
 
 
 def inlined_code(s: fx.Node, g: GraphFacts, inlined: dict[fx.Node, Inlined]) -> Inlined:
@@ -700,9 +747,11 @@ def capture(
     (``rng_replay.replay_in_joint``, in ``remat.planning``)."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
-    fused = fused_values(g)
+    codes = inlined_codes(g)
+    fused = set(codes)
     readers = effective_readers(g, slot_readers(g), fused)
-    predicted = predicted_kernel_groups(g, sched, fused) if kernel_groups is None else None
+    predicted = None if kernel_groups is not None else predicted_kernel_groups(
+        g, sched, fused, realized_by_recomputation(g, codes))
     spans = kernel_spans(sched, kernel_groups if predicted is None else spanned_kernels(predicted, g, fused), g.owner)
     life = storage_lifetimes(g, sched, readers, fused, spans)
     intervals = life.intervals + broadcast_copies(sched) + channels_last_copies(g, sched, readers)
