@@ -33,21 +33,23 @@ def bn_relu(x, w1, g, b, s):
     return (torch.relu(F.batch_norm(x @ w1, None, None, g, b, training=True)) @ s).sum()
 
 
-def _inputs():
+def _inputs(s_grad=False):
     torch.manual_seed(0)
     params = [torch.randn(32, 32), torch.randn(32), torch.randn(32)]
-    return [torch.randn(64, 32)] + [p.requires_grad_() for p in params] + [torch.randn(32, 16)]
+    return [torch.randn(64, 32)] + [p.requires_grad_() for p in params] + [torch.randn(32, 16, requires_grad=s_grad)]
 
 
-def _trace():
-    """(joint graph, its forward ops, number of forward outputs), with Inductor's decompositions."""
+def _trace(s_grad=False):
+    """(joint graph, its forward ops, number of forward outputs), with Inductor's decompositions;
+    with ``s_grad``, ``s`` is a weight: its gradient, a matmul, reads the ReLU in backward."""
     seen = {}
 
     def partition(joint, joint_inputs, *, num_fwd_outputs, **kw):
         seen["joint"], seen["n"] = joint, num_fwd_outputs
         return P.default_partition(joint, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kw)
 
-    aot_function(bn_relu, fw_compiler=lambda gm, _: gm, partition_fn=partition, decompositions=select_decomp_table())(*_inputs())
+    traced = aot_function(bn_relu, fw_compiler=lambda gm, _: gm, partition_fn=partition, decompositions=select_decomp_table())
+    traced(*_inputs(s_grad))
     return seen["joint"], set(P.classify_nodes(seen["joint"], [], seen["n"]).required_fw_nodes), seen["n"]
 
 
@@ -62,6 +64,13 @@ def test_a_recomputation_whose_loads_exceed_the_threshold_makes_its_inlined_read
     # the ReLU's recomputation loads five storages: ``where`` then loads six; the matmul's (mm), an
     # extern kernel's result, is a buffer whatever reads it
     assert realized == {"relu": "where"}
+
+
+def test_a_recomputation_that_an_extern_kernel_reads_is_a_buffer_and_realizes_nothing():
+    # s's gradient (h^T @ grad) reads the ReLU: Inductor stores its recomputation, which ``where``
+    # then loads as before (the e2e CNN's first ReLU, read by its convolution's backward)
+    g = graph_facts(*_trace(s_grad=True))
+    assert realized_by_recomputation(g, inlined_codes(g)) == {}
 
 
 def test_the_recomputed_relu_runs_in_the_kernel_of_its_stored_backward_and_its_readers_after_it():
