@@ -69,18 +69,15 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
 
 def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
-    """Seconds of a kernel that moves ``moved`` bytes: with ``costs``, for a fused group (``group``:
-    its pointwise element ops) the longer of its traffic at the measured bandwidth and its element
-    ops at the measured rate, and a launch; the op's ``measured`` time for a kernel of one op;
-    else, or without a measurement, the roofline (a fused group's element ops at the spec's
-    elementwise rate, when it has one, included)."""
-    if costs is not None:
-        if group is not None:
-            traffic = costs.fused_time(moved, group)
-            if traffic is not None:
-                return traffic + spec.launch_overhead
-        elif measured is not None:
-            return measured
+    """Seconds of a kernel that moves ``moved`` bytes: a fused group (``group``: its pointwise
+    element ops) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for
+    a kernel of one op; else, or without a measurement, the roofline."""
+    if group is not None:
+        fused = fused_kernel_time(flops, moved, group, spec, costs)
+        if fused is not None:
+            return fused
+    elif costs is not None and measured is not None:
+        return measured
     return op_time(flops, moved, spec, group or 0)
 
 
@@ -97,18 +94,32 @@ def recomputable(c: fx.Node) -> bool:
 
 def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], owner: dict, spec: DeviceSpec,
                    costs: MeasuredCosts | None = None) -> float:
-    """Seconds to recompute forward value ``s``: its op alone plus each folded value computed
-    inside it, priced alone. With ``costs``, a value with folded values is one fused kernel: what
-    it reads through them and its result at the measured bandwidth, or its pointwise element ops
-    at the measured elementwise rate, whichever is longer, plus a launch. On the roofline, an op
-    alone takes at least its element ops at the spec's elementwise rate (a profiled spec has one)."""
+    """Seconds to recompute forward value ``s``. A value with folded values (``folding.through``)
+    is one fused kernel, as Inductor runs it: what it reads through them and its result written,
+    and its pointwise element ops, priced by ``fused_kernel_time`` (its ops alone where ``costs``
+    has no rates). A value without is its op alone (``alone``); on the roofline at least its
+    element ops at the spec's elementwise rate (a profiled spec has one)."""
     c, through = compute_node(s), folding.through[s]
-    chain = [c, *map(compute_node, through)]
-    if costs is not None and through:
-        moved = read_bytes(c, owner, set(through)) + _flops_and_written(c)[1]
-        traffic = costs.fused_time(moved, pointwise_flops(chain))
-        if traffic is not None:
-            return traffic + spec.launch_overhead
+    if through:
+        chain = [c, *map(compute_node, through)]
+        flops, written = _flops_and_written(c)
+        moved = read_bytes(c, owner, set(through)) + written
+        fused = fused_kernel_time(flops, moved, pointwise_flops(chain), spec, costs)
+        if fused is not None:
+            return fused
+        return sum(alone[x] for x in chain)
     if costs is None:
-        return sum(max(alone[x], op_time(0, 0, spec, pointwise_flops([x]))) for x in chain)
-    return sum(alone[x] for x in chain)
+        return max(alone[c], op_time(0, 0, spec, pointwise_flops([c])))
+    return alone[c]
+
+
+def fused_kernel_time(flops: int, moved: int, work: int, spec: DeviceSpec, costs: MeasuredCosts | None) -> float | None:
+    """Seconds of one kernel that computes a fused chain: ``moved`` bytes (its reads from memory
+    and its result) and ``work`` pointwise element ops. With ``costs``, the longer of its traffic
+    at the measured bandwidth and its element ops at the measured elementwise rate, plus a launch
+    (None where ``costs`` has no rates); on the roofline, ``op_time`` of the kernel (``flops``:
+    its op's, for a reduction at the end of the chain)."""
+    if costs is None:
+        return op_time(flops, moved, spec, work)
+    traffic = costs.fused_time(moved, work)
+    return None if traffic is None else traffic + spec.launch_overhead

@@ -177,7 +177,10 @@ def test_analyze_over_a_range_prints_the_peak_as_a_formula_and_at_the_ends(capsy
     plan = re.search(rf"peak \(plan\): (\d+)\*{s} \+ (\d+) bytes near {s}=1024; ([\d.]+) KiB at {s}=128, ([\d.]+) MiB at {s}=1024", out)
     assert plan, out
     slope, const = int(plan.group(1)), int(plan.group(2))
-    assert float(plan.group(3)) == pytest.approx((slope * 128 + const) / 1024, abs=0.01)
+    # the formula is the peak near s=1024; at s=128 the peak is the largest slot there, which may
+    # be another slot (a plan whose recomputations leave a slot of more constant bytes: 609.50
+    # KiB where the formula gives 512.00)
+    assert float(plan.group(3)) >= (slope * 128 + const) / 1024 - 0.01
     assert float(plan.group(4)) == pytest.approx((slope * 1024 + const) / 2**20, abs=0.01)
     assert slope * 1024 + const <= 4 << 20
     base = re.search(rf"peak \(no remat\): (\d+)\*{s} \+ \d+ bytes", out)
