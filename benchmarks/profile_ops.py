@@ -35,6 +35,7 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn  # noqa: E402
 from remat.cost import DEVICES, DeviceSpec, op_flops, op_time, tensor_bytes  # noqa: E402
 from remat.measure import matmul_flops  # noqa: E402
 from remat.profile import MeasuredCosts, ProfileCache, profiled_spec, signature_of  # noqa: E402
+from remat.pricing import transcendental_ops  # noqa: E402
 
 MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_int_mm", "addbmm"}
 REDUCTION_WORDS = ("sum", "mean", "amax", "amin", "max", "min", "norm", "softmax", "var", "std", "nll_loss", "prod")
@@ -105,8 +106,8 @@ def is_free(node) -> bool:
 
 
 def roofline(node, spec: DeviceSpec = DEVICES["cpu"]) -> tuple[float, int]:
-    """(seconds, bytes moved) of the node's op as a kernel of its own at ``spec`` (a pointwise op's
-    element ops at the spec's elementwise rate, when it has one)."""
+    """(seconds, bytes moved) of the node's op as a kernel of its own at ``spec`` (a transcendental
+    op's element ops at the spec's elementwise rate, when it has one: ``remat.pricing.transcendental_ops``)."""
     def val(x):
         return x.meta.get("val") if isinstance(x, torch.fx.Node) else x
 
@@ -116,7 +117,7 @@ def roofline(node, spec: DeviceSpec = DEVICES["cpu"]) -> tuple[float, int]:
     moved = sum(tensor_bytes(val(i)) for i in node.all_input_nodes)
     moved += sum(tensor_bytes(o) for o in torch.utils._pytree.tree_leaves(out))
     flops = op_flops(node.target, args, kwargs, out)
-    elementwise = flops if op_kind(node.target) == "pointwise" else 0
+    elementwise = transcendental_ops([node])
     return op_time(flops, moved, spec, elementwise), moved
 
 

@@ -482,7 +482,7 @@ def cmd_profile(args) -> int:
     print(f"  memory bandwidth  {_fmt_rate(bandwidth, 'B/s')}  (copy, read + write){cached}")
     cached = " (from the cache)" if cache.get(ELEMENTWISE_KEY) is not None else ""
     elementwise = measure_elementwise_rate(device, cache)
-    print(f"  elementwise       {_fmt_rate(elementwise, 'op/s')}  (sigmoid, exp, tanh, mul, add in cache){cached}")
+    print(f"  elementwise       {_fmt_rate(elementwise, 'op/s')}  (transcendental: sigmoid, exp, tanh in cache){cached}")
     link = measure_link(device, cache, nbytes=args.copy_bytes or 1 << 28)
     if link is not None:
         print(f"  host link         {_fmt_rate(link.to_host, 'B/s')} to host, {_fmt_rate(link.to_device, 'B/s')} to device (pinned)")

@@ -6,8 +6,9 @@ which has no formula in torch, gets the standard attention count so attention ne
 ``node_time`` prices a graph node alone (``remat.profile.MeasuredCosts`` skips timing the ops
 whose share of their graph's time it says is negligible). A pointwise chain fused into another
 kernel is priced by ``fused_time``: the longer of its memory
-traffic at the device's bandwidth and its elementwise ops at the device's elementwise rate (one op
-per element of each pointwise result, as ``op_flops`` counts them), with no launch of its own.
+traffic at the device's bandwidth and its transcendental element ops (exp, sigmoid, tanh, ...:
+one op per element of each such result, ``remat.pricing.transcendental_ops``) at the device's
+elementwise rate, with no launch of its own; its arithmetic runs at the speed of its traffic.
 ``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
 the measured costs of ``remat.profile``.
 
@@ -32,7 +33,7 @@ class DeviceSpec:
     bandwidth: float  # device memory bytes/s
     host_bandwidth: float  # device<->host bytes/s per direction (0: no offload target)
     launch_overhead: float = 5e-6  # seconds per kernel
-    elementwise_rate: float = 0.0  # element ops/s of pointwise work in cache; 0: unknown (not priced)
+    elementwise_rate: float = 0.0  # element ops/s of transcendental pointwise work in cache; 0: unknown
     rates: str = "constants"  # where the rates come from: "constants", or "profile <its file>"
 
     def rates_note(self) -> str:
@@ -159,7 +160,7 @@ def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
 
 
 def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, elementwise_ops: float = 0.0) -> float:
-    """Roofline time in seconds of a kernel; with ``elementwise_ops`` (its pointwise element ops)
+    """Roofline time in seconds of a kernel; with ``elementwise_ops`` (its transcendental element ops)
     and a spec that knows its elementwise rate, at least the time of those ops at that rate."""
     compute = elementwise_ops / spec.elementwise_rate if spec.elementwise_rate > 0 else 0.0
     return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth, compute) + spec.launch_overhead
@@ -186,8 +187,8 @@ def node_time(node: Any, spec: DeviceSpec) -> float:
 
 def fused_time(bytes_moved: float, elementwise_ops: float, bandwidth: float, elementwise_rate: float = 0.0) -> float:
     """Seconds of pointwise work that runs inside another kernel (a fused recomputation): its
-    memory traffic at ``bandwidth`` (bytes/s) or its ``elementwise_ops`` at ``elementwise_rate``
-    (element ops/s), whichever takes longer, and no launch. On one CPU thread a chain of
+    memory traffic at ``bandwidth`` (bytes/s) or its ``elementwise_ops`` (transcendental element
+    ops) at ``elementwise_rate`` (element ops/s), whichever takes longer, and no launch. On one CPU thread a chain of
     transcendental ops is compute-bound (a large copy's bandwidth prices it far too low); on a GPU
     the traffic dominates. ``elementwise_rate`` 0: unknown, the traffic alone."""
     compute = elementwise_ops / elementwise_rate if elementwise_rate > 0 else 0.0

@@ -18,10 +18,28 @@ if TYPE_CHECKING:
 aten = torch.ops.aten
 
 
-def pointwise_flops(ops) -> int:
-    """Element ops of the pointwise ops among ``ops`` (one FLOP an element, ``op_flops``): what
-    a fused chain computes, which ``MeasuredCosts.fused_time`` prices at the elementwise rate."""
-    return sum(_flops_and_written(x)[0] for x in ops if torch.Tag.pointwise in op_tags(x))
+# Pointwise ops that are compute-bound on a CPU (a vectorised polynomial per element: 0.3-0.7 G
+# elements/s at one thread, 8-20x slower than a multiply), as ATen names them. The other pointwise
+# ops (add, mul, where, rsqrt, ...) run inside a fused kernel at the speed of its memory traffic.
+_TRANSCENDENTAL = frozenset({
+    "exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sigmoid", "tanh", "erf", "erfc", "erfinv",
+    "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh", "pow",
+    "gelu", "gelu_backward", "silu", "mish", "softplus", "elu", "logit", "lgamma", "digamma",
+})
+
+
+def transcendental_ops(ops) -> int:
+    """Element ops of the transcendental pointwise ops among ``ops`` (one an element of each
+    result, ``op_flops``): the work of a fused chain that the elementwise rate prices
+    (``MeasuredCosts.fused_time``, ``op_time``); its arithmetic is priced by the chain's traffic."""
+    return sum(_flops_and_written(x)[0] for x in ops
+               if torch.Tag.pointwise in op_tags(x) and _op_name(x) in _TRANSCENDENTAL)
+
+
+def _op_name(n: fx.Node) -> str:
+    """The ATen name of op ``n`` without namespace and overload ("exp" for aten.exp.default)."""
+    packet = getattr(n.target, "overloadpacket", None)
+    return getattr(packet, "__name__", "").removesuffix("_")
 
 
 def _flops_and_written(n: fx.Node) -> tuple[int, int]:
@@ -62,15 +80,15 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
             continue
         moved = read_bytes(n, owner, fused) + written
         inside = kernel_inputs(n, owner, fused)[1]
-        group = pointwise_flops([n, *map(compute_node, inside)]) if inside else None
+        group = transcendental_ops([n, *map(compute_node, inside)]) if inside else None
         times[n] = _kernel_time(flops, moved, group, measured, spec, costs)
     return times, alone
 
 
 def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
-    """Seconds of a kernel that moves ``moved`` bytes: a fused group (``group``: its pointwise
-    element ops) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for
+    """Seconds of a kernel that moves ``moved`` bytes: a fused group (``group``: its
+    transcendental element ops, ``transcendental_ops``) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for
     a kernel of one op; else, or without a measurement, the roofline."""
     if group is not None:
         fused = fused_kernel_time(flops, moved, group, spec, costs)
@@ -96,26 +114,27 @@ def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], ow
                    costs: MeasuredCosts | None = None) -> float:
     """Seconds to recompute forward value ``s``. A value with folded values (``folding.through``)
     is one fused kernel, as Inductor runs it: what it reads through them and its result written,
-    and its pointwise element ops, priced by ``fused_kernel_time`` (its ops alone where ``costs``
-    has no rates). A value without is its op alone (``alone``); on the roofline at least its
-    element ops at the spec's elementwise rate (a profiled spec has one)."""
+    and its transcendental element ops (``transcendental_ops``), priced by ``fused_kernel_time``
+    (its ops alone where ``costs`` has no rates). A value without is its op alone (``alone``); on
+    the roofline at least its transcendental element ops at the spec's elementwise rate (a
+    profiled spec has one)."""
     c, through = compute_node(s), folding.through[s]
     if through:
         chain = [c, *map(compute_node, through)]
         flops, written = _flops_and_written(c)
         moved = read_bytes(c, owner, set(through)) + written
-        fused = fused_kernel_time(flops, moved, pointwise_flops(chain), spec, costs)
+        fused = fused_kernel_time(flops, moved, transcendental_ops(chain), spec, costs)
         if fused is not None:
             return fused
         return sum(alone[x] for x in chain)
     if costs is None:
-        return max(alone[c], op_time(0, 0, spec, pointwise_flops([c])))
+        return max(alone[c], op_time(0, 0, spec, transcendental_ops([c])))
     return alone[c]
 
 
 def fused_kernel_time(flops: int, moved: int, work: int, spec: DeviceSpec, costs: MeasuredCosts | None) -> float | None:
     """Seconds of one kernel that computes a fused chain: ``moved`` bytes (its reads from memory
-    and its result) and ``work`` pointwise element ops. With ``costs``, the longer of its traffic
+    and its result) and ``work`` transcendental element ops. With ``costs``, the longer of its traffic
     at the measured bandwidth and its element ops at the measured elementwise rate, plus a launch
     (None where ``costs`` has no rates); on the roofline, ``op_time`` of the kernel (``flops``:
     its op's, for a reduction at the end of the chain)."""

@@ -12,7 +12,7 @@ which compiled code does not show (``remat.inductor_check`` adds it at each exte
 total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
 measured time (not measured for an op under ``NEGLIGIBLE_SHARE`` of its graph's roofline time), the measured copy bandwidth and host link, and ``fused_time``, the price of a
 pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
-measured bandwidth and its elementwise ops at the measured elementwise rate (``remat.cost.fused_time``;
+measured bandwidth and its transcendental element ops at the measured elementwise rate (``remat.cost.fused_time``;
 it runs inside another kernel, so it has no launch of its own).
 Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
 
@@ -51,7 +51,9 @@ from .measure import fastest_seconds, measure_step, median_statement_seconds
 log = logging.getLogger("remat")
 
 FORMAT = "remat.profile/1"
-BANDWIDTH_KEY, LINK_KEY, ELEMENTWISE_KEY = "bandwidth", "link", "elementwise_rate"
+# the elementwise rate is of transcendental ops (``remat.pricing.transcendental_ops``); caches before
+# session 14 hold "elementwise_rate", a mean with mul and add, that nothing reads now
+BANDWIDTH_KEY, LINK_KEY, ELEMENTWISE_KEY = "bandwidth", "link", "transcendental_rate"
 _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
@@ -512,10 +514,10 @@ def measure_bandwidth(
     return rate
 
 
-# pointwise ops of a recomputed chain (on a CPU tensor small enough to stay in cache: compute-bound)
-_ELEMENTWISE_STMT = ("torch.sigmoid(x, out=y); torch.exp(x, out=y); torch.tanh(x, out=y); "
-                     "torch.mul(x, x, out=y); torch.add(x, x, out=y)")
-_ELEMENTWISE_OPS = 5
+# transcendental ops of a recomputed chain (on a CPU tensor small enough to stay in cache: compute-bound);
+# arithmetic (mul, add: 5 G elements/s here, 8x exp's) runs at the speed of a fused kernel's traffic
+_ELEMENTWISE_STMT = "torch.sigmoid(x, out=y); torch.exp(x, out=y); torch.tanh(x, out=y)"
+_ELEMENTWISE_OPS = 3
 
 
 def elementwise_numel(device: torch.device | str) -> int:
@@ -530,10 +532,11 @@ def elementwise_numel(device: torch.device | str) -> int:
 def measure_elementwise_rate(
     device: torch.device | str = "cpu", cache: ProfileCache | None = None, numel: int | None = None,
 ) -> float:
-    """Element ops per second of pointwise work (sigmoid, exp, tanh, mul, add on ``numel`` fp32
-    elements, default ``elementwise_numel``, at this process's thread count; ``fastest_seconds``),
-    measured once per device and kept in ``cache``: what a fused pointwise chain costs when it is
-    not bound by memory traffic."""
+    """Element ops per second of transcendental pointwise work (sigmoid, exp, tanh on ``numel``
+    fp32 elements, default ``elementwise_numel``, at this process's thread count;
+    ``fastest_seconds``), measured once per device and kept in ``cache``: what the transcendental
+    ops of a fused pointwise chain (``remat.pricing.transcendental_ops``) cost when it is not bound
+    by memory traffic."""
     cache = cache if cache is not None else ProfileCache.for_device(device)
     known = cache.get(ELEMENTWISE_KEY)
     if known is not None:
@@ -681,8 +684,8 @@ class Profiler:
             return measure_bandwidth(self.device, self.cache)
 
     def elementwise_rate(self) -> float | None:
-        """Measured element ops/s of cache-resident pointwise work (from the cache alone when not
-        measuring)."""
+        """Measured element ops/s of cache-resident transcendental pointwise work (from the cache
+        alone when not measuring)."""
         if not self.measure:
             known = self.cache.get(ELEMENTWISE_KEY)
             return None if known is None else float(known)

@@ -111,7 +111,23 @@ def test_a_profiled_elementwise_rate_prices_a_recomputed_pointwise_chain():
     priced = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=slow_elementwise).problem.activation("exp")
     elements = 8 * 16
     assert plain.compute_time == 2 * 4 * elements  # one kernel: mm's result read, exp's written (4-byte elements)
-    assert priced.compute_time == pytest.approx(2 * elements / 1e-3)  # mul's and exp's elements at the rate
+    assert priced.compute_time == pytest.approx(elements / 1e-3)  # exp's elements at the rate; mul is arithmetic
+
+
+def scaled_shift(x, w1, w2):
+    return ((x @ w1) * 2.0 + 1.0) @ w2  # the product is fused into the sum; backward reads the sum
+
+
+def test_a_recomputed_chain_of_arithmetic_is_priced_by_its_traffic_alone():
+    torch.manual_seed(0)
+    joint, fwd, n = trace_joint(scaled_shift, torch.randn(8, 4), torch.randn(4, 16, requires_grad=True),
+                                torch.randn(16, 4, requires_grad=True))
+    slow_elementwise = DeviceSpec("b", peak_flops=1e30, bandwidth=1.0, host_bandwidth=0.0, launch_overhead=0.0,
+                                  elementwise_rate=1e-3)
+    captured = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=slow_elementwise)
+    assert captured.folded == ["mul"]
+    # one kernel: mm's result read, the sum written; mul and add run at the speed of that traffic
+    assert captured.problem.activation("add").compute_time == 2 * 4 * 8 * 16
 
 
 def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, capsys):

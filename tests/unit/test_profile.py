@@ -17,7 +17,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from remat.errors import ConfigError
 from remat.profile import (
-    FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
+    ELEMENTWISE_KEY, FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
     measure_elementwise_rate, measure_link, measure_op, measure_workspace, parse_cost_model, signature_of,
     with_inputs,
 )
@@ -244,7 +244,7 @@ def test_bandwidth_measured_once_then_cached():
 def test_elementwise_rate_measured_once_then_cached():
     cache = ProfileCache.for_device("cpu")
     rate = measure_elementwise_rate("cpu", cache, numel=1 << 10)
-    assert rate > 0 and ProfileCache.for_device("cpu").get("elementwise_rate") == rate
+    assert rate > 0 and ProfileCache.for_device("cpu").get(ELEMENTWISE_KEY) == rate
     assert measure_elementwise_rate("cpu") == rate
 
 
@@ -261,7 +261,7 @@ def test_rates_are_kept_per_thread_count():
 
 
 def test_a_fused_chain_costs_its_traffic_or_its_elementwise_ops_whichever_is_longer(tmp_path):
-    costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, "elementwise_rate": 1e9}))
+    costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, ELEMENTWISE_KEY: 1e9}))
     assert costs.fused_time(1e9) == pytest.approx(0.1)  # no ops given: traffic alone
     assert costs.fused_time(1e9, elementwise_ops=1e8) == pytest.approx(0.1)  # memory-bound
     assert costs.fused_time(1e9, elementwise_ops=1e9) == pytest.approx(1.0)  # compute-bound
