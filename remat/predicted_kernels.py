@@ -99,8 +99,13 @@ def _recomputations_joined(kernels: list[_Kernel], g: GraphFacts, sched: Schedul
     backward kernel, which reads the same ``addmm``). Not a kernel before its first reader (the
     tests' Block then predicted its plain partition above storing everything) nor one with a
     reduction: joined to LayerNorm's backward kernels, the quick GPT's first plan at 75 % was
-    predicted 2.6 % under its code (exact without). Not the values in ``skip``."""
+    predicted 2.6 % under its code (exact without). Not the values in ``skip``, nor a kernel
+    that depends on another backward op that loads the value (``_best_partner``)."""
     op_slots = sorted(sched.slot_of[n] for n in sched.backward if n not in fused)
+    loaders: dict[fx.Node, set[fx.Node]] = {}
+    for n in sched.backward:
+        for s in kernel_reads(n, g.owner, fused) if n not in fused else ():
+            loaders.setdefault(s, set()).add(n)
     joined: dict[int, set[fx.Node]] = {}
     for v in sched.forward:
         if v in fused or v in skip or not is_pointwise(v) or not is_tensor(v):
@@ -110,19 +115,25 @@ def _recomputations_joined(kernels: list[_Kernel], g: GraphFacts, sched: Schedul
             continue
         at = bisect.bisect_left(op_slots, min(readers))  # the kernels' op index of its first reader
         alone = _Kernel([v], _loop_ranges(v, fused), False, at, at, set())
-        best = _best_partner(alone, kernels, kernel_reads(v, g.owner, fused) | {v}, g.owner, fused)
+        best = _best_partner(alone, kernels, kernel_reads(v, g.owner, fused) | {v}, loaders.get(v, set()), g.owner, fused)
         if best is not None:
             joined.setdefault(best, set()).add(v)
     return joined
 
 
-def _best_partner(alone: _Kernel, kernels: list[_Kernel], accessed: set[fx.Node], owner: dict,
-                  fused: set[fx.Node]) -> int | None:
+def _best_partner(alone: _Kernel, kernels: list[_Kernel], accessed: set[fx.Node], loaders: set[fx.Node],
+                  owner: dict, fused: set[fx.Node]) -> int | None:
     """The index of the kernel within fusion distance of ``alone`` that shares the most bytes of
-    ``accessed`` (what ``alone`` reads and writes) and whose loops fuse with it; None if none."""
+    ``accessed`` (what ``alone`` reads and writes) and whose loops fuse with it, and that depends on
+    none of the other backward ops that load the recomputed value (``loaders``: the fusion
+    would hold ops on both sides of them, a cycle that ``Scheduler.will_fusion_create_cycle``
+    refuses: a BatchNorm-backward's pointwise part after its sums, which load the recomputed ReLU
+    too); None if none."""
     best, most = None, 0
     for i, k in enumerate(kernels):
         if k.reduction or k.first < alone.first or k.first - alone.last > _FUSION_DISTANCE:
+            continue
+        if (loaders - set(k.ops)) & k.ancestors:
             continue
         reads = set().union(*(kernel_reads(n, owner, fused) for n in k.ops))
         shared = sum(tensor_bytes(fake_value(s)) for s in (reads | set(k.ops)) & accessed if is_tensor(s))

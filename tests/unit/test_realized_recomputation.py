@@ -73,6 +73,29 @@ def test_a_recomputation_that_an_extern_kernel_reads_is_a_buffer_and_realizes_no
     assert realized_by_recomputation(g, inlined_codes(g)) == {}
 
 
+def test_a_recomputation_joins_no_kernel_that_depends_on_another_op_that_loads_it():
+    # with s a weight the ReLU's recomputation is a buffer of its own; joined to the BatchNorm
+    # backward's pointwise part (slots 19-28), it spanned the sums that load it too (15-18), which
+    # that part reads: a cycle, which Inductor's scheduler refuses (it runs the ReLU alone)
+    joint, fwd, n = _trace(s_grad=True)
+    problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=SPEC).problem
+    assert "relu" not in recompute_kernels(problem)
+    import remat.inductor_check as inductor_check
+
+    recorded = []
+    original = inductor_check.scheduler_groups
+    inductor_check.scheduler_groups = lambda nodes: recorded.append(original(nodes)) or recorded[-1]
+    try:
+        step = torch.compile(bn_relu, backend="remat", options={"solver": "recompute_all", "memory_budget": "1GiB"})
+        step(*_inputs(s_grad=True)).backward()
+    finally:
+        inductor_check.scheduler_groups = original
+    (report,) = remat.reports(step)
+    assert report.plan.decisions["relu"] is Decision.RECOMPUTE
+    backward = {s.name for s in report.problem.slots[report.problem.num_forward:]}
+    assert not any("relu" in group and group & backward for group in recorded[-1])
+
+
 def test_the_recomputed_relu_runs_in_the_kernel_of_its_stored_backward_and_its_readers_after_it():
     joint, fwd, n = _trace()
     problem = capture(joint, forward_nodes=fwd, num_fwd_outputs=n, spec=SPEC).problem
