@@ -38,7 +38,8 @@ core on a busy machine adds wall time but no CPU time, so at one thread the CPU-
 the cost of the code with far less of the other processes' noise (at several threads CPU time also
 counts OpenMP threads spinning at barriers). The predicted added time is also given over the store-all
 step's CPU time (the "CPU diff" columns): over its wall time, a busy machine deflates the prediction.
-Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too; ``--cache
+Every worker runs with glibc's malloc told to keep its heap (``STEADY_HEAP``; the caller's environment
+wins): per-step page faults otherwise differ between processes. Measured costs are cached in a fresh ``REMAT_CACHE_DIR`` per run (the profile's rates too; ``--cache
 DIR`` keeps one for several runs, which then plan with the same rates), so the first measured
 configuration of a model measures and the later ones read the cache. Writes
 ``benchmarks/results/time_fidelity.{md,json}`` (``time_fidelity_quick`` with --quick; ``--out STEM``).
@@ -73,6 +74,12 @@ COST_OPTIONS = {  # remat's options per cost model of this benchmark
     "measured": {"cost_model": "measured"},
 }
 RANK_MARGIN = 0.05  # predictions closer than this (relative) do not order two plans
+# glibc malloc of every worker: no buffer mmapped apart, no heap trimmed back to the system. With glibc's
+# defaults each process settles into its own heap state, and the page faults of a step differ between
+# processes that run the same code (the quick CNN's store-all plan: 1248 vs 2016 minor faults a step in
+# two processes, the second also running a plan: 32.3 vs 35.7 ms CPU; with these, 0 faults and 29.1 ms),
+# more than most plans add.
+STEADY_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 
 # ---- one configuration, in its own process -----------------------------------------------------
@@ -523,7 +530,7 @@ def main(argv=None) -> int:
     if args.rescore:
         rescore(Path(args.rescore))
         return 0
-    env = {**os.environ, "REMAT_CACHE_DIR": args.cache or tempfile.mkdtemp(prefix="remat-profile-")}
+    env = {**STEADY_HEAP, **os.environ, "REMAT_CACHE_DIR": args.cache or tempfile.mkdtemp(prefix="remat-profile-")}
     cost_models = args.cost_models.split(",")
     settings = {"threads": args.threads, "rounds": args.rounds, "round ms": args.round_ms, "quick": args.quick}
     if "profiled" in cost_models:
