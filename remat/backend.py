@@ -651,11 +651,10 @@ def held_output_bytes(gm: fx.GraphModule, room: int) -> int:
     element and its seed, and the non-scalar outputs that need a gradient (``out = model(x);
     loss_fn(out).backward()``), as the model keeps a graph's outputs to the step's end."""
     outputs = _grad_outputs(gm)
-    scalars = [v.element_size() for v in outputs if v.dim() == 0]
+    held = 2 * sum(v.element_size() for v in outputs if v.dim() == 0)
     if room:
-        scalars.append(max((v.element_size() for v in outputs), default=0))
-        return 2 * sum(scalars) + _non_scalar_bytes(outputs)
-    return 2 * sum(scalars)
+        held += 2 * max((v.element_size() for v in outputs), default=0) + _non_scalar_bytes(outputs)
+    return held
 
 
 def outside_loss_bytes(outputs: Sequence[torch.Tensor]) -> int:

@@ -236,11 +236,7 @@ def with_loss_room(problem: Any, room: int) -> Any:
 def with_caller_held(problem: Any, held: int) -> Any:
     """``problem`` with ``held`` more bytes at every backward slot: what the caller holds through
     the backward beside the graph's own values (``caller_held_bytes``)."""
-    if not held:
-        return problem
-    nf = problem.num_forward
-    return replace(problem, slots=[replace(s, fixed_bytes=s.fixed_bytes + held) if t >= nf else s
-                                   for t, s in enumerate(problem.slots)])
+    return with_scratch(problem, {s.name: held for s in problem.slots[problem.num_forward:]} if held else {})
 
 
 def caller_held_bytes(joint: fx.GraphModule, loss_room: int) -> int:
