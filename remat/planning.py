@@ -32,6 +32,7 @@ import torch.fx as fx
 from .capture import Captured, capture
 from .joint_graph import split_phases
 from .config import RematConfig
+from .cost import hint
 from .errors import InfeasibleBudgetError, fmt_bytes
 from .extern_scratch import predicted_scratch
 from .kernel_groups import KernelGroups, with_kernels, with_scratch
@@ -149,9 +150,11 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
+    held = caller_held_bytes(joint, loss_room)
     problem = with_loss_room(with_kernels(captured.problem, kernel_groups) if kernel_groups is not None
-                             else with_scratch(captured.problem, first_scratch(joint)), loss_room)
-    problem = with_caller_held(problem, caller_held_bytes(joint, loss_room))
+                             else with_scratch(captured.problem, first_scratch(joint)),
+                             loss_peak_bytes(joint, loss_room, held))
+    problem = with_caller_held(problem, held)
     captured.problem = problem = with_runs(with_layers(problem), *other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
@@ -233,6 +236,18 @@ def with_loss_room(problem: Any, room: int) -> Any:
     return with_scratch(problem, {problem.slots[last].name: room})
 
 
+def loss_peak_bytes(joint: fx.GraphModule, loss_room: int, held: int) -> int:
+    """What a loss computed outside the graph (``loss_room`` > 0) holds at its peak, between the
+    graph's forward and backward: ``loss_room`` (its output-sized intermediate and that one's
+    gradient), the gradients of the graph's outputs it has just made (the backward's non-scalar
+    tangents) and the loss with its seed (``held``, ``caller_held_bytes``). The code's step peak
+    counts the same (``remat.backend.step_peak``: the tangents are among the bytes the backward
+    receives). 0 without a loss outside."""
+    if not loss_room:
+        return 0
+    return loss_room + held + sum(hint(t.numel()) * t.element_size() for t in _tangents(joint) if t.dim() > 0)
+
+
 def with_caller_held(problem: Any, held: int) -> Any:
     """``problem`` with ``held`` more bytes at every backward slot: what the caller holds through
     the backward beside the graph's own values (``caller_held_bytes``)."""
@@ -245,13 +260,18 @@ def caller_held_bytes(joint: fx.GraphModule, loss_room: int) -> int:
     it as its tangent, which the graph shows) and, with a loss computed outside (``loss_room`` > 0),
     that loss and its seed, at the tangents' widest element. The step's peak read from the code
     counts them too (``remat.backend.held_output_bytes``)."""
-    from torch._functorch.partitioners import _is_tangent
-
-    tangents = [n.meta["val"] for n in joint.graph.find_nodes(op="placeholder")
-                if _is_tangent(n) and isinstance(n.meta.get("val"), torch.Tensor)]
+    tangents = _tangents(joint)
     seeds = sum(t.element_size() for t in tangents if t.dim() == 0)
     outside = 2 * max((t.element_size() for t in tangents), default=0) if loss_room else 0
     return seeds + outside
+
+
+def _tangents(joint: fx.GraphModule) -> list[torch.Tensor]:
+    """The joint graph's tangents (the gradients of its forward's outputs), as fake tensors."""
+    from torch._functorch.partitioners import _is_tangent
+
+    return [n.meta["val"] for n in joint.graph.find_nodes(op="placeholder")
+            if _is_tangent(n) and isinstance(n.meta.get("val"), torch.Tensor)]
 
 
 def with_runs(problem: Any, others: int, held: int) -> Any:
