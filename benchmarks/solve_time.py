@@ -3,7 +3,7 @@
     python benchmarks/solve_time.py [--model gpt2|llama7b|evoformer] [--layers 12,24,48]
                                     [--budgets 50%,30%] [--cache DIR]
                                     [--modes auto,mix,tie,free,greedy] [--time-limit 60]
-                                    [--models-only]
+                                    [--models-only] [--floor]
 
 Models, each at every depth of ``--layers``:
 
@@ -22,8 +22,11 @@ mix would not fit in half the time left) and the greedy. "partition" is layer
 finding plus planning plus the simulator's check (wall seconds; "CPU s": the process's CPU
 seconds over it, HiGHS's threads included, which a busy machine does not inflate; "load": the
 1-minute load average after it); "RSS" is the process's peak resident memory
-after that row (run with ``--cache`` on traced Problems to see the planner's alone). Prints a
-markdown table and writes ``--out`` (default benchmarks/results/solve_time.json).
+after that row (run with ``--cache`` on traced Problems to see the planner's alone). ``--floor``
+times the min-peak search (``remat.solvers.ilp.min_peak_search``: what ``memory_budget="min"``
+and an infeasible cap run) at each depth instead: its floor, wall and CPU seconds, and whether the
+time limit rather than its work budget stopped it. Prints a markdown table and writes ``--out``
+(default benchmarks/results/solve_time.json).
 """
 
 from __future__ import annotations
@@ -164,6 +167,27 @@ def plan_row(problem, cap: int, solver: str, layers: str, time_limit: float) -> 
                 recompute=len(plan.names(remat.Decision.RECOMPUTE)), store=len(plan.names(remat.Decision.STORE)))
 
 
+def floor_row(problem, time_limit: float) -> dict:
+    """One timed min-peak search of ``problem`` (its repeated layers found first, as planning does)."""
+    from remat.solvers.ilp import min_peak_search
+    from remat.structure import with_layers
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    found = min_peak_search(with_layers(problem), time_limit=time_limit)
+    return dict(floor=found.peak, wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                load=os.getloadavg()[0], proven=found.proven, timed_out=found.timed_out)
+
+
+def print_floors(rows: list[dict]) -> None:
+    from remat.errors import fmt_bytes
+
+    print("| model | layers | floor | of store-all | search s | CPU s | load | proven | stopped by the clock |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['depth']} | {fmt_bytes(r['floor'])} | {r['floor'] / r['baseline']:.3f} | "
+              f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['load']:.1f} | {r['proven']} | {r['timed_out']} |")
+
+
 def print_table(rows: list[dict]) -> None:
     from remat.errors import fmt_bytes
 
@@ -192,6 +216,7 @@ def main(argv=None) -> None:
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--cache", default=None, help="folder for traced Problems (JSON)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/solve_time.json"))
+    ap.add_argument("--floor", action="store_true", help="time the min-peak search instead of the budgets' plans")
     ap.add_argument("--models-only", action="store_true",
                     help="the ILP's modes without the greedy plan (each model's own answer)")
     args = ap.parse_args(argv)
@@ -208,13 +233,16 @@ def main(argv=None) -> None:
               f"activations; traced in {trace_s:.1f} s; baseline peak {fmt_bytes(baseline)}")
         models.append(dict(model=args.model, layers=depth, slots=len(problem.slots), activations=len(problem.activations),
                            baseline=baseline, trace_s=trace_s))
+        if args.floor:
+            rows.append(dict(model=args.model, depth=depth, baseline=baseline, **floor_row(problem, args.time_limit)))
+            continue
         for b in args.budgets.split(","):
             cap = parse_budget(b).resolve(baseline)
             for solver, layers in (MODES[m] for m in args.modes.split(",")):
                 r = plan_row(problem, cap, solver, layers, args.time_limit)
                 r.update(model=args.model, depth=depth, budget=b, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 rows.append(r)
-    print_table(rows)
+    (print_floors if args.floor else print_table)(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(models=models, rows=rows), indent=1))
 

@@ -727,13 +727,16 @@ def _keep_terms(c: Cand) -> tuple[list, int]:
     return [(("keep", c.idx), 1)], 0
 
 
-def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool, threads: int | None):
-    """Run the solver; returns (sol_status, bound, gap, seconds)."""
+def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool, threads: int | None,
+           nodes: int | None = None):
+    """Run the solver, for at most ``nodes`` branch-and-bound nodes when given (HiGHS: a callback
+    that interrupts it, checked every few nodes; CBC: ``maxNodes``, one thread); returns
+    (sol_status, bound, gap, seconds)."""
     t0 = time.perf_counter()
     limit = max(0.1, float(time_limit))
     if backend == "highs":
         skip_banner()
-        kw = {}
+        kw = {} if nodes is None else _node_limit(nodes)
         if gap <= 0:
             kw["mip_abs_gap"] = 1e-9
         solver = HiGHS(msg=False, timeLimit=limit, gapRel=gap, threads=threads, warm=warm, **kw)
@@ -741,7 +744,7 @@ def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool
         with warnings.catch_warnings():  # PuLP 3.x flags PULP_CBC_CMD as deprecated for 4.0
             warnings.simplefilter("ignore", DeprecationWarning)
             solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=gap, warmStart=warm,
-                                       threads=threads)
+                                       threads=1 if nodes is not None else threads, maxNodes=nodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model.prob.solve(solver)
@@ -755,6 +758,19 @@ def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool
         except Exception:  # pragma: no cover
             pass
     return model.prob.sol_status, bound, mgap, secs
+
+
+def _node_limit(nodes: int) -> dict:
+    """HiGHS options that interrupt its MIP once it has processed ``nodes`` nodes. (HiGHS's own
+    ``mip_max_nodes`` ends in a status that PuLP 3.3 cannot read; an interrupt it reads as a time
+    limit: the best plan found so far.)"""
+    import highspy
+
+    def interrupt(kind, message, out, data_in, user) -> None:
+        if out.mip_node_count >= nodes:
+            data_in.user_interrupt = True
+
+    return dict(callbackTuple=(interrupt, None), callbacksToActivate=[highspy.cb.HighsCallbackType.kCallbackMipInterrupt])
 
 
 def _backend(name: str | None) -> str:
@@ -773,42 +789,72 @@ def _backend(name: str | None) -> str:
 
 def min_peak(problem: Problem, *, time_limit: float = 60.0, backend: str | None = None,
              starts: int | None = None, _structure: Structure | None = None) -> int:
-    """The smallest peak that the min-peak search finds (``_min_peak``): the lower of the pair
-    descents from an unpriced greedy plan and from the min-peak MIP's plan. Prices do not move it
-    (but for which activations may offload, when some may). ``starts``: the recompute start
-    slots the MIP keeps per activation (``_core.DEFAULT_K`` when None, see ``_core``); the
-    descents evaluate plans exactly and are not bound to them."""
+    """The smallest peak that the min-peak search finds (``min_peak_search``)."""
+    return min_peak_search(problem, time_limit=time_limit, backend=backend, starts=starts, _structure=_structure).peak
+
+
+@dataclasses.dataclass(frozen=True)
+class MinPeakSearch:
+    """What the min-peak search (``_min_peak``) found: the smallest peak, the decisions that reach
+    it, whether the MIP proved it minimal over the plans its rows hold, and whether the wall clock
+    (``time_limit``) stopped the MIP or a descent before its work budget (``MIN_PEAK_NODES``,
+    ``DESCENT_WORK``): only then can the same Problem end at another peak on a busier machine."""
+
+    peak: int
+    decisions: dict
+    proven: bool
+    timed_out: bool = False
+
+
+def min_peak_search(problem: Problem, *, time_limit: float = 60.0, backend: str | None = None,
+                    starts: int | None = None, _structure: Structure | None = None) -> MinPeakSearch:
+    """The min-peak search (``_min_peak``) of ``problem``: the lower of the pair descents from an
+    unpriced greedy plan and from the min-peak MIP's plan. Prices do not move it (but for which
+    activations may offload, when some may), nor does the machine's load: its work is counted
+    (MIP nodes, plans evaluated), and ``time_limit`` is a safety cap (``MinPeakSearch.timed_out``).
+    ``starts``: the recompute start slots the MIP keeps per activation (``_core.DEFAULT_K`` when
+    None, see ``_core``); the descents evaluate plans exactly and are not bound to them."""
     st = _structure or Structure(problem, k=starts)
-    return _min_peak(st, time_limit, _backend(backend))[0]
+    return _min_peak(st, time_limit, _backend(backend))
 
 
-def _min_peak(st: Structure, time_limit: float, backend: str):
-    """(peak, decisions reaching it, proven): the lower of the pair descents (``_pair_descent``)
-    from the greedy's plan, made without prices (``_unpriced``), and from the min-peak MIP's
-    (no upper bound from the greedy's peak): neither start depends on prices. The MIP's optimum
-    is not the floor: its rows over-count a value recomputed inside a backward kernel whose
-    backward reader moves after that kernel, and keep only ``st.k`` start slots: transformers
-    GPT-2 (quick) in the graph's order, MIP optimal in its rows at 30.72 MB, descended from its
-    plan 26.61. Proven: the MIP proved its rows' optimum and no descent went under it (a proof
-    over the plans its rows hold). The MIP has all but ``DESCENT_SHARE`` of ``time_limit``, the
-    descents the rest, each an even share of what is left when it starts."""
+MIN_PEAK_NODES = 2000  # branch-and-bound nodes of the min-peak MIP (quick models: <= 112; GPT-2 12 layers: 265)
+DESCENT_WORK = 8_000_000  # plans the pair descents evaluate, times the Problem's slots (one evaluation's cost)
+DESCENT_SHARE = 0.1  # of the time limit, kept from the min-peak MIP for the descents (with what the MIP left)
+
+
+def _min_peak(st: Structure, time_limit: float, backend: str) -> MinPeakSearch:
+    """The lower of the pair descents (``_pair_descent``) from the greedy's plan, made without
+    prices (``_unpriced``), and from the min-peak MIP's (no upper bound from the greedy's peak):
+    neither start depends on prices. The MIP's optimum is not the floor: its rows over-count a
+    value recomputed inside a backward kernel whose backward reader moves after that kernel, and
+    keep only ``st.k`` start slots: transformers GPT-2 (quick) in the graph's order, MIP optimal in
+    its rows at 30.72 MB, descended from its plan 26.61. Proven: the MIP proved its rows' optimum
+    and no descent went under it (a proof over the plans its rows hold).
+
+    Work, not seconds, ends the search, so that a busy machine finds the same floor: the MIP stops
+    after ``MIN_PEAK_NODES`` nodes, the descents after ``DESCENT_WORK`` / slots plans evaluated
+    (the MIP's descent first, with half; the greedy's takes what is left). ``time_limit`` is a
+    safety cap only: the MIP has all but ``DESCENT_SHARE`` of it, the descents what is left."""
     if st.n == 0:
-        return 0, {}, True
+        return MinPeakSearch(0, {}, True)
     started, lb = time.perf_counter(), st.lower_bound_peak()
     dec = st.normalize(run_greedy(_unpriced(st), lb)[0])
     peak = st.peak(dec)
     if peak <= lb:
-        return peak, dec, True
+        return MinPeakSearch(peak, dec, True)
     starts = [(peak, dec)]
-    mip, proven = _min_peak_mip(st, lb, dec, (1 - DESCENT_SHARE) * time_limit, backend)
+    mip, proven, timed_out = _min_peak_mip(st, lb, dec, (1 - DESCENT_SHARE) * time_limit, backend)
     if mip is not None:
         starts.append(mip)
-    deadline, ends = started + time_limit, []
+    deadline, evaluations, ends = started + time_limit, max(1, DESCENT_WORK // st.n), []
     for i, (p, d) in enumerate(reversed(starts)):  # the MIP's first: its descent is the quicker, most often the lower
-        share = (deadline - time.perf_counter()) / (len(starts) - i)  # what one left unused, the next may take
-        ends.append(_pair_descent(st, d, p, lb, time.perf_counter() + share))
-    dec, peak = min(ends, key=lambda e: e[1])
-    return peak, dec, proven and mip is not None and peak >= mip[0]
+        end = _pair_descent(st, d, p, lb, evaluations // (len(starts) - i), deadline)
+        evaluations -= end.evaluations  # what one left unused, the next may take
+        timed_out |= end.timed_out
+        ends.append(end)
+    best = min(ends, key=lambda e: e.peak)
+    return MinPeakSearch(best.peak, best.decisions, proven and mip is not None and best.peak >= mip[0], timed_out)
 
 
 def _unpriced(st: Structure) -> Structure:
@@ -823,44 +869,67 @@ def _unpriced(st: Structure) -> Structure:
 
 
 def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backend: str):
-    """((its peak, its decisions) or None, proven optimal): the MIP's plan of least peak in its
-    rows, at least ``lb``; None when it found no valid plan. CBC starts from the ``greedy`` plan."""
+    """((its peak, its decisions) or None, proven optimal, stopped by ``time_limit``): the MIP's
+    plan of least peak in its rows, at least ``lb``, after at most ``MIN_PEAK_NODES`` nodes; None
+    when it found no valid plan. CBC starts from the ``greedy`` plan."""
     model = Model(st, Rows(st), None)
     model.M.lowBound = lb / model.unit
     warm = backend == "cbc"  # HiGHS MIP starts are not safe (see _free)
     if warm:
         model.warm(greedy)
-    status = _solve(model, backend, time_limit, 0.0, warm, None)[0]
+    status, _, _, secs = _solve(model, backend, time_limit, 0.0, warm, None, nodes=MIN_PEAK_NODES)
+    timed_out = _timed_out(model, backend, secs, time_limit)
     if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        return None, False
+        return None, False, timed_out
     dec = model.decisions()
-    return (None if st.violations(dec) else (st.peak(dec), dec)), status == pulp.LpSolutionOptimal
+    found = None if st.violations(dec) else (st.peak(dec), dec)
+    return found, status == pulp.LpSolutionOptimal, timed_out
 
 
-DESCENT_SHARE = 0.1  # of the time limit, kept from the min-peak MIP for the descents (with what the MIP left)
+def _timed_out(model: Model, backend: str, secs: float, time_limit: float) -> bool:
+    """Whether the solve of ``model`` ended at its time limit (CBC: took all of it)."""
+    if backend == "highs":
+        import highspy
+
+        return model.prob.solverModel.getModelStatus() == highspy.HighsModelStatus.kTimeLimit
+    return secs >= time_limit
 
 
-def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, deadline: float) -> tuple[dict, int]:
+@dataclasses.dataclass(frozen=True)
+class _Descent:
+    """Where a pair descent ended: its decisions and peak, the plans it evaluated, and whether
+    the wall clock stopped it."""
+
+    decisions: dict
+    peak: int
+    evaluations: int
+    timed_out: bool
+
+
+def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, evaluations: int, deadline: float) -> _Descent:
     """From ``dec``, recompute the pair of stored candidates that lowers the peak most, while one
-    does, the peak is over ``lb`` and ``deadline`` has not passed (the largest candidates first).
+    does and the peak is over ``lb``, evaluating at most ``evaluations`` plans (a round cut short
+    takes the best pair it saw) and stopping at ``deadline`` (the largest candidates first).
     The greedy moves one candidate (or one chain) at a time, so it stops where no single move
     lowers the peak, and the min-peak MIP's optimum is above plans its rows cannot hold
     (``_min_peak``): transformers GPT-2 (quick) recomputes bmm_1 with clone_5, then bmm_3 with
     clone_11, each pair lowering the peak where neither alone is valid."""
-    while peak > lb and time.perf_counter() < deadline:
+    used = 0
+    while peak > lb and used < evaluations:
         stored = sorted((c for c in st.cands if c.rec_ok and dec.get(c.name) is Decision.STORE), key=lambda c: -c.bytes)
         best = None
-        for a, b in itertools.combinations(stored, 2):
+        for a, b in itertools.islice(itertools.combinations(stored, 2), evaluations - used):
             if time.perf_counter() >= deadline:
-                break
+                return _Descent(dec, peak, used, True)
+            used += 1
             tried = st.normalize({**dec, a.name: Decision.RECOMPUTE, b.name: Decision.RECOMPUTE})
             p = st.peak(tried)
             if p < peak and (best is None or p < best[0]) and not st.violations(tried):
                 best = (p, tried)
         if best is None:
-            return dec, peak
+            break
         peak, dec = best
-    return dec, peak
+    return _Descent(dec, peak, used, False)
 
 
 LAYER_MODES = ("auto", "mix", "tie", "free")
@@ -899,7 +968,8 @@ def ilp(
     the greedy plan is as cheap as the tied one or that solve's build and solve times say that
     the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). ``time_limit``
     bounds the whole planning: greedy (``GREEDY_SHARE`` of it at most), model building and every
-    solve share one deadline.
+    solve share one deadline (the min-peak search, when no plan meets the cap, has one of its own:
+    ``_min_peak_plan``).
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
     start and fallback); the models of the ``layers`` mode; the cheapest valid plan under the cap
@@ -930,7 +1000,7 @@ def ilp(
     found += [(greedy_plan, greedy_cost, "greedy")] if greedy_plan is not None else []
     best, best_cost, source = min(found, key=lambda f: f[1]) if found else (None, math.inf, None)
     if best is None:
-        best, best_cost, source = _min_peak_plan(st, budget, deadline, backend, status, info, mode == "free")
+        best, best_cost, source = _min_peak_plan(st, budget, time_limit, backend, status, info, mode == "free")
     info["source"] = source
     tscale = model.tscale if model is not None else 1.0
     status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, tscale)
@@ -1143,8 +1213,8 @@ def _trivial_plan(st: Structure, budget_bytes: int | None, t0: float) -> Plan | 
 def _raise_infeasible(st: Structure, budget: int, deadline: float, backend: str, why: str):
     """Raise ``InfeasibleBudgetError`` for a cap under the lower bound (proven: ``proven`` is
     True), naming the smallest peak found by ``deadline``."""
-    mp, _, proven = _min_peak(st, _left(deadline), backend)
-    err = InfeasibleBudgetError(budget, mp, _min_detail(proven, why))
+    search = _min_peak(st, _left(deadline), backend)
+    err = InfeasibleBudgetError(budget, search.peak, _min_detail(search.proven, why))
     err.proven = True
     raise err
 
@@ -1182,12 +1252,18 @@ def _model_info(st: Structure, rows: Rows, model: Model, backend: str, build_s: 
     }
 
 
-def _min_peak_plan(st: Structure, budget: int, deadline: float, backend: str, status, info: dict,
+def _min_peak_plan(st: Structure, budget: int, time_limit: float, backend: str, status, info: dict,
                    exact_model: bool):
     """When no solve and not greedy gave a plan: the min-peak plan if it meets the cap (the ILP
-    ran out of time, or erred), else ``InfeasibleBudgetError``, proven when the exact (untied)
-    model was infeasible or the smallest peak is proven minimal."""
-    mp, mdec, proven = _min_peak(st, _left(deadline), backend)
+    ran out of time, or erred, or the cap is the floor of a plan its rows cannot hold), else
+    ``InfeasibleBudgetError``, proven when the exact (untied) model was infeasible or the smallest
+    peak is proven minimal. The search has a ``time_limit`` of its own, not what the models left
+    of theirs: at a cap that ``min_peak`` gave, it must find that floor again however long the
+    models took (``info["min_peak_timed_out"]``: the time limit, not the work budget, stopped it)."""
+    search = _min_peak(st, time_limit, backend)
+    mp, mdec, proven = search.peak, search.decisions, search.proven
+    if search.timed_out:
+        info["min_peak_timed_out"] = True
     if mp > budget:
         proven_over = exact_model and status == pulp.LpSolutionInfeasible
         err = InfeasibleBudgetError(budget, mp, _min_detail(proven, "", proven_over or proven))

@@ -35,3 +35,45 @@ def test_the_floor_is_under_the_mips_optimum_and_does_not_move_with_prices():
     assert len(floors) == 1
     (floor,) = floors
     assert Structure(p).lower_bound_peak() < floor <= DESCENT_FLOOR
+
+
+class SlowClock:
+    """A stand-in for ``time`` whose ``perf_counter`` moves one second at each read: a machine so
+    busy that every step of the search takes a second, the same on every run."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_floor_search_ends_at_its_work_budget_under_any_clock_that_leaves_it_time(monkeypatch):
+    from remat.solvers import ilp
+
+    p = Problem.load(DATA / "hf_gpt2_min.json")
+    monkeypatch.setattr(ilp, "DESCENT_WORK", 120 * len(p.slots))  # 120 plans: the descents need more
+    runs = []
+    for cap in (1e9, 400.0):  # huge; tiny beside the thousands of reads the whole descents take
+        monkeypatch.setattr(ilp, "time", SlowClock())
+        runs.append(ilp.min_peak_search(p, time_limit=cap))
+    huge, tiny = runs
+    assert not huge.timed_out and not tiny.timed_out
+    assert (tiny.peak, tiny.decisions) == (huge.peak, huge.decisions)
+    monkeypatch.setattr(ilp, "time", SlowClock())
+    cut = ilp.min_peak_search(p, time_limit=40.0)  # a clock that binds before the work budget
+    assert cut.timed_out and cut.peak > huge.peak
+
+
+def test_the_min_peak_mip_stops_at_its_node_budget(monkeypatch):
+    from remat.solvers import ilp
+
+    st = Structure(Problem.load(DATA / "hf_gpt2_min.json"))
+    lb = st.lower_bound_peak()
+    greedy = st.store_all()
+    full = ilp._min_peak_mip(st, lb, greedy, 300.0, "highs")
+    monkeypatch.setattr(ilp, "MIN_PEAK_NODES", 0)
+    stopped = ilp._min_peak_mip(st, lb, greedy, 300.0, "highs")
+    assert full[1] and not full[2]  # proven optimal in its rows, within its nodes
+    assert not stopped[1] and not stopped[2]  # stopped by its work budget, not by the clock
