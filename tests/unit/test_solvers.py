@@ -897,7 +897,8 @@ def test_pair_descent_lowers_a_stored_plans_peak_and_keeps_it_valid(seed):
     p = random_problem(random.Random(seed), n_acts=8) if seed else chain_problem()
     st = Structure(p)
     start = st.normalize(store_all_plan(p))
-    dec, peak = _pair_descent(st, start, st.peak(start), st.lower_bound_peak(), time.perf_counter() + 30)
+    end = _pair_descent(st, start, st.peak(start), st.lower_bound_peak(), 10**9, time.perf_counter() + 30)
+    dec, peak = end.decisions, end.peak
     tl = simulate(p, dec)
     assert tl.ok and tl.peak_bytes == peak <= st.peak(start)
     if min_peak(p) < st.peak(start):
