@@ -797,7 +797,7 @@ def min_peak(problem: Problem, *, time_limit: float = 60.0, backend: str | None 
 class MinPeakSearch:
     """What the min-peak search (``_min_peak``) found: the smallest peak, the decisions that reach
     it, whether the MIP proved it minimal over the plans its rows hold, and whether the wall clock
-    (``time_limit``) stopped the MIP or a descent before its work budget (``MIN_PEAK_NODES``,
+    (``SAFETY_CAP`` x ``time_limit``) stopped the MIP or a descent before its work budget (``MIN_PEAK_NODES``,
     ``DESCENT_WORK``): only then can the same Problem end at another peak on a busier machine."""
 
     peak: int
@@ -811,7 +811,8 @@ def min_peak_search(problem: Problem, *, time_limit: float = 60.0, backend: str 
     """The min-peak search (``_min_peak``) of ``problem``: the lower of the pair descents from an
     unpriced greedy plan and from the min-peak MIP's plan. Prices do not move it (but for which
     activations may offload, when some may), nor does the machine's load: its work is counted
-    (MIP nodes, plans evaluated), and ``time_limit`` is a safety cap (``MinPeakSearch.timed_out``).
+    (MIP nodes, plans evaluated), and ``SAFETY_CAP`` x ``time_limit`` seconds is a safety cap
+    (``MinPeakSearch.timed_out``).
     ``starts``: the recompute start slots the MIP keeps per activation (``_core.DEFAULT_K`` when
     None, see ``_core``); the descents evaluate plans exactly and are not bound to them."""
     st = _structure or Structure(problem, k=starts)
@@ -820,7 +821,10 @@ def min_peak_search(problem: Problem, *, time_limit: float = 60.0, backend: str 
 
 MIN_PEAK_NODES = 2000  # branch-and-bound nodes of the min-peak MIP (quick models: <= 112; GPT-2 12 layers: 265)
 DESCENT_WORK = 8_000_000  # plans the pair descents evaluate, times the Problem's slots (one evaluation's cost)
-DESCENT_SHARE = 0.1  # of the time limit, kept from the min-peak MIP for the descents (with what the MIP left)
+# the search's wall-clock cap, in time limits: far off, so that the work budget ends it on a busy machine too
+# (GPT-2 12 layers: 19 s of CPU took the whole 60 s time limit at load 5.4, and the clock cut it)
+SAFETY_CAP = 10
+DESCENT_SHARE = 0.1  # of the cap, kept from the min-peak MIP for the descents (with what the MIP left)
 
 
 def _min_peak(st: Structure, time_limit: float, backend: str) -> MinPeakSearch:
@@ -834,10 +838,12 @@ def _min_peak(st: Structure, time_limit: float, backend: str) -> MinPeakSearch:
 
     Work, not seconds, ends the search, so that a busy machine finds the same floor: the MIP stops
     after ``MIN_PEAK_NODES`` nodes, the descents after ``DESCENT_WORK`` / slots plans evaluated
-    (the MIP's descent first, with half; the greedy's takes what is left). ``time_limit`` is a
-    safety cap only: the MIP has all but ``DESCENT_SHARE`` of it, the descents what is left."""
+    (the MIP's descent first, with half; the greedy's takes what is left). The wall clock is a
+    safety cap only, ``SAFETY_CAP`` times ``time_limit``: the MIP has all but ``DESCENT_SHARE`` of
+    it, the descents what is left."""
     if st.n == 0:
         return MinPeakSearch(0, {}, True)
+    time_limit *= SAFETY_CAP
     started, lb = time.perf_counter(), st.lower_bound_peak()
     dec = st.normalize(run_greedy(_unpriced(st), lb)[0])
     peak = st.peak(dec)
@@ -1259,7 +1265,7 @@ def _min_peak_plan(st: Structure, budget: int, time_limit: float, backend: str, 
     ``InfeasibleBudgetError``, proven when the exact (untied) model was infeasible or the smallest
     peak is proven minimal. The search has a ``time_limit`` of its own, not what the models left
     of theirs: at a cap that ``min_peak`` gave, it must find that floor again however long the
-    models took (``info["min_peak_timed_out"]``: the time limit, not the work budget, stopped it)."""
+    models took (``info["min_peak_timed_out"]``: its safety cap, not its work budget, stopped it)."""
     search = _min_peak(st, time_limit, backend)
     mp, mdec, proven = search.peak, search.decisions, search.proven
     if search.timed_out:
