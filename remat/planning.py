@@ -194,11 +194,11 @@ FLOOR_TIME_LIMIT = 10.0  # seconds for each floor ``order_for_peak`` compares
 def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, spec: Any,
                    floor_time_limit: float = FLOOR_TIME_LIMIT, ranks: str = "local") -> Ordered:
     """Reorder the joint graph's backward ops (in place) to the candidate order with the lowest
-    simulated store-all peak whose floor (the ILP's smallest peak, within ``floor_time_limit``
-    seconds) is not above the graph's own order's (``remat.passes.order_backward``; scored by
+    simulated store-all peak whose floor (the min-peak search's, which ends at a work budget, or
+    at 10x ``floor_time_limit`` seconds) is not above the graph's own order's (``remat.passes.order_backward``; scored by
     capture on the roofline), so that capture, the solvers and the rewrite all see that order.
     Under torch.distributed with ``ranks="agree"`` (the option) rank 0 solves each floor and every
-    rank takes its figure (``remat.ranks``): a solve stopped by its time limit can end at another
+    rank takes its figure (``remat.ranks``): a search stopped by the clock can end at another
     incumbent on a busier rank, which would choose another order."""
     from .solvers import min_peak
 
@@ -525,10 +525,14 @@ def cap_and_target(cfg: RematConfig, problem: Any, baseline: int, lower_by: int,
     if budget is None:
         return None, None
     if budget.minimum:
-        from .solvers import min_peak
+        from .solvers.ilp import SAFETY_CAP, min_peak_search
 
-        floor = min_peak(problem, time_limit=cfg.time_limit)
-        return floor, floor - lower_by
+        search = min_peak_search(problem, time_limit=cfg.time_limit)
+        if search.timed_out:
+            log.warning("remat[%s]: the search for the smallest peak was stopped by the clock before its work "
+                        "budget (at %dx time_limit=%s s); on a less busy machine it can reach a lower floor: "
+                        "raise time_limit", problem.name, SAFETY_CAP, cfg.time_limit)
+        return search.peak, search.peak - lower_by
     cap = budget.resolve(baseline) - resident
     return cap, cfg.planning_target(cap) - lower_by
 

@@ -77,3 +77,22 @@ def test_the_min_peak_mip_stops_at_its_node_budget(monkeypatch):
     stopped = ilp._min_peak_mip(st, lb, greedy, 300.0, "highs")
     assert full[1] and not full[2]  # proven optimal in its rows, within its nodes
     assert not stopped[1] and not stopped[2]  # stopped by its work budget, not by the clock
+
+
+
+def test_a_min_budget_warns_when_the_clock_cut_its_floor_search(monkeypatch, caplog):
+    from remat.config import RematConfig
+    from remat.planning import cap_and_target
+    from remat.solvers import ilp
+
+    p = Problem.load(DATA / "hf_gpt2_min.json")
+    monkeypatch.setattr(ilp, "DESCENT_WORK", 120 * len(p.slots))
+    floors = []
+    for limit in (1e8, 0.4):  # the slow clock leaves the work budget time; then cuts it (4 reads x SAFETY_CAP)
+        caplog.clear()
+        monkeypatch.setattr(ilp, "time", SlowClock())
+        with caplog.at_level("WARNING", logger="remat"):
+            cap, target = cap_and_target(RematConfig(memory_budget="min", time_limit=limit), p, baseline=0, lower_by=0)
+        assert cap == target
+        floors.append((cap, "stopped by the clock" in caplog.text))
+    assert floors[0][1] is False and floors[1][1] is True and floors[1][0] > floors[0][0]
