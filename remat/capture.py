@@ -752,8 +752,7 @@ def capture(
     readers = effective_readers(g, slot_readers(g), fused)
     predicted = None if kernel_groups is not None else predicted_kernel_groups(
         g, sched, fused, realized_by_recomputation(g, codes))
-    spans = kernel_spans(sched, kernel_groups if predicted is None else spanned_kernels(predicted, g, fused), g.owner,
-                         told=predicted is None)
+    spans = kernel_spans(sched, kernel_groups if predicted is None else spanned_kernels(predicted, g, fused), g.owner)
     life = storage_lifetimes(g, sched, readers, fused, spans)
     intervals = life.intervals + broadcast_copies(sched) + channels_last_copies(g, sched, readers)
     intervals += view_copies(g, sched, channels_last_storages(g))

@@ -5,7 +5,6 @@ where the kernels of the last compile run in it (``kernel_spans``)."""
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,16 +278,13 @@ class KernelSpans:
     after: dict[fx.Node, int] = field(default_factory=dict)  # op run after a kernel it lies in -> the slot after it
 
 
-def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict, told: bool = True) -> KernelSpans:
+def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> KernelSpans:
     """The first and last slot of the generated kernel that runs each slot op, for the ops of a
     kernel that holds two or more slot ops of its phase (``groups``: Inductor's kernels of the
     last compile). The kernel starts at its first op, or after the ops outside it that make what
     it reads (Inductor runs them first; ``_outside_producers``), and ends at its last op; an op in several kernels
     spans them all. Names of no slot op of the kernel's phase (recomputed forward ops, Inductor's
-    own nodes) are left out. ``told``: the groups are Inductor's, whose order the ops outside them
-    follow (``_run_after_kernels``); predicted ones move only the ops that read what they make
-    (``_readers_after_kernels``: a predicted kernel's first op may be a value that Inductor inlines
-    into several kernels). Empty without ``groups``."""
+    own nodes) are left out. Empty without ``groups``."""
     spans = KernelSpans()
     if groups is None:
         return spans
@@ -307,8 +303,7 @@ def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict, told
                 spans.ops[u] = (min(lo, first), max(hi, last))
             if kernels is groups.backward:
                 backward_kernels.append(ops)
-    spans.after = (_run_after_kernels(sched, backward_kernels, set(spans.ops)) if told
-                   else _readers_after_kernels(sched, spans.ops, owner))
+    spans.after = _run_after_kernels(sched, backward_kernels, set(spans.ops))
     return spans
 
 
@@ -332,37 +327,15 @@ def _run_after_kernels(sched: Schedule, kernels: list[list[fx.Node]], grouped: s
     the others between its ops run after it (what reads its results, and what does not touch it:
     transformers Llama's down projection's weight gradient, emitted after the cross-layer
     RMSNorm weight-gradient kernel, holds the SwiGLU output across the SwiGLU backward). They act
-    at the slot after its last (the kernel's inputs that die in it are gone by then). Its first op
-    is its first that no other kernel names (a cheap pointwise op that several kernels inline, the
-    loss's gradient, is no node of its own: it does not place the kernel)."""
+    at the slot after its last (the kernel's inputs that die in it are gone by then)."""
     after: dict[fx.Node, int] = {}
-    copies = Counter(u for ops in kernels for u in ops)
     for ops in kernels:
-        own = [u for u in ops if copies[u] == 1]  # an op named by several kernels is inlined into each
-        if not own:
-            continue
-        lo, hi = min(sched.slot_of[u] for u in own), max(sched.slot_of[u] for u in ops)
+        lo, hi = min(sched.slot_of[u] for u in ops), max(sched.slot_of[u] for u in ops)
         between = [u for u in sched.order[lo + 1:hi] if u not in grouped]
         needed = _ancestors(ops, lo, sched) if between else set()
         for u in between:
             if u not in needed:
                 after[u] = max(after.get(u, 0), min(hi + 1, sched.last))
-    return after
-
-
-def _readers_after_kernels(sched: Schedule, ops: dict[fx.Node, tuple[int, int]], owner: dict) -> dict[fx.Node, int]:
-    """Backward slot ops outside every predicted kernel that lie inside a kernel's span and read
-    what it makes (or what such an op makes): they act at the slot after its last."""
-    after: dict[fx.Node, int] = {}
-    for u in sched.order[sched.num_forward:]:
-        if u in ops:
-            continue
-        t = sched.slot_of[u]
-        makers = {compute_node(owner[i]) for i in u.all_input_nodes if owner.get(i) is not None}
-        ends = [min(ops[m][1] + 1, sched.last) for m in makers if m in ops and ops[m][0] <= t <= ops[m][1]]
-        ends += [after[m] for m in makers if after.get(m, -1) >= t]
-        if ends:
-            after[u] = max(ends)
     return after
 
 
