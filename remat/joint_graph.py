@@ -281,8 +281,8 @@ class KernelSpans:
 def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> KernelSpans:
     """The first and last slot of the generated kernel that runs each slot op, for the ops of a
     kernel that holds two or more slot ops of its phase (``groups``: Inductor's kernels of the
-    last compile). The kernel starts at its first op, or after the ops outside it that make what
-    it reads (Inductor runs them first; ``_outside_producers``), and ends at its last op; an op in several kernels
+    last compile). The kernel starts at its first op, or after the last op outside it that makes
+    what it reads (Inductor runs that op first), and ends at its last op; an op in several kernels
     spans them all. Names of no slot op of the kernel's phase (recomputed forward ops, Inductor's
     own nodes) are left out. Empty without ``groups``."""
     spans = KernelSpans()
@@ -353,14 +353,10 @@ def _ancestors(ops: list[fx.Node], lo: int, sched: Schedule) -> set[fx.Node]:
 
 
 def _outside_producers(ops: list[fx.Node], sched: Schedule, owner: dict) -> list[int]:
-    """The slots from which a kernel of ``ops`` can start, for each op outside them that makes a
-    storage ``ops`` read: a pointwise op's own (it may be inlined into the kernel), the slot after
-    any other's (an extern kernel such as a matmul, or a kernel of its own, runs and frees its dying
-    inputs before the kernel allocates its buffers: the GPT's MLP-backward kernel after the matmul
-    it reads)."""
+    """Slots of the ops outside ``ops`` that make the storages ``ops`` read."""
     inside = set(ops)
     makers = {compute_node(owner[i]) for u in ops for i in u.all_input_nodes if owner.get(i) is not None}
-    return [sched.slot_of[m] + (not is_pointwise(m)) for m in makers - inside if m in sched.slot_of]
+    return [sched.slot_of[m] for m in makers - inside if m in sched.slot_of]
 
 
 def slot_readers(g: GraphFacts) -> dict[fx.Node, list[fx.Node]]:
