@@ -74,36 +74,18 @@ def scheduler_groups(nodes: list) -> tuple[frozenset[str], ...]:
     pointwise ops inlined into their inputs). A kernel's names include the ops inlined into it,
     not the op of an extern kernel whose input it lays out (the CNN's first BatchNorm backward
     kernel writes the gradient that ``convolution_backward`` reads in channels-last order and
-    names that op: its span then reached past the convolution, keeping what it read alive there).
-    On the CPU, consecutive nodes are one kernel: the C++ backend writes them into one function,
-    which allocates all their buffers before its call and frees its dying inputs after it (torch
-    2.13 ``Scheduler._codegen`` flushes ``CppScheduling``'s kernel group only at an extern or
-    template kernel, a device change, or past 500 kernel arguments, which are not counted here)."""
+    names that op: its span then reached past the convolution, keeping what it read alive there)."""
     from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
 
     extern = {name for s in nodes if isinstance(s, ExternKernelSchedulerNode) for name in _called_ops(s.node)}
-    groups: list[frozenset[str]] = []
-    run: set[str] = set()  # the names of the CPU kernel being written
+    groups = []
     for snode in nodes:
-        if isinstance(snode, NopKernelSchedulerNode):
+        if isinstance(snode, (ExternKernelSchedulerNode, NopKernelSchedulerNode)):
             continue
-        names = set() if isinstance(snode, ExternKernelSchedulerNode) else \
-            {o.name for n in snode.get_nodes() if n.node is not None for o in n.node.get_origins()} - extern
-        if _joins_cpu_kernel(snode):
-            run |= names
-            continue
-        groups += [frozenset(g) for g in (run, names) if len(g) > 1]
-        run = set()
-    return tuple(groups + ([frozenset(run)] if len(run) > 1 else []))
-
-
-def _joins_cpu_kernel(snode) -> bool:
-    """Whether scheduler node ``snode`` is written into the CPU kernel of the nodes before it."""
-    from torch._inductor.scheduler import ExternKernelSchedulerNode
-
-    device = snode.get_device()
-    return device is not None and device.type == "cpu" and not (
-        isinstance(snode, ExternKernelSchedulerNode) or snode.is_template())
+        names = {o.name for n in snode.get_nodes() if n.node is not None for o in n.node.get_origins()} - extern
+        if len(names) > 1:
+            groups.append(frozenset(names))
+    return tuple(groups)
 
 
 def _called_ops(kernel) -> set[str]:
