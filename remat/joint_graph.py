@@ -290,7 +290,6 @@ def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> K
         return spans
     by_name = {n.name: n for n in sched.order}
     phases = ((groups.forward, range(sched.num_forward)), (groups.backward, range(sched.num_forward, sched.last + 1)))
-    backward_kernels = []
     for kernels, phase_slots in phases:
         for group in kernels:
             ops = [by_name[x] for x in group if x in by_name and sched.slot_of[by_name[x]] in phase_slots]
@@ -301,9 +300,7 @@ def kernel_spans(sched: Schedule, groups: KernelGroups | None, owner: dict) -> K
             for u in ops:
                 lo, hi = spans.ops.get(u, (first, last))
                 spans.ops[u] = (min(lo, first), max(hi, last))
-            if kernels is groups.backward:
-                backward_kernels.append(ops)
-    spans.after = _run_after_kernels(sched, backward_kernels, set(spans.ops))
+    spans.after = _run_after_kernels(sched, spans.ops, owner)
     return spans
 
 
@@ -319,37 +316,21 @@ def readers_through_views(s: fx.Node) -> set[fx.Node]:
     return {r for u in s.users for r in (readers_through_views(u) if is_view(u) else {u})}
 
 
-def _run_after_kernels(sched: Schedule, kernels: list[list[fx.Node]], grouped: set[fx.Node]) -> dict[fx.Node, int]:
-    """Backward slot ops outside every kernel that lie between a kernel's first and last op and
-    that it does not depend on: Inductor emits a fused kernel where its first op was, after the
-    ops that make what it reads (torch 2.13 ``Scheduler.fuse_nodes_once``: nodes sorted by their
-    first op, then ``topological_sort_schedule`` visits each node's unmet dependencies first), so
-    the others between its ops run after it (what reads its results, and what does not touch it:
-    transformers Llama's down projection's weight gradient, emitted after the cross-layer
-    RMSNorm weight-gradient kernel, holds the SwiGLU output across the SwiGLU backward). They act
-    at the slot after its last (the kernel's inputs that die in it are gone by then)."""
+def _run_after_kernels(sched: Schedule, ops: dict[fx.Node, tuple[int, int]], owner: dict) -> dict[fx.Node, int]:
+    """Backward slot ops outside every kernel that lie inside a kernel's span and read what it
+    makes (or what such an op makes): Inductor runs them after that kernel, so they act at the
+    slot after its last (the kernel's inputs that die in it are gone by then)."""
     after: dict[fx.Node, int] = {}
-    for ops in kernels:
-        lo, hi = min(sched.slot_of[u] for u in ops), max(sched.slot_of[u] for u in ops)
-        between = [u for u in sched.order[lo + 1:hi] if u not in grouped]
-        needed = _ancestors(ops, lo, sched) if between else set()
-        for u in between:
-            if u not in needed:
-                after[u] = max(after.get(u, 0), min(hi + 1, sched.last))
-    return after
-
-
-def _ancestors(ops: list[fx.Node], lo: int, sched: Schedule) -> set[fx.Node]:
-    """The nodes from slot ``lo`` on (and the views between them) that ``ops`` depend on."""
-    found: set[fx.Node] = set()
-    todo = [i for u in ops for i in u.all_input_nodes]
-    while todo:
-        n = todo.pop()
-        if n in found or n.op == "placeholder" or sched.slot_of.get(n, lo) < lo:
+    for u in sched.order[sched.num_forward:]:
+        if u in ops:
             continue
-        found.add(n)
-        todo.extend(n.all_input_nodes)
-    return found
+        t = sched.slot_of[u]
+        makers = {compute_node(owner[i]) for i in u.all_input_nodes if owner.get(i) is not None}
+        ends = [min(ops[m][1] + 1, sched.last) for m in makers if m in ops and ops[m][0] <= t <= ops[m][1]]
+        ends += [after[m] for m in makers if after.get(m, -1) >= t]
+        if ends:
+            after[u] = max(ends)
+    return after
 
 
 def _outside_producers(ops: list[fx.Node], sched: Schedule, owner: dict) -> list[int]:
