@@ -27,7 +27,7 @@ import ast
 import itertools
 import operator
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 __all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "saved_layout", "SavedLayout",
@@ -47,6 +47,7 @@ class WrapperPeak:
     start_bytes: int  # inputs counted from the start (saved activations, gradients coming in)
     # results with no size assert and allocations of a size the walk cannot read (counted as 0)
     unsized: list[str] = field(default_factory=list)
+    end_bytes: int = 0  # live when the call returns (its results)
 
 
 class _Storages:
@@ -226,7 +227,7 @@ def wrapper_peak(code: str, itemsizes: dict[str, int] | None = None, sizes: dict
     for s in stmts:
         _step(s, st, sizing)
     tuples = {ast.unparse(n.value) for s in stmts for n in ast.walk(s) if isinstance(n, ast.Subscript)}
-    return WrapperPeak(st.peak, start, [n for n in sizing.unsized if n not in tuples])
+    return WrapperPeak(st.peak, start, end_bytes=st.live, unsized=[n for n in sizing.unsized if n not in tuples])
 
 
 def _on_cuda(body: list[ast.stmt]) -> bool:
@@ -286,8 +287,35 @@ def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list
     lie as the forward returned them (``saved_layout``)."""
     layout = saved_layout(*codes, sizes[0]) if len(codes) == 2 else SavedLayout()
     workspaces = workspaces if workspaces is not None and len(workspaces) == len(codes) else [{}] * len(codes)
-    return [wrapper_peak(c, items, hints, layout.copies if i == 1 else (), scratch, layout if i == 1 else None)
-            for i, (c, items, hints, scratch) in enumerate(zip(codes, itemsizes, sizes, workspaces))]
+    walks = [wrapper_peak(c, items, hints, layout.copies if i == 1 else (), scratch, layout if i == 1 else None)
+             for i, (c, items, hints, scratch) in enumerate(zip(codes, itemsizes, sizes, workspaces))]
+    if len(codes) == 2 and walks[1] is not None:
+        copy = gradient_layout_copy_bytes(*codes, sizes[0], itemsizes[1])
+        walks[1] = replace(walks[1], peak_bytes=max(walks[1].peak_bytes, walks[1].end_bytes + copy))
+    return walks
+
+
+def gradient_layout_copy_bytes(forward_code: str, backward_code: str, sizes: dict[str, int] | None = None,
+                            itemsizes: dict[str, int] | None = None) -> int:
+    """Bytes autograd allocates right after a compiled backward returns: a gradient returned in
+    other strides than its input's (a channels-last convolution weight's gradient) is copied into
+    the input's strides by AccumulateGrad (``new_empty_strided``) while the returned one lives; the
+    copies run one at a time, so the largest such gradient. The backward returns one gradient per
+    forward input, in the forward's order (0 when the counts differ); strides are read from
+    ``assert_size_stride`` lines."""
+    forward, backward = _body_or_empty(forward_code), _body_or_empty(backward_code)
+    sizes = dict(sizes or {})
+    inputs = _input_names(forward)
+    input_strides = _asserted_sizes(forward, sizes)
+    result_strides = _asserted_sizes(backward, _derived_sizes(backward, dict(sizes)))
+    returned = _returned(backward)
+    if len(returned) != len(inputs):  # not one gradient per forward input: no pairing to trust
+        return 0
+    copies = [storage_bytes(*result_strides[grad], (itemsizes or {}).get(grad, 4))
+              for name, grad in zip(inputs, returned)
+              if grad in result_strides and name in input_strides
+              and result_strides[grad][0] == input_strides[name][0] and result_strides[grad][1] != input_strides[name][1]]
+    return max(copies, default=0)
 
 
 @dataclass(frozen=True)

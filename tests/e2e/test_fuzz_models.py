@@ -238,3 +238,14 @@ def test_a_returned_view_of_a_copy_keeps_the_copy_for_the_backward():
     with torch._inductor.config.patch(fallback_random=True):
         outcome = fuzz_case(spec, ("min",), loss_inside=False)
     assert outcome.status == "ok", outcome
+
+
+def test_a_channels_last_weight_gradient_copied_by_autograd_stays_under_the_cap():
+    # found by the fuzzer (seed 18, case 10): the compiled backward returns the conv weight's gradient
+    # channels-last; AccumulateGrad copies it into the weight's strides after the backward returned,
+    # 1,408 B over the code's reading and 1,136 B over "min"'s cap (28,296 B measured, cap 27,160 B)
+    spec = FuzzSpec(stem="conv_bn", blocks=("softmax", "buffer_scale", "residual_mlp", "tanh", "sigmoid"),
+                    head="sigmoid", extra_outputs=(), batch=1, seq=4, width=32, input_grad=False)
+    torch._dynamo.reset()
+    outcome = fuzz_case(spec, ("min",), loss_inside=False)
+    assert outcome.status == "ok", outcome

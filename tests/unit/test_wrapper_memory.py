@@ -10,7 +10,8 @@ import torch
 import remat
 from remat.measure import measure_step
 from remat.wrapper_memory import (
-    collect_wrapper_code, saved_copies, saved_layout, storage_bytes, wrapper_peak, wrapper_peaks,
+    collect_wrapper_code, gradient_layout_copy_bytes, saved_copies, saved_layout, storage_bytes, wrapper_peak,
+    wrapper_peaks,
 )
 
 MiB = 1 << 20
@@ -140,6 +141,41 @@ def test_a_copy_saved_under_a_parameters_name_counts_in_the_backward():
 def test_codes_that_do_not_pair_count_no_copies():
     swapped = FORWARD_WITH_LAYOUT_COPY.replace("(buf1, buf0, primals_2, s0)", "(buf1, primals_2, buf0, s0)")
     assert saved_copies(swapped, BACKWARD_OF_THE_COPY) == set()  # primals_2 returned where primals_1 is read
+
+
+FORWARD_OF_A_CONV = wrapper("""
+    assert_size_stride(primals_1, (64, 16, 3, 3), (144, 9, 3, 1), 'input')
+    assert_size_stride(primals_2, (64, ), (1, ), 'input')
+    buf0 = empty_strided_cpu((1, 64, 2, 2), (256, 1, 128, 64), torch.float32)
+    cpp_fused_conv_0(primals_1, primals_2, buf0)
+    return (buf0, )
+""", inputs="primals_1, primals_2")
+
+BACKWARD_OF_A_CONV = wrapper("""
+    assert_size_stride(tangents_1, (1, 64, 2, 2), (256, 1, 128, 64), 'input')
+    buf1 = torch.ops.aten.convolution_backward.default(tangents_1, tangents_1, tangents_1)
+    buf2 = buf1[1]
+    assert_size_stride(buf2, (64, 16, 3, 3), (144, 1, 48, 16), 'torch.ops.aten.convolution_backward.default')
+    buf3 = buf1[2]
+    assert_size_stride(buf3, (64, ), (1, ), 'torch.ops.aten.convolution_backward.default')
+    del buf1
+    del tangents_1
+    return (buf2, buf3, )
+""", inputs="tangents_1")
+
+
+def test_a_gradient_returned_in_other_strides_than_its_parameter_is_copied_after_the_backward():
+    # AccumulateGrad copies a channels-last weight gradient into the weight's strides
+    # (``new_empty_strided``) while the returned one lives: found by the model fuzzer (seed 18), a conv
+    # + BN stem 1,408 B over the code's reading, its peak in that copy after the backward returned
+    weight_grad = 64 * 16 * 9 * 4
+    assert gradient_layout_copy_bytes(FORWARD_OF_A_CONV, BACKWARD_OF_A_CONV) == weight_grad
+    alone = wrapper_peak(BACKWARD_OF_A_CONV)
+    _, backward = wrapper_peaks([FORWARD_OF_A_CONV, BACKWARD_OF_A_CONV], [{}, {}], [{}, {}])
+    assert alone.end_bytes == weight_grad + 64 * 4  # the gradients it returns
+    assert backward.peak_bytes == alone.end_bytes + weight_grad > alone.peak_bytes
+    same_strides = BACKWARD_OF_A_CONV.replace("(144, 1, 48, 16)", "(144, 9, 3, 1)")
+    assert gradient_layout_copy_bytes(FORWARD_OF_A_CONV, same_strides) == 0
 
 
 FORWARD_SAVING_VIEWS = wrapper("""
