@@ -195,8 +195,9 @@ def order_for_peak(joint: fx.GraphModule, forward: set, num_fwd_outputs: int, sp
                    floor_time_limit: float = FLOOR_TIME_LIMIT, ranks: str = "local") -> Ordered:
     """Reorder the joint graph's backward ops (in place) to the candidate order with the lowest
     simulated store-all peak whose floor (the min-peak search's, which ends at a work budget, or
-    at 10x ``floor_time_limit`` seconds) is not above the graph's own order's (``remat.passes.order_backward``; scored by
-    capture on the roofline), so that capture, the solvers and the rewrite all see that order.
+    at 10x ``floor_time_limit`` seconds) is not above the graph's own order's
+    (``remat.passes.order_backward``; scored by capture on the roofline), so that capture, the
+    solvers and the rewrite all see that order.
     Under torch.distributed with ``ranks="agree"`` (the option) rank 0 solves each floor and every
     rank takes its figure (``remat.ranks``): a search stopped by the clock can end at another
     incumbent on a busier rank, which would choose another order."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 __all__ = ["WrapperPeak", "wrapper_peak", "wrapper_peaks", "saved_copies", "saved_layout", "SavedLayout",
-           "collect_wrapper_code"]
+           "gradient_layout_copy_bytes", "collect_wrapper_code"]
 
 _ALLOCATORS = {"empty_strided_cpu", "empty_strided_cuda", "empty_strided_xpu", "empty_strided_mps", "empty_strided"}
 _HOST_RESULT = ("remat.to_host",)
@@ -284,7 +284,8 @@ def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list
                   workspaces: list[dict[str, int]] | None = None) -> list:
     """``wrapper_peak`` of each graph's code (with its element sizes, size values and extern
     kernels' workspaces); of a forward and a backward (two codes), the backward's saved inputs
-    lie as the forward returned them (``saved_layout``)."""
+    lie as the forward returned them (``saved_layout``), and its peak is at least what it returns
+    with autograd's copy of a gradient in other strides (``gradient_layout_copy_bytes``)."""
     layout = saved_layout(*codes, sizes[0]) if len(codes) == 2 else SavedLayout()
     workspaces = workspaces if workspaces is not None and len(workspaces) == len(codes) else [{}] * len(codes)
     walks = [wrapper_peak(c, items, hints, layout.copies if i == 1 else (), scratch, layout if i == 1 else None)
@@ -296,7 +297,7 @@ def wrapper_peaks(codes: list[str], itemsizes: list[dict[str, int]], sizes: list
 
 
 def gradient_layout_copy_bytes(forward_code: str, backward_code: str, sizes: dict[str, int] | None = None,
-                            itemsizes: dict[str, int] | None = None) -> int:
+                               itemsizes: dict[str, int] | None = None) -> int:
     """Bytes autograd allocates right after a compiled backward returns: a gradient returned in
     other strides than its input's (a channels-last convolution weight's gradient) is copied into
     the input's strides by AccumulateGrad (``new_empty_strided``) while the returned one lives; the
