@@ -115,7 +115,8 @@ def _recomputations_joined(kernels: list[_Kernel], g: GraphFacts, sched: Schedul
             continue
         at = bisect.bisect_left(op_slots, min(readers))  # the kernels' op index of its first reader
         alone = _Kernel([v], _loop_ranges(v, fused), False, at, at, set())
-        best = _best_partner(alone, kernels, kernel_reads(v, g.owner, fused) | {v}, loaders.get(v, set()), g.owner, fused)
+        accessed = kernel_reads(v, g.owner, fused) | {v}
+        best = _best_partner(alone, kernels, accessed, loaders.get(v, set()), g.owner, fused)
         if best is not None:
             joined.setdefault(best, set()).add(v)
     return joined

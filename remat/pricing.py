@@ -88,8 +88,9 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
 def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
     """Seconds of a kernel that moves ``moved`` bytes: a fused group (``group``: its
-    transcendental element ops, ``transcendental_ops``) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for
-    a kernel of one op; else, or without a measurement, the roofline."""
+    transcendental element ops, ``transcendental_ops``) as ``fused_kernel_time`` prices it; with
+    ``costs``, the op's ``measured`` time for a kernel of one op; else, or without a measurement,
+    the roofline."""
     if group is not None:
         fused = fused_kernel_time(flops, moved, group, spec, costs)
         if fused is not None:

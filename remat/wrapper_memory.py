@@ -308,15 +308,16 @@ def gradient_layout_copy_bytes(forward_code: str, backward_code: str, sizes: dic
     sizes = dict(sizes or {})
     inputs = _input_names(forward)
     input_strides = _asserted_sizes(forward, sizes)
-    result_strides = _asserted_sizes(backward, _derived_sizes(backward, dict(sizes)))
+    result_strides = _asserted_sizes(backward, _derived_sizes(backward, dict(sizes)))  # it adds to what it is given
     returned = _returned(backward)
     if len(returned) != len(inputs):  # not one gradient per forward input: no pairing to trust
         return 0
-    copies = [storage_bytes(*result_strides[grad], (itemsizes or {}).get(grad, 4))
-              for name, grad in zip(inputs, returned)
-              if grad in result_strides and name in input_strides
-              and result_strides[grad][0] == input_strides[name][0] and result_strides[grad][1] != input_strides[name][1]]
-    return max(copies, default=0)
+    copies = [0]
+    for name, grad in zip(inputs, returned):
+        got, wanted = result_strides.get(grad), input_strides.get(name)
+        if got and wanted and got[0] == wanted[0] and got[1] != wanted[1]:  # same shape, other strides
+            copies.append(storage_bytes(*got, (itemsizes or {}).get(grad, 4)))
+    return max(copies)
 
 
 @dataclass(frozen=True)

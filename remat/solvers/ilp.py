@@ -770,7 +770,8 @@ def _node_limit(nodes: int) -> dict:
         if out.mip_node_count >= nodes:
             data_in.user_interrupt = True
 
-    return dict(callbackTuple=(interrupt, None), callbacksToActivate=[highspy.cb.HighsCallbackType.kCallbackMipInterrupt])
+    return dict(callbackTuple=(interrupt, None),
+                callbacksToActivate=[highspy.cb.HighsCallbackType.kCallbackMipInterrupt])
 
 
 def _backend(name: str | None) -> str:
