@@ -154,7 +154,7 @@ def plan_joint_graph(
     problem = with_loss_room(with_kernels(captured.problem, kernel_groups) if kernel_groups is not None
                              else with_scratch(captured.problem, first_scratch(joint)),
                              loss_peak_bytes(joint, loss_room, held))
-    problem = with_caller_held(problem, held)
+    problem = with_backward_end(with_caller_held(problem, held), layout_copy_bytes(joint, forward, num_fwd_outputs))
     captured.problem = problem = with_runs(with_layers(problem), *other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
@@ -265,6 +265,34 @@ def caller_held_bytes(joint: fx.GraphModule, loss_room: int) -> int:
     seeds = sum(t.element_size() for t in tangents if t.dim() == 0)
     outside = 2 * max((t.element_size() for t in tangents), default=0) if loss_room else 0
     return seeds + outside
+
+
+def layout_copy_bytes(joint: fx.GraphModule, forward: set, num_fwd_outputs: int) -> int:
+    """Bytes autograd allocates right after the backward returns: where Inductor lays the forward
+    out channels-last (``remat.layouts.laid_out_channels_last``), the backward returns each 2-D
+    convolution weight's gradient channels-last and AccumulateGrad copies it into the weight's
+    strides while the returned one lives, one at a time: the largest such weight that gets a
+    gradient. The code's reading counts the same copy
+    (``remat.wrapper_memory.gradient_layout_copy_bytes``)."""
+    from torch._functorch.partitioners import _is_primal
+
+    from .layouts import laid_out_channels_last
+
+    nodes = [n for n in joint.graph.nodes if n.op == "placeholder" or n in forward]
+    if not laid_out_channels_last(nodes):
+        return 0
+    primals = [n for n in joint.graph.find_nodes(op="placeholder") if _is_primal(n)]
+    grads = list(joint.graph.output_node().args[0])[num_fwd_outputs:]
+    with_grad = {p for p, g in zip(primals, grads) if g is not None} if len(grads) == len(primals) else set()
+    weights = {n.args[1] for n in forward if n.target is torch.ops.aten.convolution.default}
+    return max((hint(w.meta["val"].numel()) * w.meta["val"].element_size() for w in weights & with_grad
+                if w.meta["val"].dim() == 4 and not w.meta["val"].is_contiguous(memory_format=torch.channels_last)),
+               default=0)
+
+
+def with_backward_end(problem: Any, copy: int) -> Any:
+    """``problem`` with ``copy`` more bytes at its last slot (``layout_copy_bytes``)."""
+    return with_scratch(problem, {problem.slots[-1].name: copy}) if copy and problem.slots else problem
 
 
 def _tangents(joint: fx.GraphModule) -> list[torch.Tensor]:

@@ -262,3 +262,36 @@ def test_a_loss_outside_is_live_with_everything_the_forward_keeps():
     assert after[last] == before[last] + room  # at the forward's last slot, over all it keeps
     assert [a for i, a in enumerate(after) if i != last] == [b for i, b in enumerate(before) if i != last]
     assert with_loss_room(problem, 0) is problem
+
+
+def _layout_copy_of(model, x) -> int:
+    """``planning.layout_copy_bytes`` of the joint graph of ``model(x).sum()``."""
+    from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+    from remat.analyze import capture_step
+    from remat.backend import _Stop
+    from remat.planning import _prepare_joint, forward_nodes, layout_copy_bytes
+
+    class Probe(CustomPartitionerFn):
+        def __call__(self, gm, joint_inputs, **kw):
+            n = kw["num_fwd_outputs"]
+            joint, info = _prepare_joint(gm, n, kw.get("static_lifetime_input_indices"))
+            raise _Stop(layout_copy_bytes(joint, forward_nodes(joint, info), n))
+
+        def uuid(self):
+            return None
+
+    return capture_step(model, (x,), lambda out: out.sum(), Probe())
+
+
+def test_autograd_copies_the_largest_channels_last_conv_weight_gradient_after_the_backward():
+    # Inductor lays a graph with 2-D convolutions out channels-last and its backward returns their
+    # weights' gradients so; AccumulateGrad copies each into its weight's strides (the fuzzer's seed
+    # 18, case 10: +3,456 B at ``new_empty_strided`` after the backward returned)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3))
+    x = torch.randn(1, 3, 8, 8)
+    assert _layout_copy_of(net, x) == 16 * 8 * 3 * 3 * 4
+    net[2].weight.requires_grad_(False)  # no gradient, no copy: the first conv's weight is the largest
+    assert _layout_copy_of(net, x) == 8 * 3 * 3 * 3 * 4
+    linear = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
+    assert _layout_copy_of(linear, torch.randn(4, 8)) == 0
