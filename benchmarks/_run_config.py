@@ -45,7 +45,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MODELS = ("gpt", "evoformer", "cnn", "mlp")
-HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral")  # benchmarks/hf_models.py
+HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral",  # benchmarks/hf_models.py
+             "hf_qwen2", "hf_neox", "hf_convnext", "hf_whisper")
 CONFIGS = (
     "eager", "checkpoint", "compile", "amb_0.5", "amb_0.2", "amb_0",
     "remat_100", "remat_75", "remat_50", "remat_35", "remat_min",
