@@ -5,11 +5,11 @@ a peak over the cap by an extern kernel's workspace or in a ``KNOWN_GAPS`` op pa
 CI: the Llama-style block (RMSNorm, rotary, SwiGLU, causal SDPA) and the top-2 mixture of experts
 of ``models.py`` at "min". Slow (``python -m pytest -m slow tests/e2e/test_real_models.py``,
 needs transformers, which is not a CI dependency): the transformers models of
-``benchmarks/hf_models.py`` built from configs (GPT-2, Llama, BERT, T5, ViT, Mixtral) at "75%"
-of plain torch.compile's peak and at "min", next to plain torch.compile: gradients as close to
-eager as plain torch.compile's (not a fixed tolerance), and one table row per run (``-s``). A
-"75%" that remat refuses must name a real floor: the error's floor is above the cap, and "min"
-reaches it. On GPT-2 and Llama the code's peak is the measured one and the prediction is not
+``benchmarks/hf_models.py`` built from configs (GPT-2, Llama, BERT, T5, ViT, Mixtral, Qwen2,
+GPT-NeoX, ConvNeXt, Whisper) at "75%" of plain torch.compile's peak and at "min", next to plain
+torch.compile: gradients as close to eager as plain torch.compile's (not a fixed tolerance), and
+one table row per run (``-s``). A "75%" that remat refuses must name a real floor: the error's
+floor is above the cap, and "min" reaches it. On GPT-2 and Llama the code's peak is the measured one and the prediction is not
 more than 3 % under it (``assert_fidelity``).
 """
 
@@ -30,7 +30,8 @@ from .test_fuzz_models import judge, memory_outcome, train
 
 torch.set_num_threads(2)
 BENCHMARKS = str(Path(__file__).resolve().parents[2] / "benchmarks")
-HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral")
+HF_MODELS = ("hf_gpt2", "hf_llama", "hf_bert", "hf_t5", "hf_vit", "hf_mixtral", "hf_qwen2", "hf_neox", "hf_convnext",
+             "hf_whisper")
 
 
 @pytest.fixture(autouse=True)
