@@ -9,8 +9,8 @@ needs transformers, which is not a CI dependency): the transformers models of
 GPT-NeoX, ConvNeXt, Whisper) at "75%" of plain torch.compile's peak and at "min", next to plain
 torch.compile: gradients as close to eager as plain torch.compile's (not a fixed tolerance), and
 one table row per run (``-s``). A "75%" that remat refuses must name a real floor: the error's
-floor is above the cap, and "min" reaches it. On GPT-2 and Llama the code's peak is the measured one and the prediction is not
-more than 3 % under it (``assert_fidelity``).
+floor is above the cap, and "min" reaches it. On GPT-2 and Llama the code's peak is the measured
+one and the prediction is not more than 3 % under it (``assert_fidelity``).
 """
 
 from __future__ import annotations
