@@ -5,7 +5,7 @@ An op call is described by an ``OpSignature`` (the OpOverload, its tensor inputs
 dtypes and devices, its other arguments); ``signature_of`` builds one from a graph node whose
 ``meta["val"]`` are (fake) tensors, or gives None for what cannot or should not be timed alone.
 ``measure_op`` times a signature on real random inputs with ``torch.utils.benchmark.Timer``: one
-warm-up call, then the median of ``blocked_autorange``'s blocks; ``measure_workspace`` measures the
+warm-up call, then the median of blocks of timings (``remat.measure.block_seconds``); ``measure_workspace`` measures the
 scratch memory that a call allocates beyond its results (conv columns, attention backward buffers),
 which compiled code does not show (``remat.inductor_check`` adds it at each extern kernel's call).
 ``Profiler`` adds a per-op and a

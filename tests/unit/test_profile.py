@@ -248,6 +248,15 @@ def test_elementwise_rate_measured_once_then_cached():
     assert measure_elementwise_rate("cpu") == rate
 
 
+def test_block_seconds_times_the_blocks_asked_each_of_whole_runs():
+    from remat.measure import block_seconds
+
+    env = {"x": torch.zeros(4)}
+    times = block_seconds("x.add_(1)", env, min_run_time=0.0, block_s=1e-4, min_blocks=5)
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert env["x"][0] >= 6  # the sizing run and five blocks of at least one run each
+
+
 def test_rates_are_kept_per_thread_count():
     before = torch.get_num_threads()
     try:
