@@ -28,7 +28,9 @@ than 5 % and whose measured ratios order the same way.
 ``--price`` adds torch's ``activation_memory_budget`` 0.5 / 0.2 / 0 (compiled first) and remat,
 default cost model, at a byte cap equal to each one's measured peak, to the same rounds: a second
 table gives their peaks and steps over plain compile's and remat's step over that row's in the
-same round (the price of remat's plan at torch's peak, with the machine's noise shared).
+same round (the price of remat's plan at torch's peak, with the machine's noise shared), and the
+CPU time of each row's forward and backward apart: torch's plans and remat's differ in which half
+they load (transformers GPT-2: torch's forward writes no dropout mask).
 
 Step times are ``time.perf_counter`` around each step, not ``torch.utils.benchmark.Timer``: its
 ``timeit`` runs warm-up calls at every call, which would double the cost of a round of two steps.
@@ -103,9 +105,14 @@ def compiled_step(config: str, model_name: str, cost_model: str, args: argparse.
     else:  # plain compile, activation_memory_budget, checkpoint: as compare.py runs them
         fn = _run_config.configured(config, model, loss_fn, args.time_limit, info)
 
-    def step():
+    def step() -> float:
+        """One step; returns its forward's CPU seconds (the loss computed, before its backward)."""
         _run_config._zero(model)
-        fn(*inputs).backward()
+        c0 = time.process_time()
+        loss = fn(*inputs)
+        forward = time.process_time() - c0
+        loss.backward()
+        return forward
 
     t0 = time.perf_counter()
     try:
@@ -136,7 +143,8 @@ def plan_figures(fn, config: str) -> dict:
 
 def serve(args: argparse.Namespace) -> int:
     """A worker: compile one configuration, print its figures as a JSON line, then answer
-    ``steps K`` lines on stdin with the K step times (a JSON list) until stdin closes."""
+    ``steps K`` lines on stdin with the K steps' wall and CPU times and their forwards' CPU times
+    until stdin closes."""
     import torch
 
     from remat.measure import measure_step
@@ -148,13 +156,13 @@ def serve(args: argparse.Namespace) -> int:
     info["threads"] = torch.get_num_threads()
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
-        wall, cpu = [], []
+        wall, cpu, forward = [], [], []
         for _ in range(int(line.split()[1])):
             t0, c0 = time.perf_counter(), time.process_time()
-            step()
+            forward.append(step())
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+        print(json.dumps({"wall": wall, "cpu": cpu, "forward_cpu": forward}), flush=True)
     return 0
 
 
@@ -174,6 +182,7 @@ class Worker:
                                       "error": f"worker exited: {self._log_tail()}"}
         self.times: list[list[float]] = []  # wall seconds of its steps, per round
         self.cpu_times: list[list[float]] = []  # CPU seconds of the same steps
+        self.forward_cpu_times: list[list[float]] = []  # CPU seconds of their forwards
 
     def ready(self) -> bool:
         return "error" not in self.info
@@ -184,6 +193,7 @@ class Worker:
         reply = self._reply()
         self.times.append(reply["wall"])
         self.cpu_times.append(reply["cpu"])
+        self.forward_cpu_times.append(reply["forward_cpu"])
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -245,7 +255,8 @@ def measure_model(model: str, cost_models: list[str], args: argparse.Namespace, 
     finally:
         for w in workers:
             w.close()
-    rows = [dict(w.info, **({"step_times_s": w.times, "step_cpu_s": w.cpu_times} if w.ready() else {}))
+    rows = [dict(w.info, **({"step_times_s": w.times, "step_cpu_s": w.cpu_times,
+                             "forward_cpu_s": w.forward_cpu_times} if w.ready() else {}))
             for w in workers]
     return scored(rows)
 
@@ -444,8 +455,8 @@ def price_table(rows: list[dict]) -> str:
     peaks and steps over plain compile's, and remat's step over that row's in the same round."""
     lines = ["| model | config | recomputed | measured peak MiB | peak / compile | step / compile (median of rounds) "
              "| q1..q3 | remat / amb row (median of rounds) | q1..q3 | CPU time: step / compile | q1..q3 "
-             "| CPU time: remat / amb row | q1..q3 | predicted % of store-all | note |",
-             "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|---|---:|---|"]
+             "| CPU time: remat / amb row | q1..q3 | CPU ms: forward / backward | predicted % of store-all | note |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|---|---|---:|---|"]
     peaks = {r["model"]: r.get("measured_peak_bytes") for r in rows if r["cost_model"] == "-"}
     for r in (r for r in rows if r["cost_model"] in (TORCH, DEFAULT)):
         peak, ref = r.get("measured_peak_bytes"), peaks.get(r["model"])
@@ -453,12 +464,22 @@ def price_table(rows: list[dict]) -> str:
         cells = [r["model"], r["config"], recomputed, fmt_mib(peak),
                  f"{peak / ref:.3f}" if peak and ref else "-",
                  *_spread(r, "ratio"), *_spread(r, "price_ratio"), *_spread(r, "cpu_ratio"),
-                 *_spread(r, "cpu_price_ratio"),
+                 *_spread(r, "cpu_price_ratio"), _forward_backward(r),
                  _pct(r.get("predicted_added_s"), r.get("store_all_step_median_s")),
                  "; ".join(filter(None, [f"cap = {r['equal_peak_of']}'s peak" if r.get("equal_peak_of") else "",
                                          _order_note(r), _note(r)]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _forward_backward(r: dict) -> str:
+    """Median CPU milliseconds of a row's forwards and of its backwards (step less forward), the
+    first round (a warm-up) left out; "-" for rows of runs that did not time forwards."""
+    steps, forwards = r.get("step_cpu_s") or [], r.get("forward_cpu_s") or []
+    pairs = [(s, f) for rs, rf in list(zip(steps, forwards))[1:] for s, f in zip(rs, rf)]
+    if not pairs:
+        return "-"
+    return f"{1e3 * statistics.median(f for _, f in pairs):.1f} / {1e3 * statistics.median(s - f for s, f in pairs):.1f}"
 
 
 def _order_note(r: dict) -> str:

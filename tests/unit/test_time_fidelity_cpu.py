@@ -25,3 +25,12 @@ def test_rows_without_cpu_times_have_no_cpu_prediction():
     rows[-1]["predicted_added_s"] = 0.11
     fid = {r["config"]: r for r in tf.fidelity_rows(list(by_name(rows).values()))}["remat_83886080B"]
     assert "cpu_predicted_sa_pct" not in fid and fid["predicted_sa_pct"] == pytest.approx(10.0)
+
+
+def test_the_price_table_gives_each_rows_forward_and_backward_cpu_time_apart():
+    rows = with_cpu(price_rows())
+    rows[3]["forward_cpu_s"] = [[9.0], [0.2], [0.3], [0.4]]  # amb_0.5: steps of 0.825 s CPU; the first round left out
+    line = next(x for x in tf.price_table(tf.scored(rows)).splitlines() if "| amb_0.5 |" in x)
+    assert "| 300.0 / 525.0 |" in line  # medians: forward 0.3 s, backward 0.825 - 0.3 s
+    line = next(x for x in tf.price_table(tf.scored(rows)).splitlines() if "remat_83886080B" in x)
+    assert "| - |" in line  # a row whose forwards were not timed
