@@ -72,11 +72,11 @@ import torch.fx as fx
 
 from .cost import DeviceSpec, tensor_bytes
 from .joint_graph import (
-    Folding, GraphFacts, INLINED_CONSTANTS, KernelSpans, Schedule, broadcast_strides, build_schedule, compute_node,
-    graph_facts, is_fusible_consumer, is_pointwise, is_random, is_tensor, is_view, kernel_loads, kernel_spans,
-    kernel_starts, op_tags, readers_through_views, slot_readers,
+    INDEXING_LOOPS, INLINED_CONSTANTS, Folding, GraphFacts, KernelSpans, Schedule, broadcast_strides, build_schedule,
+    compute_node, graph_facts, is_fusible_consumer, is_pointwise, is_random, is_tensor, is_view, kernel_loads,
+    kernel_spans, kernel_starts, op_tags, readers_through_views, slot_readers,
 )
-from .kernel_groups import HANDOVERS, THROUGH, KernelGroups, with_kernels
+from .kernel_groups import HANDOVERS, POINTWISE, THROUGH, KernelGroups, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
 from .predicted_kernels import predicted_kernel_groups, slot_buffers, spanned_kernels
 from .pricing import recomputable, recompute_time, slot_times
@@ -774,10 +774,11 @@ def capture(
     problem = Problem(
         slots=tuple(slots), activations=tuple(activations), host_bandwidth=host_bandwidth, name=name,
         metadata={"device": spec.name, "num_nodes": len(g.nodes), **kernel_starts(spans),
+                  POINTWISE: sorted(s.name for s in relevant if is_pointwise(s) or s.target in INDEXING_LOOPS),
                   **predicted_handovers(life, relevant), **moved},
     )
     if predicted is not None:  # the predicted kernels' recomputations, as the code's would tell them
-        problem = with_kernels(problem, predicted)
+        problem = with_kernels(problem, predicted, told=False)
     return Captured(problem, [n.name for n in g.nodes if n in g.forward], [n.name for n in sched.backward],
                     sorted(f.name for f in folding.folded), symbolic)
 

@@ -15,8 +15,13 @@ What the simulator (``remat.simulate``) learns from the last compile, written in
 plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by these functions:
 
 * ``recompute_kernels``: a forward op's name in a backward kernel says that the last plan
-  recomputed that value inside the kernel (activation name -> the backward slots of the kernel's
-  ops). A RECOMPUTE value then lives across its kernel, or, read only inside it, is never allocated.
+  recomputed that value inside the kernel (activation name -> the backward slots of the ops of
+  the kernels that name it, and those kernels' ids, ``recompute_kernel_ids``, kernels of
+  recomputed ops alone included). A kernel that writes a pointwise value is the only one that
+  names it (the others load its buffer); a pointwise value named by several kernels is computed
+  inside each, never written (transformers Llama's recomputed RMSNorm input, inlined into the
+  kernel that feeds the q/k/v projections and into its backward's). A RECOMPUTE value then lives
+  across its kernels, or, read only inside them, is never allocated (``reads_inside``).
 * ``handovers``: a kernel may write a result into the buffer of a saved value that dies there
   (the backward's wrapper code says ``buf3 = div_1; del div_1  # reuse``; ``reused_inputs``,
   kept in ``KernelGroups.reused``): activation name -> the slot where the kernel of its last
@@ -37,16 +42,23 @@ op's scratch (its name is a forward slot's, its call in the backward) is not pla
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "HANDOVERS", "KERNEL_STARTS", "THROUGH", "KernelGroups", "RecomputeKernel", "handovers", "recompute_kernels",
-    "reused_inputs", "scheduler_groups", "through", "with_kernels", "with_scratch",
+    "HANDOVERS", "KERNEL_STARTS", "POINTWISE", "THROUGH", "KernelGroups", "RecomputeKernel", "handovers",
+    "reads_inside", "recompute_kernel_ids", "recompute_kernels", "reused_inputs", "scheduler_groups", "through",
+    "with_kernels", "with_scratch",
 ]
 
 # the Problem.metadata keys; ``remat.capture`` predicts handovers before any compile, and the
 # last compile's reused inputs are added to them
 RECOMPUTE_KERNELS, HANDOVERS, THROUGH = "recompute_kernels", "handovers", "handed_through"
+RECOMPUTE_KERNEL_IDS = "recompute_kernel_ids"  # activation name -> the backward kernels (indices) that name it
+# written by ``remat.capture``: the activations whose op Inductor lowers to a pointwise loop, the only
+# ones that a kernel naming them computes inside it (a reduction's other readers name it too: its
+# lowering's pointwise tail, such as a mean's division, is inlined into them, its sum is a buffer)
+POINTWISE = "pointwise"
 KERNEL_STARTS = "kernel_starts"  # written by ``remat.capture``: slot name -> the first slot of its kernel
 # ``buf3 = div_1; del div_1  # reuse``, or through a view: ``buf16 = reinterpret_tensor(mm_12, ...); del mm_12  # reuse``
 _REUSE = re.compile(r"^\s*\w+ = (?:reinterpret_tensor\()?(\w+)(?:, [^;]*\))?; del \1\s*# reuse$", re.MULTILINE)
@@ -97,10 +109,12 @@ def _called_ops(kernel) -> set[str]:
 
 @dataclass(frozen=True)
 class RecomputeKernel:
-    """A generated backward kernel that recomputes a forward value: the backward slots of the
-    model's schedule that its own ops take (ascending, at least one)."""
+    """The generated backward kernels that recompute a forward value: the backward slots of the
+    model's schedule that their own ops take (ascending, at least one), and the kernels' ids
+    (``recompute_kernel_ids``; empty in facts recorded without them)."""
 
     slots: tuple[int, ...]
+    kernels: frozenset[int] = frozenset()
 
     @property
     def first(self) -> int:
@@ -111,15 +125,16 @@ class RecomputeKernel:
         return self.slots[-1]
 
 
-def with_kernels(problem, groups: KernelGroups | None):
-    """``problem`` with what ``groups`` (the last compile's kernels) tell the simulator in its
-    metadata: the backward kernels that recomputed its activations, and the activations whose
-    buffers a kernel's result took over; and in its slots, the extern kernels' scratch
-    (``with_scratch``); unchanged when they tell nothing."""
+def with_kernels(problem, groups: KernelGroups | None, told: bool = True):
+    """``problem`` with what ``groups`` (the last compile's kernels; ``told``: Inductor's, else
+    predicted ones) tell the simulator in its metadata: the backward kernels that recomputed its
+    activations, and the activations whose buffers a kernel's result took over; and in its slots,
+    the extern kernels' scratch (``with_scratch``); unchanged when they tell nothing."""
     if groups is None:
         return problem
     problem = with_scratch(problem, dict(groups.scratch))
-    facts = {RECOMPUTE_KERNELS: _recomputed_in(problem, groups),
+    slots, ids = _recomputed_in(problem, groups) if told else _first_recomputed_in(problem, groups)
+    facts = {RECOMPUTE_KERNELS: slots, RECOMPUTE_KERNEL_IDS: ids,
              HANDOVERS: {**handovers(problem), **_handed_over(problem, groups)}}
     facts = {k: v for k, v in facts.items() if v}
     return replace(problem, metadata={**problem.metadata, **facts}) if facts else problem
@@ -141,15 +156,36 @@ def _backward_kernels(problem, groups: KernelGroups) -> list[tuple[frozenset[str
     return [(g, sorted(slot_of[n] for n in g if n in slot_of)) for g in groups.backward]
 
 
-def _recomputed_in(problem, groups: KernelGroups) -> dict[str, list[int]]:
-    """Activation -> the slots of the backward kernel that recomputed it; a kernel of recomputed
-    ops alone holds no slot and is left out."""
+def _recomputed_in(problem, groups: KernelGroups) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(activation -> the slots of the backward kernels that recompute it, activation -> those
+    kernels' ids). A value that Inductor lowers to a pointwise loop (``POINTWISE``; every value, in
+    a problem that does not say) is computed in every kernel that names it: the slots of all of
+    them that hold one, the ids of all (a kernel of recomputed ops alone holds no slot). Another
+    is written by one kernel and read by the others: the slots of the first that holds one, no
+    ids."""
+    names = {a.name for a in problem.activations}
+    pointwise = set(problem.metadata.get(POINTWISE, names))
+    slots: dict[str, set[int]] = {}
+    ids: dict[str, list[int]] = {}
+    for k, (group, kernel_slots) in enumerate(_backward_kernels(problem, groups)):
+        for name in sorted(group & names):
+            if name in pointwise:
+                ids.setdefault(name, []).append(k)
+            if kernel_slots and (name in pointwise or name not in slots):
+                slots.setdefault(name, set()).update(kernel_slots)
+    return {name: sorted(s) for name, s in slots.items()}, ids
+
+
+def _first_recomputed_in(problem, groups: KernelGroups) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(activation -> the slots of the first backward kernel that recomputes it and holds a slot,
+    no ids): predicted kernels (``remat.predicted_kernels``) name a value in each kernel that may
+    inline it, not only in those that Inductor then computes it in."""
     names = {a.name for a in problem.activations}
     found: dict[str, list[int]] = {}
     for group, slots in _backward_kernels(problem, groups):
         for name in sorted(group & names) if slots else ():
             found.setdefault(name, slots)
-    return found
+    return found, {}
 
 
 def _handed_over(problem, groups: KernelGroups) -> dict[str, int]:
@@ -163,9 +199,29 @@ def _handed_over(problem, groups: KernelGroups) -> dict[str, int]:
 
 
 def recompute_kernels(problem) -> dict[str, RecomputeKernel]:
-    """The backward kernels that recompute ``problem``'s activations (``with_kernels``)."""
-    found = problem.metadata.get(RECOMPUTE_KERNELS, {})
-    return {name: RecomputeKernel(tuple(slots)) for name, slots in found.items()}
+    """The backward kernels that recompute ``problem``'s activations (``with_kernels``), for those
+    that a kernel of a backward slot recomputes."""
+    found, ids = problem.metadata.get(RECOMPUTE_KERNELS, {}), recompute_kernel_ids(problem)
+    return {name: RecomputeKernel(tuple(slots), ids.get(name, frozenset())) for name, slots in found.items()}
+
+
+def recompute_kernel_ids(problem) -> dict[str, frozenset[int]]:
+    """Activation -> the ids of the backward kernels that recompute it (``with_kernels``), kernels
+    of recomputed ops alone included."""
+    return {name: frozenset(ids) for name, ids in problem.metadata.get(RECOMPUTE_KERNEL_IDS, {}).items()}
+
+
+def reads_inside(kernel: RecomputeKernel, reader, kernels: Mapping, ids: Mapping, start: float) -> bool:
+    """Whether ``reader``, a consumer recomputed from slot ``start`` of the value that ``kernel``
+    recomputes (``kernels``, ``ids``: by the same keys as ``reader``), reads that value inside a
+    kernel that computes it too, so that the value needs no buffer for it: every kernel that
+    recomputes ``reader`` also computes the value, and runs within ``kernel``'s last slot (a
+    kernel of recomputed ops alone runs at ``start``). Facts without kernel ids: ``reader``'s
+    kernel is ``kernel``."""
+    if not kernel.kernels:
+        return kernels.get(reader) == kernel
+    own = ids.get(reader)
+    return bool(own) and own <= kernel.kernels and (reader in kernels or start <= kernel.last)
 
 
 def reused_inputs(code: str) -> set[str]:

@@ -15,16 +15,20 @@ Intervals are inclusive slot ranges ``(lo, hi)``, counted on top of ``slot.fixed
 already holds every activation during its forward lifetime ``[created, last_forward_use]``):
 
 STORE      ``last_forward_use+1 .. last_need``
-RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` inside a generated
-           backward kernel K (``remat.kernel_groups.recompute_kernels``), which writes its
-           results before it runs and reads its inputs until it ends: ``min(S(v), first(K)) ..
-           max(last_need, last(K))``, and no bytes at all when every backward read of ``v`` (its
-           backward uses, its needed RECOMPUTE consumers) is inside K (``v`` is never written to
-           memory). A consumer ``c`` recomputed inside K reads its inputs over the same window,
-           ``min(S(c), first(K)) .. max(S(c), last(K))``, which widens their starts and last needs.
+RECOMPUTE  ``S(v) .. last_need``; or, when the last compile recomputed ``v`` inside generated
+           backward kernels K (``remat.kernel_groups.recompute_kernels``: their slots, first to
+           last), which write their results before they run and read their inputs until they
+           end: ``min(S(v), first(K)) .. max(last_need, last(K))``, and no bytes at all when every
+           backward read of ``v`` is inside K (``v`` is never written to memory): its backward
+           uses are slots of K, and each needed RECOMPUTE consumer is recomputed only in kernels
+           of K, within ``last(K)`` (``remat.kernel_groups.reads_inside``). A consumer ``c``
+           recomputed inside K reads its inputs there, ``min(S(c), first(K)) .. last(K)``, which
+           widens their starts and last needs (K runs before ``S(c)`` when Inductor put ``c``'s
+           recomputation in an earlier kernel: its inputs die there).
 Taken      a RECOMPUTE value whose taker (``Activation.taken_by``) is RECOMPUTE too ends the slot
            before the taker's interval starts (``S(taker)``, or its kernel's first slot): no
-           bytes when both start at the same slot. It stays readable by its taker.
+           bytes when both start at the same slot. It stays readable by its taker. A taker that
+           takes no bytes (only its kernels read it) takes nothing: the value keeps its buffer.
 Handover   a STORE or RECOMPUTE value whose buffer the last compile handed to a kernel's result
            (``remat.kernel_groups.handovers``: the slot ``h`` where that kernel starts, whose
            result's bytes the slots already hold from ``h``) leaves the device at ``h - 1`` when
@@ -65,7 +69,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from remat.errors import PlanError, fmt_bytes
-from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels, through
+from remat.kernel_groups import (
+    RecomputeKernel, handovers, reads_inside, recompute_kernel_ids, recompute_kernels, through,
+)
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.transfers import Transfers, schedule_transfers
@@ -161,10 +167,10 @@ def needed_activations(problem: Problem, decisions: Mapping[str, Decision]) -> l
 
 def _window(start: int, kernel: RecomputeKernel | None) -> tuple[int, int]:
     """The slots over which a recomputation that starts at ``start`` reads its inputs: that slot,
-    or the whole kernel that recomputes it."""
+    or the kernels that recompute it, from ``start`` if that comes first."""
     if kernel is None:
         return start, start
-    return min(start, kernel.first), max(start, kernel.last)
+    return min(start, kernel.first), kernel.last
 
 
 def held_back(uses: tuple[int, ...], kernel: RecomputeKernel) -> list[int]:
@@ -287,7 +293,7 @@ class _Analysis:
         self.problem = problem
         self._errors: list[str] = []
         self._decide(_decisions_of(plan))
-        self.kernels = recompute_kernels(problem)
+        self.kernels, self.kernel_ids = recompute_kernels(problem), recompute_kernel_ids(problem)
         self.handovers, self.through = handovers(problem), through(problem)
         self.moved = moved_readers(problem, self.decisions, set(self.needed), self.kernels)
         self.starts, self.last_needs = _starts_and_last_needs(
@@ -404,9 +410,12 @@ class _Analysis:
 
     def _give_to_taker(self, a: Activation) -> None:
         """End RECOMPUTE ``a`` the slot before its RECOMPUTE taker's result starts (the taker writes
-        into ``a``'s buffer); ``a`` stays readable until its last need."""
+        into ``a``'s buffer), unless the taker is never written (``_inlined``: the kernels that
+        inline it read ``a``'s buffer); ``a`` stays readable until its last need."""
         taker = a.taken_by
         if not taker or self.decisions.get(taker) is not Decision.RECOMPUTE or not self.device[a.name]:
+            return
+        if self._inlined(self.problem.activation(taker)):
             return
         taker_start = _window(self.starts[taker], self.kernels.get(taker))[0]
         (lo, hi), = self.device[a.name]
@@ -414,14 +423,16 @@ class _Analysis:
         self.device[a.name] = [(lo, min(hi, taker_start - 1))] if lo <= taker_start - 1 else []
 
     def _inlined(self, a: Activation) -> bool:
-        """Whether RECOMPUTE ``a`` is computed and read only inside its kernel: every backward use
-        is one of the kernel's slots and every needed RECOMPUTE consumer is recomputed inside it."""
+        """Whether RECOMPUTE ``a`` is computed and read only inside its kernels: every backward use
+        is one of their slots and every needed RECOMPUTE consumer reads it inside them
+        (``reads_inside``)."""
         kernel = self.kernels.get(a.name)
         if kernel is None:
             return False
         consumers = (c for c in self.problem.consumers[a.name]
                      if c in self.starts and self.decisions.get(c) is Decision.RECOMPUTE)
-        return set(a.backward_uses) <= set(kernel.slots) and all(self.kernels.get(c) == kernel for c in consumers)
+        return set(a.backward_uses) <= set(kernel.slots) and all(
+            reads_inside(kernel, c, self.kernels, self.kernel_ids, self.starts[c]) for c in consumers)
 
     def _offload_intervals(self, a: Activation, last: int) -> None:
         """Device copy until ``free_after`` and again from ``prefetch_at``; readable again only
@@ -462,7 +473,7 @@ class _Analysis:
                 if not self._live(name, at):
                     out.append(f"act {name!r} read at slot {at} but not live")
             if dec.get(name) is Decision.RECOMPUTE:
-                r = self.starts[name]
+                r = _window(self.starts[name], self.kernels.get(name))[0]
                 for i in a.inputs:  # (an input without a decision is reported as needed-but-undecided)
                     if i in dec and not self._live(i, r):
                         out.append(f"act {i!r} read at slot {r} to recompute {name!r} but not live")

@@ -51,8 +51,10 @@ whatever the consumers do. A value that backward reads only through a consumer t
 
 Taken buffers (``Activation.taken_by``). A taken candidate is needed only when its taker is
 RECOMPUTE; RECOMPUTE, it ends the slot before its taker's start (``remat.simulate``), which
-without kernel facts is its own start: it takes no bytes. ``jit`` and ``evaluate`` count it so;
-the ILP's live indicators count only a kept one (``taker``), and so do its states (``_masks``).
+without kernel facts is its own start: it takes no bytes; unless its taker takes none either
+(inlined by the kernels that recompute it). ``jit`` and ``evaluate`` count it so (``taken_by``);
+the ILP's live indicators count only a kept one (``taker``: the takers without recompute
+kernels, which are never inlined), and so do its states (``_masks``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ from functools import cached_property
 
 import numpy as np
 
-from remat.kernel_groups import RecomputeKernel, handovers, recompute_kernels, through
+from remat.kernel_groups import (
+    RecomputeKernel, handovers, reads_inside, recompute_kernel_ids, recompute_kernels, through,
+)
 from remat.plan import Decision, Plan
 from remat.problem import Activation, Problem
 from remat.simulate import SLOT_BUFFERS, held_back, moved_bytes
@@ -117,13 +121,17 @@ class Structure:
             self._add_candidate(a)
         self.kernels: dict[int, RecomputeKernel] = {
             self.index[n]: k for n, k in recompute_kernels(p).items() if n in self.index}
+        self.kernel_ids: dict[int, frozenset[int]] = {
+            self.index[n]: ids for n, ids in recompute_kernel_ids(p).items() if n in self.index}
         self.handover: dict[int, int] = {self.index[n]: h for n, h in handovers(p).items() if n in self.index}
         self.through: dict[int, set[int]] = {  # handed-over candidate -> consumers that hand it over
             self.index[n]: {self.index[x] for x in xs if x in self.index} for n, xs in through(p).items() if n in self.index}
         self.movers = self._movers()
-        self.taker: dict[int, int] = {  # taken candidate -> its taker (``Activation.taken_by``)
+        self.taken_by: dict[int, int] = {  # taken candidate -> its taker (``Activation.taken_by``)
             c.idx: self.index[a.taken_by] for c in self.cands
             if (a := p.activation(c.name)).taken_by and a.taken_by in self.index}
+        # the ILP's takers: those that a kernel never inlines (an inlined taker takes nothing)
+        self.taker = {c: t for c, t in self.taken_by.items() if t not in self.kernels}
         self.offload_candidates = 0
         self._offload_candidates()
         self._link_candidates()
@@ -337,7 +345,7 @@ class Structure:
         handover: the ILP's view, at or above ``handover_holds``)."""
         return any(need[x] and codes[x] == REC for x in self.cands[j].rcons_all)
 
-    def handover_holds(self, j: int, codes, need) -> bool:
+    def handover_holds(self, j: int, codes, need, S) -> bool:
         """Whether the kernel that takes candidate ``j``'s buffer (``handover``) takes it under
         decision codes, as ``remat.simulate`` decides: it reads ``j`` (a backward use, or a consumer
         that hands ``j`` over, ``through``, recomputed inside its kernel alone) and no other needed
@@ -346,20 +354,20 @@ class Structure:
         for x in self.cands[j].rcons_all:
             if not (need[x] and codes[x] == REC):
                 continue
-            if x not in passing or not self.inlined(x, codes, need):
+            if x not in passing or not self.inlined(x, codes, need, S):
                 return False
             taken = True
         return taken
 
-    def inlined(self, j: int, codes, need) -> bool:
-        """Whether RECOMPUTE candidate ``j`` takes no bytes: its kernel holds every backward use and
-        recomputes every needed RECOMPUTE consumer (``remat.simulate``)."""
+    def inlined(self, j: int, codes, need, S) -> bool:
+        """Whether RECOMPUTE candidate ``j`` takes no bytes: its kernels hold every backward use and
+        every needed RECOMPUTE consumer reads it inside them (``remat.simulate``)."""
         k = self.kernels.get(j)
         if k is None or codes[j] != REC:
             return False
         readers = (x for x in self.cands[j].rcons_all if need[x] and codes[x] == REC)
         return set(self.problem.activation(self.cands[j].name).backward_uses) <= set(k.slots) and all(
-            self.kernels.get(x) == k for x in readers)
+            reads_inside(k, x, self.kernels, self.kernel_ids, S[x]) for x in readers)
 
     def _pieces(self, c: Cand) -> None:
         """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes.
@@ -411,13 +419,14 @@ class Structure:
         return c.D if h is None or c.d < 0 else min(c.D, h - 1)
 
     def _always_inlined(self, c: Cand) -> bool:
-        """Whether a RECOMPUTE ``c`` never takes bytes: its kernel holds every backward use and
-        every consumer that may be recomputed is recomputed in that kernel too (``remat.simulate``)."""
+        """Whether a RECOMPUTE ``c`` never takes bytes: its kernels hold every backward use and
+        every consumer that may be recomputed reads it inside them from any start (``remat.simulate``)."""
         k = self.kernels.get(c.idx)
         if k is None or not c.rec_ok:
             return False
         uses = self.problem.activation(c.name).backward_uses
-        return set(uses) <= set(k.slots) and all(self.kernels.get(x) == k for x in c.rcons_all)
+        return set(uses) <= set(k.slots) and all(
+            reads_inside(k, x, self.kernels, self.kernel_ids, float("inf")) for x in c.rcons_all)
 
     def _kernel_windows(self, c: Cand, inlined: bool) -> list[tuple[int, tuple[int, int]]]:
         """(candidate whose RECOMPUTE keeps ``c`` live, slot range) under the last compile's
@@ -566,9 +575,10 @@ class Structure:
 
     def window(self, j: int, start: int) -> tuple[int, int]:
         """The slots over which candidate ``j``, recomputed from ``start``, reads its inputs: that
-        slot, or the whole backward kernel that recomputes it (``remat.simulate``)."""
+        slot, or the backward kernels that recompute it, from ``start`` if that comes first
+        (``remat.simulate``)."""
         k = self.kernels.get(j)
-        return (start, start) if k is None else (min(start, k.first), max(start, k.last))
+        return (start, start) if k is None else (min(start, k.first), k.last)
 
     def _interval_under_facts(self, j: int, code: int, lo: int, hi: int, codes, need, S, ln) -> tuple[int, int]:
         """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels
@@ -579,13 +589,13 @@ class Structure:
         k = self.kernels.get(j)
         if code == REC and k is not None:
             lo, hi = min(lo, k.first), max(hi, k.last)
-            if self.inlined(j, codes, need):
+            if self.inlined(j, codes, need, S):
                 return lo, lo - 1
         h = self.handover.get(j)
-        if h is not None and self.handover_holds(j, codes, need):
+        if h is not None and self.handover_holds(j, codes, need, S):
             hi = min(hi, h - 1)
-        t = self.taker.get(j)
-        if code == REC and t is not None and need[t] and codes[t] == REC:
+        t = self.taken_by.get(j)
+        if code == REC and t is not None and need[t] and codes[t] == REC and not self.inlined(t, codes, need, S):
             hi = min(hi, self.window(t, S[t])[0] - 1)
         return lo, hi
 
@@ -680,7 +690,7 @@ class Structure:
     def _one_by_one(self) -> np.ndarray:
         """Per candidate: whether its interval is counted one by one (``_interval_under_facts``):
         a recompute kernel or a handover of the last compile covers it, or it is taken."""
-        facts = (self.kernels, self.handover, self.taker)
+        facts = (self.kernels, self.handover, self.taken_by)
         return np.array([any(c.idx in f for f in facts) for c in self.cands], dtype=bool)
 
     def transfers(self, codes, need=None):

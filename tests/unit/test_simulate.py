@@ -676,14 +676,77 @@ def test_a_consumer_recomputed_in_another_kernel_reads_the_value_from_memory():
 
 
 def test_recompute_kernels_survive_json_and_ignore_kernels_of_no_backward_slot():
-    from remat.kernel_groups import KernelGroups, RecomputeKernel, recompute_kernels, with_kernels
+    from remat.kernel_groups import KernelGroups, RecomputeKernel, recompute_kernel_ids, recompute_kernels, with_kernels
 
     p = kernel_problem((4,), [{"b2", "b4", "v", "no_such_op"}, {"u", "f0"}])
-    assert recompute_kernels(p) == {"v": RecomputeKernel((4, 6))}
-    assert recompute_kernels(Problem.from_dict(json.loads(json.dumps(p.to_dict())))) == recompute_kernels(p)
+    assert recompute_kernels(p) == {"v": RecomputeKernel((4, 6), frozenset({0}))}
+    assert recompute_kernel_ids(p) == {"v": {0}, "u": {1}}  # u: named by a kernel of no backward slot
+    again = Problem.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert recompute_kernels(again) == recompute_kernels(p) and recompute_kernel_ids(again) == recompute_kernel_ids(p)
     bare = kernel_problem((4,))
     assert with_kernels(bare, None) is bare and recompute_kernels(bare) == {}
     assert with_kernels(bare, KernelGroups(forward=(frozenset({"f0", "f1"}),))) is bare
+
+
+def test_a_pointwise_value_computed_inside_several_kernels_is_never_written():
+    # v, read at b1 and b3, is named by the kernels of both: each computes it inline (a kernel that
+    # wrote it would be the only one naming it), so it takes no memory; u lives until the last reads it
+    p = kernel_problem((3, 5), [{"b1", "v"}, {"b3", "v"}])
+    assert live_intervals(p, {"u": S, "v": R}) == {"u": [(2, 5)], "v": []}
+    assert simulate(p, {"u": S, "v": R}).device_bytes[2:] == (1010, 1010, 1010, 1010, 10)
+    written = kernel_problem((3, 5), [{"b1", "v"}, {"b3"}])  # b3 reads v's buffer: its kernel does not name v
+    assert live_intervals(written, {"u": S, "v": R})["v"] == [(3, 5)]
+    from dataclasses import replace
+
+    from remat.kernel_groups import POINTWISE, KernelGroups, recompute_kernel_ids, recompute_kernels, with_kernels
+
+    reduction = with_kernels(replace(kernel_problem((3, 5)), metadata={POINTWISE: ["u"]}),
+                             KernelGroups(backward=(frozenset({"b1", "v"}), frozenset({"b3", "v"}))))
+    assert recompute_kernels(reduction)["v"].slots == (3,) and recompute_kernel_ids(reduction) == {}
+
+
+def test_a_consumer_recomputed_by_a_kernel_of_recomputed_ops_alone_reads_inside_it():
+    # slots f0 f1 f2 | b0 .. b4 (3..7). w = f(v), read by an extern op at b2 (slot 5), is
+    # recomputed with v in a kernel that holds no backward slot (it runs when w is first needed);
+    # v's backward use b3 is in the other kernel that names v. v is read only inside its kernels
+    # while w's kernel runs within theirs (5 <= 6)
+    def problem(w_use):
+        from remat.kernel_groups import KernelGroups, with_kernels
+
+        acts = (act("u", 0, 2, 1000, uses=(3,)), act("v", 1, 2, 100, uses=(6,), inputs=("u",)),
+                act("w", 2, 2, 50, uses=(w_use,), inputs=("v",)))
+        base = Problem(slots=slots([10] * 3, [10] * 5), activations=acts)
+        return with_kernels(base, KernelGroups(backward=(frozenset({"v", "w"}), frozenset({"b3", "v"}))))
+
+    plan = {"u": S, "v": R, "w": R}
+    assert live_intervals(problem(5), plan) == {"u": [(3, 6)], "v": [], "w": [(5, 5)]}
+    # read at b4 (slot 7), w is recomputed after v's kernels: v's buffer is what it reads
+    assert live_intervals(problem(7), plan) == {"u": [(3, 6)], "v": [(6, 7)], "w": [(7, 7)]}
+
+
+def test_a_value_recomputed_in_a_kernel_before_its_first_read_reads_its_inputs_there():
+    # Inductor put v's recomputation into the kernel of b0, b1 (slots 2, 3), though b4 (slot 6)
+    # first reads it: v is written there and u, read by that kernel only, dies with it
+    p = kernel_problem((6,), [{"b0", "b1", "v"}])
+    tl = simulate(p, {"u": S, "v": R})
+    assert tl.ok and live_intervals(p, {"u": S, "v": R}) == {"u": [(2, 3)], "v": [(2, 6)]}
+    assert tl.device_bytes[2:] == (1110, 1110, 110, 110, 110)
+
+
+def test_a_taker_that_its_kernels_inline_takes_no_buffer():
+    # slots f0 f1 f2 | b0 .. b4 (3..7). a (an extern op's result: no kernel) is taken by t where
+    # both are recomputed, but t is computed only inside the kernel of its one reader b2: t
+    # writes nothing, a keeps its buffer (transformers Llama's recomputed mm_6, read by the
+    # residual add_7 that two kernels inline)
+    from remat.kernel_groups import KernelGroups, with_kernels
+
+    acts = (act("u", 0, 2, 1000, uses=(3,)), act("a", 1, 2, 100, inputs=("u",), taken_by="t"),
+            act("t", 2, 2, 100, uses=(5,), inputs=("a",)))
+    base = Problem(slots=slots([10] * 3, [10] * 5), activations=acts)
+    plan = {"u": S, "a": R, "t": R}
+    assert live_intervals(base, plan)["a"] == []  # t writes into a's buffer
+    told = with_kernels(base, KernelGroups(backward=(frozenset({"b2", "t"}),)))
+    assert live_intervals(told, plan) == {"u": [(3, 5)], "a": [(5, 5)], "t": []}
 
 
 def moved_problem(fixed_bwd=(17, 22, 15, 15, 15), buffers=None):

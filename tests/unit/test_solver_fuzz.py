@@ -228,6 +228,44 @@ def with_random_kernels(p: Problem, rng: random.Random) -> Problem:
     return replace(p, metadata={**p.metadata, **facts})
 
 
+def with_random_shared_kernels(p: Problem, rng: random.Random) -> Problem:
+    """``p`` with random kernel facts as ``remat.kernel_groups.with_kernels`` writes them from
+    kernels that several values share: a few backward kernels of one to three slots, a quarter of
+    them of none (recomputed ops alone); about half the recomputable activations named by one to
+    three of them (a consumer often by some of an input's: it reads that input inside them), each
+    with those kernels' slots (when one holds any) and ids."""
+    nf, n = p.num_forward, len(p.slots)
+    if n <= nf:
+        return p
+    groups: list[list[int]] = []
+    for _ in range(rng.randint(1, 6)):
+        lo = rng.randrange(nf, n)
+        some = sorted(rng.sample(range(lo, min(n, lo + 4)), rng.randint(1, min(3, n - lo))))
+        groups.append([] if rng.random() < 0.25 else some)
+    slots, ids = {}, {}
+    for a in sorted(p.activations, key=lambda a: a.created):
+        if not a.recomputable or rng.random() < 0.5:
+            continue
+        shared = [ids[i] for i in a.inputs if i in ids]
+        pool = rng.choice(shared) if shared and rng.random() < 0.6 else list(range(len(groups)))
+        ids[a.name] = sorted(rng.sample(pool, rng.randint(1, min(3, len(pool)))))
+        if any(groups[k] for k in ids[a.name]):
+            slots[a.name] = sorted({t for k in ids[a.name] for t in groups[k]})
+    return replace(p, metadata={**p.metadata, "recompute_kernels": slots, "recompute_kernel_ids": ids})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rng=hst.randoms(use_true_random=False), frac=hst.floats(-0.2, 1.0))
+def test_solvers_evaluate_shared_kernels_as_the_simulator(rng, frac):
+    """Values computed inside several kernels, and consumers read inside an input's kernels
+    (``remat.kernel_groups.reads_inside``), with takers: the solvers' exact evaluation gives the
+    simulator's profile for random plans, and every solver's plan is valid under the cap."""
+    p = with_random_shared_kernels(with_random_takers(fuzz_problem(rng), rng), rng)
+    _assert_profiles_are_the_simulators(p, rng, plans=4)
+    assert solver_failures(p, frac, exact_ilp=False) == []
+
+
 @settings(max_examples=80, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(rng=hst.randoms(use_true_random=False))
