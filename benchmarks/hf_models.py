@@ -52,10 +52,10 @@ def _config(name: str):
         return T.MixtralConfig(vocab_size=VOCAB, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n,
                                num_attention_heads=h, num_key_value_heads=h // 2, num_local_experts=4,
                                num_experts_per_tok=2, max_position_embeddings=SEQ)
-    return _config_added_in_session_16(name)
+    return _held_out_config(name)
 
 
-def _config_added_in_session_16(name: str):
+def _held_out_config(name: str):
     """Held-out architectures first measured in session 16: a decoder with biased q/k/v (Qwen2), one
     with parallel attention and MLP and partial rotary (GPT-NeoX), a convolutional vision model with
     depthwise convolutions and LayerNorm (ConvNeXt) and an audio encoder-decoder with a conv stem
