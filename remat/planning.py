@@ -150,12 +150,8 @@ def plan_joint_graph(
         costs=costs,
         kernel_groups=kernel_groups,
     )
-    held = caller_held_bytes(joint, loss_room)
-    problem = with_loss_room(with_kernels(captured.problem, kernel_groups) if kernel_groups is not None
-                             else with_scratch(captured.problem, first_scratch(joint)),
-                             loss_peak_bytes(joint, loss_room, held))
-    problem = with_backward_end(with_caller_held(problem, held), layout_copy_bytes(joint, forward, num_fwd_outputs))
-    captured.problem = problem = with_runs(with_layers(problem), *other_runs)
+    captured.problem = problem = _with_step_context(captured.problem, joint, forward, num_fwd_outputs, kernel_groups,
+                                                    loss_room, other_runs)
     problem.metadata["backward_order"] = order
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
@@ -177,6 +173,20 @@ def plan_joint_graph(
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
+
+
+
+def _with_step_context(problem, joint: fx.GraphModule, forward, num_fwd_outputs: int,
+                       kernel_groups: KernelGroups | None, loss_room: int, other_runs: tuple[int, int]):
+    """``problem`` with what the step around its ops holds: Inductor's kernels (told, or the first
+    kernel's scratch when none are known yet), a loss computed outside, bytes the caller holds,
+    autograd's layout copy at the backward's end, the repeated layers and the graph's other runs."""
+    held = caller_held_bytes(joint, loss_room)
+    problem = (with_kernels(problem, kernel_groups) if kernel_groups is not None
+               else with_scratch(problem, first_scratch(joint)))
+    problem = with_loss_room(problem, loss_peak_bytes(joint, loss_room, held))
+    problem = with_backward_end(with_caller_held(problem, held), layout_copy_bytes(joint, forward, num_fwd_outputs))
+    return with_runs(with_layers(problem), *other_runs)
 
 
 def plan_request(lower_by: int, resident: int, reference: int | None, kernel_groups: KernelGroups | None) -> str:
