@@ -205,9 +205,7 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
         fallback = _plain_within(gm, example_inputs, plain if sizes is None else None, report.budget_bytes, sizes, runs,
                                  room)
         if fallback is not None:
-            report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *fallback[1:]
-            record([report])
-            return fallback[0]
+            return _runs_plain(report, fallback, record)
         if sizes is None:
             compiled, report, estimate = _lower_of_min(gm, example_inputs, cfg, (compiled, report, estimate),
                                                        name, plain_peak, resident, runs, plain)
@@ -215,11 +213,18 @@ def _compile_planned(gm: fx.GraphModule, example_inputs: Sequence[Any], cfg: Rem
             _refuse_over_cap(cfg, report, estimate)
     faster = _plain_if_it_fits(gm, example_inputs, cfg, plain, report, runs)
     if faster is not None:
-        report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *faster[1:]
-        record([report])
-        return faster[0]
+        return _runs_plain(report, faster, record)
     record([report])
     return compiled
+
+
+
+def _runs_plain(report: GraphReport, plain: tuple, record):
+    """Plain torch.compile's code (``plain``: compiled, its code's peak, the bytes its backward
+    receives) is what runs for this graph: the report says so and is recorded."""
+    report.compiled_with, report.inductor_peak_bytes, report.kept_bytes = "plain torch.compile", *plain[1:]
+    record([report])
+    return plain[0]
 
 
 def _lower_of_min(gm, example_inputs, cfg: RematConfig, checked: tuple, name: str, plain_peak: int | None,
