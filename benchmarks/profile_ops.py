@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from torch._inductor.custom_graph_pass import CustomPartitionerFn  # noqa: E402
 
-from remat.cost import DEVICES, DeviceSpec, op_flops, op_time, tensor_bytes  # noqa: E402
+from remat.cost import DEVICES, DeviceSpec, ElementWork, op_flops, op_time, tensor_bytes  # noqa: E402
 from remat.measure import matmul_flops  # noqa: E402
 from remat.profile import MeasuredCosts, ProfileCache, profiled_spec, signature_of  # noqa: E402
 from remat.pricing import transcendental_ops  # noqa: E402
@@ -118,7 +118,7 @@ def roofline(node, spec: DeviceSpec = DEVICES["cpu"]) -> tuple[float, int]:
     moved += sum(tensor_bytes(o) for o in torch.utils._pytree.tree_leaves(out))
     flops = op_flops(node.target, args, kwargs, out)
     elementwise = transcendental_ops([node])
-    return op_time(flops, moved, spec, elementwise), moved
+    return op_time(flops, moved, spec, ElementWork(transcendental=elementwise)), moved
 
 
 def price_nodes(nodes, costs: MeasuredCosts, profiled: DeviceSpec | None = None) -> list[dict]:

@@ -445,14 +445,15 @@ def _fmt_rate(rate: float, unit: str) -> str:
 
 def cmd_profile(args) -> int:
     """Measure this machine's rates (matmul FLOP/s per dtype, memory bandwidth, elementwise rate,
-    host link on CUDA), print them and keep them in the profile cache that compiles read: measured
-    costs use them, and so does the CPU's roofline (``remat.profile.profiled_spec``)."""
+    Inductor's CPU random draw and bool load / store, host link on CUDA), print them and keep them
+    in the profile cache that compiles read: measured costs use them, and so does the CPU's
+    roofline (``remat.profile.profiled_spec``)."""
     import torch
 
     from .cost import DEVICES
     from .measure import matmul_flops
-    from .profile import (BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, measure_bandwidth, measure_elementwise_rate,
-                          measure_link, profiled_spec)
+    from .profile import (BANDWIDTH_KEY, BOOL_LOAD_KEY, BOOL_STORE_KEY, ELEMENTWISE_KEY, RANDOM_KEY, ProfileCache,
+                          measure_bandwidth, measure_cpu_rate, measure_elementwise_rate, measure_link, profiled_spec)
 
     device = args.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads is not None:
@@ -483,6 +484,13 @@ def cmd_profile(args) -> int:
     cached = " (from the cache)" if cache.get(ELEMENTWISE_KEY) is not None else ""
     elementwise = measure_elementwise_rate(device, cache)
     print(f"  elementwise       {_fmt_rate(elementwise, 'op/s')}  (transcendental: sigmoid, exp, tanh in cache){cached}")
+    for key, label, what in ((RANDOM_KEY, "random draws", "Inductor's seeded CPU draw, a dropout mask's"),
+                             (BOOL_STORE_KEY, "bool store", "a bool written through VecMask"),
+                             (BOOL_LOAD_KEY, "bool load", "a bool read through VecMask")):
+        cached = " (from the cache)" if cache.get(key) is not None else ""
+        rate = measure_cpu_rate(key, device, cache)
+        if rate is not None:
+            print(f"  {label:17s} {_fmt_rate(rate, 'el/s')}  ({what}){cached}")
     link = measure_link(device, cache, nbytes=args.copy_bytes or 1 << 28)
     if link is not None:
         print(f"  host link         {_fmt_rate(link.to_host, 'B/s')} to host, {_fmt_rate(link.to_device, 'B/s')} to device (pinned)")

@@ -9,13 +9,20 @@ kernel is priced by ``fused_time``: the longer of its memory
 traffic at the device's bandwidth and its transcendental element ops (exp, sigmoid, tanh, ...:
 one op per element of each such result, ``remat.pricing.transcendental_ops``) at the device's
 elementwise rate, with no launch of its own; its arithmetic runs at the speed of its traffic.
+``ElementWork`` is the per-element work that bytes do not price, at ``ElementRates``: transcendental
+element ops; random draws that Inductor's code replays from a seed (a dropout mask recomputed in
+the backward, ``remat.pricing.random_elements``: on a CPU one Philox engine per element, 10 ns at
+one thread, 6x an exp); and a bool tensor's elements read (Inductor's CPU code loads and stores a
+bool through ``VecMask`` with a count: ~4 ns an element loaded, ~12 written, 20-70x a float's
+traffic). ``ElementRates.bool_store`` prices the forward's write of a bool that a plan saves
+(``remat.pricing.forward_write_time``).
 ``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
 the measured costs of ``remat.profile``.
 
 The CPU's constants are an order of magnitude, never calibrated. Where ``remat profile`` has
 cached this machine's rates (for this process's thread count), planning with ``device="auto"`` on
 the CPU uses a spec with them instead (``remat.profile.machine_spec``): its fp32 matmul FLOP/s, copy
-bandwidth and elementwise rate; ``DeviceSpec.rates`` says which were used. Named devices keep their figures.
+bandwidth, elementwise rate, random rate and bool load / store rates; ``DeviceSpec.rates`` says which were used. Named devices keep their figures.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ class DeviceSpec:
     host_bandwidth: float  # device<->host bytes/s per direction (0: no offload target)
     launch_overhead: float = 5e-6  # seconds per kernel
     elementwise_rate: float = 0.0  # element ops/s of transcendental pointwise work in cache; 0: unknown
+    random_rate: float = 0.0  # elements/s of Inductor's seeded random draws (``random_elements``); 0: unknown
+    bool_load_rate: float = 0.0  # elements/s of a bool tensor read by Inductor's code; 0: its bytes at the bandwidth
+    bool_store_rate: float = 0.0  # elements/s of a bool tensor written by Inductor's code; 0: its bytes at the bandwidth
     rates: str = "constants"  # where the rates come from: "constants", or "profile <its file>"
 
     def rates_note(self) -> str:
@@ -41,12 +51,50 @@ class DeviceSpec:
         if self.rates == "constants":
             return "constants"
         return (f"{self.rates}: matmul {self.peak_flops / 1e9:.1f} GFLOP/s, {self.bandwidth / 1e9:.2f} GB/s, "
-                f"elementwise {self.elementwise_rate / 1e9:.2f} G op/s")
+                f"elementwise {self.elementwise_rate / 1e9:.2f} G op/s, random {self.random_rate / 1e6:.0f} M el/s, "
+                f"bool load / store {self.bool_load_rate / 1e6:.0f} / {self.bool_store_rate / 1e6:.0f} M el/s")
+
+    def element_rates(self) -> "ElementRates":
+        """The spec's rates of per-element work (``ElementWork``)."""
+        return ElementRates(self.elementwise_rate, self.random_rate, self.bool_load_rate, self.bool_store_rate)
+
+
+@dataclass(frozen=True)
+class ElementRates:
+    """Elements per second of the work that a kernel's bytes do not price; 0: unknown, not priced."""
+
+    elementwise: float = 0.0  # transcendental element ops (exp, tanh, ...) on data in cache
+    random: float = 0.0  # draws that Inductor's code replays from a seed (a dropout mask's)
+    bool_load: float = 0.0  # a bool tensor's elements read (Inductor's CPU code: ``VecMask::from``)
+    bool_store: float = 0.0  # a bool tensor's elements written (``VecMask::store``)
+
+
+@dataclass(frozen=True)
+class ElementWork:
+    """A kernel's per-element work that its bytes do not price (counts of elements)."""
+
+    transcendental: float = 0.0  # transcendental element ops (``remat.pricing.transcendental_ops``)
+    draws: float = 0.0  # replayed random draws (``remat.pricing.random_elements``)
+    bool_loads: float = 0.0  # elements of the bool tensors it reads from memory
+
+    def seconds(self, rates: ElementRates) -> float:
+        """Seconds of this work at ``rates``, one kind after another (a rate 0: not priced)."""
+        return (_per(self.transcendental, rates.elementwise) + _per(self.draws, rates.random)
+                + _per(self.bool_loads, rates.bool_load))
+
+
+def _per(count: float, rate: float) -> float:
+    """Seconds of ``count`` elements at ``rate`` per second; 0 where the rate is unknown (0)."""
+    return count / rate if rate > 0 else 0.0
 
 
 DEVICES = {
-    # 2 cores, AVX2-class: measured order of magnitude for fp32 matmul and streaming copies.
-    "cpu": DeviceSpec("cpu", peak_flops=1.0e11, bandwidth=1.0e10, host_bandwidth=1.0e10, launch_overhead=2e-6),
+    # 2 cores, AVX2-class: measured order of magnitude for fp32 matmul and streaming copies; Inductor's
+    # CPU random draw (normalized_rand_cpu: one Philox4x32-10 engine per element) 10 ns an element at
+    # one thread (AMD EPYC, 2026: ``remat profile``'s fastest window; medians 16-18 ns at load 4), 6x an exp;
+    # a bool through VecMask with a count (AVX2, 1M elements): 3.9 ns an element loaded, 12.4 stored.
+    "cpu": DeviceSpec("cpu", peak_flops=1.0e11, bandwidth=1.0e10, host_bandwidth=1.0e10, launch_overhead=2e-6,
+                      random_rate=1.0e8, bool_load_rate=2.5e8, bool_store_rate=8.0e7),
     # host_bandwidth: about half the pinned copy rate over PCIe (53.6 GB/s measured on an H200):
     # copies are placed by roofline op times, which run faster than modelled in places, and a
     # prefetch placed at the full rate stalled the backward (benchmarks/gpu_diag.py).
@@ -159,10 +207,10 @@ def op_flops(target: Any, args: tuple, kwargs: dict, out: Any) -> int:
     return 0
 
 
-def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, elementwise_ops: float = 0.0) -> float:
-    """Roofline time in seconds of a kernel; with ``elementwise_ops`` (its transcendental element ops)
-    and a spec that knows its elementwise rate, at least the time of those ops at that rate."""
-    compute = elementwise_ops / spec.elementwise_rate if spec.elementwise_rate > 0 else 0.0
+def op_time(flops: float, bytes_moved: float, spec: DeviceSpec, work: ElementWork | None = None) -> float:
+    """Roofline time in seconds of a kernel; with ``work`` (its per-element work: transcendental
+    ops, replayed draws, bool loads), at least that work's time at the spec's rates."""
+    compute = work.seconds(spec.element_rates()) if work is not None else 0.0
     return max(flops / spec.peak_flops, bytes_moved / spec.bandwidth, compute) + spec.launch_overhead
 
 
@@ -185,11 +233,10 @@ def node_time(node: Any, spec: DeviceSpec) -> float:
         return 0.0
 
 
-def fused_time(bytes_moved: float, elementwise_ops: float, bandwidth: float, elementwise_rate: float = 0.0) -> float:
+def fused_time(bytes_moved: float, work: ElementWork, bandwidth: float, rates: ElementRates) -> float:
     """Seconds of pointwise work that runs inside another kernel (a fused recomputation): its
-    memory traffic at ``bandwidth`` (bytes/s) or its ``elementwise_ops`` (transcendental element
-    ops) at ``elementwise_rate`` (element ops/s), whichever takes longer, and no launch. On one CPU thread a chain of
-    transcendental ops is compute-bound (a large copy's bandwidth prices it far too low); on a GPU
-    the traffic dominates. ``elementwise_rate`` 0: unknown, the traffic alone."""
-    compute = elementwise_ops / elementwise_rate if elementwise_rate > 0 else 0.0
-    return max(bytes_moved / bandwidth, compute)
+    memory traffic at ``bandwidth`` (bytes/s) or its per-element ``work`` at ``rates``, whichever
+    takes longer, and no launch. On one CPU thread a chain of transcendental ops, random draws or
+    bool loads is compute-bound (a large copy's bandwidth prices it far too low); on a GPU the
+    traffic dominates."""
+    return max(bytes_moved / bandwidth, work.seconds(rates))

@@ -1,6 +1,14 @@
 """Seconds of the slot ops and of recomputations: each slot as Inductor's kernels run it
 (``slot_times``), each forward value's recompute price (``recompute_time``), from the roofline of
-``remat.cost`` or, given ``MeasuredCosts``, from measurements."""
+``remat.cost`` or, given ``MeasuredCosts``, from measurements.
+
+The rule of a recompute price: a forward value that the forward computes inside its readers'
+kernels (fused) is written by the forward only because the plan saves it, so recomputing it
+takes that write out of the step: its price is its recomputation in the backward less that
+write (``forward_write_time``: a bool's elements at the bool store rate, any other dtype's bytes
+at the bandwidth), and never below zero (a Problem's prices are not negative). On this CPU a
+dropout mask's replayed draw (~10 ns an element) costs less than its bool store (~12): its price
+is zero, and a plan saves no mask that it could recompute to get under its cap."""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.fx as fx
 
-from .cost import DeviceSpec, op_flops, op_time, tensor_bytes
+from .cost import DeviceSpec, ElementWork, hint, op_flops, op_time, tensor_bytes
 from .joint_graph import Folding, Schedule, compute_node, fake_value, is_random, kernel_inputs, kernel_reads, op_tags
 
 if TYPE_CHECKING:
@@ -36,6 +44,40 @@ def transcendental_ops(ops) -> int:
                if torch.Tag.pointwise in op_tags(x) and _op_name(x) in _TRANSCENDENTAL)
 
 
+# Inductor's seeded random prims that its code computes per element from the seed and the element's
+# index (``remat.passes.rng_replay``): a recomputed dropout mask draws its random numbers again
+_REPLAYED_DRAWS = frozenset({"inductor_random", "inductor_randint"})
+
+
+def random_elements(ops) -> int:
+    """Elements of the random draws among ``ops`` that Inductor's code replays from a seed
+    (``prims.inductor_random`` / ``inductor_randint``), which the random rate prices
+    (``remat.cost.ElementWork``): on a CPU each is a Philox engine of its own, 6x an exp, so
+    a recomputed dropout mask costs its draw, not the byte it writes."""
+    return sum(_numel(x) for x in ops if _op_name(x) in _REPLAYED_DRAWS)
+
+
+def bool_elements(storages) -> int:
+    """Elements of the bool tensors among ``storages`` (what a kernel reads: ``kernel_reads``)."""
+    return sum(_numel(x) for x in storages if _dtype(x) == torch.bool)
+
+
+def element_work(ops, reads) -> ElementWork:
+    """The per-element work of a kernel that computes ``ops`` and reads the storages ``reads``."""
+    return ElementWork(transcendental_ops(ops), random_elements(ops), bool_elements(reads))
+
+
+def _numel(n: fx.Node) -> int:
+    """Elements of node ``n``'s tensor (0 for what is not one)."""
+    v = fake_value(n)
+    return hint(v.numel()) if isinstance(v, torch.Tensor) else 0
+
+
+def _dtype(n: fx.Node) -> torch.dtype | None:
+    v = fake_value(n)
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
 def _op_name(n: fx.Node) -> str:
     """The ATen name of op ``n`` without namespace and overload ("exp" for aten.exp.default)."""
     packet = getattr(n.target, "overloadpacket", None)
@@ -49,11 +91,6 @@ def _flops_and_written(n: fx.Node) -> tuple[int, int]:
     out = n.meta.get("val")
     written = sum(tensor_bytes(o) for o in (out if isinstance(out, (tuple, list)) else [out]))
     return op_flops(n.target, args, kwargs, out), written
-
-
-def read_bytes(n: fx.Node, owner: dict, fused: set[fx.Node]) -> int:
-    """Bytes that the kernel computing ``n`` reads from memory (``kernel_reads``)."""
-    return sum(tensor_bytes(fake_value(i)) for i in kernel_reads(n, owner, fused))
 
 
 def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSpec,
@@ -78,26 +115,26 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
         if n in fused:  # runs inside its reader's kernel: no launch, no traffic of its own
             times[n] = flops / spec.peak_flops
             continue
-        moved = read_bytes(n, owner, fused) + written
-        inside = kernel_inputs(n, owner, fused)[1]
-        group = transcendental_ops([n, *map(compute_node, inside)]) if inside else None
-        times[n] = _kernel_time(flops, moved, group, measured, spec, costs)
+        reads, inside = kernel_inputs(n, owner, fused)
+        moved = sum(tensor_bytes(fake_value(i)) for i in reads) + written
+        work = element_work([n, *map(compute_node, inside)], reads) if inside else None
+        times[n] = _kernel_time(flops, moved, work, measured, spec, costs)
     return times, alone
 
 
-def _kernel_time(flops: int, moved: int, group: int | None, measured: float | None, spec: DeviceSpec,
+def _kernel_time(flops: int, moved: int, work: ElementWork | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
-    """Seconds of a kernel that moves ``moved`` bytes: a fused group (``group``: its
-    transcendental element ops, ``transcendental_ops``) as ``fused_kernel_time`` prices it; with
-    ``costs``, the op's ``measured`` time for a kernel of one op; else, or without a measurement,
-    the roofline."""
-    if group is not None:
-        fused = fused_kernel_time(flops, moved, group, spec, costs)
+    """Seconds of a kernel that moves ``moved`` bytes: a fused group (``work``: its per-element
+    work) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for a
+    kernel of one op; else, or without a measurement, the roofline."""
+    if work is not None:
+        fused = fused_kernel_time(flops, moved, work, spec, costs)
         if fused is not None:
             return fused
-    elif costs is not None and measured is not None:
+        return op_time(flops, moved, spec, work)
+    if costs is not None and measured is not None:
         return measured
-    return op_time(flops, moved, spec, group or 0)
+    return op_time(flops, moved, spec)
 
 
 def recomputable(c: fx.Node) -> bool:
@@ -112,31 +149,58 @@ def recomputable(c: fx.Node) -> bool:
 
 
 def recompute_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], owner: dict, spec: DeviceSpec,
-                   costs: MeasuredCosts | None = None) -> float:
-    """Seconds to recompute forward value ``s``. A value with folded values (``folding.through``)
-    is one fused kernel, as Inductor runs it: what it reads through them and its result written,
-    and its transcendental element ops (``transcendental_ops``), priced by ``fused_kernel_time``
-    (its ops alone where ``costs`` has no rates). A value without is its op alone (``alone``); on
-    the roofline at least its transcendental element ops at the spec's elementwise rate (a
-    profiled spec has one)."""
+                   costs: MeasuredCosts | None = None, fused: set[fx.Node] | None = None) -> float:
+    """Price of recomputing forward value ``s`` (the module's rule): ``backward_time`` less
+    ``forward_write_time`` (``fused``: the ops that Inductor computes inside their readers'
+    kernels; None: no write is credited), never below zero."""
+    saved = forward_write_time(s, fused, spec, costs)
+    return max(0.0, backward_time(s, folding, alone, owner, spec, costs) - saved)
+
+
+def backward_time(s: fx.Node, folding: Folding, alone: dict[fx.Node, float], owner: dict, spec: DeviceSpec,
+                  costs: MeasuredCosts | None = None) -> float:
+    """Seconds to recompute forward value ``s`` in the backward. A value with folded values
+    (``folding.through``) is one fused kernel, as Inductor runs it: what it reads through them and
+    its result's bytes written, and its per-element work (``element_work``: transcendental ops,
+    replayed random draws, bool tensors read), priced by ``fused_kernel_time`` (its ops alone
+    where ``costs`` has no rates). A value without is its op alone (``alone``); on the roofline
+    at least its per-element work at the spec's rates."""
     c, through = compute_node(s), folding.through[s]
     if through:
         chain = [c, *map(compute_node, through)]
         flops, written = _flops_and_written(c)
-        moved = read_bytes(c, owner, set(through)) + written
-        fused = fused_kernel_time(flops, moved, transcendental_ops(chain), spec, costs)
-        if fused is not None:
-            return fused
+        reads = kernel_reads(c, owner, set(through))
+        moved = sum(tensor_bytes(fake_value(i)) for i in reads) + written
+        price = fused_kernel_time(flops, moved, element_work(chain, reads), spec, costs)
+        if price is not None:
+            return price
         return sum(alone[x] for x in chain)
     if costs is None:
-        return max(alone[c], op_time(0, 0, spec, transcendental_ops([c])))
+        return max(alone[c], op_time(0, 0, spec, element_work([c], kernel_reads(c, owner, set()))))
     return alone[c]
 
 
-def fused_kernel_time(flops: int, moved: int, work: int, spec: DeviceSpec, costs: MeasuredCosts | None) -> float | None:
-    """Seconds of one kernel that computes a fused chain: ``moved`` bytes (its reads from memory
-    and its result) and ``work`` transcendental element ops. With ``costs``, the longer of its traffic
-    at the measured bandwidth and its element ops at the measured elementwise rate, plus a launch
+def forward_write_time(s: fx.Node, fused: set[fx.Node] | None, spec: DeviceSpec,
+                       costs: MeasuredCosts | None = None) -> float:
+    """Seconds the forward spends writing ``s`` only because a plan saves it: 0 unless the forward
+    computes ``s`` inside its readers' kernels (in ``fused``), where no other forward kernel reads
+    it from memory; then a bool's elements at the bool store rate (Inductor's CPU code stores a
+    bool through ``VecMask``, ~12 ns an element), any other tensor's bytes (and a bool's where
+    that rate is unknown) at the bandwidth, measured where ``costs`` has them."""
+    if fused is None or s not in fused:
+        return 0.0
+    rates = costs.element_rates if costs is not None else spec.element_rates()
+    if _dtype(s) == torch.bool and rates.bool_store > 0:
+        return _numel(s) / rates.bool_store
+    bandwidth = (costs.bandwidth if costs is not None else None) or spec.bandwidth
+    return tensor_bytes(fake_value(s)) / bandwidth
+
+
+def fused_kernel_time(flops: int, moved: int, work: ElementWork, spec: DeviceSpec,
+                      costs: MeasuredCosts | None) -> float | None:
+    """Seconds of one kernel that moves ``moved`` bytes (its reads from memory and its result) and
+    does the per-element ``work``. With ``costs``, the longer of its traffic at the measured
+    bandwidth and its work at the measured rates (``MeasuredCosts.fused_time``), plus a launch
     (None where ``costs`` has no rates); on the roofline, ``op_time`` of the kernel (``flops``:
     its op's, for a reduction at the end of the chain)."""
     if costs is None:

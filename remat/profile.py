@@ -12,12 +12,14 @@ which compiled code does not show (``remat.inductor_check`` adds it at each exte
 total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
 measured time (not measured for an op under ``NEGLIGIBLE_SHARE`` of its graph's roofline time), the measured copy bandwidth and host link, and ``fused_time``, the price of a
 pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
-measured bandwidth and its transcendental element ops at the measured elementwise rate (``remat.cost.fused_time``;
-it runs inside another kernel, so it has no launch of its own).
+measured bandwidth and its per-element work (``element_rates``): its transcendental element ops at
+the measured elementwise rate, its replayed random draws and the bool tensors it reads at the measured
+rates of Inductor's CPU idioms (``measure_cpu_rate``; ``remat.cost.fused_time``; it runs inside
+another kernel, so it has no launch of its own).
 Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
 
 ``profiled_spec`` gives the roofline of ``remat.cost`` the rates that ``remat profile`` cached for
-this machine (matmul FLOP/s, bandwidth, elementwise rate).
+this machine (matmul FLOP/s, bandwidth, elementwise rate, the rates of Inductor's CPU idioms).
 
 Cache: one JSON file per device, thread count and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/remat``, else ``~/.cache/remat``; ``REMAT_CACHE=0`` turns it off. A write takes
@@ -44,7 +46,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import fx
 
-from .cost import DeviceSpec, device_spec, fused_time, node_time
+from .cost import DeviceSpec, ElementRates, ElementWork, device_spec, fused_time, node_time
 from .errors import ConfigError
 from .measure import fastest_seconds, measure_step, median_statement_seconds
 
@@ -54,6 +56,8 @@ FORMAT = "remat.profile/1"
 # the elementwise rate is of transcendental ops (``remat.pricing.transcendental_ops``); caches before
 # session 14 hold "elementwise_rate", a mean with mul and add, that nothing reads now
 BANDWIDTH_KEY, LINK_KEY, ELEMENTWISE_KEY = "bandwidth", "link", "transcendental_rate"
+# rates of Inductor's CPU idioms (``measure_cpu_rate``), elements/s
+RANDOM_KEY, BOOL_LOAD_KEY, BOOL_STORE_KEY = "random_rate", "bool_load_rate", "bool_store_rate"
 _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
 _RANDOM_PRIMS = {"inductor_seeds", "inductor_lookup_seed", "inductor_random", "inductor_randint"}
@@ -551,6 +555,58 @@ def measure_elementwise_rate(
     return rate
 
 
+# Inductor's CPU idioms whose cost per element a byte count misses, as its generated code writes them
+# (torch/csrc/inductor/cpp_prefix.h): mode 0 draws ``prims.inductor_random`` from the seed and the
+# element's index (one Philox engine per element); 1 stores a comparison as a bool through ``VecMask``
+# with a count; 2 loads a bool the same way. Built once by Inductor's own C++ code cache (about 1 s the
+# first time on a machine, then loaded from its disk cache).
+_CPU_IDIOMS = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+extern "C" void kernel(const int64_t* seed, float* x, bool* mask, const int64_t n, const int64_t mode)
+{
+    using V = at::vec::Vectorized<float>;
+    constexpr int64_t w = V::size();
+    if (mode == 0) {
+        for (int64_t i = 0; i < n; ++i) x[i] = normalized_rand_cpu(seed[0], i);
+    } else if (mode == 1) {
+        for (int64_t i = 0; i < n; i += w)
+            at::vec::VecMask<float, 1>(V::loadu(x + i, w) > V(0.5f)).store(mask + i, w);
+    } else {
+        for (int64_t i = 0; i < n; i += w)
+            at::vec::VecMask<float, 1>::from(mask + i, w).to<float, 1>().store(x + i);
+    }
+}
+"""
+_IDIOM_MODES = {RANDOM_KEY: 0, BOOL_STORE_KEY: 1, BOOL_LOAD_KEY: 2}
+
+
+def measure_cpu_rate(
+    key: str, device: torch.device | str = "cpu", cache: ProfileCache | None = None, numel: int = 1 << 16,
+) -> float | None:
+    """Elements per second of one of Inductor's CPU idioms (``key``: ``RANDOM_KEY``, a random draw
+    replayed from a seed, a recomputed dropout mask's; ``BOOL_STORE_KEY`` / ``BOOL_LOAD_KEY``, a bool
+    tensor written / read), on ``numel`` elements in cache at this process's thread count
+    (``fastest_seconds``), measured once per device and kept in ``cache``; None off the CPU (a GPU
+    does them at the speed of its memory traffic)."""
+    if torch.device(device).type != "cpu":
+        return None
+    cache = cache if cache is not None else ProfileCache.for_device(device)
+    known = cache.get(key)
+    if known is not None:
+        return float(known)
+    from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+    types = ["const int64_t*", "float*", "bool*", "const int64_t", "const int64_t"]
+    kernel = CppPythonBindingsCodeCache.load_pybinding(types, _CPU_IDIOMS)
+    with _real_tensors():
+        env = {"kernel": kernel, "seed": torch.tensor([1], dtype=torch.int64), "x": torch.rand(numel),
+               "mask": torch.rand(numel) > 0.5, "n": numel, "mode": _IDIOM_MODES[key]}
+        seconds = fastest_seconds("kernel(seed, x, mask, n, mode)", env, min_run_time=0.1)
+    rate = numel / seconds
+    cache.put(key, rate)
+    return rate
+
+
 def measure_link(
     device: torch.device | str = "cpu", cache: ProfileCache | None = None, nbytes: int = 1 << 28,
 ) -> LinkRates | None:
@@ -597,8 +653,9 @@ def machine_spec(device: Any = "auto") -> DeviceSpec:
 
 def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> DeviceSpec:
     """``spec`` with the rates that ``remat profile`` cached for ``device`` at this process's
-    thread count: its fp32 matmul FLOP/s, copy bandwidth and (when cached) elementwise rate, and
-    ``rates`` naming the file; ``spec`` itself when the cache is off or lacks either of the first two."""
+    thread count: its fp32 matmul FLOP/s, copy bandwidth, (when cached) elementwise rate and the
+    rates of Inductor's CPU idioms (``measure_cpu_rate``, else ``spec``'s), and ``rates`` naming the file; ``spec`` itself when the cache is off or
+    lacks either of the first two."""
     if not cache_enabled():
         return spec
     cache = ProfileCache.for_device(device)
@@ -606,7 +663,10 @@ def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> Devic
     if not flops or not bandwidth:
         return spec
     return replace(spec, peak_flops=flops, bandwidth=float(bandwidth), rates=f"profile {cache.path}",
-                               elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0))
+                   elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0),
+                   random_rate=float(cache.get(RANDOM_KEY) or spec.random_rate),
+                   bool_load_rate=float(cache.get(BOOL_LOAD_KEY) or spec.bool_load_rate),
+                   bool_store_rate=float(cache.get(BOOL_STORE_KEY) or spec.bool_store_rate))
 
 
 # ---- budgets and the capture stage's view --------------------------------------------------------
@@ -692,6 +752,15 @@ class Profiler:
         with self._timed():
             return measure_elementwise_rate(self.device, self.cache)
 
+    def cpu_rate(self, key: str) -> float | None:
+        """Measured elements/s of one of Inductor's CPU idioms (``measure_cpu_rate``; from the cache
+        alone when not measuring); None off the CPU."""
+        if not self.measure:
+            known = self.cache.get(key)
+            return None if known is None else float(known)
+        with self._timed():
+            return measure_cpu_rate(key, self.device, self.cache)
+
     def link(self) -> LinkRates | None:
         """Measured host<->device rates; None off CUDA (or not in a saved profile)."""
         if not self.measure:
@@ -763,14 +832,27 @@ class MeasuredCosts:
     def elementwise_rate(self) -> float | None:
         return self.profiler.elementwise_rate()
 
-    def fused_time(self, bytes_moved: float, elementwise_ops: float = 0.0) -> float | None:
+    @functools.cached_property
+    def element_rates(self) -> ElementRates:
+        """The rates of per-element work (``remat.cost.ElementRates``): the measured elementwise
+        rate (0, not priced, where unmeasured), the measured rates of Inductor's CPU idioms (the
+        machine's spec's where unmeasured)."""
+        spec = self._spec
+
+        def rate(key: str, fallback: float) -> float:
+            return self.profiler.cpu_rate(key) or fallback
+
+        return ElementRates(self.elementwise_rate or 0.0, rate(RANDOM_KEY, spec.random_rate),
+                            rate(BOOL_LOAD_KEY, spec.bool_load_rate), rate(BOOL_STORE_KEY, spec.bool_store_rate))
+
+    def fused_time(self, bytes_moved: float, work: ElementWork = ElementWork()) -> float | None:
         """Seconds of a pointwise chain fused into its reader's kernel (``remat.cost.fused_time``):
-        the longer of its memory traffic at the measured bandwidth and its ``elementwise_ops`` at
-        the measured elementwise rate, no launch of its own; None without a measured bandwidth."""
+        the longer of its memory traffic at the measured bandwidth and its per-element ``work`` at
+        ``element_rates``, no launch of its own; None without a measured bandwidth."""
         bandwidth = self.bandwidth
         if bandwidth is None:
             return None
-        return fused_time(bytes_moved, elementwise_ops, bandwidth, self.elementwise_rate or 0.0)
+        return fused_time(bytes_moved, work, bandwidth, self.element_rates)
 
     @property
     def stats(self) -> ProfileStats:

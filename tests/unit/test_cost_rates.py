@@ -10,8 +10,9 @@ import torch
 
 from remat.capture import capture
 from remat.cli import main
-from remat.cost import DEVICES, DeviceSpec, device_spec, op_time
-from remat.profile import BANDWIDTH_KEY, ELEMENTWISE_KEY, ProfileCache, machine_spec, matmul_rates
+from remat.cost import DEVICES, DeviceSpec, ElementWork, device_spec, op_time
+from remat.profile import (BANDWIDTH_KEY, BOOL_LOAD_KEY, BOOL_STORE_KEY, ELEMENTWISE_KEY, RANDOM_KEY, ProfileCache,
+                           machine_spec, matmul_rates)
 
 from .test_capture import scaled_exp, trace_joint
 
@@ -73,6 +74,17 @@ def test_a_profile_without_elementwise_rate_leaves_it_unknown(one_thread):
     assert spec.bandwidth == 3e9 and spec.elementwise_rate == 0.0
 
 
+def test_profiled_rates_of_inductors_cpu_idioms_replace_the_constants_and_unprofiled_ones_keep_them(one_thread):
+    cache_rates(**PROFILE)
+    cpu, spec = DEVICES["cpu"], machine_spec("auto")
+    assert (spec.random_rate, spec.bool_load_rate, spec.bool_store_rate) == (
+        cpu.random_rate, cpu.bool_load_rate, cpu.bool_store_rate)
+    assert min(cpu.random_rate, cpu.bool_load_rate, cpu.bool_store_rate) > 0
+    cache_rates(**{RANDOM_KEY: 5e7, BOOL_LOAD_KEY: 6e7, BOOL_STORE_KEY: 7e7})
+    spec = machine_spec("auto")
+    assert (spec.random_rate, spec.bool_load_rate, spec.bool_store_rate) == (5e7, 6e7, 7e7)
+
+
 def test_the_cache_turned_off_keeps_the_constants(one_thread, monkeypatch):
     cache_rates(**PROFILE)
     monkeypatch.setenv("REMAT_CACHE", "0")
@@ -93,11 +105,20 @@ def test_a_profile_of_another_thread_count_is_not_used():
 
 def test_op_time_prices_elementwise_ops_only_at_a_known_rate():
     spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0)
-    assert op_time(1e3, 1e3, spec, elementwise_ops=1e9) == pytest.approx(1e-6)  # rate unknown: not priced
+    assert op_time(1e3, 1e3, spec, ElementWork(transcendental=1e9)) == pytest.approx(1e-6)  # rate unknown: not priced
     slow = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0, elementwise_rate=1e6)
-    assert op_time(1e3, 1e3, slow, elementwise_ops=1e3) == pytest.approx(1e-3)
-    assert op_time(1e3, 1e6, slow, elementwise_ops=1e3) == pytest.approx(1e-3)  # traffic: 1e-3 too
-    assert op_time(1e3, 1e7, slow, elementwise_ops=1e3) == pytest.approx(1e-2)
+    assert op_time(1e3, 1e3, slow, ElementWork(transcendental=1e3)) == pytest.approx(1e-3)
+    assert op_time(1e3, 1e6, slow, ElementWork(transcendental=1e3)) == pytest.approx(1e-3)  # traffic: 1e-3 too
+    assert op_time(1e3, 1e7, slow, ElementWork(transcendental=1e3)) == pytest.approx(1e-2)
+
+
+def test_op_time_adds_replayed_draws_and_bool_loads_at_their_rates_to_the_element_work():
+    spec = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0,
+                      elementwise_rate=1e6, random_rate=1e5, bool_load_rate=1e4)
+    work = ElementWork(transcendental=1e3, draws=1e2, bool_loads=10)
+    assert op_time(0, 1e3, spec, work) == pytest.approx(1e-3 + 1e-3 + 1e-3)
+    unknown = DeviceSpec("t", peak_flops=1e12, bandwidth=1e9, host_bandwidth=0.0, launch_overhead=0.0)
+    assert op_time(0, 1e3, unknown, ElementWork(draws=1e9, bool_loads=1e9)) == pytest.approx(1e-6)  # not priced
 
 
 def test_a_profiled_elementwise_rate_prices_a_recomputed_pointwise_chain():
@@ -140,6 +161,9 @@ def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, 
     cache = ProfileCache.for_device("cpu")
     assert spec.peak_flops == matmul_rates(cache)["float32"] and spec.bandwidth == cache.get(BANDWIDTH_KEY)
     assert spec.elementwise_rate == cache.get(ELEMENTWISE_KEY) > 0
+    assert "random draws" in out and spec.random_rate == cache.get(RANDOM_KEY) > 0
+    assert "bool store" in out and spec.bool_store_rate == cache.get(BOOL_STORE_KEY) > 0
+    assert "bool load" in out and spec.bool_load_rate == cache.get(BOOL_LOAD_KEY) > 0
 
 
 def test_the_elementwise_rate_is_measured_on_enough_elements_that_gpu_launches_do_not_decide_it():

@@ -13,10 +13,9 @@ import torch
 import remat
 from remat import planning
 from remat.capture import capture, fused_values
-from remat.joint_graph import graph_facts
-from remat.pricing import read_bytes
+from remat.joint_graph import fake_value, graph_facts, kernel_reads
 from remat.config import RematConfig
-from remat.cost import DeviceSpec, fused_time, tensor_bytes
+from remat.cost import DeviceSpec, ElementRates, ElementWork, fused_time, tensor_bytes
 from remat.plan import Decision
 from remat.profile import ELEMENTWISE_KEY, FORMAT, LinkRates, MeasuredCosts, ProfileStats, signature_of
 from remat.simulate import store_all_peak
@@ -36,13 +35,15 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 class StubCosts:
     """Measured op times by op name ('mm', 'exp'); no bandwidth, so fused groups keep the roofline."""
 
+    bandwidth, element_rates = None, ElementRates()
+
     def __init__(self, times: dict[str, float]) -> None:
         self.times = times
 
     def op_time(self, node) -> float | None:
         return self.times.get(getattr(node.target, "__name__", "").split(".")[0])
 
-    def fused_time(self, nbytes: float, elementwise_ops: float = 0.0) -> float | None:
+    def fused_time(self, nbytes: float, work: ElementWork = ElementWork()) -> float | None:
         return None
 
 
@@ -116,7 +117,7 @@ def test_a_fused_group_costs_its_traffic_at_the_measured_bandwidth(tmp_path, mlp
     fused = fused_values(g)
     group = by_name(joint)["threshold_backward"]  # inlines native_dropout_backward
     assert any(g.owner.get(i) in fused for i in group.all_input_nodes)
-    moved = read_bytes(group, g.owner, fused) + tensor_bytes(group.meta["val"])
+    moved = sum(tensor_bytes(fake_value(i)) for i in kernel_reads(group, g.owner, fused)) + tensor_bytes(group.meta["val"])
     assert roof.slots[slot_index(roof, group.name)].compute_time == moved  # 1 B/s, no launch
     assert got.slots[slot_index(got, group.name)].compute_time == pytest.approx(moved / 4.0)
 
@@ -207,6 +208,7 @@ def test_analyze_reports_the_cost_model(tmp_path):
 
 
 def test_fused_time_is_the_longer_of_traffic_and_elementwise_ops():
-    assert fused_time(4e9, 1e6, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(2.0)
-    assert fused_time(4e9, 1e10, bandwidth=2e9, elementwise_rate=1e9) == pytest.approx(10.0)
-    assert fused_time(4e9, 1e10, bandwidth=2e9) == pytest.approx(2.0)  # rate unknown: traffic alone
+    rates = ElementRates(elementwise=1e9)
+    assert fused_time(4e9, ElementWork(transcendental=1e6), 2e9, rates) == pytest.approx(2.0)
+    assert fused_time(4e9, ElementWork(transcendental=1e10), 2e9, rates) == pytest.approx(10.0)
+    assert fused_time(4e9, ElementWork(transcendental=1e10), 2e9, ElementRates()) == pytest.approx(2.0)  # rate unknown

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from remat.cost import ElementWork
 from remat.errors import ConfigError
 from remat.profile import (
-    ELEMENTWISE_KEY, FORMAT, MeasuredCosts, OpSignature, ProfileCache, Profiler, TensorMeta, measure_bandwidth,
-    measure_elementwise_rate, measure_link, measure_op, measure_workspace, parse_cost_model, signature_of,
-    with_inputs,
+    BOOL_LOAD_KEY, BOOL_STORE_KEY, ELEMENTWISE_KEY, FORMAT, RANDOM_KEY, MeasuredCosts, OpSignature, ProfileCache,
+    Profiler, TensorMeta, machine_spec, measure_bandwidth, measure_cpu_rate, measure_elementwise_rate, measure_link,
+    measure_op, measure_workspace, parse_cost_model, signature_of, with_inputs,
 )
 
 
@@ -257,6 +258,15 @@ def test_block_seconds_times_the_blocks_asked_each_of_whole_runs():
     assert env["x"][0] >= 6  # the sizing run and five blocks of at least one run each
 
 
+@pytest.mark.parametrize("key", [RANDOM_KEY, BOOL_STORE_KEY, BOOL_LOAD_KEY])
+def test_a_rate_of_inductors_cpu_idioms_is_measured_once_then_cached(key):
+    cache = ProfileCache.for_device("cpu")
+    rate = measure_cpu_rate(key, "cpu", cache, numel=1 << 10)
+    assert rate > 0 and ProfileCache.for_device("cpu").get(key) == rate
+    assert measure_cpu_rate(key, "cpu") == rate
+    assert measure_cpu_rate(key, "cuda:0", cache) is None  # a GPU does them at the speed of its traffic
+
+
 def test_rates_are_kept_per_thread_count():
     before = torch.get_num_threads()
     try:
@@ -272,10 +282,21 @@ def test_rates_are_kept_per_thread_count():
 def test_a_fused_chain_costs_its_traffic_or_its_elementwise_ops_whichever_is_longer(tmp_path):
     costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, ELEMENTWISE_KEY: 1e9}))
     assert costs.fused_time(1e9) == pytest.approx(0.1)  # no ops given: traffic alone
-    assert costs.fused_time(1e9, elementwise_ops=1e8) == pytest.approx(0.1)  # memory-bound
-    assert costs.fused_time(1e9, elementwise_ops=1e9) == pytest.approx(1.0)  # compute-bound
+    assert costs.fused_time(1e9, ElementWork(transcendental=1e8)) == pytest.approx(0.1)  # memory-bound
+    assert costs.fused_time(1e9, ElementWork(transcendental=1e9)) == pytest.approx(1.0)  # compute-bound
     no_rate = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10}))
-    assert no_rate.fused_time(1e9, elementwise_ops=1e9) == pytest.approx(0.1)
+    assert no_rate.fused_time(1e9, ElementWork(transcendental=1e9)) == pytest.approx(0.1)
+
+
+def test_a_fused_chain_adds_its_draws_and_bool_loads_at_the_measured_rates_or_the_machines(tmp_path):
+    costs = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10, ELEMENTWISE_KEY: 1e9, RANDOM_KEY: 1e8,
+                                                        BOOL_LOAD_KEY: 2e8}))
+    work = ElementWork(transcendental=1e8, draws=1e8, bool_loads=2e8)
+    assert costs.fused_time(1e3, work) == pytest.approx(0.1 + 1.0 + 1.0)
+    unmeasured = MeasuredCosts.load(saved_profile(tmp_path, {"bandwidth": 1e10}))  # the machine's spec's rates
+    spec = machine_spec("auto")
+    assert unmeasured.fused_time(0, ElementWork(draws=1e8, bool_loads=1e8)) == pytest.approx(
+        1e8 / spec.random_rate + 1e8 / spec.bool_load_rate)
 
 
 def test_link_is_none_off_cuda():
