@@ -12,7 +12,11 @@ Approximate by construction: plain Inductor also reuses freed buffers and reorde
 peak memory, both of which remat turns off under a plan. What min-cut saves that the ``Problem``
 has no activation for (a fused pointwise value that remat folds into its readers) is not in the
 plan: its activation inputs are stored instead (``folded_inputs``), and ``plan.info`` lists it
-and its bytes. Under
+and its bytes. A value that min-cut saves though the joint graph makes it in the backward (a
+tangent-independent backward op, which the partition moves into the forward: Whisper's encoder
+LayerNorm's normalized input, recomputed by its backward) is no activation either: the plain
+Problem (``plain_compile_problem``) holds its bytes from the forward slot where its last forward
+input is made to its last backward reader (``saved_backward_values``). Under
 the backend the joint graph is in remat's backward order (``remat.passes.order_backward``), which
 plain torch.compile does not run: the figure is then 3.5 % under plain's code on the quick MLP,
 5.6 % under on the GPT.
@@ -21,18 +25,21 @@ plain torch.compile does not run: the figure is then 3.5 % under plain's code on
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 import torch.fx as fx
 
 from .capture import Captured
-from .joint_graph import is_view
+from .joint_graph import is_fusible_consumer, is_pointwise, is_view, readers_through_views
 from .cost import tensor_bytes
 from .plan import Decision, Plan
+from .problem import Problem
 from .simulate import simulate
 
-__all__ = ["copy_graph", "folded_inputs", "min_cut_saved_values", "plain_compile_peak", "plain_compile_plan", "plan_from_saved",
-           "saved_outputs", "storage_name"]
+__all__ = ["copy_graph", "folded_inputs", "min_cut_saved_values", "plain_compile_peak", "plain_compile_plan",
+           "plain_compile_problem", "plan_from_saved", "saved_backward_values", "saved_outputs", "storage_name"]
 
 
 def copy_graph(joint: fx.GraphModule) -> fx.GraphModule:
@@ -151,6 +158,58 @@ def plain_compile_peak(
     joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
     static_lifetime_input_indices: list[int] | None = None,
 ) -> int:
-    """Simulated peak bytes of ``plain_compile_plan``: the model's peak of plain torch.compile."""
+    """Simulated peak bytes of ``plain_compile_plan`` on ``plain_compile_problem``: the model's
+    peak of plain torch.compile."""
     plan = plain_compile_plan(joint, captured, num_fwd_outputs, static_lifetime_input_indices)
-    return simulate(captured.problem, plan).peak_bytes
+    return simulate(plain_compile_problem(joint, captured.problem, plan), plan).peak_bytes
+
+
+def plain_compile_problem(joint: fx.GraphModule, problem: Problem, plan: Plan) -> Problem:
+    """``problem`` (captured from ``joint``) with the bytes of the backward values that
+    ``plan``'s min-cut saves (``saved_backward_values``) added to the slots that hold them."""
+    extra = [0] * len(problem.slots)
+    for first, last, nbytes in saved_backward_values(joint, problem, plan.info.get("min_cut_saved", ())):
+        for t in range(first, last + 1):
+            extra[t] += nbytes
+    if not any(extra):
+        return problem
+    slots = tuple(replace(s, fixed_bytes=s.fixed_bytes + e) for s, e in zip(problem.slots, extra))
+    return replace(problem, slots=slots)
+
+
+def saved_backward_values(joint: fx.GraphModule, problem: Problem, saved: Iterable[str]) -> list[tuple[int, int, int]]:
+    """(first slot, last slot, bytes) of each of the ``saved`` storages that ``problem``'s schedule
+    runs in the backward: min-cut moves a backward op that reads no tangent into the forward and
+    saves it (Whisper's encoder LayerNorm backward's ``(add_16 - mean) * rsqrt``); plain's forward
+    computes it with its last forward input, and its backward holds it to its last reader (to
+    its own slot only, when the Problem allocates it there: a reader is no fusible consumer)."""
+    slot = {s.name: i for i, s in enumerate(problem.slots)}
+    out = []
+    for name in sorted(saved):
+        n = _node(joint, name)
+        if slot.get(name, -1) < problem.num_forward or n is None or not isinstance(n.meta.get("val"), torch.Tensor):
+            continue
+        readers = readers_through_views(n)
+        last = max((slot[r.name] for r in readers if r.name in slot), default=slot[name])
+        if not (is_pointwise(n) and all(is_fusible_consumer(r) for r in readers)):
+            last = slot[name] - 1  # a buffer of the Problem's from its slot on
+        out.append((_last_forward_input(joint, n, slot, problem.num_forward), last, int(tensor_bytes(n.meta["val"]))))
+    return out
+
+
+def _last_forward_input(joint: fx.GraphModule, n: fx.Node, slot: dict[str, int], num_forward: int) -> int:
+    """The latest forward slot that backward op ``n`` reads, itself or through the backward ops
+    it reads (which min-cut moves into the forward with it)."""
+    latest, todo, seen = 0, [n], {n}
+    while todo:
+        for x in todo.pop().all_input_nodes:
+            owner = _node(joint, storage_name(joint, x.name))
+            if owner is None or owner in seen:
+                continue
+            seen.add(owner)
+            t = slot.get(owner.name)
+            if t is not None and t < num_forward:
+                latest = max(latest, t)
+            elif t is not None:
+                todo.append(owner)
+    return latest
