@@ -85,7 +85,7 @@ def _plain_plan_report(model, inputs, loss_fn, kernel_groups):
 
     from remat.analyze import capture_step
     from remat.backend import _Stop
-    from remat.baseline import plain_compile_plan
+    from remat.baseline import plain_compile_plan, plain_compile_problem
     from remat.config import RematConfig
     from remat.planning import GraphReport, plan_joint_graph
     from remat.simulate import simulate
@@ -96,7 +96,7 @@ def _plain_plan_report(model, inputs, loss_fn, kernel_groups):
             cfg = RematConfig.from_options({"solver": "store_all"})
             report, (joint, _) = plan_joint_graph(gm, n, static, cfg, kernel_groups=kernel_groups)
             plan = plain_compile_plan(joint, report.captured, n, static)
-            timeline = simulate(report.captured.problem, plan)
+            timeline = simulate(plain_compile_problem(joint, report.captured.problem, plan), plan)
             raise _Stop(GraphReport(report.captured, plan, timeline, report.baseline_peak_bytes, None))
 
         def uuid(self):
