@@ -8,7 +8,7 @@ takes that write out of the step: its price is its recomputation in the backward
 write (``forward_write_time``: a bool's elements at the bool store rate, any other dtype's bytes
 at the bandwidth), and never below zero (a Problem's prices are not negative). On this CPU a
 dropout mask's replayed draw (~10 ns an element) costs less than its bool store (~12): its price
-is zero, and a plan saves no mask that it could recompute to get under its cap."""
+is zero, memory freed at no cost."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def _numel(n: fx.Node) -> int:
 
 
 def _dtype(n: fx.Node) -> torch.dtype | None:
+    """The dtype of node ``n``'s tensor (None for what is not one)."""
     v = fake_value(n)
     return v.dtype if isinstance(v, torch.Tensor) else None
 
