@@ -765,7 +765,7 @@ def capture(
         for i, n in enumerate(sched.order)
     ]
     activations = [
-        make_activation(s, life.activations[s], folding, recompute_time(s, folding, alone, g.owner, spec, costs),
+        make_activation(s, life.activations[s], folding, recompute_time(s, folding, alone, g.owner, spec, costs, fused),
                         taker_of(s, g, relevant, fused))
         for s in sorted(relevant, key=g.index.__getitem__)
     ]
