@@ -4,13 +4,14 @@ machine and cached.
 An op call is described by an ``OpSignature`` (the OpOverload, its tensor inputs' shapes, strides,
 dtypes and devices, its other arguments); ``signature_of`` builds one from a graph node whose
 ``meta["val"]`` are (fake) tensors, or gives None for what cannot or should not be timed alone.
-``measure_op`` times a signature on real random inputs with ``torch.utils.benchmark.Timer``: one
-warm-up call, then the median of blocks of timings (``remat.measure.block_seconds``); ``measure_workspace`` measures the
-scratch memory that a call allocates beyond its results (conv columns, attention backward buffers),
-which compiled code does not show (``remat.inductor_check`` adds it at each extern kernel's call).
-``Profiler`` adds a per-op and a
-total time budget and the disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's
-measured time (not measured for an op under ``NEGLIGIBLE_SHARE`` of its graph's roofline time), the measured copy bandwidth and host link, and ``fused_time``, the price of a
+``measure_op`` times a signature on real random inputs with ``torch.utils.benchmark``'s clock: one
+warm-up call, then the median of blocks of timings (``remat.measure.block_seconds``);
+``measure_workspace`` measures the scratch memory that a call allocates beyond its results (conv
+columns, attention backward buffers), which compiled code does not show (``remat.inductor_check``
+adds it at each extern kernel's call). ``Profiler`` adds a per-op and a total time budget and the
+disk cache; ``MeasuredCosts`` is what the capture stage asks: a node's measured time (not measured
+for an op under ``NEGLIGIBLE_SHARE`` of its graph's roofline time), the measured copy bandwidth and
+host link, and ``fused_time``, the price of a
 pointwise recomputation that Inductor fuses into its reader: the longer of its memory traffic at the
 measured bandwidth and its per-element work (``element_rates``): its transcendental element ops at
 the measured elementwise rate, its replayed random draws and the bool tensors it reads at the measured
@@ -56,7 +57,8 @@ FORMAT = "remat.profile/1"
 # the elementwise rate is of transcendental ops (``remat.pricing.transcendental_ops``); caches before
 # session 14 hold "elementwise_rate", a mean with mul and add, that nothing reads now
 BANDWIDTH_KEY, LINK_KEY, ELEMENTWISE_KEY = "bandwidth", "link", "transcendental_rate"
-# rates of Inductor's CPU idioms (``measure_cpu_rate``), elements/s
+# rates of Inductor's CPU idioms (``measure_cpu_rate``), elements/s; each key is the name of the
+# ``DeviceSpec`` field that holds the rate (``_idiom_rates``)
 RANDOM_KEY, BOOL_LOAD_KEY, BOOL_STORE_KEY = "random_rate", "bool_load_rate", "bool_store_rate"
 _CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
@@ -558,8 +560,8 @@ def measure_elementwise_rate(
 # Inductor's CPU idioms whose cost per element a byte count misses, as its generated code writes them
 # (torch/csrc/inductor/cpp_prefix.h): mode 0 draws ``prims.inductor_random`` from the seed and the
 # element's index (one Philox engine per element); 1 stores a comparison as a bool through ``VecMask``
-# with a count; 2 loads a bool the same way. Built once by Inductor's own C++ code cache (about 1 s the
-# first time on a machine, then loaded from its disk cache).
+# with a count; 2 loads a bool the same way. Built once by Inductor's own C++ code cache (5 s of wall
+# time the first time on this 2-core machine, then loaded from its disk cache).
 _CPU_IDIOMS = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
 extern "C" void kernel(const int64_t* seed, float* x, bool* mask, const int64_t n, const int64_t mode)
@@ -654,8 +656,8 @@ def machine_spec(device: Any = "auto") -> DeviceSpec:
 def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> DeviceSpec:
     """``spec`` with the rates that ``remat profile`` cached for ``device`` at this process's
     thread count: its fp32 matmul FLOP/s, copy bandwidth, (when cached) elementwise rate and the
-    rates of Inductor's CPU idioms (``measure_cpu_rate``, else ``spec``'s), and ``rates`` naming the file; ``spec`` itself when the cache is off or
-    lacks either of the first two."""
+    rates of Inductor's CPU idioms (``measure_cpu_rate``, else ``spec``'s), and ``rates`` naming
+    the file; ``spec`` itself when the cache is off or lacks either of the first two."""
     if not cache_enabled():
         return spec
     cache = ProfileCache.for_device(device)
@@ -663,10 +665,13 @@ def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> Devic
     if not flops or not bandwidth:
         return spec
     return replace(spec, peak_flops=flops, bandwidth=float(bandwidth), rates=f"profile {cache.path}",
-                   elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0),
-                   random_rate=float(cache.get(RANDOM_KEY) or spec.random_rate),
-                   bool_load_rate=float(cache.get(BOOL_LOAD_KEY) or spec.bool_load_rate),
-                   bool_store_rate=float(cache.get(BOOL_STORE_KEY) or spec.bool_store_rate))
+                   elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0), **_idiom_rates(cache.get, spec))
+
+
+def _idiom_rates(rate_of: Callable[[str], Any], spec: DeviceSpec) -> dict[str, float]:
+    """The ``DeviceSpec`` fields of the rates of Inductor's CPU idioms: ``rate_of(key)`` where it
+    knows one, else ``spec``'s."""
+    return {key: float(rate_of(key) or getattr(spec, key)) for key in (RANDOM_KEY, BOOL_LOAD_KEY, BOOL_STORE_KEY)}
 
 
 # ---- budgets and the capture stage's view --------------------------------------------------------
@@ -837,13 +842,8 @@ class MeasuredCosts:
         """The rates of per-element work (``remat.cost.ElementRates``): the measured elementwise
         rate (0, not priced, where unmeasured), the measured rates of Inductor's CPU idioms (the
         machine's spec's where unmeasured)."""
-        spec = self._spec
-
-        def rate(key: str, fallback: float) -> float:
-            return self.profiler.cpu_rate(key) or fallback
-
-        return ElementRates(self.elementwise_rate or 0.0, rate(RANDOM_KEY, spec.random_rate),
-                            rate(BOOL_LOAD_KEY, spec.bool_load_rate), rate(BOOL_STORE_KEY, spec.bool_store_rate))
+        measured = _idiom_rates(self.profiler.cpu_rate, self._spec)
+        return replace(self._spec, elementwise_rate=self.elementwise_rate or 0.0, **measured).element_rates()
 
     def fused_time(self, bytes_moved: float, work: ElementWork = ElementWork()) -> float | None:
         """Seconds of a pointwise chain fused into its reader's kernel (``remat.cost.fused_time``):
