@@ -166,11 +166,16 @@ def plain_compile_peak(
     return simulate(plain_compile_problem(joint, captured.problem, plan), plan).peak_bytes
 
 
-def plain_compile_problem(joint: fx.GraphModule, problem: Problem, plan: Plan) -> Problem:
+def plain_compile_problem(joint: fx.GraphModule, problem: Problem, plan: Plan,
+                          copies: Iterable[tuple[str, str, int]] = ()) -> Problem:
     """``problem`` (captured from ``joint``) with the bytes of the backward values that
-    ``plan``'s min-cut saves (``saved_backward_values``) added to the slots that hold them."""
+    ``plan``'s min-cut saves (``saved_backward_values``) added to the slots that hold them, and
+    those of the broadcast ``copies`` (first op, reader, bytes: ``remat.plain_order.copies_in_runs``)
+    from their first op's slot to their reader's (whose own slot counts them already)."""
     extra = [0] * len(problem.slots)
-    for first, last, nbytes in saved_backward_values(joint, problem, plan.info.get("min_cut_saved", ())):
+    slot = {s.name: i for i, s in enumerate(problem.slots)}
+    held = [(slot[a], slot[b] - 1, nbytes) for a, b, nbytes in copies if a in slot and b in slot]
+    for first, last, nbytes in saved_backward_values(joint, problem, plan.info.get("min_cut_saved", ())) + held:
         for t in range(first, last + 1):
             extra[t] += nbytes
     if not any(extra):

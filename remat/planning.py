@@ -40,7 +40,7 @@ from .passes.order_backward import Ordered, order_backward
 from .plan import Decision, Plan, status_words
 from .profile import machine_spec
 from .ranks import agree_across_ranks
-from .simulate import MemoryTimeline, check, store_all_peak, store_all_plan
+from .simulate import MemoryTimeline, check, simulate, store_all_peak, store_all_plan
 from .solvers import get_solver
 from .structure import with_layers
 from .symbolic import (
@@ -174,6 +174,34 @@ def plan_joint_graph(
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
 
+
+
+def plain_compile_report(joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None,
+                         cfg: RematConfig, name: str = "graph0", loss_room: int = 0,
+                         other_runs: tuple[int, int] = (0, 0)) -> GraphReport:
+    """The model's prediction of plain torch.compile on one joint graph, before any compile: its
+    backward laid out in the order plain Inductor's peak-memory pass keeps
+    (``remat.plain_order.plain_backward_order``; remat's own order, ``order_for_peak``, is for its
+    plans, under which that pass is off), captured, and torch's min-cut partition simulated as a
+    plan (``remat.baseline``) with the broadcast copies that Inductor writes in one function with
+    the kernels before them (``copies_in_runs``). ``problem.metadata["backward_order"]`` names the order,
+    ``plan.info["order_estimates"]`` holds the pass's estimate of each candidate as predicted."""
+    from .baseline import plain_compile_plan, plain_compile_problem
+    from .plain_order import plain_backward_order
+
+    t0 = time.perf_counter()
+    joint, info = _prepare_joint(joint, num_fwd_outputs, static_lifetime_input_indices)
+    forward = forward_nodes(joint, info)
+    order = plain_backward_order(joint, forward, num_fwd_outputs)
+    on_cuda = _on_cuda(joint)
+    captured = capture(joint, forward_nodes=forward, num_fwd_outputs=num_fwd_outputs, spec=machine_spec(cfg.device),
+                       host_bandwidth=host_bandwidth(cfg, on_cuda, None), name=name)
+    captured.problem = _with_step_context(captured.problem, joint, forward, num_fwd_outputs, None, loss_room, other_runs)
+    captured.problem.metadata["backward_order"] = order.chosen
+    plan = plain_compile_plan(joint, captured, num_fwd_outputs, static_lifetime_input_indices)
+    plan.info["order_estimates"] = order.estimates
+    timeline = simulate(plain_compile_problem(joint, captured.problem, plan, order.copies), plan)
+    return GraphReport(captured, plan, timeline, store_all_peak(captured.problem), None, time.perf_counter() - t0)
 
 
 def _with_step_context(problem, joint: fx.GraphModule, forward, num_fwd_outputs: int,

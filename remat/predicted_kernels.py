@@ -203,7 +203,7 @@ def _fuse_phase(order: list[fx.Node], owner: dict, fused: set[fx.Node]) -> list[
     position = {n: i for i, n in enumerate(nodes)}
     ancestors = _scheduler_ancestors(nodes, owner, fused)
     kernels = [_Kernel([n], _loop_ranges(n, fused), torch.Tag.reduction in op_tags(n), position[n], position[n],
-                       set(ancestors[n])) for n in nodes if _loop_op(n)]
+                       set(ancestors[n])) for n in nodes if loop_op(n)]
     for _ in range(_FUSION_ROUNDS):
         merged = _fuse_round(kernels, owner, fused, ancestors)
         if len(merged) == len(kernels):
@@ -212,7 +212,7 @@ def _fuse_phase(order: list[fx.Node], owner: dict, fused: set[fx.Node]) -> list[
     return kernels
 
 
-def _loop_op(n: fx.Node) -> bool:
+def loop_op(n: fx.Node) -> bool:
     """Whether Inductor computes ``n`` in a loop kernel of its own (not an extern kernel)."""
     return is_tensor(n) and (is_fusible_consumer(n) or n.target in _LOOP_OPS)
 
