@@ -28,6 +28,7 @@ import torch.fx as fx
 from .capture import inlined_codes
 from .cost import tensor_bytes
 from .predicted_kernels import loop_op
+from .passes.order_backward import lay_out
 from .joint_graph import GraphFacts, build_schedule, graph_facts, is_fusible_consumer, is_view, kernel_reads
 
 __all__ = ["PassGraph", "PlainOrder", "copies_in_runs", "estimate", "pass_graph", "pass_orders", "plain_backward_order"]
@@ -240,7 +241,7 @@ def plain_backward_order(joint: fx.GraphModule, forward: set[fx.Node], num_fwd_o
     estimates = {name: estimate(pg, order) for name, order in orders.items()}
     chosen = min(estimates, key=estimates.__getitem__)
     if chosen != "graph":
-        _lay_out(joint, g, [n for n in orders[chosen] if not isinstance(n, tuple)])
+        lay_out(joint, g, [n for n in orders[chosen] if not isinstance(n, tuple)])
     return PlainOrder(chosen, estimates, copies_in_runs(pg, orders[chosen]))
 
 
@@ -261,34 +262,3 @@ def copies_in_runs(pg: PassGraph, order: list[Hashable]) -> list[tuple[str, str,
         else:
             first = None
     return out
-
-
-def _lay_out(joint: fx.GraphModule, g: GraphFacts, order: list[fx.Node]) -> None:
-    """Move the backward ops to just before the output: ``order``'s, each after the backward ops it
-    reads that are not in ``order`` (inlined values, views, a tuple op's elements, in graph order),
-    then the rest in graph order."""
-    out, done = joint.graph.output_node(), set()
-
-    def place(n: fx.Node) -> None:
-        todo, pulled = [n], []
-        while todo:
-            v = todo.pop()
-            if v in done or v not in g.backward:
-                continue
-            done.add(v)
-            pulled.append(v)
-            todo.extend(v.all_input_nodes)
-        for v in sorted(pulled, key=g.index.__getitem__):
-            out.prepend(v)
-            for u in v.users:  # a tuple op's elements right after it
-                if u.target is operator.getitem and u not in done and u in g.backward:
-                    done.add(u)
-                    out.prepend(u)
-
-    for n in order:
-        place(n)
-    for n in g.nodes:
-        if n in g.backward and n not in done:
-            place(n)
-    joint.graph.lint()
-    joint.recompile()

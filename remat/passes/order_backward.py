@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch.fx as fx
 
-from ..joint_graph import is_view, storage_owners
+from ..joint_graph import GraphFacts, is_view, storage_owners
 from ..cost import tensor_bytes
 
 # the share of the graph's own order's peak that another order must save to be kept: less is
@@ -34,7 +34,7 @@ from ..cost import tensor_bytes
 MIN_GAIN = 0.005
 
 __all__ = ["GREEDY", "MIN_GAIN", "BackwardDag", "Ordered", "backward_dag", "bfs_order", "dfs_order", "just_in_time",
-           "lpmf_order", "order_backward"]
+           "lay_out", "lpmf_order", "order_backward"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,37 @@ def order_backward(joint: fx.GraphModule, backward: set[fx.Node], peak_of: Calla
         chosen = chosen if floors[chosen] <= floors["graph"] else "graph"
     _place(joint, orders.get(chosen) or own)
     return Ordered(chosen, peaks, floors)
+
+
+def lay_out(joint: fx.GraphModule, g: GraphFacts, order: list[fx.Node]) -> None:
+    """Move ``g``'s backward ops (in place) to just before the output: ``order``'s, each after the
+    backward ops it reads that are not placed yet (inlined values, views, in graph order) and
+    with a tuple op's elements right after it, then the rest in graph order."""
+    out, done = joint.graph.output_node(), set()
+
+    def place(n: fx.Node) -> None:
+        todo, pulled = [n], []
+        while todo:
+            v = todo.pop()
+            if v in done or v not in g.backward:
+                continue
+            done.add(v)
+            pulled.append(v)
+            todo.extend(v.all_input_nodes)
+        for v in sorted(pulled, key=g.index.__getitem__):
+            out.prepend(v)
+            for u in v.users:  # a tuple op's elements right after it
+                if u.target is operator.getitem and u not in done and u in g.backward:
+                    done.add(u)
+                    out.prepend(u)
+
+    for n in order:
+        place(n)
+    for n in g.nodes:
+        if n in g.backward and n not in done:
+            place(n)
+    joint.graph.lint()
+    joint.recompile()
 
 
 def _place(joint: fx.GraphModule, order: list[fx.Node]) -> None:
