@@ -16,12 +16,13 @@ and its bytes. A value that min-cut saves though the joint graph makes it in the
 tangent-independent backward op, which the partition moves into the forward: Whisper's encoder
 LayerNorm's normalized input, recomputed by its backward) is no activation either: the plain
 Problem (``plain_compile_problem``) holds its bytes from the forward slot where its last forward
-input is made to its last backward reader (``saved_backward_values``). Under
-the backend the joint graph is in remat's backward order (``remat.passes.order_backward``), which
-plain torch.compile does not run; and plain Inductor orders its kernels, the copies that extern
-kernels read included, by its own peak-memory pass: on the quick MLP that pass writes both 2 MiB
-copies of the expanded loss seed with the bias gradient in the backward's first kernel, and the
-figure is 3.5 % under plain's code.
+input is made to its last backward reader (``saved_backward_values``). Plain Inductor orders its
+kernels, the copies that extern kernels read included, by its own peak-memory pass (off under
+remat's plans): ``remat.planning.plain_compile_report`` lays the backward out in the order that
+pass keeps (``remat.plain_order``) and holds the copies its CPU code writes with the kernels
+before them from there (``plain_compile_problem``'s ``copies``: on the quick MLP both 2 MiB copies
+of the expanded loss seed, with the bias gradient in the backward's first kernel).
+``plain_compile_peak`` simulates the plan on the joint graph as it is ordered.
 """
 
 from __future__ import annotations
@@ -160,8 +161,9 @@ def plain_compile_peak(
     joint: fx.GraphModule, captured: Captured, num_fwd_outputs: int,
     static_lifetime_input_indices: list[int] | None = None,
 ) -> int:
-    """Simulated peak bytes of ``plain_compile_plan`` on ``plain_compile_problem``: the model's
-    peak of plain torch.compile."""
+    """Simulated peak bytes of ``plain_compile_plan`` on ``plain_compile_problem``, with the joint
+    graph in the order it has (``remat.planning.plain_compile_report`` predicts plain torch.compile
+    in the order plain Inductor keeps, with its copies)."""
     plan = plain_compile_plan(joint, captured, num_fwd_outputs, static_lifetime_input_indices)
     return simulate(plain_compile_problem(joint, captured.problem, plan), plan).peak_bytes
 
