@@ -79,21 +79,25 @@ def plain_compile_predictions(name: str, quick: bool, kernel_groups=None) -> dic
 
 
 def _plain_plan_report(model, inputs, loss_fn, kernel_groups):
-    """The GraphReport of plain compile's min-cut plan on the model's captured Problem (with
-    ``kernel_groups`` told to the capture and the simulator when given)."""
+    """The GraphReport of plain compile's min-cut plan on the model's captured Problem: without
+    ``kernel_groups``, the model alone, in the backward order plain Inductor's peak-memory pass keeps
+    (``remat.planning.plain_compile_report``; its store-all peak and any plan's bound are in that
+    order too); with them, told to the capture and the simulator as the check loop tells a plan."""
     from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
     from remat.analyze import capture_step
     from remat.backend import _Stop
     from remat.baseline import plain_compile_plan, plain_compile_problem
     from remat.config import RematConfig
-    from remat.planning import GraphReport, plan_joint_graph
+    from remat.planning import GraphReport, plain_compile_report, plan_joint_graph
     from remat.simulate import simulate
 
     class PlainCompilePlanner(CustomPartitionerFn):
         def __call__(self, gm, joint_inputs, **kw):
             n, static = kw["num_fwd_outputs"], kw.get("static_lifetime_input_indices")
             cfg = RematConfig.from_options({"solver": "store_all"})
+            if kernel_groups is None:  # the model alone: plain compile in the order plain Inductor keeps
+                raise _Stop(plain_compile_report(gm, n, static, cfg))
             report, (joint, _) = plan_joint_graph(gm, n, static, cfg, kernel_groups=kernel_groups)
             plan = plain_compile_plan(joint, report.captured, n, static)
             timeline = simulate(plain_compile_problem(joint, report.captured.problem, plan), plan)
