@@ -47,8 +47,13 @@ recomputation moves after its kernel adds terms in that candidate's ``rec`` to t
 (``_core.Structure.move_terms``: at or above the simulator's count).
 
 The answer is normalised to the needed set, its peak and time recomputed exactly, and compared
-with the greedy plan (made first, within ``GREEDY_SHARE`` of the time limit; warm start and
-fallback): the better plan under the cap wins.
+with the greedy plan (made first; warm start and fallback): the better plan under the cap wins.
+
+Work, not seconds, ends each search, so that a busy machine makes the same plan: a capped solve
+stops at its MIP gap or after ``CAPPED_NODES`` branch-and-bound nodes, the min-peak search after
+``MIN_PEAK_NODES`` nodes and its descents' evaluations, the greedy after its moves; the wall clock,
+``SAFETY_CAP`` times the time limit, is a safety cap only (and "auto"'s choice to skip "mix"
+still reads the time limit itself: ``_mix_skip``).
 """
 
 from __future__ import annotations
@@ -731,7 +736,7 @@ def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool
            nodes: int | None = None):
     """Run the solver, for at most ``nodes`` branch-and-bound nodes when given (HiGHS: a callback
     that interrupts it, checked every few nodes; CBC: ``maxNodes``, one thread); returns
-    (sol_status, bound, gap, seconds)."""
+    (sol_status, bound, gap, seconds, nodes processed: None with CBC)."""
     t0 = time.perf_counter()
     limit = max(0.1, float(time_limit))
     if backend == "highs":
@@ -749,15 +754,16 @@ def _solve(model: Model, backend: str, time_limit: float, gap: float, warm: bool
         warnings.simplefilter("ignore", DeprecationWarning)
         model.prob.solve(solver)
     secs = time.perf_counter() - t0
-    bound = mgap = None
+    bound = mgap = count = None
     if backend == "highs":
         try:
             info = model.prob.solverModel.getInfo()
             bound = float(info.mip_dual_bound)
             mgap = float(info.mip_gap)
+            count = int(info.mip_node_count)
         except Exception:  # pragma: no cover
             pass
-    return model.prob.sol_status, bound, mgap, secs
+    return model.prob.sol_status, bound, mgap, secs, count
 
 
 def _node_limit(nodes: int) -> dict:
@@ -884,8 +890,8 @@ def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backe
     warm = backend == "cbc"  # HiGHS MIP starts are not safe (see _free)
     if warm:
         model.warm(greedy)
-    status, _, _, secs = _solve(model, backend, time_limit, 0.0, warm, None, nodes=MIN_PEAK_NODES)
-    timed_out = _timed_out(model, backend, secs, time_limit)
+    status, _, _, secs, _ = _solve(model, backend, time_limit, 0.0, warm, None, nodes=MIN_PEAK_NODES)
+    timed_out = _stopped_by(model, backend, status, secs, time_limit) == "time limit"
     if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return None, False, timed_out
     dec = model.decisions()
@@ -893,13 +899,19 @@ def _min_peak_mip(st: Structure, lb: int, greedy: dict, time_limit: float, backe
     return found, status == pulp.LpSolutionOptimal, timed_out
 
 
-def _timed_out(model: Model, backend: str, secs: float, time_limit: float) -> bool:
-    """Whether the solve of ``model`` ended at its time limit (CBC: took all of it)."""
+def _stopped_by(model: Model, backend: str, status: int, secs: float, time_limit: float) -> str:
+    """What ended the solve of ``model`` before its gap: "time limit" (CBC: it took all of it),
+    "node budget" (HiGHS: the node callback's interrupt; CBC: a plan not proven within its gap
+    before the clock), or "" (it reached its gap, or proved the model infeasible)."""
     if backend == "highs":
         import highspy
 
-        return model.prob.solverModel.getModelStatus() == highspy.HighsModelStatus.kTimeLimit
-    return secs >= time_limit
+        ended = model.prob.solverModel.getModelStatus()
+        return {highspy.HighsModelStatus.kTimeLimit: "time limit",
+                highspy.HighsModelStatus.kInterrupt: "node budget"}.get(ended, "")
+    if secs >= time_limit:
+        return "time limit"
+    return "node budget" if status == pulp.LpSolutionIntegerFeasible else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -939,8 +951,10 @@ def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, evaluations: int
     return _Descent(dec, peak, used, False)
 
 
+# branch-and-bound nodes of each capped solve, at 1 % gap: quick models <= 7; GPT-2 12 layers 1 (tied), 90 ("mix"),
+# 571 ("free"); the root node's work (presolve, cuts) is not counted (deterministic, but not bounded by it)
+CAPPED_NODES = 2000
 LAYER_MODES = ("auto", "mix", "tie", "free")
-GREEDY_SHARE = 0.1  # of the time limit, for the greedy plan before the models (it stops there)
 PENDING_ROWS = 64  # live-segment rows of one candidate above which they go through pending variables
 AUTO_MIX_LAYERS = 8  # "auto" runs "mix" when a layer class has at least this many layers, else "free"
 MENU_CAPS = (0.0, -0.5, -0.25, 0.25, 0.5)  # caps of the tied plans that make the first menus (see _menu_caps)
@@ -973,17 +987,21 @@ def ilp(
     more, else "free": on short stacks the free model is small, exact and as fast; a "mix" of
     "auto" stops after the tied solve at the cap, keeping the tied and the greedy plans, when
     the greedy plan is as cheap as the tied one or that solve's build and solve times say that
-    the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). ``time_limit``
-    bounds the whole planning: greedy (``GREEDY_SHARE`` of it at most), model building and every
-    solve share one deadline (the min-peak search, when no plan meets the cap, has one of its own:
-    ``_min_peak_plan``).
+    the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). Work ends
+    the planning (the greedy's moves, ``CAPPED_NODES`` per solve); ``SAFETY_CAP`` x ``time_limit``
+    is a safety cap on it all: the greedy, model building and every solve share that deadline
+    (the min-peak search, when no plan meets the cap, has one of its own: ``_min_peak_plan``).
+    ``plan.info["ilp_stopped_by"]`` (``tied_``, ``mix_`` ... for the
+    other models) says whether the node budget or the clock stopped a solve before its gap,
+    ``plan.info["stopped_by"]`` the same of the solves ``info`` records (``_what_stopped``); a plan
+    that the node budget stopped has status "feasible" with HiGHS's bound and gap.
 
     Steps: trivial caps (none, or store-all fits); the lower-bound test; the greedy plan (warm
     start and fallback); the models of the ``layers`` mode; the cheapest valid plan under the cap
     of all (or the min-peak plan when none meets the cap); its optimality status (a tied or mixed
     plan is "feasible": its model's bound only holds for the plans that model spans)."""
     t0 = time.perf_counter()
-    deadline = t0 + time_limit
+    safety = SAFETY_CAP * time_limit
     backend = _backend(backend)
     if layers not in LAYER_MODES:
         raise ConfigError(f"layers must be one of {', '.join(map(repr, LAYER_MODES))}; got {layers!r}")
@@ -995,12 +1013,13 @@ def ilp(
     if budget < st.lower_bound_peak():  # cheap: fixed bytes plus what every plan keeps live exceed it
         max_fixed = int(st.fixed.max())
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
-        _raise_infeasible(st, budget, deadline, backend, why)
-    greedy_plan, greedy_cost = _greedy_plan(st, budget, t0 + GREEDY_SHARE * time_limit)
+        _raise_infeasible(st, budget, time_limit, backend, why)
+    greedy_plan, greedy_cost = _greedy_plan(st, budget, t0 + safety)
     ties = tie_map(st, problem.layers) if problem.layers else {}
     mode = _mode(layers, problem.layers) if ties else "free"
     warm = warm_start == "force" or (bool(warm_start) and backend == "cbc")  # see _free
-    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=deadline, warm=warm)
+    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=t0 + safety,
+                 mix_deadline=t0 + time_limit, warm=warm)
     info: dict = {"greedy_objective": None if greedy_plan is None else greedy_cost, "layers": layers,
                   "layers_mode": mode, "tied_activations": len(ties)}
     found, (model, status, bound, mgap) = _MODES[mode](st, problem.layers, ties, greedy_plan, solve, info)
@@ -1009,11 +1028,20 @@ def ilp(
     if best is None:
         best, best_cost, source = _min_peak_plan(st, budget, time_limit, backend, status, info, mode == "free")
     info["source"] = source
+    info["stopped_by"] = _what_stopped(info)
     tscale = model.tscale if model is not None else 1.0
     status_s, bnd, rgap = _optimality(status, bound, mgap, best_cost, source, backend, gap, tscale)
     info["planning_s"] = round(time.perf_counter() - t0, 4)
     return make_plan(st, best, "ilp", budget, status=status_s, bound=bnd, gap=rgap,
                      solve_time_s=time.perf_counter() - t0, info=info)
+
+
+def _what_stopped(info: dict) -> str:
+    """What stopped the solves that ``info`` records before their gap: "time limit" when the
+    clock stopped any (the plan may then depend on the machine's load), else "node budget" when
+    their work budget stopped any, else "" (each reached its gap)."""
+    stops = {v for k, v in info.items() if k.endswith("ilp_stopped_by")}
+    return next((s for s in ("time limit", "node budget") if s in stops), "")
 
 
 def _mode(layers: str, classes) -> str:
@@ -1119,7 +1147,7 @@ def _mix_skip(build_s: float, solve_s: float, caps: int, solve: dict, found: lis
     if found and greedy_cost <= found[0][1]:
         return "the greedy plan is as cheap as the tied plan"
     estimate = _mix_estimate(build_s, solve_s, caps)
-    if estimate > AUTO_MIX_SHARE * (solve["deadline"] - time.perf_counter()):
+    if estimate > AUTO_MIX_SHARE * (solve["mix_deadline"] - time.perf_counter()):
         return f"the rest of mix would take about {estimate:.1f} s"
     return ""
 
@@ -1161,8 +1189,10 @@ def _build(st: Structure, shape: dict, solve: dict, info: dict, label: str) -> M
 
 
 def _run(model: Model, share: float, warm_plan, solve: dict, info: dict, label: str):
-    """Solve ``model`` with ``share`` of the time left (from ``warm_plan`` when given); records
-    its time, status and gap in ``info``. Returns (model, sol_status, bound, mip gap)."""
+    """Solve ``model`` for at most ``CAPPED_NODES`` nodes, with ``share`` of the safety cap's time
+    left (from ``warm_plan`` when given); records in ``info`` its time, status, gap, nodes and
+    what stopped it before its gap (``_stopped_by``: "node budget", "time limit" or "").
+    Returns (model, sol_status, bound, mip gap)."""
     status = pulp.LpStatusNotSolved
     bound = mgap = None
     pre = _prefix(label)
@@ -1172,11 +1202,13 @@ def _run(model: Model, share: float, warm_plan, solve: dict, info: dict, label: 
         if warm_plan is not None:
             model.warm(warm_plan)
         limit = max(0.1, (solve["deadline"] - time.perf_counter()) * share)
-        status, bound, mgap, secs = _solve(model, solve["backend"], limit, solve["gap"],
-                                           warm_plan is not None, solve["threads"])
+        status, bound, mgap, secs, count = _solve(model, solve["backend"], limit, solve["gap"],
+                                                  warm_plan is not None, solve["threads"], nodes=CAPPED_NODES)
         info[pre + "ilp_s"] = round(secs, 4)
         info[pre + "sol_status"] = int(status)
         info[pre + "mip_gap"] = mgap
+        info[pre + "ilp_nodes"] = count
+        info[pre + "ilp_stopped_by"] = _stopped_by(model, solve["backend"], status, secs, limit)
     return model, status, bound, mgap
 
 
@@ -1217,18 +1249,13 @@ def _trivial_plan(st: Structure, budget_bytes: int | None, t0: float) -> Plan | 
                      solve_time_s=time.perf_counter() - t0, info={"trivial": why})
 
 
-def _raise_infeasible(st: Structure, budget: int, deadline: float, backend: str, why: str):
+def _raise_infeasible(st: Structure, budget: int, time_limit: float, backend: str, why: str):
     """Raise ``InfeasibleBudgetError`` for a cap under the lower bound (proven: ``proven`` is
-    True), naming the smallest peak found by ``deadline``."""
-    search = _min_peak(st, _left(deadline), backend)
+    True), naming the smallest peak that the min-peak search finds (``_min_peak``)."""
+    search = _min_peak(st, time_limit, backend)
     err = InfeasibleBudgetError(budget, search.peak, _min_detail(search.proven, why))
     err.proven = True
     raise err
-
-
-def _left(deadline: float) -> float:
-    """Seconds left until ``deadline`` (at least 0.1: a solver needs a positive limit)."""
-    return max(0.1, deadline - time.perf_counter())
 
 
 def _greedy_plan(st: Structure, budget: int, deadline: float) -> tuple[dict | None, float]:
