@@ -18,8 +18,11 @@ when the backend also hands over the generated wrapper code of the graphs
 (``remat.wrapper_memory.collect_wrapper_code``), the peak is read from that code instead
 (``remat.wrapper_memory.wrapper_peak``), with the dtypes of inputs and extern results taken from
 the graph recorded here. The pass also records the ops of each kernel
-(``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``), and each
-extern kernel's scratch by the op it runs, which the next plan's model adds at that op's slot.
+(``kernel_groups``), which the next plan's model runs as one (``remat.kernel_groups``), under
+plain torch.compile the order in which its code runs the backward's kernels, extern calls
+included, in which the model of plain compile's plan runs its backward ops (``remat.capture``;
+remat's plans record none, ``_plain_order``), and each extern kernel's scratch by the op it runs,
+which the next plan's model adds at that op's slot.
 
 Neither the code nor the planner shows the scratch memory that an extern kernel allocates while it
 runs (a CPU convolution's columns, the CPU attention backward's buffers): the pass measures it once
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import logging
 
-from .kernel_groups import KernelGroups, reused_inputs, scheduler_groups
+from .kernel_groups import KernelGroups, reused_inputs, scheduler_groups, scheduler_order
 from .profile import OpSignature, Profiler, TensorMeta, signature_of, with_inputs
 
 log = logging.getLogger("remat")
@@ -58,6 +61,7 @@ class InductorPeaks:
         self.itemsizes: list[dict[str, int]] = []  # per graph: element size of inputs and buffers
         self.codes: list[str] = []  # the graphs' wrapper code, when the backend collects it
         self.groups: list[tuple[frozenset[str], ...]] = []  # per graph: its generated kernels' ops
+        self.orders: list[tuple[frozenset[str], ...]] = []  # per graph: plain compile's kernels, in its code's order
         self.workspaces: list[dict[str, int]] = []  # per graph: extern kernel's name -> its scratch bytes
         self.op_scratch: dict[str, int] = {}  # the same bytes by the name of the graph op the kernel runs
         self._profilers: dict[str, Profiler] = {}  # by device: measured workspaces, cached on disk
@@ -71,6 +75,7 @@ class InductorPeaks:
             log.debug("remat: no Inductor memory estimate (%s: %s)", type(e).__name__, e)
         try:
             self.groups.append(scheduler_groups(nodes))
+            self.orders.append(_plain_order(nodes))
         except Exception as e:
             log.debug("remat: no kernel groups (%s: %s)", type(e).__name__, e)
         try:
@@ -103,12 +108,14 @@ class InductorPeaks:
     def kernel_groups(self) -> KernelGroups | None:
         """The kernels of a forward and a backward graph compiled under this pass, in that order;
         None unless exactly those two were recorded. The saved values whose buffers a backward
-        kernel took over (``reused``) are read from the backward's wrapper code when collected."""
+        kernel took over (``reused``) are read from the backward's wrapper code when collected;
+        under plain compile its kernels come in the order its code runs them (``backward_order``)."""
         if len(self.groups) != 2:
             return None
         reused = frozenset(reused_inputs(self.codes[1])) if len(self.codes) == 2 else frozenset()
+        order = self.orders[1] if len(self.orders) == 2 else ()
         return KernelGroups(forward=self.groups[0], backward=self.groups[1], reused=reused,
-                            scratch=tuple(sorted(self.op_scratch.items())))
+                            scratch=tuple(sorted(self.op_scratch.items())), backward_order=order)
 
     @property
     def walks(self) -> list | None:
@@ -139,6 +146,27 @@ class InductorPeaks:
         if from_code:
             return max(from_code)
         return max(self.peaks) if self.peaks else None
+
+
+def _plain_order(nodes: list) -> tuple[frozenset[str], ...]:
+    """Plain torch.compile's kernels in the order its code runs them: the order that Inductor's
+    peak-memory pass (``torch._inductor.memory.reorder_for_peak_memory``, after this pass) gives
+    the scheduler ``nodes`` (``scheduler_order``). None under remat's plans, which turn that pass
+    off: a plan's order is its own (its recomputations place kernels, and their readers after
+    them), and the check loop tells it to the next plan, which recomputes elsewhere (transformers
+    Llama's "min": told the last plan's order, the model held a weight gradient's input 2 MiB
+    across the SiLU backward, and the floor rose)."""
+    from torch._inductor import config, memory
+    from torch._inductor.virtualized import V
+    from torch.utils._ordered_set import OrderedSet
+
+    if not config.reorder_for_peak_memory:
+        return ()
+    graph = V.graph
+    sched = graph.scheduler
+    return scheduler_order(memory.reorder_for_peak_memory(
+        list(nodes), sched.name_to_buf, sched.name_to_fused_node, OrderedSet(graph.graph_inputs.keys()),
+        OrderedSet(graph.get_output_names())))
 
 
 def extern_signature(kernel, sizes: dict[str, int] | None = None) -> OpSignature | None:
