@@ -19,7 +19,10 @@ Parameters and inputs are resident and cost nothing.
                           tensor's memory (``storage_owners``: views alias their base), the
                           resident inputs, the tangents and the outputs' storages
                           (``pinned_storages``); in ``remat.joint_graph``, with step 2
-2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order;
+2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order, or,
+                          given plain torch.compile's kernels, in the order its code ran them
+                          (``emitted_schedule``; ``recomputed_in_graph_order``: where the
+                          recomputations then run);
                           ``kernel_spans``: given Inductor's kernels of the last compile
                           (``remat.kernel_groups``), the first and last slot of each kernel;
                           before any compile, ``remat.predicted_kernels`` predicts those kernels
@@ -61,6 +64,7 @@ the same intervals: ``remat.symbolic``).
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import operator
 import re
@@ -74,9 +78,9 @@ from .cost import DeviceSpec, tensor_bytes
 from .joint_graph import (
     INDEXING_LOOPS, INLINED_CONSTANTS, Folding, GraphFacts, KernelSpans, Schedule, broadcast_strides, build_schedule,
     compute_node, graph_facts, is_fusible_consumer, is_pointwise, is_random, is_tensor, is_view, kernel_loads,
-    kernel_spans, kernel_starts, op_tags, readers_through_views, slot_readers,
+    kernel_spans, kernel_starts, op_tags, readers_through_views, slot_readers, takes_slot,
 )
-from .kernel_groups import HANDOVERS, POINTWISE, THROUGH, KernelGroups, with_kernels
+from .kernel_groups import HANDOVERS, POINTWISE, THROUGH, KernelGroups, emitted_positions, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
 from .predicted_kernels import predicted_kernel_groups, slot_buffers, spanned_kernels
 from .pricing import recomputable, recompute_time, slot_times
@@ -128,6 +132,124 @@ class Lifetimes:
     # handed-over forward value -> the consumers that hand it over when recomputed inside the taking
     # kernel (``_pass_through``)
     through: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
+
+
+def emitted_schedule(sched: Schedule, order: tuple[frozenset[str], ...]) -> Schedule:
+    """``sched`` with its backward ops in the order in which the code of a compile ran its kernels
+    (``order``: ``KernelGroups.backward_order``, plain compile's; unchanged when empty): each op
+    where the first kernel that names it ran (``emitted_positions``). An op that no kernel names (an ``mm``
+    and an ``add`` that Inductor replaced by an ``addmm`` of its own) runs just before its first
+    reader, or, read by no backward op that has a place (a gradient: GPT's tied embedding's, an
+    ``addmm`` that plain compile runs last), just before the next op of the schedule that has one.
+    An op whose position that compile's recomputations set runs where the schedule has it, just
+    before the next op that has a place (``placed_by_recomputation``; the simulator's "Moved"
+    waits it per the plan's decisions). Ties, and an op named before what it reads, keep the
+    schedule's own order: a stable topological sort."""
+    if not order:
+        return sched
+    at = emitted_positions(order)
+    backward = sched.backward
+    waited = placed_by_recomputation(sched, at)
+    index = {u: k for k, u in enumerate(backward)}
+    inputs = {u: _slot_inputs(u, index) for u in backward}
+    readers: dict[fx.Node, list[fx.Node]] = {}
+    for u in backward:
+        for i in inputs[u]:
+            readers.setdefault(i, []).append(u)
+    # (position, 0) where a kernel names the op; (a position, -1): before the ops of that position
+    key: dict[fx.Node, tuple[int, int]] = {}
+    for u in reversed(backward):  # a reader before what it reads
+        known = [key[r][0] for r in readers.get(u, ()) if r in key]
+        if u.name in waited:
+            continue
+        if u.name in at or known:
+            key[u] = (at[u.name], 0) if u.name in at else (min(known), -1)
+    after = (len(order), -1)
+    for u in reversed(backward):  # read by no op that has a place: before the next op that has one
+        after = key.setdefault(u, after)
+    return _rescheduled(sched, _stable_topological(backward, inputs, readers, lambda u: (key[u], index[u])))
+
+
+def placed_by_recomputation(sched: Schedule, at: dict[str, int]) -> set[str]:
+    """The backward ops whose position in a compile's code (``at``: FX node name -> its
+    position, ``emitted_positions``) that compile's recomputations set: the ops of a kernel that
+    recomputed a forward value (names a forward op), and the ops that ran after such a kernel and
+    read what it wrote (that value, or a result of its backward ops). The model's recomputations
+    need not be that compile's (transformers GPT-2's plain plan, told plain compile's order with
+    these ops in it, peaked 1.098 of the code, without them 1.036; in the check loop, Llama's
+    "min": the down projection's weight gradient read a product that a kernel recomputing the
+    residual stream wrote, and ran after the SiLU backward kernel; the next plan stored the
+    residual stream and its code ran that gradient early)."""
+    forward = {u.name for u in sched.forward}
+    recomputing = {k for name, k in at.items() if name in forward}
+    slots = {u: k for k, u in enumerate(sched.forward + sched.backward)}
+
+    def wrote_earlier(v: fx.Node, p: int) -> bool:
+        return at.get(v.name, p) < p and at[v.name] in recomputing
+
+    return {u.name for u in sched.backward if u.name in at and (
+        at[u.name] in recomputing or any(wrote_earlier(v, at[u.name]) for v in _slot_inputs(u, slots)))}
+
+
+def recomputed_in_graph_order(life: Lifetimes, graph_order: list[fx.Node], sched: Schedule, inlined: set[str]) -> None:
+    """Give each forward value that backward reads a first backward use no later than the first
+    slot, in ``sched`` (the order the code ran), of an op that the FX graph runs at or after its
+    first reader: the rewrite recomputes a value just before its first reader in the FX graph
+    (``graph_order``), and Inductor runs that recomputation where the graph has it, while fusion
+    may run that reader later (transformers-style SwiGLU: an ``addmm`` recomputing the residual
+    input runs before the SiLU backward kernel, whose weight gradient reads it after that kernel).
+    Not for values that a generated kernel of the last compile names (``inlined``): that kernel
+    recomputes them where it runs. A stored value's interval does not change."""
+    if graph_order == sched.backward:
+        return
+    rank = {sched.slot_of[u]: k for k, u in enumerate(graph_order)}
+    earliest: dict[int, int] = {}  # slot -> the first slot of its op and of the ops the graph runs after it
+    first = sched.last + 1
+    for u in reversed(graph_order):
+        first = min(first, sched.slot_of[u])
+        earliest[sched.slot_of[u]] = first
+    for s, facts in life.activations.items():
+        if facts.backward_uses and s.name not in inlined:
+            bound = earliest[min(facts.backward_uses, key=rank.__getitem__)]
+            if bound < facts.backward_uses[0]:
+                facts.backward_uses = [bound, *facts.backward_uses]
+
+
+def _slot_inputs(u: fx.Node, slots: dict[fx.Node, int]) -> list[fx.Node]:
+    """The ops among ``slots`` whose results ``u`` reads, itself or through views (a tuple op for
+    an element of its result)."""
+    found = []
+    for i in u.all_input_nodes:
+        while not takes_slot(i) and i.op == "call_function" and i.args and isinstance(i.args[0], fx.Node):
+            i = i.args[0]
+        if i in slots and i not in found:
+            found.append(i)
+    return found
+
+
+def _stable_topological(ops: list[fx.Node], inputs: dict, readers: dict, rank: Callable) -> list[fx.Node]:
+    """``ops`` (in a topological order) sorted by ``rank``, each after the ops it reads
+    (``inputs``; ``readers``, the reverse): the lowest-ranked op whose inputs have run, first."""
+    position = {u: k for k, u in enumerate(ops)}
+    waiting = {u: len(inputs[u]) for u in ops}
+    ready = [(rank(u), position[u]) for u in ops if not waiting[u]]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        u = ops[heapq.heappop(ready)[1]]
+        out.append(u)
+        for r in readers.get(u, ()):
+            waiting[r] -= 1
+            if not waiting[r]:
+                heapq.heappush(ready, (rank(r), position[r]))
+    return out
+
+
+def _rescheduled(sched: Schedule, backward: list[fx.Node]) -> Schedule:
+    """``sched`` with the backward ops in the order ``backward``; a tuple op's elements at its slot."""
+    slot_of = {n: i for i, n in enumerate(sched.forward + backward)}
+    slot_of.update({n: slot_of[n.args[0]] for n in sched.slot_of if n.target is operator.getitem and n.args[0] in slot_of})
+    return Schedule(sched.forward, backward, slot_of)
 
 
 def predicted_handovers(life: Lifetimes, relevant: set[fx.Node]) -> dict:
@@ -747,6 +869,9 @@ def capture(
     (``rng_replay.replay_in_joint``, in ``remat.planning``)."""
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
+    graph_order = sched.backward
+    if kernel_groups is not None:
+        sched = emitted_schedule(sched, kernel_groups.backward_order)
     codes = inlined_codes(g)
     fused = set(codes)
     readers = effective_readers(g, slot_readers(g), fused)
@@ -754,6 +879,8 @@ def capture(
         g, sched, fused, realized_by_recomputation(g, codes))
     spans = kernel_spans(sched, kernel_groups if predicted is None else spanned_kernels(predicted, g, fused), g.owner)
     life = storage_lifetimes(g, sched, readers, fused, spans)
+    if kernel_groups is not None:
+        recomputed_in_graph_order(life, graph_order, sched, {n for k in kernel_groups.backward for n in k})
     intervals = life.intervals + broadcast_copies(sched) + channels_last_copies(g, sched, readers)
     intervals += view_copies(g, sched, channels_last_storages(g))
     fixed = fixed_bytes(intervals, sched.last + 1)
