@@ -51,9 +51,12 @@ with the greedy plan (made first; warm start and fallback): the better plan unde
 
 Work, not seconds, ends each search, so that a busy machine makes the same plan: a capped solve
 stops at its MIP gap or after ``CAPPED_NODES`` branch-and-bound nodes, the min-peak search after
-``MIN_PEAK_NODES`` nodes and its descents' evaluations, the greedy after its moves; the wall clock,
-``SAFETY_CAP`` times the time limit, is a safety cap only (and "auto"'s choice to skip "mix"
-still reads the time limit itself: ``_mix_skip``).
+``MIN_PEAK_NODES`` nodes and its descents' evaluations, the greedy after its moves. The clocks
+are caps: the greedy's and the min-peak search's at ``SAFETY_CAP`` times the time limit, the
+capped models' (their building and solves, and "auto"'s choice to skip "mix": ``_mix_skip``) at
+the time limit itself, the user's bound on planning time: HiGHS's root work (presolve, cuts) is
+not counted in nodes, and on a deep stack (an 8-block Evoformer, 5,640 slots) the tied model's
+root alone outlasts 60 s, so there the clock ends the solve, as it did before the budget.
 """
 
 from __future__ import annotations
@@ -988,9 +991,9 @@ def ilp(
     "auto" stops after the tied solve at the cap, keeping the tied and the greedy plans, when
     the greedy plan is as cheap as the tied one or that solve's build and solve times say that
     the rest would not fit in ``AUTO_MIX_SHARE`` of the time left: ``_mix_skip``). Work ends
-    the planning (the greedy's moves, ``CAPPED_NODES`` per solve); ``SAFETY_CAP`` x ``time_limit``
-    is a safety cap on it all: the greedy, model building and every solve share that deadline
-    (the min-peak search, when no plan meets the cap, has one of its own: ``_min_peak_plan``).
+    the planning (the greedy's moves, ``CAPPED_NODES`` per solve); the clock caps it: the greedy
+    at ``SAFETY_CAP`` x ``time_limit``, model building and every solve at ``time_limit`` (the
+    min-peak search, when no plan meets the cap, has its own: ``_min_peak_plan``).
     ``plan.info["ilp_stopped_by"]`` (``tied_``, ``mix_`` ... for the
     other models) says whether the node budget or the clock stopped a solve before its gap,
     ``plan.info["stopped_by"]`` the same of the solves ``info`` records (``_what_stopped``); a plan
@@ -1001,7 +1004,6 @@ def ilp(
     of all (or the min-peak plan when none meets the cap); its optimality status (a tied or mixed
     plan is "feasible": its model's bound only holds for the plans that model spans)."""
     t0 = time.perf_counter()
-    safety = SAFETY_CAP * time_limit
     backend = _backend(backend)
     if layers not in LAYER_MODES:
         raise ConfigError(f"layers must be one of {', '.join(map(repr, LAYER_MODES))}; got {layers!r}")
@@ -1014,12 +1016,12 @@ def ilp(
         max_fixed = int(st.fixed.max())
         why = f"below the largest fixed bytes of a slot ({max_fixed})" if budget < max_fixed else ""
         _raise_infeasible(st, budget, time_limit, backend, why)
-    greedy_plan, greedy_cost = _greedy_plan(st, budget, t0 + safety)
+    greedy_plan, greedy_cost = _greedy_plan(st, budget, t0 + SAFETY_CAP * time_limit)
     ties = tie_map(st, problem.layers) if problem.layers else {}
     mode = _mode(layers, problem.layers) if ties else "free"
     warm = warm_start == "force" or (bool(warm_start) and backend == "cbc")  # see _free
-    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=t0 + safety,
-                 mix_deadline=t0 + time_limit, warm=warm)
+    solve = dict(budget=budget, backend=backend, gap=gap, threads=threads, prune=prune, deadline=t0 + time_limit,
+                 warm=warm)
     info: dict = {"greedy_objective": None if greedy_plan is None else greedy_cost, "layers": layers,
                   "layers_mode": mode, "tied_activations": len(ties)}
     found, (model, status, bound, mgap) = _MODES[mode](st, problem.layers, ties, greedy_plan, solve, info)
@@ -1147,7 +1149,7 @@ def _mix_skip(build_s: float, solve_s: float, caps: int, solve: dict, found: lis
     if found and greedy_cost <= found[0][1]:
         return "the greedy plan is as cheap as the tied plan"
     estimate = _mix_estimate(build_s, solve_s, caps)
-    if estimate > AUTO_MIX_SHARE * (solve["mix_deadline"] - time.perf_counter()):
+    if estimate > AUTO_MIX_SHARE * (solve["deadline"] - time.perf_counter()):
         return f"the rest of mix would take about {estimate:.1f} s"
     return ""
 
@@ -1189,8 +1191,8 @@ def _build(st: Structure, shape: dict, solve: dict, info: dict, label: str) -> M
 
 
 def _run(model: Model, share: float, warm_plan, solve: dict, info: dict, label: str):
-    """Solve ``model`` for at most ``CAPPED_NODES`` nodes, with ``share`` of the safety cap's time
-    left (from ``warm_plan`` when given); records in ``info`` its time, status, gap, nodes and
+    """Solve ``model`` for at most ``CAPPED_NODES`` nodes, with ``share`` of the time left before
+    ``time_limit`` (from ``warm_plan`` when given); records in ``info`` its time, status, gap, nodes and
     what stopped it before its gap (``_stopped_by``: "node budget", "time limit" or "").
     Returns (model, sol_status, bound, mip gap)."""
     status = pulp.LpStatusNotSolved

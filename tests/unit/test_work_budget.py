@@ -50,9 +50,9 @@ def test_a_capped_plan_ends_at_its_node_budget_under_any_clock_that_leaves_it_ti
     cap = _cap(p)
     monkeypatch.setattr(ilp, "CAPPED_NODES", 1)  # fewer nodes than this solve needs to reach its gap (3)
     huge = _plan_under(monkeypatch, p, cap, 1e9)
-    # 30 reads: fewer than the planning makes (the greedy reads the clock at each of its moves), so
-    # that a planner ending at its time limit would cut its greedy and hand HiGHS the 0.1 s minimum
-    tight = _plan_under(monkeypatch, p, cap, 30.0)
+    # 100 reads: more than the whole planning makes here (54), but a greedy held to a tenth of the
+    # time limit (the clock-ended planner before the work budget) was cut after 10 of its moves' reads
+    tight = _plan_under(monkeypatch, p, cap, 100.0)
     for plan in (huge, tight):
         assert plan.info["ilp_stopped_by"] == plan.info["stopped_by"] == "node budget"
     assert tight.decisions == huge.decisions and tight.objective == huge.objective
