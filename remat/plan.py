@@ -86,13 +86,15 @@ class Plan:
 
 def status_words(plan: Plan, gap_target: float) -> str:
     """The solver's account in words: 'optimal', 'within 1.0 % of the best possible' (stopped at
-    the gap asked for), 'time limit: best found, gap 4.6 %', or a heuristic's 'no optimality bound'."""
+    the gap asked for), 'time limit: best found, gap 4.6 %' (or 'node budget: ...', when the ILP's
+    work budget ended it: ``plan.info["stopped_by"]``), or a heuristic's 'no optimality bound'."""
     if plan.status == "optimal":
         return "optimal"
     if plan.status == "feasible":
+        stopped = plan.info.get("stopped_by") or "time limit"
         if plan.gap is None:
-            return "time limit: best found, no bound on the best possible"
+            return f"{stopped}: best found, no bound on the best possible"
         if plan.gap <= gap_target + 1e-12:
             return f"within {100 * gap_target:.1f} % of the best possible"
-        return f"time limit: best found, gap {100 * plan.gap:.1f} %"
+        return f"{stopped}: best found, gap {100 * plan.gap:.1f} %"
     return f"{plan.status}: no optimality bound"

@@ -91,6 +91,8 @@ def test_status_in_words():
     assert status_words(_plan("optimal", 0.0), 0.01) == "optimal"
     assert status_words(_plan("feasible", 0.008), 0.01) == "within 1.0 % of the best possible"
     assert status_words(_plan("feasible", 0.046), 0.01) == "time limit: best found, gap 4.6 %"
+    budget_ended = Plan(decisions={}, solver="ilp", status="feasible", gap=0.046, info={"stopped_by": "node budget"})
+    assert status_words(budget_ended, 0.01) == "node budget: best found, gap 4.6 %"
     assert "no bound" in status_words(_plan("feasible", None), 0.01)
     assert "no optimality bound" in status_words(_plan("heuristic", None), 0.01)
 
