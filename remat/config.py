@@ -206,10 +206,11 @@ class RematConfig:
         (activations, temporaries and the gradients the step produces): bytes (an integer, or a
         string with a unit: decimal KB/MB/GB/TB = 10**3/10**6/10**9/10**12, binary KiB/MiB/GiB/TiB
         and the bare K/M/G/T = 2**10/2**20/2**30/2**40, so "300M" is 300 MiB), a ratio of the
-        no-remat peak (0.5 or "50%"), or "min": the smallest peak remat reaches; None = plain
+        peak of plain torch.compile on the same graph (0.5 or "50%"), or "min": the smallest peak remat reaches; None = plain
         Inductor.
     solver: "ilp" (default), "greedy", "store_all" or "recompute_all".
-    time_limit: seconds the solver may take.
+    time_limit: seconds the planning under a cap may take; within it, work budgets end the solver
+        (``remat.solvers.ilp``: branch-and-bound nodes), so that a busy machine makes the same plan.
     device: cost-model device: "auto", "cpu", "a100", "h100", "h200", or a dict
         {"peak_flops": float, "bandwidth": float[, "host_bandwidth": float]}.
     gap: relative MIP gap at which the ILP stops (0.01 = within 1 % of optimal).
