@@ -28,7 +28,7 @@ import torch.fx as fx
 from .capture import inlined_codes
 from .cost import tensor_bytes
 from .predicted_kernels import loop_op
-from .passes.order_backward import lay_out
+from .passes.order_backward import inputs_first, lay_out
 from .joint_graph import GraphFacts, build_schedule, graph_facts, is_fusible_consumer, is_view, kernel_reads
 
 __all__ = ["PassGraph", "PlainOrder", "copies_in_runs", "estimate", "pass_graph", "pass_orders", "plain_backward_order"]
@@ -191,29 +191,7 @@ def dfs(pg: PassGraph) -> list[Hashable]:
     preds, index = _preds(pg), {n: i for i, n in enumerate(pg.nodes)}
     weight = {n: pg.size[n] + sum(pg.inputs.get(s, pg.size.get(s, 0)) for s in pg.reads[n]) for n in pg.nodes}
 
-    def key(n: Hashable) -> tuple:
-        return weight[n], index[n]
-
-    seen: set[Hashable] = set()
-    order: list[Hashable] = []
-
-    def visit(root: Hashable) -> None:
-        stack = [(root, iter(sorted(preds[root], key=key)))]
-        seen.add(root)
-        while stack:
-            n, todo = stack[-1]
-            p = next((p for p in todo if p not in seen), None)
-            if p is None:
-                order.append(n)
-                stack.pop()
-            else:
-                seen.add(p)
-                stack.append((p, iter(sorted(preds[p], key=key))))
-
-    for n in sorted(pg.nodes, key=key):
-        if n not in seen:
-            visit(n)
-    return order
+    return inputs_first(pg.nodes, preds, lambda n: (weight[n], index[n]))
 
 
 def pass_orders(pg: PassGraph) -> dict[str, list[Hashable]]:

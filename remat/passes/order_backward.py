@@ -22,7 +22,8 @@ from __future__ import annotations
 import heapq
 import operator
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Callable
 
 import torch.fx as fx
 
@@ -33,8 +34,8 @@ from ..cost import tensor_bytes
 # within what the model can miss of Inductor's code, and a new order can change its kernels
 MIN_GAIN = 0.005
 
-__all__ = ["GREEDY", "MIN_GAIN", "BackwardDag", "Ordered", "backward_dag", "bfs_order", "dfs_order", "just_in_time",
-           "lay_out", "lpmf_order", "order_backward"]
+__all__ = ["GREEDY", "MIN_GAIN", "BackwardDag", "Ordered", "backward_dag", "bfs_order", "dfs_order", "inputs_first",
+           "just_in_time", "lay_out", "lpmf_order", "order_backward"]
 
 
 @dataclass(frozen=True)
@@ -262,14 +263,17 @@ def dfs_order(dag: BackwardDag) -> list[fx.Node]:
     """Inductor's ``topological_sort_dfs``: ops visited by the bytes they read and write,
     smallest first, each after the ops it reads (visited the same way)."""
     weight = {n: dag.size[n] + sum(dag.nbytes[s] for s in dag.reads[n]) for n in dag.ops}
+    return inputs_first(dag.ops, dag.preds, lambda n: (weight[n], dag.index[n]))
 
-    def key(n: fx.Node) -> tuple:
-        return weight[n], dag.index[n]
 
-    seen: set[fx.Node] = set()
-    order: list[fx.Node] = []
-    for root in sorted(dag.ops, key=key):
-        stack = [(root, iter(sorted(dag.preds[root], key=key)))] if root not in seen else []
+def inputs_first(nodes: Iterable[Hashable], preds: Mapping[Hashable, Iterable[Hashable]],
+                 key: Callable[[Hashable], Any]) -> list[Hashable]:
+    """``nodes`` visited smallest ``key`` first, each after what it reads (``preds``, visited the
+    same way, depth first): the walk of Inductor's ``topological_sort_dfs``."""
+    seen: set = set()
+    order: list = []
+    for root in sorted(nodes, key=key):
+        stack = [(root, iter(sorted(preds[root], key=key)))] if root not in seen else []
         seen.add(root)
         while stack:
             n, todo = stack[-1]
@@ -279,7 +283,7 @@ def dfs_order(dag: BackwardDag) -> list[fx.Node]:
                 stack.pop()
                 continue
             seen.add(p)
-            stack.append((p, iter(sorted(dag.preds[p], key=key))))
+            stack.append((p, iter(sorted(preds[p], key=key))))
     return order
 
 

@@ -12,19 +12,9 @@ from pathlib import Path
 from remat.problem import Problem
 from remat.solvers import Structure
 
+from .test_min_peak import SlowClock
+
 DATA = Path(__file__).parent / "data"
-
-
-class SlowClock:
-    """A stand-in for ``time`` whose ``perf_counter`` moves one second at each read: a machine so
-    busy that every step of the planning takes a second, the same on every run."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
 
 
 def _cap(p: Problem) -> int:
