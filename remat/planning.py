@@ -175,7 +175,6 @@ def plan_joint_graph(
     return report, (joint, info)
 
 
-
 def plain_compile_report(joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None,
                          cfg: RematConfig, name: str = "graph0", loss_room: int = 0,
                          other_runs: tuple[int, int] = (0, 0)) -> GraphReport:
