@@ -74,6 +74,12 @@ def test_lowering_that_stops_improving_tries_the_models_floor_once_then_stops():
     assert _next_plan(capped(), tried + [at_floor]) is None
 
 
+def test_a_told_plan_no_lower_than_the_first_is_followed_by_lowering_not_the_floor():
+    # both plans at the target, the second told its kernels, its code no lower: lower by the excess
+    tried = [plan(1_078_000, 5.0, groups=None), plan(1_081_000, 6.0)]
+    assert _next_plan(capped(), tried) == (131_000 + CAP // 100, KERNELS)
+
+
 def test_code_well_under_the_cap_is_planned_higher_by_the_slack():
     assert RAISE_AT == 2
     lower_by, groups = _next_plan(capped(), [plan(800_000, 9.0)])
