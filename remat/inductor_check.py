@@ -151,7 +151,7 @@ class InductorPeaks:
 def _plain_order(nodes: list) -> tuple[frozenset[str], ...]:
     """Plain torch.compile's kernels in the order its code runs them: the order that Inductor's
     peak-memory pass (``torch._inductor.memory.reorder_for_peak_memory``, after this pass) gives
-    the scheduler ``nodes`` (``scheduler_order``). None under remat's plans, which turn that pass
+    the scheduler ``nodes`` (``scheduler_order``). Empty under remat's plans, which turn that pass
     off: a plan's order is its own (its recomputations place kernels, and their readers after
     them), and the check loop tells it to the next plan, which recomputes elsewhere (transformers
     Llama's "min": told the last plan's order, the model held a weight gradient's input 2 MiB

@@ -17,7 +17,6 @@ the joint graph's backward out in it.
 
 from __future__ import annotations
 
-import heapq
 import operator
 from dataclasses import dataclass
 from typing import Hashable
@@ -28,7 +27,7 @@ import torch.fx as fx
 from .capture import inlined_codes
 from .cost import tensor_bytes
 from .predicted_kernels import loop_op
-from .passes.order_backward import inputs_first, lay_out
+from .passes.order_backward import earliest_inputs_first, inputs_first, lay_out
 from .joint_graph import GraphFacts, build_schedule, graph_facts, is_fusible_consumer, is_view, kernel_reads
 
 __all__ = ["PassGraph", "PlainOrder", "copies_in_runs", "estimate", "pass_graph", "pass_orders", "plain_backward_order"]
@@ -164,25 +163,7 @@ def lpmf(pg: PassGraph) -> list[Hashable]:
 
 def bfs(pg: PassGraph) -> list[Hashable]:
     """Inductor's ``topological_sort_bfs``: the ready node whose predecessors ran earliest first."""
-    preds, readers, index = _preds(pg), _readers(pg), {n: i for i, n in enumerate(pg.nodes)}
-    indegree = {n: len(preds[n]) for n in pg.nodes}
-    position: dict[Hashable, int] = {}
-
-    def entry(n: Hashable) -> tuple:
-        return sorted({position[p] for p in preds[n]}), index[n]
-
-    heap = [entry(n) for n in pg.nodes if not indegree[n]]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        n = pg.nodes[heapq.heappop(heap)[1]]
-        position[n] = len(order)
-        order.append(n)
-        for m in readers.get(n, ()):
-            indegree[m] -= 1
-            if not indegree[m]:
-                heapq.heappush(heap, entry(m))
-    return order
+    return earliest_inputs_first(pg.nodes, _preds(pg), _readers(pg), {n: i for i, n in enumerate(pg.nodes)})
 
 
 def dfs(pg: PassGraph) -> list[Hashable]:

@@ -34,8 +34,8 @@ from ..cost import tensor_bytes
 # within what the model can miss of Inductor's code, and a new order can change its kernels
 MIN_GAIN = 0.005
 
-__all__ = ["GREEDY", "MIN_GAIN", "BackwardDag", "Ordered", "backward_dag", "bfs_order", "dfs_order", "inputs_first",
-           "just_in_time", "lay_out", "lpmf_order", "order_backward"]
+__all__ = ["GREEDY", "MIN_GAIN", "BackwardDag", "Ordered", "backward_dag", "bfs_order", "dfs_order",
+           "earliest_inputs_first", "inputs_first", "just_in_time", "lay_out", "lpmf_order", "order_backward"]
 
 
 @dataclass(frozen=True)
@@ -239,20 +239,28 @@ def lpmf_order(dag: BackwardDag) -> list[fx.Node]:
 
 def bfs_order(dag: BackwardDag) -> list[fx.Node]:
     """Inductor's ``topological_sort_bfs``: the ready op whose inputs ran earliest first."""
-    indegree = {n: len(dag.preds[n]) for n in dag.ops}
-    position: dict[fx.Node, int] = {}
+    return earliest_inputs_first(dag.ops, dag.preds, dag.succs, dag.index)
 
-    def entry(n: fx.Node) -> tuple:
-        return sorted({position[p] for p in dag.preds[n]}), dag.index[n], n
 
-    heap = [entry(n) for n in dag.ops if not indegree[n]]
+def earliest_inputs_first(nodes: Iterable[Hashable], preds: Mapping[Hashable, Iterable[Hashable]],
+                          readers: Mapping[Hashable, Iterable[Hashable]],
+                          index: Mapping[Hashable, int]) -> list[Hashable]:
+    """``nodes`` in the walk of Inductor's ``topological_sort_bfs``: the ready node (its ``preds``
+    run) whose predecessors ran earliest first, ties by ``index`` (unique per node)."""
+    indegree = {n: len(preds[n]) for n in nodes}
+    position: dict = {}
+
+    def entry(n: Hashable) -> tuple:
+        return sorted({position[p] for p in preds[n]}), index[n], n
+
+    heap = [entry(n) for n in nodes if not indegree[n]]
     heapq.heapify(heap)
     order = []
     while heap:
         n = heapq.heappop(heap)[2]
         position[n] = len(order)
         order.append(n)
-        for m in dag.succs[n]:
+        for m in readers.get(n, ()):
             indegree[m] -= 1
             if not indegree[m]:
                 heapq.heappush(heap, entry(m))
