@@ -9,7 +9,9 @@ of ops at once: its buffers from the group's first slot, what it reads until its
 
 The names are the joint graph's: the forward and backward graphs that remat hands to Inductor keep
 the joint nodes' names, recomputed ops included. Names that Inductor's own passes made (an
-``addmm`` from an ``mm`` and an ``add``) match no joint node and are ignored.
+``addmm`` from an ``mm`` and an ``add``) match no joint node and are ignored. A kernel's names
+are the ops it computes, not those whose buffer it loads, which Inductor's origins also name
+when it reads the buffer through a view (``_computed_origins``).
 
 What the simulator (``remat.simulate``) learns from the last compile, written into a Problem as
 plain data by ``with_kernels`` (in ``Problem.metadata``) and read back by these functions:
@@ -103,11 +105,12 @@ def scheduler_groups(nodes: list) -> tuple[frozenset[str], ...]:
     from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
 
     extern = {name for s in nodes if isinstance(s, ExternKernelSchedulerNode) for name in _called_ops(s.node)}
+    makers = _buffer_makers(nodes)
     groups = []
     for snode in nodes:
         if isinstance(snode, (ExternKernelSchedulerNode, NopKernelSchedulerNode)):
             continue
-        names = _generated_ops(snode, extern)
+        names = _generated_ops(snode, extern, makers)
         if len(names) > 1:
             groups.append(names)
     return tuple(groups)
@@ -126,14 +129,52 @@ def scheduler_order(nodes: list) -> tuple[frozenset[str], ...]:
     from torch._inductor.scheduler import ExternKernelSchedulerNode
 
     extern = {name for s in nodes if isinstance(s, ExternKernelSchedulerNode) for name in _called_ops(s.node)}
-    return tuple(frozenset(_called_ops(s.node)) if isinstance(s, ExternKernelSchedulerNode) else _generated_ops(s, extern)
-                 for s in nodes)
+    makers = _buffer_makers(nodes)
+    return tuple(frozenset(_called_ops(s.node)) if isinstance(s, ExternKernelSchedulerNode)
+                 else _generated_ops(s, extern, makers) for s in nodes)
 
 
-def _generated_ops(snode, extern: set[str]) -> frozenset[str]:
+def _generated_ops(snode, extern: set[str], makers: dict) -> frozenset[str]:
     """The FX node names that a generated kernel computes: its nodes' origins but the ops of
-    extern kernels (``extern``)."""
-    return frozenset({o.name for n in snode.get_nodes() if n.node is not None for o in n.node.get_origins()} - extern)
+    extern kernels (``extern``) and those it loads (``_computed_origins``)."""
+    names: set[str] = set()
+    for n in snode.get_nodes():
+        if n.node is not None:
+            names |= {o.name for o in _computed_origins(n, snode, makers)}
+    return frozenset(names - extern)
+
+
+def _buffer_makers(nodes: list) -> dict:
+    """Buffer name -> the FX node whose value Inductor wrote into it (its ``origin_node``; None
+    where Inductor did not track one), for the buffers of the scheduler ``nodes``."""
+    return {b.get_name(): b.node.get_origin_node() for s in nodes for n in s.get_nodes() for b in n.get_outputs()}
+
+
+def _computed_origins(node, kernel, makers: dict) -> list:
+    """The origins of scheduler ``node`` (of generated ``kernel``) that it computes: those
+    reached from the FX node of its buffer through origins, not past a value that the kernel
+    loads from a buffer of another kernel (``makers``), through views that are no origins
+    (Inductor's origins leave out some views and tuple elements). Inductor's origins of an op include the
+    origins of the views it reads, taken when the view's base was not yet a buffer: a sum that
+    loads the buffer of a product through a view names the product (GPT's dropout-backward sum
+    named ``mul_60``, which the layer-norm backward kernel writes, and the model ran the
+    weight gradients that read that product after the sum). All of them where ``node``'s buffer
+    has no FX node."""
+    from .joint_graph import is_view  # joint_graph imports this module
+
+    origins = node.node.get_origins()
+    root = node.node.get_origin_node()
+    if root is None or root not in origins:
+        return list(origins)
+    own = {b.get_name() for n in kernel.get_nodes() for b in n.get_outputs()}
+    loaded = {makers.get(d.name) for d in node.read_writes.reads if d.name not in own}
+    found, todo = {root}, [root]
+    while todo:
+        for i in todo.pop().all_input_nodes:
+            if i not in found and i not in loaded and (i in origins or is_view(i)):
+                found.add(i)
+                todo.append(i)
+    return [o for o in origins if o in found]
 
 
 def emitted_positions(order: tuple[frozenset[str], ...]) -> dict[str, int]:

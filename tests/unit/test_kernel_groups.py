@@ -6,6 +6,8 @@ native_dropout_backward 8 (fused into its reader), threshold_backward 9, mm_4 10
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -107,6 +109,65 @@ def test_a_kernel_that_lays_out_an_extern_ops_input_does_not_name_that_op():
     forward, backward = recorded
     assert any({"sub", "mul"} & {n.rstrip("_0123456789") for n in g} for g in backward)  # BN backward kernels
     assert not any(n.startswith("convolution") for g in forward + backward for n in g)
+
+
+def test_a_kernel_that_loads_a_buffer_through_a_view_does_not_name_its_ops():
+    # Inductor's origins of an op include those of the views it reads, gathered when the view's
+    # base was not yet a buffer: the sum of ``m``'s view loads the buffer of ``m`` (realized for
+    # the matmul), yet its origins name ``mul`` and ``add`` (torch 2.13 ``gather_origins``)
+    recorded = []
+    record = lambda nodes: recorded.append(scheduler_groups(nodes)) or nodes  # noqa: E731
+
+    def f(a, b, w):
+        m = (a * b + 1).view(64, 32)
+        return m @ w, m.sum(0)
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch({"_post_fusion_custom_pass": record, "fx_graph_cache": False}):
+        torch.compile(f)(torch.randn(4, 16, 32), torch.randn(4, 16, 32), torch.randn(32, 32))
+    (groups,) = recorded
+    assert sorted(sorted(g) for g in groups) == [["add", "mul"], ["sum_1", "view"]]
+
+
+class LinearGeluLinearNorm(torch.nn.Module):
+    """``layer_norm(fc2(gelu(fc1(x))))``: in backward, the norm's kernel writes the gradient of
+    ``fc2``'s output, which two matmuls read and the bias gradient's sum loads through a view; the
+    GELU backward kernel writes its result into the buffer of the matmul that makes its input (the
+    code's ``buf6 = reinterpret_tensor(buf5, ...); del buf5  # reuse``), which dies there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+
+    def forward(self, x, c):
+        return (F.layer_norm(self.fc2(F.gelu(self.fc1(x))), (64,)) * c).sum()
+
+
+def test_told_model_of_a_gelu_backward_that_takes_its_matmuls_buffer_is_the_codes_peak():
+    # told its own kernels the model ran both matmuls after the bias gradient's sum (named the
+    # norm's backward ops, its span covered them), at the GELU backward kernel's first slot, and
+    # held the matmul's result beside the kernel's: 491,780 B where the code peaks at 360,704 B
+    import remat.inductor_check as inductor_check
+    import remat.planning as planning
+
+    recorded, captures = [], []
+    torch.manual_seed(0)
+    model, args = LinearGeluLinearNorm(), (torch.randn(4, 32, 64), torch.randn(4, 32, 64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inductor_check, "scheduler_groups", lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1])
+        mp.setattr(planning, "capture", lambda joint, **kw: captures.append((joint, kw)) or capture(joint, **kw))
+        torch._dynamo.reset()
+        step = torch.compile(model, backend="remat", options={"solver": "store_all", "memory_budget": "1GiB"})
+        with collect_wrapper_code() as codes:
+            step(*args).backward()
+    (report,) = remat.reports(step)
+    taken = r"(buf\d+) = reinterpret_tensor\((buf\d+), [^\n]*; del \2  # reuse\n(?:[^\n]*\n){0,3}\s*cpp_fused_gelu_backward\w*\(\1,"
+    assert re.search(taken, codes[1])
+    groups = KernelGroups(recorded[0], recorded[1], frozenset(reused_inputs(codes[1])))
+    assert not any("sum_4" in g and "sub_1" in g for g in groups.backward)  # the sum loads the norm's result
+    joint, kw = captures[0]
+    told = simulate(with_kernels(capture(joint, **{**kw, "kernel_groups": groups}).problem, groups), report.plan)
+    assert told.ok and abs(told.peak_bytes - report.inductor_peak_bytes) <= 8
 
 
 def test_key_is_stable_and_tells_groups_apart():
