@@ -5,7 +5,12 @@ tests/unit/data/hf_gpt2_min.json: the Problem that capture made of transformers 
 ``benchmarks/hf_models.py``) in the graph's own backward order, priced on the CPU roofline with
 recomputed chains as fused kernels, as ``planning.order_for_peak`` compares floors. Its min-peak MIP
 is optimal in its rows at 30.72 MB (values recomputed inside a backward kernel start after their
-first backward reader there, which the MIP's start rows do not allow) while plans reach 26.61 MB."""
+first backward reader there, which the MIP's start rows do not allow) while plans reach 26.61 MB.
+
+tests/unit/data/hf_llama_min.json: the Problem that the check loop told of transformers Llama (quick)
+at memory_budget="min", with values made from no tensor folded (session 18's iota experiment): the
+descents from both starts end at local minima for moves of two decisions (15.41 MB before session
+19's moves), and a plan 3.5 % lower lies four flips away."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from remat.solvers import Structure, min_peak
 
 DATA = Path(__file__).parent / "data"
 DESCENT_FLOOR = 26_612_164  # reached by the pair descent from the MIP's plan (session 12)
+LLAMA_KICKED = 14_362_120  # hf_llama_min: the kicks' floor (session 19; the descents alone end at 14,886,408)
 
 
 def repriced(p: Problem, seed: int) -> Problem:
@@ -96,3 +102,19 @@ def test_a_min_budget_warns_when_the_clock_cut_its_floor_search(monkeypatch, cap
         assert cap == target
         floors.append((cap, "stopped by the clock" in caplog.text))
     assert floors[0][1] is False and floors[1][1] is True and floors[1][0] > floors[0][0]
+
+
+def test_kicks_reach_a_floor_that_no_move_of_two_decisions_reaches():
+    from remat.simulate import simulate
+    from remat.solvers import ilp
+
+    p = Problem.load(DATA / "hf_llama_min.json")
+    st = Structure(p)
+    lb = st.lower_bound_peak()
+    mip, _, _ = ilp._min_peak_mip(st, lb, st.store_all(), 300.0, "highs")
+    stuck = ilp._pair_descent(st, mip[1], mip[0], lb, 10**9, float("inf"))  # a local minimum for <= 2 flips
+    found = ilp.min_peak_search(p, time_limit=300.0)
+    assert not found.timed_out
+    assert lb < found.peak <= LLAMA_KICKED < stuck.peak
+    timeline = simulate(p, found.decisions)
+    assert timeline.ok and timeline.peak_bytes == found.peak
