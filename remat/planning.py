@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from .capture import Captured, capture, inlined_codes
-from .joint_graph import build_schedule, graph_facts, split_phases
+from .capture import Captured, capture
+from .joint_graph import split_phases
 from .config import RematConfig
 from .cost import hint
 from .errors import InfeasibleBudgetError, fmt_bytes
@@ -38,7 +38,6 @@ from .extern_scratch import predicted_scratch
 from .kernel_groups import KernelGroups, with_kernels, with_scratch
 from .passes.order_backward import Ordered, order_backward
 from .plan import Decision, Plan, status_words
-from .predicted_kernels import predicted_backward_order
 from .profile import machine_spec
 from .ranks import agree_across_ranks
 from .simulate import MemoryTimeline, check, simulate, store_all_peak, store_all_plan
@@ -141,7 +140,6 @@ def plan_joint_graph(
     checked = cfg.inductor_check and not offline and shape_env_of(joint) is None
     forward = forward_nodes(joint, info)
     order = order_for_peak(joint, forward, num_fwd_outputs, spec, ranks=cfg.ranks).chosen if checked else "graph"
-    emitted = predicted_emitted_order(joint, forward, num_fwd_outputs) if kernel_groups is None else ()
     captured = capture(
         joint,
         forward_nodes=forward,
@@ -151,7 +149,6 @@ def plan_joint_graph(
         name=name,
         costs=costs,
         kernel_groups=kernel_groups,
-        backward_order=emitted,
     )
     captured.problem = problem = _with_step_context(captured.problem, joint, forward, num_fwd_outputs, kernel_groups,
                                                     loss_room, other_runs)
@@ -176,16 +173,6 @@ def plan_joint_graph(
     if sizes is not None and budget is not None:
         report.dynamic = dynamic_plan(problem, sizes, plan, budget, box, corner, ranged and ranged.buckets)
     return report, (joint, info)
-
-
-def predicted_emitted_order(joint: fx.GraphModule, forward: set, num_fwd_outputs: int) -> tuple[frozenset[str], ...]:
-    """The backward's predicted kernels in the order Inductor's scheduler emits them
-    (``predicted_backward_order``), in which a first plan (no told kernels) is captured: the graph
-    Inductor compiles keeps its order, the model runs it as the code will (laying the joint out in
-    that order instead changed Inductor's fusion: GPT's "min" 1.14 of its code, the Evoformer's
-    floor +11.9 %)."""
-    g = graph_facts(joint, forward, num_fwd_outputs)
-    return predicted_backward_order(g, build_schedule(g), set(inlined_codes(g)))
 
 
 def plain_compile_report(joint: fx.GraphModule, num_fwd_outputs: int, static_lifetime_input_indices: list[int] | None,

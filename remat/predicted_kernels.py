@@ -1,8 +1,7 @@
 """Inductor's fusion, predicted before the first compile: which ops of the joint graph
 Inductor's CPU scheduler fuses into one kernel (``predicted_kernel_groups``), and the backward
 kernels whose spans the first plan models (``spanned_kernels``: LayerNorm's row sums and the
-pointwise kernels that write several buffers), and the order in which the scheduler emits the
-backward's kernels (``predicted_backward_order``);
+pointwise kernels that write several buffers);
 and what a backward op that Inductor's scheduler may run after a kernel allocates and reads
 (``slot_buffers``: a reader of a value recomputed inside a kernel runs after it)."""
 
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,63 +75,6 @@ def predicted_kernel_groups(g: GraphFacts, sched: Schedule, fused: set[fx.Node],
     joined = _recomputations_joined(backward, g, sched, fused, set(realized))
     return KernelGroups(_named_groups(_fuse_phase(sched.forward, g.owner, fused), g.owner, fused),
                         _named_groups(backward, g.owner, fused, joined) + _realized_kernels(realized, g.owner, fused))
-
-
-def predicted_backward_order(g: GraphFacts, sched: Schedule, fused: set[fx.Node]) -> tuple[frozenset[str], ...]:
-    """The backward's predicted kernels (``_fuse_phase``'s, every forward value saved) and extern
-    calls in the order the code runs them, named as ``remat.kernel_groups.scheduler_order`` names
-    them: each kernel sorted by its first op, after the kernels it reads that are not emitted
-    yet, visited depth first by the text of the buffer read (torch 2.13
-    ``Scheduler.topological_sort_schedule``; Inductor numbers the backward's buffers in graph
-    order, ``buf<n>``). A fused kernel that reaches back past an extern call it reads runs after
-    it: transformers ConvNeXt's layer-scale gradient sum, fused with a later sum over the same
-    gradient, ran the depthwise convolution's backward before the block's weight-gradient matmuls."""
-    nodes = [n for n in sched.backward if n not in fused]
-    kernel_of = {n: (n,) for n in nodes}
-    for k in _fuse_phase(sched.backward, g.owner, fused):
-        for n in k.ops:
-            kernel_of[n] = tuple(k.ops)
-    position = {n: i for i, n in enumerate(nodes)}
-    buffer = _buffer_names(nodes)
-    emitted: set[tuple] = set()
-    order: list[tuple] = []
-
-    def unmet(k: tuple) -> Any:
-        reads = {s for n in k for s in kernel_reads(n, g.owner, fused) if compute_node(s) in kernel_of}
-        return iter([kernel_of[compute_node(s)] for s in sorted(reads, key=lambda s: buffer.get(s, buffer[compute_node(s)]))])
-
-    for first in sorted(set(kernel_of.values()), key=lambda k: min(position[n] for n in k)):
-        stack = [] if first in emitted else [(first, unmet(first))]
-        emitted.add(first)
-        while stack:
-            top, todo = stack[-1]
-            dep = next((d for d in todo if d not in emitted), None)
-            if dep is None:
-                order.append(top)
-                stack.pop()
-            else:
-                emitted.add(dep)
-                stack.append((dep, unmet(dep)))
-    return tuple(_kernel_names(k, g, fused) for k in order)
-
-
-def _buffer_names(nodes: list[fx.Node]) -> dict[fx.Node, str]:
-    """Inductor's name of each buffer that backward ``nodes`` (non-inlined slot ops, in graph order)
-    make: ``buf<n>`` counted in that order, a multi-output op's outputs (its getitems) after it."""
-    names: dict[fx.Node, str] = {}
-    for n in nodes:
-        names[n] = f"buf{len(names)}"
-        for u in (u for u in n.users if u.target is operator.getitem):
-            names[u] = f"buf{len(names)}"
-    return names
-
-
-def _kernel_names(ops: tuple, g: GraphFacts, fused: set[fx.Node]) -> frozenset[str]:
-    """A kernel's names: its ops and, for a generated kernel, the backward values inlined into it."""
-    if not loop_op(ops[0]):
-        return frozenset({ops[0].name})
-    inlined = {i for n in ops for i in kernel_inputs(n, g.owner, fused)[1] if i in g.backward}
-    return frozenset(n.name for n in set(ops) | inlined)
 
 
 def _realized_kernels(realized: dict[fx.Node, fx.Node], owner: dict, fused: set[fx.Node]) -> tuple[frozenset[str], ...]:
