@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import random
 import time
 import warnings
 from bisect import bisect_right
@@ -831,30 +830,27 @@ def min_peak_search(problem: Problem, *, time_limit: float = 60.0, backend: str 
 
 
 MIN_PEAK_NODES = 2000  # branch-and-bound nodes of the min-peak MIP (quick models: <= 112; GPT-2 12 layers: 265)
-DESCENT_WORK = 8_000_000  # plans the descents and kicks evaluate, times the Problem's slots (one evaluation's cost)
+DESCENT_WORK = 8_000_000  # plans the descents evaluate, times the Problem's slots (one evaluation's cost)
 # the search's wall-clock cap, in time limits: far off, so that the work budget ends it on a busy machine too
 # (GPT-2 12 layers: 19 s of CPU took the whole 60 s time limit at load 5.4, and the clock cut it)
 SAFETY_CAP = 10
 DESCENT_SHARE = 0.1  # of the cap, kept from the min-peak MIP for the descents (with what the MIP left)
-KICK_FLIPS = 4  # decisions a kick flips (transformers Llama's told Problem: its descents' end and the lower plan differ in 4)
-KICK_PATIENCE = 10  # kicks in a row that find no lower plan end the kicks
 
 
 def _min_peak(st: Structure, time_limit: float, backend: str) -> MinPeakSearch:
-    """The lowest plan of the descents (``_pair_descent``) from the greedy's plan, made without
-    prices (``_unpriced``), and from the min-peak MIP's (no upper bound from the greedy's peak),
-    then of the kicked descents from the lower end (``_kicks``): no start depends on prices. The
-    MIP's optimum is not the floor: its rows over-count a value recomputed inside a backward kernel
-    whose backward reader moves after that kernel, and keep only ``st.k`` start slots: transformers
-    GPT-2 (quick) in the graph's order, MIP optimal in its rows at 30.72 MB, descended from its
-    plan 26.61. Proven: the MIP proved its rows' optimum and the search went no lower (a proof over
-    the plans its rows hold).
+    """The lower of the descents (``_pair_descent``) from the greedy's plan, made without prices
+    (``_unpriced``), and from the min-peak MIP's (no upper bound from the greedy's peak): neither
+    start depends on prices. The MIP's optimum is not the floor: its rows over-count a value
+    recomputed inside a backward kernel whose backward reader moves after that kernel, and keep
+    only ``st.k`` start slots: transformers GPT-2 (quick) in the graph's order, MIP optimal in its
+    rows at 30.72 MB, descended from its plan 26.61. Proven: the MIP proved its rows' optimum and
+    no descent went under it (a proof over the plans its rows hold).
 
     Work, not seconds, ends the search, so that a busy machine finds the same floor: the MIP stops
-    after ``MIN_PEAK_NODES`` nodes, the descents and kicks after ``DESCENT_WORK`` / slots plans
-    evaluated (the MIP's descent first, with at most half; the greedy's with at most what is left;
-    the kicks at most what the two left). The wall clock is a safety cap only, ``SAFETY_CAP`` times
-    ``time_limit``: the MIP has all but ``DESCENT_SHARE`` of it, the descents what is left."""
+    after ``MIN_PEAK_NODES`` nodes, the descents after ``DESCENT_WORK`` / slots plans evaluated
+    (the MIP's descent first, with half; the greedy's takes what is left). The wall clock is a
+    safety cap only, ``SAFETY_CAP`` times ``time_limit``: the MIP has all but ``DESCENT_SHARE`` of
+    it, the descents what is left."""
     if st.n == 0:
         return MinPeakSearch(0, {}, True)
     time_limit *= SAFETY_CAP
@@ -874,9 +870,6 @@ def _min_peak(st: Structure, time_limit: float, backend: str) -> MinPeakSearch:
         timed_out |= end.timed_out
         ends.append(end)
     best = min(ends, key=lambda e: e.peak)
-    if not timed_out:
-        best = _kicks(st, best, lb, evaluations, deadline)
-        timed_out = best.timed_out
     return MinPeakSearch(best.peak, best.decisions, proven and mip is not None and best.peak >= mip[0], timed_out)
 
 
@@ -941,7 +934,9 @@ def _pair_descent(st: Structure, dec: dict, peak: int, lb: int, evaluations: int
     stopping at ``deadline``. The greedy moves one candidate (or one chain) at a time, so it stops
     where no single move lowers the peak, and the min-peak MIP's optimum is above plans its rows
     cannot hold (``_min_peak``): transformers GPT-2 (quick) recomputes bmm_1 with clone_5, then
-    bmm_3 with clone_11, each pair lowering the peak where neither alone is valid."""
+    bmm_3 with clone_11, each pair lowering the peak where neither alone is valid; transformers
+    Llama's told Problem with index vectors folded (tests/unit/data/hf_llama_min.json) ends at
+    15.41 MB with pairs of recomputations alone, 14.89 with single flips either way and swaps."""
     end = _descend(st, _full_codes(st, dec), peak, lb, evaluations, deadline)
     return dataclasses.replace(end, decisions=_decisions(st, end.decisions))
 
@@ -985,33 +980,6 @@ def _moves(st: Structure, code: np.ndarray):
     return (itertools.chain(([(j, REC)] for j in stored), ([(j, STORE)] for j in recomputed)),
             ([(a, REC), (b, REC)] for a, b in itertools.combinations(stored, 2)),
             ([(a, STORE), (b, REC)] for a in recomputed for b in stored))
-
-
-def _kicks(st: Structure, best: _Descent, lb: int, evaluations: int, deadline: float) -> _Descent:
-    """Iterated descent from ``best``: flip ``KICK_FLIPS`` decisions of its plan (store <->
-    recompute, drawn by a generator seeded alike on every run, among the needed candidates in name
-    order), descend (``_descend``) and keep the lower end, until ``KICK_PATIENCE`` kicks in a row
-    find no lower plan or ``evaluations`` plans are spent (one a kick, besides its descent). A descent's end is a local minimum for moves of two
-    decisions; transformers Llama's told Problem (quick) has a plan 3.5 % lower four flips away."""
-    rng, used, idle = random.Random(0), 0, 0
-    code, peak = _full_codes(st, best.decisions), best.peak
-    while used < evaluations and peak > lb and idle < KICK_PATIENCE:
-        need = st.needed(code)
-        names = sorted(c.name for c in st.cands if need[c.idx] and c.rec_ok and code[c.idx] in (STORE, REC))
-        kicked = code.copy()
-        for name in rng.sample(names, min(KICK_FLIPS, len(names))):
-            j = st.index[name]
-            kicked[j] = STORE if code[j] == REC else REC
-        used, idle = used + 1, idle + 1
-        if st.violations(_decisions(st, kicked)):
-            continue
-        end = _descend(st, kicked, int(st.evaluate(kicked)[0].max()), lb, evaluations - used, deadline)
-        used += end.evaluations
-        if end.peak < peak:
-            code, peak, idle = end.decisions, end.peak, 0
-        if end.timed_out:
-            return _Descent(_decisions(st, code), peak, best.evaluations + used, True)
-    return _Descent(_decisions(st, code), peak, best.evaluations + used, False)
 
 
 def _full_codes(st: Structure, dec: dict) -> np.ndarray:
