@@ -14,25 +14,13 @@ from torch._prims_common import is_expandable_to
 
 from .kernel_groups import KERNEL_STARTS, KernelGroups
 from .passes import rng_replay
+from .views import is_view
 
 aten = torch.ops.aten
 
 
-_EXTRA_VIEWS = {aten._unsafe_view.default, aten.copy_.default}
-
-
 def is_tensor(n: fx.Node) -> bool:
     return isinstance(n.meta.get("val"), torch.Tensor)
-
-
-def is_view(n: fx.Node) -> bool:
-    """Whether ``n`` aliases its input's memory (a view op, or an element of a view's tuple)."""
-    t = n.target
-    if n.op != "call_function":
-        return False
-    if t is operator.getitem:
-        return is_view(n.args[0]) if isinstance(n.args[0], fx.Node) else False
-    return isinstance(t, torch._ops.OpOverload) and (t.is_view or t in _EXTRA_VIEWS)
 
 
 def _is_multi_output(n: fx.Node) -> bool:
