@@ -855,7 +855,6 @@ def capture(
     name: str = "graph",
     costs: MeasuredCosts | None = None,
     kernel_groups: KernelGroups | None = None,
-    backward_order: tuple[frozenset[str], ...] = (),
 ) -> Captured:
     """Build the Problem of a joint graph whose forward ops are ``forward_nodes``; op times from
     ``costs`` where measured, else from the roofline of ``spec``; with ``kernel_groups`` (the
@@ -863,9 +862,7 @@ def capture(
     as one; without them, the kernels predicted from the graph (``predicted_kernel_groups``) tell
     the simulator which recomputations run inside a backward kernel, and the predicted backward
     kernels of LayerNorm's row sums and the pointwise ones that write several buffers place their
-    ops as one (``spanned_kernels``); ``backward_order``, without ``kernel_groups``: the order in
-    which the code is predicted to run the backward's kernels (as ``KernelGroups.backward_order``;
-    the graph's order when empty). What each
+    ops as one (``spanned_kernels``). What each
     backward op that reads an activation allocates and reads (``slot_buffers``) lets the simulator
     run it after a kernel that recomputes that activation (static sizes only). Training
     dropouts replay their generator state when the planner rewrote them before
@@ -873,7 +870,8 @@ def capture(
     g = graph_facts(joint, forward_nodes, num_fwd_outputs)
     sched = build_schedule(g)
     graph_order = sched.backward
-    sched = emitted_schedule(sched, kernel_groups.backward_order if kernel_groups is not None else backward_order)
+    if kernel_groups is not None:
+        sched = emitted_schedule(sched, kernel_groups.backward_order)
     codes = inlined_codes(g)
     fused = set(codes)
     readers = effective_readers(g, slot_readers(g), fused)
