@@ -752,12 +752,24 @@ def activation_inputs(g: GraphFacts, acts: dict[fx.Node, ActivationFacts]) -> di
     return inputs
 
 
+def made_from_nothing(s: fx.Node) -> bool:
+    """Whether forward value ``s`` is computed from no tensor (an ``iota``, ``arange``, ``full``):
+    storing it saves no work, and Inductor, which computes such an index in registers inside the
+    kernels that read it, would write it and load it back (transformers GPT-2's causal mask: two
+    2 KB int64 ``iota`` vectors stored made layer 1's attention kernel 5 ms slower on the CPU)."""
+    c = compute_node(s)
+    return c.op == "call_function" and not any(is_tensor(i) for i in c.all_input_nodes)
+
+
 def fold_fused_values(g: GraphFacts, acts: dict[fx.Node, ActivationFacts], inputs: dict,
                       fused: set[fx.Node]) -> Folding:
     """A fused value that backward never reads (and that draws no random numbers) is no decision
-    of its own: Inductor recomputes it inside its reader's kernel, from its own inputs. Replace
-    it, in its readers' inputs, by its inputs, and note it among the readers' folded ancestors."""
-    folded = {s for s in acts if s in fused and not acts[s].backward_uses and not is_random(s)}
+    of its own: Inductor recomputes it inside its reader's kernel, from its own inputs; nor is a
+    value made from no tensor at all (``made_from_nothing``: an ``iota`` index vector), which
+    backward recomputes wherever it reads it. Replace it, in its readers' inputs, by its inputs,
+    and note it among the readers' folded ancestors."""
+    folded = {s for s in acts if ((s in fused and not acts[s].backward_uses) or made_from_nothing(s))
+              and not is_random(s)}
     resolved_inputs, through = {}, {}
     for s in sorted(acts, key=g.index.__getitem__):
         resolved, anc = [], []

@@ -292,6 +292,23 @@ def test_a_random_fused_value_is_not_folded():
     assert folding.inputs[exp] == [noise] and folding.through[exp] == [mul]
 
 
+def test_a_value_made_from_no_tensor_is_folded_though_backward_reads_it():
+    def f(x):
+        i = torch.arange(4)  # a causal mask's index vector (transformers GPT-2's iota)
+        keep = i[:, None] >= i[None, :]
+        return (torch.where(keep, x, 0.0).exp(),)
+
+    gm = make_fx(f, tracing_mode="fake")(torch.randn(4, 4))
+    g = graph_facts(gm, set(gm.graph.nodes), 1)
+    n = by_name(g)
+    iota, ge, exp = n["arange"], n["ge"], n["exp"]
+    # backward reads the index vector and the mask; neither is fused into a reader here
+    acts = {iota: ActivationFacts(32, 0, 1, [5]), ge: ActivationFacts(16, 1, 2, [5]), exp: ActivationFacts(64, 2, 2, [5])}
+    folding = fold_fused_values(g, acts, activation_inputs(g, acts), set())
+    assert folding.folded == {iota}  # storing it saves no work: backward recomputes it where it reads it
+    assert folding.inputs[ge] == [] and ge not in folding.folded
+
+
 def test_kernel_reads_and_slot_times_follow_fused_kernels(mlp_steps):
     g, sched, fused, _ = mlp_steps
     n = by_name(g)
