@@ -56,8 +56,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .views import is_view
-
 __all__ = [
     "HANDOVERS", "KERNEL_STARTS", "POINTWISE", "THROUGH", "KernelGroups", "RecomputeKernel", "emitted_positions",
     "handovers", "reads_inside", "recompute_kernel_ids", "recompute_kernels", "reused_inputs", "scheduler_groups",
@@ -162,6 +160,8 @@ def _computed_origins(node, kernel, makers: dict) -> list:
     named ``mul_60``, which the layer-norm backward kernel writes, and the model ran the
     weight gradients that read that product after the sum). All of them where ``node``'s buffer
     has no FX node."""
+    from .views import is_view  # here: the solvers import this module, and must not import torch
+
     origins = node.node.get_origins()
     root = node.node.get_origin_node()
     if root is None or root not in origins:
