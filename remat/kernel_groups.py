@@ -137,10 +137,11 @@ def scheduler_order(nodes: list) -> tuple[frozenset[str], ...]:
 def _generated_ops(snode, extern: set[str], makers: dict) -> frozenset[str]:
     """The FX node names that a generated kernel computes: its nodes' origins but the ops of
     extern kernels (``extern``) and those it loads (``_computed_origins``)."""
+    own = {b.get_name() for n in snode.get_nodes() for b in n.get_outputs()}
     names: set[str] = set()
     for n in snode.get_nodes():
         if n.node is not None:
-            names |= {o.name for o in _computed_origins(n, snode, makers)}
+            names |= {o.name for o in _computed_origins(n, own, makers)}
     return frozenset(names - extern)
 
 
@@ -150,10 +151,10 @@ def _buffer_makers(nodes: list) -> dict:
     return {b.get_name(): b.node.get_origin_node() for s in nodes for n in s.get_nodes() for b in n.get_outputs()}
 
 
-def _computed_origins(node, kernel, makers: dict) -> list:
-    """The origins of scheduler ``node`` (of generated ``kernel``) that it computes: those
-    reached from the FX node of its buffer through origins, not past a value that the kernel
-    loads from a buffer of another kernel (``makers``), through views that are no origins
+def _computed_origins(node, own: set[str], makers: dict) -> list:
+    """The origins of scheduler ``node`` (of a generated kernel whose buffers are ``own``) that it
+    computes: those reached from the FX node of its buffer through origins, not past a value that
+    the kernel loads from a buffer of another kernel (``makers``), through views that are no origins
     (Inductor's origins leave out some views and tuple elements). Inductor's origins of an op include the
     origins of the views it reads, taken when the view's base was not yet a buffer: a sum that
     loads the buffer of a product through a view names the product (GPT's dropout-backward sum
@@ -166,7 +167,6 @@ def _computed_origins(node, kernel, makers: dict) -> list:
     root = node.node.get_origin_node()
     if root is None or root not in origins:
         return list(origins)
-    own = {b.get_name() for n in kernel.get_nodes() for b in n.get_outputs()}
     loaded = {makers.get(d.name) for d in node.read_writes.reads if d.name not in own}
     found, todo = {root}, [root]
     while todo:
