@@ -1,7 +1,8 @@
 """Inductor's fusion, predicted before the first compile: which ops of the joint graph
 Inductor's CPU scheduler fuses into one kernel (``predicted_kernel_groups``), and the backward
 kernels whose spans the first plan models (``spanned_kernels``: LayerNorm's row sums and the
-pointwise kernels that write several buffers);
+pointwise kernels that write several buffers); the backward reductions that a plan's
+recomputations make it fuse (``reductions_fused_by_plan``);
 and what a backward op that Inductor's scheduler may run after a kernel allocates and reads
 (``slot_buffers``: a reader of a value recomputed inside a kernel runs after it)."""
 
@@ -141,6 +142,53 @@ def _best_partner(alone: _Kernel, kernels: list[_Kernel], accessed: set[fx.Node]
         if shared > most and _loops_fuse(alone, k, vertical=alone.ops[0] in reads):
             best, most = i, shared
     return best
+
+
+def reductions_fused_by_plan(g: GraphFacts, sched: Schedule, fused: set[fx.Node],
+                             recomputed: set[fx.Node]) -> dict[fx.Node, frozenset[str]]:
+    """Forward value -> the names of the later backward reduction kernel that Inductor computes it
+    in under a plan that recomputes ``recomputed``: a value that an earlier reduction kernel
+    alone reads (every backward reader of it in that kernel), whose recomputation loads a buffer
+    that the later kernel loads too under the plan (through the pointwise values recomputed
+    inside each, ``_loads_under``) where they share nothing without them. Inductor fuses two
+    such kernels when their loops fuse, near enough and independent (``_can_fuse``), and runs the
+    fused kernel where the later one runs, after everything it reads; the earlier one's reads
+    wait for it (``remat.simulate``'s "Moved" rule, once the value's kernel is the later one).
+    Transformers Llama's RMSNorm weight gradients of two layers, column sums 30 ops apart, both
+    recompute their normalised input from the stored residual ``add_4`` when a plan recomputes
+    the residual add between them: its first plan at "min" held the first sum's inputs 30 ops
+    too briefly, 0.784 of its code's peak."""
+    kernels = _fuse_phase(sched.backward, g.owner, fused)
+    of = {n: k for k in kernels for n in k.ops}
+    ancestors_of = lambda c: of[c].ancestors if c in of else set()  # noqa: E731
+    inlined = fused | {v for v in recomputed if is_pointwise(v) and is_tensor(v)}
+    reductions = [k for k in kernels if k.reduction]
+    joins: dict[fx.Node, frozenset[str]] = {}
+    for pos, a in enumerate(reductions):
+        mine = {v: kernel_reads(v, g.owner, inlined) for v in _recomputed_reads(a, g, fused, recomputed)}
+        for b in reductions[pos + 1:] if mine else ():
+            before = _loads_under(a, g.owner, fused) & _loads_under(b, g.owner, fused)
+            theirs = _loads_under(b, g.owner, inlined) - before
+            sharing = {v for v, loads in mine.items() if loads & theirs}
+            if sharing and _can_fuse(a, b, ancestors_of):
+                names = frozenset(n.name for n in b.ops)
+                joins.update({v: names for v in sharing})
+                break
+    return joins
+
+
+def _recomputed_reads(k: _Kernel, g: GraphFacts, fused: set[fx.Node], recomputed: set[fx.Node]) -> set[fx.Node]:
+    """The pointwise forward values of ``recomputed`` that kernel ``k`` reads and that no backward op
+    outside it reads."""
+    inside = set(k.ops) | {i for n in k.ops for i in kernel_inputs(n, g.owner, fused)[1]}
+    reads = {s for n in k.ops for s in set().union(*kernel_inputs(n, g.owner, fused))}
+    return {v for v in reads & recomputed if is_pointwise(v) and is_tensor(v)
+            and all(u in inside for u in readers_through_views(v) if u in g.backward)}
+
+
+def _loads_under(k: _Kernel, owner: dict, inlined: set[fx.Node]) -> set[fx.Node]:
+    """The buffers that kernel ``k`` loads when the values ``inlined`` are computed inside it."""
+    return set().union(*(kernel_reads(n, owner, inlined) for n in k.ops))
 
 
 def spanned_kernels(groups: KernelGroups, g: GraphFacts, fused: set[fx.Node]) -> KernelGroups:
