@@ -453,7 +453,9 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
     kernels = kernels or KernelSpans()
     spans, after = kernels.ops, kernels.after
     life = Lifetimes()
-    inplaced: set[fx.Node] = set()
+    slices = cat_slices(g)
+    inplaced: set[fx.Node] = set(slices)  # a result written into a cat's buffer takes no other
+    held: dict[fx.Node, tuple[int, int]] = {}  # cat -> first and last slot of the results in its buffer
     for s in g.nodes:
         if g.owner.get(s) is not s or s in g.resident:
             continue
@@ -471,11 +473,36 @@ def storage_lifetimes(g: GraphFacts, sched: Schedule, readers: dict, fused: set[
             read_at.append((compute_node(s), spans[compute_node(s)][1]))
         if s in g.forward:
             _forward_lifetime(s, g, sched, made, read_at, fused, life, kernels, inplaced)
+        elif s in slices:
+            lo, hi = held.get(slices[s], (made, made))
+            held[slices[s]] = (min(lo, made), max([hi] + [t for _, t in read_at]))
         elif s not in fused and not _inside_kernel(s, read_at, g, spans):
-            life.intervals.append((made, _buffer_end(s, g, sched, made, read_at, spans, fused, inplaced), val))
+            lo, hi = held.get(s, (made, made))
+            life.intervals.append((min(lo, made), max(hi, _buffer_end(s, g, sched, made, read_at, spans, fused, inplaced)), val))
     # after the backward's own buffers: those are taken first
     _predict_handovers(g, sched, readers, fused, life, kernels, inplaced)
     return life
+
+
+def cat_slices(g: GraphFacts) -> dict[fx.Node, fx.Node]:
+    """Backward result -> the ``cat`` whose buffer it is written into: on the CPU Inductor lowers
+    ``cat`` to a ``ConcatKernel``, which makes each input that a generated kernel computes, and
+    whose layout no reader has fixed yet, write into its slice of the cat's buffer instead of a
+    buffer of its own (torch 2.13 ``ConcatKernel.realize_into``: a ``NonOwningLayout``); other
+    inputs are copied there. An input is taken this way when it is a backward op of a kernel
+    (pointwise, a reduction, an indexing loop), no output, read only by the cat and by such ops
+    (an extern reader fixes its layout). Transformers Mixtral: the SiLU backward writes the gate's
+    and the up projection's gradients into their cat."""
+    found: dict[fx.Node, fx.Node] = {}
+    for c in g.nodes:
+        if c.target is not aten.cat.default or c not in g.backward or c.meta["val"].device.type != "cpu":
+            continue
+        for u in c.args[0]:
+            if (isinstance(u, fx.Node) and g.owner.get(u) is u and u in g.backward and u not in g.pinned
+                    and u not in found and is_fusible_consumer(u)
+                    and all(r is c or is_fusible_consumer(r) for r in readers_through_views(u))):
+                found[u] = c
+    return found
 
 
 def _inside_kernel(s: fx.Node, read_at: list, g: GraphFacts, spans: dict[fx.Node, tuple[int, int]]) -> bool:

@@ -143,16 +143,13 @@ class LinearGeluLinearNorm(torch.nn.Module):
         return (F.layer_norm(self.fc2(F.gelu(self.fc1(x))), (64,)) * c).sum()
 
 
-def test_told_model_of_a_gelu_backward_that_takes_its_matmuls_buffer_is_the_codes_peak():
-    # told its own kernels the model ran both matmuls after the bias gradient's sum (named the
-    # norm's backward ops, its span covered them), at the GELU backward kernel's first slot, and
-    # held the matmul's result beside the kernel's: 491,780 B where the code peaks at 360,704 B
+def told_own_kernels(model: torch.nn.Module, *args):
+    """Compile ``model`` with remat (store all) and capture its joint graph again told the kernels
+    of that compile: (the report, those kernels, the wrapper codes, the told model's timeline)."""
     import remat.inductor_check as inductor_check
     import remat.planning as planning
 
     recorded, captures = [], []
-    torch.manual_seed(0)
-    model, args = LinearGeluLinearNorm(), (torch.randn(4, 32, 64), torch.randn(4, 32, 64))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inductor_check, "scheduler_groups", lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1])
         mp.setattr(planning, "capture", lambda joint, **kw: captures.append((joint, kw)) or capture(joint, **kw))
@@ -161,12 +158,45 @@ def test_told_model_of_a_gelu_backward_that_takes_its_matmuls_buffer_is_the_code
         with collect_wrapper_code() as codes:
             step(*args).backward()
     (report,) = remat.reports(step)
-    taken = r"(buf\d+) = reinterpret_tensor\((buf\d+), [^\n]*; del \2  # reuse\n(?:[^\n]*\n){0,3}\s*cpp_fused_gelu_backward\w*\(\1,"
-    assert re.search(taken, codes[1])
     groups = KernelGroups(recorded[0], recorded[1], frozenset(reused_inputs(codes[1])))
-    assert not any("sum_4" in g and "sub_1" in g for g in groups.backward)  # the sum loads the norm's result
     joint, kw = captures[0]
     told = simulate(with_kernels(capture(joint, **{**kw, "kernel_groups": groups}).problem, groups), report.plan)
+    return report, groups, codes, told
+
+
+def test_told_model_of_a_gelu_backward_that_takes_its_matmuls_buffer_is_the_codes_peak():
+    # told its own kernels the model ran both matmuls after the bias gradient's sum (named the
+    # norm's backward ops, its span covered them), at the GELU backward kernel's first slot, and
+    # held the matmul's result beside the kernel's: 491,780 B where the code peaks at 360,704 B
+    torch.manual_seed(0)
+    report, groups, codes, told = told_own_kernels(LinearGeluLinearNorm(), torch.randn(4, 32, 64), torch.randn(4, 32, 64))
+    taken = r"(buf\d+) = reinterpret_tensor\((buf\d+), [^\n]*; del \2  # reuse\n(?:[^\n]*\n){0,3}\s*cpp_fused_gelu_backward\w*\(\1,"
+    assert re.search(taken, codes[1])
+    assert not any("sum_4" in g and "sub_1" in g for g in groups.backward)  # the sum loads the norm's result
+    assert told.ok and abs(told.peak_bytes - report.inductor_peak_bytes) <= 8
+
+
+class GateUp(torch.nn.Module):
+    """A SiLU-gated MLP whose gate and up projections are one matmul, chunked (transformers
+    Mixtral's experts): in backward, the SiLU backward kernel writes both gradients into the
+    buffer of their cat, which the CPU's ``ConcatKernel`` allocates, and so takes no input's buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_up, self.down = torch.nn.Linear(64, 512, bias=False), torch.nn.Linear(256, 64, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up).sum()
+
+
+def test_results_written_into_their_cats_buffer_own_none_and_take_none():
+    # the model had the SiLU backward write into the buffer of the saved ``div`` (1 MiB) and its
+    # two results beside the cat: first plan 5,308,424 B, told its own kernels 5,308,420 B, code 6,357,000 B
+    torch.manual_seed(0)
+    report, groups, codes, told = told_own_kernels(GateUp(), torch.randn(1024, 64))
+    assert re.search(r"(buf\d+) = reinterpret_tensor\((buf\d+), [^\n]*\)  # alias", codes[1]) and not groups.reused
+    assert abs(report.timeline.peak_bytes - report.inductor_peak_bytes) <= 8
     assert told.ok and abs(told.peak_bytes - report.inductor_peak_bytes) <= 8
 
 
