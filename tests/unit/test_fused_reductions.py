@@ -14,16 +14,15 @@ from torch._functorch import partitioners as P
 from torch._functorch.aot_autograd import aot_function
 from torch._inductor.decomposition import select_decomp_table
 
-import remat.backend as backend
-import remat.inductor_check as inductor_check
 import remat.solvers as solvers
 from remat.capture import fused_values
 from remat.joint_graph import build_schedule, graph_facts
-from remat.kernel_groups import scheduler_groups
 from remat.plan import Decision
 from remat.predicted_kernels import reductions_fused_by_plan
 from remat.solvers._core import Structure
 from remat.solvers.baselines import _finish
+
+from .compile_hooks import record_compiles
 
 
 def residual(x, wa, wd, c0, c1, we):
@@ -73,18 +72,9 @@ def _recompute_only(names: set[str]):
 
 
 def test_a_first_plan_that_recomputes_the_residual_add_counts_the_fused_kernel():
-    recorded, compiled = [], []
-    original = backend._compile_checked
-
-    def checked(*args, **kwargs):
-        out = original(*args, **kwargs)
-        compiled.append(out[1:3])
-        return out
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(solvers.SOLVERS, "recompute_all", _recompute_only({"add"}))
-        mp.setattr(inductor_check, "scheduler_groups", lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1])
-        mp.setattr(backend, "_compile_checked", checked)
+        recorded, compiled = record_compiles(mp)
         torch._dynamo.reset()
         step = torch.compile(residual, backend="remat", options={"solver": "recompute_all", "memory_budget": "1GiB"})
         step(*_inputs()).backward()

@@ -27,6 +27,7 @@ from remat.simulate import live_intervals, simulate
 from remat.wrapper_memory import collect_wrapper_code
 
 from .test_capture import _weights, mlp, trace_joint
+from .compile_hooks import record_compiles
 from .test_wrapper_memory import SwiGLU
 
 
@@ -210,20 +211,8 @@ def test_key_is_stable_and_tells_groups_apart():
 def swiglu_min():
     """Two SwiGLU MLPs compiled under "min": (the kept report, the measured step's peak, per plan
     compiled its report, its code's peak and the kernels Inductor generated for it)."""
-    import remat.backend as backend
-    import remat.inductor_check as inductor_check
-
-    recorded, compiled = [], []
-    original = backend._compile_checked
-
-    def checked(*args, **kwargs):
-        out = original(*args, **kwargs)
-        compiled.append(out[1:3])
-        return out
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inductor_check, "scheduler_groups", lambda nodes: recorded.append(scheduler_groups(nodes)) or recorded[-1])
-        mp.setattr(backend, "_compile_checked", checked)
+        recorded, compiled = record_compiles(mp)
         torch.manual_seed(0)
         model = torch.nn.Sequential(SwiGLU(), SwiGLU())
         x = torch.randn(512, 64)
