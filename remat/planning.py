@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -164,18 +165,14 @@ def plan_joint_graph(
                                   lower_by, resident, cfg.inductor_check and not offline)
     asked = plan_request(lower_by, resident, reference, kernel_groups)
     budget, plan, timeline, ranged = make_plan() if offline else agree_across_ranks(problem, make_plan, cfg.ranks, asked)
-    # a first plan: solved again while its recomputations make Inductor fuse reductions it did not
-    # know of and that raise its peak (solved again at an unchanged peak, the Evoformer's "min" plan's code rose 9 %)
-    for _ in range(FUSED_REDUCTION_ROUNDS if kernel_groups is None and checked and box is None else 0):
-        joined = with_fused_reductions(problem, joint, forward, num_fwd_outputs, plan)
-        if joined is problem:
-            break
-        captured.problem = problem = joined
-        again = simulate(problem, plan)
-        if again.ok and again.peak_bytes <= timeline.peak_bytes:  # the fusion costs this plan nothing
-            timeline = again
-            break
-        budget, plan, timeline, ranged = agree_across_ranks(problem, make_plan, cfg.ranks, asked)
+    if kernel_groups is None and checked and box is None:
+        def solve_again(joined: Any) -> tuple:
+            captured.problem = joined  # ``make_plan`` solves ``captured``'s problem
+            return agree_across_ranks(joined, make_plan, cfg.ranks, asked)
+
+        problem, (budget, plan, timeline, ranged) = solved_with_fused_reductions(
+            problem, joint, forward, num_fwd_outputs, (budget, plan, timeline, ranged), solve_again)
+        captured.problem = problem
     if ranged is not None:  # the plan's bucket of the range: its report is at the bucket's top
         box, corner = ranged.box, ranged.corner
         captured.problem = problem = sizes.problem_at(problem, corner)
@@ -189,6 +186,27 @@ def plan_joint_graph(
 
 
 FUSED_REDUCTION_ROUNDS = 2  # a first plan's solves again, each with the reductions the last one's plan fuses
+
+
+def solved_with_fused_reductions(problem: Any, joint: fx.GraphModule, forward: set, num_fwd_outputs: int,
+                                 solved: tuple, solve: Callable[[Any], tuple]) -> tuple[Any, tuple]:
+    """A first plan's ``problem`` and ``solved`` (budget, plan, timeline, ranged), solved again
+    (``solve(problem)``, at most ``FUSED_REDUCTION_ROUNDS`` times) while its recomputations make
+    Inductor fuse reductions that the problem did not know of (``with_fused_reductions``) and that
+    raise its simulated peak; a fusion that costs the plan nothing keeps it (solved again at an
+    unchanged peak, the Evoformer's "min" plan's code rose 9 %)."""
+    for _ in range(FUSED_REDUCTION_ROUNDS):
+        budget, plan, timeline, ranged = solved
+        joined = with_fused_reductions(problem, joint, forward, num_fwd_outputs, plan)
+        if joined is problem:
+            break
+        problem = joined
+        again = simulate(problem, plan)
+        if again.ok and again.peak_bytes <= timeline.peak_bytes:
+            solved = (budget, plan, again, ranged)
+            break
+        solved = solve(problem)
+    return problem, solved
 
 
 def with_fused_reductions(problem: Any, joint: fx.GraphModule, forward: set, num_fwd_outputs: int, plan: Plan) -> Any:
