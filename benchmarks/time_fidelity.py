@@ -514,9 +514,10 @@ def write_results(rows: list[dict], stem: str, settings: dict) -> None:
 
 def profile_machine(threads: int, env: dict) -> str:
     """Run ``remat profile`` at ``threads`` into the run's cache, unless that cache holds the rates
-    of this thread count already (``--cache``); the roofline's rates, as the report names them."""
+    and the matmul table of this thread count already (``--cache``); the roofline's rates, as the
+    report names them."""
     code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from remat.profile import machine_spec; "
-            "spec = machine_spec(); print(spec.rates_note() if spec.rates != 'constants' else '')")
+            "spec = machine_spec(); print(spec.rates_note() if spec.matmul_table is not None else '')")
     cmd = [sys.executable, "-c", code, str(threads)]
     note = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent, check=True).stdout.strip()
     if note:

@@ -445,9 +445,9 @@ def _fmt_rate(rate: float, unit: str) -> str:
 
 def cmd_profile(args) -> int:
     """Measure this machine's rates (matmul FLOP/s per dtype, memory bandwidth, elementwise rate,
-    Inductor's CPU random draw and bool load / store, host link on CUDA), print them and keep them
-    in the profile cache that compiles read: measured costs use them, and so does the CPU's
-    roofline (``remat.profile.profiled_spec``)."""
+    Inductor's CPU random draw and bool load / store, on the CPU the times of small fp32 matmuls,
+    host link on CUDA), print them and keep them in the profile cache that compiles read:
+    measured costs use them, and so does the CPU's roofline (``remat.profile.profiled_spec``)."""
     import torch
 
     from .cost import DEVICES
@@ -491,6 +491,8 @@ def cmd_profile(args) -> int:
         rate = measure_cpu_rate(key, device, cache)
         if rate is not None:
             print(f"  {label:17s} {_fmt_rate(rate, 'el/s')}  ({what}){cached}")
+    if not on_cuda:
+        _profile_matmul_table(cache, rates["float32"])
     link = measure_link(device, cache, nbytes=args.copy_bytes or 1 << 28)
     if link is not None:
         print(f"  host link         {_fmt_rate(link.to_host, 'B/s')} to host, {_fmt_rate(link.to_device, 'B/s')} to device (pinned)")
@@ -498,6 +500,19 @@ def cmd_profile(args) -> int:
     if cache.path is not None and not device.startswith("cuda"):
         print(f"roofline of device='auto' at {torch.get_num_threads()} threads: {profiled_spec(DEVICES['cpu'], device).rates_note()}")
     return 0
+
+
+def _profile_matmul_table(cache, flops: float) -> None:
+    """Measure (or read) the CPU's table of small fp32 matmuls and print what it holds, with one
+    narrow matmul's time beside its time at the fp32 matmul rate ``flops``."""
+    from .profile import MATMUL_TABLE_KEY, measure_matmul_table
+
+    cached = " (from the cache)" if cache.get(MATMUL_TABLE_KEY) is not None else ""
+    table = measure_matmul_table(cache)
+    example = table.seconds("mm", "NT", 1024, 16, 8)
+    roofline = 2 * 1024 * 16 * 8 / flops
+    print(f"  small matmuls     {len(table.points)} fp32 shapes (mm, bmm){cached}: e.g. (1024, 16) @ (16, 8) "
+          f"{_fmt_time(example)}, {_fmt_time(roofline)} at the matmul rate")
 
 
 def _fmt_time(s: float) -> str:

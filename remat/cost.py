@@ -19,6 +19,12 @@ traffic). ``ElementRates.bool_store`` prices the forward's write of a bool that 
 ``remat.profile.parse_cost_model`` validates the option that chooses between this roofline and
 the measured costs of ``remat.profile``.
 
+A small fp32 matmul runs far below the FLOP rate of large ones: on one thread of this CPU (AMD
+EPYC, MKL, 2026) (1024, 16) @ (16, 8) takes 24 us, the roofline's 4.7, and twice its FLOPs,
+(1024, 16) @ (16, 16), 10 us. ``MatmulTable`` holds the times that ``remat profile`` measured on a
+grid of shapes (``remat.profile.measure_matmul_table``) and interpolates them; ``remat.pricing``
+prices a matmul inside it by the table.
+
 The CPU's constants are an order of magnitude, never calibrated. Where ``remat profile`` has
 cached this machine's rates (for this process's thread count), planning with ``device="auto"`` on
 the CPU uses a spec with them instead (``remat.profile.machine_spec``): its fp32 matmul FLOP/s, copy
@@ -27,6 +33,9 @@ bandwidth, elementwise rate, random rate and bool load / store rates; ``DeviceSp
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +54,7 @@ class DeviceSpec:
     bool_load_rate: float = 0.0  # elements/s of a bool tensor read by Inductor's code; 0: its bytes at the bandwidth
     bool_store_rate: float = 0.0  # elements/s of a bool tensor written by Inductor's code; 0: its bytes at the bandwidth
     rates: str = "constants"  # where the rates come from: "constants", or "profile <its file>"
+    matmul_table: MatmulTable | None = None  # measured times of small fp32 matmuls; None: the roofline prices all
 
     def rates_note(self) -> str:
         """The rates and where they come from, for reports: 'constants', or the profiled rates."""
@@ -52,11 +62,76 @@ class DeviceSpec:
             return "constants"
         return (f"{self.rates}: matmul {self.peak_flops / 1e9:.1f} GFLOP/s, {self.bandwidth / 1e9:.2f} GB/s, "
                 f"elementwise {self.elementwise_rate / 1e9:.2f} G op/s, random {self.random_rate / 1e6:.0f} M el/s, "
-                f"bool load / store {self.bool_load_rate / 1e6:.0f} / {self.bool_store_rate / 1e6:.0f} M el/s")
+                f"bool load / store {self.bool_load_rate / 1e6:.0f} / {self.bool_store_rate / 1e6:.0f} M el/s"
+                + (f", {self.matmul_table!r}" if self.matmul_table is not None else ""))
 
     def element_rates(self) -> "ElementRates":
         """The spec's rates of per-element work (``ElementWork``)."""
         return ElementRates(self.elementwise_rate, self.random_rate, self.bool_load_rate, self.bool_store_rate)
+
+
+MatmulPoint = tuple[str, str, int, int, int]  # (kind "mm" / "bmm", layout "NN" / "NT", m, k, n)
+
+
+@dataclass(frozen=True, repr=False)
+class MatmulTable:
+    """Seconds of one float32 matmul call measured at the points of a grid: ``points`` pairs
+    (kind, layout, m, k, n) with seconds. Kind "mm" is (m, k) @ (k, n); "bmm" a batch of
+    ``bmm_batch`` of them. Layout "NN": both operands row-major; "NT": the second one transposed
+    (a Linear's weight). Plain, hashable data (a ``DeviceSpec`` field)."""
+
+    points: tuple[tuple[MatmulPoint, float], ...]
+    bmm_batch: int = 32
+
+    def seconds(self, kind: str, layout: str, m: int, k: int, n: int) -> float | None:
+        """The time of (m, k) @ (k, n) interpolated log-log (trilinear in log2 of m, k, n, on log
+        time) between the grid points around it; a size under the grid's smallest counts as the
+        smallest (a smaller call costs no more). None above the grid, or where a point around it
+        was not measured (the grid leaves out matmuls large enough for the roofline)."""
+        grid = self._grid.get((kind, layout))
+        if grid is None:
+            return None
+        brackets = [_bracket(axis, size) for axis, size in zip(grid[0], (m, k, n))]
+        if any(b is None for b in brackets):
+            return None
+        log_t = 0.0
+        for corner in range(8):
+            weight, at = 1.0, []
+            for dim, (lo, hi, w) in enumerate(brackets):
+                upper = corner >> dim & 1
+                weight *= w if upper else 1.0 - w
+                at.append(hi if upper else lo)
+            if weight == 0.0:
+                continue
+            t = grid[1].get(tuple(at))
+            if t is None:
+                return None
+            log_t += weight * math.log(t)
+        return math.exp(log_t)
+
+    @functools.cached_property
+    def _grid(self) -> dict[tuple[str, str], tuple[tuple[tuple[int, ...], ...], dict[tuple[int, int, int], float]]]:
+        """Per (kind, layout): the sorted sizes of each axis, and the seconds by (m, k, n)."""
+        out: dict = {}
+        for (kind, layout, *mkn), t in self.points:
+            out.setdefault((kind, layout), {})[tuple(mkn)] = t
+        return {key: (tuple(tuple(sorted({p[d] for p in pts})) for d in range(3)), pts) for key, pts in out.items()}
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha1(repr((self.points, self.bmm_batch)).encode()).hexdigest()[:10]
+        return f"MatmulTable({len(self.points)} points, bmm batch {self.bmm_batch}, {digest})"
+
+
+def _bracket(axis: tuple[int, ...], size: int) -> tuple[int, int, float] | None:
+    """The grid sizes around ``size`` on ``axis`` and ``size``'s place between them in log2 (0: at
+    the lower one); the smallest twice for a size under it; None above the largest."""
+    if size <= axis[0]:
+        return axis[0], axis[0], 0.0
+    if size > axis[-1]:
+        return None
+    hi = next(i for i, a in enumerate(axis) if a >= size)
+    lo, up = axis[hi - 1], axis[hi]
+    return lo, up, math.log(size / lo) / math.log(up / lo)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 (``slot_times``), each forward value's recompute price (``recompute_time``), from the roofline of
 ``remat.cost`` or, given ``MeasuredCosts``, from measurements.
 
+A matmul not measured (``MeasuredCosts``) costs the larger of its roofline and its time in the spec's
+table of small matmuls, where it is in it (``table_matmul_time``).
+
 The rule of a recompute price: a forward value that the forward computes inside its readers'
 kernels (fused) is written by the forward only because the plan saves it, so recomputing it
 takes that write out of the step: its price is its recomputation in the backward less that
@@ -101,18 +104,19 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
     kernels: a fused op moves nothing of its own, and the op that materialises a kernel's
     result reads what the whole kernel reads. With ``costs``, an op alone costs its measured
     time, and so does a kernel that is one op; a fused group costs its traffic at the measured
-    bandwidth; the roofline prices the rest. Fused backward ops, whose time alone nothing
-    uses, are not measured."""
+    bandwidth; a matmul not measured costs the larger of its roofline and its time in the spec's
+    table (``table_matmul_time``) where it is in it; the roofline prices the rest. Fused backward
+    ops, whose time alone nothing uses, are not measured."""
     times: dict[fx.Node, float] = {}
     alone: dict[fx.Node, float] = {}
     for t, n in enumerate(sched.order):
         flops, written = _flops_and_written(n)
         wanted = costs is not None and not (n in fused and t >= sched.num_forward)
+        roofline = op_time(flops, sum(tensor_bytes(fake_value(i)) for i in n.all_input_nodes) + written, spec)
         measured = costs.op_time(n) if wanted else None
-        if measured is not None:
-            alone[n] = measured
-        else:
-            alone[n] = op_time(flops, sum(tensor_bytes(fake_value(i)) for i in n.all_input_nodes) + written, spec)
+        if measured is None and (table := table_matmul_time(n, spec)) is not None:
+            measured = max(table, roofline)
+        alone[n] = measured if measured is not None else roofline
         if n in fused:  # runs inside its reader's kernel: no launch, no traffic of its own
             times[n] = flops / spec.peak_flops
             continue
@@ -126,16 +130,50 @@ def slot_times(sched: Schedule, owner: dict, fused: set[fx.Node], spec: DeviceSp
 def _kernel_time(flops: int, moved: int, work: ElementWork | None, measured: float | None, spec: DeviceSpec,
                  costs: MeasuredCosts | None) -> float:
     """Seconds of a kernel that moves ``moved`` bytes: a fused group (``work``: its per-element
-    work) as ``fused_kernel_time`` prices it; with ``costs``, the op's ``measured`` time for a
-    kernel of one op; else, or without a measurement, the roofline."""
+    work) as ``fused_kernel_time`` prices it; a kernel of one op its ``measured`` time (``costs``'
+    or the matmul table's); else, or without a measurement, the roofline."""
     if work is not None:
         fused = fused_kernel_time(flops, moved, work, spec, costs)
         if fused is not None:
             return fused
         return op_time(flops, moved, spec, work)
-    if costs is not None and measured is not None:
+    if measured is not None:
         return measured
     return op_time(flops, moved, spec)
+
+
+# matmul ops by the kind of the table's points (``remat.cost.MatmulTable``) and the positions of their two operands
+_MATMULS = {"aten.mm.default": ("mm", 0), "aten.addmm.default": ("mm", 1), "aten.bmm.default": ("bmm", 0),
+            "aten.baddbmm.default": ("bmm", 1)}
+
+
+def table_matmul_time(n: fx.Node, spec: DeviceSpec) -> float | None:
+    """Seconds of matmul ``n`` (mm, addmm, bmm, baddbmm of float32) by the table of ``spec``
+    (``remat.cost.MatmulTable``): its interpolated time (a bmm's: its batch's share of the
+    table's batch), an addmm's as its mm's; None for other ops, without a table, for a first
+    operand that is transposed (a weight gradient's: not in the table) or a shape outside it. An operand whose last dims are neither row- nor
+    column-major counts as row-major: Inductor copies it so before its extern call."""
+    kind, first = _MATMULS.get(str(n.target), (None, 0))
+    table = spec.matmul_table
+    if kind is None or table is None:
+        return None
+    a, b = (fake_value(x) for x in n.args[first:first + 2])
+    if not all(isinstance(x, torch.Tensor) and x.dtype == torch.float32 for x in (a, b)):
+        return None
+    if _layout(a) != "N":
+        return None
+    *batch, m, k = (hint(s) for s in a.shape)
+    seconds = table.seconds(kind, "N" + _layout(b), m, k, hint(b.shape[-1]))
+    if seconds is None:
+        return None
+    return seconds * batch[0] / table.bmm_batch if batch else seconds
+
+
+def _layout(t: torch.Tensor) -> str:
+    """"T" for a matrix (the last two dims) stored column-major (a transposed view), else "N"."""
+    rows, cols = (hint(s) for s in t.shape[-2:])
+    row_stride, col_stride = (hint(s) for s in t.stride()[-2:])
+    return "T" if cols > 1 and col_stride != 1 and (row_stride == 1 or rows == 1) else "N"
 
 
 def recomputable(c: fx.Node) -> bool:

@@ -20,7 +20,8 @@ another kernel, so it has no launch of its own).
 Every answer may be None: the caller prices that op with the roofline of ``remat.cost``.
 
 ``profiled_spec`` gives the roofline of ``remat.cost`` the rates that ``remat profile`` cached for
-this machine (matmul FLOP/s, bandwidth, elementwise rate, the rates of Inductor's CPU idioms).
+this machine (matmul FLOP/s, bandwidth, elementwise rate, the rates of Inductor's CPU idioms) and
+its table of small matmuls' times (``measure_matmul_table``).
 
 Cache: one JSON file per device, thread count and torch version (``ProfileCache``) in ``$REMAT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/remat``, else ``~/.cache/remat``; ``REMAT_CACHE=0`` turns it off. A write takes
@@ -34,6 +35,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -47,7 +49,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import fx
 
-from .cost import DeviceSpec, ElementRates, ElementWork, device_spec, fused_time, node_time
+from .cost import DeviceSpec, ElementRates, ElementWork, MatmulTable, device_spec, fused_time, node_time
 from .errors import ConfigError
 from .measure import fastest_seconds, measure_step, median_statement_seconds
 
@@ -631,6 +633,71 @@ def measure_link(
     return rates
 
 
+# ---- small matmuls ------------------------------------------------------------------------------
+
+MATMUL_TABLE_KEY = "matmul_table float32 v1"
+# the grid of ``measure_matmul_table``: m, k, n of a mm; of each matrix of a bmm of ``_BMM_BATCH``. On this
+# CPU a matmul's time is near linear in m from m = 256 on (factor 4 between points) but jumps between
+# neighbouring k and n (an output 8 wide runs at a third of one 16 wide): factor 2 there
+_MM_GRID = ((16, 64, 256, 1024, 4096), (4, 8, 16, 32, 64, 128, 256, 512), (4, 8, 16, 32, 64, 128, 256, 512))
+_BMM_GRID = ((8, 16, 32, 64, 128, 256),) * 3
+_BMM_BATCH = 32
+_MAX_TABLE_FLOPS = 1 << 26  # larger calls (over ~0.7 ms here) run near the roofline's rate: not timed
+
+
+def matmul_points() -> list[tuple[str, str, int, int, int]]:
+    """The (kind, layout, m, k, n) of the matmul table (``remat.cost.MatmulTable``): each
+    grid point of ``_MM_GRID`` and ``_BMM_GRID`` under ``_MAX_TABLE_FLOPS``, both layouts."""
+    points = []
+    for kind, grid, batch in (("mm", _MM_GRID, 1), ("bmm", _BMM_GRID, _BMM_BATCH)):
+        for m in grid[0]:
+            for k in grid[1]:
+                for n in grid[2]:
+                    if 2 * batch * m * k * n <= _MAX_TABLE_FLOPS:
+                        points += [(kind, layout, m, k, n) for layout in ("NN", "NT")]
+    return points
+
+
+def measure_matmul_table(cache: ProfileCache | None = None, min_run_time: float = 0.005,
+                         passes: int = 2) -> MatmulTable:
+    """Seconds of float32 matmuls on the CPU at ``matmul_points`` (``torch.mm`` / ``torch.bmm``
+    with ``out=``, as Inductor's code calls them), at this process's thread count: the fastest of
+    short blocks (``fastest_seconds``) over ``passes`` passes through the grid (a burst of
+    contention on shared cores lasts longer than one point's timing). Measured once and kept in
+    ``cache`` (default: the CPU's disk cache)."""
+    cache = cache if cache is not None else ProfileCache.for_device("cpu")
+    known = matmul_table(cache)
+    if known is not None:
+        return known
+    points = matmul_points()
+    best = [math.inf] * len(points)
+    with _real_tensors():
+        for _ in range(passes):
+            for i, point in enumerate(points):
+                best[i] = min(best[i], _matmul_seconds(*point, min_run_time))
+    cache.put(MATMUL_TABLE_KEY, {"bmm_batch": _BMM_BATCH, "points": [[*p, t] for p, t in zip(points, best)]})
+    return matmul_table(cache)
+
+
+def _matmul_seconds(kind: str, layout: str, m: int, k: int, n: int, min_run_time: float) -> float:
+    """Fastest seconds of one call of a table point (``measure_matmul_table``) on random inputs."""
+    batch = (_BMM_BATCH,) if kind == "bmm" else ()
+    a = torch.randn(*batch, m, k)
+    b = torch.randn(*batch, k, n) if layout == "NN" else torch.randn(*batch, n, k).transpose(-1, -2)
+    env = {"op": torch.bmm if kind == "bmm" else torch.mm, "a": a, "b": b, "out": torch.empty(*batch, m, n)}
+    env["op"](a, b, out=env["out"])  # warm-up
+    return fastest_seconds("op(a, b, out=out)", env, min_run_time)
+
+
+def matmul_table(cache: ProfileCache) -> MatmulTable | None:
+    """The matmul table that ``measure_matmul_table`` cached; None where there is none."""
+    known = cache.get(MATMUL_TABLE_KEY)
+    if not isinstance(known, dict):
+        return None
+    points = tuple(((kind, layout, int(m), int(k), int(n)), float(t)) for kind, layout, m, k, n, t in known["points"])
+    return MatmulTable(points, int(known["bmm_batch"]))
+
+
 # ---- this machine's roofline --------------------------------------------------------------------
 
 
@@ -655,9 +722,10 @@ def machine_spec(device: Any = "auto") -> DeviceSpec:
 
 def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> DeviceSpec:
     """``spec`` with the rates that ``remat profile`` cached for ``device`` at this process's
-    thread count: its fp32 matmul FLOP/s, copy bandwidth, (when cached) elementwise rate and the
-    rates of Inductor's CPU idioms (``measure_cpu_rate``, else ``spec``'s), and ``rates`` naming
-    the file; ``spec`` itself when the cache is off or lacks either of the first two."""
+    thread count: its fp32 matmul FLOP/s, copy bandwidth, (when cached) elementwise rate, the
+    rates of Inductor's CPU idioms (``measure_cpu_rate``, else ``spec``'s) and the table of small
+    matmuls (``measure_matmul_table``, else none), and ``rates`` naming the file; ``spec`` itself
+    when the cache is off or lacks either of the first two."""
     if not cache_enabled():
         return spec
     cache = ProfileCache.for_device(device)
@@ -665,7 +733,8 @@ def profiled_spec(spec: DeviceSpec, device: torch.device | str = "cpu") -> Devic
     if not flops or not bandwidth:
         return spec
     return replace(spec, peak_flops=flops, bandwidth=float(bandwidth), rates=f"profile {cache.path}",
-                   elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0), **_idiom_rates(cache.get, spec))
+                   elementwise_rate=float(cache.get(ELEMENTWISE_KEY) or 0.0), **_idiom_rates(cache.get, spec),
+                   matmul_table=matmul_table(cache))
 
 
 def _idiom_rates(rate_of: Callable[[str], Any], spec: DeviceSpec) -> dict[str, float]:

@@ -220,6 +220,7 @@ def test_profile_on_a_cpu_times_bfloat16_at_the_smallest_size_only(capsys, monke
     monkeypatch.setattr(remat.measure, "matmul_flops", rates)
     monkeypatch.setattr(remat.profile, "measure_bandwidth", lambda *a, **k: 1e10)
     monkeypatch.setattr(remat.profile, "measure_elementwise_rate", lambda *a, **k: 1e9)
+    monkeypatch.setattr(remat.profile, "_matmul_seconds", lambda kind, layout, m, k, n, t: 1e-6)  # no timing
     code, out, err = run(capsys, "profile", "--device", "cpu", "--no-cache", "--sizes", "1024,512")
     assert code == 0, err
     assert asked == [(["torch.float32"], (1024, 512)), (["torch.bfloat16"], (512,))]

@@ -151,7 +151,10 @@ def test_a_recomputed_chain_of_arithmetic_is_priced_by_its_traffic_alone():
     assert captured.problem.activation("add").compute_time == 2 * 4 * 8 * 16
 
 
-def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, capsys):
+def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, capsys, monkeypatch):
+    import remat.profile
+
+    monkeypatch.setattr(remat.profile, "_matmul_seconds", lambda kind, layout, m, k, n, t: m * k * n * 1e-9)  # no timing
     code = main(["profile", "--device", "cpu", "--threads", "1", "--sizes", "32,64", "--copy-bytes", "65536",
                  "--min-time", "0.01"])
     out, err = capsys.readouterr()
@@ -164,6 +167,7 @@ def test_remat_profile_writes_the_rates_that_the_roofline_then_uses(one_thread, 
     assert "random draws" in out and spec.random_rate == cache.get(RANDOM_KEY) > 0
     assert "bool store" in out and spec.bool_store_rate == cache.get(BOOL_STORE_KEY) > 0
     assert "bool load" in out and spec.bool_load_rate == cache.get(BOOL_LOAD_KEY) > 0
+    assert "small matmuls" in out and spec.matmul_table.seconds("mm", "NT", 1024, 16, 8) == pytest.approx(1024 * 16 * 8e-9)
 
 
 def test_the_elementwise_rate_is_measured_on_enough_elements_that_gpu_launches_do_not_decide_it():
