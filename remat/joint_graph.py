@@ -43,10 +43,11 @@ def is_pointwise(n: fx.Node) -> bool:
 
 
 # ops that Inductor lowers to a pointwise loop of indirect loads (torch 2.13 lowering.py ``gather``,
-# ``embedding``, ``index_impl``, ``constant_pad_nd``): the pointwise results they read are inlined
+# ``embedding``, ``index_impl``, ``constant_pad_nd``, ``slice_scatter``, ``select_scatter``): the pointwise
+# results they read are inlined
 INDEXING_LOOPS = frozenset({
     aten.gather.default, aten.embedding.default, aten.index.Tensor, aten._unsafe_index.Tensor,
-    aten.constant_pad_nd.default,
+    aten.constant_pad_nd.default, aten.slice_scatter.default, aten.select_scatter.default,
 })
 
 
