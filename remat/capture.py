@@ -22,7 +22,10 @@ Parameters and inputs are resident and cost nothing.
 2. ``build_schedule``     the slot order: forward ops, then backward ops in autograd order, or,
                           given plain torch.compile's kernels, in the order its code ran them
                           (``emitted_schedule``; ``recomputed_in_graph_order``: where the
-                          recomputations then run);
+                          recomputations then run), or, given the kernels of one of remat's
+                          plans, in the order Inductor runs those kernels (``fused_schedule``);
+                          the ops of a kernel that Inductor's passes renamed join it
+                          (``with_renamed_ops``);
                           ``kernel_spans``: given Inductor's kernels of the last compile
                           (``remat.kernel_groups``), the first and last slot of each kernel;
                           before any compile, ``remat.predicted_kernels`` predicts those kernels
@@ -68,7 +71,8 @@ import heapq
 import itertools
 import operator
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -82,7 +86,7 @@ from .joint_graph import (
 )
 from .kernel_groups import HANDOVERS, POINTWISE, THROUGH, KernelGroups, emitted_positions, with_kernels
 from .layouts import channels_last_copies, channels_last_storages, view_copies
-from .predicted_kernels import predicted_kernel_groups, slot_buffers, spanned_kernels
+from .predicted_kernels import loop_op, predicted_kernel_groups, slot_buffers, spanned_kernels
 from .pricing import recomputable, recompute_time, slot_times
 from .problem import BACKWARD, FORWARD, Activation, Problem, Slot
 from .symbolic import SymbolicSizes, shape_env_of, symbolic_bytes
@@ -152,10 +156,7 @@ def emitted_schedule(sched: Schedule, order: tuple[frozenset[str], ...]) -> Sche
     waited = placed_by_recomputation(sched, at)
     index = {u: k for k, u in enumerate(backward)}
     inputs = {u: _slot_inputs(u, index) for u in backward}
-    readers: dict[fx.Node, list[fx.Node]] = {}
-    for u in backward:
-        for i in inputs[u]:
-            readers.setdefault(i, []).append(u)
+    readers = _readers_of(inputs)
     # (position, 0) where a kernel names the op; (a position, -1): before the ops of that position
     key: dict[fx.Node, tuple[int, int]] = {}
     for u in reversed(backward):  # a reader before what it reads
@@ -168,6 +169,101 @@ def emitted_schedule(sched: Schedule, order: tuple[frozenset[str], ...]) -> Sche
     for u in reversed(backward):  # read by no op that has a place: before the next op that has one
         after = key.setdefault(u, after)
     return _rescheduled(sched, _stable_topological(backward, inputs, readers, lambda u: (key[u], index[u])))
+
+
+def fused_schedule(sched: Schedule, kernels: tuple[frozenset[str], ...]) -> Schedule:
+    """``sched`` with its backward ops in the order in which Inductor runs them when its generated
+    backward kernels are ``kernels`` (the last compile's): a kernel runs where its first op that
+    writes a buffer (a reduction, or an op that ops outside the kernel read) is, after the ops it
+    reads, which run before it; its other ops, inlined into their readers, run with it, and the
+    ops between that it does not read run after it (torch 2.13 ``Scheduler.fuse_nodes`` sorts
+    fused nodes by their first node, then ``topological_sort_schedule`` visits each node's unmet
+    dependencies before it). An op that several kernels name is a pointwise value computed
+    inside each (``_computed_origins``): it neither places a kernel nor joins one. Transformers
+    Mixtral's router-weight gradient (a row sum of the expert outputs' gradient, scattered back)
+    was one kernel, whose scatter the graph runs after the experts' backward: spanning both, it
+    kept that gradient and the expert outputs 2 MiB beside the experts' backward, which its code
+    had freed. Transformers Llama's two RMSNorm weight gradients, fused where a plan recomputes
+    the residual add between them, name the gradient adds that the kernels before them compute
+    too: taken as the kernel's own ops, they placed it with the earlier kernel and read one of its
+    ops through layer 0's backward, so that no op moved. Its rotary backward kernels' first ops
+    are inlined into the one buffer they write, which runs after the value projection's matmuls."""
+    backward = sched.backward
+    index = {u: k for k, u in enumerate(backward)}
+    by_name = {u.name: u for u in backward}
+    inputs = {u: _slot_inputs(u, index) for u in backward}
+    named = Counter(x for group in kernels for x in group)
+    start: dict[fx.Node, int] = {}
+    for group in kernels:
+        ops = [by_name[x] for x in group if x in by_name and named[x] == 1]
+        if len(ops) > 1 and not _through_others(ops, inputs, index):
+            writers = [index[u] for u in ops if _writes_buffer(u, group)]
+            start.update(dict.fromkeys(ops, min(writers or [index[u] for u in ops])))
+    readers = _readers_of(inputs)
+    # (position, 0) of an op; (a kernel's position, -1) for an op that a kernel there reads: it runs first
+    key: dict[fx.Node, tuple[int, int]] = {}
+    for u in reversed(backward):  # a reader before what it reads
+        own = start.get(u, index[u])
+        key[u] = min([(own, 0)] + [(key[r][0], -1) for r in readers.get(u, ()) if key[r][0] < own])
+    order = _stable_topological(backward, inputs, readers, lambda u: (key[u], index[u]))
+    return sched if order == backward else _rescheduled(sched, order)
+
+
+def _writes_buffer(u: fx.Node, group: frozenset[str]) -> bool:
+    """Whether op ``u`` of a generated kernel (the names ``group``) writes a buffer: a reduction,
+    or an op that an op outside the kernel reads (the graph's output included); Inductor inlines
+    the others into their readers."""
+    return torch.Tag.reduction in op_tags(u) or any(r.name not in group for r in readers_through_views(u))
+
+
+def with_renamed_ops(groups: KernelGroups, sched: Schedule) -> KernelGroups:
+    """``groups`` with, in each backward kernel, the ops that Inductor's own passes renamed: a loop
+    op (``loop_op``) that no kernel names and that lies between two ops of one kernel (reads,
+    through such ops, what one makes, and another reads it) is computed in that kernel, under the
+    name of the node Inductor made for it (transformers Llama's rotary backward: the joint's
+    ``slice_scatter``, Inductor's ``slice_scatter_default``; the kernel seemed to read itself
+    through it)."""
+    backward = sched.backward
+    index = {u: k for k, u in enumerate(backward)}
+    inputs = {u: _slot_inputs(u, index) for u in backward}
+    readers = _readers_of(inputs)
+    named = {x for group in groups.backward for x in group}
+    free = {u for u in backward if u.name not in named and loop_op(u)}
+    found = []
+    for group in groups.backward:
+        ops = [u for u in backward if u.name in group]
+        between = _reached(ops, readers, free) & _reached(ops, inputs, free)
+        found.append(group | {u.name for u in between})
+    return replace(groups, backward=tuple(found)) if any(found[k] != g for k, g in enumerate(groups.backward)) else groups
+
+
+def _reached(ops: list[fx.Node], edges: dict, free: set[fx.Node]) -> set[fx.Node]:
+    """The ops of ``free`` that ``ops`` reach along ``edges`` through ops of ``free`` alone."""
+    found: set[fx.Node] = set()
+    todo = [v for u in ops for v in edges.get(u, ()) if v in free]
+    while todo:
+        v = todo.pop()
+        if v not in found:
+            found.add(v)
+            todo.extend(w for w in edges.get(v, ()) if w in free)
+    return found
+
+
+def _through_others(ops: list[fx.Node], inputs: dict, index: dict) -> bool:
+    """Whether an op of ``ops`` reads, through ops outside them, another of ``ops``: Inductor
+    cannot run them as one kernel here (a kernel of the last compile that this graph's
+    recomputations or order split)."""
+    inside, first = set(ops), min(index[u] for u in ops)
+    todo, seen = [i for u in ops for i in inputs[u] if i not in inside], set()
+    while todo:
+        v = todo.pop()
+        if v in seen or index[v] < first:
+            continue
+        seen.add(v)
+        if any(i in inside for i in inputs[v]):
+            return True
+        todo.extend(inputs[v])
+    return False
 
 
 def placed_by_recomputation(sched: Schedule, at: dict[str, int]) -> set[str]:
@@ -213,6 +309,15 @@ def recomputed_in_graph_order(life: Lifetimes, graph_order: list[fx.Node], sched
             bound = earliest[min(facts.backward_uses, key=rank.__getitem__)]
             if bound < facts.backward_uses[0]:
                 facts.backward_uses = [bound, *facts.backward_uses]
+
+
+def _readers_of(inputs: dict[fx.Node, list[fx.Node]]) -> dict[fx.Node, list[fx.Node]]:
+    """Op -> the ops that read it, from each op's inputs (``_slot_inputs``), in the order of ``inputs``."""
+    readers: dict[fx.Node, list[fx.Node]] = {}
+    for u, found in inputs.items():
+        for i in found:
+            readers.setdefault(i, []).append(u)
+    return readers
 
 
 def _slot_inputs(u: fx.Node, slots: dict[fx.Node, int]) -> list[fx.Node]:
@@ -910,7 +1015,9 @@ def capture(
     sched = build_schedule(g)
     graph_order = sched.backward
     if kernel_groups is not None:
-        sched = emitted_schedule(sched, kernel_groups.backward_order)
+        kernel_groups = with_renamed_ops(kernel_groups, sched)
+        sched = (emitted_schedule(sched, kernel_groups.backward_order) if kernel_groups.backward_order
+                 else fused_schedule(sched, kernel_groups.backward))
     codes = inlined_codes(g)
     fused = set(codes)
     readers = effective_readers(g, slot_readers(g), fused)

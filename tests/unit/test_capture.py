@@ -18,12 +18,13 @@ from remat.passes.rng_replay import replay_in_joint
 from remat.cost import DeviceSpec, tensor_bytes
 from remat.capture import (
     ActivationFacts, activation_inputs, backward_relevant, broadcast_copies, capture, effective_readers,
-    fixed_bytes, fold_fused_values, fused_values, module_path, storage_lifetimes,
+    fixed_bytes, fold_fused_values, fused_schedule, fused_values, module_path, storage_lifetimes, with_renamed_ops,
 )
 from remat.joint_graph import (
     addmm_add, autograd_order, build_schedule, graph_facts, is_random, kernel_reads, pinned_storages, slot_readers,
     split_phases, storage_owners,
 )
+from remat.kernel_groups import KernelGroups
 from remat.layouts import channels_last_copies, channels_last_storages, copied_inputs, layout_optimized, view_copies
 from remat.pricing import slot_times
 
@@ -569,3 +570,38 @@ def test_a_stored_value_inlined_into_a_forward_gather_is_handed_to_its_elementwi
     # ``sub`` recomputed inside ``sub_1``'s kernel reads ``mm`` at the index it writes: ``mm`` then
     assert life.handovers == {nodes["sub"]: h, nodes["mm"]: h}
     assert life.through == {nodes["mm"]: [nodes["sub"]]}
+
+
+def routed(x, p, perm, w, w2):
+    return ((x @ w) * p[perm][:, None] @ w2).sum()  # a router weight, gathered before its expert's matmul
+
+
+def test_a_told_kernel_runs_where_its_first_buffer_is_written_and_the_ops_between_that_it_does_not_read_after_it():
+    # transformers Mixtral's router-weight gradient: the row sums of the gradient times the expert's
+    # output (mul_1 inlined into sum_2) scattered back to p (index_put) were one kernel of the last
+    # compile, which the graph splits around the expert output's gradient (mul_2): Inductor runs
+    # the kernel where sum_2 is, and mul_2, whose buffer comes first, before it
+    torch.manual_seed(0)
+    joint, fwd, n = trace_joint(routed, torch.randn(16, 4), torch.randn(16, requires_grad=True), torch.randperm(16),
+                                torch.randn(4, 32, requires_grad=True), torch.randn(32, 4, requires_grad=True))
+    sched = build_schedule(graph_facts(joint, fwd, n))
+    assert names(sched.backward) == ["mm_2", "mm_3", "mul_1", "mul_2", "sum_2", "new_zeros", "index_put", "mm_4"]
+    router = frozenset({"mul_1", "sum_2", "new_zeros", "index_put", "no_such_node"})
+    told = fused_schedule(sched, (router, frozenset({"mul_2"})))
+    expected = ["mm_2", "mm_3", "mul_2", "mul_1", "sum_2", "new_zeros", "index_put", "mm_4"]
+    assert names(told.backward) == expected
+    assert [told.slot_of[u] for u in told.backward] == list(range(sched.num_forward, sched.last + 1))
+    # the ops that a kernel reads run before it, those after its first buffer included, and the
+    # ops between that it does not read after it (sum_2's kernel, before index_put's)
+    pulled = fused_schedule(sched, (frozenset({"mul_2", "index_put"}),))
+    assert names(pulled.backward) == ["mm_2", "mm_3", "mul_1", "sum_2", "new_zeros", "mul_2", "index_put", "mm_4"]
+    # no kernel of this graph: index_put reads mul_1 through sum_2, outside it
+    assert fused_schedule(sched, (frozenset({"mul_1", "index_put"}),)) is sched
+    assert fused_schedule(sched, ()) is sched
+    # the same kernel where Inductor's passes renamed the sum (no kernel names sum_2): sum_2, between
+    # two of its ops, is its op; mul_2, which no kernel names either, is not
+    renamed = KernelGroups(backward=(frozenset({"mul_1", "sum_default", "new_zeros", "index_put"}),))
+    found = with_renamed_ops(renamed, sched)
+    assert found.backward == (renamed.backward[0] | {"sum_2"},)
+    assert names(fused_schedule(sched, found.backward).backward) == expected
+    assert fused_schedule(sched, renamed.backward) is sched  # without it, the kernel reads itself through sum_2

@@ -14,12 +14,15 @@ from torch._functorch import partitioners as P
 from torch._functorch.aot_autograd import aot_function
 from torch._inductor.decomposition import select_decomp_table
 
+import remat.planning as planning
 import remat.solvers as solvers
-from remat.capture import fused_values
+from remat.capture import capture, fused_values
 from remat.joint_graph import build_schedule, graph_facts
+from remat.kernel_groups import KernelGroups, with_kernels
 from remat.plan import Decision
 from remat.predicted_kernels import reductions_fused_by_plan
 from remat.solvers._core import Structure
+from remat.simulate import simulate
 from remat.solvers.baselines import _finish
 
 from .compile_hooks import record_compiles
@@ -86,3 +89,28 @@ def test_a_first_plan_that_recomputes_the_residual_add_counts_the_fused_kernel()
     # then: the plan's code peaks there (without the fused kernel the model said 164,868 B, its
     # code 169,100)
     assert code <= first.timeline.peak_bytes <= 1.03 * code
+
+
+def test_told_its_kernels_the_model_runs_the_fused_sums_where_inductor_does():
+    # the fused kernel also names a pointwise value that the kernel before it computes (``mul_6``):
+    # taken as its own op, it made the kernel read itself through the matmuls between: nothing
+    # moved, and the model ran both matmuls before ``sum_6`` (164,872 B, the code 169,100 B)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(solvers.SOLVERS, "recompute_all", _recompute_only({"add"}))
+        recorded, compiled = record_compiles(mp)
+        captures = []
+        mp.setattr(planning, "capture", lambda joint, **kw: captures.append((joint, kw)) or capture(joint, **kw))
+        torch._dynamo.reset()
+        step = torch.compile(residual, backend="remat", options={"solver": "recompute_all", "memory_budget": "1GiB"})
+        step(*_inputs()).backward()
+    ((first, code), *_), ((joint, kw), *_) = compiled, captures
+    groups = KernelGroups(recorded[0], recorded[1])
+    fused = next(k for k in groups.backward if {"sum_5", "sum_6"} <= k)
+    assert any(fused & k for k in groups.backward if k is not fused)
+    told = capture(joint, **{**kw, "kernel_groups": groups})
+    order = told.backward_order
+    # Inductor's code: mm_3 (which sum_6 reads), the fused kernel, then mm_2 (which it does not)
+    assert order.index("mm_3") < order.index("sum_5") < order.index("sum_6") < order.index("mm_2")
+    # within 1 %: the kernels of one C++ function allocate their buffers together (900 B here)
+    timeline = simulate(with_kernels(told.problem, groups), first.plan)
+    assert timeline.ok and abs(timeline.peak_bytes - code) <= 0.01 * code
