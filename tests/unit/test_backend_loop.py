@@ -162,6 +162,14 @@ def test_min_plans_again_with_the_last_kernels_while_the_code_peak_falls():
     assert _kept(cfg, [first, lower, higher]) is lower
 
 
+def test_min_keeps_the_fastest_of_the_plans_whose_code_peaks_lowest():
+    cfg = RematConfig(memory_budget="min")
+    first, told, tied = plan(800, 5.0, groups=None), plan(800, 6.0), plan(800, 5.0)
+    assert _kept(cfg, [first, told]) is first  # the same code peak: the one that adds less time
+    assert _kept(cfg, [first, told, tied]) is tied  # the same time too: the later plan
+    assert _kept(cfg, [first, plan(799, 9.0)]).estimate == 799  # a lower peak first, whatever its time
+
+
 def test_the_loop_is_bounded():
     assert 2 <= MAX_PLANS <= 4
 
