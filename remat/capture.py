@@ -154,9 +154,7 @@ def emitted_schedule(sched: Schedule, order: tuple[frozenset[str], ...]) -> Sche
     at = emitted_positions(order)
     backward = sched.backward
     waited = placed_by_recomputation(sched, at)
-    index = {u: k for k, u in enumerate(backward)}
-    inputs = {u: _slot_inputs(u, index) for u in backward}
-    readers = _readers_of(inputs)
+    index, inputs, readers = _backward_edges(backward)
     # (position, 0) where a kernel names the op; (a position, -1): before the ops of that position
     key: dict[fx.Node, tuple[int, int]] = {}
     for u in reversed(backward):  # a reader before what it reads
@@ -189,9 +187,8 @@ def fused_schedule(sched: Schedule, kernels: tuple[frozenset[str], ...]) -> Sche
     ops through layer 0's backward, so that no op moved. Its rotary backward kernels' first ops
     are inlined into the one buffer they write, which runs after the value projection's matmuls."""
     backward = sched.backward
-    index = {u: k for k, u in enumerate(backward)}
+    index, inputs, readers = _backward_edges(backward)
     by_name = {u.name: u for u in backward}
-    inputs = {u: _slot_inputs(u, index) for u in backward}
     named = Counter(x for group in kernels for x in group)
     start: dict[fx.Node, int] = {}
     for group in kernels:
@@ -199,7 +196,6 @@ def fused_schedule(sched: Schedule, kernels: tuple[frozenset[str], ...]) -> Sche
         if len(ops) > 1 and not _through_others(ops, inputs, index):
             writers = [index[u] for u in ops if _writes_buffer(u, group)]
             start.update(dict.fromkeys(ops, min(writers or [index[u] for u in ops])))
-    readers = _readers_of(inputs)
     # (position, 0) of an op; (a kernel's position, -1) for an op that a kernel there reads: it runs first
     key: dict[fx.Node, tuple[int, int]] = {}
     for u in reversed(backward):  # a reader before what it reads
@@ -224,9 +220,7 @@ def with_renamed_ops(groups: KernelGroups, sched: Schedule) -> KernelGroups:
     ``slice_scatter``, Inductor's ``slice_scatter_default``; the kernel seemed to read itself
     through it)."""
     backward = sched.backward
-    index = {u: k for k, u in enumerate(backward)}
-    inputs = {u: _slot_inputs(u, index) for u in backward}
-    readers = _readers_of(inputs)
+    _, inputs, readers = _backward_edges(backward)
     named = {x for group in groups.backward for x in group}
     free = {u for u in backward if u.name not in named and loop_op(u)}
     found = []
@@ -311,13 +305,16 @@ def recomputed_in_graph_order(life: Lifetimes, graph_order: list[fx.Node], sched
                 facts.backward_uses = [bound, *facts.backward_uses]
 
 
-def _readers_of(inputs: dict[fx.Node, list[fx.Node]]) -> dict[fx.Node, list[fx.Node]]:
-    """Op -> the ops that read it, from each op's inputs (``_slot_inputs``), in the order of ``inputs``."""
+def _backward_edges(backward: list[fx.Node]) -> tuple[dict, dict, dict]:
+    """The backward ops' positions, each op's inputs among them (``_slot_inputs``) and each op's
+    readers (in the order of ``backward``)."""
+    index = {u: k for k, u in enumerate(backward)}
+    inputs = {u: _slot_inputs(u, index) for u in backward}
     readers: dict[fx.Node, list[fx.Node]] = {}
     for u, found in inputs.items():
         for i in found:
             readers.setdefault(i, []).append(u)
-    return readers
+    return index, inputs, readers
 
 
 def _slot_inputs(u: fx.Node, slots: dict[fx.Node, int]) -> list[fx.Node]:
