@@ -82,6 +82,19 @@ def test_an_addmm_costs_its_mm_and_a_bmm_its_batchs_share_of_the_tables_batch():
     assert table_matmul_time(bmm, spec) == pytest.approx(16 * 4 * 64 * 1e-9 * 2 / 8)
 
 
+def test_a_convolution_costs_its_im2col_matmul_in_chunks_of_the_tables_rows():
+    spec = spec_with(power_law())
+    conv = lambda x, w: torch.nn.functional.conv2d(x, w, padding=1)  # noqa: E731
+    small = matmul_node(conv, torch.randn(2, 4, 4, 4), torch.randn(4, 4, 3, 3), op="aten.convolution.default")
+    assert table_matmul_time(small, spec) == pytest.approx(2 * 16 * 36 * 4 * 1e-9)  # M 32, K 4 x 9, N 4
+    tall = matmul_node(conv, torch.randn(8, 4, 8, 8), torch.randn(4, 4, 3, 3), op="aten.convolution.default")
+    assert table_matmul_time(tall, spec) == pytest.approx(8 * 64 * 36 * 4 * 1e-9)  # M 512: 8 chunks of 64
+    grouped = matmul_node(lambda x, w: torch.nn.functional.conv2d(x, w, padding=1, groups=2),
+                          torch.randn(2, 4, 4, 4), torch.randn(4, 2, 3, 3), op="aten.convolution.default")
+    assert table_matmul_time(grouped, spec) is None
+    assert table_matmul_time(small, spec_with(None)) is None
+
+
 def narrow_matmul_or_exp(x, w, z, y, z2):
     """Two activations that backward reads, both live at the forward's end, where a temporary (the
     repeat) makes the peak: ``mm`` (256 x 8: x @ w, a narrow matmul) and ``exp`` (1024 x 8)."""
