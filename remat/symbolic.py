@@ -29,6 +29,7 @@ import contextlib
 import functools
 import math
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -106,7 +107,8 @@ class SymbolicSizes:
 
     ``activation_bytes``: each activation's bytes; ``fixed_bytes``: each slot's fixed bytes;
     ``hints``: each symbol's hint (the size the graph was traced at); ``ranges``: the sizes each
-    symbol may take, as its ShapeEnv knows them (``mark_dynamic(x, 0, min=, max=)``)."""
+    symbol may take, as its ShapeEnv knew them when remat first read them (``mark_dynamic(x, 0, min=, max=)``;
+    ``_env_range``)."""
 
     activation_bytes: dict[str, sympy.Expr]
     fixed_bytes: tuple[sympy.Expr, ...]
@@ -180,8 +182,26 @@ def _source_name(source: Any) -> str:
     return name() if callable(name) else str(name)
 
 
+_FIRST_RANGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ShapeEnv -> {symbol: its range}
+
+
 def _env_range(env: Any, s: sympy.Symbol) -> Range:
-    """The sizes that ShapeEnv ``env`` allows symbol ``s``: at least 1, hi None when unbounded."""
+    """The sizes that ShapeEnv ``env`` allowed symbol ``s`` when remat first read it (at least 1,
+    hi None when unbounded): what tracing and ``mark_dynamic``'s min/max left. A graph's compiles
+    narrow the ShapeEnv's ranges by their own guards afterwards (Inductor's CPU code
+    generation guards ``s0*s1 <= 4096``, remat guards the sizes a plan fits), which are no range
+    of sizes to plan over: taken as one, a batch traced at 2 was planned at 4096."""
+    try:
+        first = _FIRST_RANGES.setdefault(env, {})
+    except TypeError:  # no weak reference to it (a stand-in ShapeEnv): its range now
+        return _current_range(env, s)
+    if s not in first:
+        first[s] = _current_range(env, s)
+    return first[s]
+
+
+def _current_range(env: Any, s: sympy.Symbol) -> Range:
+    """The sizes that ShapeEnv ``env`` allows symbol ``s`` now: at least 1, hi None when unbounded."""
     vr = env.var_to_range.get(s)
     if vr is None:
         return (1, None)

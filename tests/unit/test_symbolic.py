@@ -130,3 +130,23 @@ def test_a_symbol_has_the_sources_of_the_symbols_found_equal_to_it():
     sizes = SymbolicSizes.of(env, {"a": 4 * s}, [])  # the loss made the input's batch (s2) equal to s0
     assert sizes.sources[s] == ("L['targets'].size()[0]", "L['x'].size()[0]")
     assert range_box(sizes, parse_dynamic_range({"x.0": (2, 64)})) == {s: (2, 64)}
+
+
+def test_a_range_is_the_one_tracing_left_not_one_that_later_guards_narrow():
+    """Inductor's CPU code generation guards ``s0*s1 <= 4096`` and ``s0 <= 4096`` while a graph
+    compiles, which narrows the ShapeEnv's range of the batch symbol to [2, 4096]: no range to plan
+    over (a transformers GPT-2 traced at batch 2 was planned at batch 4096 under a 12 GiB cap)."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from remat.symbolic import _symbol_facts
+
+    env = ShapeEnv()
+    batch, seq = (env.create_symbol(v, ConstantSource(n), dynamic_dim=DimDynamic.DYNAMIC)
+                  for v, n in ((2, "batch"), (32, "seq")))
+    assert _symbol_facts(env, {batch, seq})[1] == {batch: (2, None), seq: (2, None)}
+    env.evaluate_expr(sympy.Le(batch, 4096))  # a guard Inductor's code generation adds
+    assert env.var_to_range[batch].upper == 4096  # the ShapeEnv's range is narrowed ...
+    hints, ranges, _ = _symbol_facts(env, {batch, seq})
+    assert ranges == {batch: (2, None), seq: (2, None)} and hints == {batch: 2, seq: 32}  # ... remat's is not
+
