@@ -362,12 +362,17 @@ class Structure:
     def inlined(self, j: int, codes, need, S) -> bool:
         """Whether RECOMPUTE candidate ``j`` takes no bytes: its kernels hold every backward use and
         every needed RECOMPUTE consumer reads it inside them (``remat.simulate``)."""
-        k = self.kernels.get(j)
-        if k is None or codes[j] != REC:
+        if codes[j] != REC or j not in self._uses_inside:
             return False
+        k = self.kernels[j]
         readers = (x for x in self.cands[j].rcons_all if need[x] and codes[x] == REC)
-        return set(self.problem.activation(self.cands[j].name).backward_uses) <= set(k.slots) and all(
-            reads_inside(k, x, self.kernels, self.kernel_ids, S[x]) for x in readers)
+        return all(reads_inside(k, x, self.kernels, self.kernel_ids, S[x]) for x in readers)
+
+    @cached_property
+    def _uses_inside(self) -> frozenset[int]:
+        """The candidates whose recompute kernels hold every backward use of theirs."""
+        return frozenset(j for j, k in self.kernels.items()
+                         if set(self.problem.activation(self.cands[j].name).backward_uses) <= set(k.slots))
 
     def _pieces(self, c: Cand) -> None:
         """``c.pieces``: list of (lo, hi, const, {var: coef}) in units of c.bytes.
@@ -541,10 +546,11 @@ class Structure:
         moved = self.moved(codes)
         if moved:
             self._move_reads(codes, moved, S, ln)
-        window = self.window if self.kernels else None
+        spans = self._spans
         for j in np.flatnonzero(np.asarray(codes) == REC)[::-1].tolist():
             if need[j]:
-                lo, hi = window(j, S[j]) if window else (S[j], S[j])
+                span = spans.get(j)  # ``window``, inlined
+                lo, hi = (S[j], S[j]) if span is None else (min(S[j], span[0]), span[1])
                 for x in cs[j].all_inputs:
                     need[x] = True
                     if S[x] < 0 or lo < S[x]:
@@ -556,11 +562,18 @@ class Structure:
     def moved(self, codes) -> dict[int, int]:
         """Backward slot -> the slot its op acts at, for decision codes (``remat.simulate.moved_readers``)."""
         out: dict[int, int] = {}
-        for j, (after, back) in self.movers.items():
-            if codes[j] == REC:
-                for u in back:
-                    out[u] = max(out.get(u, u), after)
+        if not self.movers:
+            return out
+        ids = self._mover_ids
+        for j in ids[np.asarray(codes)[ids] == REC].tolist():
+            after, back = self.movers[j]
+            for u in back:
+                out[u] = max(out.get(u, u), after)
         return out
+
+    @cached_property
+    def _mover_ids(self) -> np.ndarray:
+        return np.array(list(self.movers), dtype=np.int64)
 
     def _move_reads(self, codes, moved: dict[int, int], S: list[int], ln: list[int]) -> None:
         """The direct reads under ``moved``: a moved op reads what it reads where it acts; a
@@ -577,8 +590,13 @@ class Structure:
         """The slots over which candidate ``j``, recomputed from ``start``, reads its inputs: that
         slot, or the backward kernels that recompute it, from ``start`` if that comes first
         (``remat.simulate``)."""
-        k = self.kernels.get(j)
-        return (start, start) if k is None else (min(start, k.first), k.last)
+        span = self._spans.get(j)
+        return (start, start) if span is None else (min(start, span[0]), span[1])
+
+    @cached_property
+    def _spans(self) -> dict[int, tuple[int, int]]:
+        """Candidate -> (first, last) slot of the kernels that recompute it."""
+        return {j: (k.first, k.last) for j, k in self.kernels.items()}
 
     def _interval_under_facts(self, j: int, code: int, lo: int, hi: int, codes, need, S, ln) -> tuple[int, int]:
         """Device interval ``lo..hi`` of needed candidate ``j`` under the last compile's kernels
@@ -586,9 +604,9 @@ class Structure:
         only that kernel reads it; a buffer handed to a kernel's result ends where that kernel
         starts when the plan lets it (``handover_holds``); a RECOMPUTE one ends before its
         RECOMPUTE taker's start."""
-        k = self.kernels.get(j)
-        if code == REC and k is not None:
-            lo, hi = min(lo, k.first), max(hi, k.last)
+        span = self._spans.get(j)
+        if code == REC and span is not None:
+            lo, hi = min(lo, span[0]), max(hi, span[1])
             if self.inlined(j, codes, need, S):
                 return lo, lo - 1
         h = self.handover.get(j)
@@ -612,7 +630,7 @@ class Structure:
         hi = np.array(ln, dtype=np.int64)[bulk]
         los, his, bs = [lo[lo <= hi]], [hi[lo <= hi]], [self._bytes[bulk][lo <= hi]]
         if by_one.any():
-            one = self._intervals_one_by_one(np.flatnonzero(by_one).tolist(), code, need, S, ln)
+            one = self._intervals_one_by_one(np.flatnonzero(by_one).tolist(), code.tolist(), need, S, ln)
             los.append(np.array(one[0], dtype=np.int64))
             his.append(np.array(one[1], dtype=np.int64))
             bs.append(np.array(one[2], dtype=np.int64))
