@@ -34,13 +34,15 @@ def saved_nodes(
     forward value that is not saved must be recomputed, which is allowed only for views,
     getitems, tuple ops, RECOMPUTE activations and the fused values that capture folded into
     their readers. A forward output that backward reads is saved unless the plan recomputes it.
+    A size that backward reads from forward values alone (``sym_size``) is saved as a size.
     """
     from torch._functorch.partitioners import _is_primal, is_sym_node
 
     decided = plan.decisions
-    saved, saved_sym, seen = [], [], set()
+    saved, seen = [], set()
     backward_ops = [n for n in joint.graph.nodes if n.op == "call_function" and n not in forward_nodes]
-    todo = [i for n in backward_ops for i in n.all_input_nodes]
+    saved_sym = [n for n in backward_ops if _size_of_forward_values(n, forward_nodes)]
+    todo = [i for n in backward_ops if n not in saved_sym for i in n.all_input_nodes]
     todo += [g for g in joint.graph.output_node().args[0][num_fwd_outputs:] if isinstance(g, fx.Node)]
     while todo:
         i = todo.pop()
@@ -66,6 +68,17 @@ def saved_nodes(
             raise PlanError(f"backward reads {i.name!r}, which the plan neither stores nor recomputes")
     order = {n: k for k, n in enumerate(joint.graph.nodes)}
     return sorted(saved, key=order.__getitem__), sorted(saved_sym, key=order.__getitem__)
+
+
+def _size_of_forward_values(n: fx.Node, forward_nodes: set) -> bool:
+    """Whether backward op ``n`` is a size (a SymInt) read from forward values and primals alone,
+    such as ``sym_size(view, 0)`` of a view the forward made (under dynamic shapes,
+    cross-entropy's backward reads the logits' rows so): the forward computes it and saves the
+    size, as torch's default partition does, not the tensor, which the plan need not keep."""
+    from torch._functorch.partitioners import _is_primal, is_sym_node
+
+    inputs = n.all_input_nodes
+    return is_sym_node(n) and bool(inputs) and all(i in forward_nodes or _is_primal(i) for i in inputs)
 
 
 def _is_forward_output(joint: fx.GraphModule, n: fx.Node) -> bool:

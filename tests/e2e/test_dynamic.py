@@ -114,3 +114,37 @@ def test_the_last_compile_that_the_recompile_limit_allows_warns(caplog):
         assert "recompile_limit" not in caplog.text
         step(torch.randn(192, 64)).backward()  # a new size: the second and last compile allowed
     assert "torch._dynamo.config.recompile_limit (2)" in caplog.text and "holds 2 plans" in caplog.text
+
+
+def test_a_gpt_whose_loss_slices_the_logits_plans_over_a_range_of_sequence_lengths():
+    """``dynamic=True`` on a causal LM loss (``logits[:, :-1]`` against ``targets[:, 1:]``): the
+    backward reads only the row count of the sliced logits (``sym_size``), which the forward saves
+    as a size; it raised PlanError ("backward reads 'clone_3'") before."""
+    import torch.nn.functional as F
+
+    from examples.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    c = GPTConfig(vocab=64, seq=64, layers=1, d=32, heads=2, dropout=0.0)
+    model = GPT(c)
+    reference = copy.deepcopy(model)
+    cap = 300 << 10  # storing everything at 64 tokens peaks at about 403 KiB
+
+    def causal_loss(m, idx, targets):
+        return F.cross_entropy(m(idx)[:, :-1].reshape(-1, c.vocab), targets[:, 1:].reshape(-1))
+
+    step = torch.compile(lambda idx, targets: causal_loss(model, idx, targets), backend="remat", dynamic=True,
+                         options={"memory_budget": cap, "dynamic_range": {"idx.1": (16, 64)}})
+    for t in (64, 16, 40):
+        idx, targets = torch.randint(0, c.vocab, (2, t)), torch.randint(0, c.vocab, (2, t))
+        step(idx, targets).backward()
+        causal_loss(reference, idx, targets).backward()
+        got, want = grads(model), grads(reference)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+        measured = measure_step(lambda: step(idx, targets).backward())
+        model.zero_grad(set_to_none=True)
+        assert measured.peak_bytes <= cap, (t, measured.peak_bytes)
+    (report,) = remat.reports(step)  # one compile, one plan, for every length
+    assert report.plan.names(remat.Decision.RECOMPUTE) and report.dynamic.proof.holds
+    assert (16, 64) in report.dynamic.ranges.values()
