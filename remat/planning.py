@@ -155,6 +155,8 @@ def plan_joint_graph(
     captured.problem = problem = _with_step_context(captured.problem, joint, forward, num_fwd_outputs, kernel_groups,
                                                     loss_room, other_runs)
     problem.metadata["backward_order"] = order
+    if captured.symbolic is not None:  # the step context above, kept at every size (at its bytes at the hints)
+        captured.symbolic = captured.symbolic.holding(problem)
     sizes = captured.symbolic
     box, corner = planning_sizes(cfg, problem, sizes, name)
     if box is not None:  # plan at the range's worst corner; the compiled reference was read at the hint

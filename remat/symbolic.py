@@ -134,6 +134,14 @@ class SymbolicSizes:
         """The size symbols that the bytes depend on, by name."""
         return tuple(sorted(self.hints, key=str))
 
+    def holding(self, problem: Problem) -> "SymbolicSizes":
+        """These sizes with what ``problem`` (at the hints) holds at each slot beyond the graph's
+        own bytes, as constants: the step around the graph (a loss computed outside, what the
+        caller holds, extern kernels' scratch: ``remat.planning._with_step_context``), which
+        ``problem_at`` and ``live_bytes`` then keep at every size, at its bytes at the hints."""
+        extra = [s.fixed_bytes - int(f.subs(self.hints)) for s, f in zip(problem.slots, self.fixed_bytes)]
+        return replace(self, fixed_bytes=tuple(f + e for f, e in zip(self.fixed_bytes, extra)))
+
     def problem_at(self, problem: Problem, values: Mapping[sympy.Symbol, int]) -> Problem:
         """``problem`` with its bytes at sizes ``values`` (symbols not given: their hints)."""
         at = {**self.hints, **values}

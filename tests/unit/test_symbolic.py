@@ -150,3 +150,25 @@ def test_a_range_is_the_one_tracing_left_not_one_that_later_guards_narrow():
     hints, ranges, _ = _symbol_facts(env, {batch, seq})
     assert ranges == {batch: (2, None), seq: (2, None)} and hints == {batch: 2, seq: 32}  # ... remat's is not
 
+
+
+def test_what_the_step_holds_beside_the_graph_is_kept_at_every_size():
+    """Bytes that the Problem holds beyond the graph's own (a loss computed outside at the end of
+    the forward, what the caller holds through the backward) stay in the Problem at other sizes
+    and in the proof's live bytes; ``problem_at`` dropped them before."""
+    from remat.kernel_groups import with_scratch
+
+    dyn = captured(12, dynamic=True)
+    sizes = dyn.symbolic
+    sym = batch_symbol(sizes)
+    last_forward = dyn.problem.slots[dyn.problem.num_forward - 1].name
+    held = with_scratch(dyn.problem, {last_forward: 1000})
+    kept = sizes.holding(held)
+    for batch in (5, 31):
+        bare, at = sizes.problem_at(dyn.problem, {sym: batch}), kept.problem_at(held, {sym: batch})
+        assert [b.fixed_bytes + (1000 if b.name == last_forward else 0) for b in bare.slots] == \
+            [a.fixed_bytes for a in at.slots]
+        plan = store_all_plan(held)
+        live = [int(e.subs({**sizes.hints, sym: batch})) for e in live_bytes(held, kept, plan)]
+        assert live == list(simulate(at, plan).device_bytes)
+    assert kept.problem_at(held, {}) == held
