@@ -573,6 +573,7 @@ class Structure:
 
     @cached_property
     def _mover_ids(self) -> np.ndarray:
+        """The candidates that move readers when recomputed (``movers``' keys), as an index array."""
         return np.array(list(self.movers), dtype=np.int64)
 
     def _move_reads(self, codes, moved: dict[int, int], S: list[int], ln: list[int]) -> None:
