@@ -159,13 +159,11 @@ def table_matmul_time(n: fx.Node, spec: DeviceSpec) -> float | None:
     Inductor lays out its producer (then contiguous: the quick Evoformer's "min" forward, bmm 8 x
     (32, 32) @ (32, 32) 14 us), low where it is a view of a buffer whose layout is fixed (a saved
     value: Inductor passes it with its batch stride of 1, and the same bmm took 60-69 us)."""
-    kind, first = _MATMULS.get(str(n.target), (None, 0))
     table = spec.matmul_table
-    if table is None:
-        return None
-    if str(n.target) == "aten.convolution.default":
+    if table is not None and str(n.target) == "aten.convolution.default":
         return table_conv_time(n, table)
-    if kind is None:
+    kind, first = _MATMULS.get(str(n.target), (None, 0))
+    if kind is None or table is None:
         return None
     a, b = (fake_value(x) for x in n.args[first:first + 2])
     if not all(isinstance(x, torch.Tensor) and x.dtype == torch.float32 for x in (a, b)):

@@ -42,7 +42,8 @@ def saved_nodes(
     saved, seen = [], set()
     backward_ops = [n for n in joint.graph.nodes if n.op == "call_function" and n not in forward_nodes]
     saved_sym = [n for n in backward_ops if _size_of_forward_values(n, forward_nodes)]
-    todo = [i for n in backward_ops if n not in saved_sym for i in n.all_input_nodes]
+    sizes = set(saved_sym)
+    todo = [i for n in backward_ops if n not in sizes for i in n.all_input_nodes]
     todo += [g for g in joint.graph.output_node().args[0][num_fwd_outputs:] if isinstance(g, fx.Node)]
     while todo:
         i = todo.pop()
